@@ -1,0 +1,286 @@
+"""Loads the capture object, chooses its hooks, attaches, and tears down.
+
+The kernel settings are load-time constants: the loader writes them into
+the object's read-only data (struct capture_config, declared in
+bpf/events.h) before loading, so the verifier sees them as constants.
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+import socket
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent import libbpf, records
+from agent.libbpf import LibbpfError, check_ptr, check_ret, ffi
+from agent.ringbuf import RingBuffer
+
+DEFAULT_OBJECT_DIR = Path(__file__).resolve().parent.parent / "build"
+_ENDPOINT = struct.Struct("<16sHH")
+_PORT = struct.Struct("<H")
+_PID = struct.Struct("<I")
+_ONE = b"\x01"
+
+
+@dataclass
+class CaptureSettings:
+    capture_bytes: int = 2048
+    ring_buffer_bytes: int = 16 << 20
+    pids: set[int] | None = None          # None: every process
+    ports: set[int] | None = None         # None: every port
+    excluded_endpoints: list[tuple[str, int]] = field(default_factory=list)
+    hooks: str = "auto"                   # auto | kprobe | tracepoint
+    agent_pid: int = field(default_factory=os.getpid)
+
+    def validate(self) -> None:
+        limit = records.C["MAX_CAPTURE_BYTES"]
+        if not 64 <= self.capture_bytes <= limit:
+            raise ValueError(f"capture size must be between 64 and {limit} bytes, "
+                             f"got {self.capture_bytes}")
+        size = self.ring_buffer_bytes
+        if size < 65536 or size & (size - 1):
+            raise ValueError("ring buffer size must be a power of two of at least "
+                             f"65536 bytes, got {size}")
+        if self.hooks not in HOOK_FAMILIES and self.hooks != "auto":
+            raise ValueError(f"hooks must be auto, {', '.join(HOOK_FAMILIES)}; got {self.hooks!r}")
+
+
+@dataclass(frozen=True)
+class HookFamily:
+    name: str
+    program_prefix: str
+    description: str
+
+    def unavailable_reason(self) -> str | None:
+        if self.name == "kprobe":
+            if not os.path.exists("/sys/bus/event_source/devices/kprobe"):
+                return "this kernel has no kprobe PMU (/sys/bus/event_source/devices/kprobe)"
+        elif self.name == "tracepoint":
+            if not _tracefs_events_dir():
+                return ("tracefs is not mounted: mount -t tracefs tracefs /sys/kernel/tracing")
+        return None
+
+
+# Order of preference: kprobes on the syscall functions cost less than the
+# syscall tracepoints, which in turn work on every kernel with tracefs.
+HOOK_FAMILIES = {
+    "kprobe": HookFamily("kprobe", "ks_", "kprobes on the syscall entry points (ksyscall)"),
+    "tracepoint": HookFamily("tracepoint", "tp_", "syscall tracepoints"),
+}
+
+
+def _tracefs_events_dir() -> str | None:
+    for path in ("/sys/kernel/tracing/events/syscalls", "/sys/kernel/debug/tracing/events/syscalls"):
+        if os.path.isdir(path):
+            return path
+    return None
+
+
+def candidate_hooks(choice: str) -> list[tuple[HookFamily, str | None]]:
+    """Hook families in the order to try, each with why it cannot be used."""
+    names = list(HOOK_FAMILIES) if choice == "auto" else [choice]
+    return [(HOOK_FAMILIES[n], HOOK_FAMILIES[n].unavailable_reason()) for n in names]
+
+
+def _address_bytes(address: str) -> bytes:
+    ip = ipaddress.ip_address(address)
+    if ip.version == 4:
+        return b"\0" * 10 + b"\xff\xff" + ip.packed
+    return ip.packed
+
+
+def resolve_endpoint(host: str, port: int) -> list[bytes]:
+    """Every address host resolves to, as the kernel stores it."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror:
+        return []
+    return sorted({_address_bytes(info[4][0]) for info in infos})
+
+
+def object_path(name: str = "http") -> Path:
+    directory = Path(os.environ.get("OTEL_EBPF_BPF_DIR", DEFAULT_OBJECT_DIR))
+    path = directory / f"{name}.bpf.o"
+    if not path.exists():
+        raise FileNotFoundError(f"BPF object {path} not found: run `make setup` (or `make bpf`) "
+                                "to compile bpf/*.bpf.c")
+    return path
+
+
+class LoadedCapture:
+    """The loaded, attached capture object and its ring buffer."""
+
+    def __init__(self, obj, links, hook_family: HookFamily, settings: CaptureSettings,
+                 skipped: list[tuple[str, str]]):
+        self._obj = obj
+        self._links = links
+        self.hook_family = hook_family
+        self.skipped_hooks = skipped
+        self.settings = settings
+        lib = libbpf.lib()
+        self._map_fds = {}
+        for name in ("events", "probe_stats", "pid_filter", "port_filter",
+                     "excluded_endpoints", "conns"):
+            bpf_map = check_ptr(lib.bpf_object__find_map_by_name(obj, name.encode()), name)
+            self._map_fds[name] = lib.bpf_map__fd(bpf_map)
+        self.ring = RingBuffer(self._map_fds["events"], settings.ring_buffer_bytes)
+        self._ncpus = check_ret(lib.libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
+        self._stats_buf = ffi.new("char[]", self._ncpus * records.PROBE_STATS.size)
+        self.attached_programs = len(links)
+
+    def _update(self, map_name: str, key: bytes, value: bytes) -> None:
+        check_ret(libbpf.lib().bpf_map_update_elem(self._map_fds[map_name], key, value, 0),
+                  f"update {map_name}")
+
+    def _delete(self, map_name: str, key: bytes) -> None:
+        libbpf.lib().bpf_map_delete_elem(self._map_fds[map_name], key)
+
+    def allow_pid(self, pid: int) -> None:
+        self._update("pid_filter", _PID.pack(pid), _ONE)
+
+    def disallow_pid(self, pid: int) -> None:
+        self._delete("pid_filter", _PID.pack(pid))
+
+    def allow_port(self, port: int) -> None:
+        self._update("port_filter", _PORT.pack(port), _ONE)
+
+    def exclude_endpoint(self, address: bytes, port: int) -> None:
+        self._update("excluded_endpoints", _ENDPOINT.pack(address, port, 0), _ONE)
+
+    def probe_stats(self) -> dict[str, tuple[int, int, int, int]]:
+        """probe name -> (events, lost, truncated, unclassified), summed over CPUs."""
+        lib = libbpf.lib()
+        fd = self._map_fds["probe_stats"]
+        out = {}
+        size = records.PROBE_STATS.size
+        key = ffi.new("uint32_t *")
+        for index, name in records.PROBE_NAMES.items():
+            key[0] = index
+            if lib.bpf_map_lookup_elem(fd, key, self._stats_buf) != 0:
+                continue
+            raw = ffi.buffer(self._stats_buf)
+            totals = [0, 0, 0, 0]
+            for cpu in range(self._ncpus):
+                for i, value in enumerate(records.PROBE_STATS.unpack_from(raw, cpu * size)):
+                    totals[i] += value
+            out[name] = tuple(totals)
+        return out
+
+    def close(self) -> None:
+        lib = libbpf.lib()
+        for link in self._links:
+            lib.bpf_link__destroy(link)
+        self._links = []
+        if self.ring is not None:
+            self.ring.close()
+            self.ring = None
+        if self._obj is not None:
+            lib.bpf_object__close(self._obj)
+            self._obj = None
+
+
+def _write_capture_config(obj, settings: CaptureSettings) -> None:
+    lib = libbpf.lib()
+    btf = check_ptr(lib.bpf_object__btf(obj), "object BTF")
+    datasec_id = check_ret(lib.btf__find_by_name_kind(btf, b".rodata", libbpf.BTF_KIND_DATASEC),
+                           ".rodata section")
+    datasec = lib.btf__type_by_id(btf, datasec_id)
+    secinfos = ffi.cast("struct btf_var_secinfo *", datasec + 1)
+    offset = None
+    for i in range(datasec.info & 0xFFFF):
+        var = lib.btf__type_by_id(btf, secinfos[i].type)
+        if ffi.string(lib.btf__name_by_offset(btf, var.name_off)) == b"capture_config":
+            offset = secinfos[i].offset
+    if offset is None:
+        raise RuntimeError("capture_config not found in the object's .rodata")
+    rodata = None
+    bpf_map = lib.bpf_object__next_map(obj, ffi.NULL)
+    while bpf_map != ffi.NULL:
+        if ffi.string(lib.bpf_map__name(bpf_map)).endswith(b".rodata"):
+            rodata = bpf_map
+        bpf_map = lib.bpf_object__next_map(obj, bpf_map)
+    size = ffi.new("size_t *")
+    initial = check_ptr(lib.bpf_map__initial_value(rodata, size), ".rodata initial value")
+    config = records.ffi.new("struct capture_config *", {
+        "agent_tgid": settings.agent_pid,
+        "capture_bytes": settings.capture_bytes,
+        "filter_pids": settings.pids is not None,
+        "filter_ports": settings.ports is not None,
+    })
+    raw = bytes(records.ffi.buffer(config))
+    assert offset + len(raw) <= size[0]
+    ffi.memmove(ffi.cast("char *", initial) + offset, raw, len(raw))
+
+
+def _open_and_attach(path: Path, family: HookFamily, settings: CaptureSettings):
+    lib = libbpf.lib()
+    obj = check_ptr(lib.bpf_object__open_file(str(path).encode(), ffi.NULL), f"open {path}")
+    links = []
+    try:
+        _write_capture_config(obj, settings)
+        events = check_ptr(lib.bpf_object__find_map_by_name(obj, b"events"), "events map")
+        check_ret(lib.bpf_map__set_max_entries(events, settings.ring_buffer_bytes),
+                  "ring buffer size")
+        programs = []
+        prog = lib.bpf_object__next_program(obj, ffi.NULL)
+        prefix = family.program_prefix.encode()
+        while prog != ffi.NULL:
+            wanted = ffi.string(lib.bpf_program__name(prog)).startswith(prefix)
+            lib.bpf_program__set_autoload(prog, wanted)
+            if wanted:
+                programs.append(prog)
+            prog = lib.bpf_object__next_program(obj, prog)
+        check_ret(lib.bpf_object__load(obj), f"load {path.name} with {family.name} hooks")
+        for prog in programs:
+            name = ffi.string(lib.bpf_program__name(prog)).decode()
+            links.append(check_ptr(lib.bpf_program__attach(prog), f"attach {name}"))
+        return obj, links
+    except BaseException:
+        for link in links:
+            lib.bpf_link__destroy(link)
+        lib.bpf_object__close(obj)
+        raise
+
+
+class CaptureLoadError(RuntimeError):
+    pass
+
+
+def load_capture(settings: CaptureSettings, path: Path | None = None) -> LoadedCapture:
+    """Load and attach with the best hook family this kernel offers."""
+    settings.validate()
+    path = path or object_path("http")
+    skipped: list[tuple[str, str]] = []
+    for family, reason in candidate_hooks(settings.hooks):
+        if reason:
+            skipped.append((family.name, reason))
+            continue
+        try:
+            obj, links = _open_and_attach(path, family, settings)
+        except LibbpfError as exc:
+            detail = str(exc)
+            verifier = [line for line in exc.log if line.strip()][-12:]
+            if verifier:
+                detail += "\n    " + "\n    ".join(verifier)
+            skipped.append((family.name, detail))
+            continue
+        capture = LoadedCapture(obj, links, family, settings, skipped)
+        try:
+            if settings.pids is not None:
+                for pid in settings.pids:
+                    capture.allow_pid(pid)
+            if settings.ports is not None:
+                for port in settings.ports:
+                    capture.allow_port(port)
+            for host, port in settings.excluded_endpoints:
+                for address in resolve_endpoint(host, port):
+                    capture.exclude_endpoint(address, port)
+        except BaseException:
+            capture.close()
+            raise
+        return capture
+    lines = "\n".join(f"  - {name}: {why}" for name, why in skipped)
+    raise CaptureLoadError(f"no hook family could be loaded and attached:\n{lines}\n"
+                           "Run `otel-ebpf doctor` for what this kernel offers.")

@@ -1,0 +1,158 @@
+"""One OpenTelemetry Resource per traced process, read once from /proc.
+
+service.name follows the process's own OTEL_SERVICE_NAME (or the service.name
+in its OTEL_RESOURCE_ATTRIBUTES), else the spec fallback
+`unknown_service:<executable>`, never the agent's name.
+"""
+from __future__ import annotations
+
+import os
+import datetime
+import re
+import socket
+import time
+
+from agent import DISTRO_NAME, __version__
+
+_CONTAINER_ID = re.compile(r"([0-9a-f]{64})")
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class ProcessResource:
+    """Resource attributes of one process; `encoded` is a cache slot that an
+    exporter may fill with its own serialised form (one encoding per process)."""
+
+    __slots__ = ("pid", "service_name", "attributes", "encoded")
+
+    def __init__(self, pid: int, attributes: list):
+        self.pid = pid
+        self.attributes = attributes
+        self.service_name = next(v for k, v in attributes if k == "service.name")
+        self.encoded = None
+
+
+def _read(path: str, binary: bool = False):
+    try:
+        with open(path, "rb" if binary else "r") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _parse_resource_attributes(text: str) -> list:
+    pairs = []
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if sep and key.strip():
+            pairs.append((key.strip(), value.strip()))
+    return pairs
+
+
+def process_environment(pid: int) -> dict:
+    raw = _read(f"/proc/{pid}/environ", binary=True)
+    env = {}
+    if raw:
+        for entry in raw.split(b"\0"):
+            key, sep, value = entry.partition(b"=")
+            if sep and key.startswith(b"OTEL_"):
+                env[key.decode(errors="replace")] = value.decode(errors="replace")
+    return env
+
+
+def container_id(pid: int) -> str | None:
+    text = _read(f"/proc/{pid}/cgroup")
+    if text:
+        for line in text.splitlines():
+            match = _CONTAINER_ID.search(line)
+            if match:
+                return match.group(1)
+    return None
+
+
+def executable(pid: int) -> tuple[str, str]:
+    """(executable path, executable name), falling back to comm for kernel
+    threads and processes whose exe link is unreadable."""
+    try:
+        path = os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        comm = (_read(f"/proc/{pid}/comm") or "").strip()
+        return "", comm or f"pid-{pid}"
+    return path, os.path.basename(path.removesuffix(" (deleted)"))
+
+
+def _creation_time_unix(pid: int) -> float | None:
+    stat = _read(f"/proc/{pid}/stat")
+    uptime = _read("/proc/uptime")
+    if not stat or not uptime:
+        return None
+    fields = stat.rsplit(")", 1)[-1].split()
+    start_ticks = int(fields[19])
+    boot = time.time() - float(uptime.split()[0])
+    return boot + start_ticks / _CLOCK_TICKS
+
+
+def _iso8601(epoch: float) -> str:
+    return datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc).isoformat()
+
+
+class ResourceCache:
+    """pid -> ProcessResource, bounded; entries are dropped when a process exits."""
+
+    def __init__(self, host_attributes: list | None = None, max_entries: int = 16384):
+        self._by_pid: dict[int, ProcessResource] = {}
+        self._max_entries = max_entries
+        self._host = host_attributes if host_attributes is not None else default_host_attributes()
+        self.evicted = 0
+
+    def __len__(self) -> int:
+        return len(self._by_pid)
+
+    def get(self, pid: int) -> ProcessResource:
+        resource = self._by_pid.get(pid)
+        if resource is None:
+            if len(self._by_pid) >= self._max_entries:
+                self._by_pid.pop(next(iter(self._by_pid)))
+                self.evicted += 1
+            resource = self._by_pid[pid] = build_resource(pid, self._host)
+        return resource
+
+    def forget(self, pid: int) -> None:
+        self._by_pid.pop(pid, None)
+
+
+def default_host_attributes() -> list:
+    attrs = [("host.name", os.environ.get("NODE_NAME") or socket.gethostname())]
+    machine_id = (_read("/etc/machine-id") or "").strip()
+    if machine_id:
+        attrs.append(("host.id", machine_id))
+    if os.environ.get("NODE_NAME"):
+        attrs.append(("k8s.node.name", os.environ["NODE_NAME"]))
+    return attrs
+
+
+def build_resource(pid: int, host_attributes: list) -> ProcessResource:
+    exe_path, exe_name = executable(pid)
+    env = process_environment(pid)
+    declared = _parse_resource_attributes(env.get("OTEL_RESOURCE_ATTRIBUTES", ""))
+    service = env.get("OTEL_SERVICE_NAME") or dict(declared).get("service.name") \
+        or f"unknown_service:{exe_name}"
+    attrs = [("service.name", service)]
+    attrs += [(k, v) for k, v in declared if k != "service.name"]
+    attrs += [
+        ("process.pid", pid),
+        ("process.executable.name", exe_name),
+    ]
+    if exe_path:
+        attrs.append(("process.executable.path", exe_path))
+    created = _creation_time_unix(pid)
+    if created is not None:
+        attrs.append(("process.creation.time", _iso8601(created)))
+    cid = container_id(pid)
+    if cid:
+        attrs.append(("container.id", cid))
+    attrs += host_attributes
+    attrs += [
+        ("telemetry.distro.name", DISTRO_NAME),
+        ("telemetry.distro.version", __version__),
+    ]
+    return ProcessResource(pid, attrs)

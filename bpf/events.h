@@ -1,0 +1,95 @@
+/* Kernel-to-userspace record layouts: the one definition both sides read.
+ *
+ * The BPF programs include this file; agent/records.py feeds it to cffi's
+ * cdef.  Keep it to what cffi's parser accepts: fixed-width types, structs,
+ * and `#define NAME <integer>` constants.  Other preprocessor lines are
+ * skipped by the Python side.
+ */
+#ifndef OTEL_EBPF_EVENTS_H
+#define OTEL_EBPF_EVENTS_H
+
+/* Largest payload prefix one event can carry; the loader's capture size
+ * (a load-time constant) is at most this.  A power of two: the programs
+ * mask offsets with it to satisfy the verifier. */
+#define MAX_CAPTURE_BYTES 8192
+
+#define EVENT_DATA 1
+#define EVENT_CLOSE 2
+
+#define DIRECTION_EGRESS 0
+#define DIRECTION_INGRESS 1
+
+#define ROLE_UNKNOWN 0
+#define ROLE_SERVER 1
+#define ROLE_CLIENT 2
+
+#define PROTOCOL_UNKNOWN 0
+#define PROTOCOL_HTTP1 1
+#define PROTOCOL_HTTP2 2
+#define PROTOCOL_POSTGRES 3
+#define PROTOCOL_MYSQL 4
+
+/* event_header.flags */
+#define FLAG_TRUNCATED 1
+
+/* Index of the per-probe statistics (probe_stats map). */
+#define PROBE_READ 0
+#define PROBE_WRITE 1
+#define PROBE_READV 2
+#define PROBE_WRITEV 3
+#define PROBE_RECVFROM 4
+#define PROBE_SENDTO 5
+#define PROBE_RECVMSG 6
+#define PROBE_SENDMSG 7
+#define PROBE_SENDFILE 8
+#define PROBE_CLOSE 9
+#define PROBE_COUNT 10
+
+/* Addresses are IPv6 or IPv4-mapped IPv6 (::ffff:a.b.c.d), ports in host
+ * byte order.  "local" is the traced process's end of the connection. */
+struct conn_tuple {
+    __u8 local_addr[16];
+    __u8 remote_addr[16];
+    __u16 local_port;
+    __u16 remote_port;
+    __u16 family;
+    __u16 reserved;
+};
+
+struct event_header {
+    __u32 type;         /* EVENT_* */
+    __u32 pid;          /* thread group id */
+    __u32 tid;
+    __u32 fd;
+    __u64 conn_id;      /* unique per connection while the agent runs */
+    __u64 start_ns;     /* CLOCK_MONOTONIC, syscall entry */
+    __u64 end_ns;       /* CLOCK_MONOTONIC, syscall exit */
+    __u32 length;       /* bytes the syscall transferred */
+    __u32 captured;     /* payload bytes that follow this header */
+    __u8 direction;     /* DIRECTION_* */
+    __u8 role;          /* ROLE_* as known from accept/connect */
+    __u8 protocol;      /* PROTOCOL_* as classified in the kernel */
+    __u8 flags;         /* FLAG_* */
+    __u32 probe;        /* PROBE_* */
+    struct conn_tuple tuple;
+};
+
+/* Load-time settings the loader writes into the object's read-only data
+ * before loading it (the verifier then prunes what they switch off). */
+struct capture_config {
+    __u32 agent_tgid;       /* never traced: the agent itself */
+    __u32 capture_bytes;    /* payload prefix copied per event, <= MAX_CAPTURE_BYTES */
+    __u8 filter_pids;       /* trace only the pids in pid_filter */
+    __u8 filter_ports;      /* trace only connections with a port in port_filter */
+    __u8 reserved[6];
+};
+
+/* Counters per probe and CPU, summed by userspace. */
+struct probe_stats {
+    __u64 events;       /* records written to the ring buffer */
+    __u64 lost;         /* records the ring buffer had no room for */
+    __u64 truncated;    /* payloads longer than the capture size */
+    __u64 unclassified; /* socket data of a protocol the agent does not trace */
+};
+
+#endif

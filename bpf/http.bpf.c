@@ -1,0 +1,528 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Socket capture: the one set of syscall hooks every protocol shares.
+ *
+ * Each hooked syscall is filtered (agent's own pid, pid and port filters,
+ * TCP sockets only, excluded endpoints such as the span collector), its
+ * connection is classified from the first bytes, and the data of traced
+ * connections is copied, up to the capture size, into the ring buffer.
+ * Userspace parses; nothing here does.
+ *
+ * Every hook exists twice: as a syscall tracepoint (works everywhere) and as
+ * a ksyscall kprobe (cheaper where the kernel has kprobes).  The loader turns
+ * on one family at start-up, after probing what the kernel offers.
+ */
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+#include "events.h"
+#include "protocols.h"
+
+char LICENSE[] SEC("license") = "GPL";
+
+#define AF_INET 2
+#define AF_INET6 10
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+#define SOCK_STREAM 1
+#define EINPROGRESS 115
+#define MAX_IOVECS 8
+/* Data events a connection may carry before being dropped as not ours:
+ * enough to ride out a keep-alive connection joined in the middle of a body. */
+#define MAX_UNCLASSIFIED_EVENTS 32
+
+/* Load-time constants, set by the loader before the object is loaded. */
+const volatile struct capture_config capture_config = {
+    .capture_bytes = 2048,
+};
+
+__u64 next_conn_id = 0;
+
+struct conn_info {
+    __u64 conn_id;
+    struct conn_tuple tuple;
+    __u8 role;
+    __u8 protocol;
+    __u8 traced;
+    __u8 unclassified_events;
+};
+
+/* One entry per (tgid, fd) the hooks have seen, sockets or not, so that the
+ * fd table is walked once per descriptor rather than once per syscall. */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 65536);
+    __type(key, __u64);
+    __type(value, struct conn_info);
+} conns SEC(".maps");
+
+#define IO_BUFFER 0
+#define IO_IOVEC 1
+#define IO_NONE 2
+
+struct io_args {
+    __u64 start_ns;
+    __u64 buf;
+    __u32 fd;
+    __u32 count;
+    __u32 probe;
+    __u8 buffer_kind;
+    __u8 direction;
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 16384);
+    __type(key, __u64);
+    __type(value, struct io_args);
+} active_io SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 16384);
+    __type(key, __u64);
+    __type(value, __u32);
+} active_connect SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_RINGBUF);
+    __uint(max_entries, 16 << 20);  /* resized by the loader */
+} events SEC(".maps");
+
+/* Twice the largest capture so that an offset below MAX_CAPTURE_BYTES plus a
+ * length of at most MAX_CAPTURE_BYTES always stays inside: the verifier can
+ * see that bound. */
+struct data_event {
+    struct event_header hdr;
+    __u8 payload[2 * MAX_CAPTURE_BYTES];
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, 1);
+    __type(key, __u32);
+    __type(value, struct data_event);
+} scratch SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+    __uint(max_entries, PROBE_COUNT);
+    __type(key, __u32);
+    __type(value, struct probe_stats);
+} probe_stats SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 4096);
+    __type(key, __u32);
+    __type(value, __u8);
+} pid_filter SEC(".maps");
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 1024);
+    __type(key, __u16);
+    __type(value, __u8);
+} port_filter SEC(".maps");
+
+/* Endpoints never traced (the collector the agent exports to); an all-zero
+ * address matches any address on that port. */
+struct endpoint {
+    __u8 addr[16];
+    __u16 port;
+    __u16 reserved;
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 64);
+    __type(key, struct endpoint);
+    __type(value, __u8);
+} excluded_endpoints SEC(".maps");
+
+static __always_inline struct probe_stats *stats_for(__u32 probe)
+{
+    return bpf_map_lookup_elem(&probe_stats, &probe);
+}
+
+static __always_inline bool process_traced(__u32 tgid)
+{
+    if (tgid == capture_config.agent_tgid)
+        return false;
+    if (capture_config.filter_pids && !bpf_map_lookup_elem(&pid_filter, &tgid))
+        return false;
+    return true;
+}
+
+static __always_inline bool endpoint_excluded(const __u8 *addr, __u16 port)
+{
+    struct endpoint ep = {};
+    __builtin_memcpy(ep.addr, addr, 16);
+    ep.port = port;
+    if (bpf_map_lookup_elem(&excluded_endpoints, &ep))
+        return true;
+    __builtin_memset(ep.addr, 0, 16);
+    return bpf_map_lookup_elem(&excluded_endpoints, &ep) != NULL;
+}
+
+static __always_inline bool tuple_traced(const struct conn_tuple *t)
+{
+    if (capture_config.filter_ports && !bpf_map_lookup_elem(&port_filter, &t->local_port) &&
+        !bpf_map_lookup_elem(&port_filter, &t->remote_port))
+        return false;
+    return !endpoint_excluded(t->local_addr, t->local_port) &&
+           !endpoint_excluded(t->remote_addr, t->remote_port);
+}
+
+/* CO-RE walk from the current task's fd table to the socket behind fd.
+ * Fills the tuple and returns true only for IPv4/IPv6 stream sockets. */
+static __always_inline bool read_socket_tuple(__u32 fd, struct conn_tuple *t)
+{
+    struct task_struct *task = bpf_get_current_task_btf();
+    struct fdtable *fdt = BPF_CORE_READ(task, files, fdt);
+    if (!fdt || fd >= BPF_CORE_READ(fdt, max_fds))
+        return false;
+    struct file **fd_array = BPF_CORE_READ(fdt, fd);
+    struct file *file = NULL;
+    bpf_probe_read_kernel(&file, sizeof(file), &fd_array[fd]);
+    if (!file)
+        return false;
+    if ((BPF_CORE_READ(file, f_inode, i_mode) & S_IFMT) != S_IFSOCK)
+        return false;
+    struct socket *sock = BPF_CORE_READ(file, private_data);
+    if (!sock || BPF_CORE_READ(sock, type) != SOCK_STREAM)
+        return false;
+    struct sock *sk = BPF_CORE_READ(sock, sk);
+    if (!sk)
+        return false;
+    __u16 family = BPF_CORE_READ(sk, __sk_common.skc_family);
+    if (family == AF_INET) {
+        __u32 local = BPF_CORE_READ(sk, __sk_common.skc_rcv_saddr);
+        __u32 remote = BPF_CORE_READ(sk, __sk_common.skc_daddr);
+        t->local_addr[10] = t->local_addr[11] = 0xff;
+        t->remote_addr[10] = t->remote_addr[11] = 0xff;
+        __builtin_memcpy(&t->local_addr[12], &local, 4);
+        __builtin_memcpy(&t->remote_addr[12], &remote, 4);
+    } else if (family == AF_INET6) {
+        BPF_CORE_READ_INTO(&t->local_addr, sk, __sk_common.skc_v6_rcv_saddr.in6_u.u6_addr8);
+        BPF_CORE_READ_INTO(&t->remote_addr, sk, __sk_common.skc_v6_daddr.in6_u.u6_addr8);
+    } else {
+        return false;
+    }
+    t->family = family;
+    t->local_port = BPF_CORE_READ(sk, __sk_common.skc_num);
+    t->remote_port = bpf_ntohs(BPF_CORE_READ(sk, __sk_common.skc_dport));
+    return true;
+}
+
+static __always_inline __u64 conn_key(__u32 tgid, __u32 fd)
+{
+    return ((__u64)tgid << 32) | fd;
+}
+
+/* Records what fd is, traced or not, under a fresh connection id. */
+static __always_inline struct conn_info *track_conn(__u32 tgid, __u32 fd, __u8 role)
+{
+    __u64 key = conn_key(tgid, fd);
+    struct conn_info info = {};
+    info.role = role;
+    if (read_socket_tuple(fd, &info.tuple) && tuple_traced(&info.tuple)) {
+        info.traced = 1;
+        info.conn_id = __sync_fetch_and_add(&next_conn_id, 1) + 1;
+    }
+    bpf_map_update_elem(&conns, &key, &info, BPF_ANY);
+    return bpf_map_lookup_elem(&conns, &key);
+}
+
+static __always_inline int on_io_enter(__u32 fd, __u64 buf, __u32 count, __u32 probe,
+                                       __u8 buffer_kind, __u8 direction)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    __u32 tgid = id >> 32;
+    if (!process_traced(tgid))
+        return 0;
+    __u64 key = conn_key(tgid, fd);
+    struct conn_info *conn = bpf_map_lookup_elem(&conns, &key);
+    if (!conn)
+        conn = track_conn(tgid, fd, ROLE_UNKNOWN);
+    if (!conn || !conn->traced)
+        return 0;
+    /* Only a classified connection's data matters for a body-only syscall. */
+    if (buffer_kind == IO_NONE && conn->protocol == PROTOCOL_UNKNOWN)
+        return 0;
+    struct io_args args = {
+        .start_ns = bpf_ktime_get_ns(),
+        .buf = buf,
+        .fd = fd,
+        .count = count,
+        .probe = probe,
+        .buffer_kind = buffer_kind,
+        .direction = direction,
+    };
+    bpf_map_update_elem(&active_io, &id, &args, BPF_ANY);
+    return 0;
+}
+
+/* sendmsg/recvmsg: the iovec array sits behind a user msghdr. */
+static __always_inline int on_msg_enter(__u32 fd, __u64 msg, __u32 probe, __u8 direction)
+{
+    struct user_msghdr hdr = {};
+    if (bpf_probe_read_user(&hdr, sizeof(hdr), (void *)msg))
+        return 0;
+    return on_io_enter(fd, (__u64)hdr.msg_iov, hdr.msg_iovlen, probe, IO_IOVEC, direction);
+}
+
+static __always_inline __u32 copy_iovecs(__u8 *payload, __u64 iov_ptr, __u32 iovcnt, __u64 want)
+{
+    __u32 copied = 0;
+    struct iovec iov;
+    for (int i = 0; i < MAX_IOVECS; i++) {
+        if (i >= iovcnt || copied >= want)
+            break;
+        if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(iov_ptr + i * sizeof(iov))))
+            break;
+        __u64 n = iov.iov_len;
+        if (n > want - copied)
+            n = want - copied;
+        if (n > MAX_CAPTURE_BYTES)
+            n = MAX_CAPTURE_BYTES;
+        barrier_var(n);
+        if (bpf_probe_read_user(&payload[copied & (MAX_CAPTURE_BYTES - 1)], n, iov.iov_base))
+            break;
+        copied += n;
+    }
+    return copied;
+}
+
+static __always_inline __u64 first_user_buffer(const struct io_args *args)
+{
+    if (args->buffer_kind == IO_BUFFER)
+        return args->buf;
+    struct iovec iov = {};
+    for (int i = 0; i < MAX_IOVECS; i++) {
+        if (i >= args->count)
+            break;
+        if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(args->buf + i * sizeof(iov))))
+            return 0;
+        if (iov.iov_len)
+            return (__u64)iov.iov_base;
+    }
+    return 0;
+}
+
+static __always_inline int on_io_exit(long ret)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    struct io_args *args = bpf_map_lookup_elem(&active_io, &id);
+    if (!args)
+        return 0;
+    struct io_args a = *args;
+    bpf_map_delete_elem(&active_io, &id);
+    if (ret <= 0)
+        return 0;
+    __u32 tgid = id >> 32;
+    __u64 key = conn_key(tgid, a.fd);
+    struct conn_info *conn = bpf_map_lookup_elem(&conns, &key);
+    if (!conn || !conn->traced)
+        return 0;
+    struct probe_stats *stats = stats_for(a.probe);
+    if (!stats)
+        return 0;
+
+    if (conn->protocol == PROTOCOL_UNKNOWN) {
+        __u8 head[CLASSIFY_BYTES] = {};
+        __u64 src = first_user_buffer(&a);
+        if (src)
+            bpf_probe_read_user(head, sizeof(head), (void *)src);
+        __u8 protocol = classify_protocol(head, ret < CLASSIFY_BYTES ? ret : CLASSIFY_BYTES);
+        if (protocol == PROTOCOL_UNKNOWN) {
+            stats->unclassified++;
+            if (++conn->unclassified_events >= MAX_UNCLASSIFIED_EVENTS)
+                conn->traced = 0;
+            return 0;
+        }
+        conn->protocol = protocol;
+    }
+
+    __u32 zero = 0;
+    struct data_event *ev = bpf_map_lookup_elem(&scratch, &zero);
+    if (!ev)
+        return 0;
+    __u64 want = ret;
+    __u32 limit = capture_config.capture_bytes;
+    if (limit > MAX_CAPTURE_BYTES)
+        limit = MAX_CAPTURE_BYTES;
+    if (want > limit)
+        want = limit;
+    __u32 captured = 0;
+    if (a.buffer_kind == IO_BUFFER) {
+        __u64 n = want;
+        if (n > MAX_CAPTURE_BYTES)
+            n = MAX_CAPTURE_BYTES;
+        barrier_var(n);
+        if (!bpf_probe_read_user(ev->payload, n, (void *)a.buf))
+            captured = n;
+    } else if (a.buffer_kind == IO_IOVEC) {
+        captured = copy_iovecs(ev->payload, a.buf, a.count, want);
+    }
+
+    ev->hdr.type = EVENT_DATA;
+    ev->hdr.pid = tgid;
+    ev->hdr.tid = (__u32)id;
+    ev->hdr.fd = a.fd;
+    ev->hdr.conn_id = conn->conn_id;
+    ev->hdr.start_ns = a.start_ns;
+    ev->hdr.end_ns = bpf_ktime_get_ns();
+    ev->hdr.length = ret;
+    ev->hdr.captured = captured;
+    ev->hdr.direction = a.direction;
+    ev->hdr.role = conn->role;
+    ev->hdr.protocol = conn->protocol;
+    ev->hdr.flags = (__u64)ret > captured ? FLAG_TRUNCATED : 0;
+    ev->hdr.probe = a.probe;
+    ev->hdr.tuple = conn->tuple;
+    if (ev->hdr.flags & FLAG_TRUNCATED)
+        stats->truncated++;
+
+    __u64 size = sizeof(struct event_header) + captured;
+    if (size > sizeof(struct event_header) + MAX_CAPTURE_BYTES)
+        size = sizeof(struct event_header) + MAX_CAPTURE_BYTES;
+    barrier_var(size);
+    if (bpf_ringbuf_output(&events, ev, size, 0))
+        stats->lost++;
+    else
+        stats->events++;
+    return 0;
+}
+
+static __always_inline int on_accept_exit(long ret)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    __u32 tgid = id >> 32;
+    if (ret < 0 || !process_traced(tgid))
+        return 0;
+    track_conn(tgid, ret, ROLE_SERVER);
+    return 0;
+}
+
+static __always_inline int on_connect_enter(__u32 fd)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    if (!process_traced(id >> 32))
+        return 0;
+    bpf_map_update_elem(&active_connect, &id, &fd, BPF_ANY);
+    return 0;
+}
+
+static __always_inline int on_connect_exit(long ret)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    __u32 *fd = bpf_map_lookup_elem(&active_connect, &id);
+    if (!fd)
+        return 0;
+    __u32 sock_fd = *fd;
+    bpf_map_delete_elem(&active_connect, &id);
+    if (ret == 0 || ret == -EINPROGRESS)
+        track_conn(id >> 32, sock_fd, ROLE_CLIENT);
+    return 0;
+}
+
+static __always_inline int on_close_enter(__u32 fd)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    __u32 tgid = id >> 32;
+    if (!process_traced(tgid))
+        return 0;
+    __u64 key = conn_key(tgid, fd);
+    struct conn_info *conn = bpf_map_lookup_elem(&conns, &key);
+    if (!conn)
+        return 0;
+    if (conn->traced && conn->protocol != PROTOCOL_UNKNOWN) {
+        struct event_header hdr = {};
+        hdr.type = EVENT_CLOSE;
+        hdr.pid = tgid;
+        hdr.tid = (__u32)id;
+        hdr.fd = fd;
+        hdr.conn_id = conn->conn_id;
+        hdr.start_ns = hdr.end_ns = bpf_ktime_get_ns();
+        hdr.role = conn->role;
+        hdr.protocol = conn->protocol;
+        hdr.probe = PROBE_CLOSE;
+        hdr.tuple = conn->tuple;
+        struct probe_stats *stats = stats_for(PROBE_CLOSE);
+        if (stats) {
+            if (bpf_ringbuf_output(&events, &hdr, sizeof(hdr), 0))
+                stats->lost++;
+            else
+                stats->events++;
+        }
+    }
+    bpf_map_delete_elem(&conns, &key);
+    return 0;
+}
+
+/* ---- Attachments ------------------------------------------------------ */
+
+extern bool LINUX_HAS_SYSCALL_WRAPPER __kconfig;
+
+/* With a syscall wrapper the kprobe sees the wrapper's pt_regs, whose first
+ * argument points at the user-space registers. */
+static __always_inline struct pt_regs *syscall_regs(struct pt_regs *ctx)
+{
+    if (LINUX_HAS_SYSCALL_WRAPPER)
+        return (struct pt_regs *)PT_REGS_PARM1(ctx);
+    return ctx;
+}
+
+#define ARG(regs, n) PT_REGS_PARM##n##_CORE_SYSCALL(regs)
+
+/* enter handler body in terms of a0..a2 (the syscall's first arguments) */
+#define HOOK_SYSCALL(name, ENTER_BODY, EXIT_BODY)                                   \
+    SEC("tracepoint/syscalls/sys_enter_" #name)                                     \
+    int tp_enter_##name(struct trace_event_raw_sys_enter *ctx)                      \
+    {                                                                               \
+        __u64 a0 = ctx->args[0], a1 = ctx->args[1], a2 = ctx->args[2];              \
+        (void)a0; (void)a1; (void)a2;                                               \
+        ENTER_BODY;                                                                 \
+    }                                                                               \
+    SEC("tracepoint/syscalls/sys_exit_" #name)                                      \
+    int tp_exit_##name(struct trace_event_raw_sys_exit *ctx)                        \
+    {                                                                               \
+        long ret = ctx->ret;                                                        \
+        (void)ret;                                                                  \
+        EXIT_BODY;                                                                  \
+    }                                                                               \
+    SEC("ksyscall/" #name)                                                          \
+    int ks_enter_##name(struct pt_regs *ctx)                                        \
+    {                                                                               \
+        struct pt_regs *regs = syscall_regs(ctx);                                   \
+        __u64 a0 = ARG(regs, 1), a1 = ARG(regs, 2), a2 = ARG(regs, 3);              \
+        (void)a0; (void)a1; (void)a2;                                               \
+        ENTER_BODY;                                                                 \
+    }                                                                               \
+    SEC("kretsyscall/" #name)                                                       \
+    int ks_exit_##name(struct pt_regs *ctx)                                         \
+    {                                                                               \
+        long ret = PT_REGS_RC(ctx);                                                 \
+        (void)ret;                                                                  \
+        EXIT_BODY;                                                                  \
+    }
+
+#define IO_SYSCALL(name, probe, kind, direction) \
+    HOOK_SYSCALL(name, return on_io_enter(a0, a1, a2, probe, kind, direction), return on_io_exit(ret))
+
+IO_SYSCALL(read, PROBE_READ, IO_BUFFER, DIRECTION_INGRESS)
+IO_SYSCALL(write, PROBE_WRITE, IO_BUFFER, DIRECTION_EGRESS)
+IO_SYSCALL(readv, PROBE_READV, IO_IOVEC, DIRECTION_INGRESS)
+IO_SYSCALL(writev, PROBE_WRITEV, IO_IOVEC, DIRECTION_EGRESS)
+IO_SYSCALL(recvfrom, PROBE_RECVFROM, IO_BUFFER, DIRECTION_INGRESS)
+IO_SYSCALL(sendto, PROBE_SENDTO, IO_BUFFER, DIRECTION_EGRESS)
+HOOK_SYSCALL(recvmsg, return on_msg_enter(a0, a1, PROBE_RECVMSG, DIRECTION_INGRESS), return on_io_exit(ret))
+HOOK_SYSCALL(sendmsg, return on_msg_enter(a0, a1, PROBE_SENDMSG, DIRECTION_EGRESS), return on_io_exit(ret))
+/* sendfile carries response bodies (nginx): its length keeps message framing right. */
+HOOK_SYSCALL(sendfile64, return on_io_enter(a0, 0, a2, PROBE_SENDFILE, IO_NONE, DIRECTION_EGRESS), return on_io_exit(ret))
+HOOK_SYSCALL(accept, return 0, return on_accept_exit(ret))
+HOOK_SYSCALL(accept4, return 0, return on_accept_exit(ret))
+HOOK_SYSCALL(connect, return on_connect_enter(a0), return on_connect_exit(ret))
+HOOK_SYSCALL(close, return on_close_enter(a0), return 0)

@@ -168,11 +168,15 @@ class LoadedCapture:
             out[name] = tuple(totals)
         return out
 
-    def close(self) -> None:
+    def detach(self) -> None:
+        """Stop capturing; the ring keeps what was already written."""
         lib = libbpf.lib()
         for link in self._links:
             lib.bpf_link__destroy(link)
         self._links = []
+
+    def close(self) -> None:
+        self.detach()
         if self.ring is not None:
             self.ring.close()
             self.ring = None

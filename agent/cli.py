@@ -1,0 +1,169 @@
+"""`otel-ebpf`: run the agent, or check what this kernel offers."""
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+import click
+import yaml
+
+from agent import __version__
+
+_SIZE_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+
+
+def _parse_size(text) -> int:
+    text = str(text).strip().lower().removesuffix("ib").removesuffix("b")
+    if text and text[-1] in _SIZE_UNITS:
+        return int(text[:-1]) * _SIZE_UNITS[text[-1]]
+    return int(text)
+
+
+class SizeType(click.ParamType):
+    name = "size"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        try:
+            return _parse_size(value)
+        except ValueError:
+            self.fail(f"{value!r} is not a size (examples: 4096, 64k, 16M)", param, ctx)
+
+
+def _load_config_file(ctx: click.Context, param, path):
+    """YAML settings become defaults: flags and environment variables win."""
+    if not path:
+        return path
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise click.BadParameter(f"cannot read {path}: {exc}", ctx, param)
+    if not isinstance(data, dict):
+        raise click.BadParameter(f"{path} must hold a mapping of settings", ctx, param)
+    known = {p.name for p in ctx.command.params}
+    normalised = {}
+    for key, value in data.items():
+        name = str(key).replace("-", "_")
+        if name not in known or name == "config":
+            raise click.BadParameter(f"{path}: unknown setting {key!r}; known settings: "
+                                     f"{', '.join(sorted(known - {'config'}))}", ctx, param)
+        normalised[name] = value
+    ctx.default_map = {**(ctx.default_map or {}), **normalised}
+    return path
+
+
+@click.group()
+@click.version_option(__version__, prog_name="otel-ebpf")
+def main():
+    """eBPF zero-instrumentation tracing agent: HTTP spans from the kernel, no code changes."""
+
+
+@main.command()
+@click.option("--config", type=click.Path(dir_okay=False), callback=_load_config_file,
+              is_eager=True, expose_value=False, envvar="OTEL_EBPF_CONFIG",
+              help="YAML file of settings (keys are the option names); flags and environment win.")
+@click.option("--pid", "pids", type=int, multiple=True, envvar="OTEL_EBPF_PIDS",
+              help="Trace only this process (repeatable).")
+@click.option("--port", "ports", type=click.IntRange(1, 65535), multiple=True,
+              envvar="OTEL_EBPF_PORTS", help="Trace only connections with this local or remote port (repeatable).")
+@click.option("--exe", "exes", multiple=True, envvar="OTEL_EBPF_EXES",
+              help="Trace only processes whose executable has this name (repeatable).")
+@click.option("--exporter", type=click.Choice(["auto", "console", "otlp", "none"]),
+              default="auto", envvar="OTEL_EBPF_EXPORTER", show_default=True,
+              help="auto: OTLP when OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT is set, else console.")
+@click.option("--otlp-impl", type=click.Choice(["fast", "sdk"]), default="fast",
+              envvar="OTEL_EBPF_OTLP_IMPL", show_default=True,
+              help="fast: the agent's own OTLP encoder; sdk: the OpenTelemetry SDK exporters.")
+@click.option("--capture-bytes", type=click.IntRange(64, 8192), default=2048,
+              envvar="OTEL_EBPF_CAPTURE_BYTES", show_default=True,
+              help="Payload bytes copied per syscall.")
+@click.option("--ring-buffer-size", type=SizeType(), default="16M",
+              envvar="OTEL_EBPF_RING_BUFFER_SIZE", show_default=True,
+              help="Kernel ring buffer size, a power of two.")
+@click.option("--hooks", type=click.Choice(["auto", "kprobe", "tracepoint"]), default="auto",
+              envvar="OTEL_EBPF_HOOKS", show_default=True,
+              help="Hook family; auto picks the cheapest this kernel offers.")
+@click.option("--metrics-address", default="127.0.0.1:9464", envvar="OTEL_EBPF_METRICS_ADDRESS",
+              show_default=True, help="host:port for /metrics, /healthz and /readyz; empty to disable.")
+@click.option("--redact-query-key", "redact_query_keys", multiple=True,
+              envvar="OTEL_EBPF_REDACT_QUERY_KEYS", help="Extra URL query key whose value is redacted.")
+@click.option("--duration", type=click.FloatRange(min=0), default=None,
+              help="Stop after this many seconds (default: run until SIGINT/SIGTERM).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="info", envvar="OTEL_EBPF_LOG_LEVEL", show_default=True)
+def run(pids, ports, exes, exporter, otlp_impl, capture_bytes, ring_buffer_size, hooks,
+        metrics_address, redact_query_keys, duration, log_level):
+    """Trace the node (or the selected processes) and export spans."""
+    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
+                        format="otel-ebpf %(levelname)s %(message)s")
+    from agent.kernel_features import ensure_tracefs
+    from agent.loader import CaptureLoadError
+    from agent.runtime import Agent, AgentConfig
+
+    ok, message = ensure_tracefs()
+    if not ok:
+        logging.warning("%s", message)
+    config = AgentConfig(pids=set(pids), ports=set(ports), exes=set(exes), exporter=exporter,
+                         otlp_impl=otlp_impl, capture_bytes=capture_bytes,
+                         ring_buffer_bytes=ring_buffer_size, hooks=hooks,
+                         metrics_address=metrics_address or None,
+                         redact_query_keys=tuple(redact_query_keys))
+    agent = Agent(config)
+    try:
+        agent.start()
+    except (CaptureLoadError, FileNotFoundError, ValueError, OSError) as exc:
+        agent.shutdown()
+        raise click.ClickException(str(exc))
+    signal.signal(signal.SIGTERM, lambda *_: agent.request_stop())
+    signal.signal(signal.SIGINT, lambda *_: agent.request_stop())
+    logging.info("tracing: %s", agent.describe())
+    try:
+        agent.run(duration)
+    finally:
+        agent.shutdown()
+        logging.info("stopped")
+
+
+@main.command()
+@click.option("--output", "-o", type=click.Path(dir_okay=False), required=True)
+@click.option("--duration", type=click.FloatRange(min=0.1), default=5.0, show_default=True)
+@click.option("--pid", "pids", type=int, multiple=True)
+@click.option("--port", "ports", type=click.IntRange(1, 65535), multiple=True)
+@click.option("--capture-bytes", type=click.IntRange(64, 8192), default=2048, show_default=True)
+def record(output, duration, pids, ports, capture_bytes):
+    """Save raw kernel events to a file for offline replay (tests, benchmarks, bug reports)."""
+    import time
+    from agent.kernel_features import ensure_tracefs
+    from agent.loader import CaptureSettings, load_capture
+    from agent.recording import write_records
+
+    ensure_tracefs()
+    capture = load_capture(CaptureSettings(capture_bytes=capture_bytes, pids=set(pids) or None,
+                                           ports=set(ports) or None, ring_buffer_bytes=64 << 20))
+    records = []
+    deadline = time.monotonic() + duration
+    try:
+        while time.monotonic() < deadline:
+            batch = capture.ring.read_batch(65536)
+            records.extend(batch)
+            if not batch:
+                capture.ring.wait(0.05)
+        capture.detach()
+        records.extend(capture.ring.read_batch(1 << 30))
+        lost = sum(stats[1] for stats in capture.probe_stats().values())
+    finally:
+        capture.close()
+    count = write_records(output, records)
+    click.echo(f"{count} records written to {output} ({lost} lost in the kernel)")
+
+
+@main.command()
+def doctor():
+    """Report what this kernel offers and which hooks the agent will use."""
+    from agent.doctor import report
+    text, ok = report()
+    click.echo(text)
+    sys.exit(0 if ok else 1)

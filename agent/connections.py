@@ -1,0 +1,365 @@
+"""Reassemble and match: the stage between the drain and span building.
+
+Per connection and direction it rebuilds the byte stream from data events,
+frames HTTP/1.x messages with the pure parsers (headers, Content-Length and
+chunked bodies, pipelining), and pairs each response with the oldest
+request still waiting on that connection.  Everything it keeps is bounded,
+and everything it throws away is counted in `self.counts`.
+
+Output, per batch, is an ordered list of work items for the span builder:
+  (ITEM_REQUEST, conn, request)     a request head is complete
+  (ITEM_EXCHANGE, conn, request, response)   a response completed it
+Message timestamps come from the kernel (CLOCK_MONOTONIC).
+"""
+from __future__ import annotations
+
+import ipaddress
+from collections import OrderedDict, deque
+
+from agent.parsers import INVALID, NEED_MORE, PARSED
+from agent.parsers import http1
+from agent.records import C, EVENT_HEADER, EVENT_HEADER_SIZE
+
+ITEM_REQUEST = 0
+ITEM_EXCHANGE = 1
+
+_EVENT_DATA = C["EVENT_DATA"]
+_EVENT_CLOSE = C["EVENT_CLOSE"]
+_INGRESS = C["DIRECTION_INGRESS"]
+_ROLE_SERVER = C["ROLE_SERVER"]
+_ROLE_CLIENT = C["ROLE_CLIENT"]
+_PROTOCOL_HTTP1 = C["PROTOCOL_HTTP1"]
+
+# Stream states of one direction.
+_HEAD = 0          # collecting a message head
+_BODY = 1          # counting down a Content-Length body
+_CHUNKED = 2       # scanning a chunked body
+_UNTIL_CLOSE = 3   # response body delimited by the connection's end
+_RESYNC = 4        # lost the framing: skip to the next event that starts a message
+
+_UNBOUNDED = 1 << 62
+
+
+def format_address(raw: bytes) -> str:
+    if raw[:12] == b"\0" * 10 + b"\xff\xff":
+        return ipaddress.IPv4Address(raw[12:]).compressed
+    return ipaddress.IPv6Address(raw).compressed
+
+
+class Message:
+    """A framed request or response with the kernel times of its first and
+    last bytes, and the thread that handled them."""
+
+    __slots__ = ("parsed", "first_start_ns", "first_end_ns", "last_end_ns", "tid", "context")
+
+    def __init__(self, parsed, start_ns: int, end_ns: int, tid: int):
+        self.parsed = parsed
+        self.first_start_ns = start_ns
+        self.first_end_ns = end_ns
+        self.last_end_ns = end_ns
+        self.tid = tid
+        self.context = None   # the span builder's per-request trace context
+
+
+class Stream:
+    __slots__ = ("is_request", "state", "buf", "remaining", "chunked", "message")
+
+    def __init__(self, is_request: bool):
+        self.is_request = is_request
+        self.state = _HEAD
+        self.buf = b""
+        self.remaining = 0
+        self.chunked = None
+        self.message = None
+
+
+class Connection:
+    __slots__ = ("conn_id", "pid", "fd", "role", "local_addr", "local_port", "remote_addr",
+                 "remote_port", "ingress", "egress", "pending", "last_seen_ns")
+
+    def __init__(self, header: tuple):
+        (_, pid, _, fd, conn_id, _, end_ns, _, _, _, role, _, _, _,
+         local_addr, remote_addr, local_port, remote_port, _, _) = header
+        self.conn_id = conn_id
+        self.pid = pid
+        self.fd = fd
+        self.role = role
+        self.local_addr = format_address(local_addr)
+        self.remote_addr = format_address(remote_addr)
+        self.local_port = local_port
+        self.remote_port = remote_port
+        self.ingress: Stream | None = None
+        self.egress: Stream | None = None
+        if role == _ROLE_SERVER:
+            self._set_request_direction(_INGRESS)
+        elif role == _ROLE_CLIENT:
+            self._set_request_direction(1 - _INGRESS)
+        self.pending: deque[Message] = deque()
+        self.last_seen_ns = end_ns
+
+    def _set_request_direction(self, direction: int) -> None:
+        self.ingress = Stream(direction == _INGRESS)
+        self.egress = Stream(direction != _INGRESS)
+        if self.role not in (_ROLE_SERVER, _ROLE_CLIENT):
+            self.role = _ROLE_SERVER if direction == _INGRESS else _ROLE_CLIENT
+
+    @property
+    def is_server(self) -> bool:
+        return self.role == _ROLE_SERVER
+
+    def mirror_key(self) -> tuple:
+        """This connection as seen from its peer's end."""
+        return (self.remote_addr, self.remote_port, self.local_addr, self.local_port)
+
+    def key(self) -> tuple:
+        return (self.local_addr, self.local_port, self.remote_addr, self.remote_port)
+
+
+class ConnectionTracker:
+    def __init__(self, max_connections: int = 65536, max_pending_requests: int = 64,
+                 max_header_bytes: int = 16384, idle_timeout_s: float = 300.0,
+                 request_timeout_s: float = 120.0):
+        self.connections: OrderedDict[int, Connection] = OrderedDict()
+        self.max_connections = max_connections
+        self.max_pending = max_pending_requests
+        self.max_header_bytes = max_header_bytes
+        self.idle_timeout_ns = int(idle_timeout_s * 1e9)
+        self.request_timeout_ns = int(request_timeout_s * 1e9)
+        self.events = 0
+        self.bytes_captured = 0
+        self.counts: dict[str, int] = {
+            "connections_opened": 0,
+            "connections_closed": 0,
+            "connections_evicted": 0,
+            "connections_expired": 0,
+            "requests": 0,
+            "responses": 0,
+            "requests_without_response": 0,
+            "responses_without_request": 0,
+            "events_skipped_resync": 0,
+            "events_unknown_protocol": 0,
+            "heads_truncated": 0,
+            "records_malformed": 0,
+        }
+        # (protocol, reason) -> count
+        self.parse_errors: dict[tuple[str, str], int] = {}
+
+    # -- hot path ---------------------------------------------------------
+    def process(self, records: list) -> list:
+        out: list = []
+        connections = self.connections
+        unpack = EVENT_HEADER.unpack_from
+        counts = self.counts
+        for record in records:
+            if len(record) < EVENT_HEADER_SIZE:
+                counts["records_malformed"] += 1
+                continue
+            header = unpack(record)
+            conn_id = header[4]
+            conn = connections.get(conn_id)
+            if header[0] == _EVENT_CLOSE:
+                if conn is not None:
+                    self._close(conn, out)
+                continue
+            if header[11] != _PROTOCOL_HTTP1:
+                counts["events_unknown_protocol"] += 1
+                continue
+            self.events += 1
+            if conn is None:
+                conn = self._open(header)
+            else:
+                connections.move_to_end(conn_id)
+            conn.last_seen_ns = header[6]
+            payload = record[EVENT_HEADER_SIZE:EVENT_HEADER_SIZE + header[8]]
+            self.bytes_captured += len(payload)
+            direction = header[9]
+            if conn.ingress is None:
+                if http1.looks_like_request(payload):
+                    conn._set_request_direction(direction)
+                elif http1.looks_like_response(payload):
+                    conn._set_request_direction(1 - direction)
+                else:
+                    counts["events_skipped_resync"] += 1
+                    continue
+            stream = conn.ingress if direction == _INGRESS else conn.egress
+            self._feed(conn, stream, payload, header[7] - len(payload), header, out)
+        return out
+
+    def _open(self, header: tuple) -> Connection:
+        if len(self.connections) >= self.max_connections:
+            _, old = self.connections.popitem(last=False)
+            self.counts["connections_evicted"] += 1
+            self.counts["requests_without_response"] += len(old.pending)
+        conn = Connection(header)
+        self.connections[conn.conn_id] = conn
+        self.counts["connections_opened"] += 1
+        return conn
+
+    def _close(self, conn: Connection, out: list) -> None:
+        stream = conn.ingress if conn.ingress is not None and not conn.ingress.is_request \
+            else conn.egress
+        if stream is not None and stream.state == _UNTIL_CLOSE and stream.message is not None:
+            self._complete(conn, stream, out)
+        self.counts["requests_without_response"] += len(conn.pending)
+        del self.connections[conn.conn_id]
+        self.counts["connections_closed"] += 1
+
+    def _parse_error(self, reason: str) -> None:
+        key = ("http1", reason)
+        self.parse_errors[key] = self.parse_errors.get(key, 0) + 1
+
+    def _feed(self, conn: Connection, stream: Stream, data: bytes, uncaptured: int,
+              header: tuple, out: list) -> None:
+        """Consume one event's bytes; `uncaptured` bytes followed them on the
+        wire but were beyond the capture size."""
+        if stream.state == _RESYNC:
+            starts = http1.looks_like_request if stream.is_request else http1.looks_like_response
+            if not starts(data):
+                self.counts["events_skipped_resync"] += 1
+                return
+            stream.state = _HEAD
+            stream.buf = b""
+        while True:
+            state = stream.state
+            if state == _HEAD:
+                if not data and not stream.buf:
+                    if uncaptured:
+                        stream.state = _RESYNC
+                    return
+                buf = stream.buf + data if stream.buf else data
+                parse = http1.parse_request if stream.is_request else http1.parse_response
+                status, parsed, reason = parse(buf, self.max_header_bytes)
+                if status == NEED_MORE:
+                    if uncaptured:
+                        # The head continues beyond what was captured: its end
+                        # and the framing after it are unknown.
+                        self.counts["heads_truncated"] += 1
+                        stream.buf = b""
+                        stream.state = _RESYNC
+                    else:
+                        stream.buf = buf
+                        if stream.message is None:
+                            stream.message = Message(None, header[5], header[6], header[2])
+                    return
+                if status == INVALID:
+                    self._parse_error(reason)
+                    stream.buf = b""
+                    stream.message = None
+                    stream.state = _RESYNC
+                    return
+                message = stream.message
+                if message is None:
+                    message = Message(parsed, header[5], header[6], header[2])
+                else:
+                    message.parsed = parsed
+                    message.last_end_ns = header[6]
+                stream.message = message
+                stream.buf = b""
+                data = buf[parsed.header_bytes:]
+                self._start_body(conn, stream, parsed, out)
+                continue
+            message = stream.message
+            message.last_end_ns = header[6]
+            if state == _BODY:
+                available = len(data) + uncaptured
+                if available < stream.remaining:
+                    stream.remaining -= available
+                    return
+                used = stream.remaining
+                stream.remaining = 0
+                if used >= len(data):
+                    uncaptured -= used - len(data)
+                    data = b""
+                else:
+                    data = data[used:]
+                self._complete(conn, stream, out)
+                continue
+            if state == _CHUNKED:
+                if uncaptured:
+                    # Chunk sizes inside the uncaptured bytes are unknown: end
+                    # the message here and pick up at the next message start.
+                    self._complete(conn, stream, out)
+                    stream.state = _RESYNC
+                    return
+                status, consumed = stream.chunked.feed(data)
+                if status == NEED_MORE:
+                    return
+                if status == INVALID:
+                    self._parse_error("bad_chunk")
+                    self._complete(conn, stream, out)
+                    stream.state = _RESYNC
+                    return
+                data = data[consumed:]
+                self._complete(conn, stream, out)
+                continue
+            return  # _UNTIL_CLOSE: everything is body until the close event
+
+    def _start_body(self, conn: Connection, stream: Stream, parsed, out: list) -> None:
+        if stream.is_request:
+            self.counts["requests"] += 1
+            out.append((ITEM_REQUEST, conn, stream.message))
+            has_body = True
+        else:
+            if 100 <= parsed.status_code < 200 and parsed.status_code != 101:
+                # Interim response (100 Continue): the final one follows.
+                stream.message = None
+                stream.state = _HEAD
+                return
+            method = conn.pending[0].parsed.method if conn.pending else "GET"
+            has_body = http1.response_has_body(method, parsed.status_code)
+        if not has_body:
+            stream.state = _HEAD
+            self._complete(conn, stream, out)
+        elif parsed.chunked:
+            stream.chunked = http1.ChunkedBody()
+            stream.state = _CHUNKED
+        elif parsed.content_length > 0:
+            stream.remaining = parsed.content_length
+            stream.state = _BODY
+        elif parsed.content_length == 0 or stream.is_request:
+            stream.state = _HEAD
+            self._complete(conn, stream, out)
+        else:
+            stream.remaining = _UNBOUNDED
+            stream.state = _UNTIL_CLOSE
+
+    def _complete(self, conn: Connection, stream: Stream, out: list) -> None:
+        message = stream.message
+        stream.message = None
+        stream.chunked = None
+        stream.state = _HEAD
+        if stream.is_request:
+            if len(conn.pending) >= self.max_pending:
+                conn.pending.popleft()
+                self.counts["requests_without_response"] += 1
+            conn.pending.append(message)
+            return
+        self.counts["responses"] += 1
+        if not conn.pending:
+            self.counts["responses_without_request"] += 1
+            return
+        out.append((ITEM_EXCHANGE, conn, conn.pending.popleft(), message))
+
+    # -- housekeeping -----------------------------------------------------
+    def expire(self, now_ns: int) -> int:
+        """Drop idle connections and requests that never got an answer."""
+        expired = 0
+        for conn_id, conn in list(self.connections.items()):
+            idle = now_ns - conn.last_seen_ns
+            if idle > self.idle_timeout_ns:
+                self.counts["requests_without_response"] += len(conn.pending)
+                del self.connections[conn_id]
+                self.counts["connections_expired"] += 1
+                expired += 1
+            elif conn.pending and now_ns - conn.pending[0].last_end_ns > self.request_timeout_ns:
+                while conn.pending and now_ns - conn.pending[0].last_end_ns > self.request_timeout_ns:
+                    conn.pending.popleft()
+                    self.counts["requests_without_response"] += 1
+        return expired
+
+    def forget_process(self, pid: int) -> None:
+        for conn_id, conn in list(self.connections.items()):
+            if conn.pid == pid:
+                self.counts["requests_without_response"] += len(conn.pending)
+                del self.connections[conn_id]
+                self.counts["connections_expired"] += 1

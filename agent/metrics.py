@@ -1,0 +1,193 @@
+"""The agent's own Prometheus metrics, read from the stages' counters at
+scrape time (the hot path only increments plain integers), and the HTTP
+endpoint that serves them with /healthz and /readyz."""
+from __future__ import annotations
+
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from agent import __version__
+
+PREFIX = "otel_ebpf"
+
+# Tracker counters exposed as one counter each: name suffix -> help.
+_TRACKER_COUNTERS = {
+    "requests_without_response": ("requests_without_response",
+                                  "Requests that never got a response (connection closed, expired or evicted)."),
+    "responses_without_request": ("responses_without_request",
+                                  "Responses whose request was not seen."),
+    "heads_truncated": ("http_heads_truncated",
+                        "HTTP heads longer than the capture size, skipped."),
+    "records_malformed": ("records_malformed", "Ring buffer records too short to decode."),
+}
+_SKIP_REASONS = {"events_skipped_resync": "resync", "events_unknown_protocol": "unknown_protocol"}
+_CONNECTION_EVENTS = {"connections_opened": "opened", "connections_closed": "closed",
+                      "connections_evicted": "evicted", "connections_expired": "expired"}
+
+
+class AgentCollector:
+    def __init__(self, agent):
+        self.agent = agent
+
+    def collect(self):
+        agent = self.agent
+        pipeline = agent.pipeline
+        capture = agent.capture
+        if capture is not None and capture.ring is not None:
+            stats = capture.probe_stats()
+            families = {
+                "events": CounterMetricFamily(f"{PREFIX}_kernel_events", "Records the kernel probes wrote to the ring buffer.", labels=["probe"]),
+                "lost": CounterMetricFamily(f"{PREFIX}_kernel_events_lost", "Records the kernel probes could not write: ring buffer full.", labels=["probe"]),
+                "truncated": CounterMetricFamily(f"{PREFIX}_kernel_payloads_truncated", "Payloads longer than the capture size.", labels=["probe"]),
+                "unclassified": CounterMetricFamily(f"{PREFIX}_kernel_events_unclassified", "Socket data of protocols the agent does not trace, not copied.", labels=["probe"]),
+            }
+            for probe, (events, lost, truncated, unclassified) in stats.items():
+                families["events"].add_metric([probe], events)
+                families["lost"].add_metric([probe], lost)
+                families["truncated"].add_metric([probe], truncated)
+                families["unclassified"].add_metric([probe], unclassified)
+            yield from families.values()
+            fill = GaugeMetricFamily(f"{PREFIX}_ring_buffer_fill_ratio", "Share of the ring buffer holding undrained records.")
+            fill.add_metric([], capture.ring.fill_ratio())
+            yield fill
+            size = GaugeMetricFamily(f"{PREFIX}_ring_buffer_size_bytes", "Ring buffer size.")
+            size.add_metric([], capture.settings.ring_buffer_bytes)
+            yield size
+        if pipeline is None:
+            return
+        tracker = pipeline.tracker
+        counts = tracker.counts
+        drained = CounterMetricFamily(f"{PREFIX}_events_drained", "Records read from the ring buffer.")
+        drained.add_metric([], pipeline.records_drained)
+        yield drained
+        skipped = CounterMetricFamily(f"{PREFIX}_events_skipped", "Drained records not used, by reason.", labels=["reason"])
+        for key, reason in _SKIP_REASONS.items():
+            skipped.add_metric([reason], counts[key])
+        yield skipped
+        errors = CounterMetricFamily(f"{PREFIX}_parse_errors", "Messages that could not be parsed.", labels=["protocol", "reason"])
+        for (protocol, reason), value in list(tracker.parse_errors.items()):
+            errors.add_metric([protocol, reason], value)
+        yield errors
+        for key, (name, doc) in _TRACKER_COUNTERS.items():
+            family = CounterMetricFamily(f"{PREFIX}_{name}", doc)
+            family.add_metric([], counts[key])
+            yield family
+        conn_events = CounterMetricFamily(f"{PREFIX}_connection_events", "Connection lifecycle in the tracker.", labels=["event"])
+        for key, event in _CONNECTION_EVENTS.items():
+            conn_events.add_metric([event], counts[key])
+        yield conn_events
+        messages = CounterMetricFamily(f"{PREFIX}_http_messages", "HTTP/1.x messages framed.", labels=["type"])
+        messages.add_metric(["request"], counts["requests"])
+        messages.add_metric(["response"], counts["responses"])
+        yield messages
+        builder = pipeline.builder
+        built = CounterMetricFamily(f"{PREFIX}_spans_built", "Spans built from matched exchanges.", labels=["kind"])
+        built.add_metric(["server"], builder.counts["spans_server"])
+        built.add_metric(["client"], builder.counts["spans_client"])
+        yield built
+        invalid = CounterMetricFamily(f"{PREFIX}_trace_context_invalid", "Invalid incoming trace-context headers, ignored.", labels=["header"])
+        invalid.add_metric(["traceparent"], builder.counts["traceparent_invalid"])
+        invalid.add_metric(["tracestate"], builder.counts["tracestate_invalid"])
+        yield invalid
+        redactions = CounterMetricFamily(f"{PREFIX}_redactions", "Values redacted before export, by rule.", labels=["rule"])
+        for rule, value in list(pipeline.redactor.counts.items()):
+            redactions.add_metric([rule], value)
+        yield redactions
+        exporter = pipeline.exporter
+        for attr, name, doc in (
+                ("spans_exported", "spans_exported", "Spans the collector accepted."),
+                ("spans_failed", "spans_export_failed", "Spans given up on after export retries."),
+                ("spans_dropped_queue_full", "spans_dropped_queue_full", "Spans dropped because the export queue was full.")):
+            family = CounterMetricFamily(f"{PREFIX}_{name}", doc)
+            family.add_metric([], getattr(exporter, attr, 0))
+            yield family
+        sink = getattr(exporter, "sink", None)
+        sent = CounterMetricFamily(f"{PREFIX}_export_sent_bytes", "Bytes of encoded spans sent to the collector.")
+        sent.add_metric([], getattr(sink, "bytes_sent", 0))
+        yield sent
+        depth = GaugeMetricFamily(f"{PREFIX}_queue_depth", "Items waiting in a pipeline queue.", labels=["queue"])
+        depth.add_metric(["export"], exporter.queue_depth())
+        yield depth
+        tracked = GaugeMetricFamily(f"{PREFIX}_tracked", "Entities the agent holds state for.", labels=["entity"])
+        tracked.add_metric(["connections"], len(tracker.connections))
+        tracked.add_metric(["processes"], len(pipeline.resources))
+        tracked.add_metric(["trace_links"], len(builder.linker))
+        yield tracked
+
+
+class AgentMetrics:
+    """Registry with the agent's collector, process CPU/memory and build info."""
+
+    def __init__(self, agent):
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        self.registry.register(AgentCollector(agent))
+        info = InfoMetricFamily(f"{PREFIX}_build", "Agent build information.")
+        info.add_metric([], {"version": __version__})
+        self._info = info
+        self.registry.register(_Static([info]))
+        self.export_seconds = Histogram(f"{PREFIX}_export_duration_seconds",
+                                        "Time one export request took.", registry=self.registry,
+                                        buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _Static:
+    def __init__(self, families):
+        self._families = families
+
+    def collect(self):
+        return self._families
+
+
+class MetricsServer:
+    """/metrics, /healthz (the loop turned recently), /readyz (probes
+    attached, exporter running)."""
+
+    def __init__(self, address: str, metrics: AgentMetrics, agent):
+        host, _, port = address.rpartition(":")
+        host = host.strip("[]") or "0.0.0.0"
+        metrics_ref, agent_ref = metrics, agent
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, metrics_ref.exposition(), CONTENT_TYPE_LATEST)
+                elif path == "/healthz":
+                    ok, why = agent_ref.healthy()
+                    self._send(200 if ok else 503, why.encode() + b"\n", "text/plain")
+                elif path == "/readyz":
+                    ok, why = agent_ref.ready()
+                    self._send(200 if ok else 503, why.encode() + b"\n", "text/plain")
+                else:
+                    self._send(404, b"not found\n", "text/plain")
+
+            def _send(self, code, body, content_type):
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer((host, int(port)), Handler)
+        self.server.daemon_threads = True
+        self.address = f"{host}:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, name="metrics", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -1,0 +1,119 @@
+"""Wires one running agent together: kernel capture, pipeline, exporter,
+self-metrics, and an orderly stop."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+
+from agent.export import create_sink, exporter_endpoint
+from agent.export.batch import BatchExporter
+from agent.loader import CaptureSettings, load_capture
+from agent.metrics import AgentMetrics, MetricsServer
+from agent.pipeline import Pipeline, ProcessFilter
+from agent.redact import Redactor
+
+log = logging.getLogger("otel_ebpf")
+
+# The agent must stop within 2 s of SIGTERM: this much of it goes to flushing.
+STOP_FLUSH_SECONDS = 1.5
+# A loop that has not turned for this long is reported unhealthy.
+LOOP_STALL_SECONDS = 10.0
+
+
+@dataclass
+class AgentConfig:
+    pids: set[int] = field(default_factory=set)
+    ports: set[int] = field(default_factory=set)
+    exes: set[str] = field(default_factory=set)
+    exporter: str = "auto"
+    otlp_impl: str = "fast"
+    capture_bytes: int = 2048
+    ring_buffer_bytes: int = 16 << 20
+    hooks: str = "auto"
+    metrics_address: str | None = "127.0.0.1:9464"
+    redact_query_keys: tuple[str, ...] = ()
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, console_stream=None):
+        self.config = config
+        self.console_stream = console_stream
+        self.capture = None
+        self.pipeline = None
+        self.exporter = None
+        self.metrics = None
+        self.metrics_server = None
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        config = self.config
+        sink = create_sink(config.exporter, config.otlp_impl, os.environ,
+                           console_stream=self.console_stream)
+        excluded = []
+        endpoint = exporter_endpoint(os.environ, include_default=config.exporter == "otlp") \
+            if config.exporter in ("auto", "otlp") else None
+        if endpoint is not None:
+            excluded.append(endpoint)
+        process_filter = ProcessFilter(config.exes, config.pids) if config.exes else None
+        pids = None
+        if config.pids or config.exes:
+            pids = process_filter.matching_pids() if process_filter else set(config.pids)
+        settings = CaptureSettings(
+            capture_bytes=config.capture_bytes, ring_buffer_bytes=config.ring_buffer_bytes,
+            pids=pids, ports=set(config.ports) or None, excluded_endpoints=excluded,
+            hooks=config.hooks)
+        self.metrics = AgentMetrics(self)
+        self.exporter = BatchExporter(sink, observe_export_seconds=self.metrics.export_seconds.observe)
+        self.capture = load_capture(settings)
+        if process_filter is not None:
+            process_filter.known = set(pids)
+        self.pipeline = Pipeline(self.capture, self.exporter,
+                                 redactor=Redactor(config.redact_query_keys),
+                                 process_filter=process_filter)
+        if config.metrics_address:
+            self.metrics_server = MetricsServer(config.metrics_address, self.metrics, self)
+            self.metrics_server.start()
+
+    def describe(self) -> str:
+        capture = self.capture
+        parts = [f"hooks={capture.hook_family.name} ({capture.attached_programs} programs)"]
+        for name, why in capture.skipped_hooks:
+            parts.append(f"not {name}: {why.splitlines()[0]}")
+        parts.append(f"exporter={type(self.exporter.sink).__name__}")
+        if self.metrics_server:
+            parts.append(f"metrics=http://{self.metrics_server.address}/metrics")
+        return "; ".join(parts)
+
+    def run(self, duration_s: float | None = None) -> None:
+        deadline = time.monotonic() + duration_s if duration_s else None
+        self.pipeline.run(self._stop, deadline)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    def shutdown(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.stop(STOP_FLUSH_SECONDS)
+        elif self.capture is not None:
+            self.capture.close()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+
+    def healthy(self) -> tuple[bool, str]:
+        if self.pipeline is None:
+            return False, "starting"
+        stalled = time.monotonic() - self.pipeline.last_loop_monotonic
+        if stalled > LOOP_STALL_SECONDS:
+            return False, f"loop stalled for {stalled:.0f}s"
+        return True, "ok"
+
+    def ready(self) -> tuple[bool, str]:
+        if self.capture is None or not self.capture.attached_programs:
+            return False, "probes not attached"
+        if self.exporter is None or not self.exporter.is_alive():
+            return False, "exporter not running"
+        return True, "ok"

@@ -1,0 +1,264 @@
+"""Kernel tests: real BPF programs, real servers and clients on loopback.
+
+They need root and a kernel that loads the capture object; without them
+every test here is skipped with the reason."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from otlp_receiver import OtlpReceiver  # noqa: E402
+
+AGENT = [sys.executable, "-m", "agent.cli"] if not (ROOT / ".venv/bin/otel-ebpf").exists() \
+    else [str(ROOT / ".venv/bin/otel-ebpf")]
+PEERS = Path(__file__).resolve().parent / "peers"
+
+
+def _skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "kernel tests need root (CAP_BPF, CAP_PERFMON)"
+    if not os.path.exists("/sys/kernel/btf/vmlinux"):
+        return "kernel has no BTF (/sys/kernel/btf/vmlinux): the CO-RE loader cannot run"
+    if not (ROOT / "build/http.bpf.o").exists():
+        return "build/http.bpf.o missing: run `make setup`"
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = _skip_reason()
+    for item in items:
+        if "tests/kernel" in str(item.fspath):
+            item.add_marker(pytest.mark.kernel)
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+class AgentProcess:
+    """`otel-ebpf run` as a user starts it, exporting to the test's receiver."""
+
+    def __init__(self, args: list[str], env: dict[str, str]):
+        self.metrics_port = free_port()
+        self.log = tempfile.NamedTemporaryFile("w+", prefix="otel-ebpf-", suffix=".log")
+        self.stdout = tempfile.NamedTemporaryFile("w+", prefix="otel-ebpf-", suffix=".out")
+        full_env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        full_env.update(env)
+        full_env["PYTHONPATH"] = str(ROOT)
+        self.proc = subprocess.Popen(
+            AGENT + ["run", "--metrics-address", f"127.0.0.1:{self.metrics_port}", *args],
+            stdout=self.stdout, stderr=self.log, env=full_env, cwd=ROOT)
+        self._wait_ready()
+
+    def _wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"agent exited with {self.proc.returncode}:\n{self.stderr()}")
+            try:
+                status, _ = http_get(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout=1)
+                if status == 200:
+                    return
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise TimeoutError(f"agent not ready after {timeout}s:\n{self.stderr()}")
+
+    def stderr(self) -> str:
+        self.log.flush()
+        self.log.seek(0)
+        return self.log.read()
+
+    def output(self) -> str:
+        self.stdout.flush()
+        self.stdout.seek(0)
+        return self.stdout.read()
+
+    def metrics(self) -> str:
+        return http_get(f"http://127.0.0.1:{self.metrics_port}/metrics")[1].decode()
+
+    def metric(self, name: str, **labels) -> float:
+        """Sum of the samples of `name` whose labels include `labels`."""
+        total = 0.0
+        for line in self.metrics().splitlines():
+            if line.startswith("#") or not line.startswith(name):
+                continue
+            key, _, value = line.rpartition(" ")
+            metric_name, _, label_text = key.partition("{")
+            if metric_name != name:
+                continue
+            if all(f'{k}="{v}"' in label_text for k, v in labels.items()):
+                total += float(value)
+        return total
+
+    def stop(self, timeout: float = 5.0) -> float:
+        """SIGTERM; returns how long the agent took to exit."""
+        if self.proc.poll() is not None:
+            return 0.0
+        started = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+        return time.monotonic() - started
+
+
+@pytest.fixture
+def receiver():
+    rx = OtlpReceiver()
+    rx.start("http")
+    yield rx
+    rx.stop()
+
+
+@pytest.fixture
+def start_agent(receiver):
+    agents = []
+
+    def start(*args: str, protocol: str = "http/protobuf", extra_env: dict | None = None):
+        env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+               "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
+               "OTEL_BSP_SCHEDULE_DELAY": "200"}
+        env.update(extra_env or {})
+        agent = AgentProcess(list(args), env)
+        agents.append(agent)
+        return agent
+
+    yield start
+    for agent in agents:
+        agent.stop()
+
+
+@pytest.fixture
+def backend():
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, str(PEERS / "backend.py"), str(port)],
+                            stdout=subprocess.PIPE, env={**os.environ, "OTEL_SERVICE_NAME": "test-backend"})
+    proc.stdout.readline()
+    wait_for_port(port)
+    yield port
+    proc.terminate()
+    proc.wait()
+
+
+class Nginx:
+    def __init__(self, directory: Path, port: int, backend_port: int | None):
+        self.port = port
+        self.directory = directory
+        (directory / "html").mkdir()
+        (directory / "html/index.html").write_text("<h1>hello</h1>\n")
+        proxy = f"""
+            location /api/ {{
+                proxy_pass http://127.0.0.1:{backend_port};
+                proxy_http_version 1.1;
+                proxy_set_header Connection "";
+            }}""" if backend_port else ""
+        conf = textwrap.dedent(f"""
+            daemon off;
+            master_process on;
+            worker_processes 1;
+            pid {directory}/nginx.pid;
+            error_log {directory}/error.log;
+            events {{ worker_connections 1024; }}
+            http {{
+                access_log off;
+                client_body_temp_path {directory};
+                proxy_temp_path {directory};
+                fastcgi_temp_path {directory};
+                uwsgi_temp_path {directory};
+                scgi_temp_path {directory};
+                upstream backend {{ server 127.0.0.1:{backend_port or 9}; keepalive 8; }}
+                server {{
+                    listen 127.0.0.1:{port};
+                    root {directory}/html;
+                    location = /fast {{ return 200 "fast\\n"; }}
+                    {proxy}
+                }}
+            }}
+        """)
+        (directory / "nginx.conf").write_text(conf)
+        self.proc = subprocess.Popen(["nginx", "-c", str(directory / "nginx.conf"),
+                                      "-p", str(directory)])
+        wait_for_port(port)
+
+    def stop(self):
+        self.proc.terminate()
+        self.proc.wait()
+
+
+@pytest.fixture
+def start_nginx(tmp_path):
+    if not shutil.which("nginx"):
+        pytest.skip("nginx is not installed (make setup installs nginx-light)")
+    servers = []
+
+    def start(backend_port: int | None = None) -> Nginx:
+        directory = tmp_path / f"nginx{len(servers)}"
+        directory.mkdir()
+        server = Nginx(directory, free_port(), backend_port)
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
+
+
+def curl(url: str, *headers: str, extra: list[str] | None = None) -> dict:
+    """Runs curl; returns status and timings (seconds) as curl measured them."""
+    cmd = ["curl", "-s", "-o", "/dev/null", "-w",
+           "%{http_code} %{time_total} %{local_port}"]
+    for header in headers:
+        cmd += ["-H", header]
+    cmd += (extra or []) + [url]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.split()
+    return {"status": int(out[0]), "time_total": float(out[1]), "local_port": int(out[2])}
+
+
+def bpf_programs_named(prefix: str) -> list[str]:
+    """Names of the loaded BPF programs starting with prefix (from bpftool)."""
+    import json
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True)
+    if out.returncode != 0:
+        return []
+    return [p.get("name", "") for p in json.loads(out.stdout or "[]")
+            if p.get("name", "").startswith(prefix)]

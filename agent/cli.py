@@ -167,3 +167,7 @@ def doctor():
     text, ok = report()
     click.echo(text)
     sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

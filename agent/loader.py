@@ -15,6 +15,8 @@ from pathlib import Path
 
 from agent import libbpf, records
 from agent.libbpf import LibbpfError, check_ptr, check_ret, ffi
+from agent.kernel_features import KernelFeatures
+from agent.kernel_features import detect as detect_features
 from agent.ringbuf import RingBuffer
 
 DEFAULT_OBJECT_DIR = Path(__file__).resolve().parent.parent / "build"
@@ -53,13 +55,13 @@ class HookFamily:
     program_prefix: str
     description: str
 
-    def unavailable_reason(self) -> str | None:
-        if self.name == "kprobe":
-            if not os.path.exists("/sys/bus/event_source/devices/kprobe"):
-                return "this kernel has no kprobe PMU (/sys/bus/event_source/devices/kprobe)"
-        elif self.name == "tracepoint":
-            if not _tracefs_events_dir():
-                return ("tracefs is not mounted: mount -t tracefs tracefs /sys/kernel/tracing")
+    def unavailable_reason(self, features: KernelFeatures) -> str | None:
+        if self.name == "kprobe" and not features.kprobes:
+            return "this kernel offers no kprobes (no kprobe PMU, no kprobe_events)"
+        if self.name == "tracepoint" and not features.tracefs_mounted:
+            return "tracefs is not mounted: mount -t tracefs tracefs /sys/kernel/tracing"
+        if self.name == "tracepoint" and features.syscall_tracepoints is False:
+            return "this kernel has no syscall tracepoints (CONFIG_FTRACE_SYSCALLS)"
         return None
 
 
@@ -71,17 +73,12 @@ HOOK_FAMILIES = {
 }
 
 
-def _tracefs_events_dir() -> str | None:
-    for path in ("/sys/kernel/tracing/events/syscalls", "/sys/kernel/debug/tracing/events/syscalls"):
-        if os.path.isdir(path):
-            return path
-    return None
-
-
-def candidate_hooks(choice: str) -> list[tuple[HookFamily, str | None]]:
+def candidate_hooks(choice: str, features: KernelFeatures | None = None
+                    ) -> list[tuple[HookFamily, str | None]]:
     """Hook families in the order to try, each with why it cannot be used."""
+    features = features or detect_features()
     names = list(HOOK_FAMILIES) if choice == "auto" else [choice]
-    return [(HOOK_FAMILIES[n], HOOK_FAMILIES[n].unavailable_reason()) for n in names]
+    return [(HOOK_FAMILIES[n], HOOK_FAMILIES[n].unavailable_reason(features)) for n in names]
 
 
 def _address_bytes(address: str) -> bytes:
@@ -181,7 +178,7 @@ class LoadedCapture:
             self.ring.close()
             self.ring = None
         if self._obj is not None:
-            lib.bpf_object__close(self._obj)
+            libbpf.lib().bpf_object__close(self._obj)
             self._obj = None
 
 

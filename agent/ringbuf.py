@@ -50,23 +50,9 @@ class RingBuffer:
 
     def read_batch(self, max_records: int) -> list[bytes]:
         """Copy out up to max_records committed records, then release them."""
-        data = self._data
-        base = self._page
-        mask = self._mask
-        consumer = self._consumer.value
-        producer = _U64.unpack_from(data, 0)[0]
-        out = []
-        append = out.append
-        unpack_len = _U32.unpack_from
-        while consumer < producer and len(out) < max_records:
-            offset = base + (consumer & mask)
-            header = unpack_len(data, offset)[0]
-            if header & _BUSY:
-                break
-            length = header & _LENGTH_MASK
-            if not header & _DISCARD:
-                append(data[offset + 8:offset + 8 + length])
-            consumer += (length + 8 + 7) & ~7
+        producer = _U64.unpack_from(self._data, 0)[0]
+        out, consumer = read_records(self._data, self._page, self._mask,
+                                     self._consumer.value, producer, max_records)
         self._consumer.value = consumer
         return out
 
@@ -75,3 +61,40 @@ class RingBuffer:
         del self._consumer
         self._consumer_page.close()
         self._data.close()
+
+
+def read_records(data, base: int, mask: int, consumer: int, producer: int,
+                 max_records: int) -> tuple[list[bytes], int]:
+    """Records between the consumer and producer positions of a ring whose
+    data area starts at `base` in `data`; returns them and the new consumer
+    position.  Stops at a record the kernel is still writing."""
+    out = []
+    append = out.append
+    unpack_len = _U32.unpack_from
+    while consumer < producer and len(out) < max_records:
+        offset = base + (consumer & mask)
+        header = unpack_len(data, offset)[0]
+        if header & _BUSY:
+            break
+        length = header & _LENGTH_MASK
+        if not header & _DISCARD:
+            append(data[offset + 8:offset + 8 + length])
+        consumer += (length + 8 + 7) & ~7
+    return out, consumer
+
+
+def layout_records(records: list[bytes], size: int, page: int = mmap.PAGESIZE) -> bytearray:
+    """A ring image holding `records` as the kernel would lay them out
+    (producer position first, data from `page` on): for replaying recorded
+    events through read_records."""
+    data = bytearray(page + size)
+    pos = 0
+    for record in records:
+        step = (len(record) + 8 + 7) & ~7
+        if pos + step > size:
+            raise ValueError("records do not fit in a ring of that size")
+        _U32.pack_into(data, page + pos, len(record))
+        data[page + pos + 8:page + pos + 8 + len(record)] = record
+        pos += step
+    _U64.pack_into(data, 0, pos)
+    return data

@@ -18,6 +18,7 @@
 #include <bpf/bpf_endian.h>
 #include "events.h"
 #include "protocols.h"
+#include "syscalls.h"
 
 char LICENSE[] SEC("license") = "GPL";
 
@@ -462,7 +463,67 @@ static __always_inline int on_close_enter(__u32 fd)
     return 0;
 }
 
+/* ---- Dispatch --------------------------------------------------------- */
+
+/* What each hooked syscall means to the capture: one table for every hook
+ * family.  With a constant id (per-syscall hooks) the compiler folds the
+ * switch away; the raw tracepoints switch on the live syscall number. */
+static __always_inline int syscall_enter(long id, __u64 a0, __u64 a1, __u64 a2)
+{
+    switch (id) {
+    case NR_read: return on_io_enter(a0, a1, a2, PROBE_READ, IO_BUFFER, DIRECTION_INGRESS);
+    case NR_write: return on_io_enter(a0, a1, a2, PROBE_WRITE, IO_BUFFER, DIRECTION_EGRESS);
+    case NR_readv: return on_io_enter(a0, a1, a2, PROBE_READV, IO_IOVEC, DIRECTION_INGRESS);
+    case NR_writev: return on_io_enter(a0, a1, a2, PROBE_WRITEV, IO_IOVEC, DIRECTION_EGRESS);
+    case NR_recvfrom: return on_io_enter(a0, a1, a2, PROBE_RECVFROM, IO_BUFFER, DIRECTION_INGRESS);
+    case NR_sendto: return on_io_enter(a0, a1, a2, PROBE_SENDTO, IO_BUFFER, DIRECTION_EGRESS);
+    case NR_recvmsg: return on_msg_enter(a0, a1, PROBE_RECVMSG, DIRECTION_INGRESS);
+    case NR_sendmsg: return on_msg_enter(a0, a1, PROBE_SENDMSG, DIRECTION_EGRESS);
+    /* sendfile carries response bodies (nginx): its length keeps message framing right. */
+    case NR_sendfile64: return on_io_enter(a0, 0, a2, PROBE_SENDFILE, IO_NONE, DIRECTION_EGRESS);
+    case NR_connect: return on_connect_enter(a0);
+    case NR_close: return on_close_enter(a0);
+    }
+    return 0;
+}
+
+static __always_inline int syscall_exit(long id, long ret)
+{
+    switch (id) {
+    case NR_read: case NR_write: case NR_readv: case NR_writev: case NR_recvfrom:
+    case NR_sendto: case NR_recvmsg: case NR_sendmsg: case NR_sendfile64:
+        return on_io_exit(ret);
+    case NR_accept: case NR_accept4:
+        return on_accept_exit(ret);
+    case NR_connect:
+        return on_connect_exit(ret);
+    }
+    return 0;
+}
+
 /* ---- Attachments ------------------------------------------------------ */
+
+/* Raw syscall tracepoints: two links for every syscall the capture needs. */
+SEC("raw_tracepoint/sys_enter")
+int rtp_sys_enter(struct bpf_raw_tracepoint_args *ctx)
+{
+    struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+    long id = ctx->args[1];
+    if (!is_captured_syscall(id))
+        return 0;
+    return syscall_enter(id, PT_REGS_PARM1_CORE_SYSCALL(regs), PT_REGS_PARM2_CORE_SYSCALL(regs),
+                         PT_REGS_PARM3_CORE_SYSCALL(regs));
+}
+
+SEC("raw_tracepoint/sys_exit")
+int rtp_sys_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+    struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+    long id = SYSCALL_NR(regs);
+    if (!is_captured_syscall(id))
+        return 0;
+    return syscall_exit(id, ctx->args[1]);
+}
 
 extern bool LINUX_HAS_SYSCALL_WRAPPER __kconfig;
 
@@ -475,54 +536,42 @@ static __always_inline struct pt_regs *syscall_regs(struct pt_regs *ctx)
     return ctx;
 }
 
-#define ARG(regs, n) PT_REGS_PARM##n##_CORE_SYSCALL(regs)
-
-/* enter handler body in terms of a0..a2 (the syscall's first arguments) */
-#define HOOK_SYSCALL(name, ENTER_BODY, EXIT_BODY)                                   \
+/* Per-syscall hooks: the syscall tracepoints and the ksyscall kprobes. */
+#define HOOK_SYSCALL(name)                                                          \
     SEC("tracepoint/syscalls/sys_enter_" #name)                                     \
     int tp_enter_##name(struct trace_event_raw_sys_enter *ctx)                      \
     {                                                                               \
-        __u64 a0 = ctx->args[0], a1 = ctx->args[1], a2 = ctx->args[2];              \
-        (void)a0; (void)a1; (void)a2;                                               \
-        ENTER_BODY;                                                                 \
+        return syscall_enter(NR_##name, ctx->args[0], ctx->args[1], ctx->args[2]);  \
     }                                                                               \
     SEC("tracepoint/syscalls/sys_exit_" #name)                                      \
     int tp_exit_##name(struct trace_event_raw_sys_exit *ctx)                        \
     {                                                                               \
-        long ret = ctx->ret;                                                        \
-        (void)ret;                                                                  \
-        EXIT_BODY;                                                                  \
+        return syscall_exit(NR_##name, ctx->ret);                                   \
     }                                                                               \
     SEC("ksyscall/" #name)                                                          \
     int ks_enter_##name(struct pt_regs *ctx)                                        \
     {                                                                               \
         struct pt_regs *regs = syscall_regs(ctx);                                   \
-        __u64 a0 = ARG(regs, 1), a1 = ARG(regs, 2), a2 = ARG(regs, 3);              \
-        (void)a0; (void)a1; (void)a2;                                               \
-        ENTER_BODY;                                                                 \
+        return syscall_enter(NR_##name, PT_REGS_PARM1_CORE_SYSCALL(regs),           \
+                             PT_REGS_PARM2_CORE_SYSCALL(regs),                      \
+                             PT_REGS_PARM3_CORE_SYSCALL(regs));                     \
     }                                                                               \
     SEC("kretsyscall/" #name)                                                       \
     int ks_exit_##name(struct pt_regs *ctx)                                         \
     {                                                                               \
-        long ret = PT_REGS_RC(ctx);                                                 \
-        (void)ret;                                                                  \
-        EXIT_BODY;                                                                  \
+        return syscall_exit(NR_##name, PT_REGS_RC(ctx));                            \
     }
 
-#define IO_SYSCALL(name, probe, kind, direction) \
-    HOOK_SYSCALL(name, return on_io_enter(a0, a1, a2, probe, kind, direction), return on_io_exit(ret))
-
-IO_SYSCALL(read, PROBE_READ, IO_BUFFER, DIRECTION_INGRESS)
-IO_SYSCALL(write, PROBE_WRITE, IO_BUFFER, DIRECTION_EGRESS)
-IO_SYSCALL(readv, PROBE_READV, IO_IOVEC, DIRECTION_INGRESS)
-IO_SYSCALL(writev, PROBE_WRITEV, IO_IOVEC, DIRECTION_EGRESS)
-IO_SYSCALL(recvfrom, PROBE_RECVFROM, IO_BUFFER, DIRECTION_INGRESS)
-IO_SYSCALL(sendto, PROBE_SENDTO, IO_BUFFER, DIRECTION_EGRESS)
-HOOK_SYSCALL(recvmsg, return on_msg_enter(a0, a1, PROBE_RECVMSG, DIRECTION_INGRESS), return on_io_exit(ret))
-HOOK_SYSCALL(sendmsg, return on_msg_enter(a0, a1, PROBE_SENDMSG, DIRECTION_EGRESS), return on_io_exit(ret))
-/* sendfile carries response bodies (nginx): its length keeps message framing right. */
-HOOK_SYSCALL(sendfile64, return on_io_enter(a0, 0, a2, PROBE_SENDFILE, IO_NONE, DIRECTION_EGRESS), return on_io_exit(ret))
-HOOK_SYSCALL(accept, return 0, return on_accept_exit(ret))
-HOOK_SYSCALL(accept4, return 0, return on_accept_exit(ret))
-HOOK_SYSCALL(connect, return on_connect_enter(a0), return on_connect_exit(ret))
-HOOK_SYSCALL(close, return on_close_enter(a0), return 0)
+HOOK_SYSCALL(read)
+HOOK_SYSCALL(write)
+HOOK_SYSCALL(readv)
+HOOK_SYSCALL(writev)
+HOOK_SYSCALL(recvfrom)
+HOOK_SYSCALL(sendto)
+HOOK_SYSCALL(recvmsg)
+HOOK_SYSCALL(sendmsg)
+HOOK_SYSCALL(sendfile64)
+HOOK_SYSCALL(accept)
+HOOK_SYSCALL(accept4)
+HOOK_SYSCALL(connect)
+HOOK_SYSCALL(close)

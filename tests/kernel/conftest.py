@@ -194,6 +194,7 @@ class Nginx:
             }}""" if backend_port else ""
         conf = textwrap.dedent(f"""
             daemon off;
+            user root;
             master_process on;
             worker_processes 1;
             pid {directory}/nginx.pid;
@@ -254,11 +255,13 @@ def curl(url: str, *headers: str, extra: list[str] | None = None) -> dict:
     return {"status": int(out[0]), "time_total": float(out[1]), "local_port": int(out[2])}
 
 
-def bpf_programs_named(prefix: str) -> list[str]:
-    """Names of the loaded BPF programs starting with prefix (from bpftool)."""
+CAPTURE_PROGRAM_PREFIXES = ("rtp_sys_", "tp_enter_", "tp_exit_", "ks_enter_", "ks_exit_")
+
+
+def capture_programs_loaded() -> list[str]:
+    """Names of loaded BPF programs that belong to the capture (from bpftool)."""
     import json
-    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True)
-    if out.returncode != 0:
-        return []
+    out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True,
+                         check=True)
     return [p.get("name", "") for p in json.loads(out.stdout or "[]")
-            if p.get("name", "").startswith(prefix)]
+            if p.get("name", "").startswith(CAPTURE_PROGRAM_PREFIXES)]

@@ -1,0 +1,134 @@
+"""Pipeline throughput on one core: recorded kernel events replayed through
+drain (the ring reader, over a ring image) -> reassemble and match -> build
+spans -> OTLP protobuf bytes.
+
+    .venv/bin/python benchmarks/pipeline.py [--recording FILE] [--seconds N]
+
+Without --recording it records live first (root; nginx and wrk from
+`make setup`): wrk against a local nginx for one second, both ends traced.
+Prints spans/s for the fast encoder and for the OpenTelemetry SDK encoder on
+the same spans, their ratio, and where the time goes per stage.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agent.connections import ConnectionTracker  # noqa: E402
+from agent.export.otlp_encode import encode_export_request  # noqa: E402
+from agent.recording import read_records  # noqa: E402
+from agent.redact import Redactor  # noqa: E402
+from agent.resources import ResourceCache  # noqa: E402
+from agent.ringbuf import layout_records, read_records as ring_read  # noqa: E402
+from agent.span_builder import HttpSpanBuilder  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+BATCH = 512
+NGINX_CONF = """daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;
+events {{ worker_connections 256; }}
+http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};
+uwsgi_temp_path {d}; scgi_temp_path {d};
+server {{ listen 127.0.0.1:{port}; location / {{ return 200 "hello\\n"; }} }} }}
+"""
+WRK_SCRIPT = """wrk.headers["traceparent"] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+wrk.path = "/api/v1/items?id=42"
+"""
+
+
+def record_live(path: Path) -> None:
+    if os.geteuid() != 0 or not shutil.which("nginx") or not shutil.which("wrk"):
+        sys.exit("live recording needs root, nginx and wrk (make setup); or pass --recording")
+    port = 18777
+    with tempfile.TemporaryDirectory() as d:
+        Path(d, "nginx.conf").write_text(NGINX_CONF.format(d=d, port=port))
+        Path(d, "req.lua").write_text(WRK_SCRIPT)
+        nginx = subprocess.Popen(["nginx", "-c", f"{d}/nginx.conf", "-p", d])
+        time.sleep(0.5)
+        recorder = subprocess.Popen([sys.executable, "-m", "agent.cli", "record", "-o", str(path),
+                                     "--duration", "3", "--port", str(port), "--capture-bytes", "512"],
+                                    cwd=ROOT)
+        time.sleep(1.5)
+        subprocess.run(["wrk", "-t1", "-c8", "-d1s", "-s", f"{d}/req.lua",
+                        f"http://127.0.0.1:{port}/"], check=True, capture_output=True)
+        recorder.wait()
+        nginx.terminate()
+        nginx.wait()
+
+
+def run(records: list[bytes], seconds: float, encode) -> dict:
+    size = 1 << max(20, (sum(len(r) + 16 for r in records)).bit_length())
+    image = layout_records(records, size)
+    producer = int.from_bytes(image[:8], "little")
+    tracker = ConnectionTracker()
+    builder = HttpSpanBuilder(ResourceCache(), Redactor())
+    stage = {"drain": 0.0, "match": 0.0, "build": 0.0, "encode": 0.0}
+    spans_total = bytes_total = 0
+    clock = time.perf_counter
+    deadline = clock() + seconds
+    pending = []
+    while clock() < deadline:
+        consumer = 0
+        while consumer < producer:
+            t0 = clock()
+            batch, consumer = ring_read(image, 4096, size - 1, consumer, producer, 4096)
+            t1 = clock()
+            items = tracker.process(batch)
+            t2 = clock()
+            spans = builder.build(items)
+            t3 = clock()
+            pending += spans
+            while len(pending) >= BATCH:
+                bytes_total += len(encode(pending[:BATCH]))
+                spans_total += BATCH
+                del pending[:BATCH]
+            t4 = clock()
+            stage["drain"] += t1 - t0
+            stage["match"] += t2 - t1
+            stage["build"] += t3 - t2
+            stage["encode"] += t4 - t3
+    elapsed = sum(stage.values())
+    return {"spans": spans_total, "seconds": elapsed, "rate": spans_total / elapsed,
+            "bytes": bytes_total, "stage": stage}
+
+
+def sdk_encoder():
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+    from agent.export.sdk import SdkConverter
+    converter = SdkConverter()
+    return lambda spans: encode_spans([converter.convert(s) for s in spans]).SerializeToString()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--recording", type=Path)
+    parser.add_argument("--seconds", type=float, default=5.0)
+    args = parser.parse_args()
+    recording = args.recording
+    if recording is None:
+        recording = Path(tempfile.mkdtemp()) / "wrk.events"
+        record_live(recording)
+    records = read_records(recording)
+    print(f"{len(records)} recorded events from {recording}")
+    results = {"fast": run(records, args.seconds, encode_export_request)}
+    try:
+        results["sdk"] = run(records, args.seconds, sdk_encoder())
+    except ImportError as exc:
+        print(f"SDK encoder unavailable: {exc}")
+    for name, r in results.items():
+        per_span = {k: v / r["spans"] * 1e6 for k, v in r["stage"].items()}
+        stages = "  ".join(f"{k} {v:.1f}" for k, v in per_span.items())
+        print(f"{name:>5}: {r['rate']:>9,.0f} spans/s on one core  ({1e6 / r['rate']:.1f} µs/span: {stages} µs)")
+    if "sdk" in results:
+        print(f"fast / sdk = {results['fast']['rate'] / results['sdk']['rate']:.1f}x")
+
+
+if __name__ == "__main__":
+    main()

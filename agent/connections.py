@@ -14,11 +14,12 @@ Message timestamps come from the kernel (CLOCK_MONOTONIC).
 from __future__ import annotations
 
 import ipaddress
+import struct
 from collections import OrderedDict, deque
 
 from agent.parsers import INVALID, NEED_MORE, PARSED
 from agent.parsers import http1
-from agent.records import C, EVENT_HEADER, EVENT_HEADER_SIZE
+from agent.records import C, EVENT_HEADER, EVENT_HEADER_FIELDS, EVENT_HEADER_FORMAT, EVENT_HEADER_SIZE
 
 ITEM_REQUEST = 0
 ITEM_EXCHANGE = 1
@@ -38,6 +39,12 @@ _UNTIL_CLOSE = 3   # response body delimited by the connection's end
 _RESYNC = 4        # lost the framing: skip to the next event that starts a message
 
 _UNBOUNDED = 1 << 62
+
+# The per-event fields, up to and including `protocol`: the hot loop unpacks
+# only these; addresses and ports are read once, when a connection opens.
+_HOT_FIELDS = EVENT_HEADER_FIELDS.index("protocol") + 1
+_HOT_HEADER = struct.Struct(EVENT_HEADER_FORMAT[:1 + EVENT_HEADER_FORMAT[1:].index("B") + 3])
+assert _HOT_HEADER.unpack(bytes(_HOT_HEADER.size)).__len__() == _HOT_FIELDS
 
 
 def format_address(raw: bytes) -> str:
@@ -148,41 +155,46 @@ class ConnectionTracker:
     def process(self, records: list) -> list:
         out: list = []
         connections = self.connections
-        unpack = EVENT_HEADER.unpack_from
+        unpack = _HOT_HEADER.unpack_from
         counts = self.counts
+        header_size = EVENT_HEADER_SIZE
+        looks_like_request = http1.looks_like_request
+        looks_like_response = http1.looks_like_response
+        events = captured_bytes = 0
         for record in records:
-            if len(record) < EVENT_HEADER_SIZE:
+            if len(record) < header_size:
                 counts["records_malformed"] += 1
                 continue
-            header = unpack(record)
-            conn_id = header[4]
+            (event_type, _, tid, _, conn_id, start_ns, end_ns, length, captured,
+             direction, _, protocol) = unpack(record)
             conn = connections.get(conn_id)
-            if header[0] == _EVENT_CLOSE:
+            if event_type == _EVENT_CLOSE:
                 if conn is not None:
                     self._close(conn, out)
                 continue
-            if header[11] != _PROTOCOL_HTTP1:
+            if protocol != _PROTOCOL_HTTP1:
                 counts["events_unknown_protocol"] += 1
                 continue
-            self.events += 1
+            events += 1
             if conn is None:
-                conn = self._open(header)
+                conn = self._open(EVENT_HEADER.unpack_from(record))
             else:
                 connections.move_to_end(conn_id)
-            conn.last_seen_ns = header[6]
-            payload = record[EVENT_HEADER_SIZE:EVENT_HEADER_SIZE + header[8]]
-            self.bytes_captured += len(payload)
-            direction = header[9]
+            conn.last_seen_ns = end_ns
+            payload = record[header_size:header_size + captured]
+            captured_bytes += len(payload)
             if conn.ingress is None:
-                if http1.looks_like_request(payload):
+                if looks_like_request(payload):
                     conn._set_request_direction(direction)
-                elif http1.looks_like_response(payload):
+                elif looks_like_response(payload):
                     conn._set_request_direction(1 - direction)
                 else:
                     counts["events_skipped_resync"] += 1
                     continue
-            stream = conn.ingress if direction == _INGRESS else conn.egress
-            self._feed(conn, stream, payload, header[7] - len(payload), header, out)
+            self._feed(conn, conn.ingress if direction == _INGRESS else conn.egress, payload,
+                       length - len(payload), tid, start_ns, end_ns, out)
+        self.events += events
+        self.bytes_captured += captured_bytes
         return out
 
     def _open(self, header: tuple) -> Connection:
@@ -209,7 +221,7 @@ class ConnectionTracker:
         self.parse_errors[key] = self.parse_errors.get(key, 0) + 1
 
     def _feed(self, conn: Connection, stream: Stream, data: bytes, uncaptured: int,
-              header: tuple, out: list) -> None:
+              tid: int, start_ns: int, end_ns: int, out: list) -> None:
         """Consume one event's bytes; `uncaptured` bytes followed them on the
         wire but were beyond the capture size."""
         if stream.state == _RESYNC:
@@ -239,7 +251,7 @@ class ConnectionTracker:
                     else:
                         stream.buf = buf
                         if stream.message is None:
-                            stream.message = Message(None, header[5], header[6], header[2])
+                            stream.message = Message(None, start_ns, end_ns, tid)
                     return
                 if status == INVALID:
                     self._parse_error(reason)
@@ -249,17 +261,17 @@ class ConnectionTracker:
                     return
                 message = stream.message
                 if message is None:
-                    message = Message(parsed, header[5], header[6], header[2])
+                    message = Message(parsed, start_ns, end_ns, tid)
                 else:
                     message.parsed = parsed
-                    message.last_end_ns = header[6]
+                    message.last_end_ns = end_ns
                 stream.message = message
                 stream.buf = b""
                 data = buf[parsed.header_bytes:]
                 self._start_body(conn, stream, parsed, out)
                 continue
             message = stream.message
-            message.last_end_ns = header[6]
+            message.last_end_ns = end_ns
             if state == _BODY:
                 available = len(data) + uncaptured
                 if available < stream.remaining:

@@ -1,0 +1,63 @@
+"""W3C Trace Context level 1: the traceparent and tracestate header values.
+
+https://www.w3.org/TR/trace-context/
+"""
+from __future__ import annotations
+
+import re
+
+from agent.parsers import INVALID, PARSED
+
+# Lowercase hex only: bytes.fromhex alone would also take upper case and
+# spaces, which the spec rejects.
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+_ZERO_TRACE_ID = "0" * 32
+_ZERO_PARENT_ID = "0" * 16
+_OWS = " \t"
+
+_MAX_MEMBERS = 32
+_KEY = re.compile(r"[a-z][a-z0-9_\-*/]{0,255}"
+                  r"|[a-z0-9][a-z0-9_\-*/]{0,240}@[a-z][a-z0-9_\-*/]{0,13}")
+_VALUE = re.compile(r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3e-\x7e]")
+
+
+def parse_traceparent(value: str):
+    """(PARSED, (trace_id, parent_id, flags), "") or (INVALID, None, reason)."""
+    value = value.strip(_OWS)
+    if len(value) < 55:
+        return INVALID, None, "bad_length"
+    match = _TRACEPARENT.match(value)
+    if match is None:
+        return INVALID, None, "bad_format"
+    version, trace_id, parent_id, flags = match.groups()
+    if version == "ff":
+        return INVALID, None, "bad_version"
+    if len(value) > 55 and (version == "00" or value[55] != "-"):
+        # A later version may append fields, always after a dash; version 00
+        # has none.
+        return INVALID, None, "bad_length"
+    if trace_id == _ZERO_TRACE_ID:
+        return INVALID, None, "zero_trace_id"
+    if parent_id == _ZERO_PARENT_ID:
+        return INVALID, None, "zero_parent_id"
+    return PARSED, (bytes.fromhex(trace_id), bytes.fromhex(parent_id), int(flags, 16)), ""
+
+
+def parse_tracestate(value: str):
+    """The list with whitespace and empty members removed, "" when it has no
+    members, or None when it is invalid (and must be dropped as a whole)."""
+    members = []
+    keys = set()
+    for member in value.split(","):
+        member = member.strip(_OWS)
+        if not member:
+            continue
+        key, eq, val = member.partition("=")
+        if not eq or key in keys or _KEY.fullmatch(key) is None \
+                or _VALUE.fullmatch(val) is None:
+            return None
+        keys.add(key)
+        members.append(member)
+        if len(members) > _MAX_MEMBERS:
+            return None
+    return ",".join(members)

@@ -69,10 +69,11 @@ class Message:
 
 
 class Stream:
-    __slots__ = ("is_request", "state", "buf", "remaining", "chunked", "message")
+    __slots__ = ("is_request", "parse", "state", "buf", "remaining", "chunked", "message")
 
     def __init__(self, is_request: bool):
         self.is_request = is_request
+        self.parse = http1.parse_request if is_request else http1.parse_response
         self.state = _HEAD
         self.buf = b""
         self.remaining = 0
@@ -82,7 +83,7 @@ class Stream:
 
 class Connection:
     __slots__ = ("conn_id", "pid", "fd", "role", "local_addr", "local_port", "remote_addr",
-                 "remote_port", "ingress", "egress", "pending", "last_seen_ns")
+                 "remote_port", "ingress", "egress", "pending", "last_seen_ns", "span_cache")
 
     def __init__(self, header: tuple):
         (_, pid, _, fd, conn_id, _, end_ns, _, _, _, role, _, _, _,
@@ -103,6 +104,7 @@ class Connection:
             self._set_request_direction(1 - _INGRESS)
         self.pending: deque[Message] = deque()
         self.last_seen_ns = end_ns
+        self.span_cache = None   # the span builder's per-connection constants
 
     def _set_request_direction(self, direction: int) -> None:
         self.ingress = Stream(direction == _INGRESS)
@@ -134,13 +136,13 @@ class ConnectionTracker:
         self.request_timeout_ns = int(request_timeout_s * 1e9)
         self.events = 0
         self.bytes_captured = 0
+        self.requests = 0
+        self.responses = 0
         self.counts: dict[str, int] = {
             "connections_opened": 0,
             "connections_closed": 0,
             "connections_evicted": 0,
             "connections_expired": 0,
-            "requests": 0,
-            "responses": 0,
             "requests_without_response": 0,
             "responses_without_request": 0,
             "events_skipped_resync": 0,
@@ -239,8 +241,7 @@ class ConnectionTracker:
                         stream.state = _RESYNC
                     return
                 buf = stream.buf + data if stream.buf else data
-                parse = http1.parse_request if stream.is_request else http1.parse_response
-                status, parsed, reason = parse(buf, self.max_header_bytes)
+                status, parsed, reason = stream.parse(buf, self.max_header_bytes)
                 if status == NEED_MORE:
                     if uncaptured:
                         # The head continues beyond what was captured: its end
@@ -308,7 +309,7 @@ class ConnectionTracker:
 
     def _start_body(self, conn: Connection, stream: Stream, parsed, out: list) -> None:
         if stream.is_request:
-            self.counts["requests"] += 1
+            self.requests += 1
             out.append((ITEM_REQUEST, conn, stream.message))
             has_body = True
         else:
@@ -346,7 +347,7 @@ class ConnectionTracker:
                 self.counts["requests_without_response"] += 1
             conn.pending.append(message)
             return
-        self.counts["responses"] += 1
+        self.responses += 1
         if not conn.pending:
             self.counts["responses_without_request"] += 1
             return

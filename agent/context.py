@@ -13,7 +13,7 @@ All tables are bounded; the oldest entries go first.
 """
 from __future__ import annotations
 
-from collections import OrderedDict, deque
+from collections import deque
 
 
 class RequestContext:
@@ -28,17 +28,18 @@ class RequestContext:
         self.trace_state = trace_state
 
 
-def _bounded_put(table: OrderedDict, key, value, limit: int) -> None:
+def _bounded_put(table: dict, key, value, limit: int) -> None:
+    """Insert; past the limit the oldest entry goes (dicts keep insertion order)."""
     table[key] = value
     if len(table) > limit:
-        table.popitem(last=False)
+        del table[next(iter(table))]
 
 
 class ContextLinker:
     def __init__(self, max_entries: int = 65536, max_links_per_connection: int = 64):
-        self._by_incoming: OrderedDict[tuple, RequestContext] = OrderedDict()
-        self._by_thread: OrderedDict[tuple, RequestContext] = OrderedDict()
-        self._client_links: OrderedDict[tuple, deque] = OrderedDict()
+        self._by_incoming: dict[tuple, RequestContext] = {}
+        self._by_thread: dict[tuple, RequestContext] = {}
+        self._client_links: dict[tuple, deque] = {}
         self._max = max_entries
         self._max_links = max_links_per_connection
 

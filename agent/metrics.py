@@ -82,13 +82,13 @@ class AgentCollector:
             conn_events.add_metric([event], counts[key])
         yield conn_events
         messages = CounterMetricFamily(f"{PREFIX}_http_messages", "HTTP/1.x messages framed.", labels=["type"])
-        messages.add_metric(["request"], counts["requests"])
-        messages.add_metric(["response"], counts["responses"])
+        messages.add_metric(["request"], tracker.requests)
+        messages.add_metric(["response"], tracker.responses)
         yield messages
         builder = pipeline.builder
         built = CounterMetricFamily(f"{PREFIX}_spans_built", "Spans built from matched exchanges.", labels=["kind"])
-        built.add_metric(["server"], builder.counts["spans_server"])
-        built.add_metric(["client"], builder.counts["spans_client"])
+        built.add_metric(["server"], builder.spans_server)
+        built.add_metric(["client"], builder.spans_client)
         yield built
         invalid = CounterMetricFamily(f"{PREFIX}_trace_context_invalid", "Invalid incoming trace-context headers, ignored.", labels=["header"])
         invalid.add_metric(["traceparent"], builder.counts["traceparent_invalid"])

@@ -46,8 +46,10 @@ class HttpSpanBuilder:
         self.linker = ContextLinker()
         self.scheme = scheme
         self.clock_offset_ns = monotonic_to_wall_offset_ns()
-        self.counts = {"spans_server": 0, "spans_client": 0, "traceparent_invalid": 0,
-                       "tracestate_invalid": 0, "linked_same_node": 0}
+        self.counts = {"traceparent_invalid": 0, "tracestate_invalid": 0, "linked_same_node": 0}
+        self.spans_server = 0
+        self.spans_client = 0
+        self._hosts: dict = {}
 
     def refresh_clock(self) -> None:
         self.clock_offset_ns = monotonic_to_wall_offset_ns()
@@ -114,65 +116,78 @@ class HttpSpanBuilder:
             linker.client_sent(conn.key(), ctx)
         message.context = (ctx, incoming)
 
+    def _connection_constants(self, conn: Connection) -> tuple:
+        """Attributes and resource that every span of a connection shares."""
+        peer = [("network.peer.address", conn.remote_addr), ("network.peer.port", conn.remote_port)]
+        if conn.is_server:
+            peer.insert(0, ("client.address", conn.remote_addr))
+        conn.span_cache = (peer, self.resources.get(conn.pid))
+        return conn.span_cache
+
+    def _host(self, host: str | None) -> tuple[str | None, int | None]:
+        cached = self._hosts.get(host)
+        if cached is None:
+            if len(self._hosts) >= 4096:
+                self._hosts.clear()
+            cached = self._hosts[host] = _host_and_port(host)
+        return cached
+
     def _span(self, conn: Connection, request_message: Message, response_message: Message) -> Span:
         if request_message.context is None:
             self._on_request(conn, request_message)
         ctx, incoming = request_message.context
         request = request_message.parsed
-        response = response_message.parsed
-        status_code = response.status_code
+        status_code = response_message.parsed.status_code
+        peer, resource = conn.span_cache or self._connection_constants(conn)
         method = request.method
         known = method in KNOWN_METHODS
-        attrs = [("http.request.method", method if known else "_OTHER")]
-        if not known:
-            attrs.append(("http.request.method_original", method))
         path, query = split_target(request.target)
-        host, host_port = _host_and_port(request.host)
+        host, host_port = self._host(request.host)
         status = STATUS_UNSET
-        offset = self.clock_offset_ns
         if conn.is_server:
-            self.linker.server_finished(conn.pid, request_message.tid, incoming, ctx)
-            link = self.linker.take_client_link(conn.mirror_key())
+            linker = self.linker
+            linker.server_finished(conn.pid, request_message.tid, incoming, ctx)
+            link = linker.take_client_link(conn.mirror_key())
             if link is not None:
                 self.counts["linked_same_node"] += 1
                 ctx.trace_id, ctx.parent_span_id = link.trace_id, link.span_id
             kind = KIND_SERVER
-            self.counts["spans_server"] += 1
+            self.spans_server += 1
             start = request_message.first_end_ns
-            end = response_message.last_end_ns
-            attrs.append(("url.path", path))
+            attrs = [("http.request.method", method if known else "_OTHER"),
+                     ("url.path", path), ("url.scheme", self.scheme),
+                     ("server.address", host or conn.local_addr),
+                     ("server.port", host_port or conn.local_port)]
             if query is not None:
                 attrs.append(("url.query", self.redactor.redact_query(query)))
-            attrs.append(("url.scheme", self.scheme))
-            attrs.append(("server.address", host or conn.local_addr))
-            attrs.append(("server.port", host_port or conn.local_port))
-            attrs.append(("client.address", conn.remote_addr))
             if status_code >= 500:
                 status = STATUS_ERROR
         else:
             kind = KIND_CLIENT
-            self.counts["spans_client"] += 1
+            self.spans_client += 1
             start = request_message.first_start_ns
-            end = response_message.last_end_ns
             server_address = host or conn.remote_addr
             server_port = host_port or conn.remote_port
-            attrs.append(("server.address", server_address))
-            attrs.append(("server.port", server_port))
-            attrs.append(("url.full", self._url_full(request.target, server_address,
-                                                     server_port, path, query)))
+            attrs = [("http.request.method", method if known else "_OTHER"),
+                     ("server.address", server_address), ("server.port", server_port),
+                     ("url.full", self._url_full(request.target, server_address, server_port,
+                                                 path, query))]
             if status_code >= 400:
                 status = STATUS_ERROR
-        attrs.append(("network.peer.address", conn.remote_addr))
-        attrs.append(("network.peer.port", conn.remote_port))
+        attrs += peer
         attrs.append(("network.protocol.version", request.version))
         attrs.append(("http.response.status_code", status_code))
+        if not known:
+            attrs.append(("http.request.method_original", method))
         if request.user_agent:
             attrs.append(("user_agent.original", request.user_agent))
         if status == STATUS_ERROR:
             attrs.append(("error.type", str(status_code)))
+        offset = self.clock_offset_ns
         return Span(ctx.trace_id, ctx.span_id, ctx.parent_span_id,
-                    method if known else "HTTP", kind, start + offset, end + offset, attrs,
-                    self.resources.get(conn.pid), status, "", ctx.trace_state, ctx.flags)
+                    method if known else "HTTP", kind, start + offset,
+                    response_message.last_end_ns + offset, attrs, resource, status, "",
+                    ctx.trace_state, ctx.flags)
 
     def _url_full(self, target: str, host: str, port: int, path: str, query: str | None) -> str:
         if "://" in target:

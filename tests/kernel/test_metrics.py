@@ -1,0 +1,88 @@
+"""Self-monitoring: after real traffic the agent's own /metrics move the way
+the traffic says, the exposition passes `promtool check metrics`, and the
+health endpoints answer."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import pytest
+
+from agent import __version__
+from agent.spans import KIND_CLIENT, KIND_SERVER
+from conftest import curl, http_get
+from helpers import delta, has, snapshot, value, wait_quiet
+
+REQUESTS = 20
+
+
+def test_counters_follow_real_traffic(receiver, start_agent, backend):
+    agent = start_agent("--port", str(backend))
+    before = wait_quiet(agent)
+    for i in range(REQUESTS):
+        assert curl(f"http://127.0.0.1:{backend}/items/{i}")["status"] == 200
+    assert receiver.wait_for(
+        lambda spans: len([s for s in spans if s.attributes.get("server.port") == backend])
+        >= 2 * REQUESTS, 15), receiver.spans
+    after = wait_quiet(agent)
+
+    server = [s for s in receiver.spans if s.kind == KIND_SERVER and s.attributes.get("server.port") == backend]
+    client = [s for s in receiver.spans if s.kind == KIND_CLIENT and s.attributes.get("server.port") == backend]
+    assert len(server) == REQUESTS and len(client) == REQUESTS
+
+    # Kernel side: every request is at least a write and a read at each end.
+    kernel_events = delta(after, before, "otel_ebpf_kernel_events_total")
+    assert kernel_events >= 4 * REQUESTS
+    assert delta(after, before, "otel_ebpf_kernel_events_lost_total") == 0
+    # Everything the probes wrote was drained (the agent is quiet again).
+    assert delta(after, before, "otel_ebpf_events_drained_total") == kernel_events
+    # Framing: one request and one response at each end.
+    assert delta(after, before, "otel_ebpf_http_messages_total", type="request") == 2 * REQUESTS
+    assert delta(after, before, "otel_ebpf_http_messages_total", type="response") == 2 * REQUESTS
+    # Spans: built per kind, exported, through at least one timed export.
+    assert delta(after, before, "otel_ebpf_spans_built_total", kind="server") == REQUESTS
+    assert delta(after, before, "otel_ebpf_spans_built_total", kind="client") == REQUESTS
+    assert delta(after, before, "otel_ebpf_spans_exported_total") == 2 * REQUESTS
+    assert delta(after, before, "otel_ebpf_export_duration_seconds_count") >= 1
+    assert delta(after, before, "otel_ebpf_export_duration_seconds_sum") > 0
+    assert delta(after, before, "otel_ebpf_export_sent_bytes_total") > 0
+    for name in ("otel_ebpf_parse_errors_total", "otel_ebpf_spans_dropped_queue_full_total",
+                 "otel_ebpf_spans_export_failed_total", "otel_ebpf_responses_without_request_total"):
+        assert delta(after, before, name) == 0, name
+
+    # Gauges and process metrics.
+    rss = value(after, "process_resident_memory_bytes")
+    assert 10e6 < rss < 300e6, rss
+    assert value(after, "process_cpu_seconds_total") > 0
+    assert value(after, "otel_ebpf_build_info", version=__version__) == 1
+    assert has(after, "otel_ebpf_queue_depth") and value(after, "otel_ebpf_queue_depth", queue="export") == 0
+    assert value(after, "otel_ebpf_tracked", entity="processes") >= 1
+    for entity in ("connections", "processes", "trace_links"):
+        assert has(after, "otel_ebpf_tracked") and \
+            any(n == "otel_ebpf_tracked" and ("entity", entity) in l for n, l in after), entity
+    assert 0 <= value(after, "otel_ebpf_ring_buffer_fill_ratio") < 0.01
+    assert value(after, "otel_ebpf_ring_buffer_size_bytes") == 16 * 2 ** 20
+    print(f"\nkernel events {kernel_events:.0f} for {REQUESTS} requests, RSS {rss / 2**20:.1f} MiB")
+
+
+def test_promtool_and_health_endpoints(receiver, start_agent, backend):
+    if not shutil.which("promtool"):
+        pytest.skip("promtool is not installed (apt prometheus)")
+    agent = start_agent("--port", str(backend))
+    for i in range(5):
+        curl(f"http://127.0.0.1:{backend}/status/{500 + i}")
+    assert receiver.wait_for(lambda spans: len(spans) >= 10, 10)
+    text = agent.metrics()
+    check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                           text=True)
+    assert check.returncode == 0 and not (check.stdout + check.stderr).strip(), \
+        check.stdout + check.stderr
+    base = f"http://127.0.0.1:{agent.metrics_port}"
+    assert http_get(f"{base}/healthz")[0] == 200
+    assert http_get(f"{base}/readyz")[0] == 200
+    assert http_get(f"{base}/nothing")[0] == 404
+    # Every agent metric has HELP and TYPE (promtool would say so too).
+    families = {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE")}
+    assert {"otel_ebpf_kernel_events_total", "otel_ebpf_spans_built_total", "otel_ebpf_queue_depth",
+            "otel_ebpf_export_duration_seconds", "otel_ebpf_build_info",
+            "process_resident_memory_bytes"} <= families | {f + "_info" for f in families}, families

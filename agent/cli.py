@@ -43,13 +43,23 @@ def _load_config_file(ctx: click.Context, param, path):
         raise click.BadParameter(f"cannot read {path}: {exc}", ctx, param)
     if not isinstance(data, dict):
         raise click.BadParameter(f"{path} must hold a mapping of settings", ctx, param)
-    known = {p.name for p in ctx.command.params}
+    # A setting is named as its flag is (port, ring-buffer-size) or as the
+    # parameter behind it (ports, ring_buffer_size).
+    known = {}
+    for option in ctx.command.params:
+        if option.name in ("config", "check_config", "duration"):
+            continue
+        known[option.name] = option.name
+        for flag in option.opts:
+            known[flag.lstrip("-").replace("-", "_")] = option.name
     normalised = {}
     for key, value in data.items():
-        name = str(key).replace("-", "_")
-        if name not in known or name == "config":
+        name = known.get(str(key).replace("-", "_"))
+        if name is None:
+            flags = sorted({k.replace("_", "-") for k, v in known.items() if k != v} |
+                           {k.replace("_", "-") for k in known.values()})
             raise click.BadParameter(f"{path}: unknown setting {key!r}; known settings: "
-                                     f"{', '.join(sorted(known - {'config'}))}", ctx, param)
+                                     f"{', '.join(flags)}", ctx, param)
         normalised[name] = value
     ctx.default_map = {**(ctx.default_map or {}), **normalised}
     return path
@@ -90,13 +100,28 @@ def main():
               show_default=True, help="host:port for /metrics, /healthz and /readyz; empty to disable.")
 @click.option("--redact-query-key", "redact_query_keys", multiple=True,
               envvar="OTEL_EBPF_REDACT_QUERY_KEYS", help="Extra URL query key whose value is redacted.")
+@click.option("--route", "routes", multiple=True, envvar="OTEL_EBPF_ROUTES",
+              help="Route pattern such as /api/users/{id} or /static/*: matching requests get "
+                   "http.route and the span name '{method} {route}' (repeatable).")
+@click.option("--keep-error-spans/--no-keep-error-spans", default=True,
+              envvar="OTEL_EBPF_KEEP_ERROR_SPANS", show_default=True,
+              help="Export error spans even when sampling would drop their trace.")
 @click.option("--duration", type=click.FloatRange(min=0), default=None,
               help="Stop after this many seconds (default: run until SIGINT/SIGTERM).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
               default="info", envvar="OTEL_EBPF_LOG_LEVEL", show_default=True)
+@click.option("--check-config", is_flag=True,
+              help="Print the resolved settings as YAML and exit without tracing.")
 def run(pids, ports, exes, exporter, otlp_impl, capture_bytes, ring_buffer_size, hooks,
-        metrics_address, redact_query_keys, duration, log_level):
+        metrics_address, redact_query_keys, routes, keep_error_spans, duration, log_level,
+        check_config):
     """Trace the node (or the selected processes) and export spans."""
+    if check_config:
+        ctx = click.get_current_context()
+        resolved = {name: list(value) if isinstance(value, tuple) else value
+                    for name, value in ctx.params.items() if name != "check_config"}
+        click.echo(yaml.safe_dump(resolved, sort_keys=True), nl=False)
+        return
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format="otel-ebpf %(levelname)s %(message)s")
     from agent.kernel_features import ensure_tracefs
@@ -110,7 +135,8 @@ def run(pids, ports, exes, exporter, otlp_impl, capture_bytes, ring_buffer_size,
                          otlp_impl=otlp_impl, capture_bytes=capture_bytes,
                          ring_buffer_bytes=ring_buffer_size, hooks=hooks,
                          metrics_address=metrics_address or None,
-                         redact_query_keys=tuple(redact_query_keys))
+                         redact_query_keys=tuple(redact_query_keys), routes=tuple(routes),
+                         keep_error_spans=keep_error_spans)
     agent = Agent(config)
     try:
         agent.start()

@@ -94,6 +94,9 @@ class AgentCollector:
         invalid.add_metric(["traceparent"], builder.counts["traceparent_invalid"])
         invalid.add_metric(["tracestate"], builder.counts["tracestate_invalid"])
         yield invalid
+        sampled = CounterMetricFamily(f"{PREFIX}_spans_sampled_out", "Spans not exported because sampling dropped their trace.")
+        sampled.add_metric([], pipeline.sampler.sampled_out)
+        yield sampled
         redactions = CounterMetricFamily(f"{PREFIX}_redactions", "Values redacted before export, by rule.", labels=["rule"])
         for rule, value in list(pipeline.redactor.counts.items()):
             redactions.add_metric([rule], value)

@@ -16,19 +16,24 @@ from agent.connections import ConnectionTracker
 from agent.loader import CaptureSettings, LoadedCapture, load_capture
 from agent.redact import Redactor
 from agent.resources import ResourceCache
+from agent.routes import RouteNamer
+from agent.sampling import Sampler
 from agent.span_builder import HttpSpanBuilder
 
 
 class Pipeline:
     def __init__(self, capture: LoadedCapture, exporter, redactor: Redactor | None = None,
                  batch_records: int = 4096, housekeeping_interval_s: float = 2.0,
-                 process_filter=None):
+                 process_filter=None, sampler: Sampler | None = None,
+                 routes: RouteNamer | None = None):
         self.capture = capture
         self.exporter = exporter
         self.resources = ResourceCache()
         self.redactor = redactor or Redactor()
         self.tracker = ConnectionTracker()
-        self.builder = HttpSpanBuilder(self.resources, self.redactor)
+        self.sampler = sampler or Sampler()
+        self.builder = HttpSpanBuilder(self.resources, self.redactor, sampler=self.sampler,
+                                       routes=routes)
         self.batch_records = batch_records
         self.housekeeping_interval_s = housekeeping_interval_s
         self.process_filter = process_filter
@@ -53,7 +58,7 @@ class Pipeline:
                 spans = self.builder.build(items)
                 if spans:
                     self.spans_built += len(spans)
-                    self.exporter.submit(spans)
+                    self.exporter.submit(self.sampler.filter(spans))
 
     def housekeeping(self) -> None:
         now = time.monotonic_ns()

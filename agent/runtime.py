@@ -15,6 +15,8 @@ from agent.loader import CaptureSettings, load_capture
 from agent.metrics import AgentMetrics, MetricsServer
 from agent.pipeline import Pipeline, ProcessFilter
 from agent.redact import Redactor
+from agent.routes import RouteNamer
+from agent.sampling import Sampler
 
 log = logging.getLogger("otel_ebpf")
 
@@ -36,6 +38,8 @@ class AgentConfig:
     hooks: str = "auto"
     metrics_address: str | None = "127.0.0.1:9464"
     redact_query_keys: tuple[str, ...] = ()
+    routes: tuple[str, ...] = ()
+    keep_error_spans: bool = True
 
 
 class Agent:
@@ -66,6 +70,9 @@ class Agent:
             capture_bytes=config.capture_bytes, ring_buffer_bytes=config.ring_buffer_bytes,
             pids=pids, ports=set(config.ports) or None, excluded_endpoints=excluded,
             hooks=config.hooks)
+        sampler = Sampler.from_environment(os.environ)
+        sampler.keep_errors = config.keep_error_spans
+        routes = RouteNamer(config.routes)
         self.metrics = AgentMetrics(self)
         self.exporter = BatchExporter(sink, observe_export_seconds=self.metrics.export_seconds.observe)
         self.capture = load_capture(settings)
@@ -73,7 +80,7 @@ class Agent:
             process_filter.known = set(pids)
         self.pipeline = Pipeline(self.capture, self.exporter,
                                  redactor=Redactor(config.redact_query_keys),
-                                 process_filter=process_filter)
+                                 process_filter=process_filter, sampler=sampler, routes=routes)
         if config.metrics_address:
             self.metrics_server = MetricsServer(config.metrics_address, self.metrics, self)
             self.metrics_server.start()

@@ -15,6 +15,8 @@ from agent.parsers.http1 import split_target
 from agent.parsers.tracecontext import parse_traceparent, parse_tracestate
 from agent.redact import Redactor
 from agent.resources import ResourceCache
+from agent.routes import RouteNamer
+from agent.sampling import Sampler
 from agent.spans import (KIND_CLIENT, KIND_SERVER, STATUS_ERROR, STATUS_UNSET, Span,
                          new_span_id, new_trace_id)
 
@@ -40,9 +42,12 @@ def _host_and_port(host: str | None) -> tuple[str | None, int | None]:
 
 
 class HttpSpanBuilder:
-    def __init__(self, resources: ResourceCache, redactor: Redactor, scheme: str = "http"):
+    def __init__(self, resources: ResourceCache, redactor: Redactor, scheme: str = "http",
+                 sampler: Sampler | None = None, routes: RouteNamer | None = None):
         self.resources = resources
         self.redactor = redactor
+        self.sampler = sampler or Sampler()
+        self.routes = routes or RouteNamer()
         self.linker = ContextLinker()
         self.scheme = scheme
         self.clock_offset_ns = monotonic_to_wall_offset_ns()
@@ -90,7 +95,8 @@ class HttpSpanBuilder:
                 ctx = RequestContext(incoming[0], new_span_id(), incoming[1], incoming[2],
                                      self._trace_state(request))
             else:
-                ctx = RequestContext(new_trace_id(), new_span_id(), b"", 1, "")
+                trace_id = new_trace_id()
+                ctx = RequestContext(trace_id, new_span_id(), b"", self.sampler.root_flags(trace_id), "")
             linker.server_started(conn.pid, message.tid, incoming, ctx)
         else:
             if incoming is not None:
@@ -112,7 +118,9 @@ class HttpSpanBuilder:
                     ctx = RequestContext(server.trace_id, new_span_id(), server.span_id,
                                          server.flags, server.trace_state)
                 else:
-                    ctx = RequestContext(new_trace_id(), new_span_id(), b"", 1, "")
+                    trace_id = new_trace_id()
+                    ctx = RequestContext(trace_id, new_span_id(), b"",
+                                         self.sampler.root_flags(trace_id), "")
             linker.client_sent(conn.key(), ctx)
         message.context = (ctx, incoming)
 
@@ -150,7 +158,7 @@ class HttpSpanBuilder:
             link = linker.take_client_link(conn.mirror_key())
             if link is not None:
                 self.counts["linked_same_node"] += 1
-                ctx.trace_id, ctx.parent_span_id = link.trace_id, link.span_id
+                ctx.trace_id, ctx.parent_span_id, ctx.flags = link.trace_id, link.span_id, link.flags
             kind = KIND_SERVER
             self.spans_server += 1
             start = request_message.first_end_ns
@@ -174,6 +182,11 @@ class HttpSpanBuilder:
                                                  path, query))]
             if status_code >= 400:
                 status = STATUS_ERROR
+        name = method if known else "HTTP"
+        if known and self.routes.patterns:
+            name, route = self.routes.name(method, path)
+            if route is not None:
+                attrs.append(("http.route", route))
         attrs += peer
         attrs.append(("network.protocol.version", request.version))
         attrs.append(("http.response.status_code", status_code))
@@ -184,8 +197,7 @@ class HttpSpanBuilder:
         if status == STATUS_ERROR:
             attrs.append(("error.type", str(status_code)))
         offset = self.clock_offset_ns
-        return Span(ctx.trace_id, ctx.span_id, ctx.parent_span_id,
-                    method if known else "HTTP", kind, start + offset,
+        return Span(ctx.trace_id, ctx.span_id, ctx.parent_span_id, name, kind, start + offset,
                     response_message.last_end_ns + offset, attrs, resource, status, "",
                     ctx.trace_state, ctx.flags)
 

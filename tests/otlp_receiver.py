@@ -89,12 +89,13 @@ def _free_port() -> int:
 
 
 class OtlpReceiver:
-    """keep_spans=False only counts spans per (kind, server.port) in
-    `counts`: cheap enough for load tests at tens of thousands of spans/s."""
+    """keep_spans=False only counts spans per process.executable.name in
+    `counts`, without decoding spans into Python objects: cheap enough for
+    load tests at tens of thousands of spans/s."""
 
     def __init__(self, keep_spans: bool = True):
         self.keep_spans = keep_spans
-        self.counts: dict[tuple[int, int | None], int] = {}
+        self.counts: dict[str, int] = {}
         self.spans: list[ReceivedSpan] = []
         self.requests: list[ReceivedRequest] = []
         self.fail_with = None
@@ -133,13 +134,11 @@ class OtlpReceiver:
         counts: dict = {}
         total = 0
         for rs in request.resource_spans:
-            for ss in rs.scope_spans:
-                for span in ss.spans:
-                    port = next((kv.value.int_value for kv in span.attributes
-                                 if kv.key == "server.port"), None)
-                    key = (span.kind, port)
-                    counts[key] = counts.get(key, 0) + 1
-                    total += 1
+            name = next((kv.value.string_value for kv in rs.resource.attributes
+                         if kv.key == "process.executable.name"), "")
+            spans = sum(len(ss.spans) for ss in rs.scope_spans)
+            counts[name] = counts.get(name, 0) + spans
+            total += spans
         with self._cond:
             self.requests.append(ReceivedRequest(headers, body_size, total))
             for key, value in counts.items():

@@ -105,3 +105,28 @@ def test_truncated_and_shuffled_records_never_raise():
     mangled = [r[:len(r) // 2] for r in records] + [r[:40] for r in records] + records[::-1]
     builder.build(tracker.process(mangled))
     assert tracker.counts["records_malformed"] > 0
+
+
+def test_configured_routes_name_spans_without_raw_paths():
+    from agent.routes import RouteNamer
+    records = read_records(RECORDING)
+    builder = HttpSpanBuilder(ResourceCache(host_attributes=[]), Redactor(),
+                              routes=RouteNamer(["/api/{name}", "/api/status/{code}"]))
+    spans = builder.build(ConnectionTracker().process(records))
+    orders = by(spans, KIND_SERVER, NGINX)["/api/orders"]
+    assert orders.name == "GET /api/{name}" and orders.attribute("http.route") == "/api/{name}"
+    index = by(spans, KIND_SERVER, NGINX)["/index.html"]
+    assert index.name == index.attribute("http.request.method") and index.attribute("http.route") is None
+
+
+def test_sampling_follows_the_incoming_sampled_flag():
+    from agent.sampling import Sampler
+    records = read_records(RECORDING)
+    sampler = Sampler(ratio=0.0)
+    builder = HttpSpanBuilder(ResourceCache(host_attributes=[]), Redactor(), sampler=sampler)
+    spans = builder.build(ConnectionTracker().process(records))
+    kept = sampler.filter(spans)
+    # Requests that arrived with a sampled traceparent stay, and so do their
+    # same-node children; traces the agent started are dropped at ratio 0.
+    assert kept and all(s.trace_id == TRACE_ID for s in kept)
+    assert sampler.sampled_out == len(spans) - len(kept) > 0

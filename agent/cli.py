@@ -106,6 +106,10 @@ def main():
 @click.option("--keep-error-spans/--no-keep-error-spans", default=True,
               envvar="OTEL_EBPF_KEEP_ERROR_SPANS", show_default=True,
               help="Export error spans even when sampling would drop their trace.")
+@click.option("--span-workers", type=click.IntRange(0, 16), default=1,
+              envvar="OTEL_EBPF_SPAN_WORKERS", show_default=True,
+              help="Processes that build, sample and export spans beside the capture loop; "
+                   "0 runs them in the agent's main process.")
 @click.option("--duration", type=click.FloatRange(min=0), default=None,
               help="Stop after this many seconds (default: run until SIGINT/SIGTERM).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
@@ -113,8 +117,8 @@ def main():
 @click.option("--check-config", is_flag=True,
               help="Print the resolved settings as YAML and exit without tracing.")
 def run(pids, ports, exes, exporter, otlp_impl, capture_bytes, ring_buffer_size, hooks,
-        metrics_address, redact_query_keys, routes, keep_error_spans, duration, log_level,
-        check_config):
+        metrics_address, redact_query_keys, routes, keep_error_spans, span_workers, duration,
+        log_level, check_config):
     """Trace the node (or the selected processes) and export spans."""
     if check_config:
         ctx = click.get_current_context()
@@ -136,7 +140,7 @@ def run(pids, ports, exes, exporter, otlp_impl, capture_bytes, ring_buffer_size,
                          ring_buffer_bytes=ring_buffer_size, hooks=hooks,
                          metrics_address=metrics_address or None,
                          redact_query_keys=tuple(redact_query_keys), routes=tuple(routes),
-                         keep_error_spans=keep_error_spans)
+                         keep_error_spans=keep_error_spans, span_workers=span_workers)
     agent = Agent(config)
     try:
         agent.start()

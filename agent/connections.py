@@ -83,7 +83,7 @@ class Stream:
 
 class Connection:
     __slots__ = ("conn_id", "pid", "fd", "role", "local_addr", "local_port", "remote_addr",
-                 "remote_port", "ingress", "egress", "pending", "last_seen_ns", "span_cache")
+                 "remote_port", "ingress", "egress", "pending", "last_seen_ns")
 
     def __init__(self, header: tuple):
         (_, pid, _, fd, conn_id, _, end_ns, _, _, _, role, _, _, _,
@@ -104,7 +104,6 @@ class Connection:
             self._set_request_direction(1 - _INGRESS)
         self.pending: deque[Message] = deque()
         self.last_seen_ns = end_ns
-        self.span_cache = None   # the span builder's per-connection constants
 
     def _set_request_direction(self, direction: int) -> None:
         self.ingress = Stream(direction == _INGRESS)

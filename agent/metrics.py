@@ -3,15 +3,19 @@ scrape time (the hot path only increments plain integers), and the HTTP
 endpoint that serves them with /healthz and /readyz."""
 from __future__ import annotations
 
+import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CollectorRegistry, Histogram, ProcessCollector, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+import psutil
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
+                                   InfoMetricFamily)
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from agent import __version__
+from agent.span_worker import EXPORT_SECONDS_BUCKETS, SpanWorkerPool
 
 PREFIX = "otel_ebpf"
 
@@ -85,42 +89,84 @@ class AgentCollector:
         messages.add_metric(["request"], tracker.requests)
         messages.add_metric(["response"], tracker.responses)
         yield messages
-        builder = pipeline.builder
-        built = CounterMetricFamily(f"{PREFIX}_spans_built", "Spans built from matched exchanges.", labels=["kind"])
-        built.add_metric(["server"], builder.spans_server)
-        built.add_metric(["client"], builder.spans_client)
-        yield built
+        linker = pipeline.linker
         invalid = CounterMetricFamily(f"{PREFIX}_trace_context_invalid", "Invalid incoming trace-context headers, ignored.", labels=["header"])
-        invalid.add_metric(["traceparent"], builder.counts["traceparent_invalid"])
-        invalid.add_metric(["tracestate"], builder.counts["tracestate_invalid"])
+        invalid.add_metric(["traceparent"], linker.counts["traceparent_invalid"])
+        invalid.add_metric(["tracestate"], linker.counts["tracestate_invalid"])
         yield invalid
-        sampled = CounterMetricFamily(f"{PREFIX}_spans_sampled_out", "Spans not exported because sampling dropped their trace.")
-        sampled.add_metric([], pipeline.sampler.sampled_out)
-        yield sampled
-        redactions = CounterMetricFamily(f"{PREFIX}_redactions", "Values redacted before export, by rule.", labels=["rule"])
-        for rule, value in list(pipeline.redactor.counts.items()):
-            redactions.add_metric([rule], value)
-        yield redactions
-        exporter = pipeline.exporter
-        for attr, name, doc in (
+        stage = agent.span_stage.snapshot()
+        built = CounterMetricFamily(f"{PREFIX}_spans_built", "Spans built from matched exchanges.", labels=["kind"])
+        built.add_metric(["server"], stage.get("spans_server", 0))
+        built.add_metric(["client"], stage.get("spans_client", 0))
+        yield built
+        for key, name, doc in (
+                ("sampled_out", "spans_sampled_out", "Spans not exported because sampling dropped their trace."),
                 ("spans_exported", "spans_exported", "Spans the collector accepted."),
                 ("spans_failed", "spans_export_failed", "Spans given up on after export retries."),
-                ("spans_dropped_queue_full", "spans_dropped_queue_full", "Spans dropped because the export queue was full.")):
+                ("spans_dropped_queue_full", "spans_dropped_queue_full", "Spans dropped because the export queue was full."),
+                ("exchanges_dropped", "exchanges_dropped_worker_busy", "Exchanges not handed to a span worker in time."),
+                ("bytes_sent", "export_sent_bytes", "Bytes of encoded spans sent to the collector.")):
             family = CounterMetricFamily(f"{PREFIX}_{name}", doc)
-            family.add_metric([], getattr(exporter, attr, 0))
+            family.add_metric([], stage.get(key, 0))
             yield family
-        sink = getattr(exporter, "sink", None)
-        sent = CounterMetricFamily(f"{PREFIX}_export_sent_bytes", "Bytes of encoded spans sent to the collector.")
-        sent.add_metric([], getattr(sink, "bytes_sent", 0))
-        yield sent
+        redactions = CounterMetricFamily(f"{PREFIX}_redactions", "Values redacted before export, by rule.", labels=["rule"])
+        for rule, value in stage.get("redactions", {}).items():
+            redactions.add_metric([rule], value)
+        yield redactions
+        buckets = stage.get("export_seconds_buckets")
+        if buckets:
+            cumulative, running = [], 0
+            for bound, count in zip(list(EXPORT_SECONDS_BUCKETS) + [float("inf")], buckets):
+                running += count
+                cumulative.append(("+Inf" if bound == float("inf") else str(bound), running))
+            histogram = HistogramMetricFamily(f"{PREFIX}_export_duration_seconds", "Time one export request took.")
+            histogram.add_metric([], cumulative, stage.get("export_seconds_sum", 0.0))
+            yield histogram
         depth = GaugeMetricFamily(f"{PREFIX}_queue_depth", "Items waiting in a pipeline queue.", labels=["queue"])
-        depth.add_metric(["export"], exporter.queue_depth())
+        depth.add_metric(["export"], stage.get("queue_depth", 0))
         yield depth
         tracked = GaugeMetricFamily(f"{PREFIX}_tracked", "Entities the agent holds state for.", labels=["entity"])
         tracked.add_metric(["connections"], len(tracker.connections))
-        tracked.add_metric(["processes"], len(pipeline.resources))
-        tracked.add_metric(["trace_links"], len(builder.linker))
+        tracked.add_metric(["processes"], stage.get("processes", 0))
+        tracked.add_metric(["trace_links"], len(linker.linker))
         yield tracked
+
+
+class AgentProcessesCollector:
+    """CPU and memory of every agent process (main and span workers), so
+    that the agent's whole cost shows, not only the main process's."""
+
+    def __init__(self, agent):
+        self.agent = agent
+        self._processes: dict[int, psutil.Process] = {}
+
+    def _process(self, pid: int):
+        process = self._processes.get(pid)
+        if process is None:
+            process = self._processes[pid] = psutil.Process(pid)
+        return process
+
+    def collect(self):
+        cpu = CounterMetricFamily(f"{PREFIX}_process_cpu_seconds", "CPU time of the agent's processes.", labels=["process"])
+        rss = GaugeMetricFamily(f"{PREFIX}_process_resident_memory_bytes", "Resident memory of the agent's processes.", labels=["process"])
+        roles = [("main", [os.getpid()])]
+        stage = self.agent.span_stage
+        if isinstance(stage, SpanWorkerPool):
+            roles.append(("span_worker", [w.pid for w in stage.workers if not w.exited]))
+        for role, pids in roles:
+            seconds = resident = 0.0
+            for pid in pids:
+                try:
+                    process = self._process(pid)
+                    times = process.cpu_times()
+                    seconds += times.user + times.system
+                    resident += process.memory_info().rss
+                except psutil.Error:
+                    self._processes.pop(pid, None)
+            cpu.add_metric([role], seconds)
+            rss.add_metric([role], resident)
+        yield cpu
+        yield rss
 
 
 class AgentMetrics:
@@ -130,13 +176,11 @@ class AgentMetrics:
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         self.registry.register(AgentCollector(agent))
+        self.registry.register(AgentProcessesCollector(agent))
         info = InfoMetricFamily(f"{PREFIX}_build", "Agent build information.")
         info.add_metric([], {"version": __version__})
         self._info = info
         self.registry.register(_Static([info]))
-        self.export_seconds = Histogram(f"{PREFIX}_export_duration_seconds",
-                                        "Time one export request took.", registry=self.registry,
-                                        buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10))
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

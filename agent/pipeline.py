@@ -1,10 +1,11 @@
-"""The agent's main loop: drain -> reassemble and match -> build spans ->
-export queue.
+"""The agent's main loop: drain -> reassemble and match -> link trace
+context -> span stage (build spans, sample, export: agent/span_worker.py).
 
 One thread runs the first three stages back to back on each batch drained
 from the ring buffer (the batch list is the bounded queue between them, at
-most `batch_records` long); the exporter runs on its own thread behind its
-own bounded queue.  Every stage counts what it drops.
+most `batch_records` long); the span stage sits behind a socket to its
+worker processes, or runs in this process, and its exporter behind its own
+bounded queue.  Every stage counts what it drops.
 """
 from __future__ import annotations
 
@@ -13,33 +14,27 @@ import threading
 import time
 
 from agent.connections import ConnectionTracker
-from agent.loader import CaptureSettings, LoadedCapture, load_capture
-from agent.redact import Redactor
-from agent.resources import ResourceCache
-from agent.routes import RouteNamer
+from agent.loader import LoadedCapture
 from agent.sampling import Sampler
-from agent.span_builder import HttpSpanBuilder
+from agent.span_builder import HttpExchangeLinker
 
 
 class Pipeline:
-    def __init__(self, capture: LoadedCapture, exporter, redactor: Redactor | None = None,
+    """Drain, reassemble and match, link trace context; hand the exchanges
+    to the span stage (in this process or in span workers)."""
+
+    def __init__(self, capture: LoadedCapture, span_stage, sampler: Sampler,
                  batch_records: int = 4096, housekeeping_interval_s: float = 2.0,
-                 process_filter=None, sampler: Sampler | None = None,
-                 routes: RouteNamer | None = None):
+                 process_filter=None):
         self.capture = capture
-        self.exporter = exporter
-        self.resources = ResourceCache()
-        self.redactor = redactor or Redactor()
+        self.span_stage = span_stage
         self.tracker = ConnectionTracker()
-        self.sampler = sampler or Sampler()
-        self.builder = HttpSpanBuilder(self.resources, self.redactor, sampler=self.sampler,
-                                       routes=routes)
+        self.linker = HttpExchangeLinker(sampler)
         self.batch_records = batch_records
         self.housekeeping_interval_s = housekeeping_interval_s
         self.process_filter = process_filter
         self.records_drained = 0
-        self.spans_built = 0
-        self.loop_iterations = 0
+        self.exchanges = 0
         self.last_loop_monotonic = time.monotonic()
         self.stopped = threading.Event()
 
@@ -55,17 +50,14 @@ class Pipeline:
             self.records_drained += len(records)
             items = self.tracker.process(records)
             if items:
-                spans = self.builder.build(items)
-                if spans:
-                    self.spans_built += len(spans)
-                    self.exporter.submit(self.sampler.filter(spans))
+                exchanges = self.linker.exchanges(items)
+                if exchanges:
+                    self.exchanges += len(exchanges)
+                    self.span_stage.submit(exchanges)
 
     def housekeeping(self) -> None:
-        now = time.monotonic_ns()
-        self.tracker.expire(now)
-        for pid in [pid for pid in list(self.resources._by_pid) if not os.path.exists(f"/proc/{pid}")]:
-            self.resources.forget(pid)
-        self.builder.refresh_clock()
+        self.tracker.expire(time.monotonic_ns())
+        self.span_stage.housekeeping()
         if self.process_filter is not None:
             self.process_filter.refresh(self.capture)
 
@@ -76,7 +68,6 @@ class Pipeline:
             while not stop.is_set():
                 now = time.monotonic()
                 self.last_loop_monotonic = now
-                self.loop_iterations += 1
                 if deadline is not None and now >= deadline:
                     break
                 if not self.drain_once():
@@ -92,8 +83,7 @@ class Pipeline:
         started = time.monotonic()
         self.capture.detach()
         self.drain_once()
-        remaining = max(0.1, flush_timeout_s - (time.monotonic() - started))
-        self.exporter.shutdown(remaining)
+        self.span_stage.shutdown(max(0.1, flush_timeout_s - (time.monotonic() - started)))
         self.capture.close()
 
 

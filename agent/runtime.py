@@ -9,14 +9,14 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from agent.export import create_sink, exporter_endpoint
-from agent.export.batch import BatchExporter
+from agent.export import create_sink, describe_sink, exporter_endpoint
 from agent.loader import CaptureSettings, load_capture
 from agent.metrics import AgentMetrics, MetricsServer
 from agent.pipeline import Pipeline, ProcessFilter
 from agent.redact import Redactor
 from agent.routes import RouteNamer
 from agent.sampling import Sampler
+from agent.span_worker import LocalSpanStage, SpanWorkerPool
 
 log = logging.getLogger("otel_ebpf")
 
@@ -40,6 +40,7 @@ class AgentConfig:
     redact_query_keys: tuple[str, ...] = ()
     routes: tuple[str, ...] = ()
     keep_error_spans: bool = True
+    span_workers: int = 1
 
 
 class Agent:
@@ -48,15 +49,28 @@ class Agent:
         self.console_stream = console_stream
         self.capture = None
         self.pipeline = None
-        self.exporter = None
+        self.span_stage = None
+        self.sink_name = ""
         self.metrics = None
         self.metrics_server = None
         self._stop = threading.Event()
 
     def start(self) -> None:
         config = self.config
-        sink = create_sink(config.exporter, config.otlp_impl, os.environ,
-                           console_stream=self.console_stream)
+        sampler = Sampler.from_environment(os.environ)
+        sampler.keep_errors = config.keep_error_spans
+        routes = RouteNamer(config.routes)
+        redactor = Redactor(config.redact_query_keys)
+        self.sink_name = describe_sink(config.exporter, config.otlp_impl, os.environ)
+
+        def make_stage():
+            return LocalSpanStage(create_sink(config.exporter, config.otlp_impl, os.environ,
+                                              console_stream=self.console_stream),
+                                  redactor, sampler, routes)
+
+        # Workers fork before any thread starts or BPF object opens.
+        self.span_stage = SpanWorkerPool(make_stage, config.span_workers) \
+            if config.span_workers else make_stage()
         excluded = []
         endpoint = exporter_endpoint(os.environ, include_default=config.exporter == "otlp") \
             if config.exporter in ("auto", "otlp") else None
@@ -70,17 +84,12 @@ class Agent:
             capture_bytes=config.capture_bytes, ring_buffer_bytes=config.ring_buffer_bytes,
             pids=pids, ports=set(config.ports) or None, excluded_endpoints=excluded,
             hooks=config.hooks)
-        sampler = Sampler.from_environment(os.environ)
-        sampler.keep_errors = config.keep_error_spans
-        routes = RouteNamer(config.routes)
         self.metrics = AgentMetrics(self)
-        self.exporter = BatchExporter(sink, observe_export_seconds=self.metrics.export_seconds.observe)
         self.capture = load_capture(settings)
         if process_filter is not None:
             process_filter.known = set(pids)
-        self.pipeline = Pipeline(self.capture, self.exporter,
-                                 redactor=Redactor(config.redact_query_keys),
-                                 process_filter=process_filter, sampler=sampler, routes=routes)
+        self.pipeline = Pipeline(self.capture, self.span_stage, sampler,
+                                 process_filter=process_filter)
         if config.metrics_address:
             self.metrics_server = MetricsServer(config.metrics_address, self.metrics, self)
             self.metrics_server.start()
@@ -90,7 +99,8 @@ class Agent:
         parts = [f"hooks={capture.hook_family.name} ({capture.attached_programs} programs)"]
         for name, why in capture.skipped_hooks:
             parts.append(f"not {name}: {why.splitlines()[0]}")
-        parts.append(f"exporter={type(self.exporter.sink).__name__}")
+        parts.append(f"exporter={self.sink_name}")
+        parts.append(f"span workers={self.config.span_workers}")
         if self.metrics_server:
             parts.append(f"metrics=http://{self.metrics_server.address}/metrics")
         return "; ".join(parts)
@@ -105,8 +115,11 @@ class Agent:
     def shutdown(self) -> None:
         if self.pipeline is not None:
             self.pipeline.stop(STOP_FLUSH_SECONDS)
-        elif self.capture is not None:
-            self.capture.close()
+        else:
+            if self.capture is not None:
+                self.capture.close()
+            if self.span_stage is not None:
+                self.span_stage.shutdown(STOP_FLUSH_SECONDS)
         if self.metrics_server is not None:
             self.metrics_server.stop()
 
@@ -121,6 +134,6 @@ class Agent:
     def ready(self) -> tuple[bool, str]:
         if self.capture is None or not self.capture.attached_programs:
             return False, "probes not attached"
-        if self.exporter is None or not self.exporter.is_alive():
-            return False, "exporter not running"
+        if self.span_stage is None or not self.span_stage.alive():
+            return False, "span stage (exporter) not running"
         return True, "ok"

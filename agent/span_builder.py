@@ -1,8 +1,14 @@
-"""Build spans: turns matched HTTP/1.x exchanges into OpenTelemetry spans
-that follow the stable HTTP semantic conventions.
+"""Build spans from matched HTTP/1.x exchanges, in two halves.
 
-Span names are `{method}` (never the raw path: paths are unbounded and would
-explode span-name cardinality); unknown methods become `_OTHER` / `HTTP`.
+HttpExchangeLinker (stateful, runs beside reassembly in the main process)
+decides each exchange's trace context: ids from the wire, same-node links,
+sampling flags for traces it starts.  It emits one plain tuple per exchange
+(Exchange below): cheap to pickle to a span worker process.
+
+HttpSpanFactory (stateless but for caches, runs in the span worker) turns
+those tuples into spans that follow the stable HTTP semantic conventions.
+Span names are `{method}`, or `{method} {route}` for configured routes, never
+the raw path; unknown methods become `_OTHER` / `HTTP`.
 """
 from __future__ import annotations
 
@@ -23,6 +29,11 @@ from agent.spans import (KIND_CLIENT, KIND_SERVER, STATUS_ERROR, STATUS_UNSET, S
 KNOWN_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS",
                            "TRACE", "PATCH", "QUERY"))
 
+# Exchange tuple layout (what crosses to the span worker).
+(E_KIND, E_PID, E_TRACE_ID, E_SPAN_ID, E_PARENT_ID, E_FLAGS, E_TRACE_STATE, E_START_NS,
+ E_END_NS, E_METHOD, E_TARGET, E_VERSION, E_HOST, E_USER_AGENT, E_STATUS_CODE,
+ E_LOCAL_ADDR, E_LOCAL_PORT, E_REMOTE_ADDR, E_REMOTE_PORT) = range(19)
+
 
 def monotonic_to_wall_offset_ns() -> int:
     """Kernel timestamps are CLOCK_MONOTONIC; spans want UNIX time."""
@@ -41,32 +52,20 @@ def _host_and_port(host: str | None) -> tuple[str | None, int | None]:
     return name, int(port) if port.isdigit() else None
 
 
-class HttpSpanBuilder:
-    def __init__(self, resources: ResourceCache, redactor: Redactor, scheme: str = "http",
-                 sampler: Sampler | None = None, routes: RouteNamer | None = None):
-        self.resources = resources
-        self.redactor = redactor
+class HttpExchangeLinker:
+    def __init__(self, sampler: Sampler | None = None):
         self.sampler = sampler or Sampler()
-        self.routes = routes or RouteNamer()
         self.linker = ContextLinker()
-        self.scheme = scheme
-        self.clock_offset_ns = monotonic_to_wall_offset_ns()
         self.counts = {"traceparent_invalid": 0, "tracestate_invalid": 0, "linked_same_node": 0}
-        self.spans_server = 0
-        self.spans_client = 0
-        self._hosts: dict = {}
 
-    def refresh_clock(self) -> None:
-        self.clock_offset_ns = monotonic_to_wall_offset_ns()
-
-    def build(self, items: list) -> list[Span]:
-        spans = []
+    def exchanges(self, items: list) -> list[tuple]:
+        out = []
         for item in items:
             if item[0] == ITEM_REQUEST:
                 self._on_request(item[1], item[2])
             elif item[0] == ITEM_EXCHANGE:
-                spans.append(self._span(item[1], item[2], item[3]))
-        return spans
+                out.append(self._exchange(item[1], item[2], item[3]))
+        return out
 
     def _incoming(self, request) -> tuple | None:
         if request.traceparent is None:
@@ -86,6 +85,10 @@ class HttpSpanBuilder:
             return ""
         return state
 
+    def _new_root(self) -> RequestContext:
+        trace_id = new_trace_id()
+        return RequestContext(trace_id, new_span_id(), b"", self.sampler.root_flags(trace_id), "")
+
     def _on_request(self, conn: Connection, message: Message) -> None:
         request = message.parsed
         incoming = self._incoming(request)
@@ -95,8 +98,7 @@ class HttpSpanBuilder:
                 ctx = RequestContext(incoming[0], new_span_id(), incoming[1], incoming[2],
                                      self._trace_state(request))
             else:
-                trace_id = new_trace_id()
-                ctx = RequestContext(trace_id, new_span_id(), b"", self.sampler.root_flags(trace_id), "")
+                ctx = self._new_root()
             linker.server_started(conn.pid, message.tid, incoming, ctx)
         else:
             if incoming is not None:
@@ -118,19 +120,47 @@ class HttpSpanBuilder:
                     ctx = RequestContext(server.trace_id, new_span_id(), server.span_id,
                                          server.flags, server.trace_state)
                 else:
-                    trace_id = new_trace_id()
-                    ctx = RequestContext(trace_id, new_span_id(), b"",
-                                         self.sampler.root_flags(trace_id), "")
+                    ctx = self._new_root()
             linker.client_sent(conn.key(), ctx)
         message.context = (ctx, incoming)
 
-    def _connection_constants(self, conn: Connection) -> tuple:
-        """Attributes and resource that every span of a connection shares."""
-        peer = [("network.peer.address", conn.remote_addr), ("network.peer.port", conn.remote_port)]
+    def _exchange(self, conn: Connection, request_message: Message,
+                  response_message: Message) -> tuple:
+        if request_message.context is None:
+            self._on_request(conn, request_message)
+        ctx, incoming = request_message.context
+        request = request_message.parsed
         if conn.is_server:
-            peer.insert(0, ("client.address", conn.remote_addr))
-        conn.span_cache = (peer, self.resources.get(conn.pid))
-        return conn.span_cache
+            linker = self.linker
+            linker.server_finished(conn.pid, request_message.tid, incoming, ctx)
+            link = linker.take_client_link(conn.mirror_key())
+            if link is not None:
+                self.counts["linked_same_node"] += 1
+                ctx.trace_id, ctx.parent_span_id, ctx.flags = link.trace_id, link.span_id, link.flags
+            kind, start = KIND_SERVER, request_message.first_end_ns
+        else:
+            kind, start = KIND_CLIENT, request_message.first_start_ns
+        return (kind, conn.pid, ctx.trace_id, ctx.span_id, ctx.parent_span_id, ctx.flags,
+                ctx.trace_state, start, response_message.last_end_ns, request.method,
+                request.target, request.version, request.host, request.user_agent,
+                response_message.parsed.status_code, conn.local_addr, conn.local_port,
+                conn.remote_addr, conn.remote_port)
+
+
+class HttpSpanFactory:
+    def __init__(self, resources: ResourceCache, redactor: Redactor, scheme: str = "http",
+                 routes: RouteNamer | None = None):
+        self.resources = resources
+        self.redactor = redactor
+        self.routes = routes or RouteNamer()
+        self.scheme = scheme
+        self.clock_offset_ns = monotonic_to_wall_offset_ns()
+        self.spans_server = 0
+        self.spans_client = 0
+        self._hosts: dict = {}
+
+    def refresh_clock(self) -> None:
+        self.clock_offset_ns = monotonic_to_wall_offset_ns()
 
     def _host(self, host: str | None) -> tuple[str | None, int | None]:
         cached = self._hosts.get(host)
@@ -140,45 +170,35 @@ class HttpSpanBuilder:
             cached = self._hosts[host] = _host_and_port(host)
         return cached
 
-    def _span(self, conn: Connection, request_message: Message, response_message: Message) -> Span:
-        if request_message.context is None:
-            self._on_request(conn, request_message)
-        ctx, incoming = request_message.context
-        request = request_message.parsed
-        status_code = response_message.parsed.status_code
-        peer, resource = conn.span_cache or self._connection_constants(conn)
-        method = request.method
+    def spans(self, exchanges: list) -> list[Span]:
+        return [self.span(e) for e in exchanges]
+
+    def span(self, e: tuple) -> Span:
+        (kind, pid, trace_id, span_id, parent_id, flags, trace_state, start, end, method,
+         target, version, host_header, user_agent, status_code, local_addr, local_port,
+         remote_addr, remote_port) = e
         known = method in KNOWN_METHODS
-        path, query = split_target(request.target)
-        host, host_port = self._host(request.host)
+        path, query = split_target(target)
+        host, host_port = self._host(host_header)
         status = STATUS_UNSET
-        if conn.is_server:
-            linker = self.linker
-            linker.server_finished(conn.pid, request_message.tid, incoming, ctx)
-            link = linker.take_client_link(conn.mirror_key())
-            if link is not None:
-                self.counts["linked_same_node"] += 1
-                ctx.trace_id, ctx.parent_span_id, ctx.flags = link.trace_id, link.span_id, link.flags
-            kind = KIND_SERVER
+        if kind == KIND_SERVER:
             self.spans_server += 1
-            start = request_message.first_end_ns
             attrs = [("http.request.method", method if known else "_OTHER"),
                      ("url.path", path), ("url.scheme", self.scheme),
-                     ("server.address", host or conn.local_addr),
-                     ("server.port", host_port or conn.local_port)]
+                     ("server.address", host or local_addr),
+                     ("server.port", host_port or local_port),
+                     ("client.address", remote_addr)]
             if query is not None:
                 attrs.append(("url.query", self.redactor.redact_query(query)))
             if status_code >= 500:
                 status = STATUS_ERROR
         else:
-            kind = KIND_CLIENT
             self.spans_client += 1
-            start = request_message.first_start_ns
-            server_address = host or conn.remote_addr
-            server_port = host_port or conn.remote_port
+            server_address = host or remote_addr
+            server_port = host_port or remote_port
             attrs = [("http.request.method", method if known else "_OTHER"),
                      ("server.address", server_address), ("server.port", server_port),
-                     ("url.full", self._url_full(request.target, server_address, server_port,
+                     ("url.full", self._url_full(target, server_address, server_port,
                                                  path, query))]
             if status_code >= 400:
                 status = STATUS_ERROR
@@ -187,28 +207,39 @@ class HttpSpanBuilder:
             name, route = self.routes.name(method, path)
             if route is not None:
                 attrs.append(("http.route", route))
-        attrs += peer
-        attrs.append(("network.protocol.version", request.version))
+        attrs.append(("network.peer.address", remote_addr))
+        attrs.append(("network.peer.port", remote_port))
+        attrs.append(("network.protocol.version", version))
         attrs.append(("http.response.status_code", status_code))
         if not known:
             attrs.append(("http.request.method_original", method))
-        if request.user_agent:
-            attrs.append(("user_agent.original", request.user_agent))
+        if user_agent:
+            attrs.append(("user_agent.original", user_agent))
         if status == STATUS_ERROR:
             attrs.append(("error.type", str(status_code)))
         offset = self.clock_offset_ns
-        return Span(ctx.trace_id, ctx.span_id, ctx.parent_span_id, name, kind, start + offset,
-                    response_message.last_end_ns + offset, attrs, resource, status, "",
-                    ctx.trace_state, ctx.flags)
+        return Span(trace_id, span_id, parent_id, name, kind, start + offset, end + offset,
+                    attrs, self.resources.get(pid), status, "", trace_state, flags)
 
     def _url_full(self, target: str, host: str, port: int, path: str, query: str | None) -> str:
         if "://" in target:
             return self.redactor.redact_url(target)
         default_port = 443 if self.scheme == "https" else 80
-        authority = host if port == default_port else f"{host}:{port}"
-        if ":" in host and not host.startswith("["):
-            authority = f"[{host}]" if port == default_port else f"[{host}]:{port}"
+        bracketed = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        authority = bracketed if port == default_port else f"{bracketed}:{port}"
         url = f"{self.scheme}://{authority}{path}"
         if query is not None:
             url += "?" + self.redactor.redact_query(query)
         return url
+
+
+class HttpSpanBuilder:
+    """Both halves in one process: for tests, replay and --span-workers 0."""
+
+    def __init__(self, resources: ResourceCache, redactor: Redactor, scheme: str = "http",
+                 sampler: Sampler | None = None, routes: RouteNamer | None = None):
+        self.linker = HttpExchangeLinker(sampler)
+        self.factory = HttpSpanFactory(resources, redactor, scheme, routes)
+
+    def build(self, items: list) -> list[Span]:
+        return self.factory.spans(self.linker.exchanges(items))

@@ -7,7 +7,7 @@ import os
 from agent.export.otlp import (FAILED, RETRYABLE, SUCCESS, NullSink, OtlpGrpcSink,
                                OtlpHttpSink, endpoint_address, resolve_config)
 
-__all__ = ["SUCCESS", "RETRYABLE", "FAILED", "create_sink", "exporter_endpoint"]
+__all__ = ["SUCCESS", "RETRYABLE", "FAILED", "create_sink", "describe_sink", "exporter_endpoint"]
 
 EXPORTERS = ("auto", "console", "otlp", "none")
 OTLP_IMPLS = ("fast", "sdk")
@@ -18,16 +18,31 @@ def _otlp_configured(environ) -> bool:
     return any(environ.get(name, "").strip() for name in _ENDPOINT_VARS)
 
 
-def create_sink(exporter: str, otlp_impl: str = "fast", environ=os.environ,
-                console_stream=None):
-    """exporter: auto (OTLP when an OTLP endpoint variable is set, else
-    console), console, otlp or none; otlp_impl: fast or sdk."""
+def _resolve_exporter(exporter: str, otlp_impl: str, environ) -> str:
     if exporter not in EXPORTERS:
         raise ValueError(f"exporter={exporter!r} is invalid; allowed: {', '.join(EXPORTERS)}")
     if otlp_impl not in OTLP_IMPLS:
         raise ValueError(f"otlp_impl={otlp_impl!r} is invalid; allowed: {', '.join(OTLP_IMPLS)}")
     if exporter == "auto":
-        exporter = "otlp" if _otlp_configured(environ) else "console"
+        return "otlp" if _otlp_configured(environ) else "console"
+    return exporter
+
+
+def describe_sink(exporter: str, otlp_impl: str = "fast", environ=os.environ) -> str:
+    """What create_sink would build, validating every setting, without
+    creating anything (no channel or thread before the span workers fork)."""
+    exporter = _resolve_exporter(exporter, otlp_impl, environ)
+    if exporter != "otlp":
+        return exporter
+    config = resolve_config(environ)
+    return f"otlp {config.protocol} {config.endpoint} ({otlp_impl})"
+
+
+def create_sink(exporter: str, otlp_impl: str = "fast", environ=os.environ,
+                console_stream=None):
+    """exporter: auto (OTLP when an OTLP endpoint variable is set, else
+    console), console, otlp or none; otlp_impl: fast or sdk."""
+    exporter = _resolve_exporter(exporter, otlp_impl, environ)
     if exporter == "console":
         from agent.export.console import ConsoleSink
         return ConsoleSink(console_stream)

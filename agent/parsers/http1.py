@@ -266,8 +266,9 @@ def _last_coding_is_chunked(value: bytes) -> bool:
     return value.rpartition(b",")[2].strip(b" \t").lower() == b"chunked"
 
 
-def parse_request(data: bytes, max_header_bytes: int = 16384):
-    """(status, HttpRequest | None, reason) for the head at the start of data."""
+def _start(data: bytes, max_header_bytes: int, start_line, line_error, prefix_error):
+    """(PARSED, head, start-line match, header_bytes) for a complete head
+    whose start line matches, else (NEED_MORE or INVALID, reason, None, 0)."""
     # Inlined common case of _head: CRLF line ends and no stray leading CRLF
     # (which _BAD_LINE flags, sending such heads to _head).
     end = data.find(b"\r\n\r\n", 0, max_header_bytes)
@@ -278,16 +279,23 @@ def parse_request(data: bytes, max_header_bytes: int = 16384):
     else:
         head, header_bytes, bad_line = _head(data, max_header_bytes)
     if head is None:
-        error = _unfinished_error(data, header_bytes, max_header_bytes, _REQUEST_LINE,
-                                  _request_line_error, _request_line_prefix_error)
-        if error:
-            return INVALID, None, error
-        return NEED_MORE, None, ""
-    line = _REQUEST_LINE.match(head)
+        error = _unfinished_error(data, header_bytes, max_header_bytes, start_line,
+                                  line_error, prefix_error)
+        return (INVALID, error, None, 0) if error else (NEED_MORE, "", None, 0)
+    line = start_line.match(head)
     if line is None:
-        return INVALID, None, _request_line_error(head.partition(b"\n")[0])
+        return INVALID, line_error(head.partition(b"\n")[0]), None, 0
     if bad_line:
-        return INVALID, None, "bad_header"
+        return INVALID, "bad_header", None, 0
+    return PARSED, head, line, header_bytes
+
+
+def parse_request(data: bytes, max_header_bytes: int = 16384):
+    """(status, HttpRequest | None, reason) for the head at the start of data."""
+    status, head, line, header_bytes = _start(data, max_header_bytes, _REQUEST_LINE,
+                                              _request_line_error, _request_line_prefix_error)
+    if status != PARSED:
+        return status, None, head
     method, target, minor = line.groups()
 
     host = user_agent = traceparent = tracestate = None
@@ -339,26 +347,10 @@ def parse_request(data: bytes, max_header_bytes: int = 16384):
 
 def parse_response(data: bytes, max_header_bytes: int = 16384):
     """(status, HttpResponse | None, reason) for the head at the start of data."""
-    # Inlined common case of _head: CRLF line ends and no stray leading CRLF
-    # (which _BAD_LINE flags, sending such heads to _head).
-    end = data.find(b"\r\n\r\n", 0, max_header_bytes)
-    head = data[:end] if end > 0 else None
-    if head is not None and _BAD_LINE.search(head) is None:
-        header_bytes = end + 4
-        bad_line = False
-    else:
-        head, header_bytes, bad_line = _head(data, max_header_bytes)
-    if head is None:
-        error = _unfinished_error(data, header_bytes, max_header_bytes, _STATUS_LINE,
-                                  _status_line_error, _status_line_prefix_error)
-        if error:
-            return INVALID, None, error
-        return NEED_MORE, None, ""
-    line = _STATUS_LINE.match(head)
-    if line is None:
-        return INVALID, None, _status_line_error(head.partition(b"\n")[0])
-    if bad_line:
-        return INVALID, None, "bad_header"
+    status, head, line, header_bytes = _start(data, max_header_bytes, _STATUS_LINE,
+                                              _status_line_error, _status_line_prefix_error)
+    if status != PARSED:
+        return status, None, head
     minor, status = line.groups()
 
     content_length = -1

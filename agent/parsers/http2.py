@@ -101,6 +101,11 @@ _NAME = re.compile(rb"[!#$%&'*+\-.^_`|~0-9a-z]+|:(?:authority|method|path|scheme
 # a defined frame type, reserved bit clear.  Checked fully in _plausible.
 _CANDIDATE = re.compile(rb"(?=\x00[\x00-\x40][\x00-\xff][\x00-\x09][\x00-\xff][\x00-\x7f])",
                         re.DOTALL)
+# Resynchronisation needs this many plausible frame headers in a row (or a
+# chain ending exactly at the end of the captured bytes); chains are
+# followed up to _CHAIN_MAX headers.
+_CHAIN = 3
+_CHAIN_MAX = 32
 # Allowed flag bits per frame type.
 _FLAGS = (END_STREAM | PADDED, END_STREAM | END_HEADERS | PADDED | PRIORITY_FLAG, 0, 0, ACK,
           END_HEADERS | PADDED, ACK, 0, 0, END_HEADERS)
@@ -174,15 +179,12 @@ class H2Direction:
         self.internal_errors = self.table_resets = 0
         if midstream:
             self._mode = _RESYNC
-            self._reset_table()
-        elif is_client_side and midstream is None:
+        elif is_client_side or midstream is None:
+            # The client's preface, or the server's first SETTINGS: anything
+            # else means the capture began after them.
             self._mode = _PREFACE
         else:
-            self._mode = _FRAMES if midstream is False or not is_client_side else _PREFACE
-        if not is_client_side and midstream is None:
-            # The server's first frame must be SETTINGS; anything else means
-            # the capture began after it.
-            self._mode = _PREFACE
+            self._mode = _FRAMES
 
     def link(self, other: "H2Direction") -> None:
         """Pair with the other direction: SETTINGS announced here set the
@@ -297,12 +299,18 @@ class H2Direction:
                 # header block.  The rest of the block is lost.
                 self.bad_frames += 1
                 self._finish_block(truncated=True)
+                if self._mode != _FRAMES:
+                    self.frames -= 1
+                    return pos
             if ftype == DATA:
                 if sid == 0 or (flags & PADDED and (length == 0 or (have and buf[pos + 9] >= length))):
                     return self._bad_frame(pos)
                 size = length
                 if flags & PADDED:
-                    size = length - 1 - buf[pos + 9] if have else length - 1
+                    if not have:
+                        self._pending = buf[pos:]   # wait for the pad length
+                        return end
+                    size = length - 1 - buf[pos + 9]
                 events.append(("data", sid, size, bool(flags & END_STREAM)))
                 if have >= length:
                     pos += 9 + length
@@ -314,19 +322,17 @@ class H2Direction:
                 if sid == 0 or (ftype == PUSH_PROMISE and self.is_client_side):
                     return self._bad_frame(pos)
                 if ftype == CONTINUATION and self._block is None:
-                    if sid == self._drop_continuation:
-                        # The rest of a header block already handled as partial.
-                        if not flags & END_HEADERS:
-                            pass
-                        else:
-                            self._drop_continuation = 0
-                        if have >= length:
-                            pos += 9 + length
-                            continue
-                        self._skip = length - have
-                        self._skip_kind = _SKIP_LOST
-                        return end
-                    return self._bad_frame(pos)
+                    if sid != self._drop_continuation:
+                        return self._bad_frame(pos)
+                    # The rest of a header block already emitted as partial.
+                    if flags & END_HEADERS:
+                        self._drop_continuation = 0
+                    if have >= length:
+                        pos += 9 + length
+                        continue
+                    self._skip = length - have
+                    self._skip_kind = _SKIP_LOST
+                    return end
                 if ftype == CONTINUATION and sid != self._block_sid:
                     self._finish_block(truncated=True)
                     return self._bad_frame(pos)
@@ -335,6 +341,9 @@ class H2Direction:
                     self._pending = buf[pos:]
                     return end
                 self._header_frame(buf, pos, length, ftype, flags, sid, wanted)
+                if self._mode != _FRAMES:
+                    # The block was garbage: look for a boundary after it.
+                    return pos + 9 + wanted
                 if length > wanted:
                     # Longer than the bound: handled as truncated, skip the rest.
                     rest = length - wanted
@@ -514,7 +523,13 @@ class H2Direction:
         self._block = None
         if block is None:
             return
+        block = bytes(block)
         headers, partial = self._decode(block, truncated)
+        if headers is None:
+            self.header_blocks += 1
+            self.partial_blocks += 1
+            self._lose_sync("hpack_error")
+            return
         if truncated:
             # Insertions in the missing part are unknown: start afresh.
             self._table_lost()
@@ -535,7 +550,10 @@ class H2Direction:
         table = self.decoder.header_table
         if table.dynamic_entries:
             table.maxsize = 0
-        table.maxsize = MAX_TABLE_SIZE
+        # The peer's size is unknown; most use the default.  A smaller guess
+        # than the peer's only evicts early (references become unknown), and
+        # a size update in a later block sets it.
+        table.maxsize = HeaderTable.DEFAULT_SIZE
         self.table_resets += 1
 
     _reset_table = _table_lost
@@ -624,9 +642,12 @@ class H2Direction:
                 self._table_lost()
             partial = True
         except (_Malformed, HPACKDecodingError):
+            # Real encoders do not produce this: the bytes are not the block
+            # they seemed (most likely a false resynchronisation), so none
+            # of what decoded can be trusted.
             self.hpack_errors += 1
             self._table_lost()
-            partial = True
+            return None, True
         return headers, partial
 
     # ------------------------------------------------------ resynchronise
@@ -661,15 +682,14 @@ class H2Direction:
                 break
             if not self._plausible(buf, candidate, True):
                 continue
-            following = candidate + 9 + ((buf[candidate] << 16) | (buf[candidate + 1] << 8)
-                                         | buf[candidate + 2])
-            if following == end or (following + 9 <= end and self._plausible(buf, following, False)):
+            verdict = self._chain(buf, candidate)
+            if verdict is True:
                 self._discard(candidate - start)
                 self.resyncs += 1
                 self._mode = _FRAMES
                 self._reset_table()
                 return candidate
-            if following + 9 > end:
+            if verdict is None:
                 # Cannot tell yet: keep from here until more bytes come.
                 self._discard(candidate - start)
                 self._pending = buf[candidate:]
@@ -679,6 +699,25 @@ class H2Direction:
         self._discard(keep - start)
         self._pending = buf[keep:]
         return end
+
+    def _chain(self, buf: bytes, pos: int):
+        """Follow frame lengths from the plausible header at pos: True when
+        every header up to the end of buf is plausible and either the chain
+        ends exactly at the end or at least _CHAIN headers were seen; False
+        on an implausible one; None when the next header is not in buf yet."""
+        end = len(buf)
+        seen = 0
+        while True:
+            seen += 1
+            pos += 9 + ((buf[pos] << 16) | (buf[pos + 1] << 8) | buf[pos + 2])
+            if pos == end:
+                return True
+            if pos + 9 > end:
+                return True if seen >= _CHAIN else None
+            if not self._plausible(buf, pos, False):
+                return False
+            if seen >= _CHAIN_MAX:
+                return True
 
     def _discard(self, count: int) -> None:
         if count > 0:
@@ -714,15 +753,18 @@ class H2Direction:
             captured = len(pending) - 9
             if ftype in (HEADERS, CONTINUATION, PUSH_PROMISE):
                 self._header_frame(pending, 0, length, ftype, flags, sid, captured)
+                if self._mode != _FRAMES:
+                    return
             else:
                 self.truncated_frames += 1
-            if missing <= length - captured:
-                self._skip = length - captured - missing
+                if ftype == DATA:
+                    # A PADDED DATA frame cut before its pad length.
+                    self._events.append(("data", sid, max(0, length - 1),
+                                         bool(flags & END_STREAM)))
+            remaining = length - captured
+            if missing <= remaining:
+                self._skip = remaining - missing
                 self._skip_kind = _SKIP_LOST
-                if self._skip == 0 and self._block is None:
-                    return
-                if self._skip:
-                    return
                 return
             self._lose_sync("uncaptured")
             return
@@ -758,8 +800,26 @@ def _string(data: bytes, pos: int):
     if end > len(data):
         raise _Truncated
     if byte & 0x80:
-        return decode_huffman(data[pos:end]), end
-    return bytes(data[pos:end]), end
+        raw = data[pos:end]
+        if length > _HUFFMAN_CACHE_KEY:
+            return decode_huffman(raw), end
+        text = _huffman_cache.get(raw)
+        if text is None:
+            text = decode_huffman(raw)
+            if len(_huffman_cache) >= _HUFFMAN_CACHE_SIZE:
+                _huffman_cache.clear()
+            _huffman_cache[raw] = text
+        return text, end
+    return data[pos:end], end
+
+
+# Peers repeat the same Huffman-coded strings (nginx sends server, dates,
+# content types as literals on every response); Huffman decoding is the
+# costliest step in pure Python, so short strings are memoised.  Bounded:
+# cleared when full.
+_HUFFMAN_CACHE_KEY = 128
+_HUFFMAN_CACHE_SIZE = 1024
+_huffman_cache: dict = {}
 
 
 def error_name(code: int) -> str:

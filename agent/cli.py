@@ -77,6 +77,10 @@ def main():
               help="YAML file of settings (keys are the option names); flags and environment win.")
 @click.option("--pid", "pids", type=int, multiple=True, envvar="OTEL_EBPF_PIDS",
               help="Trace only this process (repeatable).")
+@click.option("--cgroup", "cgroups", multiple=True, envvar="OTEL_EBPF_CGROUPS",
+              help="Trace only processes in this cgroup v2 path or below it (repeatable).")
+@click.option("--container", "containers", multiple=True, envvar="OTEL_EBPF_CONTAINERS",
+              help="Trace only processes of the container with this id (12+ hex digits; repeatable).")
 @click.option("--port", "ports", type=click.IntRange(1, 65535), multiple=True,
               envvar="OTEL_EBPF_PORTS", help="Trace only connections with this local or remote port (repeatable).")
 @click.option("--exe", "exes", multiple=True, envvar="OTEL_EBPF_EXES",
@@ -116,7 +120,7 @@ def main():
               default="info", envvar="OTEL_EBPF_LOG_LEVEL", show_default=True)
 @click.option("--check-config", is_flag=True,
               help="Print the resolved settings as YAML and exit without tracing.")
-def run(pids, ports, exes, exporter, otlp_impl, capture_bytes, ring_buffer_size, hooks,
+def run(pids, cgroups, containers, ports, exes, exporter, otlp_impl, capture_bytes, ring_buffer_size, hooks,
         metrics_address, redact_query_keys, routes, keep_error_spans, span_workers, duration,
         log_level, check_config):
     """Trace the node (or the selected processes) and export spans."""
@@ -135,7 +139,8 @@ def run(pids, ports, exes, exporter, otlp_impl, capture_bytes, ring_buffer_size,
     ok, message = ensure_tracefs()
     if not ok:
         logging.warning("%s", message)
-    config = AgentConfig(pids=set(pids), ports=set(ports), exes=set(exes), exporter=exporter,
+    config = AgentConfig(pids=set(pids), ports=set(ports), exes=set(exes), cgroups=tuple(cgroups),
+                         containers=tuple(containers), exporter=exporter,
                          otlp_impl=otlp_impl, capture_bytes=capture_bytes,
                          ring_buffer_bytes=ring_buffer_size, hooks=hooks,
                          metrics_address=metrics_address or None,
@@ -161,6 +166,10 @@ def run(pids, ports, exes, exporter, otlp_impl, capture_bytes, ring_buffer_size,
 @click.option("--output", "-o", type=click.Path(dir_okay=False), required=True)
 @click.option("--duration", type=click.FloatRange(min=0.1), default=5.0, show_default=True)
 @click.option("--pid", "pids", type=int, multiple=True)
+@click.option("--cgroup", "cgroups", multiple=True, envvar="OTEL_EBPF_CGROUPS",
+              help="Trace only processes in this cgroup v2 path or below it (repeatable).")
+@click.option("--container", "containers", multiple=True, envvar="OTEL_EBPF_CONTAINERS",
+              help="Trace only processes of the container with this id (12+ hex digits; repeatable).")
 @click.option("--port", "ports", type=click.IntRange(1, 65535), multiple=True)
 @click.option("--capture-bytes", type=click.IntRange(64, 8192), default=2048, show_default=True)
 def record(output, duration, pids, ports, capture_bytes):

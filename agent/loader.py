@@ -24,6 +24,7 @@ DEFAULT_OBJECT_DIR = Path(__file__).resolve().parent.parent / "build"
 _ENDPOINT = struct.Struct("<16sHH")
 _PORT = struct.Struct("<H")
 _PID = struct.Struct("<I")
+_CGROUP = struct.Struct("<Q")
 _ONE = b"\x01"
 
 
@@ -31,7 +32,8 @@ _ONE = b"\x01"
 class CaptureSettings:
     capture_bytes: int = 2048
     ring_buffer_bytes: int = 16 << 20
-    pids: set[int] | None = None          # None: every process
+    pids: set[int] | None = None          # None: no pid selector
+    cgroups: set[int] | None = None       # cgroup v2 ids; None: no cgroup selector
     ports: set[int] | None = None         # None: every port
     excluded_endpoints: list[tuple[str, int]] = field(default_factory=list)
     hooks: str = "auto"                   # auto | kprobe | tracepoint
@@ -123,7 +125,7 @@ class LoadedCapture:
         self.settings = settings
         lib = libbpf.lib()
         self._map_fds = {}
-        for name in ("events", "probe_stats", "pid_filter", "port_filter",
+        for name in ("events", "probe_stats", "pid_filter", "cgroup_filter", "port_filter",
                      "excluded_endpoints", "conns"):
             bpf_map = check_ptr(lib.bpf_object__find_map_by_name(obj, name.encode()), name)
             self._map_fds[name] = lib.bpf_map__fd(bpf_map)
@@ -144,6 +146,12 @@ class LoadedCapture:
 
     def disallow_pid(self, pid: int) -> None:
         self._delete("pid_filter", _PID.pack(pid))
+
+    def allow_cgroup(self, cgroup_id: int) -> None:
+        self._update("cgroup_filter", _CGROUP.pack(cgroup_id), _ONE)
+
+    def disallow_cgroup(self, cgroup_id: int) -> None:
+        self._delete("cgroup_filter", _CGROUP.pack(cgroup_id))
 
     def allow_port(self, port: int) -> None:
         self._update("port_filter", _PORT.pack(port), _ONE)
@@ -214,6 +222,7 @@ def _write_capture_config(obj, settings: CaptureSettings) -> None:
         "agent_tgid": settings.agent_pid,
         "capture_bytes": settings.capture_bytes,
         "filter_pids": settings.pids is not None,
+        "filter_cgroups": settings.cgroups is not None,
         "filter_ports": settings.ports is not None,
     })
     raw = bytes(records.ffi.buffer(config))
@@ -278,6 +287,9 @@ def load_capture(settings: CaptureSettings, path: Path | None = None) -> LoadedC
             if settings.pids is not None:
                 for pid in settings.pids:
                     capture.allow_pid(pid)
+            if settings.cgroups is not None:
+                for cgroup_id in settings.cgroups:
+                    capture.allow_cgroup(cgroup_id)
             if settings.ports is not None:
                 for port in settings.ports:
                     capture.allow_port(port)

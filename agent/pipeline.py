@@ -9,7 +9,6 @@ bounded queue.  Every stage counts what it drops.
 """
 from __future__ import annotations
 
-import os
 import threading
 import time
 
@@ -25,14 +24,14 @@ class Pipeline:
 
     def __init__(self, capture: LoadedCapture, span_stage, sampler: Sampler,
                  batch_records: int = 4096, housekeeping_interval_s: float = 2.0,
-                 process_filter=None):
+                 selection=None):
         self.capture = capture
         self.span_stage = span_stage
         self.tracker = ConnectionTracker()
         self.linker = HttpExchangeLinker(sampler)
         self.batch_records = batch_records
         self.housekeeping_interval_s = housekeeping_interval_s
-        self.process_filter = process_filter
+        self.selection = selection
         self.records_drained = 0
         self.exchanges = 0
         self.last_loop_monotonic = time.monotonic()
@@ -58,8 +57,8 @@ class Pipeline:
     def housekeeping(self) -> None:
         self.tracker.expire(time.monotonic_ns())
         self.span_stage.housekeeping()
-        if self.process_filter is not None:
-            self.process_filter.refresh(self.capture)
+        if self.selection is not None:
+            self.selection.refresh(self.capture)
 
     def run(self, stop: threading.Event, deadline: float | None = None) -> None:
         ring = self.capture.ring
@@ -85,34 +84,3 @@ class Pipeline:
         self.drain_once()
         self.span_stage.shutdown(max(0.1, flush_timeout_s - (time.monotonic() - started)))
         self.capture.close()
-
-
-class ProcessFilter:
-    """Narrows tracing to processes by executable name: the matching pids go
-    into the kernel's pid filter, rescanned so that new processes join."""
-
-    def __init__(self, exe_names: set[str], pids: set[int]):
-        self.exe_names = exe_names
-        self.pids = set(pids)
-        self.known: set[int] = set()
-
-    def matching_pids(self) -> set[int]:
-        found = set(self.pids)
-        for entry in os.scandir("/proc"):
-            if not entry.name.isdigit():
-                continue
-            try:
-                exe = os.path.basename(os.readlink(f"/proc/{entry.name}/exe"))
-            except OSError:
-                continue
-            if exe.removesuffix(" (deleted)") in self.exe_names:
-                found.add(int(entry.name))
-        return found
-
-    def refresh(self, capture: LoadedCapture) -> None:
-        current = self.matching_pids() if self.exe_names else set(self.pids)
-        for pid in current - self.known:
-            capture.allow_pid(pid)
-        for pid in self.known - current - self.pids:
-            capture.disallow_pid(pid)
-        self.known = current

@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from agent.export import create_sink, describe_sink, exporter_endpoint
 from agent.loader import CaptureSettings, load_capture
 from agent.metrics import AgentMetrics, MetricsServer
-from agent.pipeline import Pipeline, ProcessFilter
+from agent.pipeline import Pipeline
 from agent.redact import Redactor
 from agent.routes import RouteNamer
 from agent.sampling import Sampler
+from agent.selection import Selection
 from agent.span_worker import LocalSpanStage, SpanWorkerPool
 
 log = logging.getLogger("otel_ebpf")
@@ -31,6 +32,8 @@ class AgentConfig:
     pids: set[int] = field(default_factory=set)
     ports: set[int] = field(default_factory=set)
     exes: set[str] = field(default_factory=set)
+    cgroups: tuple[str, ...] = ()
+    containers: tuple[str, ...] = ()
     exporter: str = "auto"
     otlp_impl: str = "fast"
     capture_bytes: int = 2048
@@ -76,20 +79,17 @@ class Agent:
             if config.exporter in ("auto", "otlp") else None
         if endpoint is not None:
             excluded.append(endpoint)
-        process_filter = ProcessFilter(config.exes, config.pids) if config.exes else None
-        pids = None
-        if config.pids or config.exes:
-            pids = process_filter.matching_pids() if process_filter else set(config.pids)
+        selection = Selection(config.pids, config.exes, config.cgroups, config.containers)
+        pids, cgroups = selection.resolve()
         settings = CaptureSettings(
             capture_bytes=config.capture_bytes, ring_buffer_bytes=config.ring_buffer_bytes,
-            pids=pids, ports=set(config.ports) or None, excluded_endpoints=excluded,
-            hooks=config.hooks)
+            pids=pids, cgroups=cgroups, ports=set(config.ports) or None,
+            excluded_endpoints=excluded, hooks=config.hooks)
         self.metrics = AgentMetrics(self)
         self.capture = load_capture(settings)
-        if process_filter is not None:
-            process_filter.known = set(pids)
+        selection.known_pids, selection.known_cgroups = pids or set(), cgroups or set()
         self.pipeline = Pipeline(self.capture, self.span_stage, sampler,
-                                 process_filter=process_filter)
+                                 selection=selection if selection.exes or selection.by_cgroup else None)
         if config.metrics_address:
             self.metrics_server = MetricsServer(config.metrics_address, self.metrics, self)
             self.metrics_server.start()

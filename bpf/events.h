@@ -79,9 +79,10 @@ struct event_header {
 struct capture_config {
     __u32 agent_tgid;       /* never traced: the agent itself */
     __u32 capture_bytes;    /* payload prefix copied per event, <= MAX_CAPTURE_BYTES */
-    __u8 filter_pids;       /* trace only the pids in pid_filter */
+    __u8 filter_pids;       /* trace the pids in pid_filter ... */
+    __u8 filter_cgroups;    /* ... and the processes in the cgroups in cgroup_filter */
     __u8 filter_ports;      /* trace only connections with a port in port_filter */
-    __u8 reserved[6];
+    __u8 reserved[5];
 };
 
 /* Counters per probe and CPU, summed by userspace. */

@@ -120,6 +120,15 @@ struct {
     __type(value, __u8);
 } pid_filter SEC(".maps");
 
+/* cgroup v2 ids (the cgroup directory's inode number) of selected cgroups
+ * and their descendants, kept up to date by userspace. */
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 4096);
+    __type(key, __u64);
+    __type(value, __u8);
+} cgroup_filter SEC(".maps");
+
 struct {
     __uint(type, BPF_MAP_TYPE_HASH);
     __uint(max_entries, 1024);
@@ -151,9 +160,17 @@ static __always_inline bool process_traced(__u32 tgid)
 {
     if (tgid == capture_config.agent_tgid)
         return false;
-    if (capture_config.filter_pids && !bpf_map_lookup_elem(&pid_filter, &tgid))
-        return false;
-    return true;
+    if (!capture_config.filter_pids && !capture_config.filter_cgroups)
+        return true;
+    /* Selectors add up: a process is traced when any of them picks it. */
+    if (capture_config.filter_pids && bpf_map_lookup_elem(&pid_filter, &tgid))
+        return true;
+    if (capture_config.filter_cgroups) {
+        __u64 cgroup = bpf_get_current_cgroup_id();
+        if (bpf_map_lookup_elem(&cgroup_filter, &cgroup))
+            return true;
+    }
+    return false;
 }
 
 static __always_inline bool endpoint_excluded(const __u8 *addr, __u16 port)

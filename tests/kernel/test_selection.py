@@ -1,0 +1,78 @@
+"""Selection by cgroup and by executable, with real processes."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+
+import pytest
+
+from agent.selection import cgroup2_root
+from agent.spans import KIND_SERVER
+from conftest import PEERS, curl, free_port, wait_for_port
+
+
+@pytest.fixture
+def cgroup():
+    root = cgroup2_root()
+    if root is None:
+        pytest.skip("no cgroup v2 hierarchy mounted")
+    path = os.path.join(root, f"otel-ebpf-test-{uuid.uuid4().hex[:8]}")
+    os.mkdir(path)
+    yield path
+    # Processes must leave before the directory can go.
+    with open(os.path.join(path, "cgroup.procs")) as f:
+        for pid in f.read().split():
+            with open(os.path.join(root, "cgroup.procs"), "w") as out:
+                out.write(pid)
+    os.rmdir(path)
+
+
+def start_backend(port: int, service: str, cgroup_path: str | None = None):
+    def enter_cgroup():
+        if cgroup_path:
+            with open(os.path.join(cgroup_path, "cgroup.procs"), "w") as f:
+                f.write(str(os.getpid()))
+
+    proc = subprocess.Popen([sys.executable, str(PEERS / "backend.py"), str(port)],
+                            stdout=subprocess.PIPE, preexec_fn=enter_cgroup,
+                            env={**os.environ, "OTEL_SERVICE_NAME": service})
+    proc.stdout.readline()
+    wait_for_port(port)
+    return proc
+
+
+def test_cgroup_selects_its_processes_including_ones_started_later(receiver, start_agent, cgroup):
+    inside_port, outside_port, late_port = free_port(), free_port(), free_port()
+    inside = start_backend(inside_port, "inside", cgroup)
+    outside = start_backend(outside_port, "outside")
+    late = None
+    try:
+        agent = start_agent("--cgroup", cgroup)
+        # Started after the agent, inside the selected cgroup: traced from
+        # its first request, with no rescan needed.
+        late = start_backend(late_port, "late", cgroup)
+        for port in (inside_port, outside_port, late_port):
+            assert curl(f"http://127.0.0.1:{port}/x")["status"] == 200
+        assert receiver.wait_for(lambda spans: {"inside", "late"} <= {
+            s.resource["service.name"] for s in spans if s.kind == KIND_SERVER}, 10)
+        time.sleep(1.0)
+        services = {s.resource["service.name"] for s in receiver.spans}
+        assert "outside" not in services
+        # curl runs outside the cgroup: no client spans.
+        assert all(s.kind == KIND_SERVER for s in receiver.spans)
+    finally:
+        for proc in (inside, outside, late):
+            if proc is not None:
+                proc.terminate()
+                proc.wait()
+
+
+def test_bad_selectors_stop_the_agent_with_a_clear_message():
+    from conftest import AGENT, ROOT
+    result = subprocess.run(AGENT + ["run", "--container", "xyz", "--metrics-address", ""],
+                            capture_output=True, text=True, cwd=ROOT, timeout=30)
+    assert result.returncode != 0
+    assert "--container 'xyz': give at least 12 hex digits" in result.stderr

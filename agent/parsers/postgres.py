@@ -401,7 +401,10 @@ def parse_frontend(data: bytes, partial: bool = False):
         m = _message(Describe if kind == 0x44 else Close, kind, total, truncated)
         which = data[5:6]
         if which not in (b"S", b"P"):
-            return INVALID, None, 0, "bad_describe"
+            if which or not truncated:
+                return INVALID, None, 0, "bad_describe"
+            m.kind = m.name = None
+            return PARSED, m, total, ""
         m.kind = which.decode()
         m.name, pos = _cstr(data, 6, end)
         if pos != end and not truncated:
@@ -476,9 +479,10 @@ def parse_command_tag(tag: str):
     return tag, None
 
 
-def _fields(data, pos, end):
+def _fields(data, pos, end, truncated=False):
     """The typed fields of an ErrorResponse/NoticeResponse as a dict of
-    single-letter code to text; None when malformed."""
+    single-letter code to text; None when malformed.  Truncated: the
+    complete fields before end."""
     fields = {}
     while pos < end:
         code = data[pos]
@@ -486,9 +490,9 @@ def _fields(data, pos, end):
             return fields if pos + 1 == end else None
         value, pos = _cstr(data, pos + 1, end)
         if pos < 0:
-            return None
+            return fields if truncated else None
         fields[chr(code)] = value
-    return None
+    return fields if truncated else None
 
 
 def parse_backend(data: bytes, partial: bool = False):
@@ -510,18 +514,19 @@ def parse_backend(data: bytes, partial: bool = False):
         return PARSED, m, total, ""
     if kind == 0x5A:  # 'Z'
         m = _message(ReadyForQuery, kind, total, truncated)
-        st = data[5]
-        if st not in b"ITE":
-            return INVALID, None, 0, "bad_ready_for_query"
-        m.status = chr(st)
+        st = data[5:6]
+        if st not in (b"I", b"T", b"E"):
+            if st or not truncated:
+                return INVALID, None, 0, "bad_ready_for_query"
+            m.status = None
+        else:
+            m.status = st.decode()
         return PARSED, m, total, ""
     if kind == 0x45 or kind == 0x4E:  # 'E', 'N'
         m = _message(ErrorResponse, kind, total, truncated)
-        fields = _fields(data, 5, end)
+        fields = _fields(data, 5, end, truncated)
         if fields is None:
-            if not truncated:
-                return INVALID, None, 0, "bad_error_response"
-            fields = _fields(data, 5, data.rfind(b"\0", 5, end) + 1) or {}
+            return INVALID, None, 0, "bad_error_response"
         m.severity = fields.get("V") or fields.get("S")
         m.code = fields.get("C")
         m.message = fields.get("M")
@@ -536,11 +541,11 @@ def parse_backend(data: bytes, partial: bool = False):
         return PARSED, m, total, ""
     if kind == 0x4B:  # 'K'
         m = _message(BackendKeyData, kind, total, truncated)
-        m.pid = _U32(data[5:9], "big")
+        m.pid = _U32(data[5:9], "big") if end >= 9 else None
         return PARSED, m, total, ""
     if kind == 0x52:  # 'R'
         m = _message(Authentication, kind, total, truncated)
-        m.code = _U32(data[5:9], "big")
+        m.code = _U32(data[5:9], "big") if end >= 9 else None
         m.mechanisms = ()
         if m.code == 10:
             names = data[9:end].split(b"\0")

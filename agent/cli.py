@@ -97,7 +97,7 @@ def main():
 @click.option("--ring-buffer-size", type=SizeType(), default="16M",
               envvar="OTEL_EBPF_RING_BUFFER_SIZE", show_default=True,
               help="Kernel ring buffer size, a power of two.")
-@click.option("--hooks", type=click.Choice(["auto", "kprobe", "raw_tracepoint", "tracepoint"]), default="auto",
+@click.option("--hooks", type=click.Choice(["auto", "fentry", "kprobe", "raw_tracepoint", "tracepoint"]), default="auto",
               envvar="OTEL_EBPF_HOOKS", show_default=True,
               help="Hook family; auto picks the cheapest this kernel offers.")
 @click.option("--metrics-address", default="127.0.0.1:9464", envvar="OTEL_EBPF_METRICS_ADDRESS",

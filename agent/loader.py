@@ -6,6 +6,7 @@ bpf/events.h) before loading, so the verifier sees them as constants.
 """
 from __future__ import annotations
 
+import errno
 import ipaddress
 import os
 import socket
@@ -59,6 +60,8 @@ class HookFamily:
     description: str
 
     def unavailable_reason(self, features: KernelFeatures) -> str | None:
+        if self.name == "fentry" and not features.btf:
+            return "fentry needs kernel BTF (/sys/kernel/btf/vmlinux)"
         if self.name == "kprobe" and not features.kprobes:
             return "this kernel offers no kprobes (no kprobe PMU, no kprobe_events)"
         if self.name == "tracepoint" and not features.tracefs_mounted:
@@ -68,12 +71,16 @@ class HookFamily:
         return None
 
 
-# Order of preference.  kprobes on the syscall functions skip the tracepoint
-# machinery; the two raw syscall tracepoints need no tracefs and only two
+# Order of preference.  fentry/fexit trampolines are the cheapest entry to
+# the syscall functions, kprobes the next; both skip the tracepoint
+# machinery.  The two raw syscall tracepoints need no tracefs and only two
 # links (per-syscall hooks take 26, and the kernel synchronises on each one
-# it removes: about 70 ms apiece here); per-syscall tracepoints are the
-# fallback every kernel with tracefs has.
+# it removes: about 70 ms apiece here).  Per-syscall tracepoints are the
+# fallback every kernel with tracefs has.  A family that fails to load or
+# attach (fentry is refused where the function tracer is locked down) is
+# skipped with its reason.
 HOOK_FAMILIES = {
+    "fentry": HookFamily("fentry", "fe_", "fentry/fexit on the syscall functions"),
     "kprobe": HookFamily("kprobe", "ks_", "kprobes on the syscall entry points (ksyscall)"),
     "raw_tracepoint": HookFamily("raw_tracepoint", "rtp_", "raw sys_enter/sys_exit tracepoints"),
     "tracepoint": HookFamily("tracepoint", "tp_", "per-syscall tracepoints"),
@@ -260,6 +267,17 @@ def _open_and_attach(path: Path, family: HookFamily, settings: CaptureSettings):
         raise
 
 
+def _load_failure(family: HookFamily, exc: LibbpfError) -> str:
+    """Why a family did not load, with the log lines that say so (the
+    verifier's last words), without libbpf's per-program chatter."""
+    if family.name == "fentry" and exc.errno == errno.EPERM:
+        return ("the kernel refused fentry programs (EPERM): its function tracer is "
+                "unavailable or locked down here; libbpf's 'ulimit -l' hint does not apply")
+    lines = [line for line in exc.log if line.strip() and "skipped loading" not in line
+             and "ulimit -l" not in line]
+    return "\n    ".join([str(exc)] + lines[-8:])
+
+
 class CaptureLoadError(RuntimeError):
     pass
 
@@ -276,11 +294,7 @@ def load_capture(settings: CaptureSettings, path: Path | None = None) -> LoadedC
         try:
             obj, links = _open_and_attach(path, family, settings)
         except LibbpfError as exc:
-            detail = str(exc)
-            verifier = [line for line in exc.log if line.strip()][-12:]
-            if verifier:
-                detail += "\n    " + "\n    ".join(verifier)
-            skipped.append((family.name, detail))
+            skipped.append((family.name, _load_failure(family, exc)))
             continue
         capture = LoadedCapture(obj, links, family, settings, skipped)
         try:

@@ -7,9 +7,9 @@
  * connections is copied, up to the capture size, into the ring buffer.
  * Userspace parses; nothing here does.
  *
- * Every hook exists twice: as a syscall tracepoint (works everywhere) and as
- * a ksyscall kprobe (cheaper where the kernel has kprobes).  The loader turns
- * on one family at start-up, after probing what the kernel offers.
+ * Every hook exists in four families (fentry, ksyscall kprobes, raw syscall
+ * tracepoints, per-syscall tracepoints), all calling one dispatch table.
+ * The loader turns on the best family the kernel loads and attaches.
  */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -553,7 +553,9 @@ static __always_inline struct pt_regs *syscall_regs(struct pt_regs *ctx)
     return ctx;
 }
 
-/* Per-syscall hooks: the syscall tracepoints and the ksyscall kprobes. */
+/* Per-syscall hooks: fentry/fexit on the syscall functions, the ksyscall
+ * kprobes, and the syscall tracepoints.  The syscall functions take the
+ * user registers as their one argument. */
 #define HOOK_SYSCALL(name)                                                          \
     SEC("tracepoint/syscalls/sys_enter_" #name)                                     \
     int tp_enter_##name(struct trace_event_raw_sys_enter *ctx)                      \
@@ -564,6 +566,18 @@ static __always_inline struct pt_regs *syscall_regs(struct pt_regs *ctx)
     int tp_exit_##name(struct trace_event_raw_sys_exit *ctx)                        \
     {                                                                               \
         return syscall_exit(NR_##name, ctx->ret);                                   \
+    }                                                                               \
+    SEC("fentry/" SYSCALL_SYMBOL(name))                                             \
+    int BPF_PROG(fe_enter_##name, struct pt_regs *regs)                             \
+    {                                                                               \
+        return syscall_enter(NR_##name, PT_REGS_PARM1_CORE_SYSCALL(regs),           \
+                             PT_REGS_PARM2_CORE_SYSCALL(regs),                      \
+                             PT_REGS_PARM3_CORE_SYSCALL(regs));                     \
+    }                                                                               \
+    SEC("fexit/" SYSCALL_SYMBOL(name))                                              \
+    int BPF_PROG(fe_exit_##name, struct pt_regs *regs, long ret)                    \
+    {                                                                               \
+        return syscall_exit(NR_##name, ret);                                        \
     }                                                                               \
     SEC("ksyscall/" #name)                                                          \
     int ks_enter_##name(struct pt_regs *ctx)                                        \

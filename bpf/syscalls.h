@@ -19,6 +19,7 @@
 #define NR_recvmsg 47
 #define NR_accept4 288
 #define SYSCALL_NR(regs) BPF_CORE_READ(regs, orig_ax)
+#define SYSCALL_SYMBOL(name) "__x64_sys_" #name
 #elif defined(__TARGET_ARCH_arm64)
 #define NR_close 57
 #define NR_read 63
@@ -34,6 +35,7 @@
 #define NR_recvmsg 212
 #define NR_accept4 242
 #define SYSCALL_NR(regs) BPF_CORE_READ(regs, syscallno)
+#define SYSCALL_SYMBOL(name) "__arm64_sys_" #name
 #else
 #error "syscall numbers for this architecture are not defined in bpf/syscalls.h"
 #endif

@@ -255,13 +255,23 @@ def curl(url: str, *headers: str, extra: list[str] | None = None) -> dict:
     return {"status": int(out[0]), "time_total": float(out[1]), "local_port": int(out[2])}
 
 
-CAPTURE_PROGRAM_PREFIXES = ("rtp_sys_", "tp_enter_", "tp_exit_", "ks_enter_", "ks_exit_")
+CAPTURE_PROGRAM_PREFIXES = ("rtp_sys_", "tp_enter_", "tp_exit_", "ks_enter_", "ks_exit_",
+                            "fe_enter_", "fe_exit_")
 
 
-def capture_programs_loaded() -> list[str]:
-    """Names of loaded BPF programs that belong to the capture (from bpftool)."""
+def loaded_programs() -> list[dict]:
     import json
     out = subprocess.run(["bpftool", "-j", "prog", "show"], capture_output=True, text=True,
                          check=True)
-    return [p.get("name", "") for p in json.loads(out.stdout or "[]")
-            if p.get("name", "").startswith(CAPTURE_PROGRAM_PREFIXES)]
+    return json.loads(out.stdout or "[]")
+
+
+def capture_programs_of(pid: int) -> set[int]:
+    """Ids of the capture programs that process `pid` holds (from bpftool)."""
+    return {p["id"] for p in loaded_programs()
+            if p.get("name", "").startswith(CAPTURE_PROGRAM_PREFIXES)
+            and any(owner.get("pid") == pid for owner in p.get("pids", []))}
+
+
+def programs_still_loaded(ids: set[int]) -> set[int]:
+    return ids & {p["id"] for p in loaded_programs()}

@@ -9,7 +9,7 @@ import time
 import pytest
 
 from agent.spans import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, STATUS_UNSET
-from conftest import capture_programs_loaded, curl, free_port, http_get
+from conftest import capture_programs_of, programs_still_loaded, curl, free_port, http_get
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PARENT_ID = "b7ad6b7169203331"
@@ -168,11 +168,12 @@ def test_malformed_traffic_is_counted_and_loop_survives(receiver, start_agent, b
 
 def test_sigterm_stops_fast_flushes_and_detaches(receiver, start_agent, backend):
     agent = start_agent("--port", str(backend))
-    assert capture_programs_loaded()
+    programs = capture_programs_of(agent.proc.pid)
+    assert programs
     assert curl(f"http://127.0.0.1:{backend}/last", TRACEPARENT)["status"] == 200
     took = agent.stop()
     assert agent.proc.returncode == 0, agent.stderr()
     assert took < 2.0
     # Spans held at stop time were flushed, not lost.
     assert any(s.attributes.get("url.path") == "/last" for s in receiver.spans)
-    assert capture_programs_loaded() == []
+    assert programs_still_loaded(programs) == set()

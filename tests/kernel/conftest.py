@@ -267,10 +267,19 @@ def loaded_programs() -> list[dict]:
 
 
 def capture_programs_of(pid: int) -> set[int]:
-    """Ids of the capture programs that process `pid` holds (from bpftool)."""
+    """Ids of the capture programs process `pid` holds, read from the
+    prog_id lines of its BPF program and link fds in /proc/PID/fdinfo."""
+    held = set()
+    for fd in os.listdir(f"/proc/{pid}/fdinfo"):
+        try:
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                for line in f:
+                    if line.startswith("prog_id:"):
+                        held.add(int(line.split()[1]))
+        except OSError:
+            continue
     return {p["id"] for p in loaded_programs()
-            if p.get("name", "").startswith(CAPTURE_PROGRAM_PREFIXES)
-            and any(owner.get("pid") == pid for owner in p.get("pids", []))}
+            if p["id"] in held and p.get("name", "").startswith(CAPTURE_PROGRAM_PREFIXES)}
 
 
 def programs_still_loaded(ids: set[int]) -> set[int]:

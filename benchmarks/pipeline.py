@@ -105,6 +105,26 @@ def run(records: list[bytes], seconds: float, encode) -> dict:
             "bytes": bytes_total, "stage": stage}
 
 
+def accepted_by_receiver(records: list[bytes]) -> tuple[int, int]:
+    """Spans the pipeline built from the recording, and how many of them a
+    real OTLP/HTTP receiver (tests/otlp_receiver.py) accepted and decoded."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from otlp_receiver import OtlpReceiver
+    from agent.export.otlp import SUCCESS, OtlpHttpSink
+    from agent.span_builder import HttpSpanBuilder
+    spans = HttpSpanBuilder(ResourceCache(), Redactor()).build(ConnectionTracker().process(records))
+    receiver = OtlpReceiver(keep_spans=False)
+    receiver.start("http")
+    try:
+        sink = OtlpHttpSink({"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint})
+        for i in range(0, len(spans), 4096):
+            assert sink.export(spans[i:i + 4096]) == SUCCESS
+        sink.shutdown()
+        return len(spans), sum(receiver.counts.values())
+    finally:
+        receiver.stop()
+
+
 def sdk_encoder():
     from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
     from agent.export.sdk import SdkConverter
@@ -138,6 +158,8 @@ def main() -> None:
               f"{1e6 / max(main, worker):,.0f} spans/s with one worker on a second core")
     if "sdk" in results:
         print(f"fast / sdk = {results['fast']['rate'] / results['sdk']['rate']:.1f}x")
+    built, accepted = accepted_by_receiver(records)
+    print(f"OTLP receiver accepted {accepted} of {built} spans built from the recording")
 
 
 if __name__ == "__main__":

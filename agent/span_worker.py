@@ -34,7 +34,8 @@ from agent.span_builder import HttpSpanFactory
 log = logging.getLogger("otel_ebpf")
 
 EXPORT_SECONDS_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10)
-MESSAGE_EXCHANGES = 512          # exchanges per datagram: ~150 KB pickled
+MESSAGE_EXCHANGES = 512          # exchanges per datagram: ~150 KB pickled...
+MESSAGE_MAX_BYTES = 1 << 20      # ...and never more than this (long URLs): split
 SOCKET_BUFFER_BYTES = 8 << 20
 SEND_TIMEOUT_S = 1.0
 STATS_INTERVAL_S = 0.5
@@ -127,18 +128,23 @@ def _worker_main(sock: socket.socket, make_stage) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     stage = make_stage()
     sock.settimeout(STATS_INTERVAL_S)
+    # One receive buffer for the worker's life: recv(n) would allocate n
+    # bytes per message, and glibc serves such large, short-lived blocks
+    # from the heap once it has freed one, which fragments it.
+    buffer = bytearray(MESSAGE_MAX_BYTES)
+    view = memoryview(buffer)
     next_stats = next_housekeeping = time.monotonic()
     stop_timeout = 1.0
     try:
         while True:
             try:
-                data = sock.recv(SOCKET_BUFFER_BYTES)
+                size = sock.recv_into(buffer)
             except socket.timeout:
-                data = None
-            if data == b"":
+                size = None
+            if size == 0:
                 break   # the main process is gone: flush and leave
-            if data:
-                kind, payload = pickle.loads(data)
+            if size:
+                kind, payload = pickle.loads(view[:size])
                 if kind == "exchanges":
                     stage.submit(payload)
                 elif kind == "stop":
@@ -192,12 +198,14 @@ class _Worker:
         # A second descriptor, so that the send timeout does not apply here.
         reader = socket.socket(fileno=os.dup(self.sock.fileno()))
         reader.settimeout(None)
+        buffer = bytearray(1 << 20)   # stats snapshots are a few KB
+        view = memoryview(buffer)
         try:
             while True:
-                data = reader.recv(SOCKET_BUFFER_BYTES)
-                if not data:
+                size = reader.recv_into(buffer)
+                if not size:
                     return
-                kind, payload = pickle.loads(data)
+                kind, payload = pickle.loads(view[:size])
                 if kind == "stats":
                     self.snapshot = payload
         except OSError:
@@ -243,15 +251,24 @@ class SpanWorkerPool:
         self.exchanges_dropped = 0
 
     def submit(self, exchanges: list) -> None:
-        workers = self.workers
         for i in range(0, len(exchanges), MESSAGE_EXCHANGES):
-            chunk = exchanges[i:i + MESSAGE_EXCHANGES]
-            worker = workers[self._next]
-            self._next = (self._next + 1) % len(workers)
-            try:
-                worker.sock.sendall(pickle.dumps(("exchanges", chunk), pickle.HIGHEST_PROTOCOL))
-            except (socket.timeout, OSError):
-                self.exchanges_dropped += len(chunk)
+            self._send(exchanges[i:i + MESSAGE_EXCHANGES])
+
+    def _send(self, chunk: list) -> None:
+        message = pickle.dumps(("exchanges", chunk), pickle.HIGHEST_PROTOCOL)
+        if len(message) > MESSAGE_MAX_BYTES and len(chunk) > 1:
+            half = len(chunk) // 2
+            self._send(chunk[:half])
+            self._send(chunk[half:])
+            return
+        worker = self.workers[self._next]
+        self._next = (self._next + 1) % len(self.workers)
+        try:
+            if len(message) > MESSAGE_MAX_BYTES:
+                raise OSError("exchange larger than a message")
+            worker.sock.sendall(message)
+        except (socket.timeout, OSError):
+            self.exchanges_dropped += len(chunk)
 
     def housekeeping(self) -> None:
         """The workers keep house themselves."""

@@ -48,7 +48,7 @@ def test_bad_values_name_the_setting_and_the_allowed_values(tmp_path):
     assert result.exit_code != 0 and "--capture-bytes" in result.output and "64<=x<=8192" in result.output
     result = resolve(["--exporter", "kafka"])
     assert result.exit_code != 0 and "'auto', 'console', 'otlp', 'none'" in result.output
-    result = resolve([], env={"OTEL_EBPF_HOOKS": "fentry"})
+    result = resolve([], env={"OTEL_EBPF_HOOKS": "uprobe"})
     assert result.exit_code != 0 and "--hooks" in result.output
     result = resolve(["--ring-buffer-size", "lots"])
     assert result.exit_code != 0 and "not a size" in result.output

@@ -4,9 +4,7 @@ splitting.  Inputs are mutations of the real captured fixtures plus random
 bytes, with a fixed example budget."""
 from __future__ import annotations
 
-import os
-
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.parsers import INVALID, NEED_MORE, PARSED
@@ -17,16 +15,9 @@ from agent.parsers.http1 import (
 from agent.parsers.tracecontext import parse_traceparent, parse_tracestate
 from agent.redact import Redactor
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "http1")
-SAMPLES = []
-for _name in sorted(os.listdir(FIXTURES)):
-    if _name.endswith(".bin"):
-        with open(os.path.join(FIXTURES, _name), "rb") as _f:
-            SAMPLES.append(_f.read())
+from fuzzing import BUDGET, STATUSES, edit, fixture_files
 
-STATUSES = (PARSED, NEED_MORE, INVALID)
-BUDGET = settings(max_examples=300, deadline=None,
-                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SAMPLES = [data for _, data in fixture_files("http1")]
 # Bytes that matter to HTTP framing, so mutations hit interesting paths.
 INTERESTING = st.sampled_from([b"\r", b"\n", b"\r\n", b" ", b"\t", b":", b",", b";", b"0",
                                b"\x00", b"\xff", b"HTTP/1.1", b"chunked", b"-", b"a"])
@@ -34,18 +25,7 @@ INTERESTING = st.sampled_from([b"\r", b"\n", b"\r\n", b" ", b"\t", b":", b",", b
 
 @st.composite
 def mutated(draw):
-    data = bytearray(draw(st.sampled_from(SAMPLES)))
-    for _ in range(draw(st.integers(0, 6))):
-        pos = draw(st.integers(0, len(data)))
-        op = draw(st.integers(0, 3))
-        if op == 0 and pos < len(data):
-            del data[pos:pos + draw(st.integers(1, 8))]
-        elif op == 1:
-            data[pos:pos] = draw(INTERESTING)
-        elif op == 2 and pos < len(data):
-            data[pos] = draw(st.integers(0, 255))
-        else:
-            data[pos:pos] = draw(st.binary(max_size=16))
+    data = edit(draw, bytearray(draw(st.sampled_from(SAMPLES))), INTERESTING)
     cut = draw(st.integers(0, len(data)))
     return bytes(data[:cut]) if draw(st.booleans()) else bytes(data)
 

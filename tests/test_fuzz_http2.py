@@ -5,24 +5,16 @@ net, always give one of the three statuses and well-formed events; what
 goes wrong is counted.  Fixed example budget."""
 from __future__ import annotations
 
-import os
-
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.http2_streams import StreamTracker, grpc_method, grpc_status, is_grpc
 from agent.parsers import INVALID, NEED_MORE, PARSED
 from agent.parsers.http2 import H2Direction
 
-FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "http2")
-SAMPLES = []
-for _name in sorted(os.listdir(FIXTURES)):
-    if _name.endswith(".bin"):
-        with open(os.path.join(FIXTURES, _name), "rb") as _f:
-            SAMPLES.append((_name.endswith(".c2s.bin"), _f.read()[:6000]))
+from fuzzing import BUDGET, edit, fixture_files
 
-BUDGET = settings(max_examples=300, deadline=None,
-                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+SAMPLES = [(name.endswith(".c2s.bin"), data[:6000]) for name, data in fixture_files("http2")]
 # Bytes that matter to HTTP/2 framing and HPACK.
 INTERESTING = st.sampled_from([b"\x00", b"\xff", b"\x7f", b"\x80", b"\x01", b"\x04", b"\x08",
                                b"\x20", b"\x3f", b"\x40", b"\x00\x00\x00", b"\x00\x40\x00",
@@ -32,18 +24,7 @@ INTERESTING = st.sampled_from([b"\x00", b"\xff", b"\x7f", b"\x80", b"\x01", b"\x
 @st.composite
 def mutated(draw):
     client, sample = draw(st.sampled_from(SAMPLES))
-    data = bytearray(sample)
-    for _ in range(draw(st.integers(0, 6))):
-        pos = draw(st.integers(0, len(data)))
-        op = draw(st.integers(0, 3))
-        if op == 0 and pos < len(data):
-            del data[pos:pos + draw(st.integers(1, 12))]
-        elif op == 1:
-            data[pos:pos] = draw(INTERESTING)
-        elif op == 2 and pos < len(data):
-            data[pos] = draw(st.integers(0, 255))
-        else:
-            data[pos:pos] = draw(st.binary(max_size=24))
+    data = edit(draw, bytearray(sample), INTERESTING, max_delete=12, max_insert=24)
     start = draw(st.integers(0, min(len(data), 400))) if draw(st.booleans()) else 0
     return client, bytes(data[start:])
 

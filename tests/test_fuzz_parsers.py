@@ -23,12 +23,12 @@ from agent.recording import read_records
 from agent.records import C, EVENT_HEADER, EVENT_HEADER_FIELDS, EVENT_HEADER_SIZE
 from agent.redact import REDACTED, Redactor
 
+from fuzzing import BUDGET as SHARED_BUDGET, STATUSES
+
 EVENTS = os.path.join(os.path.dirname(__file__), "fixtures", "events", "http1_proxy.events")
 RECORDS = read_records(EVENTS)
-STATUSES = (PARSED, NEED_MORE, INVALID)
-BUDGET = settings(max_examples=300, deadline=None,
-                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
-                                         HealthCheck.filter_too_much])
+BUDGET = settings(SHARED_BUDGET, suppress_health_check=[*SHARED_BUDGET.suppress_health_check,
+                                                        HealthCheck.filter_too_much])
 
 TOKENS = [b"GET ", b"POST ", b"HTTP/1.1", b"HTTP/1.0 ", b"200 OK", b"\r\n", b"\n", b"\r\n\r\n",
           b"Host: x", b"Content-Length: ", b"Transfer-Encoding: chunked", b"0\r\n\r\n",

@@ -5,33 +5,18 @@ a PARSED message is NEED_MORE).  Inputs are mutations of the real captured
 fixtures plus random bytes and text, with a fixed example budget."""
 from __future__ import annotations
 
-import os
-
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.parsers import INVALID, NEED_MORE, PARSED
+from agent.parsers import NEED_MORE, PARSED
 from agent.parsers import mysql as my
 from agent.parsers import postgres as pg
 from agent.parsers.sql import extract_trace_context, query_info, sanitize
 
-HERE = os.path.join(os.path.dirname(__file__), "fixtures")
+from fuzzing import BUDGET, STATUSES, edit, fixture_files
 
-
-def _samples(sub):
-    out = []
-    for name in sorted(os.listdir(os.path.join(HERE, sub))):
-        if name.endswith(".bin"):
-            with open(os.path.join(HERE, sub, name), "rb") as f:
-                out.append(f.read())
-    return out
-
-
-PG_SAMPLES = _samples("postgres")
-MY_SAMPLES = _samples("mysql")
-STATUSES = (PARSED, NEED_MORE, INVALID)
-BUDGET = settings(max_examples=300, deadline=None,
-                  suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+PG_SAMPLES = [data for _, data in fixture_files("postgres")]
+MY_SAMPLES = [data for _, data in fixture_files("mysql")]
 INTERESTING = st.sampled_from([b"\x00", b"\xff", b"\xfe", b"\xff\xff\xff", b"\x00\x00\x00\x04",
                                b"Q", b"P", b"B", b"E", b"Z", b"'", b"$$", b"/*", b"\x03"])
 
@@ -42,18 +27,7 @@ def mutated(samples):
         data = bytearray(draw(st.sampled_from(samples)))
         start = draw(st.integers(0, len(data)))
         data = data[start:start + draw(st.integers(0, 600))]
-        for _ in range(draw(st.integers(0, 6))):
-            pos = draw(st.integers(0, len(data)))
-            op = draw(st.integers(0, 3))
-            if op == 0 and pos < len(data):
-                del data[pos:pos + draw(st.integers(1, 8))]
-            elif op == 1:
-                data[pos:pos] = draw(INTERESTING)
-            elif op == 2 and pos < len(data):
-                data[pos] = draw(st.integers(0, 255))
-            else:
-                data[pos:pos] = draw(st.binary(max_size=16))
-        return bytes(data)
+        return bytes(edit(draw, data, INTERESTING))
     return st.one_of(strategy(), st.binary(max_size=256))
 
 

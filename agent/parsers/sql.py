@@ -61,12 +61,14 @@ _STR_STANDARD = r"""
 _STR_DQ = r"""
 | (?P<dqstr>"(?:[^"\\]++|\\[\s\S]|"")*+(?:"|\Z))
 """
-# A number must not follow a word character or a dot (t1, x.5); a digit run
-# glued to letters after it (123abc) is still replaced: PostgreSQL reads a
-# number there, and a leaked digit run is worse than a mangled identifier.
+# A number must not follow a word character, nor a dot that follows one
+# (t1, x.5); a digit run glued to letters after it (123abc) is still
+# replaced: PostgreSQL reads a number there, and a leaked digit run is worse
+# than a mangled identifier.  A number's dot is never the first of two, so
+# that "0..0" gives "?.?" and sanitising again changes nothing.
 _COMMON_TAIL = r"""
-| (?P<num>(?<![\w.])(?:(?P<neg>-[ \t\r\n]*+))?(?:0[xX][0-9A-Fa-f_]++|0[bB][01_]++|0[oO][0-7_]++
-     |(?:\d[\d_]*+(?:\.\d*+)?|\.\d++)(?:[eE][+-]?\d++)?))
+| (?P<num>(?<!\w)(?<!\w\.)(?:(?P<neg>-[ \t\r\n]*+))?(?:0[xX][0-9A-Fa-f_]++|0[bB][01_]++|0[oO][0-7_]++
+     |(?:\d[\d_]*+(?:\.(?!\.)\d*+)?|\.\d++)(?:[eE][+-]?\d++)?))
 | \Z
 )
 """

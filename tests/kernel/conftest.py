@@ -221,6 +221,12 @@ class Nginx:
                                       "-p", str(directory)])
         wait_for_port(port)
 
+    def pid_args(self) -> list[str]:
+        """`--pid` arguments selecting this nginx's master and workers only."""
+        with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
+            pids = [self.proc.pid] + [int(p) for p in f.read().split()]
+        return [arg for pid in pids for arg in ("--pid", str(pid))]
+
     def stop(self):
         self.proc.terminate()
         self.proc.wait()

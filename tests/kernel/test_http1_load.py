@@ -89,9 +89,9 @@ def load_run(start_nginx, nice: int) -> tuple[int, int, dict]:
     collector = Collector()
     os.setpriority(os.PRIO_PROCESS, collector.proc.pid, nice)
     nginx = start_nginx()
-    # Only nginx is traced (--exe nginx) and /fast never proxies: every span
-    # that carries nginx's resource is a server span of this test.
-    agent = AgentProcess(["--exe", "nginx", "--ring-buffer-size", "64M"],
+    # Only this nginx is traced and /fast never proxies: every span that
+    # carries nginx's resource is a server span of this test.
+    agent = AgentProcess([*nginx.pid_args(), "--ring-buffer-size", "64M"],
                          {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint,
                           "OTEL_BSP_SCHEDULE_DELAY": "200",
                           "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "4096",

@@ -35,8 +35,8 @@ def test_ring_buffer_overflow_is_accounted(start_nginx):
     receiver = counting_receiver()
     receiver.start("http")
     nginx = start_nginx()
-    # Only nginx is traced: every span is one of its server spans.
-    agent = AgentProcess(["--exe", "nginx", "--ring-buffer-size", "64k"],
+    # Only this nginx is traced: every span is one of its server spans.
+    agent = AgentProcess([*nginx.pid_args(), "--ring-buffer-size", "64k"],
                          {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
                           "OTEL_BSP_SCHEDULE_DELAY": "200",
                           "OTEL_BSP_MAX_QUEUE_SIZE": "1000000"})

@@ -70,6 +70,18 @@ def test_cgroup_selects_its_processes_including_ones_started_later(receiver, sta
                 proc.wait()
 
 
+def test_exe_selects_processes_by_executable_name(receiver, start_agent, start_nginx, backend):
+    nginx = start_nginx()
+    agent = start_agent("--exe", "nginx")
+    assert curl(f"http://127.0.0.1:{nginx.port}/fast")["status"] == 200
+    assert curl(f"http://127.0.0.1:{backend}/x")["status"] == 200
+    assert receiver.wait_for(lambda spans: any(
+        s.kind == KIND_SERVER and s.attributes.get("server.port") == nginx.port for s in spans), 10)
+    time.sleep(1.0)
+    # Only nginx: not the Python backend, not curl.
+    assert {s.resource["process.executable.name"] for s in receiver.spans} == {"nginx"}
+
+
 def test_bad_selectors_stop_the_agent_with_a_clear_message():
     from conftest import AGENT, ROOT
     result = subprocess.run(AGENT + ["run", "--container", "xyz", "--metrics-address", ""],

@@ -166,10 +166,6 @@ def run(pids, cgroups, containers, ports, exes, exporter, otlp_impl, capture_byt
 @click.option("--output", "-o", type=click.Path(dir_okay=False), required=True)
 @click.option("--duration", type=click.FloatRange(min=0.1), default=5.0, show_default=True)
 @click.option("--pid", "pids", type=int, multiple=True)
-@click.option("--cgroup", "cgroups", multiple=True, envvar="OTEL_EBPF_CGROUPS",
-              help="Trace only processes in this cgroup v2 path or below it (repeatable).")
-@click.option("--container", "containers", multiple=True, envvar="OTEL_EBPF_CONTAINERS",
-              help="Trace only processes of the container with this id (12+ hex digits; repeatable).")
 @click.option("--port", "ports", type=click.IntRange(1, 65535), multiple=True)
 @click.option("--capture-bytes", type=click.IntRange(64, 8192), default=2048, show_default=True)
 def record(output, duration, pids, ports, capture_bytes):

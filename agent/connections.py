@@ -10,6 +10,9 @@ Output, per batch, is an ordered list of work items for the span builder:
   (ITEM_REQUEST, conn, request)     a request head is complete
   (ITEM_EXCHANGE, conn, request, response)   a response completed it
 Message timestamps come from the kernel (CLOCK_MONOTONIC).
+
+HTTP/2 connections (PROTOCOL_HTTP2) go to agent/h2_connections.py, which
+adds its own work items (ITEM_H2_REQUEST, ITEM_H2_EXCHANGE) to the same list.
 """
 from __future__ import annotations
 
@@ -19,6 +22,7 @@ from collections import OrderedDict, deque
 
 from agent.parsers import INVALID, NEED_MORE, PARSED
 from agent.parsers import http1
+from agent.h2_connections import H2ConnectionHandler
 from agent.records import C, EVENT_HEADER, EVENT_HEADER_FIELDS, EVENT_HEADER_FORMAT, EVENT_HEADER_SIZE
 
 ITEM_REQUEST = 0
@@ -30,6 +34,7 @@ _INGRESS = C["DIRECTION_INGRESS"]
 _ROLE_SERVER = C["ROLE_SERVER"]
 _ROLE_CLIENT = C["ROLE_CLIENT"]
 _PROTOCOL_HTTP1 = C["PROTOCOL_HTTP1"]
+_PROTOCOL_HTTP2 = C["PROTOCOL_HTTP2"]
 
 # Stream states of one direction.
 _HEAD = 0          # collecting a message head
@@ -147,10 +152,13 @@ class ConnectionTracker:
             "events_skipped_resync": 0,
             "events_unknown_protocol": 0,
             "heads_truncated": 0,
+            "messages_incomplete": 0,
             "records_malformed": 0,
         }
         # (protocol, reason) -> count
         self.parse_errors: dict[tuple[str, str], int] = {}
+        self.h2 = H2ConnectionHandler(self.counts, self.parse_errors,
+                                      max_connections=max_connections)
 
     # -- hot path ---------------------------------------------------------
     def process(self, records: list) -> list:
@@ -172,9 +180,14 @@ class ConnectionTracker:
             if event_type == _EVENT_CLOSE:
                 if conn is not None:
                     self._close(conn, out)
+                elif protocol == _PROTOCOL_HTTP2:
+                    self.h2.close(conn_id)
                 continue
             if protocol != _PROTOCOL_HTTP1:
-                counts["events_unknown_protocol"] += 1
+                if protocol == _PROTOCOL_HTTP2:
+                    self.h2.event(record, out, Connection)
+                else:
+                    counts["events_unknown_protocol"] += 1
                 continue
             events += 1
             if conn is None:
@@ -200,21 +213,28 @@ class ConnectionTracker:
 
     def _open(self, header: tuple) -> Connection:
         if len(self.connections) >= self.max_connections:
-            _, old = self.connections.popitem(last=False)
+            self._drop(next(iter(self.connections.values())))
             self.counts["connections_evicted"] += 1
-            self.counts["requests_without_response"] += len(old.pending)
         conn = Connection(header)
         self.connections[conn.conn_id] = conn
         self.counts["connections_opened"] += 1
         return conn
+
+    def _drop(self, conn: Connection) -> None:
+        """Forget a connection, counting the messages it leaves unfinished:
+        requests still waiting for a response, and heads only partly seen."""
+        self.counts["requests_without_response"] += len(conn.pending)
+        for stream in (conn.ingress, conn.egress):
+            if stream is not None and (stream.buf or stream.message is not None):
+                self.counts["messages_incomplete"] += 1
+        del self.connections[conn.conn_id]
 
     def _close(self, conn: Connection, out: list) -> None:
         stream = conn.ingress if conn.ingress is not None and not conn.ingress.is_request \
             else conn.egress
         if stream is not None and stream.state == _UNTIL_CLOSE and stream.message is not None:
             self._complete(conn, stream, out)
-        self.counts["requests_without_response"] += len(conn.pending)
-        del self.connections[conn.conn_id]
+        self._drop(conn)
         self.counts["connections_closed"] += 1
 
     def _parse_error(self, reason: str) -> None:
@@ -359,19 +379,18 @@ class ConnectionTracker:
         for conn_id, conn in list(self.connections.items()):
             idle = now_ns - conn.last_seen_ns
             if idle > self.idle_timeout_ns:
-                self.counts["requests_without_response"] += len(conn.pending)
-                del self.connections[conn_id]
+                self._drop(conn)
                 self.counts["connections_expired"] += 1
                 expired += 1
             elif conn.pending and now_ns - conn.pending[0].last_end_ns > self.request_timeout_ns:
                 while conn.pending and now_ns - conn.pending[0].last_end_ns > self.request_timeout_ns:
                     conn.pending.popleft()
                     self.counts["requests_without_response"] += 1
-        return expired
+        return expired + self.h2.expire(now_ns, self.idle_timeout_ns)
 
     def forget_process(self, pid: int) -> None:
         for conn_id, conn in list(self.connections.items()):
             if conn.pid == pid:
-                self.counts["requests_without_response"] += len(conn.pending)
-                del self.connections[conn_id]
+                self._drop(conn)
                 self.counts["connections_expired"] += 1
+        self.h2.forget_process(pid)

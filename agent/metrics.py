@@ -27,7 +27,22 @@ _TRACKER_COUNTERS = {
                                   "Responses whose request was not seen."),
     "heads_truncated": ("http_heads_truncated",
                         "HTTP heads longer than the capture size, skipped."),
+    "messages_incomplete": ("messages_incomplete",
+                            "Messages only partly seen when their connection closed, expired or was evicted."),
     "records_malformed": ("records_malformed", "Ring buffer records too short to decode."),
+    "h2_events_without_preface": ("http2_events_without_preface",
+                                  "HTTP/2 events of connections whose preface was not seen and whose role is unknown, skipped."),
+    "h2_streams_evicted": ("http2_streams_evicted",
+                           "HTTP/2 streams dropped: more open streams on a connection than tracked."),
+    "h2_streams_unfinished": ("http2_streams_unfinished",
+                              "HTTP/2 streams still open when their connection closed, expired or was evicted."),
+    "h2_streams_reset": ("http2_streams_reset",
+                         "HTTP/2 streams ended by RST_STREAM or refused by GOAWAY (spans with an error)."),
+    "h2_streams_without_request": ("http2_streams_without_request",
+                                   "HTTP/2 streams completed whose request headers were not decoded, skipped."),
+    "h2_header_blocks_partial": ("http2_header_blocks_partial",
+                                 "HTTP/2 header blocks only partly decoded (joined mid-stream, truncated)."),
+    "h2_decoder_resyncs": ("http2_decoder_resyncs", "HTTP/2 framing lost and found again."),
 }
 _SKIP_REASONS = {"events_skipped_resync": "resync", "events_unknown_protocol": "unknown_protocol"}
 _CONNECTION_EVENTS = {"connections_opened": "opened", "connections_closed": "closed",
@@ -126,7 +141,7 @@ class AgentCollector:
         depth.add_metric(["export"], stage.get("queue_depth", 0))
         yield depth
         tracked = GaugeMetricFamily(f"{PREFIX}_tracked", "Entities the agent holds state for.", labels=["entity"])
-        tracked.add_metric(["connections"], len(tracker.connections))
+        tracked.add_metric(["connections"], len(tracker.connections) + len(tracker.h2))
         tracked.add_metric(["processes"], stage.get("processes", 0))
         tracked.add_metric(["trace_links"], len(linker.linker))
         yield tracked

@@ -14,8 +14,12 @@ from __future__ import annotations
 
 import time
 
+from agent import semconv
 from agent.connections import ITEM_EXCHANGE, ITEM_REQUEST, Connection, Message
 from agent.context import ContextLinker, RequestContext
+from agent.h2_connections import ITEM_H2_EXCHANGE, ITEM_H2_REQUEST, H2Request
+from agent.http2_streams import GRPC_STATUS_NAMES, grpc_method, grpc_status, header, is_grpc
+from agent.parsers.http2 import error_name
 from agent.parsers import PARSED
 from agent.parsers.http1 import split_target
 from agent.parsers.tracecontext import parse_traceparent, parse_tracestate
@@ -33,6 +37,14 @@ KNOWN_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "O
 (E_KIND, E_PID, E_TRACE_ID, E_SPAN_ID, E_PARENT_ID, E_FLAGS, E_TRACE_STATE, E_START_NS,
  E_END_NS, E_METHOD, E_TARGET, E_VERSION, E_HOST, E_USER_AGENT, E_STATUS_CODE,
  E_LOCAL_ADDR, E_LOCAL_PORT, E_REMOTE_ADDR, E_REMOTE_PORT) = range(19)
+
+# HTTP/2 exchange tuples: a second shape, told apart by its first item.
+# Plain HTTP/2 and gRPC alike; the factory decides from H2_GRPC.
+H2_MARKER = "h2"
+(H2_TAG, H2_KIND, H2_PID, H2_TRACE_ID, H2_SPAN_ID, H2_PARENT_ID, H2_FLAGS, H2_TRACE_STATE,
+ H2_START_NS, H2_END_NS, H2_METHOD, H2_PATH, H2_AUTHORITY, H2_USER_AGENT, H2_STATUS_CODE,
+ H2_GRPC, H2_GRPC_STATUS, H2_RESET_ERROR, H2_LOCAL_ADDR, H2_LOCAL_PORT, H2_REMOTE_ADDR,
+ H2_REMOTE_PORT) = range(22)
 
 
 def monotonic_to_wall_offset_ns() -> int:
@@ -65,7 +77,50 @@ class HttpExchangeLinker:
                 self._on_request(item[1], item[2])
             elif item[0] == ITEM_EXCHANGE:
                 out.append(self._exchange(item[1], item[2], item[3]))
+            elif item[0] == ITEM_H2_REQUEST:
+                self._on_h2_request(item[1], item[2])
+            elif item[0] == ITEM_H2_EXCHANGE:
+                out.append(self._h2_exchange(item[1], item[2], item[3]))
         return out
+
+    def _on_h2_request(self, conn: Connection, request: H2Request) -> None:
+        # Streams are multiplexed: both ends see the same stream ids, so the
+        # same-node link is keyed by connection and stream.
+        request.context = self._decide(conn, request, request.tid,
+                                       conn.key() + (request.stream_id,))
+
+    def _h2_exchange(self, conn: Connection, request: H2Request, exchange) -> tuple:
+        if request.context is None:
+            self._on_h2_request(conn, request)
+        ctx, incoming = request.context
+        if conn.is_server:
+            linker = self.linker
+            linker.server_finished(conn.pid, request.tid, incoming, ctx)
+            link = linker.take_client_link(conn.mirror_key() + (request.stream_id,))
+            if link is not None:
+                self.counts["linked_same_node"] += 1
+                ctx.trace_id, ctx.parent_span_id, ctx.flags = link.trace_id, link.span_id, link.flags
+            kind = KIND_SERVER
+        else:
+            kind = KIND_CLIENT
+        headers = request.headers
+        response = exchange.response_headers
+        status = header(response, ":status")
+        status_code = int(status) if status is not None and status.isascii() \
+            and status.isdigit() and len(status) == 3 else None
+        grpc = is_grpc(headers)
+        grpc_code = None
+        if grpc:
+            found = grpc_status(exchange.trailers or response)
+            if found is not None:
+                grpc_code = found[0]
+        return (H2_MARKER, kind, conn.pid, ctx.trace_id, ctx.span_id, ctx.parent_span_id,
+                ctx.flags, ctx.trace_state, request.start_ns, exchange.end_ns,
+                header(headers, ":method"), header(headers, ":path"),
+                header(headers, ":authority") or header(headers, "host"),
+                header(headers, "user-agent"), status_code, grpc, grpc_code,
+                exchange.reset_error, conn.local_addr, conn.local_port, conn.remote_addr,
+                conn.remote_port)
 
     def _incoming(self, request) -> tuple | None:
         if request.traceparent is None:
@@ -90,7 +145,12 @@ class HttpExchangeLinker:
         return RequestContext(trace_id, new_span_id(), b"", self.sampler.root_flags(trace_id), "")
 
     def _on_request(self, conn: Connection, message: Message) -> None:
-        request = message.parsed
+        message.context = self._decide(conn, message.parsed, message.tid, conn.key())
+
+    def _decide(self, conn: Connection, request, tid: int, link_key: tuple) -> tuple:
+        """(context, incoming traceparent) of a request seen on conn;
+        `request` has .traceparent and .tracestate (str or None); a client's
+        context is remembered under link_key for the server that reads it."""
         incoming = self._incoming(request)
         linker = self.linker
         if conn.is_server:
@@ -99,7 +159,7 @@ class HttpExchangeLinker:
                                      self._trace_state(request))
             else:
                 ctx = self._new_root()
-            linker.server_started(conn.pid, message.tid, incoming, ctx)
+            linker.server_started(conn.pid, tid, incoming, ctx)
         else:
             if incoming is not None:
                 server = linker.forwarded_from(conn.pid, incoming[0], incoming[1])
@@ -109,20 +169,20 @@ class HttpExchangeLinker:
                 else:
                     # The client's own instrumentation chose this span id for
                     # the downstream parent: the client span takes it.
-                    server = linker.serving_thread(conn.pid, message.tid)
+                    server = linker.serving_thread(conn.pid, tid)
                     parent = server.span_id if server is not None and \
                         server.trace_id == incoming[0] else b""
                     ctx = RequestContext(incoming[0], incoming[1], parent, incoming[2],
                                          self._trace_state(request))
             else:
-                server = linker.serving_thread(conn.pid, message.tid)
+                server = linker.serving_thread(conn.pid, tid)
                 if server is not None:
                     ctx = RequestContext(server.trace_id, new_span_id(), server.span_id,
                                          server.flags, server.trace_state)
                 else:
                     ctx = self._new_root()
-            linker.client_sent(conn.key(), ctx)
-        message.context = (ctx, incoming)
+            linker.client_sent(link_key, ctx)
+        return (ctx, incoming)
 
     def _exchange(self, conn: Connection, request_message: Message,
                   response_message: Message) -> tuple:
@@ -171,7 +231,68 @@ class HttpSpanFactory:
         return cached
 
     def spans(self, exchanges: list) -> list[Span]:
-        return [self.span(e) for e in exchanges]
+        return [self.h2_span(e) if e[0] == H2_MARKER else self.span(e) for e in exchanges]
+
+    def h2_span(self, e: tuple) -> Span:
+        """An HTTP/2 exchange: a gRPC span, or an HTTP span as HTTP/1's with
+        network.protocol.version "2"."""
+        reset = e[H2_RESET_ERROR]
+        if not e[H2_GRPC]:
+            status_code = e[H2_STATUS_CODE]
+            span = self.span((e[H2_KIND], e[H2_PID], e[H2_TRACE_ID], e[H2_SPAN_ID],
+                              e[H2_PARENT_ID], e[H2_FLAGS], e[H2_TRACE_STATE], e[H2_START_NS],
+                              e[H2_END_NS], e[H2_METHOD] or "_OTHER", e[H2_PATH] or "",
+                              "2", e[H2_AUTHORITY], e[H2_USER_AGENT], status_code or 0,
+                              e[H2_LOCAL_ADDR], e[H2_LOCAL_PORT], e[H2_REMOTE_ADDR],
+                              e[H2_REMOTE_PORT]))
+            if status_code is None:
+                span.attributes = [a for a in span.attributes
+                                   if a[0] not in ("http.response.status_code", "error.type")]
+            if reset and span.status_code != STATUS_ERROR:
+                span.status_code = STATUS_ERROR
+                span.attributes.append((semconv.ERROR_TYPE, error_name(reset)))
+            return span
+        (_, kind, pid, trace_id, span_id, parent_id, flags, trace_state, start, end, _,
+         path, authority, user_agent, _, _, grpc_code, _, local_addr, local_port,
+         remote_addr, remote_port) = e
+        method = grpc_method(path)
+        host, host_port = self._host(authority)
+        attrs = [(semconv.RPC_SYSTEM_NAME, semconv.RPC_SYSTEM_GRPC)]
+        if method is not None:
+            attrs.append((semconv.RPC_METHOD, method))
+        if kind == KIND_SERVER:
+            self.spans_server += 1
+            attrs.append((semconv.SERVER_ADDRESS, host or local_addr))
+            attrs.append((semconv.SERVER_PORT, host_port or local_port))
+            attrs.append((semconv.CLIENT_ADDRESS, remote_addr))
+        else:
+            self.spans_client += 1
+            attrs.append((semconv.SERVER_ADDRESS, host or remote_addr))
+            attrs.append((semconv.SERVER_PORT, host_port or remote_port))
+        attrs.append((semconv.NETWORK_PEER_ADDRESS, remote_addr))
+        attrs.append((semconv.NETWORK_PEER_PORT, remote_port))
+        attrs.append((semconv.NETWORK_PROTOCOL_NAME, "http"))
+        attrs.append((semconv.NETWORK_PROTOCOL_VERSION, "2"))
+        if user_agent:
+            attrs.append((semconv.USER_AGENT_ORIGINAL, user_agent))
+        status = STATUS_UNSET
+        error_type = None
+        if grpc_code is not None:
+            name = GRPC_STATUS_NAMES[grpc_code] if grpc_code < len(GRPC_STATUS_NAMES) \
+                else "UNKNOWN"
+            attrs.append((semconv.RPC_RESPONSE_STATUS_CODE, name))
+            if name != "OK" and (kind == KIND_CLIENT or name in semconv.GRPC_SERVER_ERRORS):
+                error_type = name
+        if reset and grpc_code is None:
+            # Reset midway (RST_STREAM, or refused by GOAWAY): no status.
+            error_type = error_name(reset)
+        if error_type is not None:
+            status = STATUS_ERROR
+            attrs.append((semconv.ERROR_TYPE, error_type))
+        offset = self.clock_offset_ns
+        return Span(trace_id, span_id, parent_id, method or semconv.RPC_SYSTEM_GRPC, kind,
+                    start + offset, end + offset, attrs, self.resources.get(pid), status, "",
+                    trace_state, flags)
 
     def span(self, e: tuple) -> Span:
         (kind, pid, trace_id, span_id, parent_id, flags, trace_state, start, end, method,

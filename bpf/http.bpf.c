@@ -28,7 +28,10 @@ char LICENSE[] SEC("license") = "GPL";
 #define S_IFSOCK 0140000
 #define SOCK_STREAM 1
 #define EINPROGRESS 115
-#define MAX_IOVECS 8
+/* iovecs read per readv/writev/sendmsg/recvmsg: gRPC (C-core) writes each
+ * frame header and payload slice as its own iovec, dozens per sendmsg. */
+#define MAX_IOVECS 16
+#define MAX_IOVEC_LOOP 1024
 /* Data events a connection may carry before being dropped as not ours:
  * enough to ride out a keep-alive connection joined in the middle of a body. */
 #define MAX_UNCLASSIFIED_EVENTS 32
@@ -291,26 +294,46 @@ static __always_inline int on_msg_enter(__u32 fd, __u64 msg, __u32 probe, __u8 d
     return on_io_enter(fd, (__u64)hdr.msg_iov, hdr.msg_iovlen, probe, IO_IOVEC, direction);
 }
 
+struct iov_copy {
+    __u64 iov_ptr;
+    __u64 want;
+    __u32 iovcnt;
+    __u32 copied;
+};
+
+/* One iovec per bpf_loop step: the verifier checks the body once, so a
+ * sendmsg of many slices (gRPC writes each frame header and payload as its
+ * own iovec) is copied up to MAX_IOVEC_LOOP iovecs. */
+static long copy_one_iovec(__u32 i, void *data)
+{
+    struct iov_copy *c = data;
+    if (i >= c->iovcnt || c->copied >= c->want)
+        return 1;
+    struct iovec iov;
+    if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(c->iov_ptr + i * sizeof(iov))))
+        return 1;
+    __u32 zero = 0;
+    struct data_event *ev = bpf_map_lookup_elem(&scratch, &zero);
+    if (!ev)
+        return 1;
+    __u64 n = iov.iov_len;
+    if (n > c->want - c->copied)
+        n = c->want - c->copied;
+    if (n > MAX_CAPTURE_BYTES)
+        n = MAX_CAPTURE_BYTES;
+    barrier_var(n);
+    __u32 offset = c->copied & (MAX_CAPTURE_BYTES - 1);
+    if (bpf_probe_read_user(&ev->payload[offset], n, iov.iov_base))
+        return 1;
+    c->copied += n;
+    return 0;
+}
+
 static __always_inline __u32 copy_iovecs(__u8 *payload, __u64 iov_ptr, __u32 iovcnt, __u64 want)
 {
-    __u32 copied = 0;
-    struct iovec iov;
-    for (int i = 0; i < MAX_IOVECS; i++) {
-        if (i >= iovcnt || copied >= want)
-            break;
-        if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(iov_ptr + i * sizeof(iov))))
-            break;
-        __u64 n = iov.iov_len;
-        if (n > want - copied)
-            n = want - copied;
-        if (n > MAX_CAPTURE_BYTES)
-            n = MAX_CAPTURE_BYTES;
-        barrier_var(n);
-        if (bpf_probe_read_user(&payload[copied & (MAX_CAPTURE_BYTES - 1)], n, iov.iov_base))
-            break;
-        copied += n;
-    }
-    return copied;
+    struct iov_copy c = { .iov_ptr = iov_ptr, .want = want, .iovcnt = iovcnt, .copied = 0 };
+    bpf_loop(MAX_IOVEC_LOOP, copy_one_iovec, &c, 0);
+    return c.copied;
 }
 
 static __always_inline __u64 first_user_buffer(const struct io_args *args)

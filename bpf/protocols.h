@@ -27,10 +27,14 @@ static __always_inline bool is_http1(const __u8 *b, __u32 len)
            starts_with(b, len, "TRACE ", 6) || starts_with(b, len, "HTTP/1.", 7);
 }
 
+#include "http2.h"
+
 static __always_inline __u8 classify_protocol(const __u8 *head, __u32 len)
 {
     if (is_http1(head, len))
         return PROTOCOL_HTTP1;
+    if (is_http2_preface(head, len))
+        return PROTOCOL_HTTP2;
     return PROTOCOL_UNKNOWN;
 }
 

@@ -54,3 +54,12 @@ def test_bad_values_name_the_setting_and_the_allowed_values(tmp_path):
     assert result.exit_code != 0 and "not a size" in result.output
     result = resolve([], config_text="capture_byte: 1\n", tmp_path=tmp_path)
     assert result.exit_code != 0 and "unknown setting 'capture_byte'" in result.output
+
+
+def test_every_command_declares_the_options_its_function_takes():
+    """A decorator added to the wrong command only fails when that command runs."""
+    import inspect
+    for name, command in main.commands.items():
+        declared = {p.name for p in command.params if p.expose_value}
+        accepted = set(inspect.signature(command.callback).parameters)
+        assert declared == accepted, (name, declared ^ accepted)

@@ -15,6 +15,7 @@ from pathlib import Path
 from agent.connections import ConnectionTracker
 from agent.export.otlp_encode import encode_export_request
 from agent.recording import read_records
+from agent.records import EVENT_HEADER_FIELDS
 from agent.redact import Redactor
 from agent.resources import ResourceCache
 from agent.span_builder import HttpSpanBuilder
@@ -130,3 +131,19 @@ def test_sampling_follows_the_incoming_sampled_flag():
     # same-node children; traces the agent started are dropped at ratio 0.
     assert kept and all(s.trace_id == TRACE_ID for s in kept)
     assert sampler.sampled_out == len(spans) - len(kept) > 0
+
+
+def test_a_head_cut_off_by_close_is_counted():
+    records = read_records(RECORDING)
+    tracker = ConnectionTracker()
+    from agent.records import EVENT_HEADER, EVENT_HEADER_SIZE, C
+    first_request = next(r for r in records if r[EVENT_HEADER_SIZE:EVENT_HEADER_SIZE + 4] == b"GET ")
+    header = list(EVENT_HEADER.unpack_from(first_request))
+    payload = first_request[EVENT_HEADER_SIZE:EVENT_HEADER_SIZE + 20]   # no blank line yet
+    fields = dict(zip(EVENT_HEADER_FIELDS, header))
+    fields.update(length=len(payload), captured=len(payload))
+    partial = EVENT_HEADER.pack(*(fields[name] for name in EVENT_HEADER_FIELDS)) + payload
+    fields.update(type=C["EVENT_CLOSE"], length=0, captured=0)
+    close = EVENT_HEADER.pack(*(fields[name] for name in EVENT_HEADER_FIELDS))
+    assert tracker.process([partial, close]) == []
+    assert tracker.counts["messages_incomplete"] == 1

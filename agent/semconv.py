@@ -1,0 +1,23 @@
+"""Semantic-convention names the HTTP/2 and gRPC spans use, in one place:
+the RPC conventions are a release candidate and their names still move
+(rpc.response.status_code is rpc.status_code on semconv main)."""
+
+RPC_SYSTEM_NAME = "rpc.system.name"
+RPC_METHOD = "rpc.method"
+RPC_RESPONSE_STATUS_CODE = "rpc.response.status_code"
+RPC_SYSTEM_GRPC = "grpc"
+
+SERVER_ADDRESS = "server.address"
+SERVER_PORT = "server.port"
+CLIENT_ADDRESS = "client.address"
+NETWORK_PEER_ADDRESS = "network.peer.address"
+NETWORK_PEER_PORT = "network.peer.port"
+NETWORK_PROTOCOL_NAME = "network.protocol.name"
+NETWORK_PROTOCOL_VERSION = "network.protocol.version"
+USER_AGENT_ORIGINAL = "user_agent.original"
+ERROR_TYPE = "error.type"
+
+# gRPC status names that make a server span an error (client spans: any
+# status but OK).
+GRPC_SERVER_ERRORS = frozenset(("UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL",
+                                "UNAVAILABLE", "DATA_LOSS"))

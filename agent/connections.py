@@ -17,13 +17,12 @@ adds its own work items (ITEM_H2_REQUEST, ITEM_H2_EXCHANGE) to the same list.
 from __future__ import annotations
 
 import ipaddress
-import struct
 from collections import OrderedDict, deque
 
 from agent.parsers import INVALID, NEED_MORE, PARSED
 from agent.parsers import http1
 from agent.h2_connections import H2ConnectionHandler
-from agent.records import C, EVENT_HEADER, EVENT_HEADER_FIELDS, EVENT_HEADER_FORMAT, EVENT_HEADER_SIZE
+from agent.records import C, EVENT_HEADER, EVENT_HEADER_SIZE, prefix_struct
 
 ITEM_REQUEST = 0
 ITEM_EXCHANGE = 1
@@ -45,11 +44,10 @@ _RESYNC = 4        # lost the framing: skip to the next event that starts a mess
 
 _UNBOUNDED = 1 << 62
 
-# The per-event fields, up to and including `protocol`: the hot loop unpacks
-# only these; addresses and ports are read once, when a connection opens.
-_HOT_FIELDS = EVENT_HEADER_FIELDS.index("protocol") + 1
-_HOT_HEADER = struct.Struct(EVENT_HEADER_FORMAT[:1 + EVENT_HEADER_FORMAT[1:].index("B") + 3])
-assert _HOT_HEADER.unpack(bytes(_HOT_HEADER.size)).__len__() == _HOT_FIELDS
+# The per-event fields, through `seq`: the hot loop unpacks only these;
+# addresses and ports are read once, when a connection opens.
+_HOT_HEADER = prefix_struct("struct event_header", "seq")
+_EVENT_PROCESS_EXIT = C["EVENT_PROCESS_EXIT"]
 
 
 def format_address(raw: bytes) -> str:
@@ -88,10 +86,10 @@ class Stream:
 
 class Connection:
     __slots__ = ("conn_id", "pid", "fd", "role", "local_addr", "local_port", "remote_addr",
-                 "remote_port", "ingress", "egress", "pending", "last_seen_ns")
+                 "remote_port", "ingress", "egress", "pending", "last_seen_ns", "last_seq")
 
     def __init__(self, header: tuple):
-        (_, pid, _, fd, conn_id, _, end_ns, _, _, _, role, _, _, _,
+        (_, pid, _, fd, conn_id, _, end_ns, _, _, _, role, _, _, _, _,
          local_addr, remote_addr, local_port, remote_port, _, _) = header
         self.conn_id = conn_id
         self.pid = pid
@@ -109,6 +107,7 @@ class Connection:
             self._set_request_direction(1 - _INGRESS)
         self.pending: deque[Message] = deque()
         self.last_seen_ns = end_ns
+        self.last_seq = 0
 
     def _set_request_direction(self, direction: int) -> None:
         self.ingress = Stream(direction == _INGRESS)
@@ -152,6 +151,7 @@ class ConnectionTracker:
             "events_skipped_resync": 0,
             "events_unknown_protocol": 0,
             "heads_truncated": 0,
+            "event_gaps": 0,
             "messages_incomplete": 0,
             "records_malformed": 0,
         }
@@ -174,11 +174,16 @@ class ConnectionTracker:
             if len(record) < header_size:
                 counts["records_malformed"] += 1
                 continue
-            (event_type, _, tid, _, conn_id, start_ns, end_ns, length, captured,
-             direction, _, protocol) = unpack(record)
+            (event_type, pid, tid, _, conn_id, start_ns, end_ns, length, captured,
+             direction, _, protocol, _, _, seq) = unpack(record)
+            if event_type == _EVENT_PROCESS_EXIT:
+                self.forget_process(pid)
+                continue
             conn = connections.get(conn_id)
             if event_type == _EVENT_CLOSE:
                 if conn is not None:
+                    if seq and conn.last_seq != seq:
+                        self._gap(conn)
                     self._close(conn, out)
                 elif protocol == _PROTOCOL_HTTP2:
                     self.h2.close(conn_id)
@@ -195,6 +200,10 @@ class ConnectionTracker:
             else:
                 connections.move_to_end(conn_id)
             conn.last_seen_ns = end_ns
+            if seq:
+                if conn.last_seq and seq != conn.last_seq % 65535 + 1:
+                    self._gap(conn)
+                conn.last_seq = seq
             payload = record[header_size:header_size + captured]
             captured_bytes += len(payload)
             if conn.ingress is None:
@@ -219,6 +228,19 @@ class ConnectionTracker:
         self.connections[conn.conn_id] = conn
         self.counts["connections_opened"] += 1
         return conn
+
+    def _gap(self, conn: Connection) -> None:
+        """Records of this connection were lost: whatever was being framed
+        is unreliable, so both directions wait for the next message start."""
+        self.counts["event_gaps"] += 1
+        for stream in (conn.ingress, conn.egress):
+            if stream is not None:
+                if stream.buf or stream.message is not None:
+                    self.counts["messages_incomplete"] += 1
+                stream.buf = b""
+                stream.message = None
+                stream.chunked = None
+                stream.state = _RESYNC
 
     def _drop(self, conn: Connection) -> None:
         """Forget a connection, counting the messages it leaves unfinished:

@@ -75,15 +75,21 @@ class H2Connection:
     def __init__(self, conn, client_direction: int, midstream: bool, max_streams: int):
         self.conn = conn
         self.client_direction = client_direction
-        self.client = H2Direction(is_client_side=True, midstream=midstream)
         # After a seen preface the server's bytes start at a frame boundary:
         # what it may have written before the kernel classified the
         # connection is its SETTINGS, which holds no header block.
-        self.server = H2Direction(is_client_side=False, midstream=midstream)
-        self.client.link(self.server)
+        self.new_decoders(midstream)
         self.streams = StreamTracker(max_streams)
         self.requests: dict[int, H2Request] = {}
         self.last_seen_ns = 0
+
+
+    def new_decoders(self, midstream: bool) -> None:
+        """Decoders that start afresh; midstream ones know no header table,
+        so they leave out what they cannot decode rather than guess."""
+        self.client = H2Direction(is_client_side=True, midstream=midstream)
+        self.server = H2Direction(is_client_side=False, midstream=midstream)
+        self.client.link(self.server)
 
 
 class H2ConnectionHandler:
@@ -115,6 +121,14 @@ class H2ConnectionHandler:
                 return
         else:
             self.connections.move_to_end(conn_id)
+        seq = header[14]
+        if seq:
+            last = h2.conn.last_seq
+            if last and seq != last % 65535 + 1:
+                # Lost records may have changed the peers' header tables.
+                self.counts["event_gaps"] += 1
+                h2.new_decoders(midstream=True)
+            h2.conn.last_seq = seq
         h2.last_seen_ns = end_ns
         from_client = direction == h2.client_direction
         decoder = h2.client if from_client else h2.server

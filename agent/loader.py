@@ -87,6 +87,10 @@ HOOK_FAMILIES = {
 }
 
 
+# Programs every hook family loads (process exit: one raw tracepoint).
+COMMON_PROGRAM_PREFIX = b"common_"
+
+
 def candidate_hooks(choice: str, features: KernelFeatures | None = None
                     ) -> list[tuple[HookFamily, str | None]]:
     """Hook families in the order to try, each with why it cannot be used."""
@@ -250,7 +254,8 @@ def _open_and_attach(path: Path, family: HookFamily, settings: CaptureSettings):
         prog = lib.bpf_object__next_program(obj, ffi.NULL)
         prefix = family.program_prefix.encode()
         while prog != ffi.NULL:
-            wanted = ffi.string(lib.bpf_program__name(prog)).startswith(prefix)
+            name = ffi.string(lib.bpf_program__name(prog))
+            wanted = name.startswith(prefix) or name.startswith(COMMON_PROGRAM_PREFIX)
             lib.bpf_program__set_autoload(prog, wanted)
             if wanted:
                 programs.append(prog)

@@ -70,6 +70,20 @@ def struct_format(cname: str) -> tuple[str, tuple[str, ...]]:
     return fmt, tuple(names)
 
 
+def prefix_struct(cname: str, last_field: str) -> struct.Struct:
+    """The leading fields of a struct, through last_field: for hot loops
+    that need only those."""
+    fmt, pos = "<", 0
+    for offset, code, name in _flatten(ffi.typeof(cname)):
+        if offset > pos:
+            fmt += f"{offset - pos}x"
+        fmt += code
+        pos = offset + struct.calcsize("<" + code)
+        if name == last_field:
+            return struct.Struct(fmt)
+    raise KeyError(last_field)
+
+
 EVENT_HEADER_FORMAT, EVENT_HEADER_FIELDS = struct_format("struct event_header")
 EVENT_HEADER = struct.Struct(EVENT_HEADER_FORMAT)
 EVENT_HEADER_SIZE = EVENT_HEADER.size

@@ -15,6 +15,8 @@
 
 #define EVENT_DATA 1
 #define EVENT_CLOSE 2
+/* A process that had traced connections exited. */
+#define EVENT_PROCESS_EXIT 3
 
 #define DIRECTION_EGRESS 0
 #define DIRECTION_INGRESS 1
@@ -43,7 +45,8 @@
 #define PROBE_SENDMSG 7
 #define PROBE_SENDFILE 8
 #define PROBE_CLOSE 9
-#define PROBE_COUNT 10
+#define PROBE_PROCESS_EXIT 10
+#define PROBE_COUNT 11
 
 /* Addresses are IPv6 or IPv4-mapped IPv6 (::ffff:a.b.c.d), ports in host
  * byte order.  "local" is the traced process's end of the connection. */
@@ -70,7 +73,10 @@ struct event_header {
     __u8 role;          /* ROLE_* as known from accept/connect */
     __u8 protocol;      /* PROTOCOL_* as classified in the kernel */
     __u8 flags;         /* FLAG_* */
-    __u32 probe;        /* PROBE_* */
+    __u16 probe;        /* PROBE_* */
+    __u16 seq;          /* data events of this connection, 1..65535 then again 1:
+                           a gap means records were lost (0: not numbered);
+                           a close carries the last number given out */
     struct conn_tuple tuple;
 };
 

@@ -45,6 +45,7 @@ __u64 next_conn_id = 0;
 
 struct conn_info {
     __u64 conn_id;
+    __u64 seq;
     struct conn_tuple tuple;
     __u8 role;
     __u8 protocol;
@@ -122,6 +123,14 @@ struct {
     __type(key, __u32);
     __type(value, __u8);
 } pid_filter SEC(".maps");
+
+/* Processes with a classified connection: their exit is worth an event. */
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 16384);
+    __type(key, __u32);
+    __type(value, __u8);
+} traced_processes SEC(".maps");
 
 /* cgroup v2 ids (the cgroup directory's inode number) of selected cgroups
  * and their descendants, kept up to date by userspace. */
@@ -384,6 +393,8 @@ static __always_inline int on_io_exit(long ret)
             return 0;
         }
         conn->protocol = protocol;
+        __u8 one = 1;
+        bpf_map_update_elem(&traced_processes, &tgid, &one, BPF_ANY);
     }
 
     __u32 zero = 0;
@@ -422,6 +433,8 @@ static __always_inline int on_io_exit(long ret)
     ev->hdr.protocol = conn->protocol;
     ev->hdr.flags = (__u64)ret > captured ? FLAG_TRUNCATED : 0;
     ev->hdr.probe = a.probe;
+    /* Numbered before the ring write: a record the ring drops leaves a gap. */
+    ev->hdr.seq = (__sync_fetch_and_add(&conn->seq, 1) % 65535) + 1;
     ev->hdr.tuple = conn->tuple;
     if (ev->hdr.flags & FLAG_TRUNCATED)
         stats->truncated++;
@@ -490,6 +503,8 @@ static __always_inline int on_close_enter(__u32 fd)
         hdr.role = conn->role;
         hdr.protocol = conn->protocol;
         hdr.probe = PROBE_CLOSE;
+        /* The last number given out: a loss just before the close shows. */
+        hdr.seq = conn->seq ? ((conn->seq - 1) % 65535) + 1 : 0;
         hdr.tuple = conn->tuple;
         struct probe_stats *stats = stats_for(PROBE_CLOSE);
         if (stats) {
@@ -500,6 +515,32 @@ static __always_inline int on_close_enter(__u32 fd)
         }
     }
     bpf_map_delete_elem(&conns, &key);
+    return 0;
+}
+
+/* The exiting task is the thread group leader: the process ends.  Its
+ * sockets close without close() calls, so userspace hears it here. */
+SEC("raw_tracepoint/sched_process_exit")
+int common_process_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    __u32 tgid = id >> 32;
+    if ((__u32)id != tgid || !bpf_map_lookup_elem(&traced_processes, &tgid))
+        return 0;
+    bpf_map_delete_elem(&traced_processes, &tgid);
+    struct event_header hdr = {};
+    hdr.type = EVENT_PROCESS_EXIT;
+    hdr.pid = tgid;
+    hdr.tid = tgid;
+    hdr.start_ns = hdr.end_ns = bpf_ktime_get_ns();
+    hdr.probe = PROBE_PROCESS_EXIT;
+    struct probe_stats *stats = stats_for(PROBE_PROCESS_EXIT);
+    if (stats) {
+        if (bpf_ringbuf_output(&events, &hdr, sizeof(hdr), 0))
+            stats->lost++;
+        else
+            stats->events++;
+    }
     return 0;
 }
 

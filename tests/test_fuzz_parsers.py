@@ -20,8 +20,9 @@ from agent.parsers import INVALID, NEED_MORE, PARSED
 from agent.parsers.http1 import ChunkedBody, parse_request, parse_response, split_target
 from agent.parsers.tracecontext import parse_traceparent, parse_tracestate
 from agent.recording import read_records
-from agent.records import C, EVENT_HEADER, EVENT_HEADER_FIELDS, EVENT_HEADER_SIZE
+from agent.records import C, EVENT_HEADER_SIZE
 from agent.redact import REDACTED, Redactor
+from event_records import make_record
 
 from fuzzing import BUDGET as SHARED_BUDGET, STATUSES
 
@@ -150,14 +151,14 @@ def record(payload: bytes, *, conn_id: int = 1, direction: int = C["DIRECTION_IN
            role: int = C["ROLE_SERVER"], protocol: int = C["PROTOCOL_HTTP1"],
            event: int = C["EVENT_DATA"], length: int | None = None, end_ns: int = 1000,
            flags: int = 0) -> bytes:
-    fields = dict(
-        type=event, pid=100, tid=101, fd=5, conn_id=conn_id, start_ns=max(0, end_ns - 10), end_ns=end_ns,
+    return make_record(
+        payload, type=event, pid=100, tid=101, fd=5, conn_id=conn_id,
+        start_ns=max(0, end_ns - 10), end_ns=end_ns,
         length=len(payload) if length is None else length, captured=len(payload),
         direction=direction, role=role, protocol=protocol, flags=flags,
         probe=C["PROBE_READ"], local_addr=b"\0" * 10 + b"\xff\xff" + bytes([127, 0, 0, 1]),
         remote_addr=b"\0" * 10 + b"\xff\xff" + bytes([127, 0, 0, 1]),
-        local_port=8080, remote_port=40000 + conn_id % 20000, family=10, reserved=0)
-    return EVENT_HEADER.pack(*(fields[name] for name in EVENT_HEADER_FIELDS)) + payload
+        local_port=8080, remote_port=40000 + conn_id % 20000, family=10)
 
 
 def check_output(items):

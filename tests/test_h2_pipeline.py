@@ -10,11 +10,12 @@ import random
 from agent import semconv
 from agent.connections import ConnectionTracker
 from agent.export.otlp_encode import encode_export_request
-from agent.records import C, EVENT_HEADER
+from agent.records import C
 from agent.redact import Redactor
 from agent.resources import ResourceCache
 from agent.span_builder import HttpSpanBuilder
 from agent.spans import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, STATUS_UNSET
+from event_records import make_record
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures", "http2")
 LOOPBACK = b"\0" * 10 + b"\xff\xff" + bytes([127, 0, 0, 1])
@@ -30,11 +31,12 @@ def load(name: str, side: str) -> bytes:
 
 def record(conn_id, pid, direction, role, payload, ts, local_port, remote_port,
            length=None, event_type=None):
-    header = EVENT_HEADER.pack(
-        event_type or C["EVENT_DATA"], pid, pid, 5, conn_id, ts, ts + 10,
-        len(payload) if length is None else length, len(payload), direction, role,
-        C["PROTOCOL_HTTP2"], 0, 0, LOOPBACK, LOOPBACK, local_port, remote_port, 10, 0)
-    return header + payload
+    return make_record(
+        payload, type=event_type or C["EVENT_DATA"], pid=pid, tid=pid, fd=5, conn_id=conn_id,
+        start_ns=ts, end_ns=ts + 10, length=len(payload) if length is None else length,
+        captured=len(payload), direction=direction, role=role, protocol=C["PROTOCOL_HTTP2"],
+        local_addr=LOOPBACK, remote_addr=LOOPBACK, local_port=local_port,
+        remote_port=remote_port, family=10)
 
 
 def records(name: str, chunk: int = 4096, roles=(0, 0), capture: int | None = None):

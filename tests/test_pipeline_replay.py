@@ -147,3 +147,88 @@ def test_a_head_cut_off_by_close_is_counted():
     close = EVENT_HEADER.pack(*(fields[name] for name in EVENT_HEADER_FIELDS))
     assert tracker.process([partial, close]) == []
     assert tracker.counts["messages_incomplete"] == 1
+
+
+def _numbered(records):
+    """The recording with per-connection sequence numbers, as a kernel that
+    numbers its events writes them."""
+    from agent.records import EVENT_HEADER, EVENT_HEADER_SIZE, C
+    counters, out = {}, []
+    for record in records:
+        fields = dict(zip(EVENT_HEADER_FIELDS, EVENT_HEADER.unpack_from(record)))
+        if fields["type"] == C["EVENT_DATA"]:
+            counters[fields["conn_id"]] = counters.get(fields["conn_id"], 0) + 1
+            fields["seq"] = counters[fields["conn_id"]]
+        out.append(EVENT_HEADER.pack(*(fields[n] for n in EVENT_HEADER_FIELDS)) + record[EVENT_HEADER_SIZE:])
+    return out
+
+
+def _has_later_data(records, index):
+    from agent.records import EVENT_HEADER, C
+    conn_id = EVENT_HEADER.unpack_from(records[index])[4]
+    return any(EVENT_HEADER.unpack_from(r)[4] == conn_id and EVENT_HEADER.unpack_from(r)[0] == C["EVENT_DATA"]
+               for r in records[index + 1:])
+
+
+def test_a_lost_record_is_seen_as_a_gap_and_framing_recovers():
+    from agent.records import EVENT_HEADER, EVENT_HEADER_SIZE
+    records = _numbered(read_records(RECORDING))
+    whole = HttpSpanBuilder(ResourceCache(host_attributes=[]), Redactor()).build(
+        ConnectionTracker().process(records))
+    # Lose the pipelined client's first response on its keep-alive
+    # connection: the next record there shows the gap, and that exchange is
+    # lost rather than misframed.
+    victim = next(i for i, r in enumerate(records)
+                  if r[EVENT_HEADER_SIZE:EVENT_HEADER_SIZE + 9] == b"HTTP/1.1 "
+                  and EVENT_HEADER.unpack_from(r)[9] == 1   # ingress: a client reading it
+                  and b"/api/p" not in r and records.index(r) > 0
+                  and _has_later_data(records, i))
+    tracker = ConnectionTracker()
+    damaged = HttpSpanBuilder(ResourceCache(host_attributes=[]), Redactor()).build(
+        tracker.process(records[:victim] + records[victim + 1:]))
+    assert tracker.counts["event_gaps"] == 1
+    assert len(whole) - 2 <= len(damaged) < len(whole)
+    assert not tracker.parse_errors
+    # Every span that survived is one the undamaged replay also built.
+    key = lambda s: (s.kind, s.attribute("server.port"), s.attribute("url.path") or s.attribute("url.full"),
+                     s.attribute("http.response.status_code"))
+    assert set(map(key, damaged)) <= set(map(key, whole))
+
+
+def test_process_exit_releases_its_connections_and_counts_their_requests():
+    from agent.records import EVENT_HEADER, C
+    records = read_records(RECORDING)
+    tracker = ConnectionTracker()
+    first_request = next(r for r in records if b"GET /api/orders" in r)
+    pid = dict(zip(EVENT_HEADER_FIELDS, EVENT_HEADER.unpack_from(first_request)))["pid"]
+    tracker.process([first_request])
+    assert len(tracker.connections) == 1
+    from event_records import make_record
+    tracker.process([make_record(type=C["EVENT_PROCESS_EXIT"], pid=pid)])
+    assert len(tracker.connections) == 0
+    # The request was complete and waiting: counted as never answered.
+    assert tracker.counts["requests_without_response"] == 1
+    assert tracker.counts["connections_expired"] == 1
+
+
+def test_a_record_lost_just_before_the_close_is_seen_too():
+    from agent.records import EVENT_HEADER, EVENT_HEADER_SIZE, C
+    records = _numbered(read_records(RECORDING))
+    # Closes carry the last number their connection gave out.
+    last, closed = {}, []
+    for record in records:
+        fields = dict(zip(EVENT_HEADER_FIELDS, EVENT_HEADER.unpack_from(record)))
+        if fields["type"] == C["EVENT_DATA"]:
+            last[fields["conn_id"]] = fields["seq"]
+        elif fields["type"] == C["EVENT_CLOSE"]:
+            fields["seq"] = last.get(fields["conn_id"], 0)
+        closed.append(EVENT_HEADER.pack(*(fields[n] for n in EVENT_HEADER_FIELDS)) + record[EVENT_HEADER_SIZE:])
+    tracker = ConnectionTracker()
+    tracker.process(closed)
+    assert tracker.counts["event_gaps"] == 0
+    victim = next(i for i, r in enumerate(closed)
+                  if r[EVENT_HEADER_SIZE:EVENT_HEADER_SIZE + 9] == b"HTTP/1.1 " and b"chunked" in r)
+    tracker = ConnectionTracker()
+    tracker.process(closed[:victim] + closed[victim + 1:])
+    assert tracker.counts["event_gaps"] == 1
+    assert tracker.counts["requests_without_response"] == 1

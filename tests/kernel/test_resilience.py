@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import sys
+import textwrap
 import time
 
 import pytest
@@ -151,3 +153,28 @@ def test_collector_outage_bounded_memory_and_recovery(receiver, start_agent, bac
     assert recovered, f"no fresh span within 20 s of the restart; {agent.stderr()[-2000:]}"
     assert delta(after, during, "otel_ebpf_spans_exported_total") > 0
     assert any(s.kind == KIND_CLIENT for s in receiver.spans[received_during:])
+
+
+def test_a_process_that_exits_mid_request_releases_its_state_at_once(receiver, start_agent, backend):
+    """No close() when a process dies: the kernel's process-exit event tells
+    the agent, instead of the connection idling until it expires (300 s)."""
+    agent = start_agent("--port", str(backend))
+    before = snapshot(agent)
+    client = textwrap.dedent(f"""
+        import os, socket
+        s = socket.create_connection(("127.0.0.1", {backend}))
+        s.sendall(b"GET /before-exit HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n")
+        s.recv(65536)
+        s.sendall(b"GET /never-answered HTTP/1.1\\r\\nHost: x\\r\\n")   # head unfinished
+        os._exit(0)
+    """)
+    subprocess.run([sys.executable, "-c", client], check=True, timeout=10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        after = snapshot(agent)
+        if delta(after, before, "otel_ebpf_connection_events_total", event="expired") >= 1:
+            break
+        time.sleep(0.2)
+    assert delta(after, before, "otel_ebpf_connection_events_total", event="expired") >= 1
+    assert delta(after, before, "otel_ebpf_messages_incomplete_total") >= 1
+    assert delta(after, before, "otel_ebpf_kernel_events_total", probe="process_exit") >= 1

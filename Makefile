@@ -57,7 +57,7 @@ run: setup
 	$(VENV)/bin/otel-ebpf run $(ARGS)
 
 # pytest exits non-zero on failure, and with 5 when no test ran: both fail `make test`.
-test: setup
+test: setup lint
 	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
 
 lint: venv

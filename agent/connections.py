@@ -19,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 from collections import OrderedDict, deque
 
-from agent.parsers import INVALID, NEED_MORE, PARSED
+from agent.parsers import INVALID, NEED_MORE
 from agent.parsers import http1
 from agent.h2_connections import H2ConnectionHandler
 from agent.records import C, EVENT_HEADER, EVENT_HEADER_SIZE, prefix_struct

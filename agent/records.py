@@ -33,7 +33,7 @@ def _load_header() -> tuple[cffi.FFI, dict]:
     ffi.cdef("typedef uint8_t __u8; typedef uint16_t __u16; typedef uint32_t __u32;"
              " typedef uint64_t __u64;\n" + _cdef_source(text))
     constants = {m.group(1): int(m.group(2))
-                 for m in map(_DEFINE.match, (l.strip() for l in text.splitlines())) if m}
+                 for m in map(_DEFINE.match, (line.strip() for line in text.splitlines())) if m}
     return ffi, constants
 
 

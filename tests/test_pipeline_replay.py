@@ -87,8 +87,9 @@ def test_attributes_status_and_trace_links():
 def test_any_batching_gives_the_same_spans():
     _, _, one_by_one = replay(batch=1)
     _, _, all_at_once = replay(batch=10_000)
-    key = lambda s: (s.kind, s.attribute("server.port"), s.attribute("url.path") or s.attribute("url.full"),
-                     s.attribute("http.response.status_code"), s.end_ns - s.start_ns)
+    def key(s):
+        return (s.kind, s.attribute("server.port"), s.attribute("url.path") or s.attribute("url.full"),
+                s.attribute("http.response.status_code"), s.end_ns - s.start_ns)
     assert sorted(map(key, one_by_one)) == sorted(map(key, all_at_once))
 
 
@@ -190,8 +191,9 @@ def test_a_lost_record_is_seen_as_a_gap_and_framing_recovers():
     assert len(whole) - 2 <= len(damaged) < len(whole)
     assert not tracker.parse_errors
     # Every span that survived is one the undamaged replay also built.
-    key = lambda s: (s.kind, s.attribute("server.port"), s.attribute("url.path") or s.attribute("url.full"),
-                     s.attribute("http.response.status_code"))
+    def key(s):
+        return (s.kind, s.attribute("server.port"), s.attribute("url.path") or s.attribute("url.full"),
+                s.attribute("http.response.status_code"))
     assert set(map(key, damaged)) <= set(map(key, whole))
 
 

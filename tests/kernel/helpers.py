@@ -21,7 +21,7 @@ def snapshot(agent) -> dict:
 def value(samples: dict, name: str, **labels) -> float:
     """Sum of the samples of name whose labels include labels."""
     want = set(labels.items())
-    return sum(v for (n, l), v in samples.items() if n == name and want <= l)
+    return sum(v for (n, sample_labels), v in samples.items() if n == name and want <= sample_labels)
 
 
 def delta(after: dict, before: dict, name: str, **labels) -> float:

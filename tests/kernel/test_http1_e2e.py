@@ -3,13 +3,12 @@ checked at an OTLP receiver the way a user would check them in a backend."""
 from __future__ import annotations
 
 import socket
-import subprocess
 import time
 
 import pytest
 
 from agent.spans import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, STATUS_UNSET
-from conftest import capture_programs_of, programs_still_loaded, curl, free_port, http_get
+from conftest import capture_programs_of, programs_still_loaded, curl
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PARENT_ID = "b7ad6b7169203331"
@@ -35,7 +34,7 @@ def test_server_span_joins_incoming_trace(server, receiver, start_agent, backend
         port, path, service = backend, "/items/42", "test-backend"
     else:
         port, path, service = start_nginx().port, "/index.html", "unknown_service:nginx"
-    agent = start_agent("--port", str(port))
+    start_agent("--port", str(port))
     timing = curl(f"http://127.0.0.1:{port}{path}?color=blue", TRACEPARENT, TRACESTATE)
     assert timing["status"] == 200
 
@@ -72,7 +71,7 @@ def test_server_span_joins_incoming_trace(server, receiver, start_agent, backend
 
 
 def test_status_and_new_trace_without_traceparent(receiver, start_agent, backend):
-    agent = start_agent("--port", str(backend))
+    start_agent("--port", str(backend))
     assert curl(f"http://127.0.0.1:{backend}/status/503")["status"] == 503
     assert curl(f"http://127.0.0.1:{backend}/status/404")["status"] == 404
     spans = wait_spans(receiver, lambda s: s.attributes.get("server.port") == backend, 4)
@@ -95,7 +94,7 @@ def test_status_and_new_trace_without_traceparent(receiver, start_agent, backend
 
 def test_keepalive_and_pipelining(receiver, start_agent, backend):
     """Three pipelined requests on one connection: three exchanges, in order."""
-    agent = start_agent("--port", str(backend))
+    start_agent("--port", str(backend))
     with socket.create_connection(("127.0.0.1", backend)) as sock:
         sock.sendall(b"".join(
             f"GET /p{i} HTTP/1.1\r\nHost: localhost\r\n"
@@ -113,7 +112,7 @@ def test_two_hops_form_one_trace(receiver, start_agent, backend, start_nginx):
     """client -> nginx (reverse proxy) -> Python backend: one trace with
     client -> nginx server -> nginx client -> backend server."""
     nginx = start_nginx(backend_port=backend)
-    agent = start_agent("--port", str(nginx.port), "--port", str(backend))
+    start_agent("--port", str(nginx.port), "--port", str(backend))
     assert curl(f"http://127.0.0.1:{nginx.port}/api/orders", TRACEPARENT)["status"] == 200
     spans = wait_spans(receiver, lambda s: s.trace_id == TRACE_ID, 4)
     assert len(spans) == 4, spans

@@ -11,7 +11,7 @@ import pytest
 from agent import __version__
 from agent.spans import KIND_CLIENT, KIND_SERVER
 from conftest import curl, http_get
-from helpers import delta, has, snapshot, value, wait_quiet
+from helpers import delta, has, value, wait_quiet
 
 REQUESTS = 20
 
@@ -59,7 +59,7 @@ def test_counters_follow_real_traffic(receiver, start_agent, backend):
     assert value(after, "otel_ebpf_tracked", entity="processes") >= 1
     for entity in ("connections", "processes", "trace_links"):
         assert has(after, "otel_ebpf_tracked") and \
-            any(n == "otel_ebpf_tracked" and ("entity", entity) in l for n, l in after), entity
+            any(n == "otel_ebpf_tracked" and ("entity", entity) in labels for n, labels in after), entity
     assert 0 <= value(after, "otel_ebpf_ring_buffer_fill_ratio") < 0.01
     assert value(after, "otel_ebpf_ring_buffer_size_bytes") == 16 * 2 ** 20
     print(f"\nkernel events {kernel_events:.0f} for {REQUESTS} requests, RSS {rss / 2**20:.1f} MiB")

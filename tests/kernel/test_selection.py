@@ -50,7 +50,7 @@ def test_cgroup_selects_its_processes_including_ones_started_later(receiver, sta
     outside = start_backend(outside_port, "outside")
     late = None
     try:
-        agent = start_agent("--cgroup", cgroup)
+        start_agent("--cgroup", cgroup)
         # Started after the agent, inside the selected cgroup: traced from
         # its first request, with no rescan needed.
         late = start_backend(late_port, "late", cgroup)
@@ -72,7 +72,7 @@ def test_cgroup_selects_its_processes_including_ones_started_later(receiver, sta
 
 def test_exe_selects_processes_by_executable_name(receiver, start_agent, start_nginx, backend):
     nginx = start_nginx()
-    agent = start_agent("--exe", "nginx")
+    start_agent("--exe", "nginx")
     assert curl(f"http://127.0.0.1:{nginx.port}/fast")["status"] == 200
     assert curl(f"http://127.0.0.1:{backend}/x")["status"] == 200
     assert receiver.wait_for(lambda spans: any(

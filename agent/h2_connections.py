@@ -24,6 +24,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+from hpack.exceptions import HPACKDecodingError
+from hpack.huffman_table import decode_huffman
+
 from agent.http2_streams import StreamTracker
 from agent.parsers import INVALID
 from agent.parsers.http2 import PREFACE, H2Direction
@@ -46,6 +49,69 @@ COUNT_KEYS = (
     "h2_header_blocks_partial",    # header blocks only partly decoded
     "h2_decoder_resyncs",          # framing lost and found again
 )
+
+
+# Static-table indexes (RFC 7541 appendix A) a header block starts with:
+# requests with :authority, :method, :path or :scheme; responses with :status.
+_REQUEST_PSEUDO = range(1, 8)
+_RESPONSE_PSEUDO = range(8, 15)
+_HEADERS_FRAME = 1
+_PADDED = 0x8
+_PRIORITY = 0x20
+
+
+def header_block_side(data: bytes) -> str | None:
+    """"request" or "response" from the first HEADERS frame at the start of
+    data, read from its first header field's static-table index, which HPACK
+    needs no dynamic table to decode; None when data starts otherwise."""
+    if len(data) < 10 or data[3] != _HEADERS_FRAME:
+        return None
+    flags, pos = data[4], 9
+    if flags & _PADDED:
+        pos += 1
+    if flags & _PRIORITY:
+        pos += 5
+    while pos < len(data) and data[pos] & 0xE0 == 0x20:   # dynamic table size update
+        pos += 1
+        if data[pos - 1] & 0x1F == 0x1F:
+            while pos < len(data) and data[pos] & 0x80:
+                pos += 1
+            pos += 1
+    if pos >= len(data):
+        return None
+    first = data[pos]
+    if first & 0x80:
+        index = first & 0x7F
+    elif first & 0x40:
+        index = first & 0x3F
+    else:
+        index = first & 0x0F
+    if index in _REQUEST_PSEUDO:
+        return "request"
+    if index in _RESPONSE_PSEUDO:
+        return "response"
+    if index == 0 and first & 0x80 == 0:
+        return _side_of_literal_name(data, pos + 1)
+    return None
+
+
+def _side_of_literal_name(data: bytes, pos: int) -> str | None:
+    """A literal field with a new name (grpcio sends :path this way)."""
+    if pos >= len(data) or data[pos] & 0x7F == 0x7F:
+        return None
+    huffman, length = data[pos] & 0x80, data[pos] & 0x7F
+    raw = data[pos + 1:pos + 1 + length]
+    if len(raw) < length:
+        return None
+    try:
+        name = decode_huffman(raw) if huffman else raw
+    except HPACKDecodingError:
+        return None
+    if name == b":status":
+        return "response"
+    if name in (b":method", b":path", b":scheme", b":authority"):
+        return "request"
+    return None
 
 
 class H2Request:
@@ -187,7 +253,13 @@ class H2ConnectionHandler:
             client_direction = _INGRESS if role == _ROLE_SERVER else _EGRESS
             midstream = True
         else:
-            return None
+            # Joined after the agent started: whoever sends a request's header
+            # block is the client.
+            side = header_block_side(payload)
+            if side is None:
+                return None
+            client_direction = direction if side == "request" else 1 - direction
+            midstream = True
         if len(self.connections) >= self.max_connections:
             _, old = self.connections.popitem(last=False)
             self.counts["connections_evicted"] += 1

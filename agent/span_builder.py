@@ -245,9 +245,17 @@ class HttpSpanFactory:
                               "2", e[H2_AUTHORITY], e[H2_USER_AGENT], status_code or 0,
                               e[H2_LOCAL_ADDR], e[H2_LOCAL_PORT], e[H2_REMOTE_ADDR],
                               e[H2_REMOTE_PORT]))
+            # What a joined connection's header blocks did not reveal is left
+            # out, not filled in: "" is no path and _OTHER no unknown method.
+            unknown = set()
             if status_code is None:
-                span.attributes = [a for a in span.attributes
-                                   if a[0] not in ("http.response.status_code", "error.type")]
+                unknown |= {"http.response.status_code", "error.type"}
+            if e[H2_PATH] is None:
+                unknown |= {"url.path", "url.query", "url.full"}
+            if e[H2_METHOD] is None:
+                unknown |= {"http.request.method", "http.request.method_original"}
+            if unknown:
+                span.attributes = [a for a in span.attributes if a[0] not in unknown]
             if reset and span.status_code != STATUS_ERROR:
                 span.status_code = STATUS_ERROR
                 span.attributes.append((semconv.ERROR_TYPE, error_name(reset)))

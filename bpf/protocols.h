@@ -4,7 +4,7 @@
 #ifndef OTEL_EBPF_PROTOCOLS_H
 #define OTEL_EBPF_PROTOCOLS_H
 
-#define CLASSIFY_BYTES 8
+#define CLASSIFY_BYTES 16
 
 static __always_inline bool starts_with(const __u8 *buf, __u32 len, const char *prefix, __u32 n)
 {
@@ -33,7 +33,7 @@ static __always_inline __u8 classify_protocol(const __u8 *head, __u32 len)
 {
     if (is_http1(head, len))
         return PROTOCOL_HTTP1;
-    if (is_http2_preface(head, len))
+    if (is_http2_preface(head, len) || is_http2_frame(head, len))
         return PROTOCOL_HTTP2;
     return PROTOCOL_UNKNOWN;
 }

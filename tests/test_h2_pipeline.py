@@ -155,3 +155,49 @@ def test_lost_preface_uses_kernel_role_or_counts():
     assert tracker.counts["h2_events_without_preface"] == 0
     for span in spans:   # never a wrong attribute: partly decoded or nothing
         assert span.attribute(semconv.RPC_SYSTEM_NAME) == "grpc"
+
+
+def _frames_by_stream(name: str):
+    """The capture as one event per frame, in a causal order: per stream,
+    the client's frames and then the server's; connection frames first."""
+    from agent.parsers.http2 import PREFACE
+
+    def split(data):
+        pos = len(PREFACE) if data.startswith(PREFACE) else 0
+        while pos + 9 <= len(data):
+            end = pos + 9 + int.from_bytes(data[pos:pos + 3], "big")
+            yield int.from_bytes(data[pos + 5:pos + 9], "big") & 0x7FFFFFFF, data[pos:end]
+            pos = end
+
+    c2s, s2c = list(split(load(name, "c2s"))), list(split(load(name, "s2c")))
+    order = sorted({sid for sid, _ in c2s + s2c})
+    events = []
+    for sid in order:
+        events += [("client", f) for s, f in c2s if s == sid]
+        events += [("server", f) for s, f in s2c if s == sid]
+    return events
+
+
+def test_joined_mid_stream_without_role_gives_spans_from_what_decodes():
+    egress, ingress = C["DIRECTION_EGRESS"], C["DIRECTION_INGRESS"]
+    events = _frames_by_stream("grpc_calls")
+    # The agent starts after the first stream's frames: no preface, no
+    # accept/connect seen (role 0), the header tables unknown.
+    first_stream_end = max(i for i, (_, f) in enumerate(events)
+                           if int.from_bytes(f[5:9], "big") == 1)
+    recs, ts = [], 1_000_000
+    for sender, frame in events[first_stream_end + 1:]:
+        recs.append(record(1, 100, egress if sender == "client" else ingress, 0, frame, ts,
+                           CLIENT_PORT, SERVER_PORT))
+        recs.append(record(2, 200, ingress if sender == "client" else egress, 0, frame, ts + 20,
+                           SERVER_PORT, CLIENT_PORT))
+        ts += 1000
+    tracker, _, spans = run(recs)
+    whole = {s.span_id: s for s in run(records("grpc_calls"))[2]}
+    assert spans, tracker.counts
+    methods = {s.attribute(semconv.RPC_METHOD) for s in whole.values()}
+    for span in spans:
+        # Partly decoded or not at all, never a value the full decode lacks.
+        assert span.attribute(semconv.RPC_METHOD) in methods | {None}
+        assert span.attribute(semconv.RPC_SYSTEM_NAME) in ("grpc", None)
+    assert tracker.counts["h2_header_blocks_partial"] > 0

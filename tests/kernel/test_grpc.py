@@ -209,3 +209,49 @@ def test_h2load_every_request_is_a_span_or_a_counted_loss(h2_nginx):
     finally:
         agent.stop()
         collector.stop()
+
+
+JOINED_CLIENT = """
+import sys
+sys.path.insert(0, {fixtures!r})
+import grpc
+from capture_http2 import SERVICE
+with grpc.insecure_channel("127.0.0.1:{port}") as channel:
+    call = channel.unary_unary(f"/{{SERVICE}}/SayHello")
+    call(b"before", timeout=10)          # the connection and its header tables exist
+    print("ready", flush=True)
+    sys.stdin.readline()                 # the agent starts now
+    for i in range(10):
+        call(b"after", timeout=10)
+    print("done", flush=True)
+"""
+
+
+def test_a_connection_the_agent_joins_mid_stream_gives_spans_from_what_decodes(
+        receiver, start_agent, grpc_server):
+    """The channel is open before the agent starts: no preface, no
+    accept/connect, header tables unknown.  Spans come from what HPACK can
+    decode without them (static-table fields), never a wrong value."""
+    port = grpc_server
+    fixtures = str(Path(__file__).resolve().parents[1] / "fixtures")
+    client = subprocess.Popen([sys.executable, "-c", JOINED_CLIENT.format(fixtures=fixtures, port=port)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert client.stdout.readline().strip() == "ready"
+        start_agent("--port", str(port))
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        assert client.stdout.readline().strip() == "done"
+    finally:
+        client.stdin.close()
+        client.wait(10)
+
+    def joined(s):
+        return s.attributes.get(semconv.SERVER_PORT) == port and s.kind == KIND_SERVER
+    # The first exchange may go by while the connection is being recognised.
+    assert receiver.wait_for(lambda spans: len([s for s in spans if joined(s)]) >= 5, 15), \
+        [s for s in receiver.spans]
+    for span in (s for s in receiver.spans if joined(s)):
+        method = span.attributes.get(semconv.RPC_METHOD)
+        assert method is None or method.endswith("/SayHello"), method
+        assert span.attributes.get("http.request.method", "POST") == "POST"

@@ -27,6 +27,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PEERS = ROOT / "tests/kernel/peers"
+sys.path.insert(0, str(ROOT / "tests"))
+
+from loopback import free_port  # noqa: E402
 NGINX_CONF = """daemon off; user root; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log;
 events {{ worker_connections 1024; }}
 http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d};
@@ -36,12 +39,6 @@ server {{ listen 127.0.0.1:{port};
   location /api/ {{ proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }}
   location / {{ return 200 "ok\\n"; }} }} }}
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def metrics(port: int) -> dict:
@@ -171,7 +168,6 @@ def main() -> None:
             collector.stdin.close()
             collector.wait()
         last = row
-        minutes = last[0] - first[0]
         print(f"\nRSS growth from minute {first[0]:.1f} to {last[0]:.1f}: main "
               f"{last[2] - first[2]:+.1f} MiB, workers {last[3] - first[3]:+.1f} MiB; "
               f"agent CPU {last[4] / (last[0] * 60):.1%} of a core on average; "

@@ -21,6 +21,7 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from loopback import free_port
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 
@@ -80,12 +81,6 @@ def flatten(request: trace_service_pb2.ExportTraceServiceRequest) -> list:
                     status_code=s.status.code, status_message=s.status.message, flags=s.flags,
                     trace_state=s.trace_state, proto=s))
     return spans
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class OtlpReceiver:
@@ -162,7 +157,7 @@ class OtlpReceiver:
             raise ValueError("protocol must be 'http' or 'grpc'")
         self.protocol = protocol
         if self.port is None:
-            self.port = _free_port()
+            self.port = free_port()
         if protocol == "http":
             self._start_http()
         else:

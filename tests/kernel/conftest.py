@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from loopback import free_port, wait_for_port  # noqa: E402,F401  (re-exported to the tests)
 from otlp_receiver import OtlpReceiver  # noqa: E402
 
 AGENT = [sys.executable, "-m", "agent.cli"] if not (ROOT / ".venv/bin/otel-ebpf").exists() \
@@ -45,22 +45,6 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.kernel)
             if reason:
                 item.add_marker(pytest.mark.skip(reason=reason))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for_port(port: int, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with socket.socket() as s:
-            if s.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -181,7 +165,7 @@ def backend():
 
 
 class Nginx:
-    def __init__(self, directory: Path, port: int, backend_port: int | None):
+    def __init__(self, directory: Path, port: int, backend_port: int | None, http2: bool = False):
         self.port = port
         self.directory = directory
         (directory / "html").mkdir()
@@ -209,7 +193,9 @@ class Nginx:
                 scgi_temp_path {directory};
                 upstream backend {{ server 127.0.0.1:{backend_port or 9}; keepalive 8; }}
                 server {{
-                    listen 127.0.0.1:{port};
+                    listen 127.0.0.1:{port}{" http2" if http2 else ""};
+                    keepalive_requests 1000000;
+                    {"http2_max_requests 1000000;" if http2 else ""}
                     root {directory}/html;
                     location = /fast {{ return 200 "fast\\n"; }}
                     {proxy}
@@ -238,10 +224,11 @@ def start_nginx(tmp_path):
         pytest.skip("nginx is not installed (make setup installs nginx-light)")
     servers = []
 
-    def start(backend_port: int | None = None) -> Nginx:
+    def start(backend_port: int | None = None, http2: bool = False) -> Nginx:
+        """http2: cleartext HTTP/2 with prior knowledge (h2c) instead of HTTP/1."""
         directory = tmp_path / f"nginx{len(servers)}"
         directory.mkdir()
-        server = Nginx(directory, free_port(), backend_port)
+        server = Nginx(directory, free_port(), backend_port, http2)
         servers.append(server)
         return server
 

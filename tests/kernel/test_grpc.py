@@ -8,7 +8,6 @@ import re
 import shutil
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import pytest
 
 from agent import semconv
 from agent.spans import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, STATUS_UNSET
-from conftest import AgentProcess, free_port, wait_for_port
+from conftest import AgentProcess, wait_for_port
 
 PEERS = Path(__file__).resolve().parent / "peers"
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
@@ -93,47 +92,12 @@ def test_grpc_calls_one_span_per_rpc_per_side(receiver, start_agent, grpc_server
     assert len({s.span_id for s in server}) == total
 
 
-NGINX_CONF = """
-    daemon off;
-    user root;
-    master_process on;
-    worker_processes 1;
-    pid {dir}/nginx.pid;
-    error_log {dir}/error.log;
-    events {{ worker_connections 1024; }}
-    http {{
-        access_log off;
-        client_body_temp_path {dir};
-        proxy_temp_path {dir};
-        fastcgi_temp_path {dir};
-        uwsgi_temp_path {dir};
-        scgi_temp_path {dir};
-        server {{
-            listen 127.0.0.1:{port} http2;
-            http2_max_requests 1000000;
-            keepalive_requests 1000000;
-            root {dir}/html;
-            location = /fast {{ return 200 "fast\\n"; }}
-        }}
-    }}
-"""
-
-
 @pytest.fixture
-def h2_nginx(tmp_path):
-    for tool in ("nginx", "nghttp", "h2load"):
+def h2_nginx(start_nginx):
+    for tool in ("nghttp", "h2load"):
         if not shutil.which(tool):
             pytest.skip(f"{tool} is not installed (make setup installs it)")
-    port = free_port()
-    (tmp_path / "html").mkdir()
-    (tmp_path / "html/index.html").write_text("<h1>hello</h1>\n")
-    (tmp_path / "nginx.conf").write_text(textwrap.dedent(NGINX_CONF.format(dir=tmp_path, port=port)))
-    proc = subprocess.Popen(["nginx", "-c", str(tmp_path / "nginx.conf"), "-p", str(tmp_path)],
-                            stderr=subprocess.DEVNULL)
-    wait_for_port(port)
-    yield port
-    proc.terminate()
-    proc.wait(10)
+    return start_nginx(http2=True).port
 
 
 def test_plain_http2_spans_with_nginx_and_nghttp(receiver, start_agent, h2_nginx):

@@ -16,6 +16,19 @@ def _ring_buffer_supported() -> tuple[bool, str]:
     return False, "no: BPF ring buffers need Linux 5.8 or later" if ret == 0 else f"probe failed ({ret})"
 
 
+def _bpf_loop_supported() -> tuple[bool, str]:
+    """The capture copies iovecs with bpf_loop (Linux 5.17+)."""
+    try:
+        ret = libbpf.lib().libbpf_probe_bpf_helper(libbpf.BPF_PROG_TYPE_RAW_TRACEPOINT,
+                                                   libbpf.BPF_FUNC_LOOP, libbpf.ffi.NULL)
+    except OSError as exc:
+        return False, str(exc)
+    if ret == 1:
+        return True, "yes"
+    return False, ("no: the capture object needs bpf_loop (Linux 5.17 or later)" if ret == 0
+                   else f"probe failed ({ret})")
+
+
 def report() -> tuple[str, bool]:
     """The doctor's text and whether the agent can run here."""
     lines = []
@@ -26,12 +39,14 @@ def report() -> tuple[str, bool]:
         lines.append(f"tracefs: {mount_message}")
     ring_ok, ring_text = _ring_buffer_supported()
     lines.append(f"BPF ring buffer: {ring_text}")
+    loop_ok, loop_text = _bpf_loop_supported()
+    lines.append(f"bpf_loop helper: {loop_text}")
     lines.append("")
     lines.append("Hooks, in order of preference:")
     for family, reason in candidate_hooks("auto", features):
         lines.append(f"  {family.name:<11} {family.description}: "
                      f"{'available' if reason is None else 'unavailable: ' + reason}")
-    ok = ring_ok
+    ok = ring_ok and loop_ok
     try:
         capture = load_capture(CaptureSettings(ring_buffer_bytes=1 << 20), )
     except (CaptureLoadError, FileNotFoundError, OSError) as exc:

@@ -69,6 +69,7 @@ const char *btf__name_by_offset(const struct btf *btf, uint32_t offset);
 int libbpf_num_possible_cpus(void);
 int libbpf_probe_bpf_prog_type(int prog_type, const void *opts);
 int libbpf_probe_bpf_map_type(int map_type, const void *opts);
+int libbpf_probe_bpf_helper(int prog_type, int helper_id, const void *opts);
 """)
 
 BTF_KIND_DATASEC = 15
@@ -76,6 +77,8 @@ BPF_MAP_TYPE_RINGBUF = 27
 BPF_PROG_TYPE_KPROBE = 2
 BPF_PROG_TYPE_TRACEPOINT = 5
 BPF_PROG_TYPE_TRACING = 26
+BPF_PROG_TYPE_RAW_TRACEPOINT = 17
+BPF_FUNC_LOOP = 181
 
 _lib = None
 _libc = ffi.dlopen(None)

@@ -194,8 +194,7 @@ class Nginx:
                 upstream backend {{ server 127.0.0.1:{backend_port or 9}; keepalive 8; }}
                 server {{
                     listen 127.0.0.1:{port}{" http2" if http2 else ""};
-                    keepalive_requests 1000000;
-                    {"http2_max_requests 1000000;" if http2 else ""}
+                    {"keepalive_requests 1000000; http2_max_requests 1000000;" if http2 else ""}
                     root {directory}/html;
                     location = /fast {{ return 200 "fast\\n"; }}
                     {proxy}

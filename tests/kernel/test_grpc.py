@@ -97,11 +97,11 @@ def h2_nginx(start_nginx):
     for tool in ("nghttp", "h2load"):
         if not shutil.which(tool):
             pytest.skip(f"{tool} is not installed (make setup installs it)")
-    return start_nginx(http2=True).port
+    return start_nginx(http2=True)
 
 
 def test_plain_http2_spans_with_nginx_and_nghttp(receiver, start_agent, h2_nginx):
-    port = h2_nginx
+    port = h2_nginx.port
     start_agent("--port", str(port))
     base = f"http://127.0.0.1:{port}"
     subprocess.run(["nghttp", "-n", "-H", f"traceparent: {TRACEPARENT}", base + "/index.html",
@@ -140,19 +140,21 @@ LOSS_METRICS = (
 H2LOAD_STREAMS = 10
 
 
-def test_h2load_every_request_is_a_span_or_a_counted_loss(h2_nginx):
+def h2load_run(nginx, rate_per_connection: int | None) -> tuple[int, int, dict]:
+    """h2load against nginx for 10 s (4 connections, 10 streams each), only
+    this nginx traced; returns (succeeded, server spans, loss counters)."""
     from test_http1_load import Collector, settle
 
-    port = h2_nginx
     collector = Collector()
-    agent = AgentProcess(["--exe", "nginx", "--ring-buffer-size", "64M"],
+    agent = AgentProcess([*nginx.pid_args(), "--ring-buffer-size", "64M"],
                          {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint,
                           "OTEL_BSP_SCHEDULE_DELAY": "200",
                           "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "4096",
                           "OTEL_BSP_MAX_QUEUE_SIZE": "65536"})
+    rate = ["--rps", str(rate_per_connection)] if rate_per_connection else []
     try:
-        run = subprocess.run(["h2load", "-D", "10", "-c", "4", "-m", str(H2LOAD_STREAMS),
-                              f"http://127.0.0.1:{port}/fast"],
+        run = subprocess.run(["h2load", "-D", "10", "-c", "4", "-m", str(H2LOAD_STREAMS), *rate,
+                              f"http://127.0.0.1:{nginx.port}/fast"],
                              capture_output=True, text=True, timeout=60, check=True)
         match = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded",
                           run.stdout)
@@ -161,18 +163,33 @@ def test_h2load_every_request_is_a_span_or_a_counted_loss(h2_nginx):
         spans = settle(agent, collector)
         losses = {name: agent.metric(name) for name in LOSS_METRICS}
         assert agent.proc.poll() is None, agent.stderr()
-        print(f"\nh2load succeeded {succeeded} ({succeeded / 10:.0f}/s), server spans {spans} "
-              f"({spans / max(succeeded, 1):.2%}), losses {losses}")
-        # A lost kernel record may have carried frames of every stream in
-        # flight on its connection (h2load -m): count it for that many.
-        accounted = spans + sum(v for k, v in losses.items()
-                                if k != "otel_ebpf_kernel_events_lost_total") \
-            + H2LOAD_STREAMS * losses["otel_ebpf_kernel_events_lost_total"]
-        assert accounted >= succeeded, (succeeded, spans, losses)
-        assert spans > 0.3 * succeeded, (succeeded, spans, losses)
+        print(f"\nh2load rate {rate or 'max'}: succeeded {succeeded} ({succeeded / 10:.0f}/s), "
+              f"server spans {spans} ({spans / max(succeeded, 1):.2%}), losses {losses}")
+        return succeeded, spans, losses
     finally:
         agent.stop()
         collector.stop()
+
+
+def test_h2load_as_fast_as_it_goes_every_request_is_a_span_or_a_counted_loss(h2_nginx):
+    succeeded, spans, losses = h2load_run(h2_nginx, None)
+    # A lost kernel record may have carried frames of every stream in
+    # flight on its connection (h2load -m): count it for that many.
+    accounted = spans + sum(v for k, v in losses.items()
+                            if k != "otel_ebpf_kernel_events_lost_total") \
+        + H2LOAD_STREAMS * losses["otel_ebpf_kernel_events_lost_total"]
+    assert accounted >= succeeded, (succeeded, spans, losses)
+    assert spans > 0.3 * succeeded, (succeeded, spans, losses)
+
+
+def test_h2load_at_a_steady_rate_spans_equal_completed_requests(h2_nginx):
+    """5,000 requests/s (4 connections x 1,250): one server span per request
+    h2load completed, nothing lost anywhere."""
+    succeeded, spans, losses = h2load_run(h2_nginx, 1250)
+    assert succeeded > 40_000
+    # h2load's count leaves out the streams still open at its deadline.
+    assert succeeded <= spans <= succeeded + 4 * H2LOAD_STREAMS, (succeeded, spans, losses)
+    assert sum(losses.values()) == 0, losses
 
 
 JOINED_CLIENT = """

@@ -159,12 +159,23 @@ def _rejected_spans(body: bytes) -> int:
         return 0
 
 
-class OtlpHttpSink:
+class _SinkCounters:
+    """What every sink reports to the agent's metrics."""
+
+    def __init__(self):
+        self.bytes_sent = 0
+        self.requests_sent = 0
+        self.rejected_spans = 0
+        self.last_error = ""
+
+
+class OtlpHttpSink(_SinkCounters):
     """OTLP/HTTP protobuf over one keep-alive session."""
 
     def __init__(self, environ=os.environ, config: OtlpConfig | None = None):
         import requests
 
+        super().__init__()
         self._requests = requests
         self.config = config or resolve_config(environ)
         self._session = requests.Session()
@@ -174,10 +185,6 @@ class OtlpHttpSink:
             self._session.headers["Content-Encoding"] = "gzip"
         if self.config.certificate:
             self._session.verify = self.config.certificate
-        self.bytes_sent = 0
-        self.requests_sent = 0
-        self.rejected_spans = 0
-        self.last_error = ""
 
     def export(self, spans, timeout_s: float | None = None) -> str:
         body = encode_export_request(spans)
@@ -211,7 +218,7 @@ def _retryable_grpc_codes():
                       c.OUT_OF_RANGE, c.UNAVAILABLE, c.DATA_LOSS))
 
 
-class OtlpGrpcSink:
+class OtlpGrpcSink(_SinkCounters):
     """OTLP/gRPC with the request already serialised: the generic unary call
     passes bytes through untouched (request_serializer=None)."""
 
@@ -221,6 +228,7 @@ class OtlpGrpcSink:
             ExportTraceServiceResponse,
         )
 
+        super().__init__()
         self._grpc = grpc
         self.config = config or resolve_config(environ)
         target = self.config.grpc_target
@@ -240,10 +248,6 @@ class OtlpGrpcSink:
         self._metadata = tuple((k.lower(), v) for k, v in self.config.headers) or None
         self._compression = grpc.Compression.Gzip if self.config.gzip else None
         self._retryable = _retryable_grpc_codes()
-        self.bytes_sent = 0
-        self.requests_sent = 0
-        self.rejected_spans = 0
-        self.last_error = ""
 
     def export(self, spans, timeout_s: float | None = None) -> str:
         body = encode_export_request(spans)
@@ -268,14 +272,12 @@ class OtlpGrpcSink:
         self._channel.close()
 
 
-class NullSink:
+class NullSink(_SinkCounters):
     """Counts and discards: measures the pipeline without any export cost."""
 
     def __init__(self):
+        super().__init__()
         self.spans_discarded = 0
-        self.bytes_sent = 0
-        self.requests_sent = 0
-        self.rejected_spans = 0
 
     def export(self, spans, timeout_s: float | None = None) -> str:
         self.spans_discarded += len(spans)

@@ -15,7 +15,7 @@ import pytest
 
 from agent import semconv
 from agent.spans import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, STATUS_UNSET
-from conftest import AgentProcess, wait_for_port
+from conftest import wait_for_port
 
 PEERS = Path(__file__).resolve().parent / "peers"
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
@@ -141,34 +141,21 @@ H2LOAD_STREAMS = 10
 
 
 def h2load_run(nginx, rate_per_connection: int | None) -> tuple[int, int, dict]:
-    """h2load against nginx for 10 s (4 connections, 10 streams each), only
-    this nginx traced; returns (succeeded, server spans, loss counters)."""
-    from test_http1_load import Collector, settle
+    """h2load against nginx for 10 s (4 connections, 10 streams each)."""
+    from test_http1_load import traced_load
 
-    collector = Collector()
-    agent = AgentProcess([*nginx.pid_args(), "--ring-buffer-size", "64M"],
-                         {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint,
-                          "OTEL_BSP_SCHEDULE_DELAY": "200",
-                          "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "4096",
-                          "OTEL_BSP_MAX_QUEUE_SIZE": "65536"})
     rate = ["--rps", str(rate_per_connection)] if rate_per_connection else []
-    try:
+
+    def h2load() -> int:
         run = subprocess.run(["h2load", "-D", "10", "-c", "4", "-m", str(H2LOAD_STREAMS), *rate,
                               f"http://127.0.0.1:{nginx.port}/fast"],
                              capture_output=True, text=True, timeout=60, check=True)
         match = re.search(r"requests: \d+ total, \d+ started, \d+ done, (\d+) succeeded",
                           run.stdout)
         assert match, run.stdout
-        succeeded = int(match.group(1))
-        spans = settle(agent, collector)
-        losses = {name: agent.metric(name) for name in LOSS_METRICS}
-        assert agent.proc.poll() is None, agent.stderr()
-        print(f"\nh2load rate {rate or 'max'}: succeeded {succeeded} ({succeeded / 10:.0f}/s), "
-              f"server spans {spans} ({spans / max(succeeded, 1):.2%}), losses {losses}")
-        return succeeded, spans, losses
-    finally:
-        agent.stop()
-        collector.stop()
+        return int(match.group(1))
+
+    return traced_load(nginx, h2load, LOSS_METRICS, label=f"h2load {rate or 'max'}")
 
 
 def test_h2load_as_fast_as_it_goes_every_request_is_a_span_or_a_counted_loss(h2_nginx):

@@ -83,14 +83,13 @@ def agent_processes(pid: int) -> list[int]:
         return [pid] + [int(child) for child in f.read().split()]
 
 
-def load_run(start_nginx, nice: int) -> tuple[int, int, dict]:
-    if not shutil.which("wrk"):
-        pytest.skip("wrk is not installed (make setup installs it)")
+def traced_load(nginx, generate_load, loss_metrics=LOSS_METRICS, nice: int = 0,
+                label: str = "") -> tuple[int, int, dict]:
+    """Trace only this nginx, exporting to a collector process, while
+    generate_load() runs and returns the requests it completed; then wait for
+    the agent to drain and export.  Returns (completed, server spans, losses)."""
     collector = Collector()
     os.setpriority(os.PRIO_PROCESS, collector.proc.pid, nice)
-    nginx = start_nginx()
-    # Only this nginx is traced and /fast never proxies: every span that
-    # carries nginx's resource is a server span of this test.
     agent = AgentProcess([*nginx.pid_args(), "--ring-buffer-size", "64M"],
                          {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.endpoint,
                           "OTEL_BSP_SCHEDULE_DELAY": "200",
@@ -99,16 +98,24 @@ def load_run(start_nginx, nice: int) -> tuple[int, int, dict]:
     for pid in agent_processes(agent.proc.pid):
         os.setpriority(os.PRIO_PROCESS, pid, nice)
     try:
-        responses = run_wrk(nginx.port)
+        completed = generate_load()
         spans = settle(agent, collector)
-        losses = {name: agent.metric(name) for name in LOSS_METRICS}
+        losses = {name: agent.metric(name) for name in loss_metrics}
         assert agent.proc.poll() is None, agent.stderr()
-        print(f"\nnice {nice}: wrk responses {responses} ({responses / 10:.0f}/s), "
-              f"server spans {spans} ({spans / max(responses, 1):.2%}), losses {losses}")
-        return responses, spans, losses
+        print(f"\n{label} nice {nice}: completed {completed} ({completed / 10:.0f}/s), "
+              f"server spans {spans} ({spans / max(completed, 1):.2%}), losses {losses}")
+        return completed, spans, losses
     finally:
         agent.stop()
         collector.stop()
+
+
+def load_run(start_nginx, nice: int) -> tuple[int, int, dict]:
+    if not shutil.which("wrk"):
+        pytest.skip("wrk is not installed (make setup installs it)")
+    # /fast never proxies: every span with nginx's resource is a server span.
+    nginx = start_nginx()
+    return traced_load(nginx, lambda: run_wrk(nginx.port), nice=nice, label="wrk")
 
 
 def test_every_request_is_a_span_or_a_counted_loss(start_nginx):

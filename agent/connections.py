@@ -22,12 +22,11 @@ from collections import OrderedDict, deque
 from agent.parsers import INVALID, NEED_MORE
 from agent.parsers import http1
 from agent.h2_connections import H2ConnectionHandler
-from agent.records import C, EVENT_HEADER, EVENT_HEADER_SIZE, prefix_struct
+from agent.records import C, EVENT_HEADER, EVENT_HEADER_SIZE, lost_between, prefix_struct
 
 ITEM_REQUEST = 0
 ITEM_EXCHANGE = 1
 
-_EVENT_DATA = C["EVENT_DATA"]
 _EVENT_CLOSE = C["EVENT_CLOSE"]
 _INGRESS = C["DIRECTION_INGRESS"]
 _ROLE_SERVER = C["ROLE_SERVER"]
@@ -137,8 +136,6 @@ class ConnectionTracker:
         self.max_header_bytes = max_header_bytes
         self.idle_timeout_ns = int(idle_timeout_s * 1e9)
         self.request_timeout_ns = int(request_timeout_s * 1e9)
-        self.events = 0
-        self.bytes_captured = 0
         self.requests = 0
         self.responses = 0
         self.counts: dict[str, int] = {
@@ -169,13 +166,13 @@ class ConnectionTracker:
         header_size = EVENT_HEADER_SIZE
         looks_like_request = http1.looks_like_request
         looks_like_response = http1.looks_like_response
-        events = captured_bytes = 0
         for record in records:
             if len(record) < header_size:
                 counts["records_malformed"] += 1
                 continue
+            hot = unpack(record)
             (event_type, pid, tid, _, conn_id, start_ns, end_ns, length, captured,
-             direction, _, protocol, _, _, seq) = unpack(record)
+             direction, _, protocol, _, _, seq) = hot
             if event_type == _EVENT_PROCESS_EXIT:
                 self.forget_process(pid)
                 continue
@@ -190,22 +187,20 @@ class ConnectionTracker:
                 continue
             if protocol != _PROTOCOL_HTTP1:
                 if protocol == _PROTOCOL_HTTP2:
-                    self.h2.event(record, out, Connection)
+                    self.h2.event(record, hot, out, Connection)
                 else:
                     counts["events_unknown_protocol"] += 1
                 continue
-            events += 1
             if conn is None:
                 conn = self._open(EVENT_HEADER.unpack_from(record))
             else:
                 connections.move_to_end(conn_id)
             conn.last_seen_ns = end_ns
             if seq:
-                if conn.last_seq and seq != conn.last_seq % 65535 + 1:
+                if lost_between(conn.last_seq, seq):
                     self._gap(conn)
                 conn.last_seq = seq
             payload = record[header_size:header_size + captured]
-            captured_bytes += len(payload)
             if conn.ingress is None:
                 if looks_like_request(payload):
                     conn._set_request_direction(direction)
@@ -216,8 +211,6 @@ class ConnectionTracker:
                     continue
             self._feed(conn, conn.ingress if direction == _INGRESS else conn.egress, payload,
                        length - len(payload), tid, start_ns, end_ns, out)
-        self.events += events
-        self.bytes_captured += captured_bytes
         return out
 
     def _open(self, header: tuple) -> Connection:

@@ -30,7 +30,7 @@ from hpack.huffman_table import decode_huffman
 from agent.http2_streams import StreamTracker
 from agent.parsers import INVALID
 from agent.parsers.http2 import PREFACE, H2Direction
-from agent.records import C, EVENT_HEADER, EVENT_HEADER_SIZE
+from agent.records import C, EVENT_HEADER, EVENT_HEADER_SIZE, lost_between
 
 ITEM_H2_REQUEST = 2
 ITEM_H2_EXCHANGE = 3
@@ -168,29 +168,28 @@ class H2ConnectionHandler:
         self.connections: OrderedDict[int, H2Connection] = OrderedDict()
         self.max_connections = max_connections
         self.max_streams = max_streams
-        self.events = 0
-        self.exchanges = 0
 
     def __len__(self) -> int:
         return len(self.connections)
 
-    def event(self, record, out: list, connection_factory) -> None:
-        header = EVENT_HEADER.unpack_from(record)
-        (_, _, tid, _, conn_id, start_ns, end_ns, length, captured, direction, role) = header[:11]
+    def event(self, record, hot: tuple, out: list, connection_factory) -> None:
+        """One data event; `hot` is the leading header fields the tracker
+        already unpacked (through seq), the full header is read only for a
+        new connection."""
+        (_, _, tid, _, conn_id, start_ns, end_ns, length, captured, direction, role,
+         _, _, _, seq) = hot
         payload = bytes(record[EVENT_HEADER_SIZE:EVENT_HEADER_SIZE + captured])
-        self.events += 1
         h2 = self.connections.get(conn_id)
         if h2 is None:
-            h2 = self._open(header, payload, direction, role, connection_factory)
+            h2 = self._open(EVENT_HEADER.unpack_from(record), payload, direction, role,
+                            connection_factory)
             if h2 is None:
                 self.counts["h2_events_without_preface"] += 1
                 return
         else:
             self.connections.move_to_end(conn_id)
-        seq = header[14]
         if seq:
-            last = h2.conn.last_seq
-            if last and seq != last % 65535 + 1:
+            if lost_between(h2.conn.last_seq, seq):
                 # Lost records may have changed the peers' header tables.
                 self.counts["event_gaps"] += 1
                 h2.new_decoders(midstream=True)
@@ -241,7 +240,6 @@ class H2ConnectionHandler:
             if request is None or exchange.request_headers is None:
                 counts["h2_streams_without_request"] += 1
                 continue
-            self.exchanges += 1
             out.append((ITEM_H2_EXCHANGE, conn, request, exchange))
 
     def _open(self, header: tuple, payload: bytes, direction: int, role: int,

@@ -57,6 +57,26 @@ def _flatten(ctype, base: int = 0):
 def struct_format(cname: str) -> tuple[str, tuple[str, ...]]:
     """A little-endian struct format equal to the C layout, and its field names."""
     ctype = ffi.typeof(cname)
+    fmt, names = _leading_format(ctype, None)
+    size = struct.calcsize(fmt)
+    if ffi.sizeof(ctype) > size:
+        fmt += f"{ffi.sizeof(ctype) - size}x"
+    assert struct.calcsize(fmt) == ffi.sizeof(ctype), cname
+    return fmt, names
+
+
+def prefix_struct(cname: str, last_field: str) -> struct.Struct:
+    """The leading fields of a struct, through last_field: for hot loops
+    that need only those."""
+    fmt, names = _leading_format(ffi.typeof(cname), last_field)
+    if names[-1] != last_field:
+        raise KeyError(last_field)
+    return struct.Struct(fmt)
+
+
+def _leading_format(ctype, last_field: str | None) -> tuple[str, tuple[str, ...]]:
+    """Format and names of the fields up to last_field (all when None),
+    with the padding between them."""
     fmt, names, pos = "<", [], 0
     for offset, code, name in _flatten(ctype):
         if offset > pos:
@@ -64,24 +84,15 @@ def struct_format(cname: str) -> tuple[str, tuple[str, ...]]:
         fmt += code
         names.append(name)
         pos = offset + struct.calcsize("<" + code)
-    if ffi.sizeof(ctype) > pos:
-        fmt += f"{ffi.sizeof(ctype) - pos}x"
-    assert struct.calcsize(fmt) == ffi.sizeof(ctype), cname
+        if name == last_field:
+            break
     return fmt, tuple(names)
 
 
-def prefix_struct(cname: str, last_field: str) -> struct.Struct:
-    """The leading fields of a struct, through last_field: for hot loops
-    that need only those."""
-    fmt, pos = "<", 0
-    for offset, code, name in _flatten(ffi.typeof(cname)):
-        if offset > pos:
-            fmt += f"{offset - pos}x"
-        fmt += code
-        pos = offset + struct.calcsize("<" + code)
-        if name == last_field:
-            return struct.Struct(fmt)
-    raise KeyError(last_field)
+def lost_between(last_seq: int, seq: int) -> bool:
+    """Whether records were lost between two numbered events of a connection
+    (numbers run 1..65535 and start again at 1; 0 means not numbered)."""
+    return bool(last_seq and seq and seq != last_seq % 65535 + 1)
 
 
 EVENT_HEADER_FORMAT, EVENT_HEADER_FIELDS = struct_format("struct event_header")
@@ -91,5 +102,3 @@ PROBE_STATS = struct.Struct(struct_format("struct probe_stats")[0])
 
 PROBE_NAMES = {C[name]: name.removeprefix("PROBE_").lower()
                for name in C if name.startswith("PROBE_") and name != "PROBE_COUNT"}
-PROTOCOL_NAMES = {C[name]: name.removeprefix("PROTOCOL_").lower()
-                  for name in C if name.startswith("PROTOCOL_")}

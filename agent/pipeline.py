@@ -33,9 +33,7 @@ class Pipeline:
         self.housekeeping_interval_s = housekeeping_interval_s
         self.selection = selection
         self.records_drained = 0
-        self.exchanges = 0
         self.last_loop_monotonic = time.monotonic()
-        self.stopped = threading.Event()
 
     def drain_once(self) -> int:
         """Process whatever the ring holds now; returns records handled."""
@@ -51,7 +49,6 @@ class Pipeline:
             if items:
                 exchanges = self.linker.exchanges(items)
                 if exchanges:
-                    self.exchanges += len(exchanges)
                     self.span_stage.submit(exchanges)
 
     def housekeeping(self) -> None:
@@ -63,19 +60,16 @@ class Pipeline:
     def run(self, stop: threading.Event, deadline: float | None = None) -> None:
         ring = self.capture.ring
         next_housekeeping = time.monotonic() + self.housekeeping_interval_s
-        try:
-            while not stop.is_set():
-                now = time.monotonic()
-                self.last_loop_monotonic = now
-                if deadline is not None and now >= deadline:
-                    break
-                if not self.drain_once():
-                    ring.wait(0.1)
-                if now >= next_housekeeping:
-                    self.housekeeping()
-                    next_housekeeping = now + self.housekeeping_interval_s
-        finally:
-            self.stopped.set()
+        while not stop.is_set():
+            now = time.monotonic()
+            self.last_loop_monotonic = now
+            if deadline is not None and now >= deadline:
+                break
+            if not self.drain_once():
+                ring.wait(0.1)
+            if now >= next_housekeeping:
+                self.housekeeping()
+                next_housekeeping = now + self.housekeeping_interval_s
 
     def stop(self, flush_timeout_s: float) -> None:
         """Detach the probes, process what the ring still holds, flush."""

@@ -66,7 +66,6 @@ class LocalSpanStage:
         self.latency = ExportLatency()
         self.exporter = BatchExporter(sink, observe_export_seconds=self.latency.observe,
                                       **(exporter_options or {}))
-        self.exchanges_dropped = 0
 
     def submit(self, exchanges: list) -> None:
         spans = self.factory.spans(exchanges)
@@ -94,7 +93,6 @@ class LocalSpanStage:
             "bytes_sent": getattr(sink, "bytes_sent", 0),
             "queue_depth": exporter.queue_depth(),
             "processes": len(self.resources),
-            "exchanges_dropped": self.exchanges_dropped,
             "export_seconds_buckets": list(self.latency.buckets),
             "export_seconds_sum": self.latency.sum,
             "alive": int(self.alive()),

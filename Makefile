@@ -85,7 +85,7 @@ lock: venv
 	@mkdir -p $(dir $(CONSTRAINTS))
 	@{ echo "# Versions tested together; used as pip constraints by 'make setup'."; \
 	   echo "# Regenerate with 'make lock' after changing dependencies in pyproject.toml."; \
-	   $(VENV)/bin/pip freeze --exclude-editable | grep -v -E '^(pip|setuptools|wheel)=='; } > $(CONSTRAINTS)
+	   $(VENV)/bin/pip list --format=freeze --exclude-editable | grep -v -E '^(pip|setuptools|wheel)=='; } > $(CONSTRAINTS)
 	@echo "lock: wrote $(CONSTRAINTS)"
 
 # --- BPF objects (CO-RE) -----------------------------------------------------

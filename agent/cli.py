@@ -104,6 +104,12 @@ def main():
               show_default=True, help="host:port for /metrics, /healthz and /readyz; empty to disable.")
 @click.option("--redact-query-key", "redact_query_keys", multiple=True,
               envvar="OTEL_EBPF_REDACT_QUERY_KEYS", help="Extra URL query key whose value is redacted.")
+@click.option("--sql-text", type=click.Choice(["sanitized", "raw", "off"]), default="sanitized",
+              envvar="OTEL_EBPF_SQL_TEXT", show_default=True,
+              help="db.query.text: with every literal replaced by ?, as sent (literals can be "
+                   "secrets: only where that is allowed), or left out.")
+@click.option("--tls/--no-tls", default=True, envvar="OTEL_EBPF_TLS", show_default=True,
+              help="Capture TLS plaintext through uprobes on OpenSSL (libssl and static copies).")
 @click.option("--route", "routes", multiple=True, envvar="OTEL_EBPF_ROUTES",
               help="Route pattern such as /api/users/{id} or /static/*: matching requests get "
                    "http.route and the span name '{method} {route}' (repeatable).")
@@ -121,7 +127,7 @@ def main():
 @click.option("--check-config", is_flag=True,
               help="Print the resolved settings as YAML and exit without tracing.")
 def run(pids, cgroups, containers, ports, exes, exporter, otlp_impl, capture_bytes, ring_buffer_size, hooks,
-        metrics_address, redact_query_keys, routes, keep_error_spans, span_workers, duration,
+        metrics_address, redact_query_keys, sql_text, tls, routes, keep_error_spans, span_workers, duration,
         log_level, check_config):
     """Trace the node (or the selected processes) and export spans."""
     if check_config:
@@ -144,7 +150,8 @@ def run(pids, cgroups, containers, ports, exes, exporter, otlp_impl, capture_byt
                          otlp_impl=otlp_impl, capture_bytes=capture_bytes,
                          ring_buffer_bytes=ring_buffer_size, hooks=hooks,
                          metrics_address=metrics_address or None,
-                         redact_query_keys=tuple(redact_query_keys), routes=tuple(routes),
+                         redact_query_keys=tuple(redact_query_keys), sql_text=sql_text, tls=tls,
+                         routes=tuple(routes),
                          keep_error_spans=keep_error_spans, span_workers=span_workers)
     agent = Agent(config)
     try:

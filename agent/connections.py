@@ -12,7 +12,9 @@ Output, per batch, is an ordered list of work items for the span builder:
 Message timestamps come from the kernel (CLOCK_MONOTONIC).
 
 HTTP/2 connections (PROTOCOL_HTTP2) go to agent/h2_connections.py, which
-adds its own work items (ITEM_H2_REQUEST, ITEM_H2_EXCHANGE) to the same list.
+adds its own work items (ITEM_H2_REQUEST, ITEM_H2_EXCHANGE) to the same list;
+PostgreSQL and MySQL connections go to agent/sql_connections.py
+(ITEM_SQL_REQUEST, ITEM_SQL_EXCHANGE).
 """
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ from collections import OrderedDict, deque
 from agent.parsers import INVALID, NEED_MORE
 from agent.parsers import http1
 from agent.h2_connections import H2ConnectionHandler
+from agent.sql_connections import SqlConnectionHandler
 from agent.records import C, EVENT_HEADER, EVENT_HEADER_SIZE, lost_between, prefix_struct
 
 ITEM_REQUEST = 0
@@ -33,6 +36,8 @@ _ROLE_SERVER = C["ROLE_SERVER"]
 _ROLE_CLIENT = C["ROLE_CLIENT"]
 _PROTOCOL_HTTP1 = C["PROTOCOL_HTTP1"]
 _PROTOCOL_HTTP2 = C["PROTOCOL_HTTP2"]
+_PROTOCOL_POSTGRES = C["PROTOCOL_POSTGRES"]
+_PROTOCOL_MYSQL = C["PROTOCOL_MYSQL"]
 
 # Stream states of one direction.
 _HEAD = 0          # collecting a message head
@@ -47,6 +52,8 @@ _UNBOUNDED = 1 << 62
 # addresses and ports are read once, when a connection opens.
 _HOT_HEADER = prefix_struct("struct event_header", "seq")
 _EVENT_PROCESS_EXIT = C["EVENT_PROCESS_EXIT"]
+_EVENT_PROCESS_EXEC = C["EVENT_PROCESS_EXEC"]
+_FLAG_TLS = C["FLAG_TLS"]
 
 
 def format_address(raw: bytes) -> str:
@@ -85,10 +92,11 @@ class Stream:
 
 class Connection:
     __slots__ = ("conn_id", "pid", "fd", "role", "local_addr", "local_port", "remote_addr",
-                 "remote_port", "ingress", "egress", "pending", "last_seen_ns", "last_seq")
+                 "remote_port", "scheme", "ingress", "egress", "pending", "last_seen_ns",
+                 "last_seq")
 
     def __init__(self, header: tuple):
-        (_, pid, _, fd, conn_id, _, end_ns, _, _, _, role, _, _, _, _,
+        (_, pid, _, fd, conn_id, _, end_ns, _, _, _, role, _, flags, _, _,
          local_addr, remote_addr, local_port, remote_port, _, _) = header
         self.conn_id = conn_id
         self.pid = pid
@@ -98,6 +106,8 @@ class Connection:
         self.remote_addr = format_address(remote_addr)
         self.local_port = local_port
         self.remote_port = remote_port
+        # A TLS connection's data all comes from the TLS uprobes.
+        self.scheme = "https" if flags & _FLAG_TLS else "http"
         self.ingress: Stream | None = None
         self.egress: Stream | None = None
         if role == _ROLE_SERVER:
@@ -152,10 +162,14 @@ class ConnectionTracker:
             "messages_incomplete": 0,
             "records_malformed": 0,
         }
+        # Processes that called exec, for the TLS library scan to look at.
+        self.execs: list[int] = []
         # (protocol, reason) -> count
         self.parse_errors: dict[tuple[str, str], int] = {}
         self.h2 = H2ConnectionHandler(self.counts, self.parse_errors,
                                       max_connections=max_connections)
+        self.sql = SqlConnectionHandler(self.counts, self.parse_errors,
+                                        max_connections=max_connections)
 
     # -- hot path ---------------------------------------------------------
     def process(self, records: list) -> list:
@@ -176,6 +190,9 @@ class ConnectionTracker:
             if event_type == _EVENT_PROCESS_EXIT:
                 self.forget_process(pid)
                 continue
+            if event_type == _EVENT_PROCESS_EXEC:
+                self.execs.append(pid)
+                continue
             conn = connections.get(conn_id)
             if event_type == _EVENT_CLOSE:
                 if conn is not None:
@@ -184,10 +201,14 @@ class ConnectionTracker:
                     self._close(conn, out)
                 elif protocol == _PROTOCOL_HTTP2:
                     self.h2.close(conn_id)
+                elif protocol == _PROTOCOL_POSTGRES or protocol == _PROTOCOL_MYSQL:
+                    self.sql.close(conn_id, out, seq)
                 continue
             if protocol != _PROTOCOL_HTTP1:
                 if protocol == _PROTOCOL_HTTP2:
                     self.h2.event(record, hot, out, Connection)
+                elif protocol == _PROTOCOL_POSTGRES or protocol == _PROTOCOL_MYSQL:
+                    self.sql.event(record, hot, out, Connection)
                 else:
                     counts["events_unknown_protocol"] += 1
                 continue
@@ -401,7 +422,8 @@ class ConnectionTracker:
                 while conn.pending and now_ns - conn.pending[0].last_end_ns > self.request_timeout_ns:
                     conn.pending.popleft()
                     self.counts["requests_without_response"] += 1
-        return expired + self.h2.expire(now_ns, self.idle_timeout_ns)
+        return (expired + self.h2.expire(now_ns, self.idle_timeout_ns)
+                + self.sql.expire(now_ns, self.idle_timeout_ns))
 
     def forget_process(self, pid: int) -> None:
         for conn_id, conn in list(self.connections.items()):
@@ -409,3 +431,4 @@ class ConnectionTracker:
                 self._drop(conn)
                 self.counts["connections_expired"] += 1
         self.h2.forget_process(pid)
+        self.sql.forget_process(pid)

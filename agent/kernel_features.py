@@ -166,6 +166,7 @@ class KernelFeatures:
     kprobe_events: bool | None        # None: tracefs not mounted or not readable, cannot tell
     config_kprobes: bool | None       # CONFIG_KPROBES; None: no readable kernel config
     uprobes: bool
+    uprobe_multi: bool                # BPF uprobe_multi links (Linux 6.6+): one link, many probes
     syscall_tracepoints: bool | None  # None: tracefs not readable and no config to tell
     capabilities: frozenset[str]
     is_root: bool
@@ -285,6 +286,7 @@ class KernelFeatures:
             f"kprobes           {yes(self.kprobes)} (pmu {yes(self.kprobe_pmu)}, kprobe_events "
             f"{yes(self.kprobe_events)}, CONFIG_KPROBES {yes(self.config_kprobes)})",
             f"uprobes           {yes(self.uprobes)}",
+            f"uprobe_multi      {yes(self.uprobe_multi)}",
             f"syscall tracepts  {yes(self.syscall_tracepoints)}",
             f"capabilities      {', '.join(sorted(self.capabilities)) or 'none'}",
             f"RLIMIT_MEMLOCK    soft {limit(self.memlock_soft)}, hard {limit(self.memlock_hard)}",
@@ -353,6 +355,20 @@ def _config_bool(config: dict[str, str], name: str) -> bool | None:
     return config.get(name, "n") in ("y", "m")
 
 
+# A type the kernel has exactly when it has uprobe_multi links.
+UPROBE_MULTI_BTF_NAME = b"bpf_uprobe_multi_link"
+
+
+def btf_has_name(name: bytes, path: str = BTF_PATH) -> bool:
+    """Whether the kernel's BTF string table holds name (a type the kernel
+    was built with): one scan of a few MiB, no parsing."""
+    try:
+        with open(path, "rb") as f:   # sysfs: no mmap, and no size until read
+            return f.read().find(b"\0" + name + b"\0") >= 0
+    except OSError:
+        return False
+
+
 def detect() -> KernelFeatures:
     """Read what this kernel offers and what this process may do. Never raises."""
     uname = os.uname()
@@ -396,6 +412,7 @@ def detect() -> KernelFeatures:
         kprobe_events=kprobe_events,
         config_kprobes=_config_bool(config, "CONFIG_KPROBES"),
         uprobes=uprobes,
+        uprobe_multi=btf_has_name(UPROBE_MULTI_BTF_NAME),
         syscall_tracepoints=syscall_tps,
         capabilities=caps,
         is_root=os.geteuid() == 0,

@@ -49,6 +49,37 @@ const char *bpf_program__section_name(const struct bpf_program *prog);
 int bpf_program__set_autoload(struct bpf_program *prog, bool autoload);
 bool bpf_program__autoload(const struct bpf_program *prog);
 struct bpf_link *bpf_program__attach(const struct bpf_program *prog);
+/* The fields of libbpf 1.1 (Debian 12); newer versions accept the smaller sz. */
+struct bpf_uprobe_opts {
+    size_t sz;
+    size_t ref_ctr_offset;
+    uint64_t bpf_cookie;
+    bool retprobe;
+    const char *func_name;
+};
+/* BPF_LINK_CREATE for uprobe_multi links, which libbpf 1.1 predates. */
+struct uprobe_multi_link_attr {
+    uint32_t prog_fd;
+    uint32_t target_fd;
+    uint32_t attach_type;
+    uint32_t flags;
+    uint64_t path;
+    uint64_t offsets;
+    uint64_t ref_ctr_offsets;
+    uint64_t cookies;
+    uint32_t cnt;
+    uint32_t multi_flags;
+    uint32_t pid;
+    uint32_t pad;
+};
+long syscall(long number, long cmd, void *attr, unsigned long size);
+struct bpf_link *bpf_program__attach_uprobe_opts(const struct bpf_program *prog, int pid,
+                                                 const char *binary_path, size_t func_offset,
+                                                 const struct bpf_uprobe_opts *opts);
+struct bpf_program *bpf_object__find_program_by_name(const struct bpf_object *obj,
+                                                     const char *name);
+int bpf_program__set_expected_attach_type(struct bpf_program *prog, int type);
+int bpf_program__fd(const struct bpf_program *prog);
 int bpf_link__destroy(struct bpf_link *link);
 
 const char *bpf_map__name(const struct bpf_map *map);
@@ -79,9 +110,18 @@ BPF_PROG_TYPE_TRACEPOINT = 5
 BPF_PROG_TYPE_TRACING = 26
 BPF_PROG_TYPE_RAW_TRACEPOINT = 17
 BPF_FUNC_LOOP = 181
+BPF_LINK_CREATE = 28
+BPF_TRACE_UPROBE_MULTI = 48
+BPF_F_UPROBE_MULTI_RETURN = 1
+SYS_BPF = {"x86_64": 321, "aarch64": 280}
 
 _lib = None
 _libc = ffi.dlopen(None)
+
+
+def libc():
+    """The C library, for the one raw bpf() call libbpf 1.1 cannot make."""
+    return _libc
 _log_lock = threading.Lock()
 _log_lines: list[str] = []
 _LOG_KEEP = 400

@@ -11,6 +11,7 @@ import ipaddress
 import os
 import socket
 import struct
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ class CaptureSettings:
     excluded_endpoints: list[tuple[str, int]] = field(default_factory=list)
     hooks: str = "auto"                   # auto | kprobe | tracepoint
     agent_pid: int = field(default_factory=os.getpid)
+    tls: bool = True                      # load the TLS uprobe programs, report execs
 
     def validate(self) -> None:
         limit = records.C["MAX_CAPTURE_BYTES"]
@@ -89,6 +91,8 @@ HOOK_FAMILIES = {
 
 # Programs every hook family loads (process exit: one raw tracepoint).
 COMMON_PROGRAM_PREFIX = b"common_"
+# Uprobe programs: loaded with any family, attached per TLS library file (agent/tls.py).
+TLS_PROGRAM_PREFIX = b"tls_"
 
 
 def candidate_hooks(choice: str, features: KernelFeatures | None = None
@@ -128,9 +132,14 @@ class LoadedCapture:
     """The loaded, attached capture object and its ring buffer."""
 
     def __init__(self, obj, links, hook_family: HookFamily, settings: CaptureSettings,
-                 skipped: list[tuple[str, str]]):
+                 skipped: list[tuple[str, str]], uprobe_multi: bool = False):
         self._obj = obj
         self._links = links
+        # Uprobe links go slowly (a grace period each, one at a time in the
+        # kernel): detach() starts them, close() waits for them.
+        self._uprobe_links = []    # bpf_link pointers, or uprobe_multi link fds
+        self._uprobe_detach = None
+        self.uprobe_multi = uprobe_multi
         self.hook_family = hook_family
         self.skipped_hooks = skipped
         self.settings = settings
@@ -170,8 +179,40 @@ class LoadedCapture:
     def exclude_endpoint(self, address: bytes, port: int) -> None:
         self._update("excluded_endpoints", _ENDPOINT.pack(address, port, 0), _ONE)
 
-    def probe_stats(self) -> dict[str, tuple[int, int, int, int]]:
-        """probe name -> (events, lost, truncated, unclassified), summed over CPUs."""
+    def attach_uprobes(self, program: str, path: str, targets: list[tuple[int, int]],
+                       retprobe: bool) -> int:
+        """Attach one of the object's uprobe programs at file offsets of the
+        ELF file at path, each with its BPF cookie, for every process that
+        maps the file; returns how many attached.  One uprobe_multi link
+        where the kernel has them (a single grace period to detach), else
+        one perf-event link per offset."""
+        lib = libbpf.lib()
+        prog = lib.bpf_object__find_program_by_name(self._obj, program.encode())
+        if prog == ffi.NULL:
+            raise KeyError(f"no program {program} in the capture object")
+        if self.uprobe_multi:
+            fd = _uprobe_multi_link(lib.bpf_program__fd(prog), path, targets, retprobe)
+            if fd < 0:
+                return 0
+            self._uprobe_links.append(fd)
+            self.attached_programs += 1
+            return len(targets)
+        attached = 0
+        for offset, cookie in targets:
+            opts = ffi.new("struct bpf_uprobe_opts *")
+            opts.sz = ffi.sizeof("struct bpf_uprobe_opts")
+            opts.retprobe = retprobe
+            opts.bpf_cookie = cookie
+            link = lib.bpf_program__attach_uprobe_opts(prog, -1, path.encode(), offset, opts)
+            libbpf.take_log()
+            if link != ffi.NULL:
+                self._uprobe_links.append(link)
+                self.attached_programs += 1
+                attached += 1
+        return attached
+
+    def probe_stats(self) -> dict[str, tuple[int, ...]]:
+        """probe name -> (events, lost, truncated, unclassified, unmapped), summed over CPUs."""
         lib = libbpf.lib()
         fd = self._map_fds["probe_stats"]
         out = {}
@@ -182,7 +223,7 @@ class LoadedCapture:
             if lib.bpf_map_lookup_elem(fd, key, self._stats_buf) != 0:
                 continue
             raw = ffi.buffer(self._stats_buf)
-            totals = [0, 0, 0, 0]
+            totals = [0] * len(records.PROBE_STATS_FIELDS)
             for cpu in range(self._ncpus):
                 for i, value in enumerate(records.PROBE_STATS.unpack_from(raw, cpu * size)):
                     totals[i] += value
@@ -192,13 +233,23 @@ class LoadedCapture:
     def detach(self) -> None:
         """Stop capturing; the ring keeps what was already written.  Links go
         in parallel: the kernel waits for an RCU grace period on each."""
+        destroy = libbpf.lib().bpf_link__destroy
+        uprobes, self._uprobe_links = self._uprobe_links, []
+        if uprobes:
+            self._uprobe_detach = threading.Thread(
+                target=lambda: [os.close(link) if isinstance(link, int) else destroy(link)
+                                for link in uprobes], name="uprobe-detach")
+            self._uprobe_detach.start()
         links, self._links = self._links, []
         if links:
             with ThreadPoolExecutor(min(len(links), 32)) as pool:
-                list(pool.map(libbpf.lib().bpf_link__destroy, links))
+                list(pool.map(destroy, links))
 
     def close(self) -> None:
         self.detach()
+        if self._uprobe_detach is not None:
+            self._uprobe_detach.join()
+            self._uprobe_detach = None
         if self.ring is not None:
             self.ring.close()
             self.ring = None
@@ -235,13 +286,37 @@ def _write_capture_config(obj, settings: CaptureSettings) -> None:
         "filter_pids": settings.pids is not None,
         "filter_cgroups": settings.cgroups is not None,
         "filter_ports": settings.ports is not None,
+        "watch_exec": settings.tls,
     })
     raw = bytes(records.ffi.buffer(config))
     assert offset + len(raw) <= size[0]
     ffi.memmove(ffi.cast("char *", initial) + offset, raw, len(raw))
 
 
-def _open_and_attach(path: Path, family: HookFamily, settings: CaptureSettings):
+def _uprobe_multi_link(prog_fd: int, path: str, targets: list[tuple[int, int]],
+                       retprobe: bool) -> int:
+    """BPF_LINK_CREATE of a uprobe_multi link: its fd, or -1."""
+    count = len(targets)
+    attr = ffi.new("struct uprobe_multi_link_attr *")
+    c_path = ffi.new("char[]", path.encode())
+    offsets = ffi.new("uint64_t[]", [offset for offset, _ in targets])
+    cookies = ffi.new("uint64_t[]", [cookie for _, cookie in targets])
+    attr.prog_fd = prog_fd
+    attr.attach_type = libbpf.BPF_TRACE_UPROBE_MULTI
+    attr.path = int(ffi.cast("uintptr_t", c_path))
+    attr.offsets = int(ffi.cast("uintptr_t", offsets))
+    attr.cookies = int(ffi.cast("uintptr_t", cookies))
+    attr.cnt = count
+    attr.multi_flags = libbpf.BPF_F_UPROBE_MULTI_RETURN if retprobe else 0
+    number = libbpf.SYS_BPF.get(os.uname().machine)
+    if number is None:
+        return -1
+    return libbpf.libc().syscall(number, libbpf.BPF_LINK_CREATE, attr,
+                                 ffi.sizeof("struct uprobe_multi_link_attr"))
+
+
+def _open_and_attach(path: Path, family: HookFamily, settings: CaptureSettings,
+                     uprobe_multi: bool = False):
     lib = libbpf.lib()
     obj = check_ptr(lib.bpf_object__open_file(str(path).encode(), ffi.NULL), f"open {path}")
     links = []
@@ -255,9 +330,13 @@ def _open_and_attach(path: Path, family: HookFamily, settings: CaptureSettings):
         prefix = family.program_prefix.encode()
         while prog != ffi.NULL:
             name = ffi.string(lib.bpf_program__name(prog))
-            wanted = name.startswith(prefix) or name.startswith(COMMON_PROGRAM_PREFIX)
+            uprobe = name.startswith(TLS_PROGRAM_PREFIX)
+            wanted = name.startswith(prefix) or name.startswith(COMMON_PROGRAM_PREFIX) \
+                or uprobe and settings.tls
             lib.bpf_program__set_autoload(prog, wanted)
-            if wanted:
+            if wanted and uprobe and uprobe_multi:
+                lib.bpf_program__set_expected_attach_type(prog, libbpf.BPF_TRACE_UPROBE_MULTI)
+            if wanted and not uprobe:
                 programs.append(prog)
             prog = lib.bpf_object__next_program(obj, prog)
         check_ret(lib.bpf_object__load(obj), f"load {path.name} with {family.name} hooks")
@@ -292,16 +371,18 @@ def load_capture(settings: CaptureSettings, path: Path | None = None) -> LoadedC
     settings.validate()
     path = path or object_path("http")
     skipped: list[tuple[str, str]] = []
-    for family, reason in candidate_hooks(settings.hooks):
+    features = detect_features()
+    uprobe_multi = settings.tls and features.uprobe_multi
+    for family, reason in candidate_hooks(settings.hooks, features):
         if reason:
             skipped.append((family.name, reason))
             continue
         try:
-            obj, links = _open_and_attach(path, family, settings)
+            obj, links = _open_and_attach(path, family, settings, uprobe_multi)
         except LibbpfError as exc:
             skipped.append((family.name, _load_failure(family, exc)))
             continue
-        capture = LoadedCapture(obj, links, family, settings, skipped)
+        capture = LoadedCapture(obj, links, family, settings, skipped, uprobe_multi)
         try:
             if settings.pids is not None:
                 for pid in settings.pids:

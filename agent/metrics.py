@@ -14,6 +14,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, Hist
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from agent import __version__
+from agent.records import PROBE_STATS_FIELDS
 from agent.span_worker import EXPORT_SECONDS_BUCKETS, SpanWorkerPool
 
 PREFIX = "otel_ebpf"
@@ -63,12 +64,11 @@ class AgentCollector:
                 "lost": CounterMetricFamily(f"{PREFIX}_kernel_events_lost", "Records the kernel probes could not write: ring buffer full.", labels=["probe"]),
                 "truncated": CounterMetricFamily(f"{PREFIX}_kernel_payloads_truncated", "Payloads longer than the capture size.", labels=["probe"]),
                 "unclassified": CounterMetricFamily(f"{PREFIX}_kernel_events_unclassified", "Socket data of protocols the agent does not trace, not copied.", labels=["probe"]),
+                "unmapped": CounterMetricFamily(f"{PREFIX}_kernel_tls_unmapped", "TLS plaintext whose socket is unknown (no socket I/O under the library call), not copied.", labels=["probe"]),
             }
-            for probe, (events, lost, truncated, unclassified) in stats.items():
-                families["events"].add_metric([probe], events)
-                families["lost"].add_metric([probe], lost)
-                families["truncated"].add_metric([probe], truncated)
-                families["unclassified"].add_metric([probe], unclassified)
+            for probe, values in stats.items():
+                for field, value in zip(PROBE_STATS_FIELDS, values):
+                    families[field].add_metric([probe], value)
             yield from families.values()
             fill = GaugeMetricFamily(f"{PREFIX}_ring_buffer_fill_ratio", "Share of the ring buffer holding undrained records.")
             fill.add_metric([], capture.ring.fill_ratio())
@@ -140,10 +140,19 @@ class AgentCollector:
         depth.add_metric(["export"], stage.get("queue_depth", 0))
         yield depth
         tracked = GaugeMetricFamily(f"{PREFIX}_tracked", "Entities the agent holds state for.", labels=["entity"])
-        tracked.add_metric(["connections"], len(tracker.connections) + len(tracker.h2))
+        tracked.add_metric(["connections"], len(tracker.connections) + len(tracker.h2) + len(tracker.sql))
         tracked.add_metric(["processes"], stage.get("processes", 0))
         tracked.add_metric(["trace_links"], len(linker.linker))
         yield tracked
+        tls = agent.tls
+        if tls is not None:
+            files = CounterMetricFamily(f"{PREFIX}_tls_files", "TLS library files and executables looked at for OpenSSL, by outcome.", labels=["outcome"])
+            files.add_metric(["probed"], tls.counts["files_probed"])
+            files.add_metric(["without_symbols"], tls.counts["files_without_symbols"])
+            yield files
+            probes = GaugeMetricFamily(f"{PREFIX}_tls_uprobes_attached", "TLS uprobes attached (each covers every process mapping its file).")
+            probes.add_metric([], tls.counts["probes_attached"])
+            yield probes
 
 
 class AgentProcessesCollector:

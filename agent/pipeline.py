@@ -24,7 +24,7 @@ class Pipeline:
 
     def __init__(self, capture: LoadedCapture, span_stage, sampler: Sampler,
                  batch_records: int = 4096, housekeeping_interval_s: float = 2.0,
-                 selection=None):
+                 selection=None, tls=None):
         self.capture = capture
         self.span_stage = span_stage
         self.tracker = ConnectionTracker()
@@ -32,6 +32,7 @@ class Pipeline:
         self.batch_records = batch_records
         self.housekeeping_interval_s = housekeeping_interval_s
         self.selection = selection
+        self.tls = tls
         self.records_drained = 0
         self.last_loop_monotonic = time.monotonic()
 
@@ -67,6 +68,12 @@ class Pipeline:
                 break
             if not self.drain_once():
                 ring.wait(0.1)
+            if self.tls is not None:
+                execs = self.tracker.execs
+                if execs:
+                    self.tls.exec_seen(execs)
+                    execs.clear()
+                self.tls.poll(now)
             if now >= next_housekeeping:
                 self.housekeeping()
                 next_housekeeping = now + self.housekeeping_interval_s

@@ -98,7 +98,8 @@ def lost_between(last_seq: int, seq: int) -> bool:
 EVENT_HEADER_FORMAT, EVENT_HEADER_FIELDS = struct_format("struct event_header")
 EVENT_HEADER = struct.Struct(EVENT_HEADER_FORMAT)
 EVENT_HEADER_SIZE = EVENT_HEADER.size
-PROBE_STATS = struct.Struct(struct_format("struct probe_stats")[0])
+PROBE_STATS_FORMAT, PROBE_STATS_FIELDS = struct_format("struct probe_stats")
+PROBE_STATS = struct.Struct(PROBE_STATS_FORMAT)
 
 PROBE_NAMES = {C[name]: name.removeprefix("PROBE_").lower()
                for name in C if name.startswith("PROBE_") and name != "PROBE_COUNT"}

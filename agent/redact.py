@@ -1,9 +1,11 @@
-"""Redaction of secrets in captured URLs and headers: they never leave the node.
+"""Redaction of secrets in captured URLs, headers and SQL: they never leave the node.
 
 Query parameter values under known credential keys (the OpenTelemetry
 semantic conventions' list for url.query / url.full, plus common ones) and
 URL userinfo are replaced by "REDACTED"; the key and the rest of the URL
-stay, so the span still says which endpoint was called and how.
+stay, so the span still says which endpoint was called and how.  SQL text
+has every literal replaced by ? (agent/parsers/sql.py), unless the user
+asks for the raw text or for none.
 """
 from __future__ import annotations
 
@@ -23,20 +25,25 @@ SENSITIVE_HEADERS = frozenset({
 })
 
 REDACTED = "REDACTED"
+# What db.query.text carries.
+SQL_TEXT_MODES = ("sanitized", "raw", "off")
 _FRAGMENTS = ("sig", "token", "key", "pass", "secret", "cred")
 
 
 class Redactor:
     """Replaces secret values; counts[rule] says how many, per rule."""
 
-    def __init__(self, extra_query_keys=()):
+    def __init__(self, extra_query_keys=(), sql_text: str = "sanitized"):
+        if sql_text not in SQL_TEXT_MODES:
+            raise ValueError(f"sql_text must be one of {', '.join(SQL_TEXT_MODES)}, not {sql_text!r}")
+        self.sql_text_mode = sql_text
         self.keys = SECRET_QUERY_KEYS | {key.lower() for key in extra_query_keys}
         # Most queries hold no secret; a few substring tests on the lowered
         # query (each a C-level scan) rule that out far cheaper than parsing
         # it.  Every key contains one of these fragments.
         self._fragments = _FRAGMENTS + tuple(
             key for key in self.keys if not any(f in key for f in _FRAGMENTS))
-        self.counts = {"query_param": 0, "userinfo": 0}
+        self.counts = {"query_param": 0, "userinfo": 0, "sql_literal": 0}
 
     def redact_query(self, query: str) -> str:
         """query without "?"; values of secret keys become REDACTED."""
@@ -76,3 +83,13 @@ class Redactor:
             return url[:query_start + 1] + self.redact_query(url[query_start + 1:])
         return (url[:query_start + 1] + self.redact_query(url[query_start + 1:fragment_start])
                 + url[fragment_start:])
+
+    def sql_text(self, sanitized: str, raw: str) -> str | None:
+        """db.query.text for a statement: the sanitised text (counted when
+        it hid literals), the raw one if the user asked, or None."""
+        mode = self.sql_text_mode
+        if mode == "sanitized":
+            if sanitized != raw:
+                self.counts["sql_literal"] += 1
+            return sanitized
+        return raw if mode == "raw" else None

@@ -13,6 +13,7 @@ from agent.loader import CaptureSettings, load_capture
 from agent.metrics import AgentMetrics, MetricsServer
 from agent.pipeline import Pipeline
 from agent.redact import Redactor
+from agent.tls import TlsProbes
 from agent.routes import RouteNamer
 from agent.sampling import Sampler
 from agent.selection import Selection
@@ -40,6 +41,8 @@ class AgentConfig:
     hooks: str = "auto"
     metrics_address: str | None = "127.0.0.1:9464"
     redact_query_keys: tuple[str, ...] = ()
+    sql_text: str = "sanitized"
+    tls: bool = True
     routes: tuple[str, ...] = ()
     keep_error_spans: bool = True
     span_workers: int = 1
@@ -50,6 +53,7 @@ class Agent:
         self.config = config
         self.console_stream = console_stream
         self.capture = None
+        self.tls = None
         self.pipeline = None
         self.span_stage = None
         self.sink_name = ""
@@ -62,7 +66,7 @@ class Agent:
         sampler = Sampler.from_environment(os.environ)
         sampler.keep_errors = config.keep_error_spans
         routes = RouteNamer(config.routes)
-        redactor = Redactor(config.redact_query_keys)
+        redactor = Redactor(config.redact_query_keys, config.sql_text)
         self.sink_name = describe_sink(config.exporter, config.otlp_impl, os.environ)
 
         def make_stage():
@@ -83,12 +87,18 @@ class Agent:
         settings = CaptureSettings(
             capture_bytes=config.capture_bytes, ring_buffer_bytes=config.ring_buffer_bytes,
             pids=pids, cgroups=cgroups, ports=set(config.ports) or None,
-            excluded_endpoints=excluded, hooks=config.hooks)
+            excluded_endpoints=excluded, hooks=config.hooks, tls=config.tls)
         self.metrics = AgentMetrics(self)
         self.capture = load_capture(settings)
         selection.known_pids, selection.known_cgroups = pids or set(), cgroups or set()
+        tls = None
+        if config.tls:
+            tls = TlsProbes(self.capture)
+            tls.start()
+        self.tls = tls
         self.pipeline = Pipeline(self.capture, self.span_stage, sampler,
-                                 selection=selection if selection.exes or selection.by_cgroup else None)
+                                 selection=selection if selection.exes or selection.by_cgroup else None,
+                                 tls=tls)
         if config.metrics_address:
             self.metrics_server = MetricsServer(config.metrics_address, self.metrics, self)
             self.metrics_server.start()

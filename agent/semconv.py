@@ -1,4 +1,4 @@
-"""Semantic-convention names the HTTP/2 and gRPC spans use, in one place:
+"""Semantic-convention names the HTTP/2, gRPC and database spans use, in one place:
 the RPC conventions are a release candidate and their names still move
 (rpc.response.status_code is rpc.status_code on semconv main)."""
 
@@ -21,3 +21,12 @@ ERROR_TYPE = "error.type"
 # status but OK).
 GRPC_SERVER_ERRORS = frozenset(("UNKNOWN", "DEADLINE_EXCEEDED", "UNIMPLEMENTED", "INTERNAL",
                                 "UNAVAILABLE", "DATA_LOSS"))
+
+# Database client conventions (stable).
+DB_SYSTEM_NAME = "db.system.name"
+DB_NAMESPACE = "db.namespace"
+DB_OPERATION_NAME = "db.operation.name"
+DB_COLLECTION_NAME = "db.collection.name"
+DB_QUERY_SUMMARY = "db.query.summary"
+DB_QUERY_TEXT = "db.query.text"
+DB_RESPONSE_STATUS_CODE = "db.response.status_code"

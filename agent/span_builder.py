@@ -1,4 +1,4 @@
-"""Build spans from matched HTTP/1.x exchanges, in two halves.
+"""Build spans from matched HTTP/1.x, HTTP/2 and SQL exchanges, in two halves.
 
 HttpExchangeLinker (stateful, runs beside reassembly in the main process)
 decides each exchange's trace context: ids from the wire, same-node links,
@@ -8,7 +8,9 @@ sampling flags for traces it starts.  It emits one plain tuple per exchange
 HttpSpanFactory (stateless but for caches, runs in the span worker) turns
 those tuples into spans that follow the stable HTTP semantic conventions.
 Span names are `{method}`, or `{method} {route}` for configured routes, never
-the raw path; unknown methods become `_OTHER` / `HTTP`.
+the raw path; unknown methods become `_OTHER` / `HTTP`.  Database spans
+follow the database conventions: named by db.query.summary, their text
+sanitised (agent/redact.py) before it leaves the factory.
 """
 from __future__ import annotations
 
@@ -22,11 +24,13 @@ from agent.http2_streams import GRPC_STATUS_NAMES, grpc_method, grpc_status, hea
 from agent.parsers.http2 import error_name
 from agent.parsers import PARSED
 from agent.parsers.http1 import split_target
+from agent.parsers.sql import query_info, sanitize
 from agent.parsers.tracecontext import parse_traceparent, parse_tracestate
 from agent.redact import Redactor
 from agent.resources import ResourceCache
 from agent.routes import RouteNamer
 from agent.sampling import Sampler
+from agent.sql_connections import ITEM_SQL_EXCHANGE, ITEM_SQL_REQUEST, SqlQuery
 from agent.spans import (KIND_CLIENT, KIND_SERVER, STATUS_ERROR, STATUS_UNSET, Span,
                          new_span_id, new_trace_id)
 
@@ -36,7 +40,7 @@ KNOWN_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "O
 # Exchange tuple layout (what crosses to the span worker).
 (E_KIND, E_PID, E_TRACE_ID, E_SPAN_ID, E_PARENT_ID, E_FLAGS, E_TRACE_STATE, E_START_NS,
  E_END_NS, E_METHOD, E_TARGET, E_VERSION, E_HOST, E_USER_AGENT, E_STATUS_CODE,
- E_LOCAL_ADDR, E_LOCAL_PORT, E_REMOTE_ADDR, E_REMOTE_PORT) = range(19)
+ E_LOCAL_ADDR, E_LOCAL_PORT, E_REMOTE_ADDR, E_REMOTE_PORT, E_SCHEME) = range(20)
 
 # HTTP/2 exchange tuples: a second shape, told apart by its first item.
 # Plain HTTP/2 and gRPC alike; the factory decides from H2_GRPC.
@@ -44,7 +48,15 @@ H2_MARKER = "h2"
 (H2_TAG, H2_KIND, H2_PID, H2_TRACE_ID, H2_SPAN_ID, H2_PARENT_ID, H2_FLAGS, H2_TRACE_STATE,
  H2_START_NS, H2_END_NS, H2_METHOD, H2_PATH, H2_AUTHORITY, H2_USER_AGENT, H2_STATUS_CODE,
  H2_GRPC, H2_GRPC_STATUS, H2_RESET_ERROR, H2_LOCAL_ADDR, H2_LOCAL_PORT, H2_REMOTE_ADDR,
- H2_REMOTE_PORT) = range(22)
+ H2_REMOTE_PORT, H2_SCHEME) = range(23)
+
+# Database exchange tuples: the third shape.
+SQL_MARKER = "sql"
+(SQL_TAG, SQL_KIND, SQL_PID, SQL_TRACE_ID, SQL_SPAN_ID, SQL_PARENT_ID, SQL_FLAGS,
+ SQL_TRACE_STATE, SQL_START_NS, SQL_END_NS, SQL_SYSTEM, SQL_NAMESPACE, SQL_TEXT,
+ SQL_ERROR_CODE, SQL_LOCAL_ADDR, SQL_LOCAL_PORT, SQL_REMOTE_ADDR, SQL_REMOTE_PORT) = range(18)
+# The sanitiser's dialect per db.system.name (MariaDB speaks MySQL's).
+_SQL_DIALECTS = {"postgresql": "postgresql", "mysql": "mysql", "mariadb": "mysql"}
 
 
 def monotonic_to_wall_offset_ns() -> int:
@@ -81,7 +93,49 @@ class HttpExchangeLinker:
                 self._on_h2_request(item[1], item[2])
             elif item[0] == ITEM_H2_EXCHANGE:
                 out.append(self._h2_exchange(item[1], item[2], item[3]))
+            elif item[0] == ITEM_SQL_REQUEST:
+                self._on_sql_request(item[1], item[2])
+            elif item[0] == ITEM_SQL_EXCHANGE:
+                out.append(self._sql_exchange(item[1], item[2]))
         return out
+
+    def _on_sql_request(self, conn: Connection, query: SqlQuery) -> None:
+        """A sqlcommenter traceparent makes the statement a child of the
+        trace it names; without one, a client statement sent by a thread
+        that is serving a traced request is a child of that request."""
+        incoming = self._incoming(query)
+        if incoming is not None:
+            ctx = RequestContext(incoming[0], new_span_id(), incoming[1], incoming[2],
+                                 self._trace_state(query))
+        elif conn.is_server:
+            ctx = self._new_root()
+        else:
+            server = self.linker.serving_thread(conn.pid, query.tid)
+            if server is not None:
+                ctx = RequestContext(server.trace_id, new_span_id(), server.span_id,
+                                     server.flags, server.trace_state)
+            else:
+                ctx = self._new_root()
+        if not conn.is_server:
+            self.linker.client_sent(conn.key(), ctx)
+        query.context = ctx
+
+    def _sql_exchange(self, conn: Connection, query: SqlQuery) -> tuple:
+        if query.context is None:
+            self._on_sql_request(conn, query)
+        ctx = query.context
+        if conn.is_server:
+            link = self.linker.take_client_link(conn.mirror_key())
+            if link is not None:
+                self.counts["linked_same_node"] += 1
+                ctx.trace_id, ctx.parent_span_id, ctx.flags = link.trace_id, link.span_id, link.flags
+            kind = KIND_SERVER
+        else:
+            kind = KIND_CLIENT
+        return (SQL_MARKER, kind, conn.pid, ctx.trace_id, ctx.span_id, ctx.parent_span_id,
+                ctx.flags, ctx.trace_state, query.start_ns, query.end_ns, query.system,
+                query.namespace, query.text, query.error_code, conn.local_addr,
+                conn.local_port, conn.remote_addr, conn.remote_port)
 
     def _on_h2_request(self, conn: Connection, request: H2Request) -> None:
         # Streams are multiplexed: both ends see the same stream ids, so the
@@ -120,7 +174,7 @@ class HttpExchangeLinker:
                 header(headers, ":authority") or header(headers, "host"),
                 header(headers, "user-agent"), status_code, grpc, grpc_code,
                 exchange.reset_error, conn.local_addr, conn.local_port, conn.remote_addr,
-                conn.remote_port)
+                conn.remote_port, conn.scheme)
 
     def _incoming(self, request) -> tuple | None:
         if request.traceparent is None:
@@ -204,16 +258,15 @@ class HttpExchangeLinker:
                 ctx.trace_state, start, response_message.last_end_ns, request.method,
                 request.target, request.version, request.host, request.user_agent,
                 response_message.parsed.status_code, conn.local_addr, conn.local_port,
-                conn.remote_addr, conn.remote_port)
+                conn.remote_addr, conn.remote_port, conn.scheme)
 
 
 class HttpSpanFactory:
-    def __init__(self, resources: ResourceCache, redactor: Redactor, scheme: str = "http",
+    def __init__(self, resources: ResourceCache, redactor: Redactor,
                  routes: RouteNamer | None = None):
         self.resources = resources
         self.redactor = redactor
         self.routes = routes or RouteNamer()
-        self.scheme = scheme
         self.clock_offset_ns = monotonic_to_wall_offset_ns()
         self.spans_server = 0
         self.spans_client = 0
@@ -231,7 +284,60 @@ class HttpSpanFactory:
         return cached
 
     def spans(self, exchanges: list) -> list[Span]:
-        return [self.h2_span(e) if e[0] == H2_MARKER else self.span(e) for e in exchanges]
+        out = []
+        for e in exchanges:
+            tag = e[0]
+            if tag == H2_MARKER:
+                out.append(self.h2_span(e))
+            elif tag == SQL_MARKER:
+                out.append(self.sql_span(e))
+            else:
+                out.append(self.span(e))
+        return out
+
+    def sql_span(self, e: tuple) -> Span:
+        """A database span: named by db.query.summary, else the operation
+        and table, else the system; text sanitised unless asked otherwise."""
+        (_, kind, pid, trace_id, span_id, parent_id, flags, trace_state, start, end, system,
+         namespace, text, error_code, local_addr, local_port, remote_addr, remote_port) = e
+        attrs = [(semconv.DB_SYSTEM_NAME, system)]
+        if namespace:
+            attrs.append((semconv.DB_NAMESPACE, namespace))
+        name = None
+        if text is not None:
+            sanitized = sanitize(text, _SQL_DIALECTS.get(system))
+            summary, operation, collection = query_info(sanitized)
+            if operation:
+                attrs.append((semconv.DB_OPERATION_NAME, operation))
+            if collection:
+                attrs.append((semconv.DB_COLLECTION_NAME, collection))
+            if summary:
+                attrs.append((semconv.DB_QUERY_SUMMARY, summary))
+                name = summary
+            elif operation:
+                name = f"{operation} {collection}" if collection else operation
+            shown = self.redactor.sql_text(sanitized, text)
+            if shown is not None:
+                attrs.append((semconv.DB_QUERY_TEXT, shown))
+        if kind == KIND_SERVER:
+            self.spans_server += 1
+            attrs.append((semconv.SERVER_ADDRESS, local_addr))
+            attrs.append((semconv.SERVER_PORT, local_port))
+            attrs.append((semconv.CLIENT_ADDRESS, remote_addr))
+        else:
+            self.spans_client += 1
+            attrs.append((semconv.SERVER_ADDRESS, remote_addr))
+            attrs.append((semconv.SERVER_PORT, remote_port))
+        attrs.append((semconv.NETWORK_PEER_ADDRESS, remote_addr))
+        attrs.append((semconv.NETWORK_PEER_PORT, remote_port))
+        status = STATUS_UNSET
+        if error_code is not None:
+            status = STATUS_ERROR
+            attrs.append((semconv.DB_RESPONSE_STATUS_CODE, error_code))
+            attrs.append((semconv.ERROR_TYPE, error_code))
+        offset = self.clock_offset_ns
+        return Span(trace_id, span_id, parent_id, name or system, kind, start + offset,
+                    end + offset, attrs, self.resources.get(pid), status, "", trace_state, flags)
 
     def h2_span(self, e: tuple) -> Span:
         """An HTTP/2 exchange: a gRPC span, or an HTTP span as HTTP/1's with
@@ -244,7 +350,7 @@ class HttpSpanFactory:
                               e[H2_END_NS], e[H2_METHOD] or "_OTHER", e[H2_PATH] or "",
                               "2", e[H2_AUTHORITY], e[H2_USER_AGENT], status_code or 0,
                               e[H2_LOCAL_ADDR], e[H2_LOCAL_PORT], e[H2_REMOTE_ADDR],
-                              e[H2_REMOTE_PORT]))
+                              e[H2_REMOTE_PORT], e[H2_SCHEME]))
             # What a joined connection's header blocks did not reveal is left
             # out, not filled in: "" is no path and _OTHER no unknown method.
             unknown = set()
@@ -262,7 +368,7 @@ class HttpSpanFactory:
             return span
         (_, kind, pid, trace_id, span_id, parent_id, flags, trace_state, start, end, _,
          path, authority, user_agent, _, _, grpc_code, _, local_addr, local_port,
-         remote_addr, remote_port) = e
+         remote_addr, remote_port, _) = e
         method = grpc_method(path)
         host, host_port = self._host(authority)
         attrs = [(semconv.RPC_SYSTEM_NAME, semconv.RPC_SYSTEM_GRPC)]
@@ -305,7 +411,7 @@ class HttpSpanFactory:
     def span(self, e: tuple) -> Span:
         (kind, pid, trace_id, span_id, parent_id, flags, trace_state, start, end, method,
          target, version, host_header, user_agent, status_code, local_addr, local_port,
-         remote_addr, remote_port) = e
+         remote_addr, remote_port, scheme) = e
         known = method in KNOWN_METHODS
         path, query = split_target(target)
         host, host_port = self._host(host_header)
@@ -313,7 +419,7 @@ class HttpSpanFactory:
         if kind == KIND_SERVER:
             self.spans_server += 1
             attrs = [("http.request.method", method if known else "_OTHER"),
-                     ("url.path", path), ("url.scheme", self.scheme),
+                     ("url.path", path), ("url.scheme", scheme),
                      ("server.address", host or local_addr),
                      ("server.port", host_port or local_port),
                      ("client.address", remote_addr)]
@@ -327,8 +433,8 @@ class HttpSpanFactory:
             server_port = host_port or remote_port
             attrs = [("http.request.method", method if known else "_OTHER"),
                      ("server.address", server_address), ("server.port", server_port),
-                     ("url.full", self._url_full(target, server_address, server_port,
-                                                 path, query))]
+                     ("url.full", self._url_full(scheme, target, server_address,
+                                                 server_port, path, query))]
             if status_code >= 400:
                 status = STATUS_ERROR
         name = method if known else "HTTP"
@@ -350,13 +456,14 @@ class HttpSpanFactory:
         return Span(trace_id, span_id, parent_id, name, kind, start + offset, end + offset,
                     attrs, self.resources.get(pid), status, "", trace_state, flags)
 
-    def _url_full(self, target: str, host: str, port: int, path: str, query: str | None) -> str:
+    def _url_full(self, scheme: str, target: str, host: str, port: int, path: str,
+                  query: str | None) -> str:
         if "://" in target:
             return self.redactor.redact_url(target)
-        default_port = 443 if self.scheme == "https" else 80
+        default_port = 443 if scheme == "https" else 80
         bracketed = f"[{host}]" if ":" in host and not host.startswith("[") else host
         authority = bracketed if port == default_port else f"{bracketed}:{port}"
-        url = f"{self.scheme}://{authority}{path}"
+        url = f"{scheme}://{authority}{path}"
         if query is not None:
             url += "?" + self.redactor.redact_query(query)
         return url
@@ -365,10 +472,10 @@ class HttpSpanFactory:
 class HttpSpanBuilder:
     """Both halves in one process: for tests, replay and --span-workers 0."""
 
-    def __init__(self, resources: ResourceCache, redactor: Redactor, scheme: str = "http",
+    def __init__(self, resources: ResourceCache, redactor: Redactor,
                  sampler: Sampler | None = None, routes: RouteNamer | None = None):
         self.linker = HttpExchangeLinker(sampler)
-        self.factory = HttpSpanFactory(resources, redactor, scheme, routes)
+        self.factory = HttpSpanFactory(resources, redactor, routes)
 
     def build(self, items: list) -> list[Span]:
         return self.factory.spans(self.linker.exchanges(items))

@@ -17,6 +17,8 @@
 #define EVENT_CLOSE 2
 /* A process that had traced connections exited. */
 #define EVENT_PROCESS_EXIT 3
+/* A traced process called exec: it may map a TLS library worth probing. */
+#define EVENT_PROCESS_EXEC 4
 
 #define DIRECTION_EGRESS 0
 #define DIRECTION_INGRESS 1
@@ -33,6 +35,18 @@
 
 /* event_header.flags */
 #define FLAG_TRUNCATED 1
+/* The payload ends with the syscall's last SQL_TAIL_BYTES bytes instead of
+ * more of its first ones: payload[0, captured - SQL_TAIL_BYTES) are the first
+ * bytes, payload[captured - SQL_TAIL_BYTES, captured) the bytes at
+ * [length - SQL_TAIL_BYTES, length).  Set on database connections' events
+ * longer than the capture size (flat buffers only), where the end of a
+ * response (PostgreSQL's CommandComplete + ReadyForQuery, MySQL's final
+ * EOF/OK/ERR) says whether it succeeded and that it is over. */
+#define FLAG_TAIL 2
+#define SQL_TAIL_BYTES 64
+/* Plaintext of a TLS connection, from the TLS library's read/write calls
+ * (the socket-level ciphertext of such a connection is never copied). */
+#define FLAG_TLS 4
 
 /* Index of the per-probe statistics (probe_stats map). */
 #define PROBE_READ 0
@@ -46,7 +60,18 @@
 #define PROBE_SENDFILE 8
 #define PROBE_CLOSE 9
 #define PROBE_PROCESS_EXIT 10
-#define PROBE_COUNT 11
+#define PROBE_SSL_READ 11
+#define PROBE_SSL_WRITE 12
+#define PROBE_PROCESS_EXEC 13
+#define PROBE_COUNT 14
+
+/* The TLS library function a TLS uprobe sits on: its BPF cookie, set by
+ * the loader (agent/tls.py) when it attaches. */
+#define TLS_FN_WRITE 0
+#define TLS_FN_READ 1
+#define TLS_FN_WRITE_EX 2
+#define TLS_FN_READ_EX 3
+#define TLS_FN_SET_FD 4
 
 /* Addresses are IPv6 or IPv4-mapped IPv6 (::ffff:a.b.c.d), ports in host
  * byte order.  "local" is the traced process's end of the connection. */
@@ -88,7 +113,8 @@ struct capture_config {
     __u8 filter_pids;       /* trace the pids in pid_filter ... */
     __u8 filter_cgroups;    /* ... and the processes in the cgroups in cgroup_filter */
     __u8 filter_ports;      /* trace only connections with a port in port_filter */
-    __u8 reserved[5];
+    __u8 watch_exec;        /* report execs (TLS library discovery) */
+    __u8 reserved[4];
 };
 
 /* Counters per probe and CPU, summed by userspace. */
@@ -97,6 +123,8 @@ struct probe_stats {
     __u64 lost;         /* records the ring buffer had no room for */
     __u64 truncated;    /* payloads longer than the capture size */
     __u64 unclassified; /* socket data of a protocol the agent does not trace */
+    __u64 unmapped;     /* TLS plaintext whose socket is unknown (no socket I/O seen
+                           under the library call: a memory BIO), not copied */
 };
 
 #endif

@@ -51,6 +51,7 @@ struct conn_info {
     __u8 protocol;
     __u8 traced;
     __u8 unclassified_events;
+    __u8 tls;           /* its plaintext comes from the TLS uprobes */
 };
 
 /* One entry per (tgid, fd) the hooks have seen, sockets or not, so that the
@@ -162,6 +163,39 @@ struct {
     __type(key, struct endpoint);
     __type(value, __u8);
 } excluded_endpoints SEC(".maps");
+
+/* An SSL_read/SSL_write (or _ex) call in progress on a thread. */
+struct ssl_call {
+    __u64 ssl;
+    __u64 buf;
+    __u64 size_out;     /* SSL_*_ex: where the library stores the byte count */
+    __u64 start_ns;
+    __s32 fd;           /* the socket its nested syscall used; -1 until seen */
+    __u8 direction;
+    __u8 ex;
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_HASH);
+    __uint(max_entries, 16384);
+    __type(key, __u64);
+    __type(value, struct ssl_call);
+} active_ssl SEC(".maps");
+
+/* SSL object -> socket, for calls served from the library's buffer with no
+ * socket I/O of their own. */
+struct ssl_key {
+    __u64 ssl;
+    __u32 tgid;
+    __u32 reserved;
+};
+
+struct {
+    __uint(type, BPF_MAP_TYPE_LRU_HASH);
+    __uint(max_entries, 65536);
+    __type(key, struct ssl_key);
+    __type(value, __s32);
+} ssl_fds SEC(".maps");
 
 static __always_inline struct probe_stats *stats_for(__u32 probe)
 {
@@ -278,6 +312,16 @@ static __always_inline int on_io_enter(__u32 fd, __u64 buf, __u32 count, __u32 p
         conn = track_conn(tgid, fd, ROLE_UNKNOWN);
     if (!conn || !conn->traced)
         return 0;
+    struct ssl_call *call = bpf_map_lookup_elem(&active_ssl, &id);
+    if (call) {
+        /* Ciphertext moved by SSL_read/SSL_write: the call's uprobe copies
+         * the plaintext, and learns its socket here. */
+        call->fd = fd;
+        conn->tls = 1;
+        return 0;
+    }
+    if (conn->tls)
+        return 0;
     /* Only a classified connection's data matters for a body-only syscall. */
     if (buffer_kind == IO_NONE && conn->protocol == PROTOCOL_UNKNOWN)
         return 0;
@@ -361,16 +405,11 @@ static __always_inline __u64 first_user_buffer(const struct io_args *args)
     return 0;
 }
 
-static __always_inline int on_io_exit(long ret)
+/* Classify the connection if needed and copy the bytes a completed call
+ * moved (a socket syscall, or a TLS library call's plaintext). */
+static __always_inline int emit_data(__u64 id, const struct io_args *args, long ret, __u8 flags)
 {
-    __u64 id = bpf_get_current_pid_tgid();
-    struct io_args *args = bpf_map_lookup_elem(&active_io, &id);
-    if (!args)
-        return 0;
     struct io_args a = *args;
-    bpf_map_delete_elem(&active_io, &id);
-    if (ret <= 0)
-        return 0;
     __u32 tgid = id >> 32;
     __u64 key = conn_key(tgid, a.fd);
     struct conn_info *conn = bpf_map_lookup_elem(&conns, &key);
@@ -385,7 +424,7 @@ static __always_inline int on_io_exit(long ret)
         __u64 src = first_user_buffer(&a);
         if (src)
             bpf_probe_read_user(head, sizeof(head), (void *)src);
-        __u8 protocol = classify_protocol(head, ret < CLASSIFY_BYTES ? ret : CLASSIFY_BYTES);
+        __u8 protocol = classify_protocol(head, ret < CLASSIFY_BYTES ? ret : CLASSIFY_BYTES, ret);
         if (protocol == PROTOCOL_UNKNOWN) {
             stats->unclassified++;
             if (++conn->unclassified_events >= MAX_UNCLASSIFIED_EVENTS)
@@ -410,11 +449,22 @@ static __always_inline int on_io_exit(long ret)
     __u32 captured = 0;
     if (a.buffer_kind == IO_BUFFER) {
         __u64 n = want;
+        /* A database response's end says how it went: keep the tail. */
+        bool tail = (__u64)ret > want && want > 2 * SQL_TAIL_BYTES &&
+                    (conn->protocol == PROTOCOL_POSTGRES || conn->protocol == PROTOCOL_MYSQL);
+        if (tail)
+            n -= SQL_TAIL_BYTES;
         if (n > MAX_CAPTURE_BYTES)
             n = MAX_CAPTURE_BYTES;
         barrier_var(n);
         if (!bpf_probe_read_user(ev->payload, n, (void *)a.buf))
             captured = n;
+        if (tail && captured &&
+            !bpf_probe_read_user(ev->payload + (captured & (MAX_CAPTURE_BYTES - 1)),
+                                 SQL_TAIL_BYTES, (void *)(a.buf + ret - SQL_TAIL_BYTES))) {
+            captured += SQL_TAIL_BYTES;
+            flags |= FLAG_TAIL;
+        }
     } else if (a.buffer_kind == IO_IOVEC) {
         captured = copy_iovecs(ev->payload, a.buf, a.count, want);
     }
@@ -431,7 +481,7 @@ static __always_inline int on_io_exit(long ret)
     ev->hdr.direction = a.direction;
     ev->hdr.role = conn->role;
     ev->hdr.protocol = conn->protocol;
-    ev->hdr.flags = (__u64)ret > captured ? FLAG_TRUNCATED : 0;
+    ev->hdr.flags = flags | ((__u64)ret > captured ? FLAG_TRUNCATED : 0);
     ev->hdr.probe = a.probe;
     /* Numbered before the ring write: a record the ring drops leaves a gap. */
     ev->hdr.seq = (__sync_fetch_and_add(&conn->seq, 1) % 65535) + 1;
@@ -448,6 +498,19 @@ static __always_inline int on_io_exit(long ret)
     else
         stats->events++;
     return 0;
+}
+
+static __always_inline int on_io_exit(long ret)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    struct io_args *args = bpf_map_lookup_elem(&active_io, &id);
+    if (!args)
+        return 0;
+    struct io_args a = *args;
+    bpf_map_delete_elem(&active_io, &id);
+    if (ret <= 0)
+        return 0;
+    return emit_data(id, &a, ret, 0);
 }
 
 static __always_inline int on_accept_exit(long ret)
@@ -535,6 +598,120 @@ int common_process_exit(struct bpf_raw_tracepoint_args *ctx)
     hdr.start_ns = hdr.end_ns = bpf_ktime_get_ns();
     hdr.probe = PROBE_PROCESS_EXIT;
     struct probe_stats *stats = stats_for(PROBE_PROCESS_EXIT);
+    if (stats) {
+        if (bpf_ringbuf_output(&events, &hdr, sizeof(hdr), 0))
+            stats->lost++;
+        else
+            stats->events++;
+    }
+    return 0;
+}
+
+/* ---- TLS plaintext: uprobes on the TLS library ---------------------------
+ * Attached by userspace (agent/tls.py) to each distinct libssl file, and to
+ * executables that link OpenSSL statically: tls_enter on the functions'
+ * entries, tls_exit on the returns of the four that move data, each
+ * attachment's cookie saying which function it sits on (TLS_FN_*).
+ * SSL_read/SSL_write(ssl, buf, num) return the byte count;
+ * SSL_read_ex/SSL_write_ex(ssl, buf, num, size_t *done) return 1 and store it. */
+
+static __always_inline int on_ssl_set_fd(struct pt_regs *ctx)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    int fd = PT_REGS_PARM2(ctx);
+    if (!process_traced(id >> 32) || fd < 0)
+        return 0;
+    struct ssl_key key = { .ssl = PT_REGS_PARM1(ctx), .tgid = id >> 32 };
+    __s32 value = fd;
+    bpf_map_update_elem(&ssl_fds, &key, &value, BPF_ANY);
+    return 0;
+}
+
+SEC("uprobe")
+int tls_enter(struct pt_regs *ctx)
+{
+    __u64 fn = bpf_get_attach_cookie(ctx);
+    if (fn == TLS_FN_SET_FD)
+        return on_ssl_set_fd(ctx);
+    __u64 id = bpf_get_current_pid_tgid();
+    if (!process_traced(id >> 32))
+        return 0;
+    __u8 ex = fn == TLS_FN_WRITE_EX || fn == TLS_FN_READ_EX;
+    struct ssl_call call = {
+        .ssl = PT_REGS_PARM1(ctx),
+        .buf = PT_REGS_PARM2(ctx),
+        .size_out = ex ? PT_REGS_PARM4(ctx) : 0,
+        .start_ns = bpf_ktime_get_ns(),
+        .fd = -1,
+        .direction = fn == TLS_FN_WRITE || fn == TLS_FN_WRITE_EX ? DIRECTION_EGRESS
+                                                                  : DIRECTION_INGRESS,
+        .ex = ex,
+    };
+    bpf_map_update_elem(&active_ssl, &id, &call, BPF_ANY);
+    return 0;
+}
+
+SEC("uretprobe")
+int tls_exit(struct pt_regs *ctx)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    struct ssl_call *found = bpf_map_lookup_elem(&active_ssl, &id);
+    if (!found)
+        return 0;
+    struct ssl_call call = *found;
+    bpf_map_delete_elem(&active_ssl, &id);
+    __u32 probe = call.direction == DIRECTION_EGRESS ? PROBE_SSL_WRITE : PROBE_SSL_READ;
+    /* The functions return int: the upper half of the register is not theirs. */
+    int ret = (int)PT_REGS_RC(ctx);
+    long n = ret;
+    if (call.ex) {
+        __u64 done = 0;
+        if (ret != 1 || bpf_probe_read_user(&done, sizeof(done), (void *)call.size_out))
+            return 0;
+        n = done;
+    }
+    if (n <= 0)
+        return 0;
+    struct ssl_key key = { .ssl = call.ssl, .tgid = id >> 32 };
+    if (call.fd >= 0) {
+        bpf_map_update_elem(&ssl_fds, &key, &call.fd, BPF_ANY);
+    } else {
+        __s32 *fd = bpf_map_lookup_elem(&ssl_fds, &key);
+        if (!fd) {
+            struct probe_stats *stats = stats_for(probe);
+            if (stats)
+                stats->unmapped++;
+            return 0;
+        }
+        call.fd = *fd;
+    }
+    struct io_args a = {
+        .start_ns = call.start_ns,
+        .buf = call.buf,
+        .fd = call.fd,
+        .count = n,
+        .probe = probe,
+        .buffer_kind = IO_BUFFER,
+        .direction = call.direction,
+    };
+    return emit_data(id, &a, n, FLAG_TLS);
+}
+
+/* A new program image: userspace looks for TLS libraries it has not probed. */
+SEC("raw_tracepoint/sched_process_exec")
+int common_process_exec(struct bpf_raw_tracepoint_args *ctx)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    __u32 tgid = id >> 32;
+    if (!capture_config.watch_exec || !process_traced(tgid))
+        return 0;
+    struct event_header hdr = {};
+    hdr.type = EVENT_PROCESS_EXEC;
+    hdr.pid = tgid;
+    hdr.tid = (__u32)id;
+    hdr.start_ns = hdr.end_ns = bpf_ktime_get_ns();
+    hdr.probe = PROBE_PROCESS_EXEC;
+    struct probe_stats *stats = stats_for(PROBE_PROCESS_EXEC);
     if (stats) {
         if (bpf_ringbuf_output(&events, &hdr, sizeof(hdr), 0))
             stats->lost++;

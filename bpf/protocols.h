@@ -28,13 +28,19 @@ static __always_inline bool is_http1(const __u8 *b, __u32 len)
 }
 
 #include "http2.h"
+#include "sql.h"
 
-static __always_inline __u8 classify_protocol(const __u8 *head, __u32 len)
+/* head: the first len (<= CLASSIFY_BYTES) of the total bytes a syscall moved. */
+static __always_inline __u8 classify_protocol(const __u8 *head, __u32 len, __u64 total)
 {
     if (is_http1(head, len))
         return PROTOCOL_HTTP1;
     if (is_http2_preface(head, len) || is_http2_frame(head, len))
         return PROTOCOL_HTTP2;
+    if (is_postgres(head, len, total))
+        return PROTOCOL_POSTGRES;
+    if (is_mysql(head, len, total))
+        return PROTOCOL_MYSQL;
     return PROTOCOL_UNKNOWN;
 }
 

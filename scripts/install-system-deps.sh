@@ -19,7 +19,7 @@ PACKAGES=(
     # BCC front end (Debian's, not PyPI's unrelated `bcc`)
     python3-bpfcc bpfcc-tools
     # Peers for the end-to-end tests and benchmarks
-    nginx-light wrk nghttp2-client prometheus postgresql-15 mariadb-server
+    nginx-light wrk nghttp2-client prometheus postgresql-15 mariadb-server openssl
 )
 
 missing=()

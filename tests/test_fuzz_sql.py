@@ -134,3 +134,88 @@ def test_sql_text_helpers_never_raise(text):
     assert summary is None or (isinstance(summary, str) and len(summary) <= 255)
     traceparent, tracestate = extract_trace_context(text)
     assert traceparent is None or len(traceparent) == 55
+
+
+# ------------------------------------------------- connection handler
+
+from agent.connections import Connection  # noqa: E402
+from agent.records import C, prefix_struct  # noqa: E402
+from agent.sql_connections import (ITEM_SQL_EXCHANGE, ITEM_SQL_REQUEST,  # noqa: E402
+                                   SqlConnectionHandler, SqlQuery)
+
+from event_records import make_record  # noqa: E402
+from test_sql_connections import my_writes, pg_writes  # noqa: E402
+
+_HOT = prefix_struct("struct event_header", "seq")
+_PG, _MY = C["PROTOCOL_POSTGRES"], C["PROTOCOL_MYSQL"]
+_CONVERSATIONS = ([(_PG, pg_writes(n)) for n in (
+    "psycopg_simple", "psycopg_prepared", "psycopg_errors", "psycopg_transaction",
+    "psycopg_sslrequest", "pgbench_prepared_2")]
+    + [(_MY, my_writes(n)) for n in (
+        "pymysql_text", "pymysql_errors", "pymysql_init_db", "connector_prepared")])
+
+
+@st.composite
+def sql_events(draw):
+    """Records of one connection from a real conversation: started
+    anywhere, its writes cut into reads, mutated, truncated (with or
+    without FLAG_TAIL), lengths that lie, records lost."""
+    protocol, conversation = draw(st.sampled_from(_CONVERSATIONS))
+    side = draw(st.sampled_from(("client", "server")))
+    role = draw(st.sampled_from((C["ROLE_UNKNOWN"], C["ROLE_SERVER"], C["ROLE_CLIENT"])))
+    start = draw(st.integers(0, len(conversation) - 1))
+    records, seq, ts = [], 0, 1000
+    for sender, data in conversation[start:start + draw(st.integers(1, 24))]:
+        if draw(st.integers(0, 3)) == 0:
+            data = bytes(edit(draw, bytearray(data), INTERESTING))
+        cuts = sorted(draw(st.lists(st.integers(0, len(data)), max_size=2)))
+        for a, b in zip([0] + cuts, cuts + [len(data)]):
+            piece = data[a:b]
+            length, flags, payload = len(piece), 0, piece
+            mode = draw(st.integers(0, 5))
+            if mode == 0 and piece:
+                payload = piece[:draw(st.integers(0, len(piece) - 1))]
+            elif mode == 1 and len(piece) > 64:
+                keep = draw(st.integers(64, len(piece) - 1))
+                payload, flags = piece[:keep - 64] + piece[-64:], C["FLAG_TAIL"]
+            elif mode == 2:
+                length = draw(st.integers(0, 1 << 20))
+                flags = draw(st.integers(0, 255))
+            seq += 1 + (draw(st.integers(0, 15)) == 0)
+            outgoing = (sender == "c") == (side == "client")
+            records.append(make_record(
+                payload, type=C["EVENT_DATA"], pid=77, tid=78, conn_id=5, start_ns=ts,
+                end_ns=ts + 10, length=length, captured=len(payload),
+                direction=C["DIRECTION_EGRESS"] if outgoing else C["DIRECTION_INGRESS"],
+                role=role, protocol=protocol, flags=flags, seq=seq & 0xFFFF))
+            ts += 100
+    return records
+
+
+@given(sql_events())
+@BUDGET
+def test_sql_handler_never_raises(records):
+    counts, errors = {}, {}
+    handler = SqlConnectionHandler(counts, errors, max_pending=4, max_statements=2)
+    out = []
+    for record in records:
+        handler.event(record, _HOT.unpack_from(record), out, Connection)
+    handler.expire(10**6, 10**9, 500)
+    handler.close(5, out, seq=3)
+    handler.forget_process(77)
+    assert len(handler) == 0
+    # Nothing was caught by the handler's last-resort guard.
+    assert not [key for key in errors if key[1] == "internal"], errors
+    # Every exchange is of a query announced before it, once.
+    announced, done = set(), set()
+    for item in out:
+        assert item[0] in (ITEM_SQL_REQUEST, ITEM_SQL_EXCHANGE)
+        query = item[2]
+        assert isinstance(query, SqlQuery)
+        if item[0] == ITEM_SQL_REQUEST:
+            announced.add(id(query))
+        else:
+            assert id(query) in announced and id(query) not in done
+            done.add(id(query))
+            assert query.error_code is None or isinstance(query.error_code, str)
+    assert all(v >= 0 for v in counts.values())

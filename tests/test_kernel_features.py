@@ -130,7 +130,7 @@ def _features(**overrides):
     base = dict(
         release="6.18.44", machine="x86_64", btf=True, tracefs_path="/sys/kernel/tracing",
         debugfs_mounted=True, kprobes=True, kprobe_pmu=True, kprobe_events=True,
-        config_kprobes=True, uprobes=True, syscall_tracepoints=True,
+        config_kprobes=True, uprobes=True, uprobe_multi=True, syscall_tracepoints=True,
         capabilities=kf.decode_capabilities("000001ffffffffff"), is_root=True,
         memlock_soft=8 << 20, memlock_hard=8 << 20, unprivileged_bpf_disabled=2,
         lockdown="integrity")

@@ -31,10 +31,27 @@ def test_redact_query(query, expected):
 
 def test_counts_per_rule():
     redactor = Redactor()
-    assert redactor.counts == {"query_param": 0, "userinfo": 0}
+    assert redactor.counts == {"query_param": 0, "userinfo": 0, "sql_literal": 0}
     redactor.redact_query("token=a&sig=b&q=c")
     redactor.redact_url("https://u:p@example.com/x?password=1")
-    assert redactor.counts == {"query_param": 3, "userinfo": 1}
+    redactor.sql_text("SELECT * FROM t WHERE a = ?", "SELECT * FROM t WHERE a = 1")
+    redactor.sql_text("SELECT * FROM t WHERE a = $1", "SELECT * FROM t WHERE a = $1")
+    assert redactor.counts == {"query_param": 3, "userinfo": 1, "sql_literal": 1}
+
+
+@pytest.mark.parametrize("mode, expected", [
+    ("sanitized", "SELECT * FROM t WHERE a = ?"),
+    ("raw", "SELECT * FROM t WHERE a = 1"),
+    ("off", None),
+])
+def test_sql_text_modes(mode, expected):
+    redactor = Redactor(sql_text=mode)
+    assert redactor.sql_text("SELECT * FROM t WHERE a = ?", "SELECT * FROM t WHERE a = 1") == expected
+
+
+def test_unknown_sql_text_mode_is_refused():
+    with pytest.raises(ValueError, match="sanitized, raw, off"):
+        Redactor(sql_text="plain")
 
 
 def test_extra_keys_case_insensitive():

@@ -329,6 +329,17 @@ def looks_like_mysql_handshake(data: bytes) -> bool:
     return 30 <= length <= 1024 and 0x30 <= data[5] <= 0x39
 
 
+def looks_like_greeting_payload(data: bytes) -> bool:
+    """A server greeting's payload without its packet header: what a client
+    that reads the 4-byte header and the payload with separate calls
+    (Connector/Python) reads second.  Protocol 10, then a version string
+    ("8.0.36", "5.5.5-10.11.6-MariaDB") ended by NUL."""
+    if len(data) < 40 or data[0] != 10 or not 0x31 <= data[1] <= 0x39:
+        return False
+    end = data.find(b"\0", 2, 64)
+    return end > 2 and data[2:end].isascii() and b"." in data[2:end]
+
+
 # --------------------------------------------------------------- commands
 
 class Command:

@@ -40,7 +40,8 @@ _MARK = "\x00"  # stands for a literal until IN lists are collapsed
 # _replace finds it.
 def _skip(quoted_identifiers, hash_is_text):
     return (r"(?P<skip>(?:[^-/$'\"`#.\d]++|(?<=\w)\d++|-(?!-|[ \t\r\n]*+\.?\d)|/(?!\*)"
-            r"|\.(?!\d)|\$\d++|(?<=\w)\$(?!\w*+\$)|`(?:[^`]++|``)*+(?:`|\Z)"
+            r"|\.(?!\d)|\$\d++|(?<=\w)\$(?!\w*+\$)|\$(?!(?:[^\W\d]\w*+)?\$)"
+            r"|`(?:[^`]++|``)*+(?:`|\Z)"
             + (r"|\"(?:[^\"]++|\"\")*+(?:\"|\Z)" if quoted_identifiers else "")
             + (r"|\#" if hash_is_text else "") + r")*+)")
 

@@ -152,20 +152,53 @@ def start_agent(receiver):
         agent.stop()
 
 
-@pytest.fixture
-def backend():
+class TlsCertificate:
+    """A self-signed certificate for 127.0.0.1 and localhost."""
+
+    def __init__(self, directory: Path):
+        self.cert = directory / "cert.pem"
+        self.key = directory / "key.pem"
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                        "-keyout", str(self.key), "-out", str(self.cert), "-days", "2",
+                        "-subj", "/CN=localhost",
+                        "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                       check=True, capture_output=True)
+        os.chmod(directory, 0o755)
+        os.chmod(self.cert, 0o644)
+        os.chmod(self.key, 0o644)
+
+
+@pytest.fixture(scope="session")
+def tls_certificate(tmp_path_factory):
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is not installed (make setup installs it)")
+    return TlsCertificate(tmp_path_factory.mktemp("tls"))
+
+
+def start_backend(tls: TlsCertificate | None = None, env: dict | None = None):
+    """The Python backend peer on a free port: (process, port)."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, str(PEERS / "backend.py"), str(port)],
-                            stdout=subprocess.PIPE, env={**os.environ, "OTEL_SERVICE_NAME": "test-backend"})
+    args = [sys.executable, str(PEERS / "backend.py"), str(port)]
+    if tls is not None:
+        args += ["--tls", str(tls.cert), str(tls.key)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE,
+                            env={**os.environ, "OTEL_SERVICE_NAME": "test-backend", **(env or {})})
     proc.stdout.readline()
     wait_for_port(port)
+    return proc, port
+
+
+@pytest.fixture
+def backend():
+    proc, port = start_backend()
     yield port
     proc.terminate()
     proc.wait()
 
 
 class Nginx:
-    def __init__(self, directory: Path, port: int, backend_port: int | None, http2: bool = False):
+    def __init__(self, directory: Path, port: int, backend_port: int | None, http2: bool = False,
+                 tls: TlsCertificate | None = None):
         self.port = port
         self.directory = directory
         (directory / "html").mkdir()
@@ -193,7 +226,8 @@ class Nginx:
                 scgi_temp_path {directory};
                 upstream backend {{ server 127.0.0.1:{backend_port or 9}; keepalive 8; }}
                 server {{
-                    listen 127.0.0.1:{port}{" http2" if http2 else ""};
+                    listen 127.0.0.1:{port}{" ssl" if tls else ""}{" http2" if http2 else ""};
+                    {f"ssl_certificate {tls.cert}; ssl_certificate_key {tls.key};" if tls else ""}
                     {"keepalive_requests 1000000; http2_max_requests 1000000;" if http2 else ""}
                     root {directory}/html;
                     location = /fast {{ return 200 "fast\\n"; }}
@@ -223,11 +257,13 @@ def start_nginx(tmp_path):
         pytest.skip("nginx is not installed (make setup installs nginx-light)")
     servers = []
 
-    def start(backend_port: int | None = None, http2: bool = False) -> Nginx:
-        """http2: cleartext HTTP/2 with prior knowledge (h2c) instead of HTTP/1."""
+    def start(backend_port: int | None = None, http2: bool = False,
+              tls: TlsCertificate | None = None) -> Nginx:
+        """http2: HTTP/2 (with prior knowledge, h2c, unless tls) instead of HTTP/1;
+        tls: HTTPS with this certificate."""
         directory = tmp_path / f"nginx{len(servers)}"
         directory.mkdir()
-        server = Nginx(directory, free_port(), backend_port, http2)
+        server = Nginx(directory, free_port(), backend_port, http2, tls)
         servers.append(server)
         return server
 

@@ -1,8 +1,10 @@
 """A small HTTP/1.1 keep-alive backend for kernel tests.
 
 GET /status/<code> answers with that status; /slow/<ms> waits first;
-anything else answers 200 "ok".  Listens on 127.0.0.1:<port>.
+anything else answers 200 "ok".  Listens on 127.0.0.1:<port>; with
+`--tls CERT KEY` it speaks HTTPS (Python's ssl module, OpenSSL underneath).
 """
+import ssl
 import sys
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -38,5 +40,9 @@ class Handler(BaseHTTPRequestHandler):
 if __name__ == "__main__":
     server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
     server.daemon_threads = True
+    if sys.argv[2:3] == ["--tls"]:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(sys.argv[3], sys.argv[4])
+        server.socket = context.wrap_socket(server.socket, server_side=True)
     print("ready", flush=True)
     server.serve_forever()

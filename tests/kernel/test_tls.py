@@ -1,0 +1,197 @@
+"""TLS plaintext through the OpenSSL uprobes: HTTPS servers and clients
+traced like cleartext ones, with url.scheme https."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from agent.spans import KIND_CLIENT, KIND_SERVER, STATUS_UNSET
+from conftest import curl, loaded_programs, programs_still_loaded, start_backend
+from test_http1_e2e import PARENT_ID, TRACE_ID, TRACEPARENT, wait_spans
+from test_http1_load import CPU_SHARE_NICE, LOSS_METRICS, traced_load
+
+SYSTEM_LIBSSL = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
+
+
+def on_port(port: int, kind: int):
+    return lambda s: s.kind == kind and s.attributes.get("server.port") == port
+
+
+def maps_of(pid: int) -> str:
+    with open(f"/proc/{pid}/maps") as f:
+        return f.read()
+
+
+def test_https_server_and_curl_join_the_callers_trace(receiver, start_agent, tls_certificate):
+    agent = start_agent()
+    # Started after the agent: the system libssl was probed at start-up,
+    # mapped by anyone or not, so this server is traced from its first call.
+    proc, port = start_backend(tls_certificate)
+    try:
+        timing = curl(f"https://127.0.0.1:{port}/items/7?color=blue", TRACEPARENT,
+                      extra=["--cacert", str(tls_certificate.cert)])
+        assert timing["status"] == 200
+        server = wait_spans(receiver, on_port(port, KIND_SERVER), 1)
+        client = wait_spans(receiver, on_port(port, KIND_CLIENT), 1)
+    finally:
+        proc.terminate()
+        proc.wait()
+    assert len(server) == 1 and len(client) == 1, (server, client)
+    server, client = server[0], client[0]
+    assert server.resource["service.name"] == "test-backend"
+    assert server.trace_id == TRACE_ID and server.parent_span_id == PARENT_ID
+    assert server.name == "GET" and server.status_code == STATUS_UNSET
+    assert server.attributes["url.scheme"] == "https"
+    assert server.attributes["url.path"] == "/items/7"
+    assert server.attributes["url.query"] == "color=blue"
+    assert server.attributes["http.response.status_code"] == 200
+    assert server.attributes["network.peer.port"] == timing["local_port"]
+    # curl's own span: the span id its traceparent announced.
+    assert client.trace_id == TRACE_ID and client.span_id == PARENT_ID
+    assert client.attributes["url.full"] == f"https://127.0.0.1:{port}/items/7?color=blue"
+    # The ciphertext under these calls was never parsed as HTTP.
+    assert agent.metric("otel_ebpf_parse_errors_total", protocol="http1") == 0, \
+        [line for line in agent.metrics().splitlines() if "parse_errors" in line]
+    assert agent.metric("otel_ebpf_kernel_events_total", probe="ssl_read") > 0
+    assert agent.metric("otel_ebpf_kernel_events_total", probe="ssl_write") > 0
+
+
+def test_process_with_its_own_libssl_started_later_is_traced(receiver, start_agent,
+                                                              tls_certificate, tmp_path):
+    """A second copy of libssl (as a container or a wheel brings) that no
+    process mapped when the agent started: found through the exec report."""
+    if not os.path.exists(SYSTEM_LIBSSL):
+        pytest.skip(f"{SYSTEM_LIBSSL} not found to copy")
+    private = tmp_path / "lib"
+    private.mkdir()
+    shutil.copy(SYSTEM_LIBSSL, private / "libssl.so.3")
+    agent = start_agent()
+    probed = agent.metric("otel_ebpf_tls_files_total", outcome="probed")
+    proc, port = start_backend(tls_certificate, env={"LD_LIBRARY_PATH": str(private)})
+    try:
+        assert str(private / "libssl.so.3") in maps_of(proc.pid), "the peer must map its own copy"
+        deadline = time.monotonic() + 10
+        while agent.metric("otel_ebpf_tls_files_total", outcome="probed") <= probed:
+            assert time.monotonic() < deadline, "the new libssl copy was not probed"
+            time.sleep(0.1)
+        timing = curl(f"https://127.0.0.1:{port}/later", TRACEPARENT,
+                      extra=["--cacert", str(tls_certificate.cert)])
+        assert timing["status"] == 200
+        server = wait_spans(receiver, on_port(port, KIND_SERVER), 1)
+    finally:
+        proc.terminate()
+        proc.wait()
+    assert server[0].attributes["url.scheme"] == "https"
+    assert server[0].attributes["url.path"] == "/later"
+    assert server[0].parent_span_id == PARENT_ID
+
+
+def test_nginx_tls_proxy_keeps_one_trace_across_both_hops(receiver, start_agent, backend,
+                                                          start_nginx, tls_certificate):
+    nginx = start_nginx(backend_port=backend, tls=tls_certificate)
+    start_agent()
+    timing = curl(f"https://127.0.0.1:{nginx.port}/api/orders", TRACEPARENT,
+                  extra=["--cacert", str(tls_certificate.cert)])
+    assert timing["status"] == 200
+    front = wait_spans(receiver, on_port(nginx.port, KIND_SERVER), 1)[0]
+    hop = wait_spans(receiver, on_port(backend, KIND_CLIENT), 1)[0]
+    back = wait_spans(receiver, on_port(backend, KIND_SERVER), 1)[0]
+    assert front.attributes["url.scheme"] == "https"
+    assert front.resource["process.executable.name"] == "nginx"
+    assert hop.attributes["url.full"].startswith(f"http://127.0.0.1:{backend}/api/orders")
+    assert back.attributes["url.scheme"] == "http"
+    assert {front.trace_id, hop.trace_id, back.trace_id} == {TRACE_ID}
+    assert front.parent_span_id == PARENT_ID
+    assert hop.parent_span_id == front.span_id
+    assert back.parent_span_id == hop.span_id
+
+
+def test_wrk_over_https_every_response_is_a_span_or_a_counted_loss(start_nginx,
+                                                                   tls_certificate):
+    if not shutil.which("wrk"):
+        pytest.skip("wrk is not installed (make setup installs it)")
+    nginx = start_nginx(tls=tls_certificate)
+
+    def run_wrk() -> int:
+        run = subprocess.run(["wrk", "-t1", "-c16", "-d10s", f"https://127.0.0.1:{nginx.port}/fast"],
+                             capture_output=True, text=True, check=True)
+        return int(run.stdout.split(" requests in")[0].split()[-1])
+
+    responses, spans, losses = traced_load(nginx, run_wrk, LOSS_METRICS, nice=CPU_SHARE_NICE,
+                                           label="wrk https")
+    assert spans <= responses + 16, (responses, spans, losses)
+    if sum(losses.values()) == 0:
+        assert spans >= responses, (responses, spans, losses)
+    else:
+        assert spans + sum(losses.values()) >= responses, (responses, spans, losses)
+
+
+def test_http2_over_tls_needs_no_other_parser(receiver, start_agent, start_nginx,
+                                              tls_certificate):
+    nginx = start_nginx(http2=True, tls=tls_certificate)
+    start_agent()
+    timing = curl(f"https://127.0.0.1:{nginx.port}/fast", TRACEPARENT,
+                  extra=["--http2", "--cacert", str(tls_certificate.cert)])
+    assert timing["status"] == 200
+    server = wait_spans(receiver, on_port(nginx.port, KIND_SERVER), 1)[0]
+    client = wait_spans(receiver, on_port(nginx.port, KIND_CLIENT), 1)[0]
+    for span in (server, client):
+        assert span.attributes["network.protocol.version"] == "2", span
+        assert span.trace_id == TRACE_ID
+    assert server.attributes["url.scheme"] == "https"
+    assert server.parent_span_id == PARENT_ID
+    assert client.attributes["url.full"] == f"https://127.0.0.1:{nginx.port}/fast"
+
+
+@pytest.mark.parametrize("uprobe_multi", [True, False], ids=["uprobe_multi", "perf_event"])
+def test_both_attach_paths_capture_plaintext_and_detach(monkeypatch, tls_certificate,
+                                                        uprobe_multi):
+    """uprobe_multi links (Linux 6.6+) where the kernel has them, else one
+    perf-event uprobe per function: both deliver the plaintext and leave no
+    uprobe behind."""
+    import dataclasses
+
+    from agent import loader
+    from agent.records import C, EVENT_HEADER, EVENT_HEADER_FIELDS, EVENT_HEADER_SIZE
+    from agent.tls import TlsProbes
+
+    features = loader.detect_features()
+    if uprobe_multi and not features.uprobe_multi:
+        pytest.skip("this kernel has no uprobe_multi links (Linux 6.6+)")
+    monkeypatch.setattr(loader, "detect_features",
+                        lambda: dataclasses.replace(features, uprobe_multi=uprobe_multi))
+    capture = loader.load_capture(loader.CaptureSettings())
+    try:
+        assert capture.uprobe_multi == uprobe_multi
+        tls = TlsProbes(capture)
+        tls.start()
+        assert tls.counts["files_probed"] >= 1
+        proc, port = start_backend(tls_certificate)
+        try:
+            assert curl(f"https://127.0.0.1:{port}/plain", extra=[
+                "--cacert", str(tls_certificate.cert)])["status"] == 200
+        finally:
+            proc.terminate()
+            proc.wait()
+        payloads = []
+        for record in capture.ring.read_batch(1 << 20):
+            header = dict(zip(EVENT_HEADER_FIELDS, EVENT_HEADER.unpack_from(record)))
+            if header["type"] == C["EVENT_DATA"] and header["flags"] & C["FLAG_TLS"] and \
+                    port in (header["local_port"], header["remote_port"]):
+                payloads.append(bytes(record[EVENT_HEADER_SIZE:EVENT_HEADER_SIZE + header["captured"]]))
+        assert any(p.startswith(b"GET /plain HTTP/1.1") for p in payloads), payloads
+        assert any(p.startswith(b"HTTP/1.1 200") for p in payloads), payloads
+        probes = {p["id"] for p in loaded_programs() if p.get("name") in ("tls_enter", "tls_exit")}
+        assert len(probes) == 2, loaded_programs()
+    finally:
+        capture.close()
+    # A program stays loaded while any link holds it; a released uprobe_multi
+    # link lets go of it after an RCU grace period.
+    deadline = time.monotonic() + 3
+    while programs_still_loaded(probes) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not programs_still_loaded(probes)

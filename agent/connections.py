@@ -164,6 +164,11 @@ class ConnectionTracker:
         }
         # Processes that called exec, for the TLS library scan to look at.
         self.execs: list[int] = []
+        # Processes seen for the first time (their first connection, or the
+        # first after an exec): their resource is read while they live
+        # (agent/pipeline.py), not when their spans are built.
+        self.new_pids: list[int] = []
+        self._known_pids: set[int] = set()
         # (protocol, reason) -> count
         self.parse_errors: dict[tuple[str, str], int] = {}
         self.h2 = H2ConnectionHandler(self.counts, self.parse_errors,
@@ -192,6 +197,7 @@ class ConnectionTracker:
                 continue
             if event_type == _EVENT_PROCESS_EXEC:
                 self.execs.append(pid)
+                self._known_pids.discard(pid)   # a new program: read it again
                 continue
             conn = connections.get(conn_id)
             if event_type == _EVENT_CLOSE:
@@ -206,9 +212,9 @@ class ConnectionTracker:
                 continue
             if protocol != _PROTOCOL_HTTP1:
                 if protocol == _PROTOCOL_HTTP2:
-                    self.h2.event(record, hot, out, Connection)
+                    self.h2.event(record, hot, out, self._connection)
                 elif protocol == _PROTOCOL_POSTGRES or protocol == _PROTOCOL_MYSQL:
-                    self.sql.event(record, hot, out, Connection)
+                    self.sql.event(record, hot, out, self._connection)
                 else:
                     counts["events_unknown_protocol"] += 1
                 continue
@@ -234,11 +240,24 @@ class ConnectionTracker:
                        length - len(payload), tid, start_ns, end_ns, out)
         return out
 
+    def _note_pid(self, pid: int) -> None:
+        known = self._known_pids
+        if pid not in known:
+            if len(known) >= 4 * self.max_connections:
+                known.clear()
+            known.add(pid)
+            self.new_pids.append(pid)
+
+    def _connection(self, header: tuple) -> Connection:
+        conn = Connection(header)
+        self._note_pid(conn.pid)
+        return conn
+
     def _open(self, header: tuple) -> Connection:
         if len(self.connections) >= self.max_connections:
             self._drop(next(iter(self.connections.values())))
             self.counts["connections_evicted"] += 1
-        conn = Connection(header)
+        conn = self._connection(header)
         self.connections[conn.conn_id] = conn
         self.counts["connections_opened"] += 1
         return conn
@@ -426,6 +445,7 @@ class ConnectionTracker:
                 + self.sql.expire(now_ns, self.idle_timeout_ns))
 
     def forget_process(self, pid: int) -> None:
+        self._known_pids.discard(pid)
         for conn_id, conn in list(self.connections.items()):
             if conn.pid == pid:
                 self._drop(conn)

@@ -26,7 +26,7 @@ def function_offsets(path: str, names) -> dict[str, int]:
     try:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
             return _function_offsets(m, frozenset(names))
-    except (OSError, ValueError, struct.error, IndexError):
+    except (OSError, ValueError, OverflowError, struct.error, IndexError):
         return {}
 
 

@@ -15,7 +15,8 @@ import time
 from agent.connections import ConnectionTracker
 from agent.loader import LoadedCapture
 from agent.sampling import Sampler
-from agent.span_builder import HttpExchangeLinker
+from agent.resources import ResourceCache
+from agent.span_builder import RESOURCE_MARKER, HttpExchangeLinker
 
 
 class Pipeline:
@@ -29,6 +30,8 @@ class Pipeline:
         self.span_stage = span_stage
         self.tracker = ConnectionTracker()
         self.linker = HttpExchangeLinker(sampler)
+        # Reads resources only: the span stage keeps them, in its own process.
+        self.resources = ResourceCache()
         self.batch_records = batch_records
         self.housekeeping_interval_s = housekeeping_interval_s
         self.selection = selection
@@ -46,11 +49,15 @@ class Pipeline:
                 return handled
             handled += len(records)
             self.records_drained += len(records)
-            items = self.tracker.process(records)
-            if items:
-                exchanges = self.linker.exchanges(items)
-                if exchanges:
-                    self.span_stage.submit(exchanges)
+            tracker = self.tracker
+            items = tracker.process(records)
+            exchanges = self.linker.exchanges(items) if items else []
+            if tracker.new_pids:
+                exchanges[:0] = [(RESOURCE_MARKER, pid, self.resources.attributes_of(pid))
+                                 for pid in tracker.new_pids]
+                tracker.new_pids.clear()
+            if exchanges:
+                self.span_stage.submit(exchanges)
 
     def housekeeping(self) -> None:
         self.tracker.expire(time.monotonic_ns())

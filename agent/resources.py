@@ -22,13 +22,14 @@ class ProcessResource:
     """Resource attributes of one process; `encoded` is a cache slot that an
     exporter may fill with its own serialised form (one encoding per process)."""
 
-    __slots__ = ("pid", "service_name", "attributes", "encoded")
+    __slots__ = ("pid", "service_name", "attributes", "encoded", "used")
 
     def __init__(self, pid: int, attributes: list):
         self.pid = pid
         self.attributes = attributes
         self.service_name = next(v for k, v in attributes if k == "service.name")
         self.encoded = None
+        self.used = False   # since the last forget_gone()
 
 
 def _read(path: str, binary: bool = False):
@@ -110,14 +111,35 @@ class ResourceCache:
     def get(self, pid: int) -> ProcessResource:
         resource = self._by_pid.get(pid)
         if resource is None:
-            if len(self._by_pid) >= self._max_entries:
-                self._by_pid.pop(next(iter(self._by_pid)))
-                self.evicted += 1
-            resource = self._by_pid[pid] = build_resource(pid, self._host)
+            resource = self._add(ProcessResource(pid, self.attributes_of(pid)))
+        resource.used = True
         return resource
 
-    def forget(self, pid: int) -> None:
-        self._by_pid.pop(pid, None)
+    def put(self, pid: int, attributes: list) -> None:
+        """A resource read elsewhere while the process lived (the capture
+        loop reads it when it first sees the process; a short-lived client
+        is often gone by the time its spans are built)."""
+        self._add(ProcessResource(pid, attributes))
+
+    def attributes_of(self, pid: int) -> list:
+        return build_resource(pid, self._host).attributes
+
+    def _add(self, resource: ProcessResource) -> ProcessResource:
+        if resource.pid not in self._by_pid and len(self._by_pid) >= self._max_entries:
+            self._by_pid.pop(next(iter(self._by_pid)))
+            self.evicted += 1
+        self._by_pid[resource.pid] = resource
+        return resource
+
+    def forget_gone(self) -> None:
+        """Drop processes that have exited and whose resource went unused
+        since the last call: spans of theirs may still be on their way."""
+        for pid, resource in list(self._by_pid.items()):
+            if not os.path.exists(f"/proc/{pid}"):
+                if resource.used:
+                    resource.used = False
+                else:
+                    del self._by_pid[pid]
 
 
 def default_host_attributes() -> list:

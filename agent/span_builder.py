@@ -50,6 +50,10 @@ H2_MARKER = "h2"
  H2_GRPC, H2_GRPC_STATUS, H2_RESET_ERROR, H2_LOCAL_ADDR, H2_LOCAL_PORT, H2_REMOTE_ADDR,
  H2_REMOTE_PORT, H2_SCHEME) = range(23)
 
+# A process's resource, read by the capture loop while the process lived:
+# (RESOURCE_MARKER, pid, attributes), ahead of that process's exchanges.
+RESOURCE_MARKER = "resource"
+
 # Database exchange tuples: the third shape.
 SQL_MARKER = "sql"
 (SQL_TAG, SQL_KIND, SQL_PID, SQL_TRACE_ID, SQL_SPAN_ID, SQL_PARENT_ID, SQL_FLAGS,
@@ -291,6 +295,8 @@ class HttpSpanFactory:
                 out.append(self.h2_span(e))
             elif tag == SQL_MARKER:
                 out.append(self.sql_span(e))
+            elif tag == RESOURCE_MARKER:
+                self.resources.put(e[1], e[2])
             else:
                 out.append(self.span(e))
         return out

@@ -29,7 +29,7 @@ from agent.redact import Redactor
 from agent.resources import ResourceCache
 from agent.routes import RouteNamer
 from agent.sampling import Sampler
-from agent.span_builder import HttpSpanFactory
+from agent.span_builder import RESOURCE_MARKER, HttpSpanFactory
 
 log = logging.getLogger("otel_ebpf")
 
@@ -73,8 +73,7 @@ class LocalSpanStage:
 
     def housekeeping(self) -> None:
         self.factory.refresh_clock()
-        for pid in [pid for pid in list(self.resources._by_pid) if not os.path.exists(f"/proc/{pid}")]:
-            self.resources.forget(pid)
+        self.resources.forget_gone()
 
     def alive(self) -> bool:
         return self.exporter.is_alive()
@@ -249,18 +248,27 @@ class SpanWorkerPool:
         self.exchanges_dropped = 0
 
     def submit(self, exchanges: list) -> None:
+        # Resources lead the list (agent/pipeline.py); every worker needs them.
+        leading = 0
+        while leading < len(exchanges) and exchanges[leading][0] == RESOURCE_MARKER:
+            leading += 1
+        if leading:
+            for worker in self.workers:
+                self._send(exchanges[:leading], worker)
+            exchanges = exchanges[leading:]
         for i in range(0, len(exchanges), MESSAGE_EXCHANGES):
             self._send(exchanges[i:i + MESSAGE_EXCHANGES])
 
-    def _send(self, chunk: list) -> None:
+    def _send(self, chunk: list, worker=None) -> None:
         message = pickle.dumps(("exchanges", chunk), pickle.HIGHEST_PROTOCOL)
         if len(message) > MESSAGE_MAX_BYTES and len(chunk) > 1:
             half = len(chunk) // 2
-            self._send(chunk[:half])
-            self._send(chunk[half:])
+            self._send(chunk[:half], worker)
+            self._send(chunk[half:], worker)
             return
-        worker = self.workers[self._next]
-        self._next = (self._next + 1) % len(self.workers)
+        if worker is None:
+            worker = self.workers[self._next]
+            self._next = (self._next + 1) % len(self.workers)
         try:
             if len(message) > MESSAGE_MAX_BYTES:
                 raise OSError("exchange larger than a message")

@@ -990,3 +990,10 @@ def test_mysql_answer_without_command_counted():
     _, out = feed(r.records, counts=counts)
     assert [q.text for q in exchanged(out)] == ["SET NAMES utf8mb4"]
     assert counts["sql_responses_without_request"] == 1
+
+
+def test_every_count_is_exported_as_a_metric():
+    from agent.h2_connections import COUNT_KEYS as H2_KEYS
+    from agent.metrics import _TRACKER_COUNTERS
+    from agent.sql_connections import COUNT_KEYS as SQL_KEYS
+    assert set(SQL_KEYS) | set(H2_KEYS) <= set(_TRACKER_COUNTERS)

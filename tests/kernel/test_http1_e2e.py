@@ -176,3 +176,14 @@ def test_sigterm_stops_fast_flushes_and_detaches(receiver, start_agent, backend)
     # Spans held at stop time were flushed, not lost.
     assert any(s.attributes.get("url.path") == "/last" for s in receiver.spans)
     assert programs_still_loaded(programs) == set()
+
+
+def test_short_lived_client_keeps_its_identity(receiver, start_agent, backend):
+    """curl exits right after its response: its resource was read when its
+    connection opened, not when its span was built."""
+    start_agent("--port", str(backend))
+    for _ in range(3):
+        assert curl(f"http://127.0.0.1:{backend}/short")["status"] == 200
+    clients = wait_spans(receiver, lambda s: s.kind == KIND_CLIENT and s.attributes.get("server.port") == backend, 3)
+    assert {c.resource["process.executable.name"] for c in clients} == {"curl"}, clients
+    assert {c.resource["service.name"] for c in clients} == {"unknown_service:curl"}

@@ -51,6 +51,7 @@ def test_https_server_and_curl_join_the_callers_trace(receiver, start_agent, tls
     assert server.attributes["http.response.status_code"] == 200
     assert server.attributes["network.peer.port"] == timing["local_port"]
     # curl's own span: the span id its traceparent announced.
+    assert client.resource["process.executable.name"] == "curl"
     assert client.trace_id == TRACE_ID and client.span_id == PARENT_ID
     assert client.attributes["url.full"] == f"https://127.0.0.1:{port}/items/7?color=blue"
     # The ciphertext under these calls was never parsed as HTTP.
@@ -195,3 +196,4 @@ def test_both_attach_paths_capture_plaintext_and_detach(monkeypatch, tls_certifi
     while programs_still_loaded(probes) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not programs_still_loaded(probes)
+

@@ -20,6 +20,8 @@ PACKAGES=(
     python3-bpfcc bpfcc-tools
     # Peers for the end-to-end tests and benchmarks
     nginx-light wrk nghttp2-client prometheus postgresql-15 mariadb-server openssl
+    # OpenSSL headers and static libraries: the statically linked TLS client test peer
+    libssl-dev
 )
 
 missing=()

@@ -10,7 +10,7 @@ import time
 import pytest
 
 from agent.spans import KIND_CLIENT, KIND_SERVER, STATUS_UNSET
-from conftest import curl, loaded_programs, programs_still_loaded, start_backend
+from conftest import PEERS, curl, loaded_programs, programs_still_loaded, start_backend
 from test_http1_e2e import PARENT_ID, TRACE_ID, TRACEPARENT, wait_spans
 from test_http1_load import CPU_SHARE_NICE, LOSS_METRICS, traced_load
 
@@ -197,3 +197,43 @@ def test_both_attach_paths_capture_plaintext_and_detach(monkeypatch, tls_certifi
         time.sleep(0.05)
     assert not programs_still_loaded(probes)
 
+
+
+STATIC_LIBS = ("/usr/lib/x86_64-linux-gnu/libssl.a", "/usr/lib/x86_64-linux-gnu/libcrypto.a")
+
+
+def test_statically_linked_openssl_is_found_by_symbol(receiver, start_agent, tls_certificate,
+                                                      tmp_path):
+    """A client with OpenSSL linked in, started after the agent: no libssl
+    file to probe, so the agent finds SSL_read/SSL_write in the executable
+    itself after the exec report."""
+    if not all(os.path.exists(lib) for lib in STATIC_LIBS) or not shutil.which("clang-19"):
+        pytest.skip("needs clang-19 and OpenSSL's static libraries (libssl-dev; make setup)")
+    client = tmp_path / "static_tls_client"
+    subprocess.run(["clang-19", "-O1", str(PEERS / "static_tls_client.c"), "-o", str(client),
+                    *STATIC_LIBS, "-lpthread", "-ldl"], check=True, capture_output=True)
+    assert "libssl" not in subprocess.run(["ldd", str(client)], capture_output=True,
+                                          text=True).stdout
+    agent = start_agent()
+    probed = agent.metric("otel_ebpf_tls_files_total", outcome="probed")
+    server, port = start_backend(tls_certificate)
+    proc = subprocess.Popen([str(client), str(port), "/static", TRACEPARENT.split(": ")[1]],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 10
+        while agent.metric("otel_ebpf_tls_files_total", outcome="probed") <= probed:
+            assert time.monotonic() < deadline, "the static client was not probed"
+            time.sleep(0.1)
+        out, _ = proc.communicate("go\n", timeout=10)
+        assert proc.returncode == 0 and out.startswith("HTTP/1.1 200"), (proc.returncode, out)
+        client_span = wait_spans(receiver, on_port(port, KIND_CLIENT), 1)[0]
+        server_span = wait_spans(receiver, on_port(port, KIND_SERVER), 1)[0]
+    finally:
+        proc.kill()
+        proc.wait()
+        server.terminate()
+        server.wait()
+    assert client_span.resource["process.executable.name"] == "static_tls_client"
+    assert client_span.attributes["url.full"] == f"https://127.0.0.1:{port}/static"
+    assert client_span.span_id == PARENT_ID and client_span.trace_id == TRACE_ID
+    assert server_span.parent_span_id == PARENT_ID

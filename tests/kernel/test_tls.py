@@ -237,3 +237,32 @@ def test_statically_linked_openssl_is_found_by_symbol(receiver, start_agent, tls
     assert client_span.attributes["url.full"] == f"https://127.0.0.1:{port}/static"
     assert client_span.span_id == PARENT_ID and client_span.trace_id == TRACE_ID
     assert server_span.parent_span_id == PARENT_ID
+
+
+def test_starting_and_stopping_under_https_load_harms_no_traced_process(start_agent, start_nginx,
+                                                                       tls_certificate):
+    """Probes come and go while nginx and wrk are inside SSL_read/SSL_write:
+    both keep running, every request is answered, and nothing stays attached."""
+    if not shutil.which("wrk"):
+        pytest.skip("wrk is not installed (make setup installs it)")
+    nginx = start_nginx(tls=tls_certificate)
+    load = subprocess.Popen(["wrk", "-t1", "-c8", "-d8s", f"https://127.0.0.1:{nginx.port}/fast"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    probes: set[int] = set()
+    for _ in range(3):
+        time.sleep(1)
+        agent = start_agent()
+        probes |= {p["id"] for p in loaded_programs() if p.get("name") in ("tls_enter", "tls_exit")}
+        time.sleep(1)
+        assert agent.stop() < 2.0
+    out, err = load.communicate(timeout=30)
+    assert load.returncode == 0, err
+    assert "Socket errors" not in out and "Non-2xx" not in out, out
+    assert nginx.proc.poll() is None
+    assert curl(f"https://127.0.0.1:{nginx.port}/fast",
+                extra=["--cacert", str(tls_certificate.cert)])["status"] == 200
+    assert len(probes) == 6
+    deadline = time.monotonic() + 3
+    while programs_still_loaded(probes) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not programs_still_loaded(probes)

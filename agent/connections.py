@@ -169,6 +169,9 @@ class ConnectionTracker:
         # (agent/pipeline.py), not when their spans are built.
         self.new_pids: list[int] = []
         self._known_pids: set[int] = set()
+        # Processes whose exit was handled: the kernel keeps their names
+        # until the pipeline lets go of them (agent/pipeline.py).
+        self.exited: list[int] = []
         # (protocol, reason) -> count
         self.parse_errors: dict[tuple[str, str], int] = {}
         self.h2 = H2ConnectionHandler(self.counts, self.parse_errors,
@@ -446,6 +449,8 @@ class ConnectionTracker:
 
     def forget_process(self, pid: int) -> None:
         self._known_pids.discard(pid)
+        if len(self.exited) < self.max_connections:   # the pipeline drains it
+            self.exited.append(pid)
         for conn_id, conn in list(self.connections.items()):
             if conn.pid == pid:
                 self._drop(conn)

@@ -146,7 +146,7 @@ class LoadedCapture:
         lib = libbpf.lib()
         self._map_fds = {}
         for name in ("events", "probe_stats", "pid_filter", "cgroup_filter", "port_filter",
-                     "excluded_endpoints", "conns"):
+                     "excluded_endpoints", "conns", "traced_processes"):
             bpf_map = check_ptr(lib.bpf_object__find_map_by_name(obj, name.encode()), name)
             self._map_fds[name] = lib.bpf_map__fd(bpf_map)
         self.ring = RingBuffer(self._map_fds["events"], settings.ring_buffer_bytes)
@@ -172,6 +172,17 @@ class LoadedCapture:
 
     def disallow_cgroup(self, cgroup_id: int) -> None:
         self._delete("cgroup_filter", _CGROUP.pack(cgroup_id))
+
+    def process_name(self, pid: int) -> str | None:
+        """The name the kernel kept for a traced process (it may have exited)."""
+        value = records.ffi.new("struct traced_process *")
+        if libbpf.lib().bpf_map_lookup_elem(self._map_fds["traced_processes"], _PID.pack(pid),
+                                            value) != 0:
+            return None
+        return records.ffi.string(value.comm).decode("utf-8", "replace") or None
+
+    def forget_process(self, pid: int) -> None:
+        self._delete("traced_processes", _PID.pack(pid))
 
     def allow_port(self, port: int) -> None:
         self._update("port_filter", _PORT.pack(port), _ONE)

@@ -168,6 +168,15 @@ class AgentCollector:
         tracked.add_metric(["processes"], stage.get("processes", 0))
         tracked.add_metric(["trace_links"], len(linker.linker))
         yield tracked
+        k8s = agent.k8s
+        if k8s is not None:
+            refreshes = CounterMetricFamily(f"{PREFIX}_k8s_pod_list_refreshes", "Lists of this node's pods read from the Kubernetes API, by outcome.", labels=["outcome"])
+            refreshes.add_metric(["ok"], k8s.counts["refreshes"])
+            refreshes.add_metric(["failed"], k8s.counts["refresh_failures"])
+            yield refreshes
+            pods = GaugeMetricFamily(f"{PREFIX}_k8s_containers_known", "Containers of this node's pods in the metadata index.")
+            pods.add_metric([], len(k8s))
+            yield pods
         tls = agent.tls
         if tls is not None:
             files = CounterMetricFamily(f"{PREFIX}_tls_files", "TLS library files and executables looked at for OpenSSL, by outcome.", labels=["outcome"])

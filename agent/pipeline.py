@@ -9,6 +9,7 @@ bounded queue.  Every stage counts what it drops.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 
@@ -25,13 +26,17 @@ class Pipeline:
 
     def __init__(self, capture: LoadedCapture, span_stage, sampler: Sampler,
                  batch_records: int = 4096, housekeeping_interval_s: float = 2.0,
-                 selection=None, tls=None):
+                 selection=None, tls=None, k8s=None):
         self.capture = capture
         self.span_stage = span_stage
         self.tracker = ConnectionTracker()
         self.linker = HttpExchangeLinker(sampler)
         # Reads resources only: the span stage keeps them, in its own process.
-        self.resources = ResourceCache()
+        self.resources = ResourceCache(
+            k8s=k8s, exited_name=capture.process_name if capture is not None else None)
+        # Containerised processes whose pod the k8s index did not know yet:
+        # their resource is sent again once it does.
+        self._awaiting_pod: dict[int, None] = {}
         self.batch_records = batch_records
         self.housekeeping_interval_s = housekeeping_interval_s
         self.selection = selection
@@ -53,13 +58,41 @@ class Pipeline:
             items = tracker.process(records)
             exchanges = self.linker.exchanges(items) if items else []
             if tracker.new_pids:
-                exchanges[:0] = [(RESOURCE_MARKER, pid, self.resources.attributes_of(pid))
-                                 for pid in tracker.new_pids]
+                exchanges[:0] = [self._resource(pid) for pid in tracker.new_pids]
                 tracker.new_pids.clear()
             if exchanges:
                 self.span_stage.submit(exchanges)
 
+    def _resource(self, pid: int) -> tuple:
+        attributes = self.resources.attributes_of(pid)
+        if self.resources.k8s is not None and len(self._awaiting_pod) < 4096:
+            keys = {key for key, _ in attributes}
+            if "container.id" in keys and "k8s.pod.name" not in keys:
+                self._awaiting_pod[pid] = None
+        return (RESOURCE_MARKER, pid, attributes)
+
+    def _resend_resources_with_pods(self) -> None:
+        waiting, self._awaiting_pod = self._awaiting_pod, {}
+        found = []
+        for pid in waiting:
+            resource = self._resource(pid)
+            if pid not in self._awaiting_pod:
+                found.append(resource)
+            elif not os.path.exists(f"/proc/{pid}"):
+                del self._awaiting_pod[pid]
+        if found:
+            self.span_stage.submit(found)
+
     def housekeeping(self) -> None:
+        if self._awaiting_pod:
+            self._resend_resources_with_pods()
+        exited = self.tracker.exited
+        if exited:
+            # Their resources were read when their last records were drained.
+            if self.capture is not None:
+                for pid in exited:
+                    self.capture.forget_process(pid)
+            exited.clear()
         self.tracker.expire(time.monotonic_ns())
         self.span_stage.housekeeping()
         if self.selection is not None:

@@ -70,13 +70,16 @@ def container_id(pid: int) -> str | None:
     return None
 
 
-def executable(pid: int) -> tuple[str, str]:
+def executable(pid: int, exited_name=None) -> tuple[str, str]:
     """(executable path, executable name), falling back to comm for kernel
-    threads and processes whose exe link is unreadable."""
+    threads and processes whose exe link is unreadable, and to
+    exited_name(pid) (the name the kernel kept) for processes already gone."""
     try:
         path = os.readlink(f"/proc/{pid}/exe")
     except OSError:
         comm = (_read(f"/proc/{pid}/comm") or "").strip()
+        if not comm and exited_name is not None:
+            comm = exited_name(pid) or ""
         return "", comm or f"pid-{pid}"
     return path, os.path.basename(path.removesuffix(" (deleted)"))
 
@@ -99,8 +102,11 @@ def _iso8601(epoch: float) -> str:
 class ResourceCache:
     """pid -> ProcessResource, bounded; entries are dropped when a process exits."""
 
-    def __init__(self, host_attributes: list | None = None, max_entries: int = 16384):
+    def __init__(self, host_attributes: list | None = None, max_entries: int = 16384,
+                 k8s=None, exited_name=None):
         self._by_pid: dict[int, ProcessResource] = {}
+        self.k8s = k8s   # agent.k8s.PodMetadata inside a cluster
+        self.exited_name = exited_name   # pid -> name the kernel kept, for exited processes
         self._max_entries = max_entries
         self._host = host_attributes if host_attributes is not None else default_host_attributes()
         self.evicted = 0
@@ -119,10 +125,12 @@ class ResourceCache:
         """A resource read elsewhere while the process lived (the capture
         loop reads it when it first sees the process; a short-lived client
         is often gone by the time its spans are built)."""
-        self._add(ProcessResource(pid, attributes))
+        # Marked used: the spans it came for may arrive in a later message,
+        # after the process is gone; forget_gone() must not drop it first.
+        self._add(ProcessResource(pid, attributes)).used = True
 
     def attributes_of(self, pid: int) -> list:
-        return build_resource(pid, self._host).attributes
+        return build_resource(pid, self._host, self.k8s, self.exited_name).attributes
 
     def _add(self, resource: ProcessResource) -> ProcessResource:
         if resource.pid not in self._by_pid and len(self._by_pid) >= self._max_entries:
@@ -152,8 +160,9 @@ def default_host_attributes() -> list:
     return attrs
 
 
-def build_resource(pid: int, host_attributes: list) -> ProcessResource:
-    exe_path, exe_name = executable(pid)
+def build_resource(pid: int, host_attributes: list, k8s=None,
+                   exited_name=None) -> ProcessResource:
+    exe_path, exe_name = executable(pid, exited_name)
     env = process_environment(pid)
     declared = _parse_resource_attributes(env.get("OTEL_RESOURCE_ATTRIBUTES", ""))
     service = env.get("OTEL_SERVICE_NAME") or dict(declared).get("service.name") \
@@ -172,6 +181,8 @@ def build_resource(pid: int, host_attributes: list) -> ProcessResource:
     cid = container_id(pid)
     if cid:
         attrs.append(("container.id", cid))
+        if k8s is not None:
+            attrs += k8s.lookup(cid) or ()
     attrs += host_attributes
     attrs += [
         ("telemetry.distro.name", DISTRO_NAME),

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 
 from agent.export import create_sink, describe_sink, exporter_endpoint
+from agent.k8s import PodMetadata
 from agent.loader import CaptureSettings, load_capture
 from agent.metrics import AgentMetrics, MetricsServer
 from agent.pipeline import Pipeline
@@ -54,6 +55,7 @@ class Agent:
         self.console_stream = console_stream
         self.capture = None
         self.tls = None
+        self.k8s = None
         self.pipeline = None
         self.span_stage = None
         self.sink_name = ""
@@ -96,9 +98,12 @@ class Agent:
             tls = TlsProbes(self.capture)
             tls.start()
         self.tls = tls
+        self.k8s = PodMetadata.from_environment()
+        if self.k8s is not None:
+            self.k8s.start()
         self.pipeline = Pipeline(self.capture, self.span_stage, sampler,
                                  selection=selection if selection.exes or selection.by_cgroup else None,
-                                 tls=tls)
+                                 tls=tls, k8s=self.k8s)
         if config.metrics_address:
             self.metrics_server = MetricsServer(config.metrics_address, self.metrics, self)
             self.metrics_server.start()
@@ -129,6 +134,8 @@ class Agent:
                 self.capture.close()
             if self.span_stage is not None:
                 self.span_stage.shutdown(STOP_FLUSH_SECONDS)
+        if self.k8s is not None:
+            self.k8s.stop()
         if self.metrics_server is not None:
             self.metrics_server.stop()
 

@@ -117,6 +117,14 @@ struct capture_config {
     __u8 reserved[4];
 };
 
+/* traced_processes values: what userspace still needs of a process whose
+ * /proc entry is gone (a client that exited right after its request).
+ * Userspace deletes an entry once it has handled the process's exit. */
+#define PROCESS_NAME_BYTES 16
+struct traced_process {
+    char comm[PROCESS_NAME_BYTES];  /* the thread group leader's name */
+};
+
 /* Counters per probe and CPU, summed by userspace. */
 struct probe_stats {
     __u64 events;       /* records written to the ring buffer */

@@ -125,12 +125,13 @@ struct {
     __type(value, __u8);
 } pid_filter SEC(".maps");
 
-/* Processes with a classified connection: their exit is worth an event. */
+/* Processes with a classified connection: their exit is worth an event,
+ * and their name outlives them until userspace has handled it. */
 struct {
     __uint(type, BPF_MAP_TYPE_LRU_HASH);
     __uint(max_entries, 16384);
     __type(key, __u32);
-    __type(value, __u8);
+    __type(value, struct traced_process);
 } traced_processes SEC(".maps");
 
 /* cgroup v2 ids (the cgroup directory's inode number) of selected cgroups
@@ -432,8 +433,10 @@ static __always_inline int emit_data(__u64 id, const struct io_args *args, long 
             return 0;
         }
         conn->protocol = protocol;
-        __u8 one = 1;
-        bpf_map_update_elem(&traced_processes, &tgid, &one, BPF_ANY);
+        struct traced_process process = {};
+        struct task_struct *task = bpf_get_current_task_btf();
+        BPF_CORE_READ_STR_INTO(&process.comm, task, group_leader, comm);
+        bpf_map_update_elem(&traced_processes, &tgid, &process, BPF_ANY);
     }
 
     __u32 zero = 0;
@@ -590,7 +593,6 @@ int common_process_exit(struct bpf_raw_tracepoint_args *ctx)
     __u32 tgid = id >> 32;
     if ((__u32)id != tgid || !bpf_map_lookup_elem(&traced_processes, &tgid))
         return 0;
-    bpf_map_delete_elem(&traced_processes, &tgid);
     struct event_header hdr = {};
     hdr.type = EVENT_PROCESS_EXIT;
     hdr.pid = tgid;

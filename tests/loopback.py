@@ -2,14 +2,25 @@
 benchmarks: every server they start listens on 127.0.0.1 only."""
 from __future__ import annotations
 
+import random
 import socket
 import time
 
+# Below the kernel's ephemeral range (net.ipv4.ip_local_port_range, 32768 and
+# up by default): a port the kernel hands out for port 0 can be taken by any
+# outgoing connection (curl, the agent's exporter) before the server binds it.
+_SERVER_PORTS = range(20000, 32000)
+
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    while True:
+        port = random.choice(_SERVER_PORTS)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 def wait_for_port(port: int, timeout: float = 10.0, process=None, name: str = "server") -> None:

@@ -40,7 +40,8 @@ class CaptureSettings:
     excluded_endpoints: list[tuple[str, int]] = field(default_factory=list)
     hooks: str = "auto"                   # auto | kprobe | tracepoint
     agent_pid: int = field(default_factory=os.getpid)
-    tls: bool = True                      # load the TLS uprobe programs, report execs
+    tls: bool = True                      # load the TLS uprobe programs
+    report_execs: int = records.C["EXECS_TRACED"]   # EXECS_*: which execs are reported
 
     def validate(self) -> None:
         limit = records.C["MAX_CAPTURE_BYTES"]
@@ -297,7 +298,7 @@ def _write_capture_config(obj, settings: CaptureSettings) -> None:
         "filter_pids": settings.pids is not None,
         "filter_cgroups": settings.cgroups is not None,
         "filter_ports": settings.ports is not None,
-        "watch_exec": settings.tls,
+        "report_execs": settings.report_execs,
     })
     raw = bytes(records.ffi.buffer(config))
     assert offset + len(raw) <= size[0]

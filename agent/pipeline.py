@@ -108,11 +108,17 @@ class Pipeline:
                 break
             if not self.drain_once():
                 ring.wait(0.1)
-            if self.tls is not None:
-                execs = self.tracker.execs
-                if execs:
+            execs = self.tracker.execs
+            if execs:
+                selection = self.selection
+                if selection is not None and selection.exes:
+                    # Every process's execs are reported: keep the selected ones.
+                    selection.exec_seen(execs, self.capture)
+                    execs[:] = [pid for pid in execs if pid in selection.known_pids]
+                if self.tls is not None:
                     self.tls.exec_seen(execs)
-                    execs.clear()
+                execs.clear()
+            if self.tls is not None:
                 self.tls.poll(now)
             if now >= next_housekeeping:
                 self.housekeeping()

@@ -13,6 +13,7 @@ from agent.k8s import PodMetadata
 from agent.loader import CaptureSettings, load_capture
 from agent.metrics import AgentMetrics, MetricsServer
 from agent.pipeline import Pipeline
+from agent.records import C
 from agent.redact import Redactor
 from agent.tls import TlsProbes
 from agent.routes import RouteNamer
@@ -89,7 +90,9 @@ class Agent:
         settings = CaptureSettings(
             capture_bytes=config.capture_bytes, ring_buffer_bytes=config.ring_buffer_bytes,
             pids=pids, cgroups=cgroups, ports=set(config.ports) or None,
-            excluded_endpoints=excluded, hooks=config.hooks, tls=config.tls)
+            excluded_endpoints=excluded, hooks=config.hooks, tls=config.tls,
+            report_execs=C["EXECS_ALL"] if selection.exes
+            else C["EXECS_TRACED"] if config.tls else C["EXECS_NONE"])
         self.metrics = AgentMetrics(self)
         self.capture = load_capture(settings)
         selection.known_pids, selection.known_cgroups = pids or set(), cgroups or set()

@@ -71,13 +71,8 @@ class Selection:
         for entry in os.scandir("/proc"):
             if not entry.name.isdigit():
                 continue
-            if self.exes:
-                try:
-                    exe = os.path.basename(os.readlink(f"/proc/{entry.name}/exe"))
-                except OSError:
-                    exe = ""
-                if exe.removesuffix(" (deleted)") in self.exes:
-                    pids.add(int(entry.name))
+            if self.exes and self._selected_exe(entry.name):
+                pids.add(int(entry.name))
             if self.containers:
                 try:
                     with open(f"/proc/{entry.name}/cgroup") as f:
@@ -87,6 +82,23 @@ class Selection:
                 if path and any(c in path for c in self.containers):
                     container_paths.add(path)
         return pids, container_paths
+
+    def _selected_exe(self, pid) -> bool:
+        try:
+            exe = os.path.basename(os.readlink(f"/proc/{pid}/exe"))
+        except OSError:
+            return False
+        return exe.removesuffix(" (deleted)") in self.exes
+
+    def exec_seen(self, pids, capture) -> None:
+        """Processes that just started a program (the kernel's exec reports):
+        select those running a selected executable now, not at the next scan."""
+        if not self.exes:
+            return
+        for pid in pids:
+            if pid not in self.known_pids and self._selected_exe(pid):
+                capture.allow_pid(pid)
+                self.known_pids.add(pid)
 
     def _cgroup_ids(self, paths) -> set[int]:
         """Inode numbers (the cgroup ids) of these cgroups and their descendants."""

@@ -105,6 +105,13 @@ struct event_header {
     struct conn_tuple tuple;
 };
 
+/* capture_config.report_execs: none; those of traced processes (to find the
+ * TLS libraries they load); every process's (to select new processes by
+ * executable name as they start). */
+#define EXECS_NONE 0
+#define EXECS_TRACED 1
+#define EXECS_ALL 2
+
 /* Load-time settings the loader writes into the object's read-only data
  * before loading it (the verifier then prunes what they switch off). */
 struct capture_config {
@@ -113,7 +120,7 @@ struct capture_config {
     __u8 filter_pids;       /* trace the pids in pid_filter ... */
     __u8 filter_cgroups;    /* ... and the processes in the cgroups in cgroup_filter */
     __u8 filter_ports;      /* trace only connections with a port in port_filter */
-    __u8 watch_exec;        /* report execs (TLS library discovery) */
+    __u8 report_execs;      /* EXECS_*: which execs become EVENT_PROCESS_EXEC */
     __u8 reserved[4];
 };
 

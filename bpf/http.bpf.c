@@ -699,13 +699,16 @@ int tls_exit(struct pt_regs *ctx)
     return emit_data(id, &a, n, FLAG_TLS);
 }
 
-/* A new program image: userspace looks for TLS libraries it has not probed. */
+/* A new program image: userspace looks for TLS libraries it has not probed,
+ * and at the executable's name when it selects processes by it. */
 SEC("raw_tracepoint/sched_process_exec")
 int common_process_exec(struct bpf_raw_tracepoint_args *ctx)
 {
     __u64 id = bpf_get_current_pid_tgid();
     __u32 tgid = id >> 32;
-    if (!capture_config.watch_exec || !process_traced(tgid))
+    __u8 report = capture_config.report_execs;
+    if (report == EXECS_NONE || tgid == capture_config.agent_tgid ||
+        (report == EXECS_TRACED && !process_traced(tgid)))
         return 0;
     struct event_header hdr = {};
     hdr.type = EVENT_PROCESS_EXEC;

@@ -234,9 +234,10 @@ def test_sqlcommenter_traceparent_joins_the_trace(receiver, start_agent, postgre
 PGBENCH_SELECT = "SELECT abalance FROM pgbench_accounts WHERE aid = ?"
 PGBENCH_SECONDS = 10
 PGBENCH_RATE = 1000
-# The agent finds new processes of an --exe at its /proc scan, every 2 s
-# (measured here: pgbench in the agent's pid filter 2.1 s after it started).
-EXE_RESCAN_WAIT = 4.0
+# The agent selects a new process of an --exe when the kernel reports its
+# exec, within a drain cycle (0.1 s); its /proc scan, every 2 s, would be
+# too late for the counts to match.
+EXE_RESCAN_WAIT = 0.5
 LOSS_METRICS = (
     "otel_ebpf_kernel_events_lost_total",
     "otel_ebpf_records_malformed_total",
@@ -274,10 +275,10 @@ def test_pgbench_every_select_is_one_client_span(receiver, start_agent, postgres
     sanitised SELECT equal the transactions pgbench counted, and the agent
     reports no loss; flat out, every transaction is a span or a counted loss.
 
-    pgbench must be traced from its first query, but the agent finds a new
-    process of an --exe at its next /proc scan (every 2 s).  So pgbench
+    pgbench must be traced from its first query, and the agent selects it
+    when the kernel reports its exec, a few milliseconds later.  So pgbench
     starts blocked: its (never run, weight 0) second script is a FIFO it
-    reads before connecting; the test waits past a scan, then opens it."""
+    reads before connecting; the test waits EXE_RESCAN_WAIT, then opens it."""
     agent = start_agent("--exe", "pgbench")
     gate = str(tmp_path / "gate.sql")
     os.mkfifo(gate)

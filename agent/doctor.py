@@ -4,6 +4,7 @@ from __future__ import annotations
 from agent import libbpf
 from agent.kernel_features import detect, ensure_tracefs
 from agent.loader import CaptureLoadError, CaptureSettings, candidate_hooks, load_capture
+from agent.tls import TlsProbes
 
 
 def _ring_buffer_supported() -> tuple[bool, str]:
@@ -58,6 +59,15 @@ def report() -> tuple[str, bool]:
                          f"({capture.attached_programs} programs loaded and attached in a trial)")
             for name, why in capture.skipped_hooks:
                 lines.append(f"  skipped {name}: {why}")
+            tls = TlsProbes(capture)
+            tls.start()
+            attach = "uprobe_multi links" if capture.uprobe_multi else "perf-event uprobes"
+            lines.append(f"\nTLS: {tls.counts['files_probed']} OpenSSL file(s) probed in a trial "
+                         f"({tls.counts['probes_attached']} probes, {attach})")
+            lines += [f"  {path}" for path in tls.probed_files]
+            if not tls.counts["files_probed"]:
+                lines.append("  no OpenSSL found: TLS traffic stays unreadable "
+                             "(Go, BoringSSL, rustls and Java are out of reach anyway)")
         finally:
             capture.close()
     return "\n".join(lines), ok

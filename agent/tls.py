@@ -95,6 +95,7 @@ class TlsProbes:
         self._due: list[tuple[float, int]] = []        # (monotonic time, pid)
         self._next_full = 0.0
         self.counts = {"files_probed": 0, "files_without_symbols": 0, "probes_attached": 0}
+        self.probed_files: list[str] = []   # the first few, for the doctor and the log
 
     def start(self) -> None:
         for path in system_libssl_paths():
@@ -160,6 +161,9 @@ class TlsProbes:
         if attached:
             self.counts["files_probed"] += 1
             self.counts["probes_attached"] += attached
-            log.info("tls: %d probes on %s", attached, os.path.realpath(path))
+            real = os.path.realpath(path)
+            if len(self.probed_files) < 32:
+                self.probed_files.append(real)
+            log.info("tls: %d probes on %s", attached, real)
         else:
             self.counts["files_without_symbols"] += 1

@@ -32,3 +32,25 @@ def test_container_ids_are_checked():
         Selection(containers=["abc"], cgroup_root="/sys/fs/cgroup")
     with pytest.raises(ValueError, match="12 hex digits"):
         Selection(containers=["g" * 64], cgroup_root="/sys/fs/cgroup")
+
+
+def test_an_exec_of_a_selected_executable_is_selected_at_once():
+    import os
+
+    class Filter:
+        def __init__(self):
+            self.allowed = []
+
+        def allow_pid(self, pid):
+            self.allowed.append(pid)
+
+    me = os.getpid()
+    exe = os.path.basename(os.readlink("/proc/self/exe"))
+    selection = Selection(exes={exe})
+    capture = Filter()
+    selection.exec_seen([me, 999999999], capture)
+    assert capture.allowed == [me] and me in selection.known_pids
+    selection.exec_seen([me], capture)
+    assert capture.allowed == [me]          # once
+    Selection(exes={"not-this-one"}).exec_seen([me], capture)
+    assert capture.allowed == [me]

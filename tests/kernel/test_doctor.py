@@ -24,3 +24,7 @@ def test_doctor_reports_the_kernel_and_the_hooks_a_trial_load_picks():
         assert f"skipped {family}: " in out, family
     if not detect().kprobes:
         assert "skipped kprobe: this kernel offers no kprobes" in out
+    # The system's libssl, which Debian's python, curl and nginx use.
+    tls = out.split("\nTLS: ", 1)[1]
+    assert int(tls.split()[0]) >= 1, tls
+    assert "libssl.so" in tls

@@ -166,3 +166,13 @@ def test_adjacent_dots_leak_no_digit_and_stay_stable():
     from agent.parsers.sql import sanitize
     assert sanitize("0..0") == "?..?"
     assert sanitize(sanitize("0..0")) == "?..?"
+
+
+@pytest.mark.parametrize("dialect", [None, "mysql", "postgresql"])
+def test_string_cut_after_a_backslash_stays_a_string(dialect):
+    # A capture can end right after an escaping backslash: the cut string
+    # must still be hidden (fuzzing found it kept as text).
+    for query in ("SELECT 'secret\\", "SELECT E'secret\\"):
+        assert sanitize(query, dialect) == "SELECT ?"
+    assert sanitize('SELECT "secret\\', "mysql") == "SELECT ?"
+    assert sanitize("'$$\\", dialect) == "?"

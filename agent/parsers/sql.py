@@ -51,16 +51,18 @@ _COMMON_HEAD = r"""
   (?P<line>--[^\n]*+)
 | (?P<block>/\*(?:[^*]++|\*(?!/))*+(?:\*/|\Z))
 | (?P<dollar>\$(?P<tag>(?:[^\W\d][\w]*+)?)\$[\s\S]*?(?:\$(?P=tag)\$|\Z))
-| (?P<estr>(?<=[Ee])'(?:[^'\\]++|\\[\s\S]|'')*+(?:'|\Z))
+| (?P<estr>(?<=[Ee])'(?:[^'\\]++|\\[\s\S]|\\\Z|'')*+(?:'|\Z))
 """
+# A string cut short by the capture may end in a lone backslash: still a
+# string, else its text would stay as it is.
 _STR_BACKSLASH = r"""
-| (?P<str>'(?:[^'\\]++|\\[\s\S]|'')*+(?:'|\Z))
+| (?P<str>'(?:[^'\\]++|\\[\s\S]|\\\Z|'')*+(?:'|\Z))
 """
 _STR_STANDARD = r"""
 | (?P<str>'(?:[^']++|'')*+(?:'|\Z))
 """
 _STR_DQ = r"""
-| (?P<dqstr>"(?:[^"\\]++|\\[\s\S]|"")*+(?:"|\Z))
+| (?P<dqstr>"(?:[^"\\]++|\\[\s\S]|\\\Z|"")*+(?:"|\Z))
 """
 # A number must not follow a word character, nor a dot that follows one
 # (t1, x.5); a digit run glued to letters after it (123abc) is still

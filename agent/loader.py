@@ -299,6 +299,7 @@ def _write_capture_config(obj, settings: CaptureSettings) -> None:
         "filter_cgroups": settings.cgroups is not None,
         "filter_ports": settings.ports is not None,
         "report_execs": settings.report_execs,
+        "tls": settings.tls,
     })
     raw = bytes(records.ffi.buffer(config))
     assert offset + len(raw) <= size[0]

@@ -121,7 +121,8 @@ struct capture_config {
     __u8 filter_cgroups;    /* ... and the processes in the cgroups in cgroup_filter */
     __u8 filter_ports;      /* trace only connections with a port in port_filter */
     __u8 report_execs;      /* EXECS_*: which execs become EVENT_PROCESS_EXEC */
-    __u8 reserved[4];
+    __u8 tls;               /* the TLS uprobes are loaded: watch for their calls */
+    __u8 reserved[3];
 };
 
 /* traced_processes values: what userspace still needs of a process whose

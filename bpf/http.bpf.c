@@ -203,6 +203,31 @@ static __always_inline struct probe_stats *stats_for(__u32 probe)
     return bpf_map_lookup_elem(&probe_stats, &probe);
 }
 
+/* Every record goes through here: written or lost, it is counted. */
+static __always_inline void output_record(struct probe_stats *stats, void *record, __u64 size)
+{
+    if (bpf_ringbuf_output(&events, record, size, 0))
+        stats->lost++;
+    else
+        stats->events++;
+}
+
+/* A record about the current process: it exited, or started a program. */
+static __always_inline void output_process_event(__u32 type, __u32 probe)
+{
+    struct probe_stats *stats = stats_for(probe);
+    if (!stats)
+        return;
+    __u64 id = bpf_get_current_pid_tgid();
+    struct event_header hdr = {};
+    hdr.type = type;
+    hdr.pid = id >> 32;
+    hdr.tid = (__u32)id;
+    hdr.start_ns = hdr.end_ns = bpf_ktime_get_ns();
+    hdr.probe = probe;
+    output_record(stats, &hdr, sizeof(hdr));
+}
+
 static __always_inline bool process_traced(__u32 tgid)
 {
     if (tgid == capture_config.agent_tgid)
@@ -313,16 +338,18 @@ static __always_inline int on_io_enter(__u32 fd, __u64 buf, __u32 count, __u32 p
         conn = track_conn(tgid, fd, ROLE_UNKNOWN);
     if (!conn || !conn->traced)
         return 0;
-    struct ssl_call *call = bpf_map_lookup_elem(&active_ssl, &id);
-    if (call) {
-        /* Ciphertext moved by SSL_read/SSL_write: the call's uprobe copies
-         * the plaintext, and learns its socket here. */
-        call->fd = fd;
-        conn->tls = 1;
-        return 0;
+    if (capture_config.tls) {
+        struct ssl_call *call = bpf_map_lookup_elem(&active_ssl, &id);
+        if (call) {
+            /* Ciphertext moved by SSL_read/SSL_write: the call's uprobe copies
+             * the plaintext, and learns its socket here. */
+            call->fd = fd;
+            conn->tls = 1;
+            return 0;
+        }
+        if (conn->tls)
+            return 0;
     }
-    if (conn->tls)
-        return 0;
     /* Only a classified connection's data matters for a body-only syscall. */
     if (buffer_kind == IO_NONE && conn->protocol == PROTOCOL_UNKNOWN)
         return 0;
@@ -496,10 +523,7 @@ static __always_inline int emit_data(__u64 id, const struct io_args *args, long 
     if (size > sizeof(struct event_header) + MAX_CAPTURE_BYTES)
         size = sizeof(struct event_header) + MAX_CAPTURE_BYTES;
     barrier_var(size);
-    if (bpf_ringbuf_output(&events, ev, size, 0))
-        stats->lost++;
-    else
-        stats->events++;
+    output_record(stats, ev, size);
     return 0;
 }
 
@@ -573,12 +597,8 @@ static __always_inline int on_close_enter(__u32 fd)
         hdr.seq = conn->seq ? ((conn->seq - 1) % 65535) + 1 : 0;
         hdr.tuple = conn->tuple;
         struct probe_stats *stats = stats_for(PROBE_CLOSE);
-        if (stats) {
-            if (bpf_ringbuf_output(&events, &hdr, sizeof(hdr), 0))
-                stats->lost++;
-            else
-                stats->events++;
-        }
+        if (stats)
+            output_record(stats, &hdr, sizeof(hdr));
     }
     bpf_map_delete_elem(&conns, &key);
     return 0;
@@ -593,19 +613,7 @@ int common_process_exit(struct bpf_raw_tracepoint_args *ctx)
     __u32 tgid = id >> 32;
     if ((__u32)id != tgid || !bpf_map_lookup_elem(&traced_processes, &tgid))
         return 0;
-    struct event_header hdr = {};
-    hdr.type = EVENT_PROCESS_EXIT;
-    hdr.pid = tgid;
-    hdr.tid = tgid;
-    hdr.start_ns = hdr.end_ns = bpf_ktime_get_ns();
-    hdr.probe = PROBE_PROCESS_EXIT;
-    struct probe_stats *stats = stats_for(PROBE_PROCESS_EXIT);
-    if (stats) {
-        if (bpf_ringbuf_output(&events, &hdr, sizeof(hdr), 0))
-            stats->lost++;
-        else
-            stats->events++;
-    }
+    output_process_event(EVENT_PROCESS_EXIT, PROBE_PROCESS_EXIT);
     return 0;
 }
 
@@ -710,19 +718,7 @@ int common_process_exec(struct bpf_raw_tracepoint_args *ctx)
     if (report == EXECS_NONE || tgid == capture_config.agent_tgid ||
         (report == EXECS_TRACED && !process_traced(tgid)))
         return 0;
-    struct event_header hdr = {};
-    hdr.type = EVENT_PROCESS_EXEC;
-    hdr.pid = tgid;
-    hdr.tid = (__u32)id;
-    hdr.start_ns = hdr.end_ns = bpf_ktime_get_ns();
-    hdr.probe = PROBE_PROCESS_EXEC;
-    struct probe_stats *stats = stats_for(PROBE_PROCESS_EXEC);
-    if (stats) {
-        if (bpf_ringbuf_output(&events, &hdr, sizeof(hdr), 0))
-            stats->lost++;
-        else
-            stats->events++;
-    }
+    output_process_event(EVENT_PROCESS_EXEC, PROBE_PROCESS_EXEC);
     return 0;
 }
 

@@ -109,17 +109,11 @@ class HttpExchangeLinker:
         that is serving a traced request is a child of that request."""
         incoming = self._incoming(query)
         if incoming is not None:
-            ctx = RequestContext(incoming[0], new_span_id(), incoming[1], incoming[2],
-                                 self._trace_state(query))
+            ctx = self._child_of_incoming(incoming, query)
         elif conn.is_server:
             ctx = self._new_root()
         else:
-            server = self.linker.serving_thread(conn.pid, query.tid)
-            if server is not None:
-                ctx = RequestContext(server.trace_id, new_span_id(), server.span_id,
-                                     server.flags, server.trace_state)
-            else:
-                ctx = self._new_root()
+            ctx = self._child_of_serving_thread(conn.pid, query.tid)
         if not conn.is_server:
             self.linker.client_sent(conn.key(), ctx)
         query.context = ctx
@@ -129,10 +123,7 @@ class HttpExchangeLinker:
             self._on_sql_request(conn, query)
         ctx = query.context
         if conn.is_server:
-            link = self.linker.take_client_link(conn.mirror_key())
-            if link is not None:
-                self.counts["linked_same_node"] += 1
-                ctx.trace_id, ctx.parent_span_id, ctx.flags = link.trace_id, link.span_id, link.flags
+            self._join_client_on_this_node(ctx, conn.mirror_key())
             kind = KIND_SERVER
         else:
             kind = KIND_CLIENT
@@ -154,10 +145,7 @@ class HttpExchangeLinker:
         if conn.is_server:
             linker = self.linker
             linker.server_finished(conn.pid, request.tid, incoming, ctx)
-            link = linker.take_client_link(conn.mirror_key() + (request.stream_id,))
-            if link is not None:
-                self.counts["linked_same_node"] += 1
-                ctx.trace_id, ctx.parent_span_id, ctx.flags = link.trace_id, link.span_id, link.flags
+            self._join_client_on_this_node(ctx, conn.mirror_key() + (request.stream_id,))
             kind = KIND_SERVER
         else:
             kind = KIND_CLIENT
@@ -212,11 +200,8 @@ class HttpExchangeLinker:
         incoming = self._incoming(request)
         linker = self.linker
         if conn.is_server:
-            if incoming is not None:
-                ctx = RequestContext(incoming[0], new_span_id(), incoming[1], incoming[2],
-                                     self._trace_state(request))
-            else:
-                ctx = self._new_root()
+            ctx = self._child_of_incoming(incoming, request) if incoming is not None \
+                else self._new_root()
             linker.server_started(conn.pid, tid, incoming, ctx)
         else:
             if incoming is not None:
@@ -233,14 +218,28 @@ class HttpExchangeLinker:
                     ctx = RequestContext(incoming[0], incoming[1], parent, incoming[2],
                                          self._trace_state(request))
             else:
-                server = linker.serving_thread(conn.pid, tid)
-                if server is not None:
-                    ctx = RequestContext(server.trace_id, new_span_id(), server.span_id,
-                                         server.flags, server.trace_state)
-                else:
-                    ctx = self._new_root()
+                ctx = self._child_of_serving_thread(conn.pid, tid)
             linker.client_sent(link_key, ctx)
         return (ctx, incoming)
+
+    def _child_of_incoming(self, incoming: tuple, request) -> RequestContext:
+        return RequestContext(incoming[0], new_span_id(), incoming[1], incoming[2],
+                              self._trace_state(request))
+
+    def _child_of_serving_thread(self, pid: int, tid: int) -> RequestContext:
+        """A child of the server request the thread is serving, else a new root."""
+        server = self.linker.serving_thread(pid, tid)
+        if server is None:
+            return self._new_root()
+        return RequestContext(server.trace_id, new_span_id(), server.span_id, server.flags,
+                              server.trace_state)
+
+    def _join_client_on_this_node(self, ctx: RequestContext, mirror_key: tuple) -> None:
+        """A server span whose client was traced on this node becomes its child."""
+        link = self.linker.take_client_link(mirror_key)
+        if link is not None:
+            self.counts["linked_same_node"] += 1
+            ctx.trace_id, ctx.parent_span_id, ctx.flags = link.trace_id, link.span_id, link.flags
 
     def _exchange(self, conn: Connection, request_message: Message,
                   response_message: Message) -> tuple:
@@ -251,10 +250,7 @@ class HttpExchangeLinker:
         if conn.is_server:
             linker = self.linker
             linker.server_finished(conn.pid, request_message.tid, incoming, ctx)
-            link = linker.take_client_link(conn.mirror_key())
-            if link is not None:
-                self.counts["linked_same_node"] += 1
-                ctx.trace_id, ctx.parent_span_id, ctx.flags = link.trace_id, link.span_id, link.flags
+            self._join_client_on_this_node(ctx, conn.mirror_key())
             kind, start = KIND_SERVER, request_message.first_end_ns
         else:
             kind, start = KIND_CLIENT, request_message.first_start_ns

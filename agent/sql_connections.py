@@ -223,72 +223,89 @@ def _split(payload: bytes, length: int, flags: int):
     return payload, gap, b""
 
 
-def _pg_walk(data: bytes, gap: int, tail: bytes, skip: int, frontend: bool):
-    """Frame PostgreSQL messages over one event: data (the captured head,
-    after any bytes kept from the last event), `gap` uncaptured bytes, then
-    tail.  `skip` bytes of an earlier message come first.  Returns
-    (messages, status, skip, rest, reason): messages are (type byte,
-    decoded message or None) for the types the handler follows; status
-    _OK (skip / rest carry over to the next event), _LOST (a message
-    boundary lies in the gap) or _INVALID."""
-    messages = []
-    if frontend:
-        keep, decode, parse = _FRONT_KEEP, _FRONT_DECODE, parse_frontend
-    else:
-        keep, decode, parse = _BACK_KEEP, _BACK_DECODE, parse_backend
+def _walk_event(data: bytes, gap: int, tail: bytes, skip: int, frame, out: list, spec):
+    """The walk over one event that both protocols share: data (the captured
+    head, after any bytes kept from the last event), `gap` uncaptured bytes,
+    then tail; `skip` bytes of an earlier message come first.
+    frame(seg, pos, gap_after, out, spec) frames the messages of one segment
+    from pos into out and returns (skip, stop): the bytes of a message that
+    runs past the segment, and None or the (status, rest, reason) that ends
+    the walk.  Returns (status, skip, rest, reason): _OK (skip / rest carry
+    over to the next event), _LOST (a message boundary lies in the gap) or
+    _INVALID."""
     seg, gap_after = data, gap
     while True:
         n = len(seg)
-        pos = 0
-        if skip:
-            if skip >= n:
-                skip -= n
-                pos = n
-            else:
-                pos = skip
-                skip = 0
-        while pos < n:
-            kind = seg[pos]
-            if kind == _D and not frontend:
-                pos = skip_data_rows(seg, pos)[1]
-                if pos >= n:
-                    break
-                kind = seg[pos]
-            if n - pos < 5:
-                if gap_after:
-                    return messages, _LOST, 0, b"", ""
-                if kind not in (FRONTEND_TYPES if frontend else BACKEND_TYPES):
-                    return messages, _INVALID, 0, b"", "bad_type"
-                return messages, _OK, 0, seg[pos:], ""
-            status, _, total, reason = parse_header(seg[pos:pos + 5], frontend)
-            if status != PARSED:
-                return messages, _INVALID, 0, b"", reason
-            end = pos + total
-            if kind in keep:
-                m = None
-                if kind in decode:
-                    if end <= n:
-                        status, m, _, reason = parse(seg[pos:end])
-                    elif not gap_after and total <= _BUFFER_LIMIT:
-                        return messages, _OK, 0, seg[pos:], ""
-                    else:
-                        status, m, _, reason = parse(seg[pos:], True)
-                    if status != PARSED:
-                        return messages, _INVALID, 0, b"", reason
-                messages.append((kind, m))
-            if end > n:
-                skip = end - n
-                break
-            pos = end
+        if skip >= n:
+            skip -= n
+        else:
+            skip, stop = frame(seg, skip, gap_after, out, spec)
+            if stop is not None:
+                return stop
         if not gap_after:
-            return messages, _OK, skip, b"", ""
+            return _OK, skip, b"", ""
         if skip < gap_after:
-            return messages, _LOST, 0, b"", ""
+            return _LOST, 0, b"", ""
         skip -= gap_after
         gap_after = 0
         if not tail:
-            return messages, _OK, skip, b"", ""
+            return _OK, skip, b"", ""
         seg, tail = tail, b""
+
+
+# What _pg_frame follows per side: (frontend, kept types, decoded types, parser).
+_FRONT_SPEC = (True, _FRONT_KEEP, _FRONT_DECODE, parse_frontend)
+_BACK_SPEC = (False, _BACK_KEEP, _BACK_DECODE, parse_backend)
+
+
+def _pg_frame(seg: bytes, pos: int, gap_after: int, messages: list, spec):
+    """PostgreSQL messages of one segment, for _walk_event: (type byte,
+    decoded message or None) for the types the handler follows."""
+    frontend, keep, decode, parse = spec
+    n = len(seg)
+    while pos < n:
+        kind = seg[pos]
+        if kind == _D and not frontend:
+            pos = skip_data_rows(seg, pos)[1]
+            if pos >= n:
+                break
+            kind = seg[pos]
+        if n - pos < 5:
+            if gap_after:
+                return 0, (_LOST, 0, b"", "")
+            if kind not in (FRONTEND_TYPES if frontend else BACKEND_TYPES):
+                return 0, (_INVALID, 0, b"", "bad_type")
+            return 0, (_OK, 0, seg[pos:], "")
+        status, _, total, reason = parse_header(seg[pos:pos + 5], frontend)
+        if status != PARSED:
+            return 0, (_INVALID, 0, b"", reason)
+        end = pos + total
+        if kind in keep:
+            m = None
+            if kind in decode:
+                if end <= n:
+                    status, m, _, reason = parse(seg[pos:end])
+                elif not gap_after and total <= _BUFFER_LIMIT:
+                    return 0, (_OK, 0, seg[pos:], "")
+                else:
+                    status, m, _, reason = parse(seg[pos:], True)
+                if status != PARSED:
+                    return 0, (_INVALID, 0, b"", reason)
+            messages.append((kind, m))
+        if end > n:
+            return end - n, None
+        pos = end
+    return 0, None
+
+
+def _pg_walk(data: bytes, gap: int, tail: bytes, skip: int, frontend: bool):
+    """Frame PostgreSQL messages over one event (see _walk_event).  Returns
+    (messages, status, skip, rest, reason): messages are (type byte,
+    decoded message or None) for the types the handler follows."""
+    messages = []
+    status, skip, rest, reason = _walk_event(data, gap, tail, skip, _pg_frame, messages,
+                                             _FRONT_SPEC if frontend else _BACK_SPEC)
+    return messages, status, skip, rest, reason
 
 
 def _pg_front_chain(tail: bytes):
@@ -346,51 +363,38 @@ def _pg_tail_end(tail: bytes):
     return results
 
 
-def _my_walk(data: bytes, gap: int, tail: bytes, skip: int, want: int):
-    """Physical MySQL packets over one event, as _pg_walk: returns
-    (packets, status, skip, rest) where packets are (seq, bytes of the
+def _my_frame(seg: bytes, pos: int, gap_after: int, packets: list, want: int):
+    """MySQL packets of one segment, for _walk_event: (seq, bytes of the
     packet as captured, truncated) for packets with sequence id `want`
     (every packet when want < 0)."""
-    packets = []
-    seg, gap_after = data, gap
-    while True:
-        n = len(seg)
-        pos = 0
-        if skip:
-            if skip >= n:
-                skip -= n
-                pos = n
+    n = len(seg)
+    while pos < n:
+        if n - pos < 4:
+            if gap_after:
+                return 0, (_LOST, 0, b"", "")
+            return 0, (_OK, 0, seg[pos:], "")
+        total = 4 + (seg[pos] | seg[pos + 1] << 8 | seg[pos + 2] << 16)
+        end = pos + total
+        seq = seg[pos + 3]
+        if want < 0 or seq == want:
+            if end <= n:
+                packets.append((seq, seg[pos:end], False))
+            elif not gap_after and total <= _BUFFER_LIMIT:
+                return 0, (_OK, 0, seg[pos:], "")
             else:
-                pos = skip
-                skip = 0
-        while pos < n:
-            if n - pos < 4:
-                if gap_after:
-                    return packets, _LOST, 0, b""
-                return packets, _OK, 0, seg[pos:]
-            total = 4 + (seg[pos] | seg[pos + 1] << 8 | seg[pos + 2] << 16)
-            end = pos + total
-            seq = seg[pos + 3]
-            if want < 0 or seq == want:
-                if end <= n:
-                    packets.append((seq, seg[pos:end], False))
-                elif not gap_after and total <= _BUFFER_LIMIT:
-                    return packets, _OK, 0, seg[pos:]
-                else:
-                    packets.append((seq, seg[pos:], True))
-            if end > n:
-                skip = end - n
-                break
-            pos = end
-        if not gap_after:
-            return packets, _OK, skip, b""
-        if skip < gap_after:
-            return packets, _LOST, 0, b""
-        skip -= gap_after
-        gap_after = 0
-        if not tail:
-            return packets, _OK, skip, b""
-        seg, tail = tail, b""
+                packets.append((seq, seg[pos:], True))
+        if end > n:
+            return end - n, None
+        pos = end
+    return 0, None
+
+
+def _my_walk(data: bytes, gap: int, tail: bytes, skip: int, want: int):
+    """Physical MySQL packets over one event (see _walk_event): returns
+    (packets, status, skip, rest) where packets are as _my_frame gives them."""
+    packets = []
+    status, skip, rest, _ = _walk_event(data, gap, tail, skip, _my_frame, packets, want)
+    return packets, status, skip, rest
 
 
 def _my_tail_end(tail: bytes, caps: int):

@@ -36,7 +36,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.spans import KIND_CLIENT, KIND_NAMES, STATUS_NAMES
+from agent.semconv import (  # noqa: F401  (the tests import these names from here)
+    DB_COLLECTION_NAME, DB_NAMESPACE, DB_OPERATION_NAME, DB_QUERY_SUMMARY, DB_QUERY_TEXT,
+    DB_RESPONSE_STATUS_CODE, DB_SYSTEM_NAME, ERROR_TYPE,
+)
+from agent.spans import KIND_CLIENT, KIND_NAMES, STATUS_ERROR, STATUS_NAMES, STATUS_UNSET
 from loopback import free_port, wait_for_port
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
@@ -49,15 +53,9 @@ MARIADB_PASSWORD = "app-password"
 MARIADB_DATABASE = "shop"
 MARIADB_OTHER_DATABASE = "inventory"
 
-# Attributes of a database span (stable database semantic conventions).
-DB_SYSTEM_NAME = "db.system.name"
-DB_NAMESPACE = "db.namespace"
-DB_OPERATION_NAME = "db.operation.name"
-DB_COLLECTION_NAME = "db.collection.name"
-DB_QUERY_SUMMARY = "db.query.summary"
-DB_QUERY_TEXT = "db.query.text"
-DB_RESPONSE_STATUS_CODE = "db.response.status_code"
-ERROR_TYPE = "error.type"
+# Literals the tests write into their queries: none may reach an exported span.
+SECRET = "secret-literal-Xq7Zt9"
+NUMBERS = ("918273645", "5550123", "271828182", "314159265")
 
 
 def _clean_env() -> dict:
@@ -70,6 +68,9 @@ def _clean_env() -> dict:
 
 class PostgresServer:
     """A PostgreSQL 15 cluster of its own: initdb, pg_ctl start, pg_ctl stop."""
+
+    system = "postgresql"        # db.system.name of its spans
+    database = PG_DATABASE       # what the tests' clients connect to
 
     def __init__(self):
         started = time.monotonic()
@@ -201,6 +202,9 @@ def pgbench_database_fixture(postgres) -> str:
 
 class MariaDBServer:
     """A MariaDB server of its own: mariadb-install-db, then mariadbd."""
+
+    system = "mariadb"
+    database = MARIADB_DATABASE
 
     def __init__(self):
         started = time.monotonic()
@@ -384,3 +388,49 @@ def leaks(spans, values) -> list[str]:
             if needle.encode() in encoded and not any(needle in t for t in texts.values()):
                 found.append(f"{needle!r} in the encoded span {span.name!r}")
     return found
+
+
+# ------------------------------------------------------ checks both share
+
+def trace_this_process(start_agent, server, *extra: str):
+    """The agent tracing this pytest process's connections to the server
+    (the agent never traces itself; pytest is an ordinary client here)."""
+    return start_agent("--pid", str(os.getpid()), "--port", str(server.port), *extra)
+
+
+def check_common(spans, server) -> None:
+    """Attributes every CLIENT span from this process to the server carries."""
+    for span in spans:
+        a = span.attributes
+        where = f"{span.name!r}: {a}"
+        assert span.kind == KIND_CLIENT, where
+        assert a[DB_SYSTEM_NAME] == server.system, where
+        assert a.get(DB_NAMESPACE) == server.database, where
+        assert a.get(DB_QUERY_SUMMARY) == span.name, where
+        assert a.get("server.address") == "127.0.0.1", where
+        assert a.get("server.port") == server.port, where
+        assert a.get("network.peer.address") == "127.0.0.1", where
+        assert a.get("network.peer.port") == server.port, where
+        assert span.resource.get("process.pid") == os.getpid(), (where, span.resource)
+
+
+def check_failed_queries(spans, server, duplicate_code: str, syntax_code: str) -> None:
+    """The spans of the `errs` test: a duplicate-key INSERT and a misspelt
+    SELEC, both errors with the server's code, then a SELECT that worked."""
+    assert len(spans) == 3, describe(spans)
+    duplicate, syntax, after = spans
+    assert row(duplicate) == ("INSERT errs", "INSERT", "errs",
+                              "INSERT INTO errs (id, note) VALUES (?, ?)"), describe(spans)
+    assert syntax.attributes.get(DB_QUERY_TEXT) == "SELEC note FROM errs WHERE id = ?", \
+        describe(spans)
+    assert row(after) == ("SELECT errs", "SELECT", "errs",
+                          "SELECT note FROM errs WHERE id = ?"), describe(spans)
+    for span, code in ((duplicate, duplicate_code), (syntax, syntax_code)):
+        assert span.status_code == STATUS_ERROR, describe([span])
+        assert span.attributes.get(DB_RESPONSE_STATUS_CODE) == code, describe([span])
+        assert span.attributes.get(ERROR_TYPE) == code, describe([span])
+    assert after.status_code == STATUS_UNSET and ERROR_TYPE not in after.attributes, \
+        describe([after])
+    for span in spans:
+        assert span.kind == KIND_CLIENT and span.attributes[DB_SYSTEM_NAME] == server.system
+        assert span.attributes.get(DB_NAMESPACE) == server.database, describe([span])

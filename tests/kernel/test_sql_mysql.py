@@ -15,24 +15,17 @@ import os
 
 import pytest
 
-from agent.spans import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, STATUS_UNSET
+from agent.spans import KIND_CLIENT, KIND_SERVER, STATUS_UNSET
 from databases import (
-    DB_COLLECTION_NAME, DB_NAMESPACE, DB_OPERATION_NAME, DB_QUERY_SUMMARY, DB_QUERY_TEXT,
-    DB_RESPONSE_STATUS_CODE, DB_SYSTEM_NAME, ERROR_TYPE, MARIADB_DATABASE,
-    MARIADB_OTHER_DATABASE, describe, leaks, row, wait_sql_spans,
+    DB_COLLECTION_NAME, DB_NAMESPACE, DB_OPERATION_NAME, DB_QUERY_TEXT,
+    DB_SYSTEM_NAME, ERROR_TYPE, MARIADB_DATABASE,
+    MARIADB_OTHER_DATABASE, NUMBERS, SECRET, check_common, check_failed_queries, describe, leaks,
+    row, trace_this_process, wait_sql_spans,
 )
 from databases import mariadb_fixture  # noqa: F401  (fixture)
 
 pymysql = pytest.importorskip("pymysql", reason="PyMySQL is not installed in the venv")
 pytest.importorskip("mysql.connector", reason="mysql-connector-python is not installed in the venv")
-
-SECRET = "secret-literal-Xq7Zt9"
-NUMBERS = ("918273645", "5550123", "271828182", "314159265")
-
-
-def trace_this_process(start_agent, mariadb, *extra: str):
-    """The agent tracing this pytest process's connections to the server."""
-    return start_agent("--pid", str(os.getpid()), "--port", str(mariadb.port), *extra)
 
 
 def is_statement(span) -> bool:
@@ -42,22 +35,6 @@ def is_statement(span) -> bool:
 
 def statement_spans(receiver, mariadb, count: int, **kwargs) -> list:
     return wait_sql_spans(receiver, mariadb.port, count, where=is_statement, **kwargs)
-
-
-def check_common(spans, mariadb, namespace: str | None = MARIADB_DATABASE) -> None:
-    """Attributes every CLIENT span from this process to the server carries."""
-    for span in spans:
-        a = span.attributes
-        where = f"{span.name!r}: {a}"
-        assert span.kind == KIND_CLIENT, where
-        assert a[DB_SYSTEM_NAME] == "mariadb", where
-        assert a.get(DB_NAMESPACE) == namespace, where
-        assert a.get(DB_QUERY_SUMMARY) == span.name, where
-        assert a.get("server.address") == "127.0.0.1", where
-        assert a.get("server.port") == mariadb.port, where
-        assert a.get("network.peer.address") == "127.0.0.1", where
-        assert a.get("network.peer.port") == mariadb.port, where
-        assert span.resource.get("process.pid") == os.getpid(), (where, span.resource)
 
 
 def test_text_protocol_queries_one_span_each_with_sanitised_text(receiver, start_agent, mariadb):
@@ -164,23 +141,7 @@ def test_failing_queries_carry_the_error_number_and_the_connection_goes_on(
     assert duplicate_error.value.args[0] == 1062 and syntax_error.value.args[0] == 1064
 
     spans = statement_spans(receiver, mariadb, 3)
-    assert len(spans) == 3, describe(spans)
-    duplicate, syntax, after = spans
-    assert row(duplicate) == ("INSERT errs", "INSERT", "errs",
-                              "INSERT INTO errs (id, note) VALUES (?, ?)"), describe(spans)
-    assert syntax.attributes.get(DB_QUERY_TEXT) == "SELEC note FROM errs WHERE id = ?", \
-        describe(spans)
-    assert row(after) == ("SELECT errs", "SELECT", "errs",
-                          "SELECT note FROM errs WHERE id = ?"), describe(spans)
-    for span, code in ((duplicate, "1062"), (syntax, "1064")):
-        assert span.status_code == STATUS_ERROR, describe([span])
-        assert span.attributes.get(DB_RESPONSE_STATUS_CODE) == code, describe([span])
-        assert span.attributes.get(ERROR_TYPE) == code, describe([span])
-    assert after.status_code == STATUS_UNSET and ERROR_TYPE not in after.attributes, \
-        describe([after])
-    for span in spans:
-        assert span.kind == KIND_CLIENT and span.attributes[DB_SYSTEM_NAME] == "mariadb"
-        assert span.attributes.get(DB_NAMESPACE) == MARIADB_DATABASE, describe([span])
+    check_failed_queries(spans, mariadb, "1062", "1064")
     # MariaDB said: Duplicate entry '918273645' for key 'PRIMARY' / You have an
     # error in your SQL syntax; ... near 'SELEC note FROM errs WHERE id = 918273645'.
     message_parts = [duplicate_error.value.args[1], syntax_error.value.args[1], "Duplicate entry",

@@ -18,9 +18,10 @@ import pytest
 
 from agent.spans import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, STATUS_UNSET
 from databases import (
-    DB_COLLECTION_NAME, DB_NAMESPACE, DB_OPERATION_NAME, DB_QUERY_SUMMARY, DB_QUERY_TEXT,
-    DB_RESPONSE_STATUS_CODE, DB_SYSTEM_NAME, ERROR_TYPE, PG_BENCH_DATABASE, PG_DATABASE,
-    describe, is_sql, leaks, pgbench_processed, row, wait_spans, wait_sql_spans,
+    DB_COLLECTION_NAME, DB_NAMESPACE, DB_OPERATION_NAME, DB_QUERY_TEXT,
+    DB_SYSTEM_NAME, ERROR_TYPE, PG_BENCH_DATABASE, PG_DATABASE,
+    NUMBERS, SECRET, check_common, check_failed_queries, describe, is_sql, leaks,
+    pgbench_processed, row, trace_this_process, wait_spans, wait_sql_spans,
 )
 from databases import pgbench_database_fixture, postgres_fixture  # noqa: F401  (fixtures)
 from helpers import value, wait_quiet
@@ -29,33 +30,6 @@ psycopg = pytest.importorskip("psycopg", reason="psycopg[binary] is not installe
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
-# Literals the tests write into their queries: none may reach an exported span.
-SECRET = "secret-literal-Xq7Zt9"
-NUMBERS = ("918273645", "5550123", "271828182", "314159265")
-
-
-def trace_this_process(start_agent, postgres, *extra: str):
-    """The agent tracing this pytest process's connections to the server
-    (the agent never traces itself; pytest is an ordinary client here)."""
-    return start_agent("--pid", str(os.getpid()), "--port", str(postgres.port), *extra)
-
-
-def check_common(spans, postgres, namespace: str = PG_DATABASE) -> None:
-    """Attributes every CLIENT span from this process to the server carries."""
-    for span in spans:
-        a = span.attributes
-        where = f"{span.name!r}: {a}"
-        assert span.kind == KIND_CLIENT, where
-        assert a[DB_SYSTEM_NAME] == "postgresql", where
-        assert a.get(DB_NAMESPACE) == namespace, where
-        assert a.get(DB_QUERY_SUMMARY) == span.name, where
-        assert a.get("server.address") == "127.0.0.1", where
-        assert a.get("server.port") == postgres.port, where
-        assert a.get("network.peer.address") == "127.0.0.1", where
-        assert a.get("network.peer.port") == postgres.port, where
-        assert span.resource.get("process.pid") == os.getpid(), (where, span.resource)
-
-
 def test_simple_queries_one_span_each_with_sanitised_text(receiver, start_agent, postgres):
     """Simple-query protocol ('Q'): CREATE, INSERT, SELECT, UPDATE, DELETE
     with literal values; the spans name the operation and table, and no
@@ -139,23 +113,7 @@ def test_failing_queries_carry_the_sqlstate_and_the_connection_goes_on(
         assert conn.execute("SELECT note FROM errs WHERE id = 918273645").fetchone() == ("first",)
 
     spans = wait_sql_spans(receiver, postgres.port, 3)
-    assert len(spans) == 3, describe(spans)
-    duplicate, syntax, after = spans
-    assert row(duplicate) == ("INSERT errs", "INSERT", "errs",
-                              "INSERT INTO errs (id, note) VALUES (?, ?)"), describe(spans)
-    assert syntax.attributes.get(DB_QUERY_TEXT) == "SELEC note FROM errs WHERE id = ?", \
-        describe(spans)
-    assert row(after) == ("SELECT errs", "SELECT", "errs",
-                          "SELECT note FROM errs WHERE id = ?"), describe(spans)
-    for span, sqlstate in ((duplicate, "23505"), (syntax, "42601")):
-        assert span.status_code == STATUS_ERROR, describe([span])
-        assert span.attributes.get(DB_RESPONSE_STATUS_CODE) == sqlstate, describe([span])
-        assert span.attributes.get(ERROR_TYPE) == sqlstate, describe([span])
-    assert after.status_code == STATUS_UNSET and ERROR_TYPE not in after.attributes, \
-        describe([after])
-    for span in spans:
-        assert span.kind == KIND_CLIENT and span.attributes[DB_SYSTEM_NAME] == "postgresql"
-        assert span.attributes.get(DB_NAMESPACE) == PG_DATABASE, describe([span])
+    check_failed_queries(spans, postgres, "23505", "42601")
     # PostgreSQL said: duplicate key value violates unique constraint
     # "errs_pkey" / Key (id)=(918273645) already exists / syntax error at or near "SELEC".
     message_parts = ["duplicate key", "errs_pkey", "already exists", "syntax error",

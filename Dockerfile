@@ -42,9 +42,10 @@ COPY bpf/ bpf/
 COPY ${VMLINUX_H} build/vmlinux.h
 # -o: take build/vmlinux.h as given (do not dump the build host's BTF) and
 # skip `sysdeps` (the development packages of scripts/install-system-deps.sh).
+# The sources go beside the objects: the BCC loader compiles them at start.
 RUN make -o sysdeps -o build/vmlinux.h bpf \
     && mkdir -p /opt/otel-ebpf/bpf \
-    && cp build/*.bpf.o /opt/otel-ebpf/bpf/
+    && cp build/*.bpf.o bpf/*.bpf.c bpf/*.h /opt/otel-ebpf/bpf/
 
 # --system-site-packages: the runtime stage's python3-bpfcc (Debian's BCC;
 # PyPI's `bcc` is unrelated) is then importable from the venv.
@@ -72,9 +73,11 @@ RUN apt-get update \
 
 COPY --from=builder /opt/otel-ebpf /opt/otel-ebpf
 
-# The installed package does not sit beside build/: tell it where the objects are.
+# The installed package does not sit beside build/ and bpf/: tell it where
+# the objects and their sources are.
 ENV PATH=/opt/otel-ebpf/venv/bin:$PATH \
     OTEL_EBPF_BPF_DIR=/opt/otel-ebpf/bpf \
+    OTEL_EBPF_BPF_SOURCE_DIR=/opt/otel-ebpf/bpf \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1
 

@@ -48,7 +48,7 @@ CONSTRAINTS   := requirements/constraints.txt
 
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup run test bpf lint clean distclean sysdeps venv mounts lock FORCE
+.PHONY: setup run test bpf no-btf lint clean distclean sysdeps venv mounts lock FORCE
 
 setup: sysdeps venv bpf mounts
 	@echo "setup: done (kernel $(KERNEL_RELEASE), $(words $(BPF_OBJS)) BPF object(s) in $(BUILD)/)"
@@ -69,7 +69,13 @@ sysdeps:
 	@scripts/install-system-deps.sh
 
 # --- Python virtual environment --------------------------------------------
+# BCC's Python module comes from Debian (python3-bpfcc: PyPI's `bcc` is another
+# project): the venv sees it through a link, not through all of dist-packages.
+BCC_PYTHON ?= /usr/lib/python3/dist-packages/bcc
+
 venv: $(VENV_STAMP)
+	@site=$$($(VENV)/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'); \
+	    if [ -d $(BCC_PYTHON) ] && [ ! -e "$$site/bcc" ]; then ln -sfn $(BCC_PYTHON) "$$site/bcc"; fi
 
 $(VENV_STAMP): pyproject.toml $(wildcard $(CONSTRAINTS)) | sysdeps
 	@if ! $(VENV)/bin/python -c pass 2>/dev/null; then \
@@ -89,7 +95,12 @@ lock: venv
 	@echo "lock: wrote $(CONSTRAINTS)"
 
 # --- BPF objects (CO-RE) -----------------------------------------------------
-bpf: $(BPF_OBJS) $(BUILD)/vmlinux.h
+# Without BTF (and no vmlinux.h given) there is nothing to compile against:
+# the agent's BCC loader compiles the same sources at start instead.
+bpf: $(if $(or $(wildcard $(BTF)),$(wildcard $(BUILD)/vmlinux.h)),$(BPF_OBJS) $(BUILD)/vmlinux.h,no-btf)
+
+no-btf:
+	@echo "bpf: this kernel has no BTF ($(BTF)): CO-RE objects not built; the agent uses its BCC loader (kernel headers)"
 
 # Rewritten only when the running kernel changes, so vmlinux.h follows the kernel.
 $(BUILD)/.kernel-release: FORCE

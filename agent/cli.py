@@ -100,6 +100,13 @@ def main():
 @click.option("--hooks", type=click.Choice(["auto", "fentry", "kprobe", "raw_tracepoint", "tracepoint"]), default="auto",
               envvar="OTEL_EBPF_HOOKS", show_default=True,
               help="Hook family; auto picks the cheapest this kernel offers.")
+@click.option("--loader", type=click.Choice(["auto", "core", "bcc"]), default="auto",
+              envvar="OTEL_EBPF_LOADER", show_default=True,
+              help="How the kernel programs are built: core (compiled ahead, needs kernel BTF), "
+                   "bcc (compiled at start against kernel headers), auto (core where BTF exists).")
+@click.option("--kernel-headers", type=click.Path(file_okay=False), default=None,
+              envvar="OTEL_EBPF_KERNEL_HEADERS",
+              help="Kernel headers for the BCC loader [default: /lib/modules/$(uname -r)/build].")
 @click.option("--metrics-address", default="127.0.0.1:9464", envvar="OTEL_EBPF_METRICS_ADDRESS",
               show_default=True, help="host:port for /metrics, /healthz and /readyz; empty to disable.")
 @click.option("--redact-query-key", "redact_query_keys", multiple=True,
@@ -127,7 +134,7 @@ def main():
 @click.option("--check-config", is_flag=True,
               help="Print the resolved settings as YAML and exit without tracing.")
 def run(pids, cgroups, containers, ports, exes, exporter, otlp_impl, capture_bytes, ring_buffer_size, hooks,
-        metrics_address, redact_query_keys, sql_text, tls, routes, keep_error_spans, span_workers, duration,
+        loader, kernel_headers, metrics_address, redact_query_keys, sql_text, tls, routes, keep_error_spans, span_workers, duration,
         log_level, check_config):
     """Trace the node (or the selected processes) and export spans."""
     if check_config:
@@ -148,7 +155,8 @@ def run(pids, cgroups, containers, ports, exes, exporter, otlp_impl, capture_byt
     config = AgentConfig(pids=set(pids), ports=set(ports), exes=set(exes), cgroups=tuple(cgroups),
                          containers=tuple(containers), exporter=exporter,
                          otlp_impl=otlp_impl, capture_bytes=capture_bytes,
-                         ring_buffer_bytes=ring_buffer_size, hooks=hooks,
+                         ring_buffer_bytes=ring_buffer_size, hooks=hooks, loader=loader,
+                         kernel_headers=kernel_headers,
                          metrics_address=metrics_address or None,
                          redact_query_keys=tuple(redact_query_keys), sql_text=sql_text, tls=tls,
                          routes=tuple(routes),
@@ -203,10 +211,17 @@ def record(output, duration, pids, ports, capture_bytes):
 
 
 @main.command()
-def doctor():
+@click.option("--loader", type=click.Choice(["auto", "core", "bcc"]), default="auto",
+              envvar="OTEL_EBPF_LOADER", show_default=True,
+              help="How the kernel programs are built: core (compiled ahead, needs kernel BTF), "
+                   "bcc (compiled at start against kernel headers), auto (core where BTF exists).")
+@click.option("--kernel-headers", type=click.Path(file_okay=False), default=None,
+              envvar="OTEL_EBPF_KERNEL_HEADERS",
+              help="Kernel headers for the BCC loader [default: /lib/modules/$(uname -r)/build].")
+def doctor(loader, kernel_headers):
     """Report what this kernel offers and which hooks the agent will use."""
     from agent.doctor import report
-    text, ok = report()
+    text, ok = report(loader, kernel_headers)
     click.echo(text)
     sys.exit(0 if ok else 1)
 

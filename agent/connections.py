@@ -64,7 +64,8 @@ def format_address(raw: bytes) -> str:
 
 class Message:
     """A framed request or response with the kernel times of its first and
-    last bytes, and the thread that handled them."""
+    last bytes (a sent message's times are its writes' starts), and the
+    thread that handled them."""
 
     __slots__ = ("parsed", "first_start_ns", "first_end_ns", "last_end_ns", "tid", "context")
 
@@ -239,8 +240,16 @@ class ConnectionTracker:
                 else:
                     counts["events_skipped_resync"] += 1
                     continue
-            self._feed(conn, conn.ingress if direction == _INGRESS else conn.egress, payload,
-                       length - len(payload), tid, start_ns, end_ns, out)
+            # Bytes count as sent when the write begins and as received when
+            # the read returns: then a peer's span on this node always nests
+            # in its caller's (a reader on another core can return before the
+            # writer's syscall does).
+            if direction == _INGRESS:
+                self._feed(conn, conn.ingress, payload, length - len(payload), tid, start_ns,
+                           end_ns, out)
+            else:
+                self._feed(conn, conn.egress, payload, length - len(payload), tid, start_ns,
+                           start_ns, out)
         return out
 
     def _note_pid(self, pid: int) -> None:

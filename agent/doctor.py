@@ -1,36 +1,23 @@
 """`otel-ebpf doctor`: what this kernel offers, and what the agent will use."""
 from __future__ import annotations
 
-from agent import libbpf
 from agent.kernel_features import detect, ensure_tracefs
-from agent.loader import CaptureLoadError, CaptureSettings, candidate_hooks, load_capture
+from agent.kernel_headers import KernelHeadersError, find as find_kernel_headers
+from agent.loader import (CaptureLoadError, CaptureSettings, bpf_loop_support, candidate_hooks,
+                          choose_loader, load_capture, ring_buffer_support)
 from agent.tls import TlsProbes
 
 
-def _ring_buffer_supported() -> tuple[bool, str]:
+def _kernel_headers_text(configured: str | None) -> str:
     try:
-        ret = libbpf.lib().libbpf_probe_bpf_map_type(libbpf.BPF_MAP_TYPE_RINGBUF, libbpf.ffi.NULL)
-    except OSError as exc:
-        return False, str(exc)
-    if ret == 1:
-        return True, "yes"
-    return False, "no: BPF ring buffers need Linux 5.8 or later" if ret == 0 else f"probe failed ({ret})"
+        headers = find_kernel_headers(configured)
+    except KernelHeadersError as exc:
+        return f"none usable: {exc}"
+    headers.close()
+    return headers.describe()
 
 
-def _bpf_loop_supported() -> tuple[bool, str]:
-    """The capture copies iovecs with bpf_loop (Linux 5.17+)."""
-    try:
-        ret = libbpf.lib().libbpf_probe_bpf_helper(libbpf.BPF_PROG_TYPE_RAW_TRACEPOINT,
-                                                   libbpf.BPF_FUNC_LOOP, libbpf.ffi.NULL)
-    except OSError as exc:
-        return False, str(exc)
-    if ret == 1:
-        return True, "yes"
-    return False, ("no: the capture object needs bpf_loop (Linux 5.17 or later)" if ret == 0
-                   else f"probe failed ({ret})")
-
-
-def report() -> tuple[str, bool]:
+def report(loader: str = "auto", kernel_headers: str | None = None) -> tuple[str, bool]:
     """The doctor's text and whether the agent can run here."""
     lines = []
     mounted, mount_message = ensure_tracefs()
@@ -38,10 +25,18 @@ def report() -> tuple[str, bool]:
     lines.append(features.report())
     if mount_message:
         lines.append(f"tracefs: {mount_message}")
-    ring_ok, ring_text = _ring_buffer_supported()
+    ring_ok, ring_text = ring_buffer_support()
     lines.append(f"BPF ring buffer: {ring_text}")
-    loop_ok, loop_text = _bpf_loop_supported()
+    front_end = choose_loader(loader, features)
+    loop_ok, loop_text = bpf_loop_support()
     lines.append(f"bpf_loop helper: {loop_text}")
+    if front_end == "bcc":
+        loop_ok = True
+    why = ("kernel BTF and bpf_loop present" if features.btf and loop_ok
+           else "no kernel BTF: CO-RE cannot load" if not features.btf
+           else "no bpf_loop: the CO-RE object cannot load, the BCC build uses bounded loops")
+    lines.append(f"Loader: {front_end} ({why})")
+    lines.append(f"Kernel headers for the BCC loader: {_kernel_headers_text(kernel_headers)}")
     lines.append("")
     lines.append("Hooks, in order of preference:")
     for family, reason in candidate_hooks("auto", features):
@@ -49,14 +44,16 @@ def report() -> tuple[str, bool]:
                      f"{'available' if reason is None else 'unavailable: ' + reason}")
     ok = ring_ok and loop_ok
     try:
-        capture = load_capture(CaptureSettings(ring_buffer_bytes=1 << 20), )
+        capture = load_capture(CaptureSettings(ring_buffer_bytes=1 << 20, loader=loader,
+                                               kernel_headers=kernel_headers))
     except (CaptureLoadError, FileNotFoundError, OSError) as exc:
         lines.append(f"\nThe agent cannot attach here:\n{exc}")
         ok = False
     else:
         try:
-            lines.append(f"\nThe agent will use: {capture.hook_family.name} "
-                         f"({capture.attached_programs} programs loaded and attached in a trial)")
+            lines.append(f"\nThe agent will use: {capture.hook_family.name} hooks "
+                         f"({capture.attached_programs} programs loaded and attached in a trial), "
+                         f"loader {capture.front_end.describe()}")
             for name, why in capture.skipped_hooks:
                 lines.append(f"  skipped {name}: {why}")
             tls = TlsProbes(capture)

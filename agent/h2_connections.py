@@ -210,10 +210,9 @@ class H2ConnectionHandler:
         if not events:
             return
         conn = h2.conn
-        # A client stream starts when its HEADERS are written, a server's
-        # when they have been read.
-        egress_client = from_client and direction == _EGRESS
-        ts_ns = start_ns if egress_client else end_ns
+        # Frames count as sent when the write begins and as received when the
+        # read returns (as for HTTP/1), so spans of peers on one node nest.
+        ts_ns = start_ns if direction == _EGRESS else end_ns
         streams = h2.streams
         requests = h2.requests
         if from_client:

@@ -213,9 +213,10 @@ class KernelFeatures:
         if not self.btf:
             out.append(
                 f"BTF missing ({BTF_PATH} does not exist): the CO-RE programs cannot be relocated "
-                "to this kernel's structures, so the libbpf front end cannot load. Use a kernel built "
-                "with CONFIG_DEBUG_INFO_BTF=y (most distributions since 5.4), or the BCC front end "
-                "with matching kernel headers installed.")
+                "to this kernel's structures, so the CO-RE loader cannot load (the kernel needs "
+                "CONFIG_DEBUG_INFO_BTF=y). The BCC loader "
+                "(--loader bcc, which auto picks here) compiles at start against kernel headers: "
+                "install your distribution's headers package (any version serves).")
         if not self.can_load_bpf:
             out.append(
                 "No CAP_BPF or CAP_SYS_ADMIN: the kernel will refuse to load BPF programs (EPERM). "

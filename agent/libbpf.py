@@ -49,14 +49,6 @@ const char *bpf_program__section_name(const struct bpf_program *prog);
 int bpf_program__set_autoload(struct bpf_program *prog, bool autoload);
 bool bpf_program__autoload(const struct bpf_program *prog);
 struct bpf_link *bpf_program__attach(const struct bpf_program *prog);
-/* The fields of libbpf 1.1 (Debian 12); newer versions accept the smaller sz. */
-struct bpf_uprobe_opts {
-    size_t sz;
-    size_t ref_ctr_offset;
-    uint64_t bpf_cookie;
-    bool retprobe;
-    const char *func_name;
-};
 /* BPF_LINK_CREATE for uprobe_multi links, which libbpf 1.1 predates. */
 struct uprobe_multi_link_attr {
     uint32_t prog_fd;
@@ -72,10 +64,31 @@ struct uprobe_multi_link_attr {
     uint32_t pid;
     uint32_t pad;
 };
-long syscall(long number, long cmd, void *attr, unsigned long size);
-struct bpf_link *bpf_program__attach_uprobe_opts(const struct bpf_program *prog, int pid,
-                                                 const char *binary_path, size_t func_offset,
-                                                 const struct bpf_uprobe_opts *opts);
+/* BPF_LINK_CREATE of a perf-event link with its BPF cookie.  Made here
+ * rather than by libbpf so that programs BCC loaded attach the same way. */
+struct perf_event_link_attr {
+    uint32_t prog_fd;
+    uint32_t target_fd;
+    uint32_t attach_type;
+    uint32_t flags;
+    uint64_t bpf_cookie;
+};
+/* struct perf_event_attr up to config2 (PERF_ATTR_SIZE_VER1), as a probe
+ * PMU reads it: config1 is the file's path, config2 the offset in it. */
+struct perf_event_attr_probe {
+    uint32_t type;
+    uint32_t size;
+    uint64_t config;
+    uint64_t sample_period;
+    uint64_t sample_type;
+    uint64_t read_format;
+    uint64_t flags;
+    uint32_t wakeup_events;
+    uint32_t bp_type;
+    uint64_t probe_path;
+    uint64_t probe_offset;
+};
+long syscall(long number, ...);
 struct bpf_program *bpf_object__find_program_by_name(const struct bpf_object *obj,
                                                      const char *name);
 int bpf_program__set_expected_attach_type(struct bpf_program *prog, int type);
@@ -111,17 +124,37 @@ BPF_PROG_TYPE_TRACING = 26
 BPF_PROG_TYPE_RAW_TRACEPOINT = 17
 BPF_FUNC_LOOP = 181
 BPF_LINK_CREATE = 28
+BPF_PERF_EVENT = 41
 BPF_TRACE_UPROBE_MULTI = 48
 BPF_F_UPROBE_MULTI_RETURN = 1
 SYS_BPF = {"x86_64": 321, "aarch64": 280}
+SYS_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241}
+PERF_FLAG_FD_CLOEXEC = 8
 
 _lib = None
 _libc = ffi.dlopen(None)
 
 
 def libc():
-    """The C library, for the one raw bpf() call libbpf 1.1 cannot make."""
+    """The C library, for the raw bpf() calls libbpf 1.1 cannot make."""
     return _libc
+
+
+def _syscall(numbers: dict[str, int], *args) -> int:
+    number = numbers.get(os.uname().machine)
+    if number is None:
+        return -errno.ENOSYS
+    return _libc.syscall(ffi.cast("long", number), *args)
+
+
+def bpf_syscall(cmd: int, attr, size: int) -> int:
+    """bpf(cmd, attr, size): its result, negative on failure."""
+    return _syscall(SYS_BPF, ffi.cast("long", cmd), attr, ffi.cast("unsigned long", size))
+
+
+def perf_event_open(attr, pid: int, cpu: int) -> int:
+    return _syscall(SYS_PERF_EVENT_OPEN, attr, ffi.cast("int", pid), ffi.cast("int", cpu),
+                    ffi.cast("int", -1), ffi.cast("unsigned long", PERF_FLAG_FD_CLOEXEC))
 _log_lock = threading.Lock()
 _log_lines: list[str] = []
 _LOG_KEEP = 400

@@ -1,5 +1,10 @@
 """Loads the capture object, chooses its hooks, attaches, and tears down.
 
+Two front ends build the same programs (bpf/frontend.h): CO-RE, the object
+compiled ahead of time and loaded with libbpf, for kernels with BTF; and
+BCC (agent/bcc_loader.py), compiled at start against kernel headers, for
+kernels without.  `--loader auto` picks CO-RE when BTF exists.
+
 The kernel settings are load-time constants: the loader writes them into
 the object's read-only data (struct capture_config, declared in
 bpf/events.h) before loading, so the verifier sees them as constants.
@@ -7,6 +12,7 @@ bpf/events.h) before loading, so the verifier sees them as constants.
 from __future__ import annotations
 
 import errno
+import functools
 import ipaddress
 import os
 import socket
@@ -15,6 +21,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 from agent import libbpf, records
 from agent.libbpf import LibbpfError, check_ptr, check_ret, ffi
@@ -38,7 +45,9 @@ class CaptureSettings:
     cgroups: set[int] | None = None       # cgroup v2 ids; None: no cgroup selector
     ports: set[int] | None = None         # None: every port
     excluded_endpoints: list[tuple[str, int]] = field(default_factory=list)
-    hooks: str = "auto"                   # auto | kprobe | tracepoint
+    hooks: str = "auto"                   # auto | a HOOK_FAMILIES name
+    loader: str = "auto"                  # auto | core | bcc
+    kernel_headers: str | None = None     # BCC: headers directory; None: /lib/modules
     agent_pid: int = field(default_factory=os.getpid)
     tls: bool = True                      # load the TLS uprobe programs
     report_execs: int = records.C["EXECS_TRACED"]   # EXECS_*: which execs are reported
@@ -54,6 +63,8 @@ class CaptureSettings:
                              f"65536 bytes, got {size}")
         if self.hooks not in HOOK_FAMILIES and self.hooks != "auto":
             raise ValueError(f"hooks must be auto, {', '.join(HOOK_FAMILIES)}; got {self.hooks!r}")
+        if self.loader not in LOADERS:
+            raise ValueError(f"loader must be one of {', '.join(LOADERS)}; got {self.loader!r}")
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,8 @@ HOOK_FAMILIES = {
     "tracepoint": HookFamily("tracepoint", "tp_", "per-syscall tracepoints"),
 }
 
+
+LOADERS = ("auto", "core", "bcc")
 
 # Programs every hook family loads (process exit: one raw tracepoint).
 COMMON_PROGRAM_PREFIX = b"common_"
@@ -129,31 +142,60 @@ def object_path(name: str = "http") -> Path:
     return path
 
 
-class LoadedCapture:
-    """The loaded, attached capture object and its ring buffer."""
+class CoreObject:
+    """The CO-RE front end's loaded object (libbpf)."""
 
-    def __init__(self, obj, links, hook_family: HookFamily, settings: CaptureSettings,
-                 skipped: list[tuple[str, str]], uprobe_multi: bool = False):
+    name = "core"
+
+    def __init__(self, obj):
         self._obj = obj
-        self._links = links
+
+    def describe(self) -> str:
+        return "core (CO-RE, libbpf)"
+
+    def map_fd(self, name: str) -> int:
+        lib = libbpf.lib()
+        return lib.bpf_map__fd(check_ptr(lib.bpf_object__find_map_by_name(self._obj, name.encode()),
+                                         name))
+
+    def program_fd(self, name: str) -> int:
+        lib = libbpf.lib()
+        prog = lib.bpf_object__find_program_by_name(self._obj, name.encode())
+        if prog == ffi.NULL or not lib.bpf_program__autoload(prog):
+            raise KeyError(f"no program {name} loaded")
+        return lib.bpf_program__fd(prog)
+
+    def close(self) -> None:
+        if self._obj is not None:
+            libbpf.lib().bpf_object__close(self._obj)
+            self._obj = None
+
+
+class LoadedCapture:
+    """The loaded, attached capture programs and their ring buffer, whichever
+    front end built them: `front_end` gives map and program fds; `detachers`
+    undo one attachment each."""
+
+    def __init__(self, front_end, detachers: list[Callable[[], object]], hook_family: HookFamily,
+                 settings: CaptureSettings, skipped: list[tuple[str, str]],
+                 uprobe_multi: bool = False):
+        self.front_end = front_end
+        self._detachers = detachers
         # Uprobe links go slowly (a grace period each, one at a time in the
         # kernel): detach() starts them, close() waits for them.
-        self._uprobe_links = []    # bpf_link pointers, or uprobe_multi link fds
+        self._uprobe_fds: list[int] = []   # uprobe_multi links; perf-event links and events
         self._uprobe_detach = None
         self.uprobe_multi = uprobe_multi
         self.hook_family = hook_family
         self.skipped_hooks = skipped
         self.settings = settings
-        lib = libbpf.lib()
-        self._map_fds = {}
-        for name in ("events", "probe_stats", "pid_filter", "cgroup_filter", "port_filter",
-                     "excluded_endpoints", "conns", "traced_processes"):
-            bpf_map = check_ptr(lib.bpf_object__find_map_by_name(obj, name.encode()), name)
-            self._map_fds[name] = lib.bpf_map__fd(bpf_map)
+        self._map_fds = {name: front_end.map_fd(name) for name in (
+            "events", "probe_stats", "pid_filter", "cgroup_filter", "port_filter",
+            "excluded_endpoints", "conns", "traced_processes")}
         self.ring = RingBuffer(self._map_fds["events"], settings.ring_buffer_bytes)
-        self._ncpus = check_ret(lib.libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
+        self._ncpus = check_ret(libbpf.lib().libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
         self._stats_buf = ffi.new("char[]", self._ncpus * records.PROBE_STATS.size)
-        self.attached_programs = len(links)
+        self.attached_programs = len(detachers)
 
     def _update(self, map_name: str, key: bytes, value: bytes) -> None:
         check_ret(libbpf.lib().bpf_map_update_elem(self._map_fds[map_name], key, value, 0),
@@ -198,27 +240,19 @@ class LoadedCapture:
         maps the file; returns how many attached.  One uprobe_multi link
         where the kernel has them (a single grace period to detach), else
         one perf-event link per offset."""
-        lib = libbpf.lib()
-        prog = lib.bpf_object__find_program_by_name(self._obj, program.encode())
-        if prog == ffi.NULL:
-            raise KeyError(f"no program {program} in the capture object")
+        prog_fd = self.front_end.program_fd(program)
         if self.uprobe_multi:
-            fd = _uprobe_multi_link(lib.bpf_program__fd(prog), path, targets, retprobe)
+            fd = _uprobe_multi_link(prog_fd, path, targets, retprobe)
             if fd < 0:
                 return 0
-            self._uprobe_links.append(fd)
+            self._uprobe_fds.append(fd)
             self.attached_programs += 1
             return len(targets)
         attached = 0
         for offset, cookie in targets:
-            opts = ffi.new("struct bpf_uprobe_opts *")
-            opts.sz = ffi.sizeof("struct bpf_uprobe_opts")
-            opts.retprobe = retprobe
-            opts.bpf_cookie = cookie
-            link = lib.bpf_program__attach_uprobe_opts(prog, -1, path.encode(), offset, opts)
-            libbpf.take_log()
-            if link != ffi.NULL:
-                self._uprobe_links.append(link)
+            fds = _perf_event_uprobe_link(prog_fd, path, offset, cookie, retprobe)
+            if fds:
+                self._uprobe_fds.extend(fds)
                 self.attached_programs += 1
                 attached += 1
         return attached
@@ -245,17 +279,15 @@ class LoadedCapture:
     def detach(self) -> None:
         """Stop capturing; the ring keeps what was already written.  Links go
         in parallel: the kernel waits for an RCU grace period on each."""
-        destroy = libbpf.lib().bpf_link__destroy
-        uprobes, self._uprobe_links = self._uprobe_links, []
+        uprobes, self._uprobe_fds = self._uprobe_fds, []
         if uprobes:
             self._uprobe_detach = threading.Thread(
-                target=lambda: [os.close(link) if isinstance(link, int) else destroy(link)
-                                for link in uprobes], name="uprobe-detach")
+                target=lambda: [os.close(fd) for fd in uprobes], name="uprobe-detach")
             self._uprobe_detach.start()
-        links, self._links = self._links, []
-        if links:
-            with ThreadPoolExecutor(min(len(links), 32)) as pool:
-                list(pool.map(destroy, links))
+        detachers, self._detachers = self._detachers, []
+        if detachers:
+            with ThreadPoolExecutor(min(len(detachers), 32)) as pool:
+                list(pool.map(lambda detach: detach(), detachers))
 
     def close(self) -> None:
         self.detach()
@@ -265,9 +297,20 @@ class LoadedCapture:
         if self.ring is not None:
             self.ring.close()
             self.ring = None
-        if self._obj is not None:
-            libbpf.lib().bpf_object__close(self._obj)
-            self._obj = None
+        self.front_end.close()
+
+
+def capture_config(settings: CaptureSettings) -> dict[str, int]:
+    """struct capture_config's fields for these settings."""
+    return {
+        "agent_tgid": settings.agent_pid,
+        "capture_bytes": settings.capture_bytes,
+        "filter_pids": int(settings.pids is not None),
+        "filter_cgroups": int(settings.cgroups is not None),
+        "filter_ports": int(settings.ports is not None),
+        "report_execs": settings.report_execs,
+        "tls": int(settings.tls),
+    }
 
 
 def _write_capture_config(obj, settings: CaptureSettings) -> None:
@@ -292,15 +335,7 @@ def _write_capture_config(obj, settings: CaptureSettings) -> None:
         bpf_map = lib.bpf_object__next_map(obj, bpf_map)
     size = ffi.new("size_t *")
     initial = check_ptr(lib.bpf_map__initial_value(rodata, size), ".rodata initial value")
-    config = records.ffi.new("struct capture_config *", {
-        "agent_tgid": settings.agent_pid,
-        "capture_bytes": settings.capture_bytes,
-        "filter_pids": settings.pids is not None,
-        "filter_cgroups": settings.cgroups is not None,
-        "filter_ports": settings.ports is not None,
-        "report_execs": settings.report_execs,
-        "tls": settings.tls,
-    })
+    config = records.ffi.new("struct capture_config *", capture_config(settings))
     raw = bytes(records.ffi.buffer(config))
     assert offset + len(raw) <= size[0]
     ffi.memmove(ffi.cast("char *", initial) + offset, raw, len(raw))
@@ -321,11 +356,51 @@ def _uprobe_multi_link(prog_fd: int, path: str, targets: list[tuple[int, int]],
     attr.cookies = int(ffi.cast("uintptr_t", cookies))
     attr.cnt = count
     attr.multi_flags = libbpf.BPF_F_UPROBE_MULTI_RETURN if retprobe else 0
-    number = libbpf.SYS_BPF.get(os.uname().machine)
-    if number is None:
-        return -1
-    return libbpf.libc().syscall(number, libbpf.BPF_LINK_CREATE, attr,
-                                 ffi.sizeof("struct uprobe_multi_link_attr"))
+    return libbpf.bpf_syscall(libbpf.BPF_LINK_CREATE, attr,
+                              ffi.sizeof("struct uprobe_multi_link_attr"))
+
+
+@functools.cache
+def _uprobe_pmu() -> tuple[int, int] | None:
+    """The uprobe PMU's type and its retprobe config bit, or None."""
+    base = Path("/sys/bus/event_source/devices/uprobe")
+    try:
+        pmu_type = int((base / "type").read_text())
+        bit = (base / "format" / "retprobe").read_text().strip()   # "config:0"
+        return pmu_type, int(bit.split(":", 1)[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _perf_event_uprobe_link(prog_fd: int, path: str, offset: int, cookie: int,
+                            retprobe: bool) -> list[int] | None:
+    """A uprobe perf event at a file offset, every process, and a BPF link
+    carrying its cookie: [link fd, event fd] (closed in that order), or None."""
+    pmu = _uprobe_pmu()
+    if pmu is None:
+        return None
+    pmu_type, retprobe_bit = pmu
+    c_path = ffi.new("char[]", path.encode())
+    attr = ffi.new("struct perf_event_attr_probe *")
+    attr.type = pmu_type
+    attr.size = ffi.sizeof("struct perf_event_attr_probe")
+    attr.config = (1 << retprobe_bit) if retprobe else 0
+    attr.probe_path = int(ffi.cast("uintptr_t", c_path))
+    attr.probe_offset = offset
+    event_fd = libbpf.perf_event_open(attr, pid=-1, cpu=0)
+    if event_fd < 0:
+        return None
+    link = ffi.new("struct perf_event_link_attr *")
+    link.prog_fd = prog_fd
+    link.target_fd = event_fd
+    link.attach_type = libbpf.BPF_PERF_EVENT
+    link.bpf_cookie = cookie
+    link_fd = libbpf.bpf_syscall(libbpf.BPF_LINK_CREATE, link,
+                                 ffi.sizeof("struct perf_event_link_attr"))
+    if link_fd < 0:
+        os.close(event_fd)
+        return None
+    return [link_fd, event_fd]
 
 
 def _open_and_attach(path: Path, family: HookFamily, settings: CaptureSettings,
@@ -356,7 +431,7 @@ def _open_and_attach(path: Path, family: HookFamily, settings: CaptureSettings,
         for prog in programs:
             name = ffi.string(lib.bpf_program__name(prog)).decode()
             links.append(check_ptr(lib.bpf_program__attach(prog), f"attach {name}"))
-        return obj, links
+        return CoreObject(obj), [functools.partial(lib.bpf_link__destroy, link) for link in links]
     except BaseException:
         for link in links:
             lib.bpf_link__destroy(link)
@@ -379,40 +454,81 @@ class CaptureLoadError(RuntimeError):
     pass
 
 
+def ring_buffer_support() -> tuple[bool, str]:
+    """(supported, what to tell the user): BPF ring buffers, Linux 5.8+."""
+    try:
+        ret = libbpf.lib().libbpf_probe_bpf_map_type(libbpf.BPF_MAP_TYPE_RINGBUF, ffi.NULL)
+    except OSError as exc:
+        return False, str(exc)
+    if ret == 1:
+        return True, "yes"
+    return False, ("no: BPF ring buffers need Linux 5.8 or later" if ret == 0
+                   else f"probe failed ({ret})")
+
+
+def bpf_loop_support() -> tuple[bool, str]:
+    """The CO-RE object copies iovecs with bpf_loop (Linux 5.17+)."""
+    try:
+        ret = libbpf.lib().libbpf_probe_bpf_helper(libbpf.BPF_PROG_TYPE_RAW_TRACEPOINT,
+                                                   libbpf.BPF_FUNC_LOOP, ffi.NULL)
+    except OSError as exc:
+        return False, str(exc)
+    if ret == 1:
+        return True, "yes"
+    return False, ("no: the CO-RE object needs bpf_loop (Linux 5.17 or later); the BCC "
+                   "loader does without" if ret == 0 else f"probe failed ({ret})")
+
+
+def choose_loader(choice: str, features: KernelFeatures) -> str:
+    """core or bcc: auto takes CO-RE wherever the kernel can load it (BTF,
+    and bpf_loop from 5.17), BCC on the kernels before or without BTF."""
+    if choice != "auto":
+        return choice
+    return "core" if features.btf and bpf_loop_support()[0] else "bcc"
+
+
+def _apply_selectors(capture: LoadedCapture, settings: CaptureSettings) -> LoadedCapture:
+    try:
+        for pid in settings.pids or ():
+            capture.allow_pid(pid)
+        for cgroup_id in settings.cgroups or ():
+            capture.allow_cgroup(cgroup_id)
+        for port in settings.ports or ():
+            capture.allow_port(port)
+        for host, port in settings.excluded_endpoints:
+            for address in resolve_endpoint(host, port):
+                capture.exclude_endpoint(address, port)
+    except BaseException:
+        capture.close()
+        raise
+    return capture
+
+
 def load_capture(settings: CaptureSettings, path: Path | None = None) -> LoadedCapture:
-    """Load and attach with the best hook family this kernel offers."""
+    """Load and attach with the front end and the best hook family this
+    kernel offers."""
     settings.validate()
+    features = detect_features()
+    ring_ok, ring_text = ring_buffer_support()
+    if not ring_ok:
+        raise CaptureLoadError(f"BPF ring buffer: {ring_text}")
+    uprobe_multi = settings.tls and features.uprobe_multi
+    if choose_loader(settings.loader, features) == "bcc":
+        from agent import bcc_loader
+        return _apply_selectors(bcc_loader.load(settings, features, uprobe_multi), settings)
     path = path or object_path("http")
     skipped: list[tuple[str, str]] = []
-    features = detect_features()
-    uprobe_multi = settings.tls and features.uprobe_multi
     for family, reason in candidate_hooks(settings.hooks, features):
         if reason:
             skipped.append((family.name, reason))
             continue
         try:
-            obj, links = _open_and_attach(path, family, settings, uprobe_multi)
+            front_end, detachers = _open_and_attach(path, family, settings, uprobe_multi)
         except LibbpfError as exc:
             skipped.append((family.name, _load_failure(family, exc)))
             continue
-        capture = LoadedCapture(obj, links, family, settings, skipped, uprobe_multi)
-        try:
-            if settings.pids is not None:
-                for pid in settings.pids:
-                    capture.allow_pid(pid)
-            if settings.cgroups is not None:
-                for cgroup_id in settings.cgroups:
-                    capture.allow_cgroup(cgroup_id)
-            if settings.ports is not None:
-                for port in settings.ports:
-                    capture.allow_port(port)
-            for host, port in settings.excluded_endpoints:
-                for address in resolve_endpoint(host, port):
-                    capture.exclude_endpoint(address, port)
-        except BaseException:
-            capture.close()
-            raise
-        return capture
+        return _apply_selectors(LoadedCapture(front_end, detachers, family, settings, skipped,
+                                              uprobe_multi), settings)
     lines = "\n".join(f"  - {name}: {why}" for name, why in skipped)
     raise CaptureLoadError(f"no hook family could be loaded and attached:\n{lines}\n"
                            "Run `otel-ebpf doctor` for what this kernel offers.")

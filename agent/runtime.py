@@ -41,6 +41,8 @@ class AgentConfig:
     capture_bytes: int = 2048
     ring_buffer_bytes: int = 16 << 20
     hooks: str = "auto"
+    loader: str = "auto"
+    kernel_headers: str | None = None
     metrics_address: str | None = "127.0.0.1:9464"
     redact_query_keys: tuple[str, ...] = ()
     sql_text: str = "sanitized"
@@ -91,6 +93,7 @@ class Agent:
             capture_bytes=config.capture_bytes, ring_buffer_bytes=config.ring_buffer_bytes,
             pids=pids, cgroups=cgroups, ports=set(config.ports) or None,
             excluded_endpoints=excluded, hooks=config.hooks, tls=config.tls,
+            loader=config.loader, kernel_headers=config.kernel_headers,
             report_execs=C["EXECS_ALL"] if selection.exes
             else C["EXECS_TRACED"] if config.tls else C["EXECS_NONE"])
         self.metrics = AgentMetrics(self)
@@ -113,7 +116,8 @@ class Agent:
 
     def describe(self) -> str:
         capture = self.capture
-        parts = [f"hooks={capture.hook_family.name} ({capture.attached_programs} programs)"]
+        parts = [f"loader={capture.front_end.describe()}",
+                 f"hooks={capture.hook_family.name} ({capture.attached_programs} programs)"]
         for name, why in capture.skipped_hooks:
             parts.append(f"not {name}: {why.splitlines()[0]}")
         parts.append(f"exporter={self.sink_name}")

@@ -5,7 +5,7 @@ run, on
 - a traced TCP socket carrying HTTP (classified, copied to the ring buffer);
 - an untraced file descriptor (/dev/null: filtered out after one map lookup).
 
-    .venv/bin/python benchmarks/hook_cost.py [--writes 200000] [--hooks auto]
+    .venv/bin/python benchmarks/hook_cost.py [--writes 200000] [--hooks auto] [--loader auto]
 
 A reader thread drains the socket; the agent's userspace does not run (the
 ring buffer is large enough to hold every record), so only kernel time is
@@ -42,6 +42,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--writes", type=int, default=200_000)
     parser.add_argument("--hooks", default="auto")
+    parser.add_argument("--loader", default="auto", choices=["auto", "core", "bcc"])
     args = parser.parse_args()
     ensure_tracefs()
     server = socket.create_server(("127.0.0.1", 0))
@@ -61,7 +62,7 @@ def main() -> None:
         capture = None
         if label == "attached":
             # A new connection: the hooks classify it from its first bytes.
-            capture = load_capture(CaptureSettings(hooks=args.hooks, agent_pid=0,
+            capture = load_capture(CaptureSettings(hooks=args.hooks, loader=args.loader, agent_pid=0,
                                                    pids={os.getpid()},
                                                    ring_buffer_bytes=512 << 20))
         sock = socket.create_connection(server.getsockname())
@@ -75,7 +76,7 @@ def main() -> None:
                 stats = capture.probe_stats()
                 written = sum(s[0] for s in stats.values())
                 lost = sum(s[1] for s in stats.values())
-                family = capture.hook_family.name
+                family = f"{capture.hook_family.name}, loader {capture.front_end.name}"
         finally:
             sock.close()
             if capture is not None:

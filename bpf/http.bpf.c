@@ -9,25 +9,26 @@
  *
  * Every hook exists in four families (fentry, ksyscall kprobes, raw syscall
  * tracepoints, per-syscall tracepoints), all calling one dispatch table.
- * The loader turns on the best family the kernel loads and attaches.
+ * The loader turns on the best family the kernel loads and attaches.  The
+ * BCC build (bpf/frontend.h) has the per-syscall tracepoints only.
  */
-#include "vmlinux.h"
-#include <bpf/bpf_helpers.h>
-#include <bpf/bpf_core_read.h>
-#include <bpf/bpf_tracing.h>
-#include <bpf/bpf_endian.h>
+#include "frontend.h"
 #include "events.h"
 #include "protocols.h"
 #include "syscalls.h"
 
-char LICENSE[] SEC("license") = "GPL";
-
+#ifndef AF_INET
 #define AF_INET 2
+#endif
+#ifndef AF_INET6
 #define AF_INET6 10
+#endif
+#ifndef EINPROGRESS
+#define EINPROGRESS 115
+#endif
 #define S_IFMT 00170000
 #define S_IFSOCK 0140000
 #define SOCK_STREAM 1
-#define EINPROGRESS 115
 /* iovecs read per readv/writev/sendmsg/recvmsg: gRPC (C-core) writes each
  * frame header and payload slice as its own iovec, dozens per sendmsg. */
 #define MAX_IOVECS 16
@@ -36,12 +37,12 @@ char LICENSE[] SEC("license") = "GPL";
  * enough to ride out a keep-alive connection joined in the middle of a body. */
 #define MAX_UNCLASSIFIED_EVENTS 32
 
+#ifndef OTEL_EBPF_BCC
 /* Load-time constants, set by the loader before the object is loaded. */
 const volatile struct capture_config capture_config = {
     .capture_bytes = 2048,
 };
-
-__u64 next_conn_id = 0;
+#endif
 
 struct conn_info {
     __u64 conn_id;
@@ -56,12 +57,7 @@ struct conn_info {
 
 /* One entry per (tgid, fd) the hooks have seen, sockets or not, so that the
  * fd table is walked once per descriptor rather than once per syscall. */
-struct {
-    __uint(type, BPF_MAP_TYPE_LRU_HASH);
-    __uint(max_entries, 65536);
-    __type(key, __u64);
-    __type(value, struct conn_info);
-} conns SEC(".maps");
+MAP(LRU_HASH, conns, __u64, struct conn_info, 65536);
 
 #define IO_BUFFER 0
 #define IO_IOVEC 1
@@ -77,24 +73,22 @@ struct io_args {
     __u8 direction;
 };
 
-struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 16384);
-    __type(key, __u64);
-    __type(value, struct io_args);
-} active_io SEC(".maps");
+MAP(HASH, active_io, __u64, struct io_args, 16384);
 
-struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 16384);
-    __type(key, __u64);
-    __type(value, __u32);
-} active_connect SEC(".maps");
+/* A connect() in progress on a thread: its socket, and (BCC build) the
+ * peer it asked for. */
+struct connect_call {
+    __u32 fd;
+    __u32 reserved;
+    struct conn_tuple tuple;
+};
 
-struct {
-    __uint(type, BPF_MAP_TYPE_RINGBUF);
-    __uint(max_entries, 16 << 20);  /* resized by the loader */
-} events SEC(".maps");
+MAP(HASH, active_connect, __u64, struct connect_call, 16384);
+
+/* Connection ids: one counter, bumped once per connection. */
+MAP(ARRAY, conn_ids, __u32, __u64, 1);
+
+RINGBUF_MAP(events);
 
 /* Twice the largest capture so that an offset below MAX_CAPTURE_BYTES plus a
  * length of at most MAX_CAPTURE_BYTES always stays inside: the verifier can
@@ -104,51 +98,21 @@ struct data_event {
     __u8 payload[2 * MAX_CAPTURE_BYTES];
 };
 
-struct {
-    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-    __uint(max_entries, 1);
-    __type(key, __u32);
-    __type(value, struct data_event);
-} scratch SEC(".maps");
+MAP(PERCPU_ARRAY, scratch, __u32, struct data_event, 1);
 
-struct {
-    __uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
-    __uint(max_entries, PROBE_COUNT);
-    __type(key, __u32);
-    __type(value, struct probe_stats);
-} probe_stats SEC(".maps");
+MAP(PERCPU_ARRAY, probe_stats, __u32, struct probe_stats, PROBE_COUNT);
 
-struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 4096);
-    __type(key, __u32);
-    __type(value, __u8);
-} pid_filter SEC(".maps");
+MAP(HASH, pid_filter, __u32, __u8, 4096);
 
 /* Processes with a classified connection: their exit is worth an event,
  * and their name outlives them until userspace has handled it. */
-struct {
-    __uint(type, BPF_MAP_TYPE_LRU_HASH);
-    __uint(max_entries, 16384);
-    __type(key, __u32);
-    __type(value, struct traced_process);
-} traced_processes SEC(".maps");
+MAP(LRU_HASH, traced_processes, __u32, struct traced_process, 16384);
 
 /* cgroup v2 ids (the cgroup directory's inode number) of selected cgroups
  * and their descendants, kept up to date by userspace. */
-struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 4096);
-    __type(key, __u64);
-    __type(value, __u8);
-} cgroup_filter SEC(".maps");
+MAP(HASH, cgroup_filter, __u64, __u8, 4096);
 
-struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 1024);
-    __type(key, __u16);
-    __type(value, __u8);
-} port_filter SEC(".maps");
+MAP(HASH, port_filter, __u16, __u8, 1024);
 
 /* Endpoints never traced (the collector the agent exports to); an all-zero
  * address matches any address on that port. */
@@ -158,12 +122,7 @@ struct endpoint {
     __u16 reserved;
 };
 
-struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 64);
-    __type(key, struct endpoint);
-    __type(value, __u8);
-} excluded_endpoints SEC(".maps");
+MAP(HASH, excluded_endpoints, struct endpoint, __u8, 64);
 
 /* An SSL_read/SSL_write (or _ex) call in progress on a thread. */
 struct ssl_call {
@@ -176,12 +135,7 @@ struct ssl_call {
     __u8 ex;
 };
 
-struct {
-    __uint(type, BPF_MAP_TYPE_HASH);
-    __uint(max_entries, 16384);
-    __type(key, __u64);
-    __type(value, struct ssl_call);
-} active_ssl SEC(".maps");
+MAP(HASH, active_ssl, __u64, struct ssl_call, 16384);
 
 /* SSL object -> socket, for calls served from the library's buffer with no
  * socket I/O of their own. */
@@ -191,12 +145,7 @@ struct ssl_key {
     __u32 reserved;
 };
 
-struct {
-    __uint(type, BPF_MAP_TYPE_LRU_HASH);
-    __uint(max_entries, 65536);
-    __type(key, struct ssl_key);
-    __type(value, __s32);
-} ssl_fds SEC(".maps");
+MAP(LRU_HASH, ssl_fds, struct ssl_key, __s32, 65536);
 
 static __always_inline struct probe_stats *stats_for(__u32 probe)
 {
@@ -230,14 +179,14 @@ static __always_inline void output_process_event(__u32 type, __u32 probe)
 
 static __always_inline bool process_traced(__u32 tgid)
 {
-    if (tgid == capture_config.agent_tgid)
+    if (tgid == CONFIG(agent_tgid))
         return false;
-    if (!capture_config.filter_pids && !capture_config.filter_cgroups)
+    if (!CONFIG(filter_pids) && !CONFIG(filter_cgroups))
         return true;
     /* Selectors add up: a process is traced when any of them picks it. */
-    if (capture_config.filter_pids && bpf_map_lookup_elem(&pid_filter, &tgid))
+    if (CONFIG(filter_pids) && bpf_map_lookup_elem(&pid_filter, &tgid))
         return true;
-    if (capture_config.filter_cgroups) {
+    if (CONFIG(filter_cgroups)) {
         __u64 cgroup = bpf_get_current_cgroup_id();
         if (bpf_map_lookup_elem(&cgroup_filter, &cgroup))
             return true;
@@ -258,13 +207,26 @@ static __always_inline bool endpoint_excluded(const __u8 *addr, __u16 port)
 
 static __always_inline bool tuple_traced(const struct conn_tuple *t)
 {
-    if (capture_config.filter_ports && !bpf_map_lookup_elem(&port_filter, &t->local_port) &&
+    if (CONFIG(filter_ports) && !bpf_map_lookup_elem(&port_filter, &t->local_port) &&
         !bpf_map_lookup_elem(&port_filter, &t->remote_port))
         return false;
     return !endpoint_excluded(t->local_addr, t->local_port) &&
            !endpoint_excluded(t->remote_addr, t->remote_port);
 }
 
+#ifdef OTEL_EBPF_BCC
+/* Sockets are learnt when accept or connect makes them (below). */
+static __always_inline bool read_socket_tuple(__u32 fd, struct conn_tuple *t)
+{
+    return false;
+}
+
+/* The thread's name: the group leader's is a kernel struct away. */
+static __always_inline void read_process_name(struct traced_process *process)
+{
+    bpf_get_current_comm(process->comm, sizeof(process->comm));
+}
+#else
 /* CO-RE walk from the current task's fd table to the socket behind fd.
  * Fills the tuple and returns true only for IPv4/IPv6 stream sockets. */
 static __always_inline bool read_socket_tuple(__u32 fd, struct conn_tuple *t)
@@ -306,23 +268,43 @@ static __always_inline bool read_socket_tuple(__u32 fd, struct conn_tuple *t)
     return true;
 }
 
+static __always_inline void read_process_name(struct traced_process *process)
+{
+    struct task_struct *task = bpf_get_current_task_btf();
+    BPF_CORE_READ_STR_INTO(&process->comm, task, group_leader, comm);
+}
+#endif
+
 static __always_inline __u64 conn_key(__u32 tgid, __u32 fd)
 {
     return ((__u64)tgid << 32) | fd;
 }
 
-/* Records what fd is, traced or not, under a fresh connection id. */
-static __always_inline struct conn_info *track_conn(__u32 tgid, __u32 fd, __u8 role)
+/* Records what fd is (tuple: its TCP connection, or NULL for anything
+ * else), traced or not, under a fresh connection id. */
+static __always_inline struct conn_info *remember_conn(__u32 tgid, __u32 fd, __u8 role,
+                                                       const struct conn_tuple *tuple)
 {
     __u64 key = conn_key(tgid, fd);
     struct conn_info info = {};
     info.role = role;
-    if (read_socket_tuple(fd, &info.tuple) && tuple_traced(&info.tuple)) {
-        info.traced = 1;
-        info.conn_id = __sync_fetch_and_add(&next_conn_id, 1) + 1;
+    if (tuple && tuple_traced(tuple)) {
+        __u32 zero = 0;
+        __u64 *next_id = bpf_map_lookup_elem(&conn_ids, &zero);
+        if (next_id) {
+            info.tuple = *tuple;
+            info.traced = 1;
+            info.conn_id = __sync_fetch_and_add(next_id, 1) + 1;
+        }
     }
     bpf_map_update_elem(&conns, &key, &info, BPF_ANY);
     return bpf_map_lookup_elem(&conns, &key);
+}
+
+static __always_inline struct conn_info *track_conn(__u32 tgid, __u32 fd, __u8 role)
+{
+    struct conn_tuple tuple = {};
+    return remember_conn(tgid, fd, role, read_socket_tuple(fd, &tuple) ? &tuple : NULL);
 }
 
 static __always_inline int on_io_enter(__u32 fd, __u64 buf, __u32 count, __u32 probe,
@@ -338,7 +320,7 @@ static __always_inline int on_io_enter(__u32 fd, __u64 buf, __u32 count, __u32 p
         conn = track_conn(tgid, fd, ROLE_UNKNOWN);
     if (!conn || !conn->traced)
         return 0;
-    if (capture_config.tls) {
+    if (CONFIG(tls)) {
         struct ssl_call *call = bpf_map_lookup_elem(&active_ssl, &id);
         if (call) {
             /* Ciphertext moved by SSL_read/SSL_write: the call's uprobe copies
@@ -384,8 +366,9 @@ struct iov_copy {
 
 /* One iovec per bpf_loop step: the verifier checks the body once, so a
  * sendmsg of many slices (gRPC writes each frame header and payload as its
- * own iovec) is copied up to MAX_IOVEC_LOOP iovecs. */
-static long copy_one_iovec(__u32 i, void *data)
+ * own iovec) is copied up to MAX_IOVEC_LOOP iovecs.  BCC's programs have no
+ * subprograms for bpf_loop to call: there a bounded loop copies MAX_IOVECS. */
+static __always_inline long copy_one_iovec(__u32 i, void *data)
 {
     struct iov_copy *c = data;
     if (i >= c->iovcnt || c->copied >= c->want)
@@ -413,7 +396,13 @@ static long copy_one_iovec(__u32 i, void *data)
 static __always_inline __u32 copy_iovecs(__u8 *payload, __u64 iov_ptr, __u32 iovcnt, __u64 want)
 {
     struct iov_copy c = { .iov_ptr = iov_ptr, .want = want, .iovcnt = iovcnt, .copied = 0 };
+#ifdef OTEL_EBPF_BCC
+    for (__u32 i = 0; i < MAX_IOVECS; i++)
+        if (copy_one_iovec(i, &c))
+            break;
+#else
     bpf_loop(MAX_IOVEC_LOOP, copy_one_iovec, &c, 0);
+#endif
     return c.copied;
 }
 
@@ -461,8 +450,7 @@ static __always_inline int emit_data(__u64 id, const struct io_args *args, long 
         }
         conn->protocol = protocol;
         struct traced_process process = {};
-        struct task_struct *task = bpf_get_current_task_btf();
-        BPF_CORE_READ_STR_INTO(&process.comm, task, group_leader, comm);
+        read_process_name(&process);
         bpf_map_update_elem(&traced_processes, &tgid, &process, BPF_ANY);
     }
 
@@ -471,7 +459,7 @@ static __always_inline int emit_data(__u64 id, const struct io_args *args, long 
     if (!ev)
         return 0;
     __u64 want = ret;
-    __u32 limit = capture_config.capture_bytes;
+    __u32 limit = CONFIG(capture_bytes);
     if (limit > MAX_CAPTURE_BYTES)
         limit = MAX_CAPTURE_BYTES;
     if (want > limit)
@@ -540,35 +528,177 @@ static __always_inline int on_io_exit(long ret)
     return emit_data(id, &a, ret, 0);
 }
 
+#ifdef OTEL_EBPF_BCC
+/* ---- Sockets without BTF (BCC build) ---------------------------------------
+ * A socket is known from the calls that make it.  Its peer comes from the
+ * sockaddr the process passes to connect() or gets back from accept() (user
+ * memory, the syscall ABI); its local end from sock:inet_sock_set_state,
+ * whose record the kernel lays out itself (BCC reads its tracefs format).
+ * Sockets made before the agent started, and accept() calls that ask for no
+ * peer address, are not seen. */
+
+/* accept() calls in progress: where the caller wants the peer's address. */
+MAP(HASH, active_accept, __u64, __u64, 16384);
+/* Connections the kernel completed and the process has not accepted yet:
+ * peer -> local end. */
+MAP(LRU_HASH, passive_ends, struct endpoint, struct endpoint, 16384);
+/* Client sockets between SYN sent and established: sock address -> conn key. */
+MAP(LRU_HASH, connecting_socks, __u64, __u64, 16384);
+
+#define SOCK_STATE_ESTABLISHED 1
+#define SOCK_STATE_SYN_SENT 2
+#define SOCK_STATE_SYN_RECV 3
+#define PROTOCOL_NUMBER_TCP 6
+
+/* struct sockaddr_in, and the head of struct sockaddr_in6 (user ABI). */
+struct user_sockaddr {
+    __u16 family;
+    __u16 port;         /* network order */
+    __u8 addr4[4];      /* sockaddr_in6: flowinfo; its address follows */
+};
+
+/* An address as struct conn_tuple keeps it: IPv4 mapped into IPv6. */
+static __always_inline void store_address(__u8 *out, __u16 family, const __u8 *addr4,
+                                          const __u8 *addr6)
+{
+    if (family == AF_INET) {
+        out[10] = out[11] = 0xff;
+        __builtin_memcpy(&out[12], addr4, 4);
+    } else {
+        __builtin_memcpy(out, addr6, 16);
+    }
+}
+
+/* The peer a user sockaddr names, as t's remote end; false unless IPv4/IPv6. */
+static __always_inline bool read_peer(__u64 uaddr, struct conn_tuple *t)
+{
+    struct user_sockaddr sa = {};
+    __u8 addr6[16] = {};
+    if (!uaddr || bpf_probe_read_user(&sa, sizeof(sa), (void *)uaddr))
+        return false;
+    if (sa.family == AF_INET6 &&
+        bpf_probe_read_user(addr6, sizeof(addr6), (void *)(uaddr + sizeof(sa))))
+        return false;
+    if (sa.family != AF_INET && sa.family != AF_INET6)
+        return false;
+    t->family = sa.family;
+    store_address(t->remote_addr, sa.family, sa.addr4, addr6);
+    t->remote_port = bpf_ntohs(sa.port);
+    return true;
+}
+
+TRACEPOINT_PROBE(sock, inet_sock_set_state)
+{
+    if (args->protocol != PROTOCOL_NUMBER_TCP)
+        return 0;
+    __u64 sk = (__u64)args->skaddr;
+    if (args->newstate == SOCK_STATE_SYN_SENT) {
+        /* Still inside connect(): the connecting thread is the current one. */
+        __u64 id = bpf_get_current_pid_tgid();
+        struct connect_call *call = bpf_map_lookup_elem(&active_connect, &id);
+        if (!call)
+            return 0;
+        __u64 key = conn_key(id >> 32, call->fd);
+        remember_conn(id >> 32, call->fd, ROLE_CLIENT, &call->tuple);
+        bpf_map_update_elem(&connecting_socks, &sk, &key, BPF_ANY);
+        return 0;
+    }
+    if (args->newstate != SOCK_STATE_ESTABLISHED)
+        return 0;
+    struct endpoint local = {};
+    store_address(local.addr, args->family, args->saddr, args->saddr_v6);
+    local.port = args->sport;
+    if (args->oldstate == SOCK_STATE_SYN_RECV) {
+        struct endpoint peer = {};
+        store_address(peer.addr, args->family, args->daddr, args->daddr_v6);
+        peer.port = args->dport;
+        bpf_map_update_elem(&passive_ends, &peer, &local, BPF_ANY);
+        return 0;
+    }
+    __u64 *found = bpf_map_lookup_elem(&connecting_socks, &sk);
+    if (!found)
+        return 0;
+    __u64 key = *found;
+    bpf_map_delete_elem(&connecting_socks, &sk);
+    struct conn_info *conn = bpf_map_lookup_elem(&conns, &key);
+    if (conn && conn->traced) {
+        __builtin_memcpy(conn->tuple.local_addr, local.addr, 16);
+        conn->tuple.local_port = local.port;
+        if (!tuple_traced(&conn->tuple))
+            conn->traced = 0;
+    }
+    return 0;
+}
+#endif
+
+static __always_inline int on_accept_enter(__u64 peer_addr)
+{
+#ifdef OTEL_EBPF_BCC
+    __u64 id = bpf_get_current_pid_tgid();
+    if (peer_addr && process_traced(id >> 32))
+        bpf_map_update_elem(&active_accept, &id, &peer_addr, BPF_ANY);
+#endif
+    return 0;
+}
+
 static __always_inline int on_accept_exit(long ret)
 {
     __u64 id = bpf_get_current_pid_tgid();
     __u32 tgid = id >> 32;
+#ifdef OTEL_EBPF_BCC
+    __u64 *peer_addr = bpf_map_lookup_elem(&active_accept, &id);
+    if (!peer_addr)
+        return 0;
+    __u64 uaddr = *peer_addr;
+    bpf_map_delete_elem(&active_accept, &id);
+    struct conn_tuple tuple = {};
+    if (ret < 0 || !read_peer(uaddr, &tuple))
+        return 0;
+    struct endpoint peer = {};
+    __builtin_memcpy(peer.addr, tuple.remote_addr, 16);
+    peer.port = tuple.remote_port;
+    struct endpoint *local = bpf_map_lookup_elem(&passive_ends, &peer);
+    if (local) {
+        __builtin_memcpy(tuple.local_addr, local->addr, 16);
+        tuple.local_port = local->port;
+        bpf_map_delete_elem(&passive_ends, &peer);
+    }
+    remember_conn(tgid, ret, ROLE_SERVER, &tuple);
+#else
     if (ret < 0 || !process_traced(tgid))
         return 0;
     track_conn(tgid, ret, ROLE_SERVER);
+#endif
     return 0;
 }
 
-static __always_inline int on_connect_enter(__u32 fd)
+static __always_inline int on_connect_enter(__u32 fd, __u64 uaddr)
 {
     __u64 id = bpf_get_current_pid_tgid();
     if (!process_traced(id >> 32))
         return 0;
-    bpf_map_update_elem(&active_connect, &id, &fd, BPF_ANY);
+    struct connect_call call = { .fd = fd };
+#ifdef OTEL_EBPF_BCC
+    if (!read_peer(uaddr, &call.tuple))
+        return 0;
+#endif
+    bpf_map_update_elem(&active_connect, &id, &call, BPF_ANY);
     return 0;
 }
 
 static __always_inline int on_connect_exit(long ret)
 {
     __u64 id = bpf_get_current_pid_tgid();
-    __u32 *fd = bpf_map_lookup_elem(&active_connect, &id);
-    if (!fd)
+    struct connect_call *call = bpf_map_lookup_elem(&active_connect, &id);
+    if (!call)
         return 0;
-    __u32 sock_fd = *fd;
+    __u32 fd = call->fd;
     bpf_map_delete_elem(&active_connect, &id);
+    /* The BCC build recorded the connection when its SYN left (above). */
+#ifndef OTEL_EBPF_BCC
     if (ret == 0 || ret == -EINPROGRESS)
-        track_conn(id >> 32, sock_fd, ROLE_CLIENT);
+        track_conn(id >> 32, fd, ROLE_CLIENT);
+#endif
     return 0;
 }
 
@@ -714,8 +844,8 @@ int common_process_exec(struct bpf_raw_tracepoint_args *ctx)
 {
     __u64 id = bpf_get_current_pid_tgid();
     __u32 tgid = id >> 32;
-    __u8 report = capture_config.report_execs;
-    if (report == EXECS_NONE || tgid == capture_config.agent_tgid ||
+    __u8 report = CONFIG(report_execs);
+    if (report == EXECS_NONE || tgid == CONFIG(agent_tgid) ||
         (report == EXECS_TRACED && !process_traced(tgid)))
         return 0;
     output_process_event(EVENT_PROCESS_EXEC, PROBE_PROCESS_EXEC);
@@ -740,7 +870,8 @@ static __always_inline int syscall_enter(long id, __u64 a0, __u64 a1, __u64 a2)
     case NR_sendmsg: return on_msg_enter(a0, a1, PROBE_SENDMSG, DIRECTION_EGRESS);
     /* sendfile carries response bodies (nginx): its length keeps message framing right. */
     case NR_sendfile64: return on_io_enter(a0, 0, a2, PROBE_SENDFILE, IO_NONE, DIRECTION_EGRESS);
-    case NR_connect: return on_connect_enter(a0);
+    case NR_accept: case NR_accept4: return on_accept_enter(a1);
+    case NR_connect: return on_connect_enter(a0, a1);
     case NR_close: return on_close_enter(a0);
     }
     return 0;
@@ -762,6 +893,21 @@ static __always_inline int syscall_exit(long id, long ret)
 
 /* ---- Attachments ------------------------------------------------------ */
 
+/* Per-syscall tracepoints: the family every build and every kernel with
+ * tracefs has. */
+#define HOOK_SYSCALL_TRACEPOINTS(name)                                              \
+    SEC("tracepoint/syscalls/sys_enter_" #name)                                     \
+    int tp_enter_##name(struct trace_event_raw_sys_enter *ctx)                      \
+    {                                                                               \
+        return syscall_enter(NR_##name, ctx->args[0], ctx->args[1], ctx->args[2]);  \
+    }                                                                               \
+    SEC("tracepoint/syscalls/sys_exit_" #name)                                      \
+    int tp_exit_##name(struct trace_event_raw_sys_exit *ctx)                        \
+    {                                                                               \
+        return syscall_exit(NR_##name, ctx->ret);                                   \
+    }
+
+#ifdef SYSCALL_FRAME
 /* Raw syscall tracepoints: two links for every syscall the capture needs. */
 SEC("raw_tracepoint/sys_enter")
 int rtp_sys_enter(struct bpf_raw_tracepoint_args *ctx)
@@ -783,7 +929,11 @@ int rtp_sys_exit(struct bpf_raw_tracepoint_args *ctx)
         return 0;
     return syscall_exit(id, ctx->args[1]);
 }
+#endif
 
+#ifdef OTEL_EBPF_BCC
+#define HOOK_SYSCALL(name) HOOK_SYSCALL_TRACEPOINTS(name)
+#else
 extern bool LINUX_HAS_SYSCALL_WRAPPER __kconfig;
 
 /* With a syscall wrapper the kprobe sees the wrapper's pt_regs, whose first
@@ -795,20 +945,11 @@ static __always_inline struct pt_regs *syscall_regs(struct pt_regs *ctx)
     return ctx;
 }
 
-/* Per-syscall hooks: fentry/fexit on the syscall functions, the ksyscall
- * kprobes, and the syscall tracepoints.  The syscall functions take the
- * user registers as their one argument. */
+/* Per-syscall hooks: the tracepoints, fentry/fexit on the syscall
+ * functions, and the ksyscall kprobes.  The syscall functions take the user
+ * registers as their one argument. */
 #define HOOK_SYSCALL(name)                                                          \
-    SEC("tracepoint/syscalls/sys_enter_" #name)                                     \
-    int tp_enter_##name(struct trace_event_raw_sys_enter *ctx)                      \
-    {                                                                               \
-        return syscall_enter(NR_##name, ctx->args[0], ctx->args[1], ctx->args[2]);  \
-    }                                                                               \
-    SEC("tracepoint/syscalls/sys_exit_" #name)                                      \
-    int tp_exit_##name(struct trace_event_raw_sys_exit *ctx)                        \
-    {                                                                               \
-        return syscall_exit(NR_##name, ctx->ret);                                   \
-    }                                                                               \
+    HOOK_SYSCALL_TRACEPOINTS(name)                                                  \
     SEC("fentry/" SYSCALL_SYMBOL(name))                                             \
     int BPF_PROG(fe_enter_##name, struct pt_regs *regs)                             \
     {                                                                               \
@@ -834,6 +975,7 @@ static __always_inline struct pt_regs *syscall_regs(struct pt_regs *ctx)
     {                                                                               \
         return syscall_exit(NR_##name, PT_REGS_RC(ctx));                            \
     }
+#endif
 
 HOOK_SYSCALL(read)
 HOOK_SYSCALL(write)

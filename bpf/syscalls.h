@@ -18,7 +18,9 @@
 #define NR_sendmsg 46
 #define NR_recvmsg 47
 #define NR_accept4 288
+#ifndef SYSCALL_NR
 #define SYSCALL_NR(regs) BPF_CORE_READ(regs, orig_ax)
+#endif
 #define SYSCALL_SYMBOL(name) "__x64_sys_" #name
 #elif defined(__TARGET_ARCH_arm64)
 #define NR_close 57
@@ -34,7 +36,9 @@
 #define NR_sendmsg 211
 #define NR_recvmsg 212
 #define NR_accept4 242
+#ifndef SYSCALL_NR
 #define SYSCALL_NR(regs) BPF_CORE_READ(regs, syscallno)
+#endif
 #define SYSCALL_SYMBOL(name) "__arm64_sys_" #name
 #else
 #error "syscall numbers for this architecture are not defined in bpf/syscalls.h"

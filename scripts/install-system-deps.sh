@@ -16,8 +16,10 @@ PACKAGES=(
     make curl iproute2 linux-perf
     # Python venv for Debian's python3 (pyenv/other pythons ship venv already)
     python3-venv
-    # BCC front end (Debian's, not PyPI's unrelated `bcc`)
-    python3-bpfcc bpfcc-tools
+    # BCC front end (Debian's, not PyPI's unrelated `bcc`), and kernel headers for
+    # it to compile against: Debian's own kernel's, which the BCC build accepts
+    # on any kernel (it reads no kernel struct)
+    python3-bpfcc bpfcc-tools "linux-headers-$(dpkg --print-architecture)"
     # Peers for the end-to-end tests and benchmarks
     nginx-light wrk nghttp2-client prometheus postgresql-15 mariadb-server openssl
     # OpenSSL headers and static libraries: the statically linked TLS client test peer

@@ -4,6 +4,7 @@ They need root and a kernel that loads the capture object; without them
 every test here is skipped with the reason."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import signal
@@ -20,6 +21,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
+from agent.kernel_headers import KernelHeadersError, find as find_kernel_headers  # noqa: E402
+from agent.loader import ring_buffer_support  # noqa: E402
 from loopback import free_port, wait_for_port  # noqa: E402,F401  (re-exported to the tests)
 from otlp_receiver import OtlpReceiver  # noqa: E402
 
@@ -28,9 +31,34 @@ AGENT = [sys.executable, "-m", "agent.cli"] if not (ROOT / ".venv/bin/otel-ebpf"
 PEERS = Path(__file__).resolve().parent / "peers"
 
 
-def _skip_reason() -> str | None:
+def _bcc_kernel_headers() -> str | None:
+    """The headers the BCC loader finds by itself (make setup installs
+    Debian's; the BCC build needs no exact match with this kernel)."""
+    try:
+        headers = find_kernel_headers()
+    except KernelHeadersError:
+        return None
+    headers.close()
+    return str(headers.origin)
+
+
+BCC_KERNEL_HEADERS = _bcc_kernel_headers()
+# --loader arguments per front end, for tests that run under each.
+LOADER_ARGS = {"core": ["--loader", "core"], "bcc": ["--loader", "bcc"]}
+
+
+def skip_reason(loader: str) -> str | None:
     if os.geteuid() != 0:
         return "kernel tests need root (CAP_BPF, CAP_PERFMON)"
+    ring_ok, ring_text = ring_buffer_support()
+    if not ring_ok:
+        return f"BPF ring buffer: {ring_text}"
+    if loader == "bcc":
+        if importlib.util.find_spec("bcc") is None:
+            return "BCC's Python module is missing (python3-bpfcc; `make setup` links it into .venv)"
+        if BCC_KERNEL_HEADERS is None:
+            return "no kernel headers for the BCC loader (`make setup` installs linux-headers)"
+        return None
     if not os.path.exists("/sys/kernel/btf/vmlinux"):
         return "kernel has no BTF (/sys/kernel/btf/vmlinux): the CO-RE loader cannot run"
     if not (ROOT / "build/http.bpf.o").exists():
@@ -39,10 +67,12 @@ def _skip_reason() -> str | None:
 
 
 def pytest_collection_modifyitems(config, items):
-    reason = _skip_reason()
+    reasons = {loader: skip_reason(loader) for loader in LOADER_ARGS}
     for item in items:
         if "tests/kernel" in str(item.fspath):
             item.add_marker(pytest.mark.kernel)
+            callspec = getattr(item, "callspec", None)
+            reason = reasons[callspec.params.get("agent_loader", "core") if callspec else "core"]
             if reason:
                 item.add_marker(pytest.mark.skip(reason=reason))
 
@@ -55,6 +85,9 @@ def http_get(url: str, timeout: float = 5.0) -> tuple[int, bytes]:
         return exc.code, exc.read()
 
 
+PASSED_THROUGH_ENV = ("OTEL_EBPF_HOOKS",)
+
+
 class AgentProcess:
     """`otel-ebpf run` as a user starts it, exporting to the test's receiver."""
 
@@ -62,7 +95,10 @@ class AgentProcess:
         self.metrics_port = free_port()
         self.log = tempfile.NamedTemporaryFile("w+", prefix="otel-ebpf-", suffix=".log")
         self.stdout = tempfile.NamedTemporaryFile("w+", prefix="otel-ebpf-", suffix=".out")
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+        # The caller's OTEL_* settings stay out, but for the kernel matrix's
+        # choice of hooks (scripts/kernel-matrix.sh runs the suite once per family).
+        full_env = {k: v for k, v in os.environ.items()
+                    if not k.startswith("OTEL_") or k in PASSED_THROUGH_ENV}
         full_env.update(env)
         full_env["PYTHONPATH"] = str(ROOT)
         self.proc = subprocess.Popen(
@@ -135,7 +171,14 @@ def receiver():
 
 
 @pytest.fixture
-def start_agent(receiver):
+def agent_loader() -> str | None:
+    """The front end start_agent asks for; None: the agent's own choice.
+    A module that runs under each overrides this with parameters."""
+    return None
+
+
+@pytest.fixture
+def start_agent(receiver, agent_loader):
     agents = []
 
     def start(*args: str, protocol: str = "http/protobuf", extra_env: dict | None = None):
@@ -143,7 +186,7 @@ def start_agent(receiver):
                "OTEL_EXPORTER_OTLP_PROTOCOL": protocol,
                "OTEL_BSP_SCHEDULE_DELAY": "200"}
         env.update(extra_env or {})
-        agent = AgentProcess(list(args), env)
+        agent = AgentProcess(LOADER_ARGS.get(agent_loader, []) + list(args), env)
         agents.append(agent)
         return agent
 

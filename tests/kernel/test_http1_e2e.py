@@ -8,12 +8,19 @@ import time
 import pytest
 
 from agent.spans import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, STATUS_UNSET
-from conftest import capture_programs_of, programs_still_loaded, curl
+from conftest import LOADER_ARGS, capture_programs_of, programs_still_loaded, curl
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
 PARENT_ID = "b7ad6b7169203331"
 TRACEPARENT = f"traceparent: 00-{TRACE_ID}-{PARENT_ID}-01"
 TRACESTATE = "tracestate: vendor=abc,other=xyz"
+
+
+@pytest.fixture(params=list(LOADER_ARGS))
+def agent_loader(request) -> str:
+    """The spine runs under both front ends: CO-RE, and BCC compiled against
+    kernel headers that need not match this kernel."""
+    return request.param
 
 
 def server_spans(receiver, port: int):

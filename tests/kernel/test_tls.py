@@ -148,12 +148,13 @@ def test_http2_over_tls_needs_no_other_parser(receiver, start_agent, start_nginx
     assert client.attributes["url.full"] == f"https://127.0.0.1:{nginx.port}/fast"
 
 
+@pytest.mark.parametrize("agent_loader", ["core", "bcc"])
 @pytest.mark.parametrize("uprobe_multi", [True, False], ids=["uprobe_multi", "perf_event"])
 def test_both_attach_paths_capture_plaintext_and_detach(monkeypatch, tls_certificate,
-                                                        uprobe_multi):
+                                                        uprobe_multi, agent_loader):
     """uprobe_multi links (Linux 6.6+) where the kernel has them, else one
     perf-event uprobe per function: both deliver the plaintext and leave no
-    uprobe behind."""
+    uprobe behind, whichever loader built the programs."""
     import dataclasses
 
     from agent import loader
@@ -165,7 +166,7 @@ def test_both_attach_paths_capture_plaintext_and_detach(monkeypatch, tls_certifi
         pytest.skip("this kernel has no uprobe_multi links (Linux 6.6+)")
     monkeypatch.setattr(loader, "detect_features",
                         lambda: dataclasses.replace(features, uprobe_multi=uprobe_multi))
-    capture = loader.load_capture(loader.CaptureSettings())
+    capture = loader.load_capture(loader.CaptureSettings(loader=agent_loader))
     try:
         assert capture.uprobe_multi == uprobe_multi
         tls = TlsProbes(capture)

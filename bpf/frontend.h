@@ -1,0 +1,115 @@
+/* The two ways the capture is built, behind one set of names.
+ *
+ * CO-RE (the default): clang compiles the programs ahead of time against the
+ * running kernel's BTF (build/vmlinux.h) and libbpf loads them; kernel structs
+ * are read with relocations, so their offsets are always right.
+ *
+ * BCC (--loader bcc, for kernels without BTF): libbcc compiles the same source
+ * at start against whatever kernel headers the agent finds.  Those headers may
+ * not match the running kernel, so the BCC build reads no kernel struct: only
+ * tracepoint arguments (laid out by the kernel's own tracefs format) and user
+ * memory (the syscall ABI, the saved user registers included).
+ * agent/bcc_loader.py turns the libbpf map helper
+ * calls into BCC's map methods; everything else is spelled once, here.
+ */
+#ifndef OTEL_EBPF_FRONTEND_H
+#define OTEL_EBPF_FRONTEND_H
+
+#ifdef OTEL_EBPF_BCC
+
+/* BCC has already included its helpers and linux/bpf.h.  Only user-ABI types
+ * come from the kernel headers below. */
+#include <uapi/linux/ptrace.h>
+#include <uapi/linux/uio.h>
+#include <linux/socket.h>
+
+/* Program sections are BCC's business: it names and loads functions itself. */
+#define SEC(name)
+
+#define BCC_TABLE_HASH "hash"
+#define BCC_TABLE_LRU_HASH "lru_hash"
+#define BCC_TABLE_ARRAY "array"
+#define BCC_TABLE_PERCPU_ARRAY "percpu_array"
+#define MAP(kind, name, key_type, value_type, entries) \
+    BPF_TABLE(BCC_TABLE_##kind, key_type, value_type, name, entries)
+/* RING_BUFFER_PAGES comes from the loader (-D): BCC sizes the ring at compile time. */
+#define RINGBUF_MAP(name) BPF_RINGBUF_OUTPUT(name, RING_BUFFER_PAGES)
+
+/* BCC has no read-only data section: the load-time constants are compiler
+ * definitions the loader passes (-DCONFIG_<field>=value), which the compiler
+ * folds exactly as the verifier folds the CO-RE build's .rodata. */
+#define CONFIG(field) (CONFIG_##field)
+
+/* The syscall tracepoints' records: the common header, the syscall number,
+ * then six argument slots (enter) or the return value (exit).  The loader
+ * checks this layout against the kernel's tracefs format before loading. */
+struct trace_event_raw_sys_enter {
+    __u64 common;
+    long id;
+    unsigned long args[6];
+};
+
+struct trace_event_raw_sys_exit {
+    __u64 common;
+    long id;
+    long ret;
+};
+
+#if defined(__TARGET_ARCH_x86)
+/* The raw syscall tracepoints hand over struct pt_regs, the frame in which
+ * the entry code saves the user's registers.  On x86-64 that layout is user
+ * ABI (what ptrace's PTRACE_GETREGS returns, uapi asm/ptrace.h), the same on
+ * every kernel, unlike the kernel's own structs: the BCC build reads it.
+ * Elsewhere (arm64 keeps the syscall number outside the ABI part) the BCC
+ * build has the per-syscall tracepoints only. */
+#define SYSCALL_FRAME 1
+static __always_inline unsigned long syscall_frame_read(const unsigned long *slot)
+{
+    unsigned long value = 0;
+    bpf_probe_read_kernel(&value, sizeof(value), slot);
+    return value;
+}
+#define PT_REGS_PARM1_CORE_SYSCALL(regs) syscall_frame_read(&(regs)->di)
+#define PT_REGS_PARM2_CORE_SYSCALL(regs) syscall_frame_read(&(regs)->si)
+#define PT_REGS_PARM3_CORE_SYSCALL(regs) syscall_frame_read(&(regs)->dx)
+#define SYSCALL_NR(regs) ((long)syscall_frame_read(&(regs)->orig_ax))
+#endif
+
+#define barrier_var(var) asm volatile("" : "+r"(var))
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+#define bpf_ntohs(x) ((__u16)__builtin_bswap16(x))
+#else
+#define bpf_ntohs(x) ((__u16)(x))
+#endif
+
+#else /* CO-RE */
+
+#include "vmlinux.h"
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_core_read.h>
+#include <bpf/bpf_tracing.h>
+#include <bpf/bpf_endian.h>
+
+#define MAP(kind, name, key_type, value_type, entries) \
+    struct {                                           \
+        __uint(type, BPF_MAP_TYPE_##kind);             \
+        __uint(max_entries, entries);                  \
+        __type(key, key_type);                         \
+        __type(value, value_type);                     \
+    } name SEC(".maps")
+/* Resized by the loader before loading. */
+#define RINGBUF_MAP(name)                     \
+    struct {                                  \
+        __uint(type, BPF_MAP_TYPE_RINGBUF);   \
+        __uint(max_entries, 16 << 20);        \
+    } name SEC(".maps")
+
+#define CONFIG(field) (capture_config.field)
+/* The raw syscall tracepoints' register frame, read with CO-RE relocations. */
+#define SYSCALL_FRAME 1
+
+char LICENSE[] SEC("license") = "GPL";
+
+#endif
+
+#endif

@@ -1,0 +1,37 @@
+"""The BCC loader's second hook family and its refusals, as a user meets them.
+(The spine's end-to-end tests run under both loaders: test_http1_e2e.py.)"""
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from agent.spans import KIND_SERVER
+from conftest import AGENT, ROOT, curl
+from test_http1_e2e import PARENT_ID, TRACE_ID, TRACEPARENT, wait_spans
+
+
+@pytest.fixture(params=["bcc"])
+def agent_loader(request) -> str:
+    """A parameter, so that the BCC loader's skip reasons apply here."""
+    return request.param
+
+
+def test_bcc_per_syscall_tracepoints_trace_a_request(receiver, start_agent, backend):
+    """The fallback family where the saved registers are out of reach
+    (arm64): each syscall's tracepoint, read at the layout tracefs states."""
+    agent = start_agent("--hooks", "tracepoint", "--port", str(backend))
+    assert "hooks=tracepoint (" in agent.stderr()
+    assert curl(f"http://127.0.0.1:{backend}/per-syscall", TRACEPARENT)["status"] == 200
+    server = wait_spans(receiver, lambda s: s.kind == KIND_SERVER
+                        and s.attributes.get("url.path") == "/per-syscall", 1)[0]
+    assert server.trace_id == TRACE_ID and server.parent_span_id == PARENT_ID
+    assert server.attributes["server.port"] == backend
+
+
+def test_bcc_loader_refuses_hooks_it_does_not_build(agent_loader):
+    result = subprocess.run(AGENT + ["run", "--loader", "bcc", "--hooks", "kprobe",
+                                     "--metrics-address", "", "--duration", "1"],
+                            capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert result.returncode != 0
+    assert "--hooks kprobe: the BCC loader has raw_tracepoint and tracepoint hooks" in result.stderr

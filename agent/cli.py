@@ -71,6 +71,21 @@ def main():
     """eBPF zero-instrumentation tracing agent: HTTP spans from the kernel, no code changes."""
 
 
+def loader_options(command):
+    """--loader and --kernel-headers, shared by run and doctor."""
+    command = click.option(
+        "--kernel-headers", type=click.Path(file_okay=False), default=None,
+        envvar="OTEL_EBPF_KERNEL_HEADERS",
+        help="Kernel headers for the BCC loader [default: /lib/modules/$(uname -r)/build, "
+             "else the newest in /usr/src].")(command)
+    return click.option(
+        "--loader", type=click.Choice(["auto", "core", "bcc"]), default="auto",
+        envvar="OTEL_EBPF_LOADER", show_default=True,
+        help="How the kernel programs are built: core (compiled ahead, needs kernel BTF and "
+             "Linux 5.17+), bcc (compiled at start against kernel headers), auto (core where "
+             "the kernel can load it, else bcc).")(command)
+
+
 @main.command()
 @click.option("--config", type=click.Path(dir_okay=False), callback=_load_config_file,
               is_eager=True, expose_value=False, envvar="OTEL_EBPF_CONFIG",
@@ -100,13 +115,7 @@ def main():
 @click.option("--hooks", type=click.Choice(["auto", "fentry", "kprobe", "raw_tracepoint", "tracepoint"]), default="auto",
               envvar="OTEL_EBPF_HOOKS", show_default=True,
               help="Hook family; auto picks the cheapest this kernel offers.")
-@click.option("--loader", type=click.Choice(["auto", "core", "bcc"]), default="auto",
-              envvar="OTEL_EBPF_LOADER", show_default=True,
-              help="How the kernel programs are built: core (compiled ahead, needs kernel BTF), "
-                   "bcc (compiled at start against kernel headers), auto (core where BTF exists).")
-@click.option("--kernel-headers", type=click.Path(file_okay=False), default=None,
-              envvar="OTEL_EBPF_KERNEL_HEADERS",
-              help="Kernel headers for the BCC loader [default: /lib/modules/$(uname -r)/build].")
+@loader_options
 @click.option("--metrics-address", default="127.0.0.1:9464", envvar="OTEL_EBPF_METRICS_ADDRESS",
               show_default=True, help="host:port for /metrics, /healthz and /readyz; empty to disable.")
 @click.option("--redact-query-key", "redact_query_keys", multiple=True,
@@ -211,13 +220,7 @@ def record(output, duration, pids, ports, capture_bytes):
 
 
 @main.command()
-@click.option("--loader", type=click.Choice(["auto", "core", "bcc"]), default="auto",
-              envvar="OTEL_EBPF_LOADER", show_default=True,
-              help="How the kernel programs are built: core (compiled ahead, needs kernel BTF), "
-                   "bcc (compiled at start against kernel headers), auto (core where BTF exists).")
-@click.option("--kernel-headers", type=click.Path(file_okay=False), default=None,
-              envvar="OTEL_EBPF_KERNEL_HEADERS",
-              help="Kernel headers for the BCC loader [default: /lib/modules/$(uname -r)/build].")
+@loader_options
 def doctor(loader, kernel_headers):
     """Report what this kernel offers and which hooks the agent will use."""
     from agent.doctor import report

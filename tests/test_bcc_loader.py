@@ -29,32 +29,18 @@ def hooked_syscalls(source: str) -> list[str]:
 
 # ---- translate_map_calls ----------------------------------------------------
 
-def test_lookup_becomes_the_lookup_method():
-    assert translate_map_calls("v = bpf_map_lookup_elem(&conns, &key);") == "v = conns.lookup(&key);"
-
-
-def test_update_with_bpf_any_becomes_update():
-    assert (translate_map_calls("bpf_map_update_elem(&conns, &key, &info, BPF_ANY);")
-            == "conns.update(&key, &info);")
-
-
-def test_update_with_bpf_noexist_becomes_insert():
-    assert (translate_map_calls("bpf_map_update_elem(&conns, &key, &info, BPF_NOEXIST);")
-            == "conns.insert(&key, &info);")
-
-
-def test_delete_becomes_the_delete_method():
-    assert translate_map_calls("bpf_map_delete_elem(&active_io, &id);") == "active_io.delete(&id);"
-
-
-def test_ringbuf_output_keeps_all_three_arguments():
-    assert (translate_map_calls("if (bpf_ringbuf_output(&events, record, size, 0))")
-            == "if (events.ringbuf_output(record, size, 0))")
-
-
-def test_whitespace_around_the_map_name_is_accepted():
-    assert (translate_map_calls("bpf_map_lookup_elem( &conns ,&key )")
-            == "conns.lookup(&key)")
+@pytest.mark.parametrize("libbpf, bcc", [
+    ("v = bpf_map_lookup_elem(&conns, &key);", "v = conns.lookup(&key);"),
+    ("bpf_map_update_elem(&conns, &key, &info, BPF_ANY);", "conns.update(&key, &info);"),
+    ("bpf_map_update_elem(&conns, &key, &info, BPF_NOEXIST);", "conns.insert(&key, &info);"),
+    ("bpf_map_delete_elem(&active_io, &id);", "active_io.delete(&id);"),
+    ("if (bpf_ringbuf_output(&events, record, size, 0))",
+     "if (events.ringbuf_output(record, size, 0))"),
+    ("bpf_map_lookup_elem( &conns ,&key )", "conns.lookup(&key)"),
+], ids=["lookup", "update-any", "update-noexist-is-insert", "delete", "ringbuf-output",
+        "whitespace"])
+def test_each_helper_becomes_its_bcc_method(libbpf, bcc):
+    assert translate_map_calls(libbpf) == bcc
 
 
 def test_nested_parentheses_and_commas_stay_inside_their_argument():
@@ -214,16 +200,20 @@ def test_sections_of_a_small_source():
 # ---- check_tracepoint_layout ------------------------------------------------
 
 # Verbatim from /sys/kernel/tracing/events/syscalls/*/format (Linux 6.18, x86_64).
-SYS_ENTER_READ = (
-    "name: sys_enter_read\n"
-    "ID: 842\n"
-    "format:\n"
+COMMON_FIELDS = (
     "\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n"
     "\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;\n"
     "\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;\n"
     "\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n"
     "\n"
     "\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\n"
+)
+
+SYS_ENTER_READ = (
+    "name: sys_enter_read\n"
+    "ID: 842\n"
+    "format:\n"
+    + COMMON_FIELDS +
     "\tfield:unsigned int fd;\toffset:16;\tsize:8;\tsigned:0;\n"
     "\tfield:char * buf;\toffset:24;\tsize:8;\tsigned:0;\n"
     "\tfield:size_t count;\toffset:32;\tsize:8;\tsigned:0;\n"
@@ -236,12 +226,7 @@ SYS_EXIT_READ = (
     "name: sys_exit_read\n"
     "ID: 841\n"
     "format:\n"
-    "\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n"
-    "\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;\n"
-    "\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;\n"
-    "\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n"
-    "\n"
-    "\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\n"
+    + COMMON_FIELDS +
     "\tfield:long ret;\toffset:16;\tsize:8;\tsigned:1;\n"
     "\n"
     'print fmt: "0x%lx", REC->ret\n'
@@ -251,12 +236,7 @@ SYS_ENTER_CLOSE = (
     "name: sys_enter_close\n"
     "ID: 776\n"
     "format:\n"
-    "\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n"
-    "\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;\n"
-    "\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;\n"
-    "\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n"
-    "\n"
-    "\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\n"
+    + COMMON_FIELDS +
     "\tfield:unsigned int fd;\toffset:16;\tsize:8;\tsigned:0;\n"
     "\n"
     'print fmt: "fd: 0x%08lx", ((unsigned long)(REC->fd))\n'
@@ -293,56 +273,32 @@ def test_no_syscalls_checks_nothing(tmp_path):
     check_tracepoint_layout(str(tmp_path / "no-tracefs"), [])
 
 
-def test_return_value_elsewhere_is_refused(tmp_path):
-    moved = SYS_EXIT_READ.replace("field:long ret;\toffset:16;", "field:long ret;\toffset:24;")
-    tracefs = fake_tracefs(tmp_path, ["read"], exit_=moved)
-    path = tracefs / "events" / "syscalls" / "sys_exit_read" / "format"
-    with pytest.raises(CaptureLoadError) as raised:
-        check_tracepoint_layout(str(tracefs), ["read"])
-    message = str(raised.value)
-    assert str(path) in message
-    assert "ret" in message
-    assert "--loader core" in message
-
-
-def test_return_value_of_another_size_is_refused(tmp_path):
-    narrow = SYS_EXIT_READ.replace("field:long ret;\toffset:16;\tsize:8;",
-                                   "field:int ret;\toffset:16;\tsize:4;")
-    tracefs = fake_tracefs(tmp_path, ["read"], exit_=narrow)
-    with pytest.raises(CaptureLoadError, match="--loader core"):
-        check_tracepoint_layout(str(tracefs), ["read"])
-
-
-def test_syscall_number_elsewhere_is_refused(tmp_path):
+@pytest.mark.parametrize("event, old, new, words", [
+    ("sys_exit_read", "field:long ret;\toffset:16;", "field:long ret;\toffset:24;", ["ret"]),
+    ("sys_exit_read", "field:long ret;\toffset:16;\tsize:8;", "field:int ret;\toffset:16;\tsize:4;",
+     ["ret"]),
     # A kernel whose common header grew (e.g. PREEMPT_RT's extra fields).
-    shifted = SYS_ENTER_READ.replace("__syscall_nr;\toffset:8;", "__syscall_nr;\toffset:12;")
-    tracefs = fake_tracefs(tmp_path, ["read"], enter=shifted)
-    path = tracefs / "events" / "syscalls" / "sys_enter_read" / "format"
-    with pytest.raises(CaptureLoadError) as raised:
-        check_tracepoint_layout(str(tracefs), ["read"])
-    assert str(path) in str(raised.value)
-    assert "--loader core" in str(raised.value)
-
-
-@pytest.mark.parametrize("change", [
-    # Packed arguments: 4-byte fd slot.
-    ("field:unsigned int fd;\toffset:16;\tsize:8;", "field:unsigned int fd;\toffset:16;\tsize:4;"),
+    ("sys_enter_read", "__syscall_nr;\toffset:8;", "__syscall_nr;\toffset:12;", ["__syscall_nr"]),
+    # Packed arguments: a 4-byte fd slot.
+    ("sys_enter_read", "field:unsigned int fd;\toffset:16;\tsize:8;",
+     "field:unsigned int fd;\toffset:16;\tsize:4;", ["8-byte slots"]),
     # Arguments starting after a padded header.
-    ("fd;\toffset:16;", "fd;\toffset:24;"),
+    ("sys_enter_read", "fd;\toffset:16;", "fd;\toffset:24;", ["8-byte slots"]),
     # A gap between two slots.
-    ("count;\toffset:32;", "count;\toffset:40;"),
-], ids=["4-byte slot", "first slot at 24", "gap"])
-def test_arguments_not_in_8_byte_slots_from_16_are_refused(tmp_path, change):
-    enter = SYS_ENTER_READ.replace(*change)
-    assert enter != SYS_ENTER_READ
-    tracefs = fake_tracefs(tmp_path, ["read"], enter=enter)
-    path = tracefs / "events" / "syscalls" / "sys_enter_read" / "format"
+    ("sys_enter_read", "count;\toffset:32;", "count;\toffset:40;", ["8-byte slots"]),
+], ids=["ret moved", "ret narrower", "syscall number moved", "4-byte slot",
+        "first slot at 24", "gap"])
+def test_a_layout_other_than_the_build_assumes_is_refused(tmp_path, event, old, new, words):
+    original = SYS_EXIT_READ if event == "sys_exit_read" else SYS_ENTER_READ
+    changed = original.replace(old, new)
+    assert changed != original
+    tracefs = fake_tracefs(tmp_path, ["read"], **({"exit_": changed} if event == "sys_exit_read"
+                                                  else {"enter": changed}))
     with pytest.raises(CaptureLoadError) as raised:
         check_tracepoint_layout(str(tracefs), ["read"])
     message = str(raised.value)
-    assert str(path) in message
-    assert "8-byte slots" in message
-    assert "--loader core" in message
+    for word in [str(tracefs / "events" / "syscalls" / event / "format"), "--loader core", *words]:
+        assert word in message
 
 
 def test_only_the_bad_syscall_is_named(tmp_path):

@@ -198,6 +198,7 @@ def record(output, duration, pids, ports, capture_bytes):
     from agent.kernel_features import ensure_tracefs
     from agent.loader import CaptureSettings, load_capture
     from agent.recording import write_records
+    from agent.ringbuf import POLL_INTERVAL_S
 
     ensure_tracefs()
     capture = load_capture(CaptureSettings(capture_bytes=capture_bytes, pids=set(pids) or None,
@@ -209,7 +210,7 @@ def record(output, duration, pids, ports, capture_bytes):
             batch = capture.ring.read_batch(65536)
             records.extend(batch)
             if not batch:
-                capture.ring.wait(0.05)
+                time.sleep(POLL_INTERVAL_S)
         capture.detach()
         records.extend(capture.ring.read_batch(1 << 30))
         lost = sum(stats[1] for stats in capture.probe_stats().values())

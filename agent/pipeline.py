@@ -17,6 +17,7 @@ from agent.connections import ConnectionTracker
 from agent.loader import LoadedCapture
 from agent.sampling import Sampler
 from agent.resources import ResourceCache
+from agent.ringbuf import POLL_INTERVAL_S
 from agent.span_builder import RESOURCE_MARKER, HttpExchangeLinker
 
 
@@ -99,7 +100,6 @@ class Pipeline:
             self.selection.refresh(self.capture)
 
     def run(self, stop: threading.Event, deadline: float | None = None) -> None:
-        ring = self.capture.ring
         next_housekeeping = time.monotonic() + self.housekeeping_interval_s
         while not stop.is_set():
             now = time.monotonic()
@@ -107,7 +107,7 @@ class Pipeline:
             if deadline is not None and now >= deadline:
                 break
             if not self.drain_once():
-                ring.wait(0.1)
+                stop.wait(POLL_INTERVAL_S)
             execs = self.tracker.execs
             if execs:
                 selection = self.selection

@@ -2,6 +2,7 @@
 benchmarks: every server they start listens on 127.0.0.1 only."""
 from __future__ import annotations
 
+import os
 import random
 import socket
 import time
@@ -23,10 +24,15 @@ def free_port() -> int:
             return port
 
 
+# Waits in the tests stretch by this factor: the kernel matrix runs them in
+# an emulated VM (scripts/kernel-matrix.sh), many times slower than here.
+TIME_SCALE = float(os.environ.get("OTEL_EBPF_TEST_TIME_SCALE", "1"))
+
+
 def wait_for_port(port: int, timeout: float = 10.0, process=None, name: str = "server") -> None:
     """Until something accepts on 127.0.0.1:port; fails early when `process`
     (a Popen) exits first."""
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + timeout * TIME_SCALE
     while time.monotonic() < deadline:
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:

@@ -21,7 +21,7 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from loopback import free_port
+from loopback import TIME_SCALE, free_port
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 
@@ -143,7 +143,7 @@ class OtlpReceiver:
 
     def wait_for(self, predicate, timeout: float = 5.0) -> bool:
         """Wait until predicate(self.spans) holds; False on timeout."""
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + timeout * TIME_SCALE
         with self._cond:
             while not predicate(self.spans):
                 remaining = deadline - time.monotonic()

@@ -303,3 +303,16 @@ def test_ensure_tracefs_explains_without_privilege(monkeypatch):
     monkeypatch.setattr(kf, "_filesystem_supported", lambda name: False)
     ok, message = kf.ensure_tracefs()
     assert not ok and "CONFIG_" in message
+
+
+@pytest.mark.parametrize("choice, btf, bpf_loop, chosen", [
+    ("auto", True, True, "core"),
+    ("auto", False, True, "bcc"),      # no BTF: nothing to relocate CO-RE against
+    ("auto", True, False, "bcc"),      # 5.8-5.16: the CO-RE object needs bpf_loop
+    ("core", False, False, "core"),    # an explicit choice stands (and fails with its reason)
+    ("bcc", True, True, "bcc"),
+])
+def test_auto_takes_core_where_the_kernel_can_load_it(monkeypatch, choice, btf, bpf_loop, chosen):
+    from agent import loader
+    monkeypatch.setattr(loader, "bpf_loop_support", lambda: (bpf_loop, "probed"))
+    assert loader.choose_loader(choice, _features(btf=btf)) == chosen

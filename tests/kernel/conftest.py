@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 
 from agent.kernel_headers import KernelHeadersError, find as find_kernel_headers  # noqa: E402
 from agent.loader import ring_buffer_support  # noqa: E402
-from loopback import free_port, wait_for_port  # noqa: E402,F401  (re-exported to the tests)
+from loopback import TIME_SCALE, free_port, wait_for_port  # noqa: E402,F401  (re-exported)
 from otlp_receiver import OtlpReceiver  # noqa: E402
 
 AGENT = [sys.executable, "-m", "agent.cli"] if not (ROOT / ".venv/bin/otel-ebpf").exists() \
@@ -107,6 +107,7 @@ class AgentProcess:
         self._wait_ready()
 
     def _wait_ready(self, timeout: float = 20.0) -> None:
+        timeout *= TIME_SCALE
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

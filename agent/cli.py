@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 
@@ -136,6 +137,13 @@ def loader_options(command):
               envvar="OTEL_EBPF_SPAN_WORKERS", show_default=True,
               help="Processes that build, sample and export spans beside the capture loop; "
                    "0 runs them in the agent's main process.")
+@click.option("--nice", type=click.IntRange(-20, 19), default=0, envvar="OTEL_EBPF_NICE",
+              show_default=True,
+              help="The agent's scheduling niceness against processes in its own cgroup: above "
+                   "0 it yields the CPU to them and counts what it cannot keep up with (and "
+                   "stops more slowly on a saturated machine); a negative value needs "
+                   "CAP_SYS_NICE. Between cgroups (Kubernetes pods, systemd services) CPU "
+                   "requests and CPUWeight decide instead.")
 @click.option("--duration", type=click.FloatRange(min=0), default=None,
               help="Stop after this many seconds (default: run until SIGINT/SIGTERM).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
@@ -143,8 +151,8 @@ def loader_options(command):
 @click.option("--check-config", is_flag=True,
               help="Print the resolved settings as YAML and exit without tracing.")
 def run(pids, cgroups, containers, ports, exes, exporter, otlp_impl, capture_bytes, ring_buffer_size, hooks,
-        loader, kernel_headers, metrics_address, redact_query_keys, sql_text, tls, routes, keep_error_spans, span_workers, duration,
-        log_level, check_config):
+        loader, kernel_headers, metrics_address, redact_query_keys, sql_text, tls, routes, keep_error_spans, span_workers, nice,
+        duration, log_level, check_config):
     """Trace the node (or the selected processes) and export spans."""
     if check_config:
         ctx = click.get_current_context()
@@ -161,6 +169,13 @@ def run(pids, cgroups, containers, ports, exes, exporter, otlp_impl, capture_byt
     ok, message = ensure_tracefs()
     if not ok:
         logging.warning("%s", message)
+    # Before any thread or span worker exists, so that all of them inherit it
+    # (Linux keeps a niceness per thread).
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, nice)
+    except OSError as exc:
+        raise click.ClickException(f"--nice {nice}: {exc.strerror} (a negative niceness "
+                                   "needs CAP_SYS_NICE)")
     config = AgentConfig(pids=set(pids), ports=set(ports), exes=set(exes), cgroups=tuple(cgroups),
                          containers=tuple(containers), exporter=exporter,
                          otlp_impl=otlp_impl, capture_bytes=capture_bytes,
@@ -198,7 +213,6 @@ def record(output, duration, pids, ports, capture_bytes):
     from agent.kernel_features import ensure_tracefs
     from agent.loader import CaptureSettings, load_capture
     from agent.recording import write_records
-    from agent.ringbuf import POLL_INTERVAL_S
 
     ensure_tracefs()
     capture = load_capture(CaptureSettings(capture_bytes=capture_bytes, pids=set(pids) or None,
@@ -210,7 +224,7 @@ def record(output, duration, pids, ports, capture_bytes):
             batch = capture.ring.read_batch(65536)
             records.extend(batch)
             if not batch:
-                time.sleep(POLL_INTERVAL_S)
+                capture.ring.wait()
         capture.detach()
         records.extend(capture.ring.read_batch(1 << 30))
         lost = sum(stats[1] for stats in capture.probe_stats().values())

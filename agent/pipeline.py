@@ -17,7 +17,6 @@ from agent.connections import ConnectionTracker
 from agent.loader import LoadedCapture
 from agent.sampling import Sampler
 from agent.resources import ResourceCache
-from agent.ringbuf import POLL_INTERVAL_S
 from agent.span_builder import RESOURCE_MARKER, HttpExchangeLinker
 
 
@@ -107,7 +106,7 @@ class Pipeline:
             if deadline is not None and now >= deadline:
                 break
             if not self.drain_once():
-                stop.wait(POLL_INTERVAL_S)
+                self.capture.ring.wait()
             execs = self.tracker.execs
             if execs:
                 selection = self.selection

@@ -10,16 +10,18 @@ row so a record that wraps around the end reads as one contiguous slice.
 Each record has an 8-byte header: length in the low 30 bits, bit 31 busy
 (still being written), bit 30 discarded.
 
-The kernel writes records without waking the reader (BPF_RB_NO_WAKEUP):
-readers poll every POLL_INTERVAL_S while the ring is empty.  A wake-up per
-record cost the traced processes a context switch each, tens of thousands a
-second under load; a 20 ms poll is 50 a second, and a 16 MiB ring holds far
-more than 20 ms of any load this agent can keep up with.
+The kernel writes most records without waking the reader
+(BPF_RB_NO_WAKEUP), so readers wait at most POLL_INTERVAL_S while the ring
+is empty.  A wake-up per record cost the traced processes a context switch
+each, tens of thousands a second under load; a 20 ms poll is 50 a second,
+and a 16 MiB ring holds far more than 20 ms of any load this agent can keep
+up with.  The records that need an answer at once wake the reader.
 """
 from __future__ import annotations
 
 import ctypes
 import mmap
+import select
 import struct
 
 _BUSY = 1 << 31
@@ -43,10 +45,16 @@ class RingBuffer:
         # position and drop records as if the ring were full.
         self._consumer = ctypes.c_uint64.from_buffer(self._consumer_page)
         self._page = page
+        self._epoll = select.epoll()
+        self._epoll.register(map_fd, select.EPOLLIN)
 
     def fill_ratio(self) -> float:
         producer = _U64.unpack_from(self._data, 0)[0]
         return (producer - self._consumer.value) / self.size
+
+    def wait(self, timeout_s: float = POLL_INTERVAL_S) -> None:
+        """Until the kernel wakes the reader, or the timeout passes."""
+        self._epoll.poll(timeout_s)
 
     def read_batch(self, max_records: int) -> list[bytes]:
         """Copy out up to max_records committed records, then release them."""
@@ -57,6 +65,7 @@ class RingBuffer:
         return out
 
     def close(self) -> None:
+        self._epoll.close()
         del self._consumer
         self._consumer_page.close()
         self._data.close()

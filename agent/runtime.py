@@ -122,6 +122,7 @@ class Agent:
             parts.append(f"not {name}: {why.splitlines()[0]}")
         parts.append(f"exporter={self.sink_name}")
         parts.append(f"span workers={self.config.span_workers}")
+        parts.append(f"nice={os.getpriority(os.PRIO_PROCESS, 0)}")
         if self.metrics_server:
             parts.append(f"metrics=http://{self.metrics_server.address}/metrics")
         return "; ".join(parts)

@@ -152,19 +152,22 @@ static __always_inline struct probe_stats *stats_for(__u32 probe)
     return bpf_map_lookup_elem(&probe_stats, &probe);
 }
 
-/* Every record goes through here: written or lost, it is counted. */
-static __always_inline void output_record(struct probe_stats *stats, void *record, __u64 size)
+/* Every record goes through here: written or lost, it is counted.  Most
+ * are written without waking the drain, which reads the ring on its own
+ * clock: a busy traced process pays no consumer wake-up per record.  The
+ * few that want an answer at once (a process new to the capture, whose /proc
+ * entry userspace should read before a short-lived one exits; an exec) wake it. */
+static __always_inline void output_record(struct probe_stats *stats, void *record, __u64 size,
+                                          bool wake)
 {
-    /* No wake-up: the drain reads the ring on its own clock, so a busy
-     * traced process does not pay a consumer wake-up per record. */
-    if (bpf_ringbuf_output(&events, record, size, BPF_RB_NO_WAKEUP))
+    if (bpf_ringbuf_output(&events, record, size, wake ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP))
         stats->lost++;
     else
         stats->events++;
 }
 
 /* A record about the current process: it exited, or started a program. */
-static __always_inline void output_process_event(__u32 type, __u32 probe)
+static __always_inline void output_process_event(__u32 type, __u32 probe, bool wake)
 {
     struct probe_stats *stats = stats_for(probe);
     if (!stats)
@@ -176,7 +179,7 @@ static __always_inline void output_process_event(__u32 type, __u32 probe)
     hdr.tid = (__u32)id;
     hdr.start_ns = hdr.end_ns = bpf_ktime_get_ns();
     hdr.probe = probe;
-    output_record(stats, &hdr, sizeof(hdr));
+    output_record(stats, &hdr, sizeof(hdr), wake);
 }
 
 static __always_inline bool process_traced(__u32 tgid)
@@ -438,6 +441,7 @@ static __always_inline int emit_data(__u64 id, const struct io_args *args, long 
     if (!stats)
         return 0;
 
+    bool new_process = false;
     if (conn->protocol == PROTOCOL_UNKNOWN) {
         __u8 head[CLASSIFY_BYTES] = {};
         __u64 src = first_user_buffer(&a);
@@ -453,6 +457,7 @@ static __always_inline int emit_data(__u64 id, const struct io_args *args, long 
         conn->protocol = protocol;
         struct traced_process process = {};
         read_process_name(&process);
+        new_process = !bpf_map_lookup_elem(&traced_processes, &tgid);
         bpf_map_update_elem(&traced_processes, &tgid, &process, BPF_ANY);
     }
 
@@ -513,7 +518,7 @@ static __always_inline int emit_data(__u64 id, const struct io_args *args, long 
     if (size > sizeof(struct event_header) + MAX_CAPTURE_BYTES)
         size = sizeof(struct event_header) + MAX_CAPTURE_BYTES;
     barrier_var(size);
-    output_record(stats, ev, size);
+    output_record(stats, ev, size, new_process);
     return 0;
 }
 
@@ -730,7 +735,7 @@ static __always_inline int on_close_enter(__u32 fd)
         hdr.tuple = conn->tuple;
         struct probe_stats *stats = stats_for(PROBE_CLOSE);
         if (stats)
-            output_record(stats, &hdr, sizeof(hdr));
+            output_record(stats, &hdr, sizeof(hdr), false);
     }
     bpf_map_delete_elem(&conns, &key);
     return 0;
@@ -745,7 +750,7 @@ int common_process_exit(struct bpf_raw_tracepoint_args *ctx)
     __u32 tgid = id >> 32;
     if ((__u32)id != tgid || !bpf_map_lookup_elem(&traced_processes, &tgid))
         return 0;
-    output_process_event(EVENT_PROCESS_EXIT, PROBE_PROCESS_EXIT);
+    output_process_event(EVENT_PROCESS_EXIT, PROBE_PROCESS_EXIT, false);
     return 0;
 }
 
@@ -850,7 +855,7 @@ int common_process_exec(struct bpf_raw_tracepoint_args *ctx)
     if (report == EXECS_NONE || tgid == CONFIG(agent_tgid) ||
         (report == EXECS_TRACED && !process_traced(tgid)))
         return 0;
-    output_process_event(EVENT_PROCESS_EXEC, PROBE_PROCESS_EXEC);
+    output_process_event(EVENT_PROCESS_EXEC, PROBE_PROCESS_EXEC, true);
     return 0;
 }
 

@@ -167,7 +167,6 @@ def hooks_floor(pids: list[int], stats_file: str) -> None:
     sys.path.insert(0, str(ROOT))
     from agent.kernel_features import ensure_tracefs
     from agent.loader import CaptureSettings, load_capture
-    from agent.ringbuf import POLL_INTERVAL_S
 
     ensure_tracefs()
     capture = load_capture(CaptureSettings(pids=set(pids)))
@@ -184,7 +183,7 @@ def hooks_floor(pids: list[int], stats_file: str) -> None:
             if batch:
                 records += len(batch)
             else:
-                time.sleep(POLL_INTERVAL_S)
+                ring.wait()
         capture.detach()
         records += len(ring.read_batch(1 << 30))
         stats = capture.probe_stats()

@@ -95,8 +95,11 @@ def traced_load(nginx, generate_load, loss_metrics=LOSS_METRICS, nice: int = 0,
                           "OTEL_BSP_SCHEDULE_DELAY": "200",
                           "OTEL_BSP_MAX_EXPORT_BATCH_SIZE": "4096",
                           "OTEL_BSP_MAX_QUEUE_SIZE": "65536"})
+    # Every thread: Linux keeps a niceness per thread, and the agent's own
+    # (--nice) was set before it started any.
     for pid in agent_processes(agent.proc.pid):
-        os.setpriority(os.PRIO_PROCESS, pid, nice)
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            os.setpriority(os.PRIO_PROCESS, int(tid), nice)
     try:
         completed = generate_load()
         spans = settle(agent, collector)

@@ -405,3 +405,22 @@ def test_vagrantfile_passes_vagrant_validate(tmp_path):
                             text=True, timeout=120, cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "validated successfully" in result.stdout
+
+
+KERNEL_MATRIX = ROOT / "scripts" / "kernel-matrix.sh"
+
+
+def test_kernel_matrix_script_parses_and_refuses_what_it_does_not_know():
+    """The script boots a VM (minutes): here only that it is valid bash,
+    documents the hook families it forces, and stops on a bad option."""
+    bash = shutil.which("bash")
+    assert subprocess.run([bash, "-n", str(KERNEL_MATRIX)], timeout=30).returncode == 0
+    shown = subprocess.run([bash, str(KERNEL_MATRIX), "--help"], capture_output=True, text=True,
+                           timeout=30)
+    assert shown.returncode == 0
+    for family in ("kprobe", "fentry", "raw_tracepoint", "tracepoint"):
+        assert family in shown.stdout
+    assert "OTEL_EBPF_HOOKS" in KERNEL_MATRIX.read_text()
+    refused = subprocess.run([bash, str(KERNEL_MATRIX), "--bogus"], capture_output=True,
+                             text=True, timeout=30)
+    assert refused.returncode == 2 and "unknown option --bogus" in refused.stderr

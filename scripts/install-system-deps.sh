@@ -24,6 +24,8 @@ PACKAGES=(
     nginx-light wrk nghttp2-client prometheus postgresql-15 mariadb-server openssl
     # OpenSSL headers and static libraries: the statically linked TLS client test peer
     libssl-dev
+    # `vagrant validate` checks the Vagrantfile offline (tests/test_deploy.py)
+    vagrant
 )
 
 missing=()

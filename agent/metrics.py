@@ -177,6 +177,9 @@ class AgentCollector:
             pods = GaugeMetricFamily(f"{PREFIX}_k8s_containers_known", "Containers of this node's pods in the metadata index.")
             pods.add_metric([], len(k8s))
             yield pods
+            dropped = CounterMetricFamily(f"{PREFIX}_k8s_pod_waits_dropped", "Containerised processes first seen before their pod was listed, beyond the 4,096 the agent waits for: their spans lack the pod's attributes.")
+            dropped.add_metric([], agent.pipeline.pod_waits_dropped if agent.pipeline is not None else 0)
+            yield dropped
         tls = agent.tls
         if tls is not None:
             files = CounterMetricFamily(f"{PREFIX}_tls_files", "TLS library files and executables looked at for OpenSSL, by outcome.", labels=["outcome"])

@@ -19,6 +19,8 @@ from agent.sampling import Sampler
 from agent.resources import ResourceCache
 from agent.span_builder import RESOURCE_MARKER, HttpExchangeLinker
 
+MAX_AWAITING_POD = 4096
+
 
 class Pipeline:
     """Drain, reassemble and match, link trace context; hand the exchanges
@@ -35,8 +37,10 @@ class Pipeline:
         self.resources = ResourceCache(
             k8s=k8s, exited_name=capture.process_name if capture is not None else None)
         # Containerised processes whose pod the k8s index did not know yet:
-        # their resource is sent again once it does.
+        # their resource is sent again once it does.  Beyond the bound they
+        # are counted instead, and keep a resource without the pod.
         self._awaiting_pod: dict[int, None] = {}
+        self.pod_waits_dropped = 0
         self.batch_records = batch_records
         self.housekeeping_interval_s = housekeeping_interval_s
         self.selection = selection
@@ -65,10 +69,13 @@ class Pipeline:
 
     def _resource(self, pid: int) -> tuple:
         attributes = self.resources.attributes_of(pid)
-        if self.resources.k8s is not None and len(self._awaiting_pod) < 4096:
+        if self.resources.k8s is not None:
             keys = {key for key, _ in attributes}
             if "container.id" in keys and "k8s.pod.name" not in keys:
-                self._awaiting_pod[pid] = None
+                if len(self._awaiting_pod) < MAX_AWAITING_POD:
+                    self._awaiting_pod[pid] = None
+                else:
+                    self.pod_waits_dropped += 1
         return (RESOURCE_MARKER, pid, attributes)
 
     def _resend_resources_with_pods(self) -> None:

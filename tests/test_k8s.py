@@ -181,3 +181,21 @@ def test_a_pod_learnt_later_reaches_the_span_stage(api, monkeypatch):
     assert dict(attributes)["k8s.pod.name"] == "checkout-7d9f8b6c5-x2k4p"
     pipeline.housekeeping()
     assert len(stage.submitted) == 1       # sent once
+
+
+def test_processes_beyond_the_wait_bound_are_counted(api, monkeypatch):
+    """Waiting for pods is bounded; a process past the bound keeps its
+    pod-less resource, and is counted."""
+    from agent import pipeline as pipeline_module
+    from agent.pipeline import Pipeline
+    from agent.sampling import Sampler
+
+    server, token = api
+    pods = PodMetadata(server.url, "node-a", token, None)   # not refreshed: empty index
+    pipeline = Pipeline(None, None, Sampler(), k8s=pods)
+    monkeypatch.setattr(resources, "container_id", lambda pid: CID)
+    monkeypatch.setattr(pipeline_module, "MAX_AWAITING_POD", 2)
+    for pid in (1, 2, 3, 4):
+        assert "k8s.pod.name" not in dict(pipeline._resource(pid)[2])
+    assert len(pipeline._awaiting_pod) == 2
+    assert pipeline.pod_waits_dropped == 2

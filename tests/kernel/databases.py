@@ -392,6 +392,20 @@ def leaks(spans, values) -> list[str]:
 
 # ------------------------------------------------------ checks both share
 
+def check_no_leaks(spans, values) -> None:
+    """None of values shows up anywhere in these exported spans."""
+    spans = list(spans)
+    found = leaks(spans, values)
+    assert not found, "\n".join(found) + "\n" + describe(spans)
+
+
+def check_succeeded(spans) -> None:
+    """Every span a success: no error status, no error.type."""
+    for span in spans:
+        assert span.status_code == STATUS_UNSET, describe([span])
+        assert ERROR_TYPE not in span.attributes, describe([span])
+
+
 def trace_this_process(start_agent, server, *extra: str):
     """The agent tracing this pytest process's connections to the server
     (the agent never traces itself; pytest is an ordinary client here)."""

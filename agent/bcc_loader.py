@@ -32,6 +32,8 @@ _HOOKED_SYSCALL = re.compile(r"^HOOK_SYSCALL\((\w+)\)", re.MULTILINE)
 # The syscall tracepoint records bpf/frontend.h declares: (event prefix, field, offset, size).
 _TRACEPOINT_LAYOUT = (("sys_enter_", "__syscall_nr", 8, 4), ("sys_exit_", "__syscall_nr", 8, 4),
                       ("sys_exit_", "ret", 16, 8))
+_HEADER_FIELDS = ("common_type", "common_flags", "common_preempt_count", "common_pid",
+                  "__syscall_nr")
 _FORMAT_FIELD = re.compile(r"field:[^;]*?(\w+)(?:\[\d*\])?;\s*offset:(\d+);\s*size:(\d+);")
 
 
@@ -94,28 +96,33 @@ def program_sections(source: str) -> dict[str, str]:
     return sections
 
 
+def _format_fields(path: Path) -> dict[str, tuple[int, int]]:
+    """A tracefs format file's fields, in order: name -> (offset, size)."""
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise CaptureLoadError(f"cannot read {path}: {exc.strerror}") from exc
+    return {name: (int(offset), int(size)) for name, offset, size in _FORMAT_FIELD.findall(text)}
+
+
 def check_tracepoint_layout(tracefs: str, syscalls: list[str]) -> None:
     """Refuse to load when a syscall tracepoint's record is not the layout
     bpf/frontend.h declares (the BCC build reads it without BTF)."""
+    events = Path(tracefs) / "events" / "syscalls"
     for syscall in syscalls:
-        for prefix, name, offset, size in _TRACEPOINT_LAYOUT:
-            path = Path(tracefs) / "events" / "syscalls" / f"{prefix}{syscall}" / "format"
-            try:
-                fields = {f: (int(o), int(s)) for f, o, s in _FORMAT_FIELD.findall(path.read_text())}
-            except OSError as exc:
-                raise CaptureLoadError(f"cannot read {path}: {exc.strerror}") from exc
-            if fields.get(name) != (offset, size):
-                raise CaptureLoadError(
-                    f"{path}: field {name} is at {fields.get(name)} (offset, size), not "
-                    f"({offset}, {size}) as the BCC build assumes; use --loader core")
-        enter = Path(tracefs) / "events" / "syscalls" / f"sys_enter_{syscall}" / "format"
-        arguments = [(o, s) for f, o, s in (_FORMAT_FIELD.findall(enter.read_text()))
-                     if f not in ("common_type", "common_flags", "common_preempt_count",
-                                  "common_pid", "__syscall_nr")]
-        expected = [(str(16 + 8 * i), "8") for i in range(len(arguments))]
-        if arguments != expected:
-            raise CaptureLoadError(f"{enter}: arguments are not 8-byte slots from offset 16; "
-                                   "use --loader core")
+        for event in (f"sys_enter_{syscall}", f"sys_exit_{syscall}"):
+            path = events / event / "format"
+            fields = _format_fields(path)
+            for prefix, name, offset, size in _TRACEPOINT_LAYOUT:
+                if event.startswith(prefix) and fields.get(name) != (offset, size):
+                    raise CaptureLoadError(
+                        f"{path}: field {name} is at {fields.get(name)} (offset, size), not "
+                        f"({offset}, {size}) as the BCC build assumes; use --loader core")
+            if event.startswith("sys_enter_"):
+                arguments = [slot for name, slot in fields.items() if name not in _HEADER_FIELDS]
+                if arguments != [(16 + 8 * i, 8) for i in range(len(arguments))]:
+                    raise CaptureLoadError(f"{path}: arguments are not 8-byte slots from "
+                                           "offset 16; use --loader core")
 
 
 def source_dir() -> Path:
@@ -224,7 +231,7 @@ def load(settings: CaptureSettings, features: KernelFeatures, uprobe_multi: bool
                if name not in BCC_FAMILIES]
     sections = program_sections(source)
     # What BCC attached by itself (its TRACEPOINT_PROBE programs).
-    detachers = _detachers(bpf)
+    detachers = [functools.partial(bpf.detach_tracepoint, tp) for tp in list(bpf.tracepoint_fds)]
     for name in wanted:
         family = HOOK_FAMILIES[name]
         programs = {program: section for program, section in sections.items()
@@ -260,12 +267,6 @@ def load(settings: CaptureSettings, features: KernelFeatures, uprobe_multi: bool
     front_end.close()
     lines = "\n".join(f"  - {name}: {why}" for name, why in skipped)
     raise CaptureLoadError(f"no hook family of the BCC build could be attached:\n{lines}")
-
-
-def _detachers(bpf) -> list:
-    return ([functools.partial(bpf.detach_tracepoint, tp) for tp in list(bpf.tracepoint_fds)]
-            + [functools.partial(bpf.detach_raw_tracepoint, tp)
-               for tp in list(bpf.raw_tracepoint_fds)])
 
 
 def _attach(bcc, bpf, sections: dict[str, str], settings: CaptureSettings,

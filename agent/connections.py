@@ -21,7 +21,7 @@ from __future__ import annotations
 import ipaddress
 from collections import OrderedDict, deque
 
-from agent.parsers import INVALID, NEED_MORE
+from agent.parsers import INVALID, NEED_MORE, PARSED
 from agent.parsers import http1
 from agent.h2_connections import H2ConnectionHandler
 from agent.sql_connections import SqlConnectionHandler
@@ -56,6 +56,46 @@ _EVENT_PROCESS_EXEC = C["EVENT_PROCESS_EXEC"]
 _FLAG_TLS = C["FLAG_TLS"]
 
 
+# Heads longer than this are parsed every time: the bound keeps the cache
+# below MAX_CACHED_HEADS * MAX_CACHED_HEAD_BYTES (2 MiB).
+MAX_CACHED_HEAD_BYTES = 1024
+MAX_CACHED_HEADS = 2048
+
+
+class ParsedHeads:
+    """A parser with the results of heads it has seen before.
+
+    Parsing is most of the cost of matching, and heads repeat: a server
+    sends the same response head for an endpoint (until its Date changes,
+    once a second), load balancers and health checkers send the same
+    request.  A head that carries a fresh traceparent never repeats and
+    costs one failed lookup.  Results are shared, so nothing may change a
+    parsed head; only complete, valid heads are kept.
+    """
+
+    __slots__ = ("parse", "_limit", "_by_head")
+
+    def __init__(self, parse, max_header_bytes: int):
+        self.parse = parse
+        self._limit = min(MAX_CACHED_HEAD_BYTES, max_header_bytes)
+        self._by_head: dict[bytes, tuple] = {}
+
+    def __call__(self, data: bytes, max_header_bytes: int) -> tuple:
+        end = data.find(b"\r\n\r\n", 0, self._limit)
+        if end < 0:
+            return self.parse(data, max_header_bytes)
+        head = data[:end + 4]
+        by_head = self._by_head
+        result = by_head.get(head)
+        if result is None:
+            result = self.parse(data, max_header_bytes)
+            if result[0] == PARSED and result[1].header_bytes == end + 4:
+                if len(by_head) >= MAX_CACHED_HEADS:
+                    by_head.clear()
+                by_head[head] = result
+        return result
+
+
 def format_address(raw: bytes) -> str:
     if raw[:12] == b"\0" * 10 + b"\xff\xff":
         return ipaddress.IPv4Address(raw[12:]).compressed
@@ -81,9 +121,9 @@ class Message:
 class Stream:
     __slots__ = ("is_request", "parse", "state", "buf", "remaining", "chunked", "message")
 
-    def __init__(self, is_request: bool):
+    def __init__(self, is_request: bool, parse):
         self.is_request = is_request
-        self.parse = http1.parse_request if is_request else http1.parse_response
+        self.parse = parse
         self.state = _HEAD
         self.buf = b""
         self.remaining = 0
@@ -96,7 +136,9 @@ class Connection:
                  "remote_port", "scheme", "ingress", "egress", "pending", "last_seen_ns",
                  "last_seq")
 
-    def __init__(self, header: tuple):
+    def __init__(self, header: tuple, heads: tuple | None = None):
+        """heads: HTTP/1 head parsers, (request, response); HTTP/2 and SQL
+        connections frame their own bytes and have none."""
         (_, pid, _, fd, conn_id, _, end_ns, _, _, _, role, _, flags, _, _,
          local_addr, remote_addr, local_port, remote_port, _, _) = header
         self.conn_id = conn_id
@@ -111,17 +153,18 @@ class Connection:
         self.scheme = "https" if flags & _FLAG_TLS else "http"
         self.ingress: Stream | None = None
         self.egress: Stream | None = None
-        if role == _ROLE_SERVER:
-            self._set_request_direction(_INGRESS)
-        elif role == _ROLE_CLIENT:
-            self._set_request_direction(1 - _INGRESS)
+        if heads is not None and role in (_ROLE_SERVER, _ROLE_CLIENT):
+            self._set_request_direction(_INGRESS if role == _ROLE_SERVER else 1 - _INGRESS,
+                                        heads)
         self.pending: deque[Message] = deque()
         self.last_seen_ns = end_ns
         self.last_seq = 0
 
-    def _set_request_direction(self, direction: int) -> None:
-        self.ingress = Stream(direction == _INGRESS)
-        self.egress = Stream(direction != _INGRESS)
+    def _set_request_direction(self, direction: int, heads: tuple) -> None:
+        """heads: the (request, response) head parsers."""
+        requests_in = direction == _INGRESS
+        self.ingress = Stream(requests_in, heads[0] if requests_in else heads[1])
+        self.egress = Stream(not requests_in, heads[1] if requests_in else heads[0])
         if self.role not in (_ROLE_SERVER, _ROLE_CLIENT):
             self.role = _ROLE_SERVER if direction == _INGRESS else _ROLE_CLIENT
 
@@ -147,6 +190,8 @@ class ConnectionTracker:
         self.max_header_bytes = max_header_bytes
         self.idle_timeout_ns = int(idle_timeout_s * 1e9)
         self.request_timeout_ns = int(request_timeout_s * 1e9)
+        self.heads = (ParsedHeads(http1.parse_request, max_header_bytes),
+                      ParsedHeads(http1.parse_response, max_header_bytes))
         self.requests = 0
         self.responses = 0
         self.counts: dict[str, int] = {
@@ -234,9 +279,9 @@ class ConnectionTracker:
             payload = record[header_size:header_size + captured]
             if conn.ingress is None:
                 if looks_like_request(payload):
-                    conn._set_request_direction(direction)
+                    conn._set_request_direction(direction, self.heads)
                 elif looks_like_response(payload):
-                    conn._set_request_direction(1 - direction)
+                    conn._set_request_direction(1 - direction, self.heads)
                 else:
                     counts["events_skipped_resync"] += 1
                     continue
@@ -260,8 +305,8 @@ class ConnectionTracker:
             known.add(pid)
             self.new_pids.append(pid)
 
-    def _connection(self, header: tuple) -> Connection:
-        conn = Connection(header)
+    def _connection(self, header: tuple, heads: tuple | None = None) -> Connection:
+        conn = Connection(header, heads)
         self._note_pid(conn.pid)
         return conn
 
@@ -269,7 +314,7 @@ class ConnectionTracker:
         if len(self.connections) >= self.max_connections:
             self._drop(next(iter(self.connections.values())))
             self.counts["connections_evicted"] += 1
-        conn = self._connection(header)
+        conn = self._connection(header, self.heads)
         self.connections[conn.conn_id] = conn
         self.counts["connections_opened"] += 1
         return conn

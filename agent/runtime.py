@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 
 from agent.export import create_sink, describe_sink, exporter_endpoint
+from agent.heap import settle_heap
 from agent.k8s import PodMetadata
 from agent.loader import CaptureSettings, load_capture
 from agent.metrics import AgentMetrics, MetricsServer
@@ -129,6 +130,7 @@ class Agent:
 
     def run(self, duration_s: float | None = None) -> None:
         deadline = time.monotonic() + duration_s if duration_s else None
+        settle_heap()
         self.pipeline.run(self._stop, deadline)
 
     def request_stop(self) -> None:

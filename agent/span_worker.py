@@ -25,6 +25,7 @@ import threading
 import time
 
 from agent.export.batch import BatchExporter
+from agent.heap import settle_heap
 from agent.redact import Redactor
 from agent.resources import ResourceCache
 from agent.routes import RouteNamer
@@ -124,6 +125,7 @@ def _worker_main(sock: socket.socket, make_stage) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     stage = make_stage()
+    settle_heap()
     sock.settimeout(STATS_INTERVAL_S)
     # One receive buffer for the worker's life: recv(n) would allocate n
     # bytes per message, and glibc serves such large, short-lived blocks

@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.connections import ConnectionTracker  # noqa: E402
 from agent.export.otlp_encode import encode_export_request  # noqa: E402
+from agent.heap import settle_heap  # noqa: E402
 from agent.recording import read_records  # noqa: E402
 from agent.redact import Redactor  # noqa: E402
 from agent.resources import ResourceCache  # noqa: E402
@@ -39,8 +40,23 @@ http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_
 uwsgi_temp_path {d}; scgi_temp_path {d};
 server {{ listen 127.0.0.1:{port}; location / {{ return 200 "hello\\n"; }} }} }}
 """
-WRK_SCRIPT = """wrk.headers["traceparent"] = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-wrk.path = "/api/v1/items?id=42"
+# Every request carries a traceparent of its own, as requests from an
+# instrumented client do: no two request heads are alike, so the tracker's
+# head cache (agent/connections.ParsedHeads) only helps with the responses.
+WRK_SCRIPT = """
+local hex = "0123456789abcdef"
+local function random_hex(n)
+  local digits = {}
+  for i = 1, n do
+    local r = math.random(16)
+    digits[i] = hex:sub(r, r)
+  end
+  return table.concat(digits)
+end
+request = function()
+  wrk.headers["traceparent"] = "00-" .. random_hex(32) .. "-" .. random_hex(16) .. "-01"
+  return wrk.format(nil, "/api/v1/items?id=42")
+end
 """
 
 
@@ -66,7 +82,8 @@ def record_live(path: Path) -> None:
 
 def run(records: list[bytes], seconds: float, encode) -> dict:
     size = 1 << max(20, (sum(len(r) + 16 for r in records)).bit_length())
-    image = layout_records(records, size)
+    # bytes, as slices of the mmapped ring are
+    image = bytes(layout_records(records, size))
     producer = int.from_bytes(image[:8], "little")
     tracker = ConnectionTracker()
     linker = HttpExchangeLinker()
@@ -143,6 +160,7 @@ def main() -> None:
         record_live(recording)
     records = read_records(recording)
     print(f"{len(records)} recorded events from {recording}")
+    settle_heap()   # as the agent's processes do once started
     results = {"fast": run(records, args.seconds, encode_export_request)}
     try:
         results["sdk"] = run(records, args.seconds, sdk_encoder())

@@ -7,6 +7,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
+from agent.connections import ParsedHeads
 from agent.parsers import INVALID, NEED_MORE, PARSED
 from agent.parsers.http1 import (
     ChunkedBody, looks_like_request, looks_like_response, parse_request, parse_response,
@@ -119,3 +120,22 @@ def test_traceparent_mutations(sample, data):
     assert status in (PARSED, INVALID)
     if status == PARSED:
         assert len(parsed[0]) == 16 and len(parsed[1]) == 8 and 0 <= parsed[2] <= 255
+
+
+def _fields(result) -> tuple:
+    status, message, reason = result
+    if message is None:
+        return status, None, reason
+    return status, tuple(getattr(message, name) for name in message.__slots__), reason
+
+
+@BUDGET
+@given(st.lists(INPUTS, min_size=1, max_size=6), st.sampled_from([16384, 64, 1]),
+       st.binary(max_size=16))
+def test_parsed_heads_answer_as_the_parser_does(inputs, max_header_bytes, suffix):
+    """Seen before or not, with any bytes after the head, in any order."""
+    for parse in (parse_request, parse_response):
+        heads = ParsedHeads(parse, max_header_bytes)
+        for data in inputs + [data + suffix for data in inputs] + inputs:
+            assert _fields(heads(data, max_header_bytes)) == \
+                _fields(parse(data, max_header_bytes)), data

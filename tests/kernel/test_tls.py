@@ -12,7 +12,7 @@ import pytest
 from agent.spans import KIND_CLIENT, KIND_SERVER, STATUS_UNSET
 from conftest import PEERS, curl, loaded_programs, programs_still_loaded, start_backend
 from test_http1_e2e import PARENT_ID, TRACE_ID, TRACEPARENT, wait_spans
-from test_http1_load import CPU_SHARE_NICE, LOSS_METRICS, traced_load
+from test_http1_load import LOSS_METRICS, traced_load
 
 SYSTEM_LIBSSL = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
 
@@ -122,8 +122,7 @@ def test_wrk_over_https_every_response_is_a_span_or_a_counted_loss(start_nginx,
                              capture_output=True, text=True, check=True)
         return int(run.stdout.split(" requests in")[0].split()[-1])
 
-    responses, spans, losses = traced_load(nginx, run_wrk, LOSS_METRICS, nice=CPU_SHARE_NICE,
-                                           label="wrk https")
+    responses, spans, losses = traced_load(nginx, run_wrk, LOSS_METRICS, label="wrk https")
     assert spans <= responses + 16, (responses, spans, losses)
     if sum(losses.values()) == 0:
         assert spans >= responses, (responses, spans, losses)

@@ -258,7 +258,8 @@ class LoadedCapture:
         return attached
 
     def probe_stats(self) -> dict[str, tuple[int, ...]]:
-        """probe name -> (events, lost, truncated, unclassified, unmapped), summed over CPUs."""
+        """probe name -> (events, lost, truncated, unclassified, unmapped, untracked),
+        summed over CPUs."""
         lib = libbpf.lib()
         fd = self._map_fds["probe_stats"]
         out = {}

@@ -89,6 +89,7 @@ class AgentCollector:
                 "truncated": CounterMetricFamily(f"{PREFIX}_kernel_payloads_truncated", "Payloads longer than the capture size.", labels=["probe"]),
                 "unclassified": CounterMetricFamily(f"{PREFIX}_kernel_events_unclassified", "Socket data of protocols the agent does not trace, not copied.", labels=["probe"]),
                 "unmapped": CounterMetricFamily(f"{PREFIX}_kernel_tls_unmapped", "TLS plaintext whose socket is unknown (no socket I/O under the library call), not copied.", labels=["probe"]),
+                "untracked": CounterMetricFamily(f"{PREFIX}_kernel_calls_untracked", "Calls not followed to their end, their data lost: the table of calls in flight (an entry per thread inside one) was full.", labels=["probe"]),
             }
             for probe, values in stats.items():
                 for field, value in zip(PROBE_STATS_FIELDS, values):

@@ -96,8 +96,9 @@ class Pipeline:
         exited = self.tracker.exited
         if exited:
             # Their resources were read when their last records were drained.
-            if self.capture is not None:
-                for pid in exited:
+            for pid in exited:
+                self.resources.exited(pid)
+                if self.capture is not None:
                     self.capture.forget_process(pid)
             exited.clear()
         self.tracker.expire(time.monotonic_ns())
@@ -121,6 +122,7 @@ class Pipeline:
                     # Every process's execs are reported: keep the selected ones.
                     selection.exec_seen(execs, self.capture)
                     execs[:] = [pid for pid in execs if pid in selection.known_pids]
+                self.resources.exec_seen(execs)
                 if self.tls is not None:
                     self.tls.exec_seen(execs)
                 execs.clear()

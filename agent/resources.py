@@ -70,13 +70,18 @@ def container_id(pid: int) -> str | None:
     return None
 
 
-def executable(pid: int, exited_name=None) -> tuple[str, str]:
-    """(executable path, executable name), falling back to comm for kernel
-    threads and processes whose exe link is unreadable, and to
-    exited_name(pid) (the name the kernel kept) for processes already gone."""
+def executable(pid: int, exited_name=None, exec_paths: dict | None = None) -> tuple[str, str]:
+    """(executable path, executable name), falling back to the path read
+    when the process called exec (exec_paths), to comm for kernel threads
+    and processes whose exe link is unreadable, and to exited_name(pid)
+    (the name the kernel kept, 15 characters at most) for processes already
+    gone."""
     try:
         path = os.readlink(f"/proc/{pid}/exe")
     except OSError:
+        path = exec_paths.get(pid) if exec_paths else None
+        if path:
+            return path, os.path.basename(path.removesuffix(" (deleted)"))
         comm = (_read(f"/proc/{pid}/comm") or "").strip()
         if not comm and exited_name is not None:
             comm = exited_name(pid) or ""
@@ -110,6 +115,24 @@ class ResourceCache:
         self._max_entries = max_entries
         self._host = host_attributes if host_attributes is not None else default_host_attributes()
         self.evicted = 0
+        # pid -> executable path, read when the kernel reported its exec.
+        self._exec_paths: dict[int, str] = {}
+
+    def exec_seen(self, pids) -> None:
+        """Read the executables of processes that just called exec, while
+        they surely live: a short-lived client is often gone by the time its
+        first connection is drained (one readlink each; bounded)."""
+        paths = self._exec_paths
+        for pid in pids:
+            try:
+                paths[pid] = os.readlink(f"/proc/{pid}/exe")
+            except OSError:
+                continue
+            if len(paths) > self._max_entries:
+                del paths[next(iter(paths))]
+
+    def exited(self, pid: int) -> None:
+        self._exec_paths.pop(pid, None)
 
     def __len__(self) -> int:
         return len(self._by_pid)
@@ -130,7 +153,8 @@ class ResourceCache:
         self._add(ProcessResource(pid, attributes)).used = True
 
     def attributes_of(self, pid: int) -> list:
-        return build_resource(pid, self._host, self.k8s, self.exited_name).attributes
+        return build_resource(pid, self._host, self.k8s, self.exited_name,
+                              self._exec_paths).attributes
 
     def _add(self, resource: ProcessResource) -> ProcessResource:
         if resource.pid not in self._by_pid and len(self._by_pid) >= self._max_entries:
@@ -161,8 +185,8 @@ def default_host_attributes() -> list:
 
 
 def build_resource(pid: int, host_attributes: list, k8s=None,
-                   exited_name=None) -> ProcessResource:
-    exe_path, exe_name = executable(pid, exited_name)
+                   exited_name=None, exec_paths: dict | None = None) -> ProcessResource:
+    exe_path, exe_name = executable(pid, exited_name, exec_paths)
     env = process_environment(pid)
     declared = _parse_resource_attributes(env.get("OTEL_RESOURCE_ATTRIBUTES", ""))
     service = env.get("OTEL_SERVICE_NAME") or dict(declared).get("service.name") \

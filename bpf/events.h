@@ -63,7 +63,9 @@
 #define PROBE_SSL_READ 11
 #define PROBE_SSL_WRITE 12
 #define PROBE_PROCESS_EXEC 13
-#define PROBE_COUNT 14
+#define PROBE_ACCEPT 14
+#define PROBE_CONNECT 15
+#define PROBE_COUNT 16
 
 /* The TLS library function a TLS uprobe sits on: its BPF cookie, set by
  * the loader (agent/tls.py) when it attaches. */
@@ -141,6 +143,8 @@ struct probe_stats {
     __u64 unclassified; /* socket data of a protocol the agent does not trace */
     __u64 unmapped;     /* TLS plaintext whose socket is unknown (no socket I/O seen
                            under the library call: a memory BIO), not copied */
+    __u64 untracked;    /* calls not followed to their end: the table of calls in
+                           flight (an entry per thread inside one) was full */
 };
 
 #endif

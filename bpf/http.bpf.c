@@ -152,6 +152,14 @@ static __always_inline struct probe_stats *stats_for(__u32 probe)
     return bpf_map_lookup_elem(&probe_stats, &probe);
 }
 
+/* A call whose entry could not be stored is lost at its exit: count it. */
+static __always_inline void count_untracked(__u32 probe)
+{
+    struct probe_stats *stats = stats_for(probe);
+    if (stats)
+        stats->untracked++;
+}
+
 /* Every record goes through here: written or lost, it is counted.  Most
  * are written without waking the drain, which reads the ring on its own
  * clock: a busy traced process pays no consumer wake-up per record.  The
@@ -349,7 +357,8 @@ static __always_inline int on_io_enter(__u32 fd, __u64 buf, __u32 count, __u32 p
         .buffer_kind = buffer_kind,
         .direction = direction,
     };
-    bpf_map_update_elem(&active_io, &id, &args, BPF_ANY);
+    if (bpf_map_update_elem(&active_io, &id, &args, BPF_ANY))
+        count_untracked(probe);
     return 0;
 }
 
@@ -643,7 +652,8 @@ static __always_inline int on_accept_enter(__u64 peer_addr)
 #ifdef OTEL_EBPF_BCC
     __u64 id = bpf_get_current_pid_tgid();
     if (peer_addr && process_traced(id >> 32))
-        bpf_map_update_elem(&active_accept, &id, &peer_addr, BPF_ANY);
+        if (bpf_map_update_elem(&active_accept, &id, &peer_addr, BPF_ANY))
+            count_untracked(PROBE_ACCEPT);
 #endif
     return 0;
 }
@@ -689,7 +699,8 @@ static __always_inline int on_connect_enter(__u32 fd, __u64 uaddr)
     if (!read_peer(uaddr, &call.tuple))
         return 0;
 #endif
-    bpf_map_update_elem(&active_connect, &id, &call, BPF_ANY);
+    if (bpf_map_update_elem(&active_connect, &id, &call, BPF_ANY))
+        count_untracked(PROBE_CONNECT);
     return 0;
 }
 
@@ -794,7 +805,8 @@ int tls_enter(struct pt_regs *ctx)
                                                                   : DIRECTION_INGRESS,
         .ex = ex,
     };
-    bpf_map_update_elem(&active_ssl, &id, &call, BPF_ANY);
+    if (bpf_map_update_elem(&active_ssl, &id, &call, BPF_ANY))
+        count_untracked(call.direction == DIRECTION_EGRESS ? PROBE_SSL_WRITE : PROBE_SSL_READ);
     return 0;
 }
 

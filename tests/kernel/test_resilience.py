@@ -178,3 +178,48 @@ def test_a_process_that_exits_mid_request_releases_its_state_at_once(receiver, s
     assert delta(after, before, "otel_ebpf_connection_events_total", event="expired") >= 1
     assert delta(after, before, "otel_ebpf_messages_incomplete_total") >= 1
     assert delta(after, before, "otel_ebpf_kernel_events_total", probe="process_exit") >= 1
+
+
+CALLS_IN_FLIGHT_TABLE = 16384   # entries of active_io (bpf/http.bpf.c)
+BLOCKED_READERS = CALLS_IN_FLIGHT_TABLE + 600
+
+# More threads than the table holds, each blocked in recv() on one traced
+# TCP connection, until the test kills the process.
+MANY_READERS = textwrap.dedent("""
+    import os, socket, sys, threading, time
+    threading.stack_size(64 * 1024)
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(listener.getsockname())
+    server, _ = listener.accept()
+    print("pid", os.getpid(), flush=True)
+    sys.stdin.readline()                  # the agent traces this process now
+    threads = [threading.Thread(target=server.recv, args=(1,), daemon=True)
+               for _ in range({count})]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)                       # the last ones reach recv()
+    print("blocked", flush=True)
+    sys.stdin.readline()
+""")
+
+
+def test_calls_beyond_the_table_of_calls_in_flight_are_counted(start_agent):
+    """16,984 threads inside recv() at once on a traced connection: the
+    kernel can follow 16,384 calls in flight, and counts the rest per probe
+    (otel_ebpf_kernel_calls_untracked_total) instead of losing them unseen."""
+    peer = subprocess.Popen([sys.executable, "-c", MANY_READERS.format(count=BLOCKED_READERS)],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        pid = int(peer.stdout.readline().split()[1])
+        agent = start_agent("--pid", str(pid))
+        assert agent.metric("otel_ebpf_kernel_calls_untracked_total") == 0
+        peer.stdin.write("go\n")
+        peer.stdin.flush()
+        assert peer.stdout.readline().strip() == "blocked"
+        untracked = agent.metric("otel_ebpf_kernel_calls_untracked_total", probe="recvfrom")
+        # Other threads of the node may hold entries too; never more than
+        # the readers beyond the table are counted.
+        assert BLOCKED_READERS - CALLS_IN_FLIGHT_TABLE <= untracked <= BLOCKED_READERS, untracked
+    finally:
+        peer.kill()
+        peer.wait()

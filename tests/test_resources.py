@@ -1,0 +1,44 @@
+"""Process resources read from /proc, with real processes."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+from agent.resources import ResourceCache
+
+
+def _gone_process(cache: ResourceCache | None = None) -> int:
+    """A process that exists long enough for cache.exec_seen, then exits."""
+    proc = subprocess.Popen([shutil.which("sleep"), "30"])
+    if cache is not None:
+        cache.exec_seen([proc.pid])
+    proc.kill()
+    proc.wait()
+    return proc.pid
+
+
+def test_a_process_gone_before_its_resource_is_read_keeps_the_name_read_at_exec():
+    cache = ResourceCache(host_attributes=[])
+    pid = _gone_process(cache)
+    attributes = dict(cache.attributes_of(pid))
+    assert attributes["process.executable.name"] == "sleep"
+    assert attributes["process.executable.path"].endswith("/sleep")
+    assert attributes["service.name"] == "unknown_service:sleep"
+    # Without the exec-time read, only the kernel's name (or none) is left.
+    cache.exited(pid)
+    assert dict(cache.attributes_of(pid))["process.executable.name"] == f"pid-{pid}"
+    other = _gone_process()
+    assert dict(ResourceCache(host_attributes=[], exited_name=lambda p: "sleep-kept")
+                .attributes_of(other))["process.executable.name"] == "sleep-kept"
+
+
+def test_exec_time_paths_are_bounded():
+    cache = ResourceCache(host_attributes=[], max_entries=2)
+    procs = [subprocess.Popen([shutil.which("sleep"), "30"]) for _ in range(4)]
+    try:
+        cache.exec_seen([p.pid for p in procs] + [999_999_999])
+        assert len(cache._exec_paths) == 2
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()

@@ -66,6 +66,7 @@ class Agent:
         self.metrics = None
         self.metrics_server = None
         self._stop = threading.Event()
+        self._stop_requested = False
 
     def start(self) -> None:
         config = self.config
@@ -134,6 +135,12 @@ class Agent:
         self.pipeline.run(self._stop, deadline)
 
     def request_stop(self) -> None:
+        # Runs in signal handlers, between any two bytecodes of the main
+        # thread: a second SIGTERM can arrive while the first is inside
+        # Event.set(), whose lock is not reentrant.  Only the first goes on.
+        if self._stop_requested:
+            return
+        self._stop_requested = True
         self._stop.set()
 
     def shutdown(self) -> None:

@@ -63,3 +63,27 @@ def test_every_command_declares_the_options_its_function_takes():
         declared = {p.name for p in command.params if p.expose_value}
         accepted = set(inspect.signature(command.callback).parameters)
         assert declared == accepted, (name, declared ^ accepted)
+
+
+def test_a_stop_signal_that_arrives_during_the_first_does_not_hang_the_agent():
+    """The signal handler calls request_stop(); a second signal is handled
+    by the same thread, possibly while the first is inside Event.set()."""
+    import threading
+
+    from agent.runtime import Agent, AgentConfig
+
+    agent = Agent(AgentConfig())
+
+    class SecondSignalDuringSet(threading.Event):
+        def set(self):
+            with self._cond:
+                self._flag = True
+                agent.request_stop()          # the second handler, same thread
+                self._cond.notify_all()
+
+    agent._stop = SecondSignalDuringSet()
+    stopping = threading.Thread(target=agent.request_stop, daemon=True)
+    stopping.start()
+    stopping.join(2.0)
+    assert not stopping.is_alive(), "request_stop() deadlocked on its own Event lock"
+    assert agent._stop.is_set()

@@ -80,12 +80,11 @@ def executable(pid: int, exited_name=None, exec_paths: dict | None = None) -> tu
         path = os.readlink(f"/proc/{pid}/exe")
     except OSError:
         path = exec_paths.get(pid) if exec_paths else None
-        if path:
-            return path, os.path.basename(path.removesuffix(" (deleted)"))
-        comm = (_read(f"/proc/{pid}/comm") or "").strip()
-        if not comm and exited_name is not None:
-            comm = exited_name(pid) or ""
-        return "", comm or f"pid-{pid}"
+        if not path:
+            comm = (_read(f"/proc/{pid}/comm") or "").strip()
+            if not comm and exited_name is not None:
+                comm = exited_name(pid) or ""
+            return "", comm or f"pid-{pid}"
     return path, os.path.basename(path.removesuffix(" (deleted)"))
 
 

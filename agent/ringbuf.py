@@ -95,10 +95,11 @@ def read_records(data, base: int, mask: int, consumer: int, producer: int,
     return out, consumer
 
 
-def layout_records(records: list[bytes], size: int, page: int = mmap.PAGESIZE) -> bytearray:
+def layout_records(records: list[bytes], size: int, page: int = mmap.PAGESIZE) -> bytes:
     """A ring image holding `records` as the kernel would lay them out
     (producer position first, data from `page` on): for replaying recorded
-    events through read_records."""
+    events through read_records.  bytes, so that records read from it are
+    bytes, as slices of the mapped ring are."""
     data = bytearray(page + size)
     pos = 0
     for record in records:
@@ -109,4 +110,4 @@ def layout_records(records: list[bytes], size: int, page: int = mmap.PAGESIZE) -
         data[page + pos + 8:page + pos + 8 + len(record)] = record
         pos += step
     _U64.pack_into(data, 0, pos)
-    return data
+    return bytes(data)

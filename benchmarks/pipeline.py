@@ -82,8 +82,7 @@ def record_live(path: Path) -> None:
 
 def run(records: list[bytes], seconds: float, encode) -> dict:
     size = 1 << max(20, (sum(len(r) + 16 for r in records)).bit_length())
-    # bytes, as slices of the mmapped ring are
-    image = bytes(layout_records(records, size))
+    image = layout_records(records, size)
     producer = int.from_bytes(image[:8], "little")
     tracker = ConnectionTracker()
     linker = HttpExchangeLinker()

@@ -651,9 +651,9 @@ static __always_inline int on_accept_enter(__u64 peer_addr)
 {
 #ifdef OTEL_EBPF_BCC
     __u64 id = bpf_get_current_pid_tgid();
-    if (peer_addr && process_traced(id >> 32))
-        if (bpf_map_update_elem(&active_accept, &id, &peer_addr, BPF_ANY))
-            count_untracked(PROBE_ACCEPT);
+    if (peer_addr && process_traced(id >> 32) &&
+        bpf_map_update_elem(&active_accept, &id, &peer_addr, BPF_ANY))
+        count_untracked(PROBE_ACCEPT);
 #endif
     return 0;
 }
@@ -785,6 +785,12 @@ static __always_inline int on_ssl_set_fd(struct pt_regs *ctx)
     return 0;
 }
 
+/* The statistics slot of a TLS library call, by the way its bytes go. */
+static __always_inline __u32 tls_probe(__u8 direction)
+{
+    return direction == DIRECTION_EGRESS ? PROBE_SSL_WRITE : PROBE_SSL_READ;
+}
+
 SEC("uprobe")
 int tls_enter(struct pt_regs *ctx)
 {
@@ -806,7 +812,7 @@ int tls_enter(struct pt_regs *ctx)
         .ex = ex,
     };
     if (bpf_map_update_elem(&active_ssl, &id, &call, BPF_ANY))
-        count_untracked(call.direction == DIRECTION_EGRESS ? PROBE_SSL_WRITE : PROBE_SSL_READ);
+        count_untracked(tls_probe(call.direction));
     return 0;
 }
 
@@ -819,7 +825,7 @@ int tls_exit(struct pt_regs *ctx)
         return 0;
     struct ssl_call call = *found;
     bpf_map_delete_elem(&active_ssl, &id);
-    __u32 probe = call.direction == DIRECTION_EGRESS ? PROBE_SSL_WRITE : PROBE_SSL_READ;
+    __u32 probe = tls_probe(call.direction);
     /* The functions return int: the upper half of the register is not theirs. */
     int ret = (int)PT_REGS_RC(ctx);
     long n = ret;

@@ -169,6 +169,17 @@ def test_adjacent_dots_leak_no_digit_and_stay_stable():
 
 
 @pytest.mark.parametrize("dialect", [None, "mysql", "postgresql"])
+def test_dotted_digit_runs_are_one_number(dialect):
+    # Found by hypothesis: ".0.0" gave "?.0" (the tail followed a digit, so
+    # it was no number), then "??" when sanitised again; "TRUE.0" likewise.
+    from agent.parsers.sql import sanitize
+    for text in (".0.0", "1.0.0", "WHERE ip = 192.168.0.1", "0x1F.0", "1e5.0", "TRUE.0"):
+        out = sanitize(text, dialect)
+        assert not re.search(r"\d", out.removeprefix("WHERE ip = ")), (text, out)
+        assert sanitize(out, dialect) == out, (text, out)
+
+
+@pytest.mark.parametrize("dialect", [None, "mysql", "postgresql"])
 def test_string_cut_after_a_backslash_stays_a_string(dialect):
     # A capture can end right after an escaping backslash: the cut string
     # must still be hidden (fuzzing found it kept as text).

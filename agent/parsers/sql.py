@@ -68,10 +68,13 @@ _STR_DQ = r"""
 # (t1, x.5); a digit run glued to letters after it (123abc) is still
 # replaced: PostgreSQL reads a number there, and a leaked digit run is worse
 # than a mangled identifier.  A number's dot is never the first of two, so
-# that "0..0" gives "?.?" and sanitising again changes nothing.
+# that "0..0" gives "?.?" and sanitising again changes nothing.  A literal
+# ending in a word character takes the dotted digit runs glued to it (1.0.0,
+# 0x1F.0, 1e5.0; booleans below): left alone, such a run follows that
+# character and stays, then follows the "?" and goes on a second pass.
 _COMMON_TAIL = r"""
 | (?P<num>(?<!\w)(?<!\w\.)(?:(?P<neg>-[ \t\r\n]*+))?(?:0[xX][0-9A-Fa-f_]++|0[bB][01_]++|0[oO][0-7_]++
-     |(?:\d[\d_]*+(?:\.(?!\.)\d*+)?|\.\d++)(?:[eE][+-]?\d++)?))
+     |(?:\d[\d_]*+(?:\.(?!\.)\d*+)?|\.\d++)(?:[eE][+-]?\d++)?)(?:\.\d++)*+)
 | \Z
 )
 """
@@ -95,7 +98,7 @@ _SCANNERS["mariadb"] = _SCANNERS["mysql"]
 
 _SPACE = " \t\r\n"
 _PREFIX = re.compile(r"(?<![\w$])(?:[EeNnBbXx]|[Uu]&|_[A-Za-z0-9]++)\Z")
-_BOOLEAN = re.compile(r"(?<![\w$.\"`])(?:TRUE|FALSE|[Tt]rue|[Ff]alse)(?![\w$\"`])")
+_BOOLEAN = re.compile(r"(?<![\w$.\"`])(?:TRUE|FALSE|[Tt]rue|[Ff]alse)(?:\.\d+)*(?![\w$\"`])")
 # Characters after which a '-' before a number is a sign, not a minus.
 _VALUE_END = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_$)'\"`?]")
 _KEYWORDS_BEFORE_SIGN = frozenset((

@@ -180,6 +180,23 @@ def test_dotted_digit_runs_are_one_number(dialect):
 
 
 @pytest.mark.parametrize("dialect", [None, "mysql", "postgresql"])
+def test_text_after_a_name_and_a_dot_does_not_rescan_what_came_before(dialect):
+    # Found by hypothesis: where neither text nor a literal could start (the
+    # ".0" of "x.0"), the scan started again inside the token before it, and
+    # read "$0" as "$" and a number the second time round.
+    from agent.parsers.sql import sanitize
+    cases = {"$0\\0x.0": "$0\\?x.0", "TRUE.0x": "TRUE.0x",
+             'SELECT "col 1" FROM t WHERE x.0 = 5': 'SELECT "col 1" FROM t WHERE x.0 = ?',
+             "SELECT `c 2`, $1 FROM t WHERE t.5x = 7": "SELECT `c 2`, $1 FROM t WHERE t.5x = ?"}
+    for text, expected in cases.items():
+        if dialect == "mysql" and '"' in text:
+            expected = expected.replace('"col 1"', "?")   # a string to MySQL
+        out = sanitize(text, dialect)
+        assert out == expected, (text, out)
+        assert sanitize(out, dialect) == out, (text, out)
+
+
+@pytest.mark.parametrize("dialect", [None, "mysql", "postgresql"])
 def test_string_cut_after_a_backslash_stays_a_string(dialect):
     # A capture can end right after an escaping backslash: the cut string
     # must still be hidden (fuzzing found it kept as text).

@@ -72,9 +72,14 @@ _STR_DQ = r"""
 # ending in a word character takes the dotted digit runs glued to it (1.0.0,
 # 0x1F.0, 1e5.0; booleans below): left alone, such a run follows that
 # character and stays, then follows the "?" and goes on a second pass.
+# A character that neither the skip group nor a literal takes (the dot of
+# x.5, a minus glued to a name) is text of its own (`other`): without it the
+# scan would start again one character after the start of the failed match,
+# inside a token it had read whole ($1, "a 1"), and read it differently.
 _COMMON_TAIL = r"""
 | (?P<num>(?<!\w)(?<!\w\.)(?:(?P<neg>-[ \t\r\n]*+))?(?:0[xX][0-9A-Fa-f_]++|0[bB][01_]++|0[oO][0-7_]++
      |(?:\d[\d_]*+(?:\.(?!\.)\d*+)?|\.\d++)(?:[eE][+-]?\d++)?)(?:\.\d++)*+)
+| (?P<other>[\s\S])
 | \Z
 )
 """
@@ -98,7 +103,7 @@ _SCANNERS["mariadb"] = _SCANNERS["mysql"]
 
 _SPACE = " \t\r\n"
 _PREFIX = re.compile(r"(?<![\w$])(?:[EeNnBbXx]|[Uu]&|_[A-Za-z0-9]++)\Z")
-_BOOLEAN = re.compile(r"(?<![\w$.\"`])(?:TRUE|FALSE|[Tt]rue|[Ff]alse)(?:\.\d+)*(?![\w$\"`])")
+_BOOLEAN = re.compile(r"(?<![\w$.\"`])(?:TRUE|FALSE|[Tt]rue|[Ff]alse)(?:\.\d++)*+(?![\w$\"`])")
 # Characters after which a '-' before a number is a sign, not a minus.
 _VALUE_END = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_$)'\"`?]")
 _KEYWORDS_BEFORE_SIGN = frozenset((
@@ -108,7 +113,7 @@ _KEYWORDS_BEFORE_SIGN = frozenset((
 
 def _replace(m):
     group = m.lastgroup
-    if group == "skip" or group is None:
+    if group == "skip" or group == "other" or group is None:
         return m.group()
     skip = m.group("skip")
     if group == "str" or group == "estr" or group == "dqstr":

@@ -83,7 +83,7 @@ $(VENV_STAMP): pyproject.toml $(wildcard $(CONSTRAINTS)) | sysdeps
 	    rm -rf $(VENV); \
 	    $(PYTHON) -m venv $(VENV); \
 	fi
-	$(VENV)/bin/pip install -q $(PIP_FLAGS) $(if $(wildcard $(CONSTRAINTS)),-c $(CONSTRAINTS)) -e '.[test]'
+	$(VENV)/bin/pip install -q $(PIP_FLAGS) $(if $(wildcard $(CONSTRAINTS)),-c $(CONSTRAINTS)) -e '.[test,bench]'
 	@touch $@
 
 # Regenerate the constraints file from what the venv holds now.

@@ -144,6 +144,11 @@ def loader_options(command):
                    "stops more slowly on a saturated machine); a negative value needs "
                    "CAP_SYS_NICE. Between cgroups (Kubernetes pods, systemd services) CPU "
                    "requests and CPUWeight decide instead.")
+@click.option("--yield-cpu/--no-yield-cpu", default=True, envvar="OTEL_EBPF_YIELD_CPU",
+              show_default=True,
+              help="Run the agent under SCHED_IDLE while it keeps up, so that a traced process "
+                   "waking on a core takes it from the agent at once; the agent takes its "
+                   "normal weight back while its ring buffer fills or its loop runs late.")
 @click.option("--duration", type=click.FloatRange(min=0), default=None,
               help="Stop after this many seconds (default: run until SIGINT/SIGTERM).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
@@ -152,7 +157,7 @@ def loader_options(command):
               help="Print the resolved settings as YAML and exit without tracing.")
 def run(pids, cgroups, containers, ports, exes, exporter, otlp_impl, capture_bytes, ring_buffer_size, hooks,
         loader, kernel_headers, metrics_address, redact_query_keys, sql_text, tls, routes, keep_error_spans, span_workers, nice,
-        duration, log_level, check_config):
+        yield_cpu, duration, log_level, check_config):
     """Trace the node (or the selected processes) and export spans."""
     if check_config:
         ctx = click.get_current_context()
@@ -184,7 +189,8 @@ def run(pids, cgroups, containers, ports, exes, exporter, otlp_impl, capture_byt
                          metrics_address=metrics_address or None,
                          redact_query_keys=tuple(redact_query_keys), sql_text=sql_text, tls=tls,
                          routes=tuple(routes),
-                         keep_error_spans=keep_error_spans, span_workers=span_workers)
+                         keep_error_spans=keep_error_spans, span_workers=span_workers,
+                         yield_cpu=yield_cpu)
     agent = Agent(config)
     try:
         agent.start()

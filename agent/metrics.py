@@ -164,6 +164,14 @@ class AgentCollector:
         depth = GaugeMetricFamily(f"{PREFIX}_queue_depth", "Items waiting in a pipeline queue.", labels=["queue"])
         depth.add_metric(["export"], stage.get("queue_depth", 0))
         yield depth
+        cpu_yield = pipeline.cpu_yield
+        if cpu_yield is not None:
+            yielding = GaugeMetricFamily(f"{PREFIX}_cpu_yielding", "1 while the agent runs under SCHED_IDLE, yielding the CPU to traced processes; 0 at normal weight.")
+            yielding.add_metric([], int(cpu_yield.yielding))
+            yield yielding
+            behind = CounterMetricFamily(f"{PREFIX}_cpu_yield_suspensions", "Times the agent took its normal CPU weight back because its ring buffer filled or its loop ran late.")
+            behind.add_metric([], cpu_yield.switches_to_normal)
+            yield behind
         tracked = GaugeMetricFamily(f"{PREFIX}_tracked", "Entities the agent holds state for.", labels=["entity"])
         tracked.add_metric(["connections"], len(tracker.connections) + len(tracker.h2) + len(tracker.sql))
         tracked.add_metric(["processes"], stage.get("processes", 0))

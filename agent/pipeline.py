@@ -28,7 +28,7 @@ class Pipeline:
 
     def __init__(self, capture: LoadedCapture, span_stage, sampler: Sampler,
                  batch_records: int = 4096, housekeeping_interval_s: float = 2.0,
-                 selection=None, tls=None, k8s=None):
+                 selection=None, tls=None, k8s=None, cpu_yield=None):
         self.capture = capture
         self.span_stage = span_stage
         self.tracker = ConnectionTracker()
@@ -45,15 +45,21 @@ class Pipeline:
         self.housekeeping_interval_s = housekeeping_interval_s
         self.selection = selection
         self.tls = tls
+        self.cpu_yield = cpu_yield
         self.records_drained = 0
         self.last_loop_monotonic = time.monotonic()
 
     def drain_once(self) -> int:
-        """Process whatever the ring holds now; returns records handled."""
+        """Process what the ring holds, batch after full batch, until a batch
+        comes out short: the ring was then caught up with.  Records written
+        while that batch was processed wait for the next poll, and make part
+        of a full-sized batch there instead of a small one now.  Returns
+        records handled."""
         ring = self.capture.ring
+        limit = self.batch_records
         handled = 0
         while True:
-            records = ring.read_batch(self.batch_records)
+            records = ring.read_batch(limit)
             if not records:
                 return handled
             handled += len(records)
@@ -66,6 +72,8 @@ class Pipeline:
                 tracker.new_pids.clear()
             if exchanges:
                 self.span_stage.submit(exchanges)
+            if len(records) < limit:
+                return handled
 
     def _resource(self, pid: int) -> tuple:
         attributes = self.resources.attributes_of(pid)
@@ -108,12 +116,17 @@ class Pipeline:
 
     def run(self, stop: threading.Event, deadline: float | None = None) -> None:
         next_housekeeping = time.monotonic() + self.housekeeping_interval_s
+        cpu_yield = self.cpu_yield
+        if cpu_yield is not None:
+            cpu_yield.start()
         while not stop.is_set():
             now = time.monotonic()
             self.last_loop_monotonic = now
             if deadline is not None and now >= deadline:
                 break
-            if not self.drain_once():
+            if cpu_yield is not None:
+                cpu_yield.turn(now)
+            if self.drain_once() < self.batch_records:
                 self.capture.ring.wait()
             execs = self.tracker.execs
             if execs:
@@ -135,6 +148,8 @@ class Pipeline:
     def stop(self, flush_timeout_s: float) -> None:
         """Detach the probes, process what the ring still holds, flush."""
         started = time.monotonic()
+        if self.cpu_yield is not None:
+            self.cpu_yield.stop()
         self.capture.detach()
         self.drain_once()
         self.span_stage.shutdown(max(0.1, flush_timeout_s - (time.monotonic() - started)))

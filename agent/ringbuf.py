@@ -39,6 +39,7 @@ POLL_INTERVAL_S = 0.05
 class RingBuffer:
     def __init__(self, map_fd: int, size: int):
         page = mmap.PAGESIZE
+        self.map_fd = map_fd
         self.size = size
         self._mask = size - 1
         self._consumer_page = mmap.mmap(map_fd, page, mmap.MAP_SHARED,
@@ -50,7 +51,9 @@ class RingBuffer:
         self._consumer = ctypes.c_uint64.from_buffer(self._consumer_page)
         self._page = page
         self._epoll = select.epoll()
-        self._epoll.register(map_fd, select.EPOLLIN)
+        # Edge-triggered: a wait returns on the kernel's next wake-up, not at
+        # once because records (written without one) are already there.
+        self._epoll.register(map_fd, select.EPOLLIN | select.EPOLLET)
 
     def fill_ratio(self) -> float:
         producer = _U64.unpack_from(self._data, 0)[0]

@@ -19,6 +19,7 @@ from agent.redact import Redactor
 from agent.tls import TlsProbes
 from agent.routes import RouteNamer
 from agent.sampling import Sampler
+from agent.scheduling import CpuYield
 from agent.selection import Selection
 from agent.span_worker import LocalSpanStage, SpanWorkerPool
 
@@ -51,6 +52,7 @@ class AgentConfig:
     routes: tuple[str, ...] = ()
     keep_error_spans: bool = True
     span_workers: int = 1
+    yield_cpu: bool = True
 
 
 class Agent:
@@ -109,9 +111,12 @@ class Agent:
         self.k8s = PodMetadata.from_environment()
         if self.k8s is not None:
             self.k8s.start()
-        self.pipeline = Pipeline(self.capture, self.span_stage, sampler,
+        stage = self.span_stage
+        agent_pids = [os.getpid()] + [w.pid for w in getattr(stage, "workers", ())]
+        self.pipeline = Pipeline(self.capture, stage, sampler,
                                  selection=selection if selection.exes or selection.by_cgroup else None,
-                                 tls=tls, k8s=self.k8s)
+                                 tls=tls, k8s=self.k8s,
+                                 cpu_yield=CpuYield(agent_pids, self.capture.ring, config.yield_cpu))
         if config.metrics_address:
             self.metrics_server = MetricsServer(config.metrics_address, self.metrics, self)
             self.metrics_server.start()
@@ -125,6 +130,8 @@ class Agent:
         parts.append(f"exporter={self.sink_name}")
         parts.append(f"span workers={self.config.span_workers}")
         parts.append(f"nice={os.getpriority(os.PRIO_PROCESS, 0)}")
+        parts.append("yields the CPU while it keeps up" if self.config.yield_cpu
+                     else "does not yield the CPU")
         if self.metrics_server:
             parts.append(f"metrics=http://{self.metrics_server.address}/metrics")
         return "; ".join(parts)

@@ -165,7 +165,9 @@ def serve_receiver() -> None:
 def hooks_floor(pids: list[int], stats_file: str) -> None:
     """`run.py --hooks-floor PID,...`: the agent's BPF programs attached to
     these pids (same object, settings and hook family choice as `otel-ebpf
-    run`), the ring buffer drained and every record discarded."""
+    run`), the ring buffer drained and every record discarded, yielding the
+    CPU as the agent does."""
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     sys.path.insert(0, str(ROOT))
     from agent.kernel_features import ensure_tracefs
     from agent.loader import CaptureSettings, load_capture
@@ -682,9 +684,9 @@ def preflight() -> list[str]:
         problems.append("run as root (the agent loads BPF programs)")
     for tool in ("nginx", "h2load"):
         if not shutil.which(tool):
-            problems.append(f"{tool} not found (apt-get install nginx-light nghttp2-client)")
+            problems.append(f"{tool} not found (make setup)")
     if not (VENV_BIN / "gunicorn").exists():
-        problems.append(f"{VENV_BIN}/gunicorn missing (pip install gunicorn)")
+        problems.append(f"{VENV_BIN}/gunicorn missing (make setup)")
     if not (VENV_BIN / "otel-ebpf").exists():
         problems.append(f"{VENV_BIN}/otel-ebpf missing (make setup)")
     if not (ROOT / "build/http.bpf.o").exists():
@@ -692,7 +694,7 @@ def preflight() -> list[str]:
     try:
         import opentelemetry.instrumentation.wsgi  # noqa: F401
     except ImportError:
-        problems.append("opentelemetry-instrumentation-wsgi not installed (pip install it into .venv)")
+        problems.append("opentelemetry-instrumentation-wsgi not in .venv (make setup)")
     return problems
 
 

@@ -3,15 +3,17 @@ the traffic says, the exposition passes `promtool check metrics`, and the
 health endpoints answer."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
 from agent import __version__
 from agent.spans import KIND_CLIENT, KIND_SERVER
 from conftest import curl, http_get
-from helpers import delta, has, value, wait_quiet
+from helpers import delta, has, snapshot, value, wait_quiet
 
 REQUESTS = 20
 
@@ -86,3 +88,68 @@ def test_promtool_and_health_endpoints(receiver, start_agent, backend):
     assert {"otel_ebpf_kernel_events_total", "otel_ebpf_spans_built_total", "otel_ebpf_queue_depth",
             "otel_ebpf_export_duration_seconds", "otel_ebpf_build_info",
             "process_resident_memory_bytes"} <= families | {f + "_info" for f in families}, families
+
+
+def agent_policies(agent) -> tuple[set[int], set[int]]:
+    """Scheduling policies of every thread of the agent and its span workers,
+    and of its guard process's."""
+    import psutil
+    main = psutil.Process(agent.proc.pid)
+    guards = [p for p in main.children() if "agent.scheduling" in p.cmdline()]
+    assert len(guards) == 1, main.children()
+    workers = [p for p in main.children() if p not in guards]
+    return ({os.sched_getscheduler(thread.id)
+             for process in [main, *workers] for thread in process.threads()},
+            {os.sched_getscheduler(guards[0].pid)})
+
+
+def test_the_agent_yields_the_cpu_and_takes_it_back_when_starved(receiver, start_agent, backend):
+    agent = start_agent("--port", str(backend))
+    quiet = wait_quiet(agent)
+    assert value(quiet, "otel_ebpf_cpu_yielding") == 1
+    assert value(quiet, "otel_ebpf_cpu_yield_suspensions_total") == 0
+    assert agent_policies(agent) == ({os.SCHED_IDLE}, {os.SCHED_OTHER})
+    # Three busy processes per core at normal weight: a SCHED_IDLE agent
+    # would wait seconds for a turn, so its late loop takes its weight back,
+    # and the spans still come.
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"])
+            for _ in range(3 * os.cpu_count())]
+    try:
+        for i in range(REQUESTS):
+            assert curl(f"http://127.0.0.1:{backend}/starved/{i}")["status"] == 200
+        assert receiver.wait_for(
+            lambda spans: len([s for s in spans if s.attributes.get("url.path", "").startswith(
+                "/starved/") and s.kind == KIND_SERVER]) >= REQUESTS, 20), receiver.spans
+        during = snapshot(agent)
+        assert value(during, "otel_ebpf_cpu_yield_suspensions_total") >= 1
+        assert value(during, "otel_ebpf_cpu_yielding") == 0
+        assert agent_policies(agent) == ({os.SCHED_OTHER}, {os.SCHED_OTHER})
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
+def test_the_guard_goes_with_the_agent(start_agent, backend):
+    import psutil
+
+    def guard_of(agent):
+        return next(p for p in psutil.Process(agent.proc.pid).children()
+                    if "agent.scheduling" in p.cmdline())
+
+    def gone(process) -> bool:
+        try:
+            process.wait(5)
+        except psutil.TimeoutExpired:
+            return False
+        return True
+
+    stopped = start_agent("--port", str(backend))
+    guard = guard_of(stopped)
+    stopped.stop()
+    assert gone(guard)
+    killed = start_agent("--port", str(backend))
+    guard = guard_of(killed)
+    killed.proc.kill()      # no clean-up runs: the kernel's parent-death signal ends the guard
+    killed.proc.wait()
+    assert gone(guard)

@@ -27,7 +27,7 @@ from agent import libbpf, records
 from agent.libbpf import LibbpfError, check_ptr, check_ret, ffi
 from agent.kernel_features import KernelFeatures
 from agent.kernel_features import detect as detect_features
-from agent.ringbuf import RingBuffer
+from agent.ringbuf import WAKE_AT_FILL, RingBuffer
 
 DEFAULT_OBJECT_DIR = Path(__file__).resolve().parent.parent / "build"
 _ENDPOINT = struct.Struct("<16sHH")
@@ -311,6 +311,7 @@ def capture_config(settings: CaptureSettings) -> dict[str, int]:
         "filter_ports": int(settings.ports is not None),
         "report_execs": settings.report_execs,
         "tls": int(settings.tls),
+        "ring_wake_bytes": int(settings.ring_buffer_bytes * WAKE_AT_FILL),
     }
 
 

@@ -201,8 +201,9 @@ class AgentCollector:
 
 
 class AgentProcessesCollector:
-    """CPU and memory of every agent process (main and span workers), so
-    that the agent's whole cost shows, not only the main process's."""
+    """CPU and memory of every agent process (main, span workers, the CPU
+    yield guard), so that the agent's whole cost shows, not only the main
+    process's."""
 
     def __init__(self, agent):
         self.agent = agent
@@ -221,6 +222,10 @@ class AgentProcessesCollector:
         stage = self.agent.span_stage
         if isinstance(stage, SpanWorkerPool):
             roles.append(("span_worker", [w.pid for w in stage.workers if not w.exited]))
+        pipeline = self.agent.pipeline
+        guard = pipeline.cpu_yield.guard_pid if pipeline is not None and pipeline.cpu_yield else None
+        if guard is not None:
+            roles.append(("cpu_yield_guard", [guard]))
         for role, pids in roles:
             seconds = resident = 0.0
             for pid in pids:

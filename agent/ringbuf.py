@@ -19,7 +19,8 @@ up with (about 4 MiB at 300k records/s).  At low rates the longer poll
 makes bigger batches: at 1,000 requests/s the agent spent 0.068-0.072 CPU
 seconds per 1,000 spans polling every 20 ms, 0.053-0.056 every 50 ms and
 0.049-0.050 every 100 ms (benchmarks/wrk, two runs each).  The records that
-need an answer at once wake the reader.
+need an answer at once wake the reader, and so does the record that takes
+the unread bytes past WAKE_AT_FILL of the ring.
 """
 from __future__ import annotations
 
@@ -34,6 +35,10 @@ _LENGTH_MASK = _DISCARD - 1
 _U32 = struct.Struct("<I")
 _U64 = struct.Struct("<Q")
 POLL_INTERVAL_S = 0.05
+# The kernel wakes the readers when a record takes the unread bytes past this
+# share of the ring (capture_config.ring_wake_bytes): the drain starts early,
+# and the CPU guard (agent/scheduling.py) learns the agent is falling behind.
+WAKE_AT_FILL = 1 / 8
 
 
 class RingBuffer:
@@ -76,6 +81,29 @@ class RingBuffer:
         del self._consumer
         self._consumer_page.close()
         self._data.close()
+
+
+class RingFill:
+    """How full a ring is, for a process that only watches it: its two
+    position pages mapped read-only.  The data pages stay unmapped, since the
+    kernel maps a ring's pages all at once and a 16 MiB ring would count
+    32 MiB of resident memory in the watcher too."""
+
+    def __init__(self, map_fd: int, size: int):
+        page = mmap.PAGESIZE
+        self.size = size
+        self._consumer = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ, offset=0)
+        self._producer = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
+        self._epoll = select.epoll()
+        self._epoll.register(map_fd, select.EPOLLIN | select.EPOLLET)
+
+    def wait(self, timeout_s: float) -> None:
+        """Until the kernel wakes the ring's readers, or the timeout passes."""
+        self._epoll.poll(timeout_s)
+
+    def fill_ratio(self) -> float:
+        return (_U64.unpack_from(self._producer, 0)[0]
+                - _U64.unpack_from(self._consumer, 0)[0]) / self.size
 
 
 def read_records(data, base: int, mask: int, consumer: int, producer: int,

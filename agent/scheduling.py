@@ -15,10 +15,12 @@ session) it would starve, and an agent that falls behind loses records.  A
 starved agent cannot notice that it is starved in time: a SCHED_IDLE thread
 waited up to 0.28 s for a turn beside three busy loops here, while a flat-out
 load fills the 16 MiB ring in 0.15 s.  So a small guard process, at normal
-weight and doing nothing else, looks every 20 ms at the ring's fill and at
-when the capture loop last came round, and gives the agent its normal weight
-back when either says it is falling behind.  It yields again once it has been
-caught up for a while.
+weight and doing nothing else, gives the agent its normal weight back when
+the ring fills past 1/8 (the kernel wakes it as the mark is crossed) or the
+capture loop has not come round for 0.25 s (it looks every 0.1 s).  The
+agent yields again once it has been caught up for a while.  The guard wakes
+rarely because each of its turns, at normal weight, may delay a traced
+process on that core.
 """
 from __future__ import annotations
 
@@ -30,11 +32,15 @@ import subprocess
 import sys
 import time
 
-RING_FILL_BEHIND = 0.125     # of the ring: more than a 50 ms poll leaves at any
-                             # load the agent keeps up with (about 2% at 5k/s)
+from agent.ringbuf import WAKE_AT_FILL, RingFill
+
+# Unread records past 1/8 of the ring: more than a 50 ms poll leaves at any
+# load the agent keeps up with (about 2% at 5k requests/s).  The kernel wakes
+# the guard when the ring crosses this mark.
+RING_FILL_BEHIND = WAKE_AT_FILL
 LOOP_LATE_S = 0.25           # five poll intervals since the loop last came round
 CAUGHT_UP_HOLD_S = 10.0      # back to yielding only after this long caught up
-GUARD_INTERVAL_S = 0.02
+GUARD_INTERVAL_S = 0.1       # when no wake-up comes: to see a late loop in time
 
 
 def _tasks(pid: int) -> list[int]:
@@ -103,6 +109,10 @@ class CpuYield:
     def switches_to_normal(self) -> int:
         return self._shared.switches.value
 
+    @property
+    def guard_pid(self) -> int | None:
+        return self._guard.pid if self._guard is not None else None
+
     def start(self) -> None:
         self._shared.last_turn.value = time.monotonic()
         if not self.enabled:
@@ -144,15 +154,13 @@ def guard(parent: int, ring, shared: _Shared, pids: list[int]) -> None:
             set_policy(pids, os.SCHED_IDLE if yielding else os.SCHED_OTHER)
             shared.switches.value = policy.switches_to_normal
             shared.yielding.value = int(yielding)
-        time.sleep(GUARD_INTERVAL_S)
+        ring.wait(GUARD_INTERVAL_S)
 
 
 def _main(argv: list[str]) -> None:
-    from agent.ringbuf import RingBuffer
-
     parent, ring_fd, ring_size, page_fd, *pids = map(int, argv)
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    guard(parent, RingBuffer(ring_fd, ring_size), _Shared(mmap.mmap(page_fd, mmap.PAGESIZE)),
+    guard(parent, RingFill(ring_fd, ring_size), _Shared(mmap.mmap(page_fd, mmap.PAGESIZE)),
           pids)
 
 

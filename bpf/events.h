@@ -125,6 +125,7 @@ struct capture_config {
     __u8 report_execs;      /* EXECS_*: which execs become EVENT_PROCESS_EXEC */
     __u8 tls;               /* the TLS uprobes are loaded: watch for their calls */
     __u8 reserved[3];
+    __u32 ring_wake_bytes;  /* wake the readers when the ring's unread bytes pass this */
 };
 
 /* traced_processes values: what userspace still needs of a process whose

@@ -34,6 +34,9 @@
     BPF_TABLE(BCC_TABLE_##kind, key_type, value_type, name, entries)
 /* RING_BUFFER_PAGES comes from the loader (-D): BCC sizes the ring at compile time. */
 #define RINGBUF_MAP(name) BPF_RINGBUF_OUTPUT(name, RING_BUFFER_PAGES)
+/* BCC 0.26 (Debian 12) has no ringbuf_query method: the fill mark never
+ * wakes the readers, whose polls and the CPU guard's clock serve instead. */
+#define RINGBUF_UNREAD(name) 0
 
 /* BCC has no read-only data section: the load-time constants are compiler
  * definitions the loader passes (-DCONFIG_<field>=value), which the compiler
@@ -103,6 +106,7 @@ static __always_inline unsigned long syscall_frame_read(const unsigned long *slo
         __uint(type, BPF_MAP_TYPE_RINGBUF);   \
         __uint(max_entries, 16 << 20);        \
     } name SEC(".maps")
+#define RINGBUF_UNREAD(name) bpf_ringbuf_query(&name, BPF_RB_AVAIL_DATA)
 
 #define CONFIG(field) (capture_config.field)
 /* The raw syscall tracepoints' register frame, read with CO-RE relocations. */

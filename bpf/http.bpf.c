@@ -164,10 +164,19 @@ static __always_inline void count_untracked(__u32 probe)
  * are written without waking the drain, which reads the ring on its own
  * clock: a busy traced process pays no consumer wake-up per record.  The
  * few that want an answer at once (a process new to the capture, whose /proc
- * entry userspace should read before a short-lived one exits; an exec) wake it. */
+ * entry userspace should read before a short-lived one exits; an exec) wake
+ * it, and so does the record that takes the unread bytes past the fill mark:
+ * the drain then starts before its poll is due, and the agent's CPU guard
+ * sees at once that the agent is falling behind.  One wake-up per crossing;
+ * two records crossing together on two CPUs may both wake, or (rarely) the
+ * poll's clock does. */
 static __always_inline void output_record(struct probe_stats *stats, void *record, __u64 size,
                                           bool wake)
 {
+    __u64 unread = RINGBUF_UNREAD(events);
+    __u64 mark = CONFIG(ring_wake_bytes);
+    if (unread < mark && unread + size >= mark)
+        wake = true;
     if (bpf_ringbuf_output(&events, record, size, wake ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP))
         stats->lost++;
     else

@@ -343,18 +343,21 @@ class AgentRun(Tracer):
                 "kernel_events": m.get("otel_ebpf_kernel_events_total", 0.0),
                 "dropped_queue": m.get("otel_ebpf_spans_dropped_queue_full_total", 0.0),
                 "export_failed": m.get("otel_ebpf_spans_export_failed_total", 0.0),
+                "ring_fill": m.get("otel_ebpf_ring_buffer_fill_ratio", 0.0),
                 "rss_peak": sum(vm_hwm_bytes(p) for p in procs)}
 
     def settle(self, timeout: float) -> None:
-        """Until the pipeline has caught up: spans built stable and, when
+        """Until the pipeline has caught up: the ring drained, spans built
+        stable for a second (span workers report twice a second) and, when
         exporting, every built span exported (or given up on)."""
         deadline = time.monotonic() + timeout
-        last = None
+        last, stable = None, 0
         while time.monotonic() < deadline:
             s = self.snapshot()
             done = s["exported"] + s["dropped_queue"] + s["export_failed"]
             key = (s["built"], done)
-            if key == last and (self.exporter_counts is False or done >= s["built"]):
+            stable = stable + 1 if key == last and s["ring_fill"] == 0 else 0
+            if stable >= 2 and (self.exporter_counts is False or done >= s["built"]):
                 return
             last = key
             time.sleep(0.5)

@@ -130,7 +130,7 @@ class Agent:
         parts.append(f"exporter={self.sink_name}")
         parts.append(f"span workers={self.config.span_workers}")
         parts.append(f"nice={os.getpriority(os.PRIO_PROCESS, 0)}")
-        parts.append("yields the CPU while it keeps up" if self.config.yield_cpu
+        parts.append("yields the CPU while it keeps up" if self.pipeline.cpu_yield.enabled
                      else "does not yield the CPU")
         if self.metrics_server:
             parts.append(f"metrics=http://{self.metrics_server.address}/metrics")

@@ -28,8 +28,10 @@ import ctypes
 import mmap
 import os
 import signal
+import logging
 import subprocess
 import sys
+import threading
 import time
 
 from agent.ringbuf import WAKE_AT_FILL, RingFill
@@ -65,6 +67,27 @@ def set_policy(pids, policy: int) -> int:
     return done
 
 
+def can_leave_idle() -> bool:
+    """Whether this process may take a thread out of SCHED_IDLE again (that
+    needs CAP_SYS_NICE, or an RLIMIT_NICE that allows nice 0).  Tried on a
+    thread of its own, which is thrown away whatever the answer."""
+    result = []
+
+    def trial():
+        param = os.sched_param(0)
+        try:
+            os.sched_setscheduler(0, os.SCHED_IDLE, param)
+            os.sched_setscheduler(0, os.SCHED_OTHER, param)
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=trial, name="otel-ebpf-sched-trial")
+    thread.start()
+    thread.join()
+    return result[0]
+
+
 class YieldPolicy:
     """When to yield: the decision alone, on the guard's clock."""
 
@@ -93,6 +116,11 @@ class CpuYield:
 
     def __init__(self, pids: list[int], ring, enabled: bool = True):
         self.pids = pids
+        if enabled and not can_leave_idle():
+            # Yielding with no way back would leave a busy node's agent starved.
+            logging.getLogger("otel_ebpf").warning(
+                "not yielding the CPU: leaving SCHED_IDLE needs CAP_SYS_NICE (see --yield-cpu)")
+            enabled = False
         self.enabled = enabled
         self._ring = ring
         self._fd = os.memfd_create("otel-ebpf-cpu-yield")

@@ -27,7 +27,7 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 VAGRANTFILE = ROOT / "Vagrantfile"
 
 # Kubernetes capability names (no CAP_ prefix); the systemd unit uses the same set.
-CAPABILITIES = {"BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH", "SYS_RESOURCE"}
+CAPABILITIES = {"BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH", "SYS_RESOURCE", "SYS_NICE"}
 METRICS_PORT = 9464
 # Oldest Kubernetes the manifests must be valid for, and the newest bundled schema.
 K8S_OLDEST = "1.29.0"

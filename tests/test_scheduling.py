@@ -3,14 +3,18 @@ normal weight back when its ring fills or its loop runs late."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import threading
+from pathlib import Path
 
 import pytest
 
 from agent.scheduling import (CAUGHT_UP_HOLD_S, LOOP_LATE_S, RING_FILL_BEHIND, YieldPolicy,
                               set_policy)
+
+ROOT = Path(__file__).resolve().parent.parent
 
 needs_root = pytest.mark.skipif(
     os.geteuid() != 0, reason="leaving SCHED_IDLE needs CAP_SYS_NICE (run as root)")
@@ -83,3 +87,17 @@ def test_a_thread_started_while_yielding_yields_too():
     finally:
         set_policy([os.getpid()], os.SCHED_OTHER)
     assert os.sched_getscheduler(0) == os.SCHED_OTHER
+
+
+@needs_root
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="setpriv (util-linux) not installed")
+def test_without_cap_sys_nice_the_agent_does_not_yield():
+    # A container without CAP_SYS_NICE could enter SCHED_IDLE but never leave
+    # it: the agent must see that and not yield at all.
+    probe = "from agent.scheduling import can_leave_idle; print(can_leave_idle())"
+    with_cap = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                              check=True, cwd=ROOT)
+    without = subprocess.run(["setpriv", "--bounding-set", "-sys_nice", "--inh-caps", "-sys_nice",
+                              sys.executable, "-c", probe], capture_output=True, text=True,
+                             check=True, cwd=ROOT)
+    assert (with_cap.stdout.strip(), without.stdout.strip()) == ("True", "False")

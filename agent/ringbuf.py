@@ -41,11 +41,47 @@ POLL_INTERVAL_S = 0.05
 WAKE_AT_FILL = 1 / 8
 
 
-class RingBuffer:
+class RingFill:
+    """How full a ring is, and a wait for the kernel's wake-ups: its two
+    position pages mapped read-only.  A process that only watches the ring
+    (the CPU guard) needs no more, and must not map the data pages: the
+    kernel maps a ring's pages all at once, and a 16 MiB ring would count
+    32 MiB of resident memory in the watcher too."""
+
     def __init__(self, map_fd: int, size: int):
         page = mmap.PAGESIZE
         self.map_fd = map_fd
         self.size = size
+        self._consumer_position = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ,
+                                            offset=0)
+        self._producer_position = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ,
+                                            offset=page)
+        self._epoll = select.epoll()
+        # Edge-triggered: a wait returns on the kernel's next wake-up, not at
+        # once because records (written without one) are already there.
+        self._epoll.register(map_fd, select.EPOLLIN | select.EPOLLET)
+
+    def fill_ratio(self) -> float:
+        return (_U64.unpack_from(self._producer_position, 0)[0]
+                - _U64.unpack_from(self._consumer_position, 0)[0]) / self.size
+
+    def wait(self, timeout_s: float = POLL_INTERVAL_S) -> None:
+        """Until the kernel wakes the ring's readers, or the timeout passes."""
+        self._epoll.poll(timeout_s)
+
+    def close(self) -> None:
+        self._epoll.close()
+        self._consumer_position.close()
+        self._producer_position.close()
+
+
+class RingBuffer(RingFill):
+    """The ring's reader: the data pages too, and the consumer position
+    writable."""
+
+    def __init__(self, map_fd: int, size: int):
+        super().__init__(map_fd, size)
+        page = mmap.PAGESIZE
         self._mask = size - 1
         self._consumer_page = mmap.mmap(map_fd, page, mmap.MAP_SHARED,
                                         mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
@@ -55,18 +91,6 @@ class RingBuffer:
         # position and drop records as if the ring were full.
         self._consumer = ctypes.c_uint64.from_buffer(self._consumer_page)
         self._page = page
-        self._epoll = select.epoll()
-        # Edge-triggered: a wait returns on the kernel's next wake-up, not at
-        # once because records (written without one) are already there.
-        self._epoll.register(map_fd, select.EPOLLIN | select.EPOLLET)
-
-    def fill_ratio(self) -> float:
-        producer = _U64.unpack_from(self._data, 0)[0]
-        return (producer - self._consumer.value) / self.size
-
-    def wait(self, timeout_s: float = POLL_INTERVAL_S) -> None:
-        """Until the kernel wakes the reader, or the timeout passes."""
-        self._epoll.poll(timeout_s)
 
     def read_batch(self, max_records: int) -> list[bytes]:
         """Copy out up to max_records committed records, then release them."""
@@ -77,33 +101,10 @@ class RingBuffer:
         return out
 
     def close(self) -> None:
-        self._epoll.close()
+        super().close()
         del self._consumer
         self._consumer_page.close()
         self._data.close()
-
-
-class RingFill:
-    """How full a ring is, for a process that only watches it: its two
-    position pages mapped read-only.  The data pages stay unmapped, since the
-    kernel maps a ring's pages all at once and a 16 MiB ring would count
-    32 MiB of resident memory in the watcher too."""
-
-    def __init__(self, map_fd: int, size: int):
-        page = mmap.PAGESIZE
-        self.size = size
-        self._consumer = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ, offset=0)
-        self._producer = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ, offset=page)
-        self._epoll = select.epoll()
-        self._epoll.register(map_fd, select.EPOLLIN | select.EPOLLET)
-
-    def wait(self, timeout_s: float) -> None:
-        """Until the kernel wakes the ring's readers, or the timeout passes."""
-        self._epoll.poll(timeout_s)
-
-    def fill_ratio(self) -> float:
-        return (_U64.unpack_from(self._producer, 0)[0]
-                - _U64.unpack_from(self._consumer, 0)[0]) / self.size
 
 
 def read_records(data, base: int, mask: int, consumer: int, producer: int,

@@ -26,9 +26,9 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import logging
 import os
 import signal
-import logging
 import subprocess
 import sys
 import threading

@@ -178,11 +178,10 @@ def _import_bcc():
     return bcc
 
 
-# The hook families the BCC build has, in order of preference: the raw
-# syscall tracepoints (x86-64, where the saved user registers are ABI; two
-# links), then the per-syscall tracepoints (26 links, each a grace period to
-# remove).
-BCC_FAMILIES = ("raw_tracepoint", "tracepoint")
+# The hook families the BCC build has, in the order of HOOK_FAMILIES (see
+# there why): the per-syscall tracepoints, then the raw syscall tracepoints
+# (x86-64, where the saved user registers are ABI).
+BCC_FAMILIES = ("tracepoint", "raw_tracepoint")
 
 
 def _compile(bcc, source: str, settings: CaptureSettings):

@@ -111,6 +111,8 @@ class Pipeline:
             exited.clear()
         self.tracker.expire(time.monotonic_ns())
         self.span_stage.housekeeping()
+        if self.cpu_yield is not None:
+            self.cpu_yield.check_guard()
         if self.selection is not None:
             self.selection.refresh(self.capture)
 

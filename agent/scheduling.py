@@ -156,15 +156,30 @@ class CpuYield:
     def turn(self, now: float) -> None:
         self._shared.last_turn.value = now
 
+    def check_guard(self) -> None:
+        """A guard that died alone (the OOM killer, a stray kill) leaves
+        nobody to give a starved agent its weight back: stop yielding."""
+        if self._guard is None or self._guard.poll() is None:
+            return
+        logging.getLogger("otel_ebpf").warning(
+            "the CPU guard exited (status %s): the agent no longer yields the CPU",
+            self._guard.returncode)
+        self._guard = None
+        self.enabled = False
+        self._normal_weight()
+
     def stop(self) -> None:
         """Normal weight for the last flush: a stop must not wait on a busy node."""
         if self._guard is not None:
             self._guard.kill()
             self._guard.wait()
             self._guard = None
-            if self.yielding:
-                set_policy(self.pids, os.SCHED_OTHER)
-                self._shared.yielding.value = 0
+            self._normal_weight()
+
+    def _normal_weight(self) -> None:
+        if self.yielding:
+            set_policy(self.pids, os.SCHED_OTHER)
+            self._shared.yielding.value = 0
 
 
 class _Shared:

@@ -23,7 +23,7 @@ def test_doctor_reports_the_kernel_and_the_hooks_a_trial_load_picks():
     assert "Loader: core (kernel BTF and bpf_loop present)" in out
     assert "loader core (CO-RE, libbpf)" in out
     # Every family preferred over the chosen one is listed as skipped, with why.
-    order = ["fentry", "kprobe", "raw_tracepoint", "tracepoint"]
+    order = ["fentry", "kprobe", "tracepoint", "raw_tracepoint"]
     for family in order[:order.index(chosen)]:
         assert f"skipped {family}: " in out, family
     if not detect().kprobes:
@@ -43,9 +43,9 @@ def test_doctor_with_the_bcc_loader_compiles_against_the_headers_it_finds():
     out = result.stdout
     assert "Loader: bcc" in out
     assert f"Kernel headers for the BCC loader: {BCC_KERNEL_HEADERS}" in out
-    # The raw syscall tracepoints (x86-64), process exit and exec, and the
+    # Enter and exit of the 13 syscalls, process exit and exec, and the
     # socket-state tracepoint the BCC build learns addresses from.
-    assert "The agent will use: raw_tracepoint hooks (5 programs" in out, out
+    assert "The agent will use: tracepoint hooks (29 programs" in out, out
     assert "skipped fentry: not in the BCC build" in out
 
 

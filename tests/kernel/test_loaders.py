@@ -1,4 +1,4 @@
-"""The BCC loader's second hook family and its refusals, as a user meets them.
+"""The fallback hook family under both loaders, and the BCC loader's refusals.
 (The spine's end-to-end tests run under both loaders: test_http1_e2e.py.)"""
 from __future__ import annotations
 
@@ -11,27 +11,28 @@ from conftest import AGENT, ROOT, curl
 from test_http1_e2e import PARENT_ID, TRACE_ID, TRACEPARENT, wait_spans
 
 
-@pytest.fixture(params=["bcc"])
+@pytest.fixture(params=["core", "bcc"])
 def agent_loader(request) -> str:
-    """A parameter, so that the BCC loader's skip reasons apply here."""
+    """A parameter, so that each loader's skip reasons apply here."""
     return request.param
 
 
-def test_bcc_per_syscall_tracepoints_trace_a_request(receiver, start_agent, backend):
-    """The fallback family where the saved registers are out of reach
-    (arm64): each syscall's tracepoint, read at the layout tracefs states."""
-    agent = start_agent("--hooks", "tracepoint", "--port", str(backend))
-    assert "hooks=tracepoint (" in agent.stderr()
-    assert curl(f"http://127.0.0.1:{backend}/per-syscall", TRACEPARENT)["status"] == 200
+def test_raw_syscall_tracepoints_trace_a_request(receiver, start_agent, backend, agent_loader):
+    """The family after the per-syscall tracepoints (the spine's default
+    here): two raw tracepoints, which need no tracefs on the CO-RE build."""
+    agent = start_agent("--hooks", "raw_tracepoint", "--port", str(backend))
+    assert "hooks=raw_tracepoint (" in agent.stderr()
+    assert curl(f"http://127.0.0.1:{backend}/raw-syscall", TRACEPARENT)["status"] == 200
     server = wait_spans(receiver, lambda s: s.kind == KIND_SERVER
-                        and s.attributes.get("url.path") == "/per-syscall", 1)[0]
+                        and s.attributes.get("url.path") == "/raw-syscall", 1)[0]
     assert server.trace_id == TRACE_ID and server.parent_span_id == PARENT_ID
     assert server.attributes["server.port"] == backend
 
 
+@pytest.mark.parametrize("agent_loader", ["bcc"], indirect=True)
 def test_bcc_loader_refuses_hooks_it_does_not_build(agent_loader):
     result = subprocess.run(AGENT + ["run", "--loader", "bcc", "--hooks", "kprobe",
                                      "--metrics-address", "", "--duration", "1"],
                             capture_output=True, text=True, cwd=ROOT, timeout=60)
     assert result.returncode != 0
-    assert "--hooks kprobe: the BCC loader has raw_tracepoint and tracepoint hooks" in result.stderr
+    assert "--hooks kprobe: the BCC loader has tracepoint and raw_tracepoint hooks" in result.stderr

@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -90,17 +91,27 @@ def test_promtool_and_health_endpoints(receiver, start_agent, backend):
             "process_resident_memory_bytes"} <= families | {f + "_info" for f in families}, families
 
 
-def agent_policies(agent) -> tuple[set[int], set[int]]:
-    """Scheduling policies of every thread of the agent and its span workers,
-    and of its guard process's."""
+def guards_of(agent) -> list:
+    import psutil
+    return [p for p in psutil.Process(agent.proc.pid).children()
+            if "agent.scheduling" in p.cmdline()]
+
+
+def thread_policies(agent) -> set[int]:
+    """Scheduling policies of every thread of the agent and its span workers."""
     import psutil
     main = psutil.Process(agent.proc.pid)
-    guards = [p for p in main.children() if "agent.scheduling" in p.cmdline()]
-    assert len(guards) == 1, main.children()
+    guards = guards_of(agent)
     workers = [p for p in main.children() if p not in guards]
-    return ({os.sched_getscheduler(thread.id)
-             for process in [main, *workers] for thread in process.threads()},
-            {os.sched_getscheduler(guards[0].pid)})
+    return {os.sched_getscheduler(thread.id)
+            for process in [main, *workers] for thread in process.threads()}
+
+
+def agent_policies(agent) -> tuple[set[int], set[int]]:
+    """The policies of the agent's threads, and of its guard process's."""
+    guards = guards_of(agent)
+    assert len(guards) == 1, guards
+    return thread_policies(agent), {os.sched_getscheduler(guards[0].pid)}
 
 
 def test_the_agent_yields_the_cpu_and_takes_it_back_when_starved(receiver, start_agent, backend):
@@ -130,26 +141,48 @@ def test_the_agent_yields_the_cpu_and_takes_it_back_when_starved(receiver, start
             hog.wait()
 
 
-def test_the_guard_goes_with_the_agent(start_agent, backend):
+def gone(process, timeout: float = 5) -> bool:
+    """Whether a process (not necessarily our child) has exited within the
+    timeout: a zombie its parent has not reaped yet counts as exited."""
     import psutil
-
-    def guard_of(agent):
-        return next(p for p in psutil.Process(agent.proc.pid).children()
-                    if "agent.scheduling" in p.cmdline())
-
-    def gone(process) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         try:
-            process.wait(5)
-        except psutil.TimeoutExpired:
-            return False
-        return True
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.05)
+    return False
 
+
+def test_the_guard_goes_with_the_agent(start_agent, backend):
     stopped = start_agent("--port", str(backend))
-    guard = guard_of(stopped)
+    [guard] = guards_of(stopped)
     stopped.stop()
     assert gone(guard)
     killed = start_agent("--port", str(backend))
-    guard = guard_of(killed)
+    [guard] = guards_of(killed)
     killed.proc.kill()      # no clean-up runs: the kernel's parent-death signal ends the guard
     killed.proc.wait()
     assert gone(guard)
+
+
+def test_an_agent_whose_guard_dies_stops_yielding(receiver, start_agent, backend):
+    # Nobody would be left to give a starved agent its weight back.
+    agent = start_agent("--port", str(backend))
+    assert value(wait_quiet(agent), "otel_ebpf_cpu_yielding") == 1
+    [guard] = guards_of(agent)
+    guard.kill()
+    assert gone(guard)
+    deadline = time.monotonic() + 10     # the agent looks at housekeeping, every 2 s
+    while value(snapshot(agent), "otel_ebpf_cpu_yielding") != 0:
+        assert time.monotonic() < deadline, "the agent still says it yields"
+        time.sleep(0.2)
+    assert thread_policies(agent) == {os.SCHED_OTHER}
+    assert guards_of(agent) == []
+    assert "the CPU guard exited" in agent.stderr()
+    assert curl(f"http://127.0.0.1:{backend}/after-guard")["status"] == 200
+    assert receiver.wait_for(lambda spans: any(
+        s.attributes.get("url.path") == "/after-guard" and s.kind == KIND_SERVER
+        for s in spans), 10), receiver.spans

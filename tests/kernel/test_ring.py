@@ -1,0 +1,53 @@
+"""The ring buffer as the kernel fills it: records go in without waking the
+reader, except the one that takes the unread bytes past WAKE_AT_FILL of the
+ring (bpf_ringbuf_query in the CO-RE build; BCC 0.26 has no such helper, so
+its build relies on the reader's poll)."""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+from agent.loader import CaptureSettings, load_capture
+from agent.ringbuf import WAKE_AT_FILL
+
+RING_BYTES = 1 << 20
+REQUEST = (b"GET /fill HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: ring-test\r\n"
+           b"Accept: */*\r\n\r\n")
+
+
+def test_the_record_that_crosses_the_fill_mark_wakes_the_reader():
+    # This process is the traced one here (agent_pid 0: no agent to leave out).
+    capture = load_capture(CaptureSettings(pids={os.getpid()}, agent_pid=0, tls=False,
+                                           ring_buffer_bytes=RING_BYTES))
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname())
+    peer, _ = server.accept()
+
+    def exchange():
+        client.sendall(REQUEST)
+        peer.recv(65536)
+
+    try:
+        ring = capture.ring
+        # This process's first record wakes the reader at once (a new
+        # process is announced that way): take that wake-up and the records.
+        exchange()
+        ring.wait(5)
+        assert ring.read_batch(1 << 20)
+        woken = threading.Event()
+        waiter = threading.Thread(target=lambda: (ring.wait(20), woken.set()), daemon=True)
+        waiter.start()
+        while ring.fill_ratio() < WAKE_AT_FILL * 0.9:
+            exchange()
+        assert not woken.wait(0.5), "a record below the fill mark woke the reader"
+        while ring.fill_ratio() <= WAKE_AT_FILL:
+            exchange()
+        assert woken.wait(2), f"no wake-up with the ring {ring.fill_ratio():.1%} full"
+        waiter.join()
+        stats = capture.probe_stats()
+        assert sum(s[1] for s in stats.values()) == 0, stats
+    finally:
+        for sock in (client, peer, server):
+            sock.close()
+        capture.close()

@@ -113,7 +113,7 @@ def loader_options(command):
 @click.option("--ring-buffer-size", type=SizeType(), default="16M",
               envvar="OTEL_EBPF_RING_BUFFER_SIZE", show_default=True,
               help="Kernel ring buffer size, a power of two.")
-@click.option("--hooks", type=click.Choice(["auto", "fentry", "kprobe", "raw_tracepoint", "tracepoint"]), default="auto",
+@click.option("--hooks", type=click.Choice(["auto", "fentry", "kprobe", "tracepoint", "raw_tracepoint"]), default="auto",
               envvar="OTEL_EBPF_HOOKS", show_default=True,
               help="Hook family; auto picks the cheapest this kernel offers.")
 @loader_options

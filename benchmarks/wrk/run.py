@@ -29,8 +29,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -634,10 +636,30 @@ def median_rounds(rows: list[Row]) -> tuple[list[Row], dict]:
     return chosen, p99s
 
 
+def p99_ratio_interval(p99s: list[float], base_p99s: list[float], resamples: int = 2000,
+                       level: float = 0.95) -> tuple[float, float] | None:
+    """A bootstrap interval for median(p99s) / median(base_p99s) over the
+    rounds.  Round i of both ran in the same minutes (rounds interleave), so
+    rounds are drawn in pairs: a slow minute of the machine stays on both
+    sides.  None below three rounds."""
+    pairs = [(p, b) for p, b in zip(p99s, base_p99s) if p == p and b == b]
+    if len(pairs) < 3:
+        return None
+    draw = random.Random(0)
+    ratios = []
+    for _ in range(resamples):
+        sample = draw.choices(pairs, k=len(pairs))
+        ratios.append(statistics.median(p for p, _ in sample)
+                      / statistics.median(b for _, b in sample))
+    ratios.sort()
+    tail = round(resamples * (1 - level) / 2)
+    return ratios[tail], ratios[resamples - 1 - tail]
+
+
 def print_table(rows: list[Row], p99s: dict) -> None:
     baselines = {(r.service, r.rate): r for r in rows if r.config == "baseline"}
     header = ["service", "config", "rate", "achieved", "p50us", "p99us", "p99 rounds us", "p99.9us",
-              "p50x", "p99x", "p99.9x", "+p50us", "+p99us", "svcCPU ms/1kreq",
+              "p50x", "p99x", "p99x 95%", "p99.9x", "+p50us", "+p99us", "svcCPU ms/1kreq",
               "tracer cores", "tracer CPU s/1k spans", "peakRSS MB", "spans/req", "lost%", "kern lost"]
     lines = [header]
     for r in rows:
@@ -649,6 +671,9 @@ def print_table(rows: list[Row], p99s: dict) -> None:
                         if spans == spans and spans and r.tracer_cpu_s == r.tracer_cpu_s else float("nan"))
         if r.config == "hooks":
             per_1k_spans = float("nan")
+        interval = (p99_ratio_interval(p99s[(r.service, r.config, r.rate)],
+                                       p99s[(r.service, "baseline", r.rate)])
+                    if base and r is not base else None)
         lines.append([
             r.service, r.config, str(r.rate), f"{r.achieved:.0f}",
             fmt(r.p50_us, ".0f"), fmt(r.p99_us, ".0f"),
@@ -656,6 +681,7 @@ def print_table(rows: list[Row], p99s: dict) -> None:
             fmt(r.p999_us, ".0f"),
             ratio(r.p50_us, base.p50_us) if base else "-",
             ratio(r.p99_us, base.p99_us) if base else "-",
+            f"{interval[0]:.2f}-{interval[1]:.2f}" if interval else "-",
             ratio(r.p999_us, base.p999_us) if base else "-",
             fmt(r.p50_us - base.p50_us, "+.0f") if base else "-",
             fmt(r.p99_us - base.p99_us, "+.0f") if base else "-",

@@ -1,0 +1,54 @@
+"""The overhead benchmark's statistics (benchmarks/wrk/run.py), without a
+load generator: what its table says about a p99 ratio's uncertainty."""
+from __future__ import annotations
+
+import importlib.util
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+RUN = Path(__file__).resolve().parent.parent / "benchmarks" / "wrk" / "run.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("wrk_run", RUN)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+def test_a_constant_ratio_has_no_spread(bench):
+    base = [200.0, 250.0, 180.0, 300.0, 220.0]
+    assert bench.p99_ratio_interval(base, base) == (1.0, 1.0)
+    low, high = bench.p99_ratio_interval([p * 1.2 for p in base], base)
+    assert low == pytest.approx(1.2) and high == pytest.approx(1.2)
+
+
+def test_rounds_that_drift_together_stay_paired(bench):
+    # The machine slows down round after round; the traced runs cost 10% more
+    # than the untraced run of the same round.  Pairs keep the drift out.
+    base = [100.0 * 1.3 ** k for k in range(10)]
+    low, high = bench.p99_ratio_interval([p * 1.1 for p in base], base)
+    assert low == pytest.approx(1.1) and high == pytest.approx(1.1)
+
+
+def test_noisy_rounds_give_an_interval_around_the_medians_ratio(bench):
+    base = [241, 234, 247, 300, 239, 259, 480, 257, 216, 213]
+    traced = [254, 245, 240, 252, 562, 280, 328, 244, 294, 416]
+    low, high = bench.p99_ratio_interval(traced, base)
+    median_ratio = sorted(traced)[5] / sorted(base)[5]
+    assert low < median_ratio < high
+    assert high - low > 0.1
+
+
+def test_too_few_rounds_or_failed_rounds_give_no_interval(bench):
+    assert bench.p99_ratio_interval([250.0, 260.0], [240.0, 230.0]) is None
+    nan = math.nan
+    assert bench.p99_ratio_interval([250.0, nan, 260.0, 270.0], [240.0, 230.0, nan, 235.0]) is None
+    assert bench.p99_ratio_interval([250.0, nan, 260.0, 270.0, 255.0],
+                                    [240.0, 230.0, 245.0, 235.0, 250.0]) is not None

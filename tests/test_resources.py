@@ -4,12 +4,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-from agent.resources import ResourceCache
+from agent.resources import ResourceCache, process_environment
 
 
-def _gone_process(cache: ResourceCache | None = None) -> int:
+def _gone_process(cache: ResourceCache | None = None, env: dict | None = None) -> int:
     """A process that exists long enough for cache.exec_seen, then exits."""
-    proc = subprocess.Popen([shutil.which("sleep"), "30"])
+    proc = subprocess.Popen([shutil.which("sleep"), "30"], env=env)
     if cache is not None:
         cache.exec_seen([proc.pid])
     proc.kill()
@@ -32,13 +32,40 @@ def test_a_process_gone_before_its_resource_is_read_keeps_the_name_read_at_exec(
                 .attributes_of(other))["process.executable.name"] == "sleep-kept"
 
 
-def test_exec_time_paths_are_bounded():
+def test_a_process_gone_before_its_resource_is_read_keeps_its_declared_service():
+    cache = ResourceCache(host_attributes=[])
+    pid = _gone_process(cache, env={"OTEL_SERVICE_NAME": "nightly-report",
+                                    "OTEL_RESOURCE_ATTRIBUTES": "team=billing",
+                                    "SECRET_TOKEN": "not-kept"})
+    attributes = dict(cache.attributes_of(pid))
+    assert attributes["service.name"] == "nightly-report"
+    assert attributes["team"] == "billing"
+    assert "not-kept" not in repr(cache._at_exec)
+    cache.exited(pid)
+    assert dict(cache.attributes_of(pid))["service.name"] == f"unknown_service:pid-{pid}"
+
+
+def test_exec_time_reads_are_bounded():
     cache = ResourceCache(host_attributes=[], max_entries=2)
     procs = [subprocess.Popen([shutil.which("sleep"), "30"]) for _ in range(4)]
     try:
         cache.exec_seen([p.pid for p in procs] + [999_999_999])
-        assert len(cache._exec_paths) == 2
+        assert len(cache._at_exec) == 2
     finally:
         for p in procs:
             p.kill()
             p.wait()
+
+
+def test_only_otel_variables_are_read_whole():
+    proc = subprocess.Popen([shutil.which("sleep"), "30"], env={
+        "A": "1", "OTEL_SERVICE_NAME": "svc=with=equals", "XOTEL_SERVICE_NAME": "no",
+        "OTEL_EMPTY": "", "PATH_OTEL_": "no", "OTEL_RESOURCE_ATTRIBUTES": "a=b,c=d"})
+    try:
+        assert process_environment(proc.pid) == {
+            "OTEL_SERVICE_NAME": "svc=with=equals", "OTEL_EMPTY": "",
+            "OTEL_RESOURCE_ATTRIBUTES": "a=b,c=d"}
+    finally:
+        proc.kill()
+        proc.wait()
+    assert process_environment(proc.pid) == {}

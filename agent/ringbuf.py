@@ -43,17 +43,18 @@ WAKE_AT_FILL = 1 / 8
 
 class RingFill:
     """How full a ring is, and a wait for the kernel's wake-ups: its two
-    position pages mapped read-only.  A process that only watches the ring
-    (the CPU guard) needs no more, and must not map the data pages: the
-    kernel maps a ring's pages all at once, and a 16 MiB ring would count
-    32 MiB of resident memory in the watcher too."""
+    position pages (the consumer's writable for the ring's reader only).  A
+    process that only watches the ring (the CPU guard) needs no more, and
+    must not map the data pages: the kernel maps a ring's pages all at once,
+    and a 16 MiB ring would count 32 MiB of resident memory in the watcher
+    too."""
 
-    def __init__(self, map_fd: int, size: int):
+    def __init__(self, map_fd: int, size: int, consumer_writable: bool = False):
         page = mmap.PAGESIZE
         self.map_fd = map_fd
         self.size = size
-        self._consumer_position = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ,
-                                            offset=0)
+        protection = mmap.PROT_READ | (mmap.PROT_WRITE if consumer_writable else 0)
+        self._consumer_position = mmap.mmap(map_fd, page, mmap.MAP_SHARED, protection, offset=0)
         self._producer_position = mmap.mmap(map_fd, page, mmap.MAP_SHARED, mmap.PROT_READ,
                                             offset=page)
         self._epoll = select.epoll()
@@ -80,16 +81,14 @@ class RingBuffer(RingFill):
     writable."""
 
     def __init__(self, map_fd: int, size: int):
-        super().__init__(map_fd, size)
+        super().__init__(map_fd, size, consumer_writable=True)
         page = mmap.PAGESIZE
         self._mask = size - 1
-        self._consumer_page = mmap.mmap(map_fd, page, mmap.MAP_SHARED,
-                                        mmap.PROT_READ | mmap.PROT_WRITE, offset=0)
         self._data = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED,
                                mmap.PROT_READ, offset=page)
         # One 8-byte store: a bytewise write lets the kernel see a torn
         # position and drop records as if the ring were full.
-        self._consumer = ctypes.c_uint64.from_buffer(self._consumer_page)
+        self._consumer = ctypes.c_uint64.from_buffer(self._consumer_position)
         self._page = page
 
     def read_batch(self, max_records: int) -> list[bytes]:
@@ -101,10 +100,9 @@ class RingBuffer(RingFill):
         return out
 
     def close(self) -> None:
-        super().close()
-        del self._consumer
-        self._consumer_page.close()
+        del self._consumer      # the mapping under it can close only then
         self._data.close()
+        super().close()
 
 
 def read_records(data, base: int, mask: int, consumer: int, producer: int,

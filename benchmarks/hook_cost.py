@@ -129,19 +129,22 @@ def main() -> None:
         return calls, {name: min(call(args.writes) for _ in range(3))
                        for name, call in calls.items()}
 
-    _, before = phase()
-    capture = load_capture(CaptureSettings(hooks=args.hooks, loader=args.loader, agent_pid=0,
-                                           pids={os.getpid()}, ring_buffer_bytes=512 << 20))
     try:
-        calls, attached = phase()
-        programs = in_programs(calls, args.writes // 4)
-        stats = capture.probe_stats()
-        family = f"{capture.hook_family.name}, loader {capture.front_end.name}"
+        _, before = phase()
+        capture = load_capture(CaptureSettings(hooks=args.hooks, loader=args.loader, agent_pid=0,
+                                               pids={os.getpid()}, ring_buffer_bytes=512 << 20))
+        try:
+            calls, attached = phase()
+            programs = in_programs(calls, args.writes // 4)
+            stats = capture.probe_stats()
+            family = f"{capture.hook_family.name}, loader {capture.front_end.name}"
+        finally:
+            capture.close()
+        _, after = phase()
     finally:
-        capture.close()
-    _, after = phase()
-    os.kill(reader, signal.SIGKILL)
-    os.waitpid(reader, 0)
+        # The reader accepts forever: it must not outlive a failed run.
+        os.kill(reader, signal.SIGKILL)
+        os.waitpid(reader, 0)
     print(f"hooks: {family}; records written {sum(s[0] for s in stats.values())}, "
           f"lost {sum(s[1] for s in stats.values())}")
     print("ns per call; detached is measured before and after, and the added cost is against "

@@ -135,8 +135,9 @@ def loader_options(command):
               help="Export error spans even when sampling would drop their trace.")
 @click.option("--span-workers", type=click.IntRange(0, 16), default=1,
               envvar="OTEL_EBPF_SPAN_WORKERS", show_default=True,
-              help="Processes that build, sample and export spans beside the capture loop; "
-                   "0 runs them in the agent's main process.")
+              help="Processes that build, sample and export spans when the capture loop falls "
+                   "behind or the load is heavy (a drained batch of over 1,024 exchanges); "
+                   "smaller batches are built in the main process. 0: always there.")
 @click.option("--nice", type=click.IntRange(-20, 19), default=0, envvar="OTEL_EBPF_NICE",
               show_default=True,
               help="The agent's scheduling niceness against processes in its own cgroup: above "

@@ -52,3 +52,20 @@ def test_too_few_rounds_or_failed_rounds_give_no_interval(bench):
     assert bench.p99_ratio_interval([250.0, nan, 260.0, 270.0], [240.0, 230.0, nan, 235.0]) is None
     assert bench.p99_ratio_interval([250.0, nan, 260.0, 270.0, 255.0],
                                     [240.0, 230.0, 245.0, 235.0, 250.0]) is not None
+
+
+def test_the_start_up_of_a_run_counts_but_is_left_out_of_its_percentiles(bench, tmp_path):
+    start = 1_796_200_674_000_000
+    first = tmp_path / "h2load.log.0"
+    # Opening connections: three slow requests within the first 0.2 s.
+    first.write_text(f"{start}\t200\t1900\n{start + 1_000}\t200\t1800\n{start + 150_000}\t200\t900\n"
+                     + "".join(f"{start + 200_000 + k * 1_000}\t200\t{70 + k}\n" for k in range(100)))
+    second = tmp_path / "h2load.log.1"
+    second.write_text(f"{start + 5_000}\t200\t1700\n{start + 300_000}\t503\t40\n"
+                      f"{start + 301_000}\t200\t60\n{start + 302_000}\t2")   # cut short
+    ok, failed, latencies = bench.read_request_logs([first, second, tmp_path / "missing"])
+    assert (ok, failed) == (105, 1)
+    assert latencies == sorted([60] + [70 + k for k in range(100)])
+    assert bench.percentile(latencies, 0.99) < 200
+    ok, failed, everything = bench.read_request_logs([first, second], steady_after_s=0)
+    assert ok == len(everything) == 105 and max(everything) == 1900

@@ -3,9 +3,9 @@ context -> span stage (build spans, sample, export: agent/span_worker.py).
 
 One thread runs the first three stages back to back on each batch drained
 from the ring buffer (the batch list is the bounded queue between them, at
-most `batch_records` long); the span stage sits behind a socket to its
-worker processes, or runs in this process, and its exporter behind its own
-bounded queue.  Every stage counts what it drops.
+most `batch_records` long); the span stage runs in this process, and for
+the batches of a heavy load behind a socket to its worker processes, and its
+exporter behind its own bounded queue.  Every stage counts what it drops.
 """
 from __future__ import annotations
 

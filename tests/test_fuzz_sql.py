@@ -5,7 +5,7 @@ a PARSED message is NEED_MORE).  Inputs are mutations of the real captured
 fixtures plus random bytes and text, with a fixed example budget."""
 from __future__ import annotations
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from agent.parsers import NEED_MORE, PARSED
@@ -123,6 +123,7 @@ SQL_ALPHABET = st.sampled_from(list("'\"`$\\-/*#.,;()=<>+ \n\t0123456789aeEbBxXn
 
 
 @given(st.one_of(st.lists(SQL_ALPHABET, max_size=60).map("".join), st.text(max_size=200)))
+@example("0b_2")
 @BUDGET
 def test_sql_text_helpers_never_raise(text):
     for dialect in (None, "postgresql", "mysql"):

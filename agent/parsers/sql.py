@@ -72,12 +72,15 @@ _STR_DQ = r"""
 # ending in a word character takes the dotted digit runs glued to it (1.0.0,
 # 0x1F.0, 1e5.0; booleans below): left alone, such a run follows that
 # character and stays, then follows the "?" and goes on a second pass.
+# A binary or octal literal takes every digit glued to it (0b12, 0o78): the
+# digits it cannot hold would follow its "_" or digit and stay, then follow
+# the "?" and go on a second pass.
 # A character that neither the skip group nor a literal takes (the dot of
 # x.5, a minus glued to a name) is text of its own (`other`): without it the
 # scan would start again one character after the start of the failed match,
 # inside a token it had read whole ($1, "a 1"), and read it differently.
 _COMMON_TAIL = r"""
-| (?P<num>(?<!\w)(?<!\w\.)(?:(?P<neg>-[ \t\r\n]*+))?(?:0[xX][0-9A-Fa-f_]++|0[bB][01_]++|0[oO][0-7_]++
+| (?P<num>(?<!\w)(?<!\w\.)(?:(?P<neg>-[ \t\r\n]*+))?(?:0[xX][0-9A-Fa-f_]++|0[bB][\d_]++|0[oO][\d_]++
      |(?:\d[\d_]*+(?:\.(?!\.)\d*+)?|\.\d++)(?:[eE][+-]?\d++)?)(?:\.\d++)*+)
 | (?P<other>[\s\S])
 | \Z

@@ -28,7 +28,8 @@ _MAP_CALL = re.compile(r"\b(bpf_map_lookup_elem|bpf_map_update_elem|bpf_map_dele
                        r"|bpf_ringbuf_output)\(\s*&(\w+)\s*,")
 _UPDATE_METHODS = {"BPF_ANY": "update", "BPF_NOEXIST": "insert"}
 _SECTION = re.compile(r'SEC\("([^"]+)"\)\s*int\s+(\w+)\s*\(')
-_HOOKED_SYSCALL = re.compile(r"^HOOK_SYSCALL\((\w+)\)", re.MULTILINE)
+# In the BCC build both macros hook a syscall's entry and exit.
+_HOOKED_SYSCALL = re.compile(r"^HOOK_SYSCALL(?:_AT_EXIT)?\((\w+)\)", re.MULTILINE)
 # The syscall tracepoint records bpf/frontend.h declares: (event prefix, field, offset, size).
 _TRACEPOINT_LAYOUT = (("sys_enter_", "__syscall_nr", 8, 4), ("sys_exit_", "__syscall_nr", 8, 4),
                       ("sys_exit_", "ret", 16, 8))

@@ -3,14 +3,16 @@ side (N calls timed with the probes detached, attached, then detached again,
 in one run) and by the kernel's own count of the time spent in the programs
 (kernel.bpf_stats_enabled, on for that measurement only), for
 
-- a traced TCP socket carrying HTTP (classified, copied to the ring buffer);
+- a traced TCP socket carrying HTTP (classified, copied to the ring buffer),
+  written and read (reads are hooked at their exit only);
 - an untraced file descriptor (/dev/null: filtered out after one map lookup);
 - a syscall the agent does not hook (getppid): what every other syscall of
   every process on the node pays while the probes are attached.
 
     .venv/bin/python benchmarks/hook_cost.py [--writes 200000] [--hooks auto] [--loader auto]
 
-A process of its own, untraced, drains the socket; the agent's userspace
+A process of its own, untraced, drains the socket written to and floods
+the socket read from with requests; the agent's userspace
 does not run (the ring buffer is large enough to hold every record), so only
 kernel time is added.  The caller-side difference also holds what the
 programs' count leaves out (the tracepoint's own dispatch), but this VM's
@@ -45,6 +47,14 @@ def timed_writes(fd: int, count: int) -> float:
     return (time.perf_counter_ns() - start) / count
 
 
+def timed_reads(fd: int, count: int) -> float:
+    read, size = os.read, len(PAYLOAD)
+    start = time.perf_counter_ns()
+    for _ in range(count):
+        read(fd, size)
+    return (time.perf_counter_ns() - start) / count
+
+
 def timed_getppid(count: int) -> float:
     getppid = os.getppid
     start = time.perf_counter_ns()
@@ -53,15 +63,29 @@ def timed_getppid(count: int) -> float:
     return (time.perf_counter_ns() - start) / count
 
 
-def drain_connections(server: socket.socket) -> None:
-    """The peer, in a process of its own: not traced, and not competing with
-    the timed loop for the interpreter."""
+def serve_peers(drain_server: socket.socket, feed_server: socket.socket) -> None:
+    """The peers, in a process of its own: not traced, and not competing with
+    the timed loop for the interpreter.  One drains what the timed process
+    writes, the other keeps the socket it reads from full of requests."""
     def drain(conn):
         while conn.recv(1 << 20):
             pass
-    while True:
-        conn, _ = server.accept()
-        threading.Thread(target=drain, args=(conn,), daemon=True).start()
+
+    def feed(conn):
+        chunk = PAYLOAD * 512
+        try:
+            while True:
+                conn.sendall(chunk)
+        except OSError:
+            pass
+
+    def accept_forever(server, serve):
+        while True:
+            conn, _ = server.accept()
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept_forever, args=(feed_server, feed), daemon=True).start()
+    accept_forever(drain_server, drain)
 
 
 def program_time_ns() -> int:
@@ -106,26 +130,31 @@ def main() -> None:
     args = parser.parse_args()
     ensure_tracefs()
     server = socket.create_server(("127.0.0.1", 0))
-    address = server.getsockname()
+    feeder = socket.create_server(("127.0.0.1", 0))
+    drain_address, feed_address = server.getsockname(), feeder.getsockname()
     # Writer and reader each on a core of their own, the same in every phase:
     # a write that wakes the reader on its own core costs more.
     cores = sorted(os.sched_getaffinity(0))
     reader = os.fork()
     if reader == 0:
         os.sched_setaffinity(0, {cores[-1]})
-        drain_connections(server)
+        serve_peers(server, feeder)
     server.close()
+    feeder.close()
     os.sched_setaffinity(0, {cores[0]})
     devnull = os.open("/dev/null", os.O_WRONLY)
 
     def phase() -> tuple[dict, dict]:
         # A new connection each time (left open): attached, the hooks
         # classify it from its first bytes.
-        sock = socket.create_connection(address)
+        sock = socket.create_connection(drain_address)
+        fed = socket.create_connection(feed_address)
         calls = {"traced TCP write": lambda n: timed_writes(sock.fileno(), n),
+                 "traced TCP read": lambda n: timed_reads(fed.fileno(), n),
                  "untraced /dev/null write": lambda n: timed_writes(devnull, n),
                  "unhooked getppid": timed_getppid}
         calls["traced TCP write"](10_000)       # warm up
+        calls["traced TCP read"](10_000)
         return calls, {name: min(call(args.writes) for _ in range(3))
                        for name, call in calls.items()}
 

@@ -73,7 +73,55 @@ struct io_args {
     __u8 direction;
 };
 
+#ifdef OTEL_EBPF_BCC
 MAP(HASH, active_io, __u64, struct io_args, 16384);
+#else
+/* A write in flight, kept with its thread (task storage): no shared table
+ * to hash into, lock and fill up, and nothing left behind when the thread
+ * dies.  An entry is empty once its exit has taken it (start_ns 0). */
+struct {
+    __uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, int);
+    __type(value, struct io_args);
+} active_io SEC(".maps");
+#endif
+
+/* The calling thread's write, from its entry to its exit: false if it
+ * could not be kept (counted as untracked). */
+static __always_inline bool keep_io_call(__u64 id, const struct io_args *args)
+{
+#ifdef OTEL_EBPF_BCC
+    return bpf_map_update_elem(&active_io, &id, args, BPF_ANY) == 0;
+#else
+    struct io_args *slot = bpf_task_storage_get(&active_io, bpf_get_current_task_btf(), 0,
+                                                BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (!slot)
+        return false;
+    *slot = *args;
+    return true;
+#endif
+}
+
+/* The calling thread's write at its exit, taken out: false if none was kept. */
+static __always_inline bool take_io_call(__u64 id, struct io_args *out)
+{
+#ifdef OTEL_EBPF_BCC
+    struct io_args *args = bpf_map_lookup_elem(&active_io, &id);
+    if (!args)
+        return false;
+    *out = *args;
+    bpf_map_delete_elem(&active_io, &id);
+    return true;
+#else
+    struct io_args *slot = bpf_task_storage_get(&active_io, bpf_get_current_task_btf(), 0, 0);
+    if (!slot || !slot->start_ns)
+        return false;
+    *out = *slot;
+    slot->start_ns = 0;
+    return true;
+#endif
+}
 
 /* A connect() in progress on a thread: its socket, and (BCC build) the
  * peer it asked for. */
@@ -329,19 +377,20 @@ static __always_inline struct conn_info *track_conn(__u32 tgid, __u32 fd, __u8 r
     return remember_conn(tgid, fd, role, read_socket_tuple(fd, &tuple) ? &tuple : NULL);
 }
 
-static __always_inline int on_io_enter(__u32 fd, __u64 buf, __u32 count, __u32 probe,
-                                       __u8 buffer_kind, __u8 direction)
+/* The connection whose data a socket call on fd moves, when that data is to
+ * be copied: a traced process's traced TCP connection, and not one whose
+ * plaintext the TLS probes copy instead.  id: the calling thread. */
+static __always_inline struct conn_info *capture_target(__u64 id, __u32 fd, __u8 buffer_kind)
 {
-    __u64 id = bpf_get_current_pid_tgid();
     __u32 tgid = id >> 32;
     if (!process_traced(tgid))
-        return 0;
+        return NULL;
     __u64 key = conn_key(tgid, fd);
     struct conn_info *conn = bpf_map_lookup_elem(&conns, &key);
     if (!conn)
         conn = track_conn(tgid, fd, ROLE_UNKNOWN);
     if (!conn || !conn->traced)
-        return 0;
+        return NULL;
     if (CONFIG(tls)) {
         struct ssl_call *call = bpf_map_lookup_elem(&active_ssl, &id);
         if (call) {
@@ -349,13 +398,31 @@ static __always_inline int on_io_enter(__u32 fd, __u64 buf, __u32 count, __u32 p
              * the plaintext, and learns its socket here. */
             call->fd = fd;
             conn->tls = 1;
-            return 0;
+            return NULL;
         }
         if (conn->tls)
-            return 0;
+            return NULL;
     }
     /* Only a classified connection's data matters for a body-only syscall. */
     if (buffer_kind == IO_NONE && conn->protocol == PROTOCOL_UNKNOWN)
+        return NULL;
+    return conn;
+}
+
+/* The connection of a call that is ending, if it is still traced (a close
+ * on another thread, or too many unclassified events, may have ended that). */
+static __always_inline struct conn_info *traced_conn(__u32 tgid, __u32 fd)
+{
+    __u64 key = conn_key(tgid, fd);
+    struct conn_info *conn = bpf_map_lookup_elem(&conns, &key);
+    return conn && conn->traced ? conn : NULL;
+}
+
+static __always_inline int on_io_enter(__u32 fd, __u64 buf, __u32 count, __u32 probe,
+                                       __u8 buffer_kind, __u8 direction)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    if (!capture_target(id, fd, buffer_kind))
         return 0;
     struct io_args args = {
         .start_ns = bpf_ktime_get_ns(),
@@ -366,7 +433,7 @@ static __always_inline int on_io_enter(__u32 fd, __u64 buf, __u32 count, __u32 p
         .buffer_kind = buffer_kind,
         .direction = direction,
     };
-    if (bpf_map_update_elem(&active_io, &id, &args, BPF_ANY))
+    if (!keep_io_call(id, &args))
         count_untracked(probe);
     return 0;
 }
@@ -447,14 +514,11 @@ static __always_inline __u64 first_user_buffer(const struct io_args *args)
 
 /* Classify the connection if needed and copy the bytes a completed call
  * moved (a socket syscall, or a TLS library call's plaintext). */
-static __always_inline int emit_data(__u64 id, const struct io_args *args, long ret, __u8 flags)
+static __always_inline int emit_data(__u64 id, struct conn_info *conn, const struct io_args *args,
+                                     long ret, __u8 flags)
 {
     struct io_args a = *args;
     __u32 tgid = id >> 32;
-    __u64 key = conn_key(tgid, a.fd);
-    struct conn_info *conn = bpf_map_lookup_elem(&conns, &key);
-    if (!conn || !conn->traced)
-        return 0;
     struct probe_stats *stats = stats_for(a.probe);
     if (!stats)
         return 0;
@@ -517,8 +581,10 @@ static __always_inline int emit_data(__u64 id, const struct io_args *args, long 
     ev->hdr.tid = (__u32)id;
     ev->hdr.fd = a.fd;
     ev->hdr.conn_id = conn->conn_id;
-    ev->hdr.start_ns = a.start_ns;
     ev->hdr.end_ns = bpf_ktime_get_ns();
+    /* A read hooked at its exit only is stamped there (it counts as
+     * received when it returns, whenever it began). */
+    ev->hdr.start_ns = a.start_ns ? a.start_ns : ev->hdr.end_ns;
     ev->hdr.length = ret;
     ev->hdr.captured = captured;
     ev->hdr.direction = a.direction;
@@ -543,15 +609,52 @@ static __always_inline int emit_data(__u64 id, const struct io_args *args, long 
 static __always_inline int on_io_exit(long ret)
 {
     __u64 id = bpf_get_current_pid_tgid();
-    struct io_args *args = bpf_map_lookup_elem(&active_io, &id);
-    if (!args)
+    struct io_args a;
+    if (!take_io_call(id, &a))
         return 0;
-    struct io_args a = *args;
-    bpf_map_delete_elem(&active_io, &id);
     if (ret <= 0)
         return 0;
-    return emit_data(id, &a, ret, 0);
+    struct conn_info *conn = traced_conn(id >> 32, a.fd);
+    if (!conn)
+        return 0;
+    return emit_data(id, conn, &a, ret, 0);
 }
+
+#ifndef OTEL_EBPF_BCC
+/* A read needs no entry hook: at its exit the kernel still holds the user
+ * registers it saved at entry, arguments included (only the return value's
+ * register has changed).  That spares every read a program run at entry and
+ * an active_io entry stored and deleted, half the capture's map work for a
+ * request a server reads in one call.  Reads count at their end anyway.
+ * (BCC reads no kernel struct, so the saved registers are out of its reach.) */
+static __always_inline int on_read_exit(long ret, __u32 probe, __u8 buffer_kind, bool msg)
+{
+    if (ret <= 0)
+        return 0;
+    __u64 id = bpf_get_current_pid_tgid();
+    struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+    __u32 fd = PT_REGS_PARM1_CORE_SYSCALL(regs);
+    struct conn_info *conn = capture_target(id, fd, buffer_kind);
+    if (!conn)
+        return 0;
+    struct io_args a = {
+        .buf = PT_REGS_PARM2_CORE_SYSCALL(regs),
+        .fd = fd,
+        .count = PT_REGS_PARM3_CORE_SYSCALL(regs),
+        .probe = probe,
+        .buffer_kind = buffer_kind,
+        .direction = DIRECTION_INGRESS,
+    };
+    if (msg) {
+        struct user_msghdr hdr = {};
+        if (bpf_probe_read_user(&hdr, sizeof(hdr), (void *)a.buf))
+            return 0;
+        a.buf = (__u64)hdr.msg_iov;
+        a.count = hdr.msg_iovlen;
+    }
+    return emit_data(id, conn, &a, ret, 0);
+}
+#endif
 
 #ifdef OTEL_EBPF_BCC
 /* ---- Sockets without BTF (BCC build) ---------------------------------------
@@ -656,16 +759,16 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
 }
 #endif
 
+#ifdef OTEL_EBPF_BCC
 static __always_inline int on_accept_enter(__u64 peer_addr)
 {
-#ifdef OTEL_EBPF_BCC
     __u64 id = bpf_get_current_pid_tgid();
     if (peer_addr && process_traced(id >> 32) &&
         bpf_map_update_elem(&active_accept, &id, &peer_addr, BPF_ANY))
         count_untracked(PROBE_ACCEPT);
-#endif
     return 0;
 }
+#endif
 
 static __always_inline int on_accept_exit(long ret)
 {
@@ -868,7 +971,10 @@ int tls_exit(struct pt_regs *ctx)
         .buffer_kind = IO_BUFFER,
         .direction = call.direction,
     };
-    return emit_data(id, &a, n, FLAG_TLS);
+    struct conn_info *conn = traced_conn(id >> 32, call.fd);
+    if (!conn)
+        return 0;
+    return emit_data(id, conn, &a, n, FLAG_TLS);
 }
 
 /* A new program image: userspace looks for TLS libraries it has not probed,
@@ -894,17 +1000,19 @@ int common_process_exec(struct bpf_raw_tracepoint_args *ctx)
 static __always_inline int syscall_enter(long id, __u64 a0, __u64 a1, __u64 a2)
 {
     switch (id) {
+#ifdef OTEL_EBPF_BCC
     case NR_read: return on_io_enter(a0, a1, a2, PROBE_READ, IO_BUFFER, DIRECTION_INGRESS);
-    case NR_write: return on_io_enter(a0, a1, a2, PROBE_WRITE, IO_BUFFER, DIRECTION_EGRESS);
     case NR_readv: return on_io_enter(a0, a1, a2, PROBE_READV, IO_IOVEC, DIRECTION_INGRESS);
-    case NR_writev: return on_io_enter(a0, a1, a2, PROBE_WRITEV, IO_IOVEC, DIRECTION_EGRESS);
     case NR_recvfrom: return on_io_enter(a0, a1, a2, PROBE_RECVFROM, IO_BUFFER, DIRECTION_INGRESS);
-    case NR_sendto: return on_io_enter(a0, a1, a2, PROBE_SENDTO, IO_BUFFER, DIRECTION_EGRESS);
     case NR_recvmsg: return on_msg_enter(a0, a1, PROBE_RECVMSG, DIRECTION_INGRESS);
+    case NR_accept: case NR_accept4: return on_accept_enter(a1);
+#endif
+    case NR_write: return on_io_enter(a0, a1, a2, PROBE_WRITE, IO_BUFFER, DIRECTION_EGRESS);
+    case NR_writev: return on_io_enter(a0, a1, a2, PROBE_WRITEV, IO_IOVEC, DIRECTION_EGRESS);
+    case NR_sendto: return on_io_enter(a0, a1, a2, PROBE_SENDTO, IO_BUFFER, DIRECTION_EGRESS);
     case NR_sendmsg: return on_msg_enter(a0, a1, PROBE_SENDMSG, DIRECTION_EGRESS);
     /* sendfile carries response bodies (nginx): its length keeps message framing right. */
     case NR_sendfile64: return on_io_enter(a0, 0, a2, PROBE_SENDFILE, IO_NONE, DIRECTION_EGRESS);
-    case NR_accept: case NR_accept4: return on_accept_enter(a1);
     case NR_connect: return on_connect_enter(a0, a1);
     case NR_close: return on_close_enter(a0);
     }
@@ -914,8 +1022,16 @@ static __always_inline int syscall_enter(long id, __u64 a0, __u64 a1, __u64 a2)
 static __always_inline int syscall_exit(long id, long ret)
 {
     switch (id) {
-    case NR_read: case NR_write: case NR_readv: case NR_writev: case NR_recvfrom:
-    case NR_sendto: case NR_recvmsg: case NR_sendmsg: case NR_sendfile64:
+#ifdef OTEL_EBPF_BCC
+    case NR_read: case NR_readv: case NR_recvfrom: case NR_recvmsg:
+        return on_io_exit(ret);
+#else
+    case NR_read: return on_read_exit(ret, PROBE_READ, IO_BUFFER, false);
+    case NR_readv: return on_read_exit(ret, PROBE_READV, IO_IOVEC, false);
+    case NR_recvfrom: return on_read_exit(ret, PROBE_RECVFROM, IO_BUFFER, false);
+    case NR_recvmsg: return on_read_exit(ret, PROBE_RECVMSG, IO_IOVEC, true);
+#endif
+    case NR_write: case NR_writev: case NR_sendto: case NR_sendmsg: case NR_sendfile64:
         return on_io_exit(ret);
     case NR_accept: case NR_accept4:
         return on_accept_exit(ret);
@@ -929,12 +1045,13 @@ static __always_inline int syscall_exit(long id, long ret)
 
 /* Per-syscall tracepoints: the family every build and every kernel with
  * tracefs has. */
-#define HOOK_SYSCALL_TRACEPOINTS(name)                                              \
+#define HOOK_ENTER_TRACEPOINT(name)                                                 \
     SEC("tracepoint/syscalls/sys_enter_" #name)                                     \
     int tp_enter_##name(struct trace_event_raw_sys_enter *ctx)                      \
     {                                                                               \
         return syscall_enter(NR_##name, ctx->args[0], ctx->args[1], ctx->args[2]);  \
-    }                                                                               \
+    }
+#define HOOK_EXIT_TRACEPOINT(name)                                                  \
     SEC("tracepoint/syscalls/sys_exit_" #name)                                      \
     int tp_exit_##name(struct trace_event_raw_sys_exit *ctx)                        \
     {                                                                               \
@@ -966,7 +1083,8 @@ int rtp_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 #endif
 
 #ifdef OTEL_EBPF_BCC
-#define HOOK_SYSCALL(name) HOOK_SYSCALL_TRACEPOINTS(name)
+#define HOOK_ENTER(name) HOOK_ENTER_TRACEPOINT(name)
+#define HOOK_EXIT(name) HOOK_EXIT_TRACEPOINT(name)
 #else
 extern bool LINUX_HAS_SYSCALL_WRAPPER __kconfig;
 
@@ -982,19 +1100,14 @@ static __always_inline struct pt_regs *syscall_regs(struct pt_regs *ctx)
 /* Per-syscall hooks: the tracepoints, fentry/fexit on the syscall
  * functions, and the ksyscall kprobes.  The syscall functions take the user
  * registers as their one argument. */
-#define HOOK_SYSCALL(name)                                                          \
-    HOOK_SYSCALL_TRACEPOINTS(name)                                                  \
+#define HOOK_ENTER(name)                                                            \
+    HOOK_ENTER_TRACEPOINT(name)                                                     \
     SEC("fentry/" SYSCALL_SYMBOL(name))                                             \
     int BPF_PROG(fe_enter_##name, struct pt_regs *regs)                             \
     {                                                                               \
         return syscall_enter(NR_##name, PT_REGS_PARM1_CORE_SYSCALL(regs),           \
                              PT_REGS_PARM2_CORE_SYSCALL(regs),                      \
                              PT_REGS_PARM3_CORE_SYSCALL(regs));                     \
-    }                                                                               \
-    SEC("fexit/" SYSCALL_SYMBOL(name))                                              \
-    int BPF_PROG(fe_exit_##name, struct pt_regs *regs, long ret)                    \
-    {                                                                               \
-        return syscall_exit(NR_##name, ret);                                        \
     }                                                                               \
     SEC("ksyscall/" #name)                                                          \
     int ks_enter_##name(struct pt_regs *ctx)                                        \
@@ -1003,6 +1116,13 @@ static __always_inline struct pt_regs *syscall_regs(struct pt_regs *ctx)
         return syscall_enter(NR_##name, PT_REGS_PARM1_CORE_SYSCALL(regs),           \
                              PT_REGS_PARM2_CORE_SYSCALL(regs),                      \
                              PT_REGS_PARM3_CORE_SYSCALL(regs));                     \
+    }
+#define HOOK_EXIT(name)                                                             \
+    HOOK_EXIT_TRACEPOINT(name)                                                      \
+    SEC("fexit/" SYSCALL_SYMBOL(name))                                              \
+    int BPF_PROG(fe_exit_##name, struct pt_regs *regs, long ret)                    \
+    {                                                                               \
+        return syscall_exit(NR_##name, ret);                                        \
     }                                                                               \
     SEC("kretsyscall/" #name)                                                       \
     int ks_exit_##name(struct pt_regs *ctx)                                         \
@@ -1011,16 +1131,25 @@ static __always_inline struct pt_regs *syscall_regs(struct pt_regs *ctx)
     }
 #endif
 
-HOOK_SYSCALL(read)
+#define HOOK_SYSCALL(name) HOOK_ENTER(name) HOOK_EXIT(name)
+/* Syscalls the CO-RE build hooks at their exit only: reads (on_read_exit),
+ * and accept, whose result is all it needs.  The BCC build needs both. */
+#ifdef OTEL_EBPF_BCC
+#define HOOK_SYSCALL_AT_EXIT(name) HOOK_SYSCALL(name)
+#else
+#define HOOK_SYSCALL_AT_EXIT(name) HOOK_EXIT(name)
+#endif
+
+HOOK_SYSCALL_AT_EXIT(read)
 HOOK_SYSCALL(write)
-HOOK_SYSCALL(readv)
+HOOK_SYSCALL_AT_EXIT(readv)
 HOOK_SYSCALL(writev)
-HOOK_SYSCALL(recvfrom)
+HOOK_SYSCALL_AT_EXIT(recvfrom)
 HOOK_SYSCALL(sendto)
-HOOK_SYSCALL(recvmsg)
+HOOK_SYSCALL_AT_EXIT(recvmsg)
 HOOK_SYSCALL(sendmsg)
 HOOK_SYSCALL(sendfile64)
-HOOK_SYSCALL(accept)
-HOOK_SYSCALL(accept4)
+HOOK_SYSCALL_AT_EXIT(accept)
+HOOK_SYSCALL_AT_EXIT(accept4)
 HOOK_SYSCALL(connect)
 HOOK_SYSCALL(close)

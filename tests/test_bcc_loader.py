@@ -24,7 +24,7 @@ def real_source() -> str:
 
 
 def hooked_syscalls(source: str) -> list[str]:
-    return re.findall(r"^HOOK_SYSCALL\((\w+)\)\s*$", source, re.MULTILINE)
+    return re.findall(r"^HOOK_SYSCALL(?:_AT_EXIT)?\((\w+)\)\s*$", source, re.MULTILINE)
 
 
 # ---- translate_map_calls ----------------------------------------------------
@@ -189,11 +189,15 @@ def test_macro_bodies_and_non_program_sections_are_not_programs():
 def test_sections_of_a_small_source():
     source = ('SEC("kprobe/do_sys_open")\nint  probe_open (struct pt_regs *ctx)\n{ return 0; }\n'
               "HOOK_SYSCALL(openat)\n"
+              "HOOK_SYSCALL_AT_EXIT(pread64)\n"
               "    HOOK_SYSCALL(not_at_line_start)\n")
     assert program_sections(source) == {
         "probe_open": "kprobe/do_sys_open",
         "tp_enter_openat": "tracepoint/syscalls/sys_enter_openat",
         "tp_exit_openat": "tracepoint/syscalls/sys_exit_openat",
+        # The CO-RE build hooks its exit only; the BCC build both ends.
+        "tp_enter_pread64": "tracepoint/syscalls/sys_enter_pread64",
+        "tp_exit_pread64": "tracepoint/syscalls/sys_exit_pread64",
     }
 
 

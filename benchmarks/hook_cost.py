@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent.kernel_features import ensure_tracefs  # noqa: E402
 from agent.loader import CaptureSettings, load_capture  # noqa: E402
+from bpf_stats import program_time_ns, stats_enabled  # noqa: E402
 
 PAYLOAD = (b"GET /api/v1/items?id=42 HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: bench\r\n"
            b"traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n")
@@ -88,38 +89,18 @@ def serve_peers(drain_server: socket.socket, feed_server: socket.socket) -> None
     accept_forever(drain_server, drain)
 
 
-def program_time_ns() -> int:
-    """Kernel time spent in the BPF programs this process holds open, by the
-    kernel's own count (kernel.bpf_stats_enabled), from their fds' fdinfo."""
-    seen = {}
-    for fd in os.listdir("/proc/self/fdinfo"):
-        try:
-            with open(f"/proc/self/fdinfo/{fd}") as f:
-                fields = dict(line.split(":", 1) for line in f if ":" in line)
-        except OSError:
-            continue
-        if "prog_id" in fields and "run_time_ns" in fields:
-            seen[int(fields["prog_id"])] = int(fields["run_time_ns"])
-    return sum(seen.values())
-
-
 def in_programs(calls: dict, count: int) -> dict[str, float]:
     """Program time per call of each kind, with kernel.bpf_stats_enabled on
     for the measurement only (the accounting has a cost of its own).  Every
     program run in the window counts, other processes' filtered-out
     syscalls included: an upper bound."""
-    stats = Path("/proc/sys/kernel/bpf_stats_enabled")
-    previous = stats.read_text().strip()
-    stats.write_text("1")
-    try:
-        costs = {}
+    costs = {}
+    with stats_enabled():
         for name, call in calls.items():
-            before = program_time_ns()
+            before = program_time_ns(["self"])
             call(count)
-            costs[name] = (program_time_ns() - before) / count
-        return costs
-    finally:
-        stats.write_text(previous)
+            costs[name] = (program_time_ns(["self"]) - before) / count
+    return costs
 
 
 def main() -> None:

@@ -69,3 +69,24 @@ def test_the_start_up_of_a_run_counts_but_is_left_out_of_its_percentiles(bench, 
     assert bench.percentile(latencies, 0.99) < 200
     ok, failed, everything = bench.read_request_logs([first, second], steady_after_s=0)
     assert ok == len(everything) == 105 and max(everything) == 1900
+
+
+def test_the_table_shows_kernel_time_per_request_and_the_hosts_steal(bench, capsys):
+    """Kernel time in the tracer's programs per completed request
+    (--program-time), and the share of CPU time the hypervisor took: a run
+    whose vCPUs were waiting for the host says so next to its latencies."""
+    base = bench.Row("nginx", "baseline", 5000, completed=50_000, p99_us=200.0, host_steal=0.02)
+    hooks = bench.Row("nginx", "hooks", 5000, completed=50_000, p99_us=210.0, host_steal=0.414,
+                      programs_s=0.25)
+    bench.print_table(*bench.median_rounds([base, hooks]))
+    header, _, base_line, hooks_line = capsys.readouterr().out.splitlines()
+    columns = [c.strip() for c in header.split("  ") if c.strip()]
+    assert columns[-1] == "steal%" and "kernel us/req" in columns
+
+    def cell(line, name):
+        return line.split()[columns.index(name) - len(columns)]
+
+    assert cell(hooks_line, "kernel us/req") == "5.00"
+    assert cell(base_line, "kernel us/req") == "-"
+    assert cell(hooks_line, "steal%") == "41.4"
+    assert cell(base_line, "steal%") == "2.0"

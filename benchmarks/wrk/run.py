@@ -27,6 +27,7 @@ process.  See benchmarks/wrk/README.md for the columns.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
@@ -44,7 +45,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
+from bpf_stats import program_time_ns, stats_enabled  # noqa: E402
 from loopback import free_port, wait_for_port  # noqa: E402
 HERE = Path(__file__).resolve().parent
 VENV_BIN = Path(sys.executable).parent
@@ -107,12 +110,13 @@ def children(pid: int) -> list[int]:
     return out
 
 
-def host_busy() -> tuple[int, int]:
-    """(busy, total) jiffies of all CPUs, from /proc/stat."""
+def host_times() -> tuple[int, int, int]:
+    """(busy, steal, total) jiffies of all CPUs, from /proc/stat.  Steal is
+    time the hypervisor ran something else while a vCPU had work."""
     with open("/proc/stat") as f:
         values = [int(v) for v in f.readline().split()[1:]]
     idle = values[3] + values[4]
-    return sum(values) - idle, sum(values)
+    return sum(values) - idle, values[7], sum(values)
 
 
 def http_get(url: str, timeout: float = 2.0) -> tuple[int, bytes]:
@@ -346,7 +350,8 @@ class AgentRun(Tracer):
                 "dropped_queue": m.get("otel_ebpf_spans_dropped_queue_full_total", 0.0),
                 "export_failed": m.get("otel_ebpf_spans_export_failed_total", 0.0),
                 "ring_fill": m.get("otel_ebpf_ring_buffer_fill_ratio", 0.0),
-                "rss_peak": sum(vm_hwm_bytes(p) for p in procs)}
+                "rss_peak": sum(vm_hwm_bytes(p) for p in procs),
+                "programs_ns": program_time_ns(procs)}
 
     def settle(self, timeout: float) -> None:
         """Until the pipeline has caught up: the ring drained, spans built
@@ -391,7 +396,8 @@ class HooksFloor(Tracer):
         self.info = json.loads(line)
 
     def snapshot(self) -> dict:
-        return {"cpu": cpu_seconds(self.pid), "rss_peak": vm_hwm_bytes(self.pid)}
+        return {"cpu": cpu_seconds(self.pid), "rss_peak": vm_hwm_bytes(self.pid),
+                "programs_ns": program_time_ns([self.pid])}
 
     def settle(self, timeout: float) -> None:
         time.sleep(0.3)
@@ -563,6 +569,8 @@ class Row:
     rss_peak: float = float("nan")
     receiver_cpu_s: float = float("nan")
     host_busy: float = float("nan")
+    host_steal: float = float("nan")
+    programs_s: float = float("nan")    # in the tracer's BPF programs (--program-time)
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
 
@@ -597,11 +605,11 @@ def run_row(args, workdir: Path, receiver: Receiver, service: str, config: str, 
         before = tracer.snapshot()
         svc_before = sum(run_seconds(p) for p in server.pids)
         rx_before = receiver.cpu()
-        host_before = host_busy()
+        host_before = host_times()
         started = time.monotonic()
         load = h2load(server.port, rate, args.seconds, args.connections, workdir / "h2load.log")
         svc_after = sum(run_seconds(p) for p in server.pids)
-        host_after = host_busy()
+        host_after = host_times()
         tracer.settle(15)
         if counts_spans:
             row.spans_received = receiver.settle(15) - received_before
@@ -611,10 +619,13 @@ def run_row(args, workdir: Path, receiver: Receiver, service: str, config: str, 
         for key in ("achieved", "completed", "failed", "p50_us", "p99_us", "p999_us"):
             setattr(row, key, load[key])
         row.svc_cpu_s = svc_after - svc_before
-        row.host_busy = (host_after[0] - host_before[0]) / max(1, host_after[1] - host_before[1])
+        busy, steal, total = (end - start for end, start in zip(host_after, host_before))
+        row.host_busy, row.host_steal = busy / max(1, total), steal / max(1, total)
         if before:
             row.tracer_cpu_s = after["cpu"] - before["cpu"]
             row.rss_peak = after["rss_peak"]
+            if args.program_time:
+                row.programs_s = (after["programs_ns"] - before["programs_ns"]) / 1e9
             if "built" in after:
                 row.spans_built = after["built"] - before["built"]
                 row.kernel_lost = after["kernel_lost"] - before["kernel_lost"]
@@ -683,7 +694,8 @@ def print_table(rows: list[Row], p99s: dict) -> None:
     baselines = {(r.service, r.rate): r for r in rows if r.config == "baseline"}
     header = ["service", "config", "rate", "achieved", "p50us", "p99us", "p99 rounds us", "p99.9us",
               "p50x", "p99x", "p99x 95%", "p99.9x", "+p50us", "+p99us", "svcCPU ms/1kreq",
-              "tracer cores", "tracer CPU s/1k spans", "peakRSS MB", "spans/req", "lost%", "kern lost"]
+              "tracer cores", "tracer CPU s/1k spans", "kernel us/req", "peakRSS MB", "spans/req",
+              "lost%", "kern lost", "steal%"]
     lines = [header]
     for r in rows:
         base = baselines.get((r.service, r.rate))
@@ -711,10 +723,12 @@ def print_table(rows: list[Row], p99s: dict) -> None:
             fmt(r.svc_cpu_s / r.completed * 1e6 if r.completed else float("nan"), ".1f"),
             fmt(r.tracer_cpu_s / r.seconds if r.seconds else float("nan"), ".2f"),
             fmt(per_1k_spans, ".3f"),
+            fmt(r.programs_s / r.completed * 1e6 if r.completed else float("nan"), ".2f"),
             fmt(r.rss_peak / 1e6 if r.rss_peak == r.rss_peak else float("nan"), ".0f"),
             fmt(spans_per_req, ".3f"),
             fmt(lost, ".2f"),
             fmt(r.kernel_lost, ".0f"),
+            fmt(r.host_steal * 100, ".1f"),
         ])
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
     for n, line in enumerate(lines):
@@ -765,6 +779,9 @@ def main() -> int:
     parser.add_argument("--python-workers", type=int, default=2)
     parser.add_argument("--python-threads", type=int, default=16)
     parser.add_argument("--json", help="also write every row, with raw figures, to this file")
+    parser.add_argument("--program-time", action="store_true",
+                        help="count the time the kernel spends in the tracer's BPF programs "
+                        "(kernel.bpf_stats_enabled for the run: two clock reads per program run)")
     parser.add_argument("--serve-receiver", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--hooks-floor", help=argparse.SUPPRESS)
     parser.add_argument("--stats-file", help=argparse.SUPPRESS)
@@ -799,23 +816,25 @@ def main() -> int:
     print(f"# {total} rows x {args.rounds} rounds, {args.seconds:g} s each at "
           f"{args.connections} connections; nproc={os.cpu_count()}; logs in {workdir}",
           file=sys.stderr)
-    try:
-        # Round after round of every row: a slow minute of the machine falls
-        # on one run of each configuration, not on all runs of one.
-        for round_number in range(1, args.rounds + 1):
-            for rate in rates:
-                for service in services:
-                    for config in CONFIGS[service]:
-                        print(f"# round {round_number}: {service} {config} @ {rate}/s ...",
-                              file=sys.stderr, flush=True)
-                        try:
-                            row = run_row(args, workdir, receiver, service, config, rate)
-                        except Exception as exc:   # one broken row must not lose the others
-                            print(f"#   failed: {exc}", file=sys.stderr)
-                            row = Row(service, config, rate, extra={"error": str(exc)})
-                        rows.append(row)
-    finally:
-        receiver.stop()
+    # The kernel counts program time only while asked to: for this run only.
+    with stats_enabled() if args.program_time else contextlib.nullcontext():
+        try:
+            # Round after round of every row: a slow minute of the machine falls
+            # on one run of each configuration, not on all runs of one.
+            for round_number in range(1, args.rounds + 1):
+                for rate in rates:
+                    for service in services:
+                        for config in CONFIGS[service]:
+                            print(f"# round {round_number}: {service} {config} @ {rate}/s ...",
+                                  file=sys.stderr, flush=True)
+                            try:
+                                row = run_row(args, workdir, receiver, service, config, rate)
+                            except Exception as exc:   # one broken row must not lose the others
+                                print(f"#   failed: {exc}", file=sys.stderr)
+                                row = Row(service, config, rate, extra={"error": str(exc)})
+                            rows.append(row)
+        finally:
+            receiver.stop()
     print_table(*median_rounds(rows))
     if args.json:
         with open(args.json, "w") as f:

@@ -128,6 +128,7 @@ def test_plain_http2_spans_with_nginx_and_nghttp(receiver, start_agent, h2_nginx
 
 LOSS_METRICS = (
     "otel_ebpf_kernel_events_lost_total",
+    "otel_ebpf_kernel_calls_untracked_total",
     "otel_ebpf_parse_errors_total",
     "otel_ebpf_http2_events_without_preface_total",
     "otel_ebpf_http2_streams_evicted_total",
@@ -179,8 +180,14 @@ def test_h2load_at_a_steady_rate_spans_equal_completed_requests(h2_nginx):
     h2load completed, nothing lost anywhere."""
     succeeded, spans, losses = h2load_run(h2_nginx, 1250)
     assert succeeded > 40_000
-    # h2load's count leaves out the streams still open at its deadline.
-    assert succeeded <= spans <= succeeded + 4 * H2LOAD_STREAMS, (succeeded, spans, losses)
+    # At its deadline h2load closes its connections with up to 4 x 10
+    # streams open.  It does not count them; each is either answered in
+    # time (a span) or left unfinished when its connection closes, as the
+    # agent counts it.
+    in_flight = 4 * H2LOAD_STREAMS
+    unfinished = losses.pop("otel_ebpf_http2_streams_unfinished_total")
+    assert succeeded <= spans <= succeeded + in_flight, (succeeded, spans, losses)
+    assert spans - succeeded + unfinished <= in_flight, (succeeded, spans, unfinished)
     assert sum(losses.values()) == 0, losses
 
 

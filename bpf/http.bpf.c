@@ -87,8 +87,9 @@ struct {
 } active_io SEC(".maps");
 #endif
 
-/* The calling thread's write, from its entry to its exit: false if it
- * could not be kept (counted as untracked). */
+/* The calling thread's call in flight (a write; in the BCC build a read
+ * too), from its entry to its exit: false if it could not be kept (counted
+ * as untracked). */
 static __always_inline bool keep_io_call(__u64 id, const struct io_args *args)
 {
 #ifdef OTEL_EBPF_BCC
@@ -103,7 +104,8 @@ static __always_inline bool keep_io_call(__u64 id, const struct io_args *args)
 #endif
 }
 
-/* The calling thread's write at its exit, taken out: false if none was kept. */
+/* The calling thread's call in flight at its exit, taken out: false if
+ * none was kept. */
 static __always_inline bool take_io_call(__u64 id, struct io_args *out)
 {
 #ifdef OTEL_EBPF_BCC

@@ -3,13 +3,29 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import time
 
 from agent.resources import ResourceCache, process_environment
 
 
+def _started_sleep(env: dict | None = None) -> subprocess.Popen:
+    """sleep, once its new image is in place.  Popen returns at exec's point
+    of no return, before the kernel has set up the new image's environment
+    (/proc/PID/environ reads empty until then); the agent reads it at the
+    kernel's exec event, which comes after."""
+    proc = subprocess.Popen([shutil.which("sleep"), "30"], env=env)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with open(f"/proc/{proc.pid}/environ", "rb") as f:
+            if f.read(1):
+                break
+        time.sleep(0.001)
+    return proc
+
+
 def _gone_process(cache: ResourceCache | None = None, env: dict | None = None) -> int:
     """A process that exists long enough for cache.exec_seen, then exits."""
-    proc = subprocess.Popen([shutil.which("sleep"), "30"], env=env)
+    proc = _started_sleep(env)
     if cache is not None:
         cache.exec_seen([proc.pid])
     proc.kill()
@@ -58,7 +74,7 @@ def test_exec_time_reads_are_bounded():
 
 
 def test_only_otel_variables_are_read_whole():
-    proc = subprocess.Popen([shutil.which("sleep"), "30"], env={
+    proc = _started_sleep({
         "A": "1", "OTEL_SERVICE_NAME": "svc=with=equals", "XOTEL_SERVICE_NAME": "no",
         "OTEL_EMPTY": "", "PATH_OTEL_": "no", "OTEL_RESOURCE_ATTRIBUTES": "a=b,c=d"})
     try:

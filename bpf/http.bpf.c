@@ -440,13 +440,25 @@ static __always_inline int on_io_enter(__u32 fd, __u64 buf, __u32 count, __u32 p
     return 0;
 }
 
-/* sendmsg/recvmsg: the iovec array sits behind a user msghdr. */
-static __always_inline int on_msg_enter(__u32 fd, __u64 msg, __u32 probe, __u8 direction)
+/* sendmsg/recvmsg: the iovec array sits behind a user msghdr.  False if
+ * the msghdr cannot be read. */
+static __always_inline bool msg_iovecs(__u64 msg, __u64 *iov, __u32 *iovcnt)
 {
     struct user_msghdr hdr = {};
     if (bpf_probe_read_user(&hdr, sizeof(hdr), (void *)msg))
+        return false;
+    *iov = (__u64)hdr.msg_iov;
+    *iovcnt = hdr.msg_iovlen;
+    return true;
+}
+
+static __always_inline int on_msg_enter(__u32 fd, __u64 msg, __u32 probe, __u8 direction)
+{
+    __u64 iov;
+    __u32 iovcnt;
+    if (!msg_iovecs(msg, &iov, &iovcnt))
         return 0;
-    return on_io_enter(fd, (__u64)hdr.msg_iov, hdr.msg_iovlen, probe, IO_IOVEC, direction);
+    return on_io_enter(fd, iov, iovcnt, probe, IO_IOVEC, direction);
 }
 
 struct iov_copy {
@@ -647,13 +659,8 @@ static __always_inline int on_read_exit(long ret, __u32 probe, __u8 buffer_kind,
         .buffer_kind = buffer_kind,
         .direction = DIRECTION_INGRESS,
     };
-    if (msg) {
-        struct user_msghdr hdr = {};
-        if (bpf_probe_read_user(&hdr, sizeof(hdr), (void *)a.buf))
-            return 0;
-        a.buf = (__u64)hdr.msg_iov;
-        a.count = hdr.msg_iovlen;
-    }
+    if (msg && !msg_iovecs(a.buf, &a.buf, &a.count))
+        return 0;
     return emit_data(id, conn, &a, ret, 0);
 }
 #endif

@@ -281,6 +281,10 @@ class Tracer:
     """Base: no tracer (baseline and sdk rows)."""
     pid = None
 
+    def pids(self) -> list[int]:
+        """The tracer's processes."""
+        return []
+
     def snapshot(self) -> dict:
         return {}
 
@@ -331,12 +335,16 @@ class AgentRun(Tracer):
                 pass
         return out
 
+    def pids(self) -> list[int]:
+        # The agent may fork span workers.
+        return [self.pid, *children(self.pid)]
+
     def snapshot(self) -> dict:
         m = self.metrics()
-        # The agent may fork span workers: count every agent process.  Newer
-        # agents sum them in otel_ebpf_process_cpu_seconds_total{process=...};
-        # otherwise add the children's /proc figures to the main process's.
-        procs = [self.pid, *children(self.pid)]
+        # Count every agent process.  Newer agents sum them in
+        # otel_ebpf_process_cpu_seconds_total{process=...}; otherwise add the
+        # children's /proc figures to the main process's.
+        procs = self.pids()
         cpu = m.get("otel_ebpf_process_cpu_seconds_total")
         if cpu is None:
             cpu = m.get("process_cpu_seconds_total", cpu_seconds(self.pid)) + \
@@ -350,8 +358,7 @@ class AgentRun(Tracer):
                 "dropped_queue": m.get("otel_ebpf_spans_dropped_queue_full_total", 0.0),
                 "export_failed": m.get("otel_ebpf_spans_export_failed_total", 0.0),
                 "ring_fill": m.get("otel_ebpf_ring_buffer_fill_ratio", 0.0),
-                "rss_peak": sum(vm_hwm_bytes(p) for p in procs),
-                "programs_ns": program_time_ns(procs)}
+                "rss_peak": sum(vm_hwm_bytes(p) for p in procs)}
 
     def settle(self, timeout: float) -> None:
         """Until the pipeline has caught up: the ring drained, spans built
@@ -396,8 +403,10 @@ class HooksFloor(Tracer):
         self.info = json.loads(line)
 
     def snapshot(self) -> dict:
-        return {"cpu": cpu_seconds(self.pid), "rss_peak": vm_hwm_bytes(self.pid),
-                "programs_ns": program_time_ns([self.pid])}
+        return {"cpu": cpu_seconds(self.pid), "rss_peak": vm_hwm_bytes(self.pid)}
+
+    def pids(self) -> list[int]:
+        return [self.pid]
 
     def settle(self, timeout: float) -> None:
         time.sleep(0.3)
@@ -603,6 +612,7 @@ def run_row(args, workdir: Path, receiver: Receiver, service: str, config: str, 
         tracer.settle(10)
         received_before = receiver.settle(8) if counts_spans else 0
         before = tracer.snapshot()
+        programs_before = program_time_ns(tracer.pids()) if args.program_time else 0
         svc_before = sum(run_seconds(p) for p in server.pids)
         rx_before = receiver.cpu()
         host_before = host_times()
@@ -614,6 +624,7 @@ def run_row(args, workdir: Path, receiver: Receiver, service: str, config: str, 
         if counts_spans:
             row.spans_received = receiver.settle(15) - received_before
         after = tracer.snapshot()
+        programs_after = program_time_ns(tracer.pids()) if args.program_time else 0
         row.seconds = time.monotonic() - started
         row.receiver_cpu_s = receiver.cpu() - rx_before if counts_spans else float("nan")
         for key in ("achieved", "completed", "failed", "p50_us", "p99_us", "p999_us"):
@@ -625,7 +636,7 @@ def run_row(args, workdir: Path, receiver: Receiver, service: str, config: str, 
             row.tracer_cpu_s = after["cpu"] - before["cpu"]
             row.rss_peak = after["rss_peak"]
             if args.program_time:
-                row.programs_s = (after["programs_ns"] - before["programs_ns"]) / 1e9
+                row.programs_s = (programs_after - programs_before) / 1e9
             if "built" in after:
                 row.spans_built = after["built"] - before["built"]
                 row.kernel_lost = after["kernel_lost"] - before["kernel_lost"]

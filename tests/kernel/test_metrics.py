@@ -97,6 +97,18 @@ def guards_of(agent) -> list:
             if "agent.scheduling" in p.cmdline()]
 
 
+def the_guard_of(agent, timeout: float = 10.0):
+    """The agent's one guard process.  The capture loop starts it on its
+    first turn, which may come just after /readyz answers, and its command
+    line is the guard's only once its exec has set it up: wait for both."""
+    deadline = time.monotonic() + timeout
+    while not (guards := guards_of(agent)):
+        assert time.monotonic() < deadline, "the agent started no guard"
+        time.sleep(0.05)
+    assert len(guards) == 1, guards
+    return guards[0]
+
+
 def thread_policies(agent) -> set[int]:
     """Scheduling policies of every thread of the agent and its span workers."""
     import psutil
@@ -109,9 +121,8 @@ def thread_policies(agent) -> set[int]:
 
 def agent_policies(agent) -> tuple[set[int], set[int]]:
     """The policies of the agent's threads, and of its guard process's."""
-    guards = guards_of(agent)
-    assert len(guards) == 1, guards
-    return thread_policies(agent), {os.sched_getscheduler(guards[0].pid)}
+    guard = the_guard_of(agent)
+    return thread_policies(agent), {os.sched_getscheduler(guard.pid)}
 
 
 def test_the_agent_yields_the_cpu_and_takes_it_back_when_starved(receiver, start_agent, backend):
@@ -158,11 +169,11 @@ def gone(process, timeout: float = 5) -> bool:
 
 def test_the_guard_goes_with_the_agent(start_agent, backend):
     stopped = start_agent("--port", str(backend))
-    [guard] = guards_of(stopped)
+    guard = the_guard_of(stopped)
     stopped.stop()
     assert gone(guard)
     killed = start_agent("--port", str(backend))
-    [guard] = guards_of(killed)
+    guard = the_guard_of(killed)
     killed.proc.kill()      # no clean-up runs: the kernel's parent-death signal ends the guard
     killed.proc.wait()
     assert gone(guard)
@@ -172,7 +183,7 @@ def test_an_agent_whose_guard_dies_stops_yielding(receiver, start_agent, backend
     # Nobody would be left to give a starved agent its weight back.
     agent = start_agent("--port", str(backend))
     assert value(wait_quiet(agent), "otel_ebpf_cpu_yielding") == 1
-    [guard] = guards_of(agent)
+    guard = the_guard_of(agent)
     guard.kill()
     assert gone(guard)
     deadline = time.monotonic() + 10     # the agent looks at housekeeping, every 2 s

@@ -169,6 +169,19 @@ class CoreObject:
             raise KeyError(f"no program {name} loaded")
         return lib.bpf_program__fd(prog)
 
+    def hook_programs(self) -> list:
+        """The loaded programs that attach where their section says (every
+        one but the TLS uprobes, attached per library): libbpf pointers."""
+        lib = libbpf.lib()
+        out = []
+        prog = lib.bpf_object__next_program(self._obj, ffi.NULL)
+        while prog != ffi.NULL:
+            if lib.bpf_program__autoload(prog) and \
+                    not ffi.string(lib.bpf_program__name(prog)).startswith(TLS_PROGRAM_PREFIX):
+                out.append(prog)
+            prog = lib.bpf_object__next_program(self._obj, prog)
+        return out
+
     def close(self) -> None:
         if self._obj is not None:
             libbpf.lib().bpf_object__close(self._obj)
@@ -419,7 +432,6 @@ def _open_and_attach(path: Path, family: HookFamily, settings: CaptureSettings,
         events = check_ptr(lib.bpf_object__find_map_by_name(obj, b"events"), "events map")
         check_ret(lib.bpf_map__set_max_entries(events, settings.ring_buffer_bytes),
                   "ring buffer size")
-        programs = []
         prog = lib.bpf_object__next_program(obj, ffi.NULL)
         prefix = family.program_prefix.encode()
         while prog != ffi.NULL:
@@ -430,14 +442,13 @@ def _open_and_attach(path: Path, family: HookFamily, settings: CaptureSettings,
             lib.bpf_program__set_autoload(prog, wanted)
             if wanted and uprobe and uprobe_multi:
                 lib.bpf_program__set_expected_attach_type(prog, libbpf.BPF_TRACE_UPROBE_MULTI)
-            if wanted and not uprobe:
-                programs.append(prog)
             prog = lib.bpf_object__next_program(obj, prog)
         check_ret(lib.bpf_object__load(obj), f"load {path.name} with {family.name} hooks")
-        for prog in programs:
+        front_end = CoreObject(obj)
+        for prog in front_end.hook_programs():
             name = ffi.string(lib.bpf_program__name(prog)).decode()
             links.append(check_ptr(lib.bpf_program__attach(prog), f"attach {name}"))
-        return CoreObject(obj), [functools.partial(lib.bpf_link__destroy, link) for link in links]
+        return front_end, [functools.partial(lib.bpf_link__destroy, link) for link in links]
     except BaseException:
         for link in links:
             lib.bpf_link__destroy(link)

@@ -473,10 +473,9 @@ LOAD_PROCESSES = 10
 STEADY_AFTER_S = 0.2
 
 
-def read_request_logs(paths: list, steady_after_s: float = STEADY_AFTER_S) -> tuple[int, int, list[int]]:
+def request_log_entries(paths: list) -> tuple[list[tuple[int, int]], int]:
     """h2load --log-file lines (start time in us since the epoch, status,
-    latency in us): successes, failures, and the sorted latencies of the
-    requests that started at least `steady_after_s` after the first one."""
+    latency in us): (start, latency) of each success, and the failures."""
     entries = []
     failed = 0
     for path in paths:
@@ -496,6 +495,13 @@ def read_request_logs(paths: list, steady_after_s: float = STEADY_AFTER_S) -> tu
                     entries.append((int(parts[0]), int(parts[2])))
                 except ValueError:   # a line cut short by a killed h2load
                     continue
+    return entries, failed
+
+
+def read_request_logs(paths: list, steady_after_s: float = STEADY_AFTER_S) -> tuple[int, int, list[int]]:
+    """Successes, failures, and the sorted latencies of the requests that
+    started at least `steady_after_s` after the first one."""
+    entries, failed = request_log_entries(paths)
     if not entries:
         return 0, failed, []
     steady_from = min(start for start, _ in entries) + steady_after_s * 1e6

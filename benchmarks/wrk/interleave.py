@@ -105,8 +105,10 @@ def switch_phases(pids: list[int], phases: list[str], period: float, seconds: fl
             if not capture.ring.read_batch(4096):
                 capture.ring.wait()
 
-    for capture in (traced, untraced):
-        threading.Thread(target=drain, args=(capture,), daemon=True).start()
+    drains = [threading.Thread(target=drain, args=(capture,), daemon=True)
+              for capture in (traced, untraced)]
+    for thread in drains:
+        thread.start()
     print(json.dumps({"hooks": traced.hook_family.name, "programs": len(hooks)}), flush=True)
     marks, links, agent = [], [], None
     draw = random.Random()
@@ -138,6 +140,8 @@ def switch_phases(pids: list[int], phases: list[str], period: float, seconds: fl
             agent.stop()
         receiver.stop()
         stop.set()
+        for thread in drains:
+            thread.join()
         for capture in (traced, untraced):
             capture.close()
         empty.close()

@@ -4,6 +4,7 @@ request counts in, and what its ratios say."""
 from __future__ import annotations
 
 import importlib.util
+import random
 import sys
 from pathlib import Path
 
@@ -76,11 +77,22 @@ def test_ratios_hold_a_cost_that_rides_on_the_hosts_drift(interleave):
     costs = {"off": 1.0, "empty": 1.05, "filtered": 1.08, "hooks": 1.2}
     cycles = {c: {phase: [int(100 * 1.5 ** c * share * (1 + k / 1000)) for k in range(1000)]
                   for phase, share in costs.items()} for c in range(8)}
+    intervals = interleave.ratio_intervals(cycles, [p for p in costs if p != "off"], resamples=100)
     for phase, share in costs.items():
         if phase == "off":
             continue
-        for low, high in interleave.ratio_intervals(cycles, phase, resamples=100):
+        for low, high in intervals[phase]:
             assert share - 0.02 <= low <= high <= share + 0.02
+
+
+def test_a_weighted_percentile_is_the_percentile_of_the_repeated_lists(interleave):
+    import run
+    draw = random.Random(3)
+    lists = [sorted(draw.randrange(50, 5000) for _ in range(draw.randrange(1, 300))) for _ in range(6)]
+    weights = [2, 0, 1, 3, 1, 0]
+    repeated = sorted(v for values, w in zip(lists, weights) for _ in range(w) for v in values)
+    for q in (0.0, 0.5, 0.9, 0.99, 0.999, 1.0):
+        assert interleave.weighted_percentile(lists, weights, q) == run.percentile(repeated, q)
 
 
 def test_the_table_lists_every_phase_against_off(interleave, capsys):

@@ -51,6 +51,9 @@ from run import (BSP_DELAY_MS, ROOT, AgentRun, Nginx, Receiver, h2load,  # noqa:
 PHASES = ("off", "empty", "filtered", "hooks", "agent")
 QUANTILES = (0.50, 0.90, 0.99, 0.999)
 CLANG = os.environ.get("CLANG", "clang-19")
+# A switch takes up to this long (the agent's start, links' grace periods):
+# a cycle starts only if it can end before --seconds are up.
+SWITCH_ALLOWANCE_S = 3.0
 
 
 def empty_object(sections: list[str], workdir: Path) -> Path:
@@ -118,7 +121,7 @@ def switch_phases(pids: list[int], phases: list[str], period: float, seconds: fl
     pool = ThreadPoolExecutor(len(hooks))
     try:
         cycle = 0
-        while time.monotonic() + (period + 3) * len(phases) < deadline:
+        while time.monotonic() + (period + SWITCH_ALLOWANCE_S) * len(phases) < deadline:
             for phase in draw.sample(phases, len(phases)):
                 began = time.time()
                 list(pool.map(lib.bpf_link__destroy, links))
@@ -202,35 +205,40 @@ def phase_percentiles(cycles: dict[int, dict[str, list[int]]], phase: str,
     return [weighted_percentile(lists, counts, q) for q in QUANTILES]
 
 
-def ratio_intervals(cycles: dict[int, dict[str, list[int]]], phase: str, resamples: int = 1000,
-                    level: float = 0.95) -> list[tuple[float, float]]:
-    """Per quantile, a bootstrap interval for phase / off, drawing whole cycles."""
+def ratio_intervals(cycles: dict[int, dict[str, list[int]]], phases: list[str],
+                    resamples: int = 1000, level: float = 0.95
+                    ) -> dict[str, list[tuple[float, float]]]:
+    """phase -> per quantile, a bootstrap interval for phase / off, drawing
+    whole cycles; every phase's ratios come from the same draws."""
     keys = list(cycles)
     draw = random.Random(0)
-    ratios: list[list[float]] = [[] for _ in QUANTILES]
+    ratios = {phase: [[] for _ in QUANTILES] for phase in phases}
     for _ in range(resamples):
         weights = collections.Counter(draw.choices(keys, k=len(keys)))
-        for k, (p, b) in enumerate(zip(phase_percentiles(cycles, phase, weights),
-                                       phase_percentiles(cycles, "off", weights))):
-            ratios[k].append(p / b)
+        base = phase_percentiles(cycles, "off", weights)
+        for phase in phases:
+            for k, (p, b) in enumerate(zip(phase_percentiles(cycles, phase, weights), base)):
+                ratios[phase][k].append(p / b)
     tail = round(resamples * (1 - level) / 2)
-    return [(sorted(r)[tail], sorted(r)[resamples - 1 - tail]) for r in ratios]
+    return {phase: [(sorted(r)[tail], sorted(r)[resamples - 1 - tail]) for r in per_quantile]
+            for phase, per_quantile in ratios.items()}
 
 
 def print_table(cycles: dict[int, dict[str, list[int]]], rate: int) -> None:
     phases = [p for p in PHASES if p in next(iter(cycles.values()))]
-    base = phase_percentiles(cycles, "off")
+    percentiles = {phase: phase_percentiles(cycles, phase) for phase in phases}
+    intervals = ratio_intervals(cycles, [p for p in phases if p != "off"])
     names = [f"p{q * 100:g}" for q in QUANTILES]
     print(f"{len(cycles)} cycles at {rate} requests/s; percentiles in us, ratios against off "
           "with 95% intervals (whole cycles drawn)")
     print(f"{'phase':9} {'requests':>9} " + " ".join(f"{n:>7}" for n in names) + "  "
           + "  ".join(f"{n + ' x off':>22}" for n in names))
     for phase in phases:
-        values = phase_percentiles(cycles, phase)
+        values = percentiles[phase]
         count = sum(len(cycle[phase]) for cycle in cycles.values())
         cells = ["-" for _ in QUANTILES] if phase == "off" else [
             f"x{v / b:.3f} ({lo:.2f}-{hi:.2f})" for v, b, (lo, hi)
-            in zip(values, base, ratio_intervals(cycles, phase))]
+            in zip(values, percentiles["off"], intervals[phase])]
         print(f"{phase:9} {count:9} " + " ".join(f"{v:7.0f}" for v in values) + "  "
               + "  ".join(f"{c:>22}" for c in cells))
 

@@ -32,8 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.kernel_features import ensure_tracefs  # noqa: E402
-from agent.loader import CaptureSettings, load_capture  # noqa: E402
+from agent.capture.kernel_features import ensure_tracefs  # noqa: E402
+from agent.capture.loader import CaptureSettings, load_capture  # noqa: E402
 from bpf_stats import program_time_ns, stats_enabled  # noqa: E402
 
 PAYLOAD = (b"GET /api/v1/items?id=42 HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: bench\r\n"

@@ -16,8 +16,8 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans 
 
 from agent.export.otlp_encode import encode_export_request  # noqa: E402
 from agent.export.sdk import SdkConverter  # noqa: E402
-from agent.resources import ProcessResource  # noqa: E402
-from agent.spans import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, STATUS_UNSET, Span, new_span_id, new_trace_id  # noqa: E402,E501
+from agent.spans.resources import ProcessResource  # noqa: E402
+from agent.spans.model import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, STATUS_UNSET, Span, new_span_id, new_trace_id  # noqa: E402,E501
 
 BATCH = 512
 

@@ -23,14 +23,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.connections import ConnectionTracker  # noqa: E402
+from agent.protocols.tracker import ConnectionTracker  # noqa: E402
 from agent.export.otlp_encode import encode_export_request  # noqa: E402
-from agent.heap import settle_heap  # noqa: E402
-from agent.recording import read_records  # noqa: E402
-from agent.redact import Redactor  # noqa: E402
-from agent.resources import ResourceCache  # noqa: E402
-from agent.ringbuf import layout_records, read_records as ring_read  # noqa: E402
-from agent.span_builder import HttpExchangeLinker, HttpSpanFactory  # noqa: E402
+from agent.runtime.heap import settle_heap  # noqa: E402
+from agent.capture.recording import read_records  # noqa: E402
+from agent.spans.redact import Redactor  # noqa: E402
+from agent.spans.resources import ResourceCache  # noqa: E402
+from agent.capture.ringbuf import layout_records, read_records as ring_read  # noqa: E402
+from agent.spans.builder import HttpExchangeLinker, HttpSpanFactory  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 512
@@ -69,7 +69,7 @@ def record_live(path: Path) -> None:
         Path(d, "req.lua").write_text(WRK_SCRIPT)
         nginx = subprocess.Popen(["nginx", "-c", f"{d}/nginx.conf", "-p", d])
         time.sleep(0.5)
-        recorder = subprocess.Popen([sys.executable, "-m", "agent.cli", "record", "-o", str(path),
+        recorder = subprocess.Popen([sys.executable, "-m", "agent.runtime.cli", "record", "-o", str(path),
                                      "--duration", "3", "--port", str(port), "--capture-bytes", "512"],
                                     cwd=ROOT)
         time.sleep(1.5)
@@ -127,7 +127,7 @@ def accepted_by_receiver(records: list[bytes]) -> tuple[int, int]:
     sys.path.insert(0, str(ROOT / "tests"))
     from otlp_receiver import OtlpReceiver
     from agent.export.otlp import SUCCESS, OtlpHttpSink
-    from agent.span_builder import HttpSpanBuilder
+    from agent.spans.builder import HttpSpanBuilder
     spans = HttpSpanBuilder(ResourceCache(), Redactor()).build(ConnectionTracker().process(records))
     receiver = OtlpReceiver(keep_spans=False)
     receiver.start("http")

@@ -1,5 +1,5 @@
 """Ring-buffer drain: libbpf's ring_buffer__consume with a cffi callback per
-record versus agent.ringbuf's direct read of the mapped ring.
+record versus agent.capture.ringbuf's direct read of the mapped ring.
 
 Run as root after `make setup`:  .venv/bin/python benchmarks/ring_drain.py
 Each round fills the ring with the same real kernel events (HTTP requests
@@ -18,9 +18,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agent import libbpf  # noqa: E402
-from agent.kernel_features import ensure_tracefs  # noqa: E402
-from agent.libbpf import ffi  # noqa: E402
-from agent.loader import CaptureSettings, load_capture  # noqa: E402
+from agent.capture.kernel_features import ensure_tracefs  # noqa: E402
+from agent.capture.libbpf import ffi  # noqa: E402
+from agent.capture.loader import CaptureSettings, load_capture  # noqa: E402
 
 ffi.cdef("""
 struct ring_buffer;

@@ -1,6 +1,6 @@
 /* Kernel-to-userspace record layouts: the one definition both sides read.
  *
- * The BPF programs include this file; agent/records.py feeds it to cffi's
+ * The BPF programs include this file; agent/capture/records.py feeds it to cffi's
  * cdef.  Keep it to what cffi's parser accepts: fixed-width types, structs,
  * and `#define NAME <integer>` constants.  Other preprocessor lines are
  * skipped by the Python side.
@@ -68,7 +68,7 @@
 #define PROBE_COUNT 16
 
 /* The TLS library function a TLS uprobe sits on: its BPF cookie, set by
- * the loader (agent/tls.py) when it attaches. */
+ * the loader (agent/capture/tls.py) when it attaches. */
 #define TLS_FN_WRITE 0
 #define TLS_FN_READ 1
 #define TLS_FN_WRITE_EX 2

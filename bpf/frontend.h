@@ -9,7 +9,7 @@
  * not match the running kernel, so the BCC build reads no kernel struct: only
  * tracepoint arguments (laid out by the kernel's own tracefs format) and user
  * memory (the syscall ABI, the saved user registers included).
- * agent/bcc_loader.py turns the libbpf map helper
+ * agent/capture/bcc_loader.py turns the libbpf map helper
  * calls into BCC's map methods; everything else is spelled once, here.
  */
 #ifndef OTEL_EBPF_FRONTEND_H

@@ -887,7 +887,7 @@ int common_process_exit(struct bpf_raw_tracepoint_args *ctx)
 }
 
 /* ---- TLS plaintext: uprobes on the TLS library ---------------------------
- * Attached by userspace (agent/tls.py) to each distinct libssl file, and to
+ * Attached by userspace (agent/capture/tls.py) to each distinct libssl file, and to
  * executables that link OpenSSL statically: tls_enter on the functions'
  * entries, tls_exit on the returns of the four that move data, each
  * attachment's cookie saying which function it sits on (TLS_FN_*).

@@ -12,7 +12,7 @@
  * packet (sequence 0) whose length is the syscall's, of a command an
  * application sends.
  *
- * Messages are framed and decoded in userspace (agent/sql_connections.py).
+ * Messages are framed and decoded in userspace (agent/protocols/sql.py).
  * Included from protocols.h, after starts_with(): one capture object, one
  * set of syscall hooks for every protocol. */
 #ifndef OTEL_EBPF_SQL_H

@@ -1,7 +1,7 @@
 """Kernel event records built by name, for tests that feed the tracker
 records no kernel wrote (fuzzing, captures replayed as events).  Fields not
 named are zero: seq 0 means "not numbered", so no gap is ever seen."""
-from agent.records import EVENT_HEADER, EVENT_HEADER_FIELDS
+from agent.capture.records import EVENT_HEADER, EVENT_HEADER_FIELDS
 
 _BYTES_FIELDS = {"local_addr", "remote_addr"}
 

@@ -14,7 +14,7 @@ import sys
 import time
 
 from agent.export.otlp import FAILED, SUCCESS
-from agent.spans import KIND_NAMES, STATUS_NAMES
+from agent.spans.model import KIND_NAMES, STATUS_NAMES
 
 # (label, attribute keys in order of preference): the first present wins.
 _KEY_ATTRIBUTES = (

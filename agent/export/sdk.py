@@ -18,7 +18,7 @@ from opentelemetry.trace.span import TraceState
 from agent import DISTRO_NAME, __version__
 from agent.export.otlp import FAILED, SUCCESS, resolve_config
 
-# OTLP kind numbers (agent.spans) -> API SpanKind, whose values are one lower.
+# OTLP kind numbers (agent.spans.model) -> API SpanKind, whose values are one lower.
 _KINDS = {kind.value + 1: kind for kind in SpanKind}
 _STATUS = {code.value: code for code in StatusCode}
 _SCOPE = InstrumentationScope(DISTRO_NAME, __version__)

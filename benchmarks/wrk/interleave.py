@@ -76,10 +76,10 @@ def switch_phases(pids: list[int], phases: list[str], period: float, seconds: fl
     ring-draining threads run under SCHED_IDLE (as the agent's do while they
     keep up): the agent started from here must not inherit it."""
     sys.path.insert(0, str(ROOT))
-    from agent import libbpf
-    from agent.kernel_features import ensure_tracefs
-    from agent.libbpf import check_ptr, check_ret, ffi
-    from agent.loader import CaptureSettings, CoreObject, load_capture
+    from agent.capture import libbpf
+    from agent.capture.kernel_features import ensure_tracefs
+    from agent.capture.libbpf import check_ptr, check_ret, ffi
+    from agent.capture.loader import CaptureSettings, CoreObject, load_capture
 
     ensure_tracefs()
     lib = libbpf.lib()

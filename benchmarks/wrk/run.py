@@ -175,8 +175,8 @@ def hooks_floor(pids: list[int], stats_file: str) -> None:
     CPU as the agent does."""
     os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
     sys.path.insert(0, str(ROOT))
-    from agent.kernel_features import ensure_tracefs
-    from agent.loader import CaptureSettings, load_capture
+    from agent.capture.kernel_features import ensure_tracefs
+    from agent.capture.loader import CaptureSettings, load_capture
 
     ensure_tracefs()
     capture = load_capture(CaptureSettings(pids=set(pids)))

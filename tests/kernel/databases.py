@@ -36,11 +36,11 @@ from pathlib import Path
 
 import pytest
 
-from agent.semconv import (  # noqa: F401  (the tests import these names from here)
+from agent.spans.semconv import (  # noqa: F401  (the tests import these names from here)
     DB_COLLECTION_NAME, DB_NAMESPACE, DB_OPERATION_NAME, DB_QUERY_SUMMARY, DB_QUERY_TEXT,
     DB_RESPONSE_STATUS_CODE, DB_SYSTEM_NAME, ERROR_TYPE,
 )
-from agent.spans import KIND_CLIENT, KIND_NAMES, STATUS_ERROR, STATUS_NAMES, STATUS_UNSET
+from agent.spans.model import KIND_CLIENT, KIND_NAMES, STATUS_ERROR, STATUS_NAMES, STATUS_UNSET
 from loopback import free_port, wait_for_port
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")

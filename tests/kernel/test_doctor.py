@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from agent.kernel_features import detect
+from agent.capture.kernel_features import detect
 from conftest import AGENT, BCC_KERNEL_HEADERS, ROOT, skip_reason
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from agent import semconv
-from agent.spans import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, STATUS_UNSET
+from agent.spans import semconv
+from agent.spans.model import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, STATUS_UNSET
 from conftest import wait_for_port
 
 PEERS = Path(__file__).resolve().parent / "peers"

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from agent.spans import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, STATUS_UNSET
+from agent.spans.model import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, STATUS_UNSET
 from conftest import LOADER_ARGS, TIME_SCALE, capture_programs_of, programs_still_loaded, curl
 
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"

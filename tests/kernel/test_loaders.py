@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from agent.spans import KIND_SERVER
+from agent.spans.model import KIND_SERVER
 from conftest import AGENT, ROOT, curl
 from test_http1_e2e import PARENT_ID, TRACE_ID, TRACEPARENT, wait_spans
 

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from agent import __version__
-from agent.spans import KIND_CLIENT, KIND_SERVER
+from agent.spans.model import KIND_CLIENT, KIND_SERVER
 from conftest import curl, http_get
 from helpers import delta, has, snapshot, value, wait_quiet
 
@@ -94,7 +94,7 @@ def test_promtool_and_health_endpoints(receiver, start_agent, backend):
 def guards_of(agent) -> list:
     import psutil
     return [p for p in psutil.Process(agent.proc.pid).children()
-            if "agent.scheduling" in p.cmdline()]
+            if "agent.runtime.scheduling" in p.cmdline()]
 
 
 def the_guard_of(agent, timeout: float = 10.0):

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from agent.spans import KIND_CLIENT, KIND_SERVER
+from agent.spans.model import KIND_CLIENT, KIND_SERVER
 from conftest import curl
 from helpers import snapshot, value, wait_quiet
 from otlp_receiver import OtlpReceiver

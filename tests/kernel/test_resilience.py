@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from agent.spans import KIND_CLIENT, KIND_SERVER
+from agent.spans.model import KIND_CLIENT, KIND_SERVER
 from conftest import AgentProcess
 from helpers import KeepAliveLoad, counting_receiver, delta, snapshot, value, wait_quiet
 

@@ -8,8 +8,8 @@ import os
 import socket
 import threading
 
-from agent.loader import CaptureSettings, load_capture
-from agent.ringbuf import WAKE_AT_FILL
+from agent.capture.loader import CaptureSettings, load_capture
+from agent.capture.ringbuf import WAKE_AT_FILL
 
 RING_BYTES = 1 << 20
 REQUEST = (b"GET /fill HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: ring-test\r\n"

@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from agent.selection import cgroup2_root
-from agent.spans import KIND_SERVER
+from agent.capture.selection import cgroup2_root
+from agent.spans.model import KIND_SERVER
 from conftest import PEERS, curl, free_port, wait_for_port
 
 

@@ -15,7 +15,7 @@ import os
 
 import pytest
 
-from agent.spans import KIND_CLIENT, KIND_SERVER, STATUS_UNSET
+from agent.spans.model import KIND_CLIENT, KIND_SERVER, STATUS_UNSET
 from databases import (
     DB_COLLECTION_NAME, DB_NAMESPACE, DB_OPERATION_NAME, DB_QUERY_TEXT,
     DB_SYSTEM_NAME, MARIADB_DATABASE,

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from agent.spans import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, STATUS_UNSET
+from agent.spans.model import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, STATUS_UNSET
 from databases import (
     DB_COLLECTION_NAME, DB_NAMESPACE, DB_OPERATION_NAME, DB_QUERY_TEXT,
     DB_SYSTEM_NAME, PG_BENCH_DATABASE, PG_DATABASE,

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from agent.spans import KIND_CLIENT, KIND_SERVER, STATUS_UNSET
+from agent.spans.model import KIND_CLIENT, KIND_SERVER, STATUS_UNSET
 from conftest import PEERS, curl, loaded_programs, programs_still_loaded, start_backend
 from test_http1_e2e import PARENT_ID, TRACE_ID, TRACEPARENT, wait_spans
 from test_http1_load import LOSS_METRICS, traced_load
@@ -156,9 +156,9 @@ def test_both_attach_paths_capture_plaintext_and_detach(monkeypatch, tls_certifi
     uprobe behind, whichever loader built the programs."""
     import dataclasses
 
-    from agent import loader
-    from agent.records import C, EVENT_HEADER, EVENT_HEADER_FIELDS, EVENT_HEADER_SIZE
-    from agent.tls import TlsProbes
+    from agent.capture import loader
+    from agent.capture.records import C, EVENT_HEADER, EVENT_HEADER_FIELDS, EVENT_HEADER_SIZE
+    from agent.capture.tls import TlsProbes
 
     features = loader.detect_features()
     if uprobe_multi and not features.uprobe_multi:

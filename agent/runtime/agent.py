@@ -1,0 +1,179 @@
+"""Wires one running agent together: kernel capture, pipeline, exporter,
+self-metrics, and an orderly stop."""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+from agent.export import create_sink, describe_sink, exporter_endpoint
+from agent.runtime.heap import settle_heap
+from agent.spans.k8s import PodMetadata
+from agent.capture.loader import CaptureSettings, load_capture
+from agent.runtime.metrics import AgentMetrics, MetricsServer
+from agent.runtime.pipeline import Pipeline
+from agent.capture.records import C
+from agent.spans.redact import Redactor
+from agent.capture.tls import TlsProbes
+from agent.spans.routes import RouteNamer
+from agent.spans.sampling import Sampler
+from agent.runtime.scheduling import CpuYield
+from agent.capture.selection import Selection
+from agent.runtime.span_worker import LocalSpanStage, SpanWorkerPool
+
+log = logging.getLogger("otel_ebpf")
+
+# The agent must stop within 2 s of SIGTERM: this much of it goes to flushing.
+STOP_FLUSH_SECONDS = 1.5
+# A loop that has not turned for this long is reported unhealthy.
+LOOP_STALL_SECONDS = 10.0
+
+
+@dataclass
+class AgentConfig:
+    pids: set[int] = field(default_factory=set)
+    ports: set[int] = field(default_factory=set)
+    exes: set[str] = field(default_factory=set)
+    cgroups: tuple[str, ...] = ()
+    containers: tuple[str, ...] = ()
+    exporter: str = "auto"
+    otlp_impl: str = "fast"
+    capture_bytes: int = 2048
+    ring_buffer_bytes: int = 16 << 20
+    hooks: str = "auto"
+    loader: str = "auto"
+    kernel_headers: str | None = None
+    metrics_address: str | None = "127.0.0.1:9464"
+    redact_query_keys: tuple[str, ...] = ()
+    sql_text: str = "sanitized"
+    tls: bool = True
+    routes: tuple[str, ...] = ()
+    keep_error_spans: bool = True
+    span_workers: int = 1
+    yield_cpu: bool = True
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, console_stream=None):
+        self.config = config
+        self.console_stream = console_stream
+        self.capture = None
+        self.tls = None
+        self.k8s = None
+        self.pipeline = None
+        self.span_stage = None
+        self.sink_name = ""
+        self.metrics = None
+        self.metrics_server = None
+        self._stop = threading.Event()
+        self._stop_requested = False
+
+    def start(self) -> None:
+        config = self.config
+        sampler = Sampler.from_environment(os.environ)
+        sampler.keep_errors = config.keep_error_spans
+        routes = RouteNamer(config.routes)
+        redactor = Redactor(config.redact_query_keys, config.sql_text)
+        self.sink_name = describe_sink(config.exporter, config.otlp_impl, os.environ)
+
+        def make_stage():
+            return LocalSpanStage(create_sink(config.exporter, config.otlp_impl, os.environ,
+                                              console_stream=self.console_stream),
+                                  redactor, sampler, routes)
+
+        # Workers fork before any thread starts or BPF object opens.
+        self.span_stage = SpanWorkerPool(make_stage, config.span_workers) \
+            if config.span_workers else make_stage()
+        excluded = []
+        endpoint = exporter_endpoint(os.environ, include_default=config.exporter == "otlp") \
+            if config.exporter in ("auto", "otlp") else None
+        if endpoint is not None:
+            excluded.append(endpoint)
+        selection = Selection(config.pids, config.exes, config.cgroups, config.containers)
+        pids, cgroups = selection.resolve()
+        settings = CaptureSettings(
+            capture_bytes=config.capture_bytes, ring_buffer_bytes=config.ring_buffer_bytes,
+            pids=pids, cgroups=cgroups, ports=set(config.ports) or None,
+            excluded_endpoints=excluded, hooks=config.hooks, tls=config.tls,
+            loader=config.loader, kernel_headers=config.kernel_headers,
+            report_execs=C["EXECS_ALL"] if selection.exes
+            else C["EXECS_TRACED"] if config.tls else C["EXECS_NONE"])
+        self.metrics = AgentMetrics(self)
+        self.capture = load_capture(settings)
+        selection.known_pids, selection.known_cgroups = pids or set(), cgroups or set()
+        tls = None
+        if config.tls:
+            tls = TlsProbes(self.capture)
+            tls.start()
+        self.tls = tls
+        self.k8s = PodMetadata.from_environment()
+        if self.k8s is not None:
+            self.k8s.start()
+        stage = self.span_stage
+        agent_pids = [os.getpid()] + [w.pid for w in getattr(stage, "workers", ())]
+        self.pipeline = Pipeline(self.capture, stage, sampler,
+                                 selection=selection if selection.exes or selection.by_cgroup else None,
+                                 tls=tls, k8s=self.k8s,
+                                 cpu_yield=CpuYield(agent_pids, self.capture.ring, config.yield_cpu))
+        if config.metrics_address:
+            self.metrics_server = MetricsServer(config.metrics_address, self.metrics, self)
+            self.metrics_server.start()
+
+    def describe(self) -> str:
+        capture = self.capture
+        parts = [f"loader={capture.front_end.describe()}",
+                 f"hooks={capture.hook_family.name} ({capture.attached_programs} programs)"]
+        for name, why in capture.skipped_hooks:
+            parts.append(f"not {name}: {why.splitlines()[0]}")
+        parts.append(f"exporter={self.sink_name}")
+        parts.append(f"span workers={self.config.span_workers}")
+        parts.append(f"nice={os.getpriority(os.PRIO_PROCESS, 0)}")
+        parts.append("yields the CPU while it keeps up" if self.pipeline.cpu_yield.enabled
+                     else "does not yield the CPU")
+        if self.metrics_server:
+            parts.append(f"metrics=http://{self.metrics_server.address}/metrics")
+        return "; ".join(parts)
+
+    def run(self, duration_s: float | None = None) -> None:
+        deadline = time.monotonic() + duration_s if duration_s else None
+        settle_heap()
+        self.pipeline.run(self._stop, deadline)
+
+    def request_stop(self) -> None:
+        # Runs in signal handlers, between any two bytecodes of the main
+        # thread: a second SIGTERM can arrive while the first is inside
+        # Event.set(), whose lock is not reentrant.  Only the first goes on.
+        if self._stop_requested:
+            return
+        self._stop_requested = True
+        self._stop.set()
+
+    def shutdown(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.stop(STOP_FLUSH_SECONDS)
+        else:
+            if self.capture is not None:
+                self.capture.close()
+            if self.span_stage is not None:
+                self.span_stage.shutdown(STOP_FLUSH_SECONDS)
+        if self.k8s is not None:
+            self.k8s.stop()
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
+
+    def healthy(self) -> tuple[bool, str]:
+        if self.pipeline is None:
+            return False, "starting"
+        stalled = time.monotonic() - self.pipeline.last_loop_monotonic
+        if stalled > LOOP_STALL_SECONDS:
+            return False, f"loop stalled for {stalled:.0f}s"
+        return True, "ok"
+
+    def ready(self) -> tuple[bool, str]:
+        if self.capture is None or not self.capture.attached_programs:
+            return False, "probes not attached"
+        if self.span_stage is None or not self.span_stage.alive():
+            return False, "span stage (exporter) not running"
+        return True, "ok"

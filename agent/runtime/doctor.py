@@ -1,0 +1,70 @@
+"""`otel-ebpf doctor`: what this kernel offers, and what the agent will use."""
+from __future__ import annotations
+
+from agent.capture.kernel_features import detect, ensure_tracefs
+from agent.capture.kernel_headers import KernelHeadersError, find as find_kernel_headers
+from agent.capture.loader import (CaptureLoadError, CaptureSettings, bpf_loop_support, candidate_hooks,
+                          choose_loader, load_capture, ring_buffer_support)
+from agent.capture.tls import TlsProbes
+
+
+def _kernel_headers_text(configured: str | None) -> str:
+    try:
+        headers = find_kernel_headers(configured)
+    except KernelHeadersError as exc:
+        return f"none usable: {exc}"
+    headers.close()
+    return headers.describe()
+
+
+def report(loader: str = "auto", kernel_headers: str | None = None) -> tuple[str, bool]:
+    """The doctor's text and whether the agent can run here."""
+    lines = []
+    mounted, mount_message = ensure_tracefs()
+    features = detect()
+    lines.append(features.report())
+    if mount_message:
+        lines.append(f"tracefs: {mount_message}")
+    ring_ok, ring_text = ring_buffer_support()
+    lines.append(f"BPF ring buffer: {ring_text}")
+    front_end = choose_loader(loader, features)
+    loop_ok, loop_text = bpf_loop_support()
+    lines.append(f"bpf_loop helper: {loop_text}")
+    if front_end == "bcc":
+        loop_ok = True
+    why = ("kernel BTF and bpf_loop present" if features.btf and loop_ok
+           else "no kernel BTF: CO-RE cannot load" if not features.btf
+           else "no bpf_loop: the CO-RE object cannot load, the BCC build uses bounded loops")
+    lines.append(f"Loader: {front_end} ({why})")
+    lines.append(f"Kernel headers for the BCC loader: {_kernel_headers_text(kernel_headers)}")
+    lines.append("")
+    lines.append("Hooks, in order of preference:")
+    for family, reason in candidate_hooks("auto", features):
+        lines.append(f"  {family.name:<11} {family.description}: "
+                     f"{'available' if reason is None else 'unavailable: ' + reason}")
+    ok = ring_ok and loop_ok
+    try:
+        capture = load_capture(CaptureSettings(ring_buffer_bytes=1 << 20, loader=loader,
+                                               kernel_headers=kernel_headers))
+    except (CaptureLoadError, FileNotFoundError, OSError) as exc:
+        lines.append(f"\nThe agent cannot attach here:\n{exc}")
+        ok = False
+    else:
+        try:
+            lines.append(f"\nThe agent will use: {capture.hook_family.name} hooks "
+                         f"({capture.attached_programs} programs loaded and attached in a trial), "
+                         f"loader {capture.front_end.describe()}")
+            for name, why in capture.skipped_hooks:
+                lines.append(f"  skipped {name}: {why}")
+            tls = TlsProbes(capture)
+            tls.start()
+            attach = "uprobe_multi links" if capture.uprobe_multi else "perf-event uprobes"
+            lines.append(f"\nTLS: {tls.counts['files_probed']} OpenSSL file(s) probed in a trial "
+                         f"({tls.counts['probes_attached']} probes, {attach})")
+            lines += [f"  {path}" for path in tls.probed_files]
+            if not tls.counts["files_probed"]:
+                lines.append("  no OpenSSL found: TLS traffic stays unreadable "
+                             "(Go, BoringSSL, rustls and Java are out of reach anyway)")
+        finally:
+            capture.close()
+    return "\n".join(lines), ok

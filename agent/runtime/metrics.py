@@ -1,0 +1,313 @@
+"""The agent's own Prometheus metrics, read from the stages' counters at
+scrape time (the hot path only increments plain integers), and the HTTP
+endpoint that serves them with /healthz and /readyz."""
+from __future__ import annotations
+
+import os
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import psutil
+from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
+                                   InfoMetricFamily)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from agent import __version__
+from agent.capture.records import PROBE_STATS_FIELDS
+from agent.runtime.span_worker import EXPORT_SECONDS_BUCKETS, SpanWorkerPool
+
+PREFIX = "otel_ebpf"
+
+# Tracker counters exposed as one counter each: name suffix -> help.
+_TRACKER_COUNTERS = {
+    "requests_without_response": ("requests_without_response",
+                                  "Requests that never got a response (connection closed, expired or evicted)."),
+    "responses_without_request": ("responses_without_request",
+                                  "Responses whose request was not seen."),
+    "heads_truncated": ("http_heads_truncated",
+                        "HTTP heads longer than the capture size, skipped."),
+    "messages_incomplete": ("messages_incomplete",
+                            "Messages only partly seen when their connection closed, expired or was evicted."),
+    "records_malformed": ("records_malformed", "Ring buffer records too short to decode."),
+    "h2_events_without_preface": ("http2_events_without_preface",
+                                  "HTTP/2 events of connections whose preface was not seen and whose role is unknown, skipped."),
+    "h2_streams_evicted": ("http2_streams_evicted",
+                           "HTTP/2 streams dropped: more open streams on a connection than tracked."),
+    "h2_streams_unfinished": ("http2_streams_unfinished",
+                              "HTTP/2 streams still open when their connection closed, expired or was evicted."),
+    "h2_streams_reset": ("http2_streams_reset",
+                         "HTTP/2 streams ended by RST_STREAM or refused by GOAWAY (spans with an error)."),
+    "h2_streams_without_request": ("http2_streams_without_request",
+                                   "HTTP/2 streams completed whose request headers were not decoded, skipped."),
+    "h2_header_blocks_partial": ("http2_header_blocks_partial",
+                                 "HTTP/2 header blocks only partly decoded (joined mid-stream, truncated)."),
+    "h2_decoder_resyncs": ("http2_decoder_resyncs", "HTTP/2 framing lost and found again."),
+    "sql_requests_without_response": ("sql_queries_without_response",
+                                      "Database queries dropped unanswered (connection closed, expired or evicted, too many waiting, timeout, lost records)."),
+    "sql_responses_without_request": ("sql_responses_without_query",
+                                      "Database statement completions with no query waiting for them."),
+    "sql_framing_lost": ("sql_framing_lost",
+                         "Database message boundaries lost (uncaptured or bad bytes), then found again."),
+    "sql_tail_recoveries": ("sql_tail_recoveries",
+                            "Lost database framing recovered from the end of a long response (FLAG_TAIL)."),
+    "sql_fallback_completions": ("sql_fallback_completions",
+                                 "Database queries completed by the next request after their response's framing was lost."),
+    "sql_events_without_direction": ("sql_events_without_direction",
+                                     "Database events seen before the requesting side was known, skipped."),
+    "sql_events_skipped_resync": ("sql_events_skipped_resync",
+                                  "Database events skipped while waiting for a message start."),
+    "sql_tls_connections": ("sql_tls_connections",
+                            "Database connections that switched to TLS (their plaintext comes from the TLS probes)."),
+    "sql_compressed_connections": ("sql_compressed_connections",
+                                   "MySQL connections with protocol compression, not followed."),
+    "sql_statements_evicted": ("sql_statements_evicted",
+                               "Prepared statements dropped from a connection's bounded table."),
+    "sql_unknown_statements": ("sql_unknown_statements",
+                               "Executions of statements whose text is unknown (prepared before the agent joined, or evicted)."),
+    "sql_executes_skipped": ("sql_executes_skipped",
+                             "PostgreSQL Executes the server skipped after an earlier error in their Sync unit."),
+}
+_SKIP_REASONS = {"events_skipped_resync": "resync", "events_unknown_protocol": "unknown_protocol"}
+_CONNECTION_EVENTS = {"connections_opened": "opened", "connections_closed": "closed",
+                      "connections_evicted": "evicted", "connections_expired": "expired"}
+
+
+class AgentCollector:
+    def __init__(self, agent):
+        self.agent = agent
+
+    def collect(self):
+        agent = self.agent
+        pipeline = agent.pipeline
+        capture = agent.capture
+        if capture is not None and capture.ring is not None:
+            stats = capture.probe_stats()
+            families = {
+                "events": CounterMetricFamily(f"{PREFIX}_kernel_events", "Records the kernel probes wrote to the ring buffer.", labels=["probe"]),
+                "lost": CounterMetricFamily(f"{PREFIX}_kernel_events_lost", "Records the kernel probes could not write: ring buffer full.", labels=["probe"]),
+                "truncated": CounterMetricFamily(f"{PREFIX}_kernel_payloads_truncated", "Payloads longer than the capture size.", labels=["probe"]),
+                "unclassified": CounterMetricFamily(f"{PREFIX}_kernel_events_unclassified", "Socket data of protocols the agent does not trace, not copied.", labels=["probe"]),
+                "unmapped": CounterMetricFamily(f"{PREFIX}_kernel_tls_unmapped", "TLS plaintext whose socket is unknown (no socket I/O under the library call), not copied.", labels=["probe"]),
+                "untracked": CounterMetricFamily(f"{PREFIX}_kernel_calls_untracked", "Calls not followed to their end, their data lost: the table of calls in flight (an entry per thread inside one) was full.", labels=["probe"]),
+            }
+            for probe, values in stats.items():
+                for field, value in zip(PROBE_STATS_FIELDS, values):
+                    families[field].add_metric([probe], value)
+            yield from families.values()
+            fill = GaugeMetricFamily(f"{PREFIX}_ring_buffer_fill_ratio", "Share of the ring buffer holding undrained records.")
+            fill.add_metric([], capture.ring.fill_ratio())
+            yield fill
+            size = GaugeMetricFamily(f"{PREFIX}_ring_buffer_size_bytes", "Ring buffer size.")
+            size.add_metric([], capture.settings.ring_buffer_bytes)
+            yield size
+        if pipeline is None:
+            return
+        tracker = pipeline.tracker
+        counts = tracker.counts
+        drained = CounterMetricFamily(f"{PREFIX}_events_drained", "Records read from the ring buffer.")
+        drained.add_metric([], pipeline.records_drained)
+        yield drained
+        skipped = CounterMetricFamily(f"{PREFIX}_events_skipped", "Drained records not used, by reason.", labels=["reason"])
+        for key, reason in _SKIP_REASONS.items():
+            skipped.add_metric([reason], counts[key])
+        yield skipped
+        errors = CounterMetricFamily(f"{PREFIX}_parse_errors", "Messages that could not be parsed.", labels=["protocol", "reason"])
+        for (protocol, reason), value in list(tracker.parse_errors.items()):
+            errors.add_metric([protocol, reason], value)
+        yield errors
+        for key, (name, doc) in _TRACKER_COUNTERS.items():
+            family = CounterMetricFamily(f"{PREFIX}_{name}", doc)
+            family.add_metric([], counts[key])
+            yield family
+        conn_events = CounterMetricFamily(f"{PREFIX}_connection_events", "Connection lifecycle in the tracker.", labels=["event"])
+        for key, event in _CONNECTION_EVENTS.items():
+            conn_events.add_metric([event], counts[key])
+        yield conn_events
+        messages = CounterMetricFamily(f"{PREFIX}_http_messages", "HTTP/1.x messages framed.", labels=["type"])
+        messages.add_metric(["request"], tracker.requests)
+        messages.add_metric(["response"], tracker.responses)
+        yield messages
+        linker = pipeline.linker
+        invalid = CounterMetricFamily(f"{PREFIX}_trace_context_invalid", "Invalid incoming trace-context headers, ignored.", labels=["header"])
+        invalid.add_metric(["traceparent"], linker.counts["traceparent_invalid"])
+        invalid.add_metric(["tracestate"], linker.counts["tracestate_invalid"])
+        yield invalid
+        stage = agent.span_stage.snapshot()
+        built = CounterMetricFamily(f"{PREFIX}_spans_built", "Spans built from matched exchanges.", labels=["kind"])
+        built.add_metric(["server"], stage.get("spans_server", 0))
+        built.add_metric(["client"], stage.get("spans_client", 0))
+        yield built
+        for key, name, doc in (
+                ("sampled_out", "spans_sampled_out", "Spans not exported because sampling dropped their trace."),
+                ("spans_exported", "spans_exported", "Spans the collector accepted."),
+                ("spans_failed", "spans_export_failed", "Spans given up on after export retries."),
+                ("spans_dropped_queue_full", "spans_dropped_queue_full", "Spans dropped because the export queue was full."),
+                ("exchanges_dropped", "exchanges_dropped_worker_busy", "Exchanges not handed to a span worker in time."),
+                ("bytes_sent", "export_sent_bytes", "Bytes of encoded spans sent to the collector.")):
+            family = CounterMetricFamily(f"{PREFIX}_{name}", doc)
+            family.add_metric([], stage.get(key, 0))
+            yield family
+        redactions = CounterMetricFamily(f"{PREFIX}_redactions", "Values redacted before export, by rule.", labels=["rule"])
+        for rule, value in stage.get("redactions", {}).items():
+            redactions.add_metric([rule], value)
+        yield redactions
+        buckets = stage.get("export_seconds_buckets")
+        if buckets:
+            cumulative, running = [], 0
+            for bound, count in zip(list(EXPORT_SECONDS_BUCKETS) + [float("inf")], buckets):
+                running += count
+                cumulative.append(("+Inf" if bound == float("inf") else str(bound), running))
+            histogram = HistogramMetricFamily(f"{PREFIX}_export_duration_seconds", "Time one export request took.")
+            histogram.add_metric([], cumulative, stage.get("export_seconds_sum", 0.0))
+            yield histogram
+        depth = GaugeMetricFamily(f"{PREFIX}_queue_depth", "Items waiting in a pipeline queue.", labels=["queue"])
+        depth.add_metric(["export"], stage.get("queue_depth", 0))
+        yield depth
+        cpu_yield = pipeline.cpu_yield
+        if cpu_yield is not None:
+            yielding = GaugeMetricFamily(f"{PREFIX}_cpu_yielding", "1 while the agent runs under SCHED_IDLE, yielding the CPU to traced processes; 0 at normal weight.")
+            yielding.add_metric([], int(cpu_yield.yielding))
+            yield yielding
+            behind = CounterMetricFamily(f"{PREFIX}_cpu_yield_suspensions", "Times the agent took its normal CPU weight back because its ring buffer filled or its loop ran late.")
+            behind.add_metric([], cpu_yield.switches_to_normal)
+            yield behind
+        tracked = GaugeMetricFamily(f"{PREFIX}_tracked", "Entities the agent holds state for.", labels=["entity"])
+        tracked.add_metric(["connections"], len(tracker.connections) + len(tracker.h2) + len(tracker.sql))
+        tracked.add_metric(["processes"], stage.get("processes", 0))
+        tracked.add_metric(["trace_links"], len(linker.linker))
+        yield tracked
+        k8s = agent.k8s
+        if k8s is not None:
+            refreshes = CounterMetricFamily(f"{PREFIX}_k8s_pod_list_refreshes", "Lists of this node's pods read from the Kubernetes API, by outcome.", labels=["outcome"])
+            refreshes.add_metric(["ok"], k8s.counts["refreshes"])
+            refreshes.add_metric(["failed"], k8s.counts["refresh_failures"])
+            yield refreshes
+            pods = GaugeMetricFamily(f"{PREFIX}_k8s_containers_known", "Containers of this node's pods in the metadata index.")
+            pods.add_metric([], len(k8s))
+            yield pods
+            dropped = CounterMetricFamily(f"{PREFIX}_k8s_pod_waits_dropped", "Containerised processes first seen before their pod was listed, beyond the 4,096 the agent waits for: their spans lack the pod's attributes.")
+            dropped.add_metric([], agent.pipeline.pod_waits_dropped if agent.pipeline is not None else 0)
+            yield dropped
+        tls = agent.tls
+        if tls is not None:
+            files = CounterMetricFamily(f"{PREFIX}_tls_files", "TLS library files and executables looked at for OpenSSL, by outcome.", labels=["outcome"])
+            files.add_metric(["probed"], tls.counts["files_probed"])
+            files.add_metric(["without_symbols"], tls.counts["files_without_symbols"])
+            yield files
+            probes = GaugeMetricFamily(f"{PREFIX}_tls_uprobes_attached", "TLS uprobes attached (each covers every process mapping its file).")
+            probes.add_metric([], tls.counts["probes_attached"])
+            yield probes
+
+
+class AgentProcessesCollector:
+    """CPU and memory of every agent process (main, span workers, the CPU
+    yield guard), so that the agent's whole cost shows, not only the main
+    process's."""
+
+    def __init__(self, agent):
+        self.agent = agent
+        self._processes: dict[int, psutil.Process] = {}
+
+    def _process(self, pid: int):
+        process = self._processes.get(pid)
+        if process is None:
+            process = self._processes[pid] = psutil.Process(pid)
+        return process
+
+    def collect(self):
+        cpu = CounterMetricFamily(f"{PREFIX}_process_cpu_seconds", "CPU time of the agent's processes.", labels=["process"])
+        rss = GaugeMetricFamily(f"{PREFIX}_process_resident_memory_bytes", "Resident memory of the agent's processes.", labels=["process"])
+        roles = [("main", [os.getpid()])]
+        stage = self.agent.span_stage
+        if isinstance(stage, SpanWorkerPool):
+            roles.append(("span_worker", [w.pid for w in stage.workers if not w.exited]))
+        pipeline = self.agent.pipeline
+        guard = pipeline.cpu_yield.guard_pid if pipeline is not None and pipeline.cpu_yield else None
+        if guard is not None:
+            roles.append(("cpu_yield_guard", [guard]))
+        for role, pids in roles:
+            seconds = resident = 0.0
+            for pid in pids:
+                try:
+                    process = self._process(pid)
+                    times = process.cpu_times()
+                    seconds += times.user + times.system
+                    resident += process.memory_info().rss
+                except psutil.Error:
+                    self._processes.pop(pid, None)
+            cpu.add_metric([role], seconds)
+            rss.add_metric([role], resident)
+        yield cpu
+        yield rss
+
+
+class AgentMetrics:
+    """Registry with the agent's collector, process CPU/memory and build info."""
+
+    def __init__(self, agent):
+        self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        self.registry.register(AgentCollector(agent))
+        self.registry.register(AgentProcessesCollector(agent))
+        info = InfoMetricFamily(f"{PREFIX}_build", "Agent build information.")
+        info.add_metric([], {"version": __version__})
+        self._info = info
+        self.registry.register(_Static([info]))
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _Static:
+    def __init__(self, families):
+        self._families = families
+
+    def collect(self):
+        return self._families
+
+
+class MetricsServer:
+    """/metrics, /healthz (the loop turned recently), /readyz (probes
+    attached, exporter running)."""
+
+    def __init__(self, address: str, metrics: AgentMetrics, agent):
+        host, _, port = address.rpartition(":")
+        host = host.strip("[]") or "0.0.0.0"
+        metrics_ref, agent_ref = metrics, agent
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, metrics_ref.exposition(), CONTENT_TYPE_LATEST)
+                elif path == "/healthz":
+                    ok, why = agent_ref.healthy()
+                    self._send(200 if ok else 503, why.encode() + b"\n", "text/plain")
+                elif path == "/readyz":
+                    ok, why = agent_ref.ready()
+                    self._send(200 if ok else 503, why.encode() + b"\n", "text/plain")
+                else:
+                    self._send(404, b"not found\n", "text/plain")
+
+            def _send(self, code, body, content_type):
+                self.send_response(code)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer((host, int(port)), Handler)
+        self.server.daemon_threads = True
+        self.address = f"{host}:{self.server.server_address[1]}"
+        self._thread = threading.Thread(target=self.server.serve_forever, name="metrics", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

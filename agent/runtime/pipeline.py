@@ -1,0 +1,158 @@
+"""The agent's main loop: drain -> reassemble and match -> link trace
+context -> span stage (build spans, sample, export: agent/runtime/span_worker.py).
+
+One thread runs the first three stages back to back on each batch drained
+from the ring buffer (the batch list is the bounded queue between them, at
+most `batch_records` long); the span stage runs in this process, and for
+the batches of a heavy load behind a socket to its worker processes, and its
+exporter behind its own bounded queue.  Every stage counts what it drops.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+from agent.protocols.tracker import ConnectionTracker
+from agent.capture.loader import LoadedCapture
+from agent.spans.sampling import Sampler
+from agent.spans.resources import ResourceCache
+from agent.spans.builder import RESOURCE_MARKER, HttpExchangeLinker
+
+MAX_AWAITING_POD = 4096
+
+
+class Pipeline:
+    """Drain, reassemble and match, link trace context; hand the exchanges
+    to the span stage (in this process or in span workers)."""
+
+    def __init__(self, capture: LoadedCapture, span_stage, sampler: Sampler,
+                 batch_records: int = 4096, housekeeping_interval_s: float = 2.0,
+                 selection=None, tls=None, k8s=None, cpu_yield=None):
+        self.capture = capture
+        self.span_stage = span_stage
+        self.tracker = ConnectionTracker()
+        self.linker = HttpExchangeLinker(sampler)
+        # Reads resources only: the span stage keeps them, in its own process.
+        self.resources = ResourceCache(
+            k8s=k8s, exited_name=capture.process_name if capture is not None else None)
+        # Containerised processes whose pod the k8s index did not know yet:
+        # their resource is sent again once it does.  Beyond the bound they
+        # are counted instead, and keep a resource without the pod.
+        self._awaiting_pod: dict[int, None] = {}
+        self.pod_waits_dropped = 0
+        self.batch_records = batch_records
+        self.housekeeping_interval_s = housekeeping_interval_s
+        self.selection = selection
+        self.tls = tls
+        self.cpu_yield = cpu_yield
+        self.records_drained = 0
+        self.last_loop_monotonic = time.monotonic()
+
+    def drain_once(self) -> int:
+        """Process what the ring holds, batch after full batch, until a batch
+        comes out short: the ring was then caught up with.  Records written
+        while that batch was processed wait for the next poll, and make part
+        of a full-sized batch there instead of a small one now.  Returns
+        records handled."""
+        ring = self.capture.ring
+        limit = self.batch_records
+        handled = 0
+        while True:
+            records = ring.read_batch(limit)
+            if not records:
+                return handled
+            handled += len(records)
+            self.records_drained += len(records)
+            tracker = self.tracker
+            items = tracker.process(records)
+            exchanges = self.linker.exchanges(items) if items else []
+            if tracker.new_pids:
+                exchanges[:0] = [self._resource(pid) for pid in tracker.new_pids]
+                tracker.new_pids.clear()
+            if exchanges:
+                self.span_stage.submit(exchanges)
+            if len(records) < limit:
+                return handled
+
+    def _resource(self, pid: int) -> tuple:
+        attributes = self.resources.attributes_of(pid)
+        if self.resources.k8s is not None:
+            keys = {key for key, _ in attributes}
+            if "container.id" in keys and "k8s.pod.name" not in keys:
+                if len(self._awaiting_pod) < MAX_AWAITING_POD:
+                    self._awaiting_pod[pid] = None
+                else:
+                    self.pod_waits_dropped += 1
+        return (RESOURCE_MARKER, pid, attributes)
+
+    def _resend_resources_with_pods(self) -> None:
+        waiting, self._awaiting_pod = self._awaiting_pod, {}
+        found = []
+        for pid in waiting:
+            resource = self._resource(pid)
+            if pid not in self._awaiting_pod:
+                found.append(resource)
+            elif not os.path.exists(f"/proc/{pid}"):
+                del self._awaiting_pod[pid]
+        if found:
+            self.span_stage.submit(found)
+
+    def housekeeping(self) -> None:
+        if self._awaiting_pod:
+            self._resend_resources_with_pods()
+        exited = self.tracker.exited
+        if exited:
+            # Their resources were read when their last records were drained.
+            for pid in exited:
+                self.resources.exited(pid)
+                if self.capture is not None:
+                    self.capture.forget_process(pid)
+            exited.clear()
+        self.tracker.expire(time.monotonic_ns())
+        self.span_stage.housekeeping()
+        if self.cpu_yield is not None:
+            self.cpu_yield.check_guard()
+        if self.selection is not None:
+            self.selection.refresh(self.capture)
+
+    def run(self, stop: threading.Event, deadline: float | None = None) -> None:
+        next_housekeeping = time.monotonic() + self.housekeeping_interval_s
+        cpu_yield = self.cpu_yield
+        if cpu_yield is not None:
+            cpu_yield.start()
+        while not stop.is_set():
+            now = time.monotonic()
+            self.last_loop_monotonic = now
+            if deadline is not None and now >= deadline:
+                break
+            if cpu_yield is not None:
+                cpu_yield.turn(now)
+            if self.drain_once() < self.batch_records:
+                self.capture.ring.wait()
+            execs = self.tracker.execs
+            if execs:
+                selection = self.selection
+                if selection is not None and selection.exes:
+                    # Every process's execs are reported: keep the selected ones.
+                    selection.exec_seen(execs, self.capture)
+                    execs[:] = [pid for pid in execs if pid in selection.known_pids]
+                self.resources.exec_seen(execs)
+                if self.tls is not None:
+                    self.tls.exec_seen(execs)
+                execs.clear()
+            if self.tls is not None:
+                self.tls.poll(now)
+            if now >= next_housekeeping:
+                self.housekeeping()
+                next_housekeeping = now + self.housekeeping_interval_s
+
+    def stop(self, flush_timeout_s: float) -> None:
+        """Detach the probes, process what the ring still holds, flush."""
+        started = time.monotonic()
+        if self.cpu_yield is not None:
+            self.cpu_yield.stop()
+        self.capture.detach()
+        self.drain_once()
+        self.span_stage.shutdown(max(0.1, flush_timeout_s - (time.monotonic() - started)))
+        self.capture.close()

@@ -1,0 +1,83 @@
+"""The span record every stage after parsing works with.
+
+Spans are built from captured data (ids and times come from the wire and the
+kernel), so they are plain records here rather than SDK spans: the fast OTLP
+encoder reads them directly, and the SDK path converts them to ReadableSpan.
+"""
+from __future__ import annotations
+
+import random
+
+# OTLP SpanKind values (opentelemetry/proto/trace/v1/trace.proto).
+KIND_SERVER = 2
+KIND_CLIENT = 3
+KIND_NAMES = {KIND_SERVER: "SERVER", KIND_CLIENT: "CLIENT"}
+
+# OTLP Status.StatusCode values.
+STATUS_UNSET = 0
+STATUS_OK = 1
+STATUS_ERROR = 2
+STATUS_NAMES = {STATUS_UNSET: "UNSET", STATUS_OK: "OK", STATUS_ERROR: "ERROR"}
+
+_random_bits = random.getrandbits
+
+
+def new_span_id() -> bytes:
+    """A random non-zero 8-byte span id."""
+    while True:
+        value = _random_bits(64)
+        if value:
+            return value.to_bytes(8, "big")
+
+
+def new_trace_id() -> bytes:
+    """A random non-zero 16-byte trace id."""
+    while True:
+        value = _random_bits(128)
+        if value:
+            return value.to_bytes(16, "big")
+
+
+class Span:
+    """One finished span.
+
+    attributes: list of (key, value) pairs; value is str, int, float or bool.
+    resource: the traced process's Resource (agent.spans.resources.ProcessResource).
+    parent_span_id: b"" for a root span.
+    """
+
+    __slots__ = (
+        "trace_id", "span_id", "parent_span_id", "trace_state", "name", "kind",
+        "start_ns", "end_ns", "status_code", "status_message", "attributes",
+        "resource", "trace_flags",
+    )
+
+    def __init__(self, trace_id: bytes, span_id: bytes, parent_span_id: bytes,
+                 name: str, kind: int, start_ns: int, end_ns: int,
+                 attributes: list, resource, status_code: int = STATUS_UNSET,
+                 status_message: str = "", trace_state: str = "",
+                 trace_flags: int = 1):
+        self.trace_id = trace_id
+        self.span_id = span_id
+        self.parent_span_id = parent_span_id
+        self.trace_state = trace_state
+        self.name = name
+        self.kind = kind
+        self.start_ns = start_ns
+        self.end_ns = end_ns
+        self.status_code = status_code
+        self.status_message = status_message
+        self.attributes = attributes
+        self.resource = resource
+        self.trace_flags = trace_flags
+
+    def attribute(self, key: str, default=None):
+        for k, v in self.attributes:
+            if k == key:
+                return v
+        return default
+
+    def __repr__(self) -> str:
+        return (f"Span({self.name!r}, kind={KIND_NAMES.get(self.kind, self.kind)}, "
+                f"trace={self.trace_id.hex()}, id={self.span_id.hex()}, "
+                f"parent={self.parent_span_id.hex() or '-'})")

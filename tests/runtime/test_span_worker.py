@@ -1,0 +1,85 @@
+"""The span stage's split between the main process and its forked workers
+(agent/runtime/span_worker.py), on exchanges matched from a real recording, exported
+over OTLP/HTTP to a local receiver.  No privileges."""
+from __future__ import annotations
+
+import pytest
+
+from agent.protocols.tracker import ConnectionTracker
+from agent.export import create_sink
+from agent.capture.recording import read_records
+from agent.spans.redact import Redactor
+from agent.spans.routes import RouteNamer
+from agent.spans.sampling import Sampler
+from agent.spans.builder import RESOURCE_MARKER, HttpExchangeLinker
+from agent.runtime.span_worker import SPILL_EXCHANGES, LocalSpanStage, SpanWorkerPool
+from otlp_receiver import OtlpReceiver
+from test_pipeline_replay import RECORDING
+
+
+@pytest.fixture
+def receiver():
+    r = OtlpReceiver().start("http")
+    yield r
+    r.stop()
+
+
+def recorded_exchanges() -> tuple[list, list]:
+    """The recording's resources, as the pipeline announces them, and its
+    exchanges."""
+    tracker = ConnectionTracker()
+    linker = HttpExchangeLinker(Sampler.from_environment({}))
+    exchanges = linker.exchanges(tracker.process(read_records(RECORDING)))
+    resources = [(RESOURCE_MARKER, pid, [("service.name", f"recorded-{pid}")])
+                 for pid in sorted(tracker.new_pids)]
+    assert exchanges and resources
+    return resources, exchanges
+
+
+def make_pool(receiver, workers: int = 1) -> SpanWorkerPool:
+    env = {**receiver.env, "OTEL_BSP_SCHEDULE_DELAY": "50"}
+
+    def make_stage():
+        return LocalSpanStage(create_sink("otlp", environ=env), Redactor(),
+                              Sampler.from_environment({}), RouteNamer(),
+                              exporter_options={"environ": env})
+    return SpanWorkerPool(make_stage, workers)
+
+
+def test_batches_the_loop_keeps_up_with_stay_in_the_main_process(receiver):
+    resources, exchanges = recorded_exchanges()
+    pool = make_pool(receiver)
+    try:
+        pool.submit(resources + exchanges)
+        pool.submit(exchanges)
+        assert receiver.wait_for(lambda spans: len(spans) >= 2 * len(exchanges), timeout=10)
+    finally:
+        pool.shutdown(5.0)
+    assert pool.local.snapshot()["spans_exported"] == 2 * len(exchanges)
+    assert pool.workers[0].snapshot.get("spans_exported") == 0
+    assert pool.snapshot()["spans_exported"] == 2 * len(exchanges)
+    assert all(s.resource["service.name"].startswith("recorded-") for s in receiver.spans)
+
+
+def test_a_batch_larger_than_a_poll_keeps_up_with_goes_to_the_workers(receiver):
+    resources, exchanges = recorded_exchanges()
+    big = exchanges * (SPILL_EXCHANGES // len(exchanges) + 1)
+    assert len(big) > SPILL_EXCHANGES
+    pool = make_pool(receiver, workers=2)
+    try:
+        pool.submit(resources + exchanges)      # resources reach every stage
+        pool.submit(big)
+        total = len(exchanges) + len(big)
+        assert receiver.wait_for(lambda spans: len(spans) >= total, timeout=10)
+    finally:
+        pool.shutdown(5.0)
+    assert pool.local.snapshot()["spans_exported"] == len(exchanges)
+    by_worker = [w.snapshot.get("spans_exported") for w in pool.workers]
+    assert sum(by_worker) == len(big) and all(by_worker)
+    snapshot = pool.snapshot()
+    assert snapshot["spans_exported"] == total and snapshot["exchanges_dropped"] == 0
+    # Every stage holds every process's resource: the gauge counts them once.
+    assert snapshot["processes"] == len(resources)
+    # Spans the workers built carry the resources too.
+    assert len(receiver.spans) == total
+    assert all(s.resource["service.name"].startswith("recorded-") for s in receiver.spans)

@@ -23,14 +23,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent.protocols.tracker import ConnectionTracker  # noqa: E402
+from agent.protocols.router import ProtocolRouter  # noqa: E402
 from agent.export.otlp_encode import encode_export_request  # noqa: E402
 from agent.runtime.heap import settle_heap  # noqa: E402
 from agent.capture.recording import read_records  # noqa: E402
 from agent.spans.redact import Redactor  # noqa: E402
 from agent.spans.resources import ResourceCache  # noqa: E402
 from agent.capture.ringbuf import layout_records, read_records as ring_read  # noqa: E402
-from agent.spans.builder import HttpExchangeLinker, HttpSpanFactory  # noqa: E402
+from agent.spans.builder import ExchangeLinker, SpanFactory  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 512
@@ -42,7 +42,7 @@ server {{ listen 127.0.0.1:{port}; location / {{ return 200 "hello\\n"; }} }} }}
 """
 # Every request carries a traceparent of its own, as requests from an
 # instrumented client do: no two request heads are alike, so the tracker's
-# head cache (agent/connections.ParsedHeads) only helps with the responses.
+# head cache (agent/protocols/http1.ParsedHeads) only helps with the responses.
 WRK_SCRIPT = """
 local hex = "0123456789abcdef"
 local function random_hex(n)
@@ -84,9 +84,9 @@ def run(records: list[bytes], seconds: float, encode) -> dict:
     size = 1 << max(20, (sum(len(r) + 16 for r in records)).bit_length())
     image = layout_records(records, size)
     producer = int.from_bytes(image[:8], "little")
-    tracker = ConnectionTracker()
-    linker = HttpExchangeLinker()
-    factory = HttpSpanFactory(ResourceCache(), Redactor())
+    tracker = ProtocolRouter()
+    linker = ExchangeLinker()
+    factory = SpanFactory(ResourceCache(), Redactor())
     stage = {"drain": 0.0, "match": 0.0, "link": 0.0, "build": 0.0, "encode": 0.0}
     spans_total = bytes_total = 0
     # CPU time of this thread: other processes on the machine do not count.
@@ -127,8 +127,8 @@ def accepted_by_receiver(records: list[bytes]) -> tuple[int, int]:
     sys.path.insert(0, str(ROOT / "tests"))
     from otlp_receiver import OtlpReceiver
     from agent.export.otlp import SUCCESS, OtlpHttpSink
-    from agent.spans.builder import HttpSpanBuilder
-    spans = HttpSpanBuilder(ResourceCache(), Redactor()).build(ConnectionTracker().process(records))
+    from agent.spans.builder import SpanBuilder
+    spans = SpanBuilder(ResourceCache(), Redactor()).build(ProtocolRouter().process(records))
     receiver = OtlpReceiver(keep_spans=False)
     receiver.start("http")
     try:

@@ -1,53 +1,56 @@
-"""HTTP/2 connections: the ConnectionTracker hands them every event the
-kernel classified PROTOCOL_HTTP2 (bpf/http2.h: the client preface).
+"""HTTP/2 connections (PROTOCOL_HTTP2, bpf/http2.h: the client preface).
 
 Per connection: one H2Direction (agent/parsers/http2.py) per direction, the
 side that sent the preface being the client, and a StreamTracker
 (agent/protocols/http2_streams.py) that pairs each stream's request, response and
-trailers.  Work items for the span builder's linker, in event order:
+trailers.  Work items (agent/protocols/contract.py), tag ITEM_TAG, in event
+order:
 
-  (ITEM_H2_REQUEST, conn, request)            a stream's request headers
-  (ITEM_H2_EXCHANGE, conn, request, exchange) the stream completed (both
-                                              ends, RST_STREAM or GOAWAY)
+  (ITEM_TAG, conn, request, None)       a stream's request headers
+  (ITEM_TAG, conn, request, exchange)   the stream completed (both ends,
+                                        RST_STREAM or GOAWAY)
 
-`conn` is a connections.Connection (addresses, pid, role); `request` an
-H2Request (the span builder keeps its trace context on it).  Times are the
-kernel's: a client stream starts at the entry of the write that carried its
-HEADERS, a server stream at the exit of the read that did; an exchange ends
-with the syscall that completed it.
+`request` is an H2Request (the linker keeps its trace context on it),
+`exchange` an http2_streams.Exchange.  Times are the kernel's: a client
+stream starts at the entry of the write that carried its HEADERS, a server
+stream at the exit of the read that did; an exchange ends with the syscall
+that completed it.
 
-Everything kept is bounded (connections, streams per connection, requests
-waiting for their exchange) and everything dropped is counted in the
-tracker's `counts` under h2_* keys.
+Everything kept is bounded (streams per connection, requests waiting for
+their exchange) and everything dropped is counted.
 """
 from __future__ import annotations
-
-from collections import OrderedDict
 
 from hpack.exceptions import HPACKDecodingError
 from hpack.huffman_table import decode_huffman
 
-from agent.protocols.http2_streams import StreamTracker
+from agent.capture.records import C, EVENT_HEADER_SIZE
+from agent.counters import counter
 from agent.parsers import INVALID
 from agent.parsers.http2 import PREFACE, H2Direction
-from agent.capture.records import C, EVENT_HEADER, EVENT_HEADER_SIZE, lost_between
+from agent.protocols.contract import ProtocolHandler
+from agent.protocols.http2_streams import COUNTERS as STREAM_COUNTERS, StreamTracker
 
-ITEM_H2_REQUEST = 2
-ITEM_H2_EXCHANGE = 3
+ITEM_TAG = "h2"
 
 _INGRESS = C["DIRECTION_INGRESS"]
 _EGRESS = C["DIRECTION_EGRESS"]
 _ROLE_SERVER = C["ROLE_SERVER"]
 _ROLE_CLIENT = C["ROLE_CLIENT"]
 
-COUNT_KEYS = (
-    "h2_events_without_preface",   # events of a connection whose preface was not seen
-    "h2_streams_evicted",          # more open streams than a connection may hold
-    "h2_streams_unfinished",       # open when their connection closed, expired, was evicted
-    "h2_streams_reset",            # ended by RST_STREAM / refused by GOAWAY (error spans)
-    "h2_streams_without_request",  # completed, but their request headers were not decoded
-    "h2_header_blocks_partial",    # header blocks only partly decoded
-    "h2_decoder_resyncs",          # framing lost and found again
+COUNTERS = STREAM_COUNTERS + (
+    counter("h2_events_without_preface", "http2_events_without_preface",
+            "HTTP/2 events of connections whose preface was not seen and whose role is "
+            "unknown, skipped."),
+    counter("h2_streams_unfinished", "http2_streams_unfinished",
+            "HTTP/2 streams still open when their connection closed, expired or was evicted."),
+    counter("h2_streams_reset", "http2_streams_reset",
+            "HTTP/2 streams ended by RST_STREAM or refused by GOAWAY (spans with an error)."),
+    counter("h2_streams_without_request", "http2_streams_without_request",
+            "HTTP/2 streams completed whose request headers were not decoded, skipped."),
+    counter("h2_header_blocks_partial", "http2_header_blocks_partial",
+            "HTTP/2 header blocks only partly decoded (joined mid-stream, truncated)."),
+    counter("h2_decoder_resyncs", "http2_decoder_resyncs", "HTTP/2 framing lost and found again."),
 )
 
 
@@ -134,21 +137,17 @@ class H2Request:
                 self.tracestate = value
 
 
-class H2Connection:
-    __slots__ = ("conn", "client_direction", "client", "server", "streams", "requests",
-                 "last_seen_ns")
+class H2State:
+    __slots__ = ("client_direction", "client", "server", "streams", "requests")
 
-    def __init__(self, conn, client_direction: int, midstream: bool, max_streams: int):
-        self.conn = conn
+    def __init__(self, client_direction: int, midstream: bool, streams: StreamTracker):
         self.client_direction = client_direction
         # After a seen preface the server's bytes start at a frame boundary:
         # what it may have written before the kernel classified the
         # connection is its SETTINGS, which holds no header block.
         self.new_decoders(midstream)
-        self.streams = StreamTracker(max_streams)
+        self.streams = streams
         self.requests: dict[int, H2Request] = {}
-        self.last_seen_ns = 0
-
 
     def new_decoders(self, midstream: bool) -> None:
         """Decoders that start afresh; midstream ones know no header table,
@@ -158,91 +157,13 @@ class H2Connection:
         self.client.link(self.server)
 
 
-class H2ConnectionHandler:
-    def __init__(self, counts: dict, parse_errors: dict, max_connections: int = 16384,
-                 max_streams: int = 256):
-        self.counts = counts
-        for key in COUNT_KEYS:
-            counts.setdefault(key, 0)
-        self.parse_errors = parse_errors
-        self.connections: OrderedDict[int, H2Connection] = OrderedDict()
-        self.max_connections = max_connections
-        self.max_streams = max_streams
+class Http2Handler(ProtocolHandler):
+    PROTOCOL = C["PROTOCOL_HTTP2"]
+    NAME = "http2"
+    COUNTERS = COUNTERS
 
-    def __len__(self) -> int:
-        return len(self.connections)
-
-    def event(self, record, hot: tuple, out: list, connection_factory) -> None:
-        """One data event; `hot` is the leading header fields the tracker
-        already unpacked (through seq), the full header is read only for a
-        new connection."""
-        (_, _, tid, _, conn_id, start_ns, end_ns, length, captured, direction, role,
-         _, _, _, seq) = hot
-        payload = bytes(record[EVENT_HEADER_SIZE:EVENT_HEADER_SIZE + captured])
-        h2 = self.connections.get(conn_id)
-        if h2 is None:
-            h2 = self._open(EVENT_HEADER.unpack_from(record), payload, direction, role,
-                            connection_factory)
-            if h2 is None:
-                self.counts["h2_events_without_preface"] += 1
-                return
-        else:
-            self.connections.move_to_end(conn_id)
-        if seq:
-            if lost_between(h2.conn.last_seq, seq):
-                # Lost records may have changed the peers' header tables.
-                self.counts["event_gaps"] += 1
-                h2.new_decoders(midstream=True)
-            h2.conn.last_seq = seq
-        h2.last_seen_ns = end_ns
-        from_client = direction == h2.client_direction
-        decoder = h2.client if from_client else h2.server
-        partial, resyncs = decoder.partial_blocks, decoder.resyncs
-        status, events, reason = decoder.feed(payload, length - len(payload))
-        counts = self.counts
-        if status == INVALID:
-            key = ("http2", reason or "invalid")
-            self.parse_errors[key] = self.parse_errors.get(key, 0) + 1
-        if decoder.partial_blocks != partial:
-            counts["h2_header_blocks_partial"] += decoder.partial_blocks - partial
-        if decoder.resyncs != resyncs:
-            counts["h2_decoder_resyncs"] += decoder.resyncs - resyncs
-        if not events:
-            return
-        conn = h2.conn
-        # Frames count as sent when the write begins and as received when the
-        # read returns (as for HTTP/1), so spans of peers on one node nest.
-        ts_ns = start_ns if direction == _EGRESS else end_ns
-        streams = h2.streams
-        requests = h2.requests
-        if from_client:
-            open_streams = streams._open
-            for ev in events:
-                if ev[0] == "headers" and ev[1] & 1 and ev[1] not in requests:
-                    known = open_streams.get(ev[1])
-                    if known is not None and (known.request_headers is not None
-                                              or known.client_ended):
-                        continue   # client trailers
-                    request = H2Request(ev[1], ev[2], tid, ts_ns)
-                    requests[ev[1]] = request
-                    if len(requests) > 4 * self.max_streams:
-                        del requests[next(iter(requests))]
-                    out.append((ITEM_H2_REQUEST, conn, request))
-        evicted = streams.evicted
-        done = streams.feed(events, from_client, ts_ns)
-        if streams.evicted != evicted:
-            counts["h2_streams_evicted"] += streams.evicted - evicted
-        for exchange in done:
-            request = requests.pop(exchange.stream_id, None)
-            if exchange.reset_error is not None:
-                counts["h2_streams_reset"] += 1
-            if request is None or exchange.request_headers is None:
-                counts["h2_streams_without_request"] += 1
-                continue
-            out.append((ITEM_H2_EXCHANGE, conn, request, exchange))
-
-    def _open(self, header: tuple, payload: bytes, direction: int, role: int,
-              connection_factory) -> H2Connection | None:
+    def open(self, conn, payload: bytes, hot: tuple) -> bool:
+        direction, role = hot[9], hot[10]
         if payload[:8] == PREFACE[:8]:
             client_direction, midstream = direction, False
         elif role in (_ROLE_SERVER, _ROLE_CLIENT):
@@ -254,40 +175,59 @@ class H2ConnectionHandler:
             # block is the client.
             side = header_block_side(payload)
             if side is None:
-                return None
+                self.counts["h2_events_without_preface"] += 1
+                return False
             client_direction = direction if side == "request" else 1 - direction
             midstream = True
-        if len(self.connections) >= self.max_connections:
-            _, old = self.connections.popitem(last=False)
-            self.counts["connections_evicted"] += 1
-            self.counts["h2_streams_unfinished"] += len(old.streams)
-        conn = connection_factory(header)
         conn.role = _ROLE_CLIENT if client_direction == _EGRESS else _ROLE_SERVER
-        h2 = H2Connection(conn, client_direction, midstream, self.max_streams)
-        self.connections[conn.conn_id] = h2
-        self.counts["connections_opened"] += 1
-        return h2
+        conn.state = H2State(client_direction, midstream,
+                             StreamTracker(self.limits.max_streams, self.counts))
+        return True
 
-    def close(self, conn_id: int) -> None:
-        h2 = self.connections.pop(conn_id, None)
-        if h2 is None:
+    def gap(self, conn) -> None:
+        # Lost records may have changed the peers' header tables.
+        conn.state.new_decoders(midstream=True)
+
+    def discard(self, conn) -> None:
+        self.counts["h2_streams_unfinished"] += len(conn.state.streams.close())
+
+    def record(self, conn, record, hot: tuple, out: list) -> None:
+        (_, _, tid, _, _, start_ns, end_ns, length, captured, direction, _, _, _, _, _) = hot
+        payload = bytes(record[EVENT_HEADER_SIZE:EVENT_HEADER_SIZE + captured])
+        h2 = conn.state
+        from_client = direction == h2.client_direction
+        decoder = h2.client if from_client else h2.server
+        partial, resyncs = decoder.partial_blocks, decoder.resyncs
+        status, events, reason = decoder.feed(payload, length - len(payload))
+        counts = self.counts
+        if status == INVALID:
+            self.parse_error(reason)
+        if decoder.partial_blocks != partial:
+            counts["h2_header_blocks_partial"] += decoder.partial_blocks - partial
+        if decoder.resyncs != resyncs:
+            counts["h2_decoder_resyncs"] += decoder.resyncs - resyncs
+        if not events:
             return
-        self.counts["h2_streams_unfinished"] += len(h2.streams.close())
-        self.counts["connections_closed"] += 1
-
-    def expire(self, now_ns: int, idle_timeout_ns: int) -> int:
-        expired = 0
-        for conn_id, h2 in list(self.connections.items()):
-            if now_ns - h2.last_seen_ns > idle_timeout_ns:
-                del self.connections[conn_id]
-                self.counts["h2_streams_unfinished"] += len(h2.streams.close())
-                self.counts["connections_expired"] += 1
-                expired += 1
-        return expired
-
-    def forget_process(self, pid: int) -> None:
-        for conn_id, h2 in list(self.connections.items()):
-            if h2.conn.pid == pid:
-                del self.connections[conn_id]
-                self.counts["h2_streams_unfinished"] += len(h2.streams.close())
-                self.counts["connections_expired"] += 1
+        # Frames count as sent when the write begins and as received when the
+        # read returns (as for HTTP/1), so spans of peers on one node nest.
+        ts_ns = start_ns if direction == _EGRESS else end_ns
+        streams = h2.streams
+        requests = h2.requests
+        if from_client:
+            for ev in events:
+                if ev[0] == "headers" and ev[1] & 1 and ev[1] not in requests:
+                    if streams.has_request(ev[1]):
+                        continue   # client trailers
+                    request = H2Request(ev[1], ev[2], tid, ts_ns)
+                    requests[ev[1]] = request
+                    if len(requests) > 4 * self.limits.max_streams:
+                        del requests[next(iter(requests))]
+                    out.append((ITEM_TAG, conn, request, None))
+        for exchange in streams.feed(events, from_client, ts_ns):
+            request = requests.pop(exchange.stream_id, None)
+            if exchange.reset_error is not None:
+                counts["h2_streams_reset"] += 1
+            if request is None or exchange.request_headers is None:
+                counts["h2_streams_without_request"] += 1
+                continue
+            out.append((ITEM_TAG, conn, request, exchange))

@@ -20,6 +20,8 @@ skipped.  Client-sent trailers are ignored.  Streams the server pushes
 """
 from __future__ import annotations
 
+from agent.counters import counter
+
 REFUSED_STREAM = 0x7
 DEFAULT_MAX_STREAMS = 256
 
@@ -30,6 +32,18 @@ GRPC_STATUS_NAMES = ("OK", "CANCELLED", "UNKNOWN", "INVALID_ARGUMENT", "DEADLINE
 # gRPC's mapping of HTTP status to gRPC status when a response carries no
 # grpc-status (doc/http-grpc-status-mapping.md).
 _HTTP_TO_GRPC = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
+
+
+COUNTERS = (
+    counter("h2_streams_completed", "http2_streams_completed",
+            "HTTP/2 streams completed: both ends ended them, or RST_STREAM or GOAWAY did."),
+    counter("h2_streams_refused", "http2_streams_refused",
+            "HTTP/2 streams the server refused by GOAWAY, never processed (error spans)."),
+    counter("h2_streams_evicted", "http2_streams_evicted",
+            "HTTP/2 streams dropped: more open streams on a connection than tracked."),
+    counter("h2_events_ignored", "http2_events_ignored",
+            "HTTP/2 DATA frames of streams whose HEADERS were not seen, and unknown events."),
+)
 
 
 class Exchange:
@@ -64,28 +78,31 @@ class Exchange:
 
 class StreamTracker:
     """Open streams of one connection, bounded: beyond max_streams the
-    oldest is evicted (counted in `evicted`)."""
+    oldest is evicted.  `counts` holds the COUNTERS keys (one dict shared by
+    every connection's tracker; a tracker of its own by default)."""
 
-    __slots__ = ("max_streams", "_open", "evicted", "completed", "goaway_refused",
-                 "events_ignored")
+    __slots__ = ("max_streams", "_open", "counts")
 
-    def __init__(self, max_streams: int = DEFAULT_MAX_STREAMS):
+    def __init__(self, max_streams: int = DEFAULT_MAX_STREAMS, counts: dict | None = None):
         self.max_streams = max_streams
         self._open = {}
-        self.evicted = 0
-        self.completed = 0
-        self.goaway_refused = 0
-        self.events_ignored = 0
+        self.counts = counts if counts is not None else {c.key: 0 for c in COUNTERS}
 
     def __len__(self):
         return len(self._open)
+
+    def has_request(self, sid: int) -> bool:
+        """Whether stream sid already has its request headers or its client
+        ended it: a HEADERS block the client sends now is trailers."""
+        known = self._open.get(sid)
+        return known is not None and (known.request_headers is not None or known.client_ended)
 
     def _stream(self, sid: int, ts_ns: int) -> Exchange:
         stream = self._open.get(sid)
         if stream is None:
             if len(self._open) >= self.max_streams:
                 del self._open[next(iter(self._open))]
-                self.evicted += 1
+                self.counts["h2_streams_evicted"] += 1
             stream = self._open[sid] = Exchange(sid, ts_ns)
         return stream
 
@@ -100,7 +117,7 @@ class StreamTracker:
                 if stream is None:
                     # No HEADERS seen on it (joined mid-stream, or already
                     # complete): nothing to attach the body to.
-                    self.events_ignored += 1
+                    self.counts["h2_events_ignored"] += 1
                     continue
                 if from_client:
                     stream.request_bytes += event[2]
@@ -137,7 +154,7 @@ class StreamTracker:
                 if stream is not None:
                     stream.reset_error = event[2]
                     stream.end_ns = ts_ns
-                    self.completed += 1
+                    self.counts["h2_streams_completed"] += 1
                     done.append(stream)
                 continue
             elif kind == "goaway":
@@ -147,17 +164,17 @@ class StreamTracker:
                         stream = self._open.pop(sid)
                         stream.reset_error = REFUSED_STREAM
                         stream.end_ns = ts_ns
-                        self.goaway_refused += 1
-                        self.completed += 1
+                        self.counts["h2_streams_refused"] += 1
+                        self.counts["h2_streams_completed"] += 1
                         done.append(stream)
                 continue
             else:
-                self.events_ignored += 1
+                self.counts["h2_events_ignored"] += 1
                 continue
             if stream.client_ended and stream.server_ended:
                 del self._open[sid]
                 stream.end_ns = ts_ns
-                self.completed += 1
+                self.counts["h2_streams_completed"] += 1
                 done.append(stream)
         return done
 

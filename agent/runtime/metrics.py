@@ -19,58 +19,18 @@ from agent.runtime.span_worker import EXPORT_SECONDS_BUCKETS, SpanWorkerPool
 
 PREFIX = "otel_ebpf"
 
-# Tracker counters exposed as one counter each: name suffix -> help.
-_TRACKER_COUNTERS = {
-    "requests_without_response": ("requests_without_response",
-                                  "Requests that never got a response (connection closed, expired or evicted)."),
-    "responses_without_request": ("responses_without_request",
-                                  "Responses whose request was not seen."),
-    "heads_truncated": ("http_heads_truncated",
-                        "HTTP heads longer than the capture size, skipped."),
-    "messages_incomplete": ("messages_incomplete",
-                            "Messages only partly seen when their connection closed, expired or was evicted."),
-    "records_malformed": ("records_malformed", "Ring buffer records too short to decode."),
-    "h2_events_without_preface": ("http2_events_without_preface",
-                                  "HTTP/2 events of connections whose preface was not seen and whose role is unknown, skipped."),
-    "h2_streams_evicted": ("http2_streams_evicted",
-                           "HTTP/2 streams dropped: more open streams on a connection than tracked."),
-    "h2_streams_unfinished": ("http2_streams_unfinished",
-                              "HTTP/2 streams still open when their connection closed, expired or was evicted."),
-    "h2_streams_reset": ("http2_streams_reset",
-                         "HTTP/2 streams ended by RST_STREAM or refused by GOAWAY (spans with an error)."),
-    "h2_streams_without_request": ("http2_streams_without_request",
-                                   "HTTP/2 streams completed whose request headers were not decoded, skipped."),
-    "h2_header_blocks_partial": ("http2_header_blocks_partial",
-                                 "HTTP/2 header blocks only partly decoded (joined mid-stream, truncated)."),
-    "h2_decoder_resyncs": ("http2_decoder_resyncs", "HTTP/2 framing lost and found again."),
-    "sql_requests_without_response": ("sql_queries_without_response",
-                                      "Database queries dropped unanswered (connection closed, expired or evicted, too many waiting, timeout, lost records)."),
-    "sql_responses_without_request": ("sql_responses_without_query",
-                                      "Database statement completions with no query waiting for them."),
-    "sql_framing_lost": ("sql_framing_lost",
-                         "Database message boundaries lost (uncaptured or bad bytes), then found again."),
-    "sql_tail_recoveries": ("sql_tail_recoveries",
-                            "Lost database framing recovered from the end of a long response (FLAG_TAIL)."),
-    "sql_fallback_completions": ("sql_fallback_completions",
-                                 "Database queries completed by the next request after their response's framing was lost."),
-    "sql_events_without_direction": ("sql_events_without_direction",
-                                     "Database events seen before the requesting side was known, skipped."),
-    "sql_events_skipped_resync": ("sql_events_skipped_resync",
-                                  "Database events skipped while waiting for a message start."),
-    "sql_tls_connections": ("sql_tls_connections",
-                            "Database connections that switched to TLS (their plaintext comes from the TLS probes)."),
-    "sql_compressed_connections": ("sql_compressed_connections",
-                                   "MySQL connections with protocol compression, not followed."),
-    "sql_statements_evicted": ("sql_statements_evicted",
-                               "Prepared statements dropped from a connection's bounded table."),
-    "sql_unknown_statements": ("sql_unknown_statements",
-                               "Executions of statements whose text is unknown (prepared before the agent joined, or evicted)."),
-    "sql_executes_skipped": ("sql_executes_skipped",
-                             "PostgreSQL Executes the server skipped after an earlier error in their Sync unit."),
-}
-_SKIP_REASONS = {"events_skipped_resync": "resync", "events_unknown_protocol": "unknown_protocol"}
-_CONNECTION_EVENTS = {"connections_opened": "opened", "connections_closed": "closed",
-                      "connections_evicted": "evicted", "connections_expired": "expired"}
+def declared_families(counter_values):
+    """Counter families from (agent/counters.py declaration, value) pairs:
+    one family per declared Metric, one sample per key feeding it."""
+    by_metric: dict = {}
+    for declared, value in counter_values:
+        by_metric.setdefault(declared.metric, []).append((declared.label_value, value))
+    for metric, samples in by_metric.items():
+        labels = [metric.label] if metric.label else []
+        family = CounterMetricFamily(f"{PREFIX}_{metric.name}", metric.help, labels=labels)
+        for label_value, value in samples:
+            family.add_metric([label_value] if metric.label else [], value)
+        yield family
 
 
 class AgentCollector:
@@ -104,35 +64,15 @@ class AgentCollector:
         if pipeline is None:
             return
         tracker = pipeline.tracker
-        counts = tracker.counts
         drained = CounterMetricFamily(f"{PREFIX}_events_drained", "Records read from the ring buffer.")
         drained.add_metric([], pipeline.records_drained)
         yield drained
-        skipped = CounterMetricFamily(f"{PREFIX}_events_skipped", "Drained records not used, by reason.", labels=["reason"])
-        for key, reason in _SKIP_REASONS.items():
-            skipped.add_metric([reason], counts[key])
-        yield skipped
         errors = CounterMetricFamily(f"{PREFIX}_parse_errors", "Messages that could not be parsed.", labels=["protocol", "reason"])
         for (protocol, reason), value in list(tracker.parse_errors.items()):
             errors.add_metric([protocol, reason], value)
         yield errors
-        for key, (name, doc) in _TRACKER_COUNTERS.items():
-            family = CounterMetricFamily(f"{PREFIX}_{name}", doc)
-            family.add_metric([], counts[key])
-            yield family
-        conn_events = CounterMetricFamily(f"{PREFIX}_connection_events", "Connection lifecycle in the tracker.", labels=["event"])
-        for key, event in _CONNECTION_EVENTS.items():
-            conn_events.add_metric([event], counts[key])
-        yield conn_events
-        messages = CounterMetricFamily(f"{PREFIX}_http_messages", "HTTP/1.x messages framed.", labels=["type"])
-        messages.add_metric(["request"], tracker.requests)
-        messages.add_metric(["response"], tracker.responses)
-        yield messages
         linker = pipeline.linker
-        invalid = CounterMetricFamily(f"{PREFIX}_trace_context_invalid", "Invalid incoming trace-context headers, ignored.", labels=["header"])
-        invalid.add_metric(["traceparent"], linker.counts["traceparent_invalid"])
-        invalid.add_metric(["tracestate"], linker.counts["tracestate_invalid"])
-        yield invalid
+        yield from declared_families(tracker.counter_values() + linker.counter_values())
         stage = agent.span_stage.snapshot()
         built = CounterMetricFamily(f"{PREFIX}_spans_built", "Spans built from matched exchanges.", labels=["kind"])
         built.add_metric(["server"], stage.get("spans_server", 0))
@@ -173,9 +113,9 @@ class AgentCollector:
             behind.add_metric([], cpu_yield.switches_to_normal)
             yield behind
         tracked = GaugeMetricFamily(f"{PREFIX}_tracked", "Entities the agent holds state for.", labels=["entity"])
-        tracked.add_metric(["connections"], len(tracker.connections) + len(tracker.h2) + len(tracker.sql))
+        tracked.add_metric(["connections"], tracker.connections_tracked())
         tracked.add_metric(["processes"], stage.get("processes", 0))
-        tracked.add_metric(["trace_links"], len(linker.linker))
+        tracked.add_metric(["trace_links"], linker.links_tracked())
         yield tracked
         k8s = agent.k8s
         if k8s is not None:

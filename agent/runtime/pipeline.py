@@ -13,11 +13,11 @@ import os
 import threading
 import time
 
-from agent.protocols.tracker import ConnectionTracker
+from agent.protocols.router import ProtocolRouter
 from agent.capture.loader import LoadedCapture
 from agent.spans.sampling import Sampler
 from agent.spans.resources import ResourceCache
-from agent.spans.builder import RESOURCE_MARKER, HttpExchangeLinker
+from agent.spans.builder import RESOURCE_MARKER, ExchangeLinker
 
 MAX_AWAITING_POD = 4096
 
@@ -31,8 +31,8 @@ class Pipeline:
                  selection=None, tls=None, k8s=None, cpu_yield=None):
         self.capture = capture
         self.span_stage = span_stage
-        self.tracker = ConnectionTracker()
-        self.linker = HttpExchangeLinker(sampler)
+        self.tracker = ProtocolRouter()
+        self.linker = ExchangeLinker(sampler)
         # Reads resources only: the span stage keeps them, in its own process.
         self.resources = ResourceCache(
             k8s=k8s, exited_name=capture.process_name if capture is not None else None)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.protocols.tracker import ParsedHeads
+from agent.protocols.http1 import ParsedHeads
 from agent.parsers import INVALID, NEED_MORE, PARSED
 from agent.parsers.http1 import (
     ChunkedBody, looks_like_request, looks_like_response, parse_request, parse_response,

@@ -15,7 +15,8 @@ import os
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent.protocols.tracker import ITEM_EXCHANGE, ITEM_REQUEST, ConnectionTracker
+from agent.protocols.http1 import ITEM_TAG
+from agent.protocols.router import ProtocolRouter
 from agent.parsers import INVALID, NEED_MORE, PARSED
 from agent.parsers.http1 import ChunkedBody, parse_request, parse_response, split_target
 from agent.parsers.tracecontext import parse_traceparent, parse_tracestate
@@ -163,8 +164,8 @@ def record(payload: bytes, *, conn_id: int = 1, direction: int = C["DIRECTION_IN
 
 def check_output(items):
     for item in items:
-        assert item[0] in (ITEM_REQUEST, ITEM_EXCHANGE)
-        if item[0] == ITEM_EXCHANGE:
+        assert item[0] == ITEM_TAG
+        if item[3] is not None:
             _, conn, request, response = item
             assert request.parsed is not None and response.parsed is not None
 
@@ -188,13 +189,13 @@ events = st.builds(
 @BUDGET
 @given(st.lists(events, max_size=30), st.integers(1, 3))
 def test_tracker_survives_fuzzed_events(batch, batches):
-    tracker = ConnectionTracker(max_connections=3, max_pending_requests=4, max_header_bytes=2048)
+    tracker = ProtocolRouter(max_connections=3, max_pending_requests=4, max_header_bytes=2048)
     size = max(1, len(batch) // batches)
     for i in range(0, len(batch), size):
         check_output(tracker.process(batch[i:i + size]))
     tracker.expire(2 ** 62)
     assert all(v >= 0 for v in tracker.counts.values())
-    assert len(tracker.connections) <= 3
+    assert len(tracker.table) <= 3
 
 
 @st.composite
@@ -230,16 +231,16 @@ def damaged_recording(draw):
 @BUDGET
 @given(damaged_recording())
 def test_tracker_survives_damaged_recording(records):
-    tracker = ConnectionTracker()
+    tracker = ProtocolRouter()
     check_output(tracker.process(records))
     assert all(v >= 0 for v in tracker.parse_errors.values())
 
 
 def test_recording_replays_cleanly():
-    tracker = ConnectionTracker()
+    tracker = ProtocolRouter()
     items = tracker.process(RECORDS)
     # The fixture: client -> nginx -> backend, 14 exchanges seen at both ends.
-    assert sum(1 for item in items if item[0] == ITEM_EXCHANGE) == 28
+    assert sum(1 for item in items if item[3] is not None) == 28
     assert tracker.parse_errors == {}
 
 
@@ -251,7 +252,7 @@ def test_recording_replays_cleanly():
     b"GET / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
 ]), st.integers(1, 50))
 def test_parse_errors_are_counted(bad, conn_id):
-    tracker = ConnectionTracker()
+    tracker = ProtocolRouter()
     tracker.process([record(bad, conn_id=conn_id)])
     assert sum(tracker.parse_errors.values()) == 1, tracker.parse_errors
     # The connection recovers at the next message start.
@@ -259,6 +260,6 @@ def test_parse_errors_are_counted(bad, conn_id):
         record(b"GET /next HTTP/1.1\r\nHost: x\r\n\r\n", conn_id=conn_id),
         record(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", conn_id=conn_id,
                direction=C["DIRECTION_EGRESS"])])
-    assert [i[2].parsed.target for i in items if i[0] == ITEM_REQUEST] == ["/next"]
-    assert sum(1 for i in items if i[0] == ITEM_EXCHANGE) == 1
+    assert [i[2].parsed.target for i in items if i[3] is None] == ["/next"]
+    assert sum(1 for i in items if i[3] is not None) == 1
     assert sum(tracker.parse_errors.values()) == 1

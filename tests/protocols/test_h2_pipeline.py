@@ -1,19 +1,19 @@
 """HTTP/2 and gRPC through the userspace pipeline: the real captures of
 tests/fixtures/http2 replayed as kernel records of both ends of one
 loopback connection (client and server traced on one node), then
-ConnectionTracker -> HttpExchangeLinker -> HttpSpanFactory."""
+ConnectionTracker -> ExchangeLinker -> SpanFactory."""
 from __future__ import annotations
 
 import os
 import random
 
 from agent.spans import semconv
-from agent.protocols.tracker import ConnectionTracker
+from agent.protocols.router import ProtocolRouter
 from agent.export.otlp_encode import encode_export_request
 from agent.capture.records import C
 from agent.spans.redact import Redactor
 from agent.spans.resources import ResourceCache
-from agent.spans.builder import HttpSpanBuilder
+from agent.spans.builder import SpanBuilder
 from agent.spans.model import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, STATUS_UNSET
 from event_records import make_record
 
@@ -65,8 +65,8 @@ def records(name: str, chunk: int = 4096, roles=(0, 0), capture: int | None = No
 
 
 def run(recs, batch: int = 5):
-    tracker = ConnectionTracker()
-    builder = HttpSpanBuilder(ResourceCache(host_attributes=[]), Redactor())
+    tracker = ProtocolRouter()
+    builder = SpanBuilder(ResourceCache(host_attributes=[]), Redactor())
     spans = []
     for i in range(0, len(recs), batch):
         spans += builder.build(tracker.process(recs[i:i + batch]))

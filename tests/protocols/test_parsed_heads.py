@@ -1,10 +1,11 @@
-"""The tracker's head cache (agent/connections.ParsedHeads): a head seen
+"""The HTTP/1 handler's head cache (agent/protocols/http1.ParsedHeads): a head seen
 before is not parsed again, anything else is, and the cache stays bounded.
 Heads are the captured fixtures of real clients and servers."""
 from __future__ import annotations
 
-from agent.protocols import tracker as connections
-from agent.protocols.tracker import ConnectionTracker, ParsedHeads
+from agent.protocols import http1 as connections
+from agent.protocols.router import ProtocolRouter
+from agent.protocols.http1 import ParsedHeads
 from agent.parsers import PARSED
 from agent.parsers.http1 import parse_request, parse_response
 from agent.capture.records import C
@@ -63,13 +64,13 @@ def test_the_cache_is_bounded(monkeypatch):
 
 
 def test_identical_heads_on_two_connections_keep_their_own_times():
-    tracker = ConnectionTracker()
+    tracker = ProtocolRouter()
     items = []
     for conn_id, t in ((1, 1_000), (2, 5_000)):
         items += tracker.process([record(CURL_REQUEST, conn_id=conn_id, end_ns=t)])
         items += tracker.process([record(NGINX_RESPONSE, conn_id=conn_id, end_ns=t + 700,
                                          direction=C["DIRECTION_EGRESS"])])
-    exchanges = [item for item in items if item[0] == connections.ITEM_EXCHANGE]
+    exchanges = [item for item in items if item[3] is not None]
     assert len(exchanges) == 2
     (_, conn1, request1, response1), (_, conn2, request2, response2) = exchanges
     assert request1.parsed is request2.parsed and response1.parsed is response2.parsed

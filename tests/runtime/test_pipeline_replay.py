@@ -12,13 +12,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from agent.protocols.tracker import ConnectionTracker
+from agent.protocols.router import ProtocolRouter
 from agent.export.otlp_encode import encode_export_request
 from agent.capture.recording import read_records
 from agent.capture.records import EVENT_HEADER_FIELDS
 from agent.spans.redact import Redactor
 from agent.spans.resources import ResourceCache
-from agent.spans.builder import HttpSpanBuilder
+from agent.spans.builder import SpanBuilder
 from agent.spans.model import KIND_CLIENT, KIND_SERVER, STATUS_UNSET
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
@@ -30,8 +30,8 @@ NGINX, BACKEND = 18090, 18081
 
 def replay(batch: int = 7):
     records = read_records(RECORDING)
-    tracker = ConnectionTracker()
-    builder = HttpSpanBuilder(ResourceCache(host_attributes=[]), Redactor())
+    tracker = ProtocolRouter()
+    builder = SpanBuilder(ResourceCache(host_attributes=[]), Redactor())
     spans = []
     for i in range(0, len(records), batch):
         spans += builder.build(tracker.process(records[i:i + batch]))
@@ -102,8 +102,8 @@ def test_replayed_spans_encode_to_valid_otlp():
 
 def test_truncated_and_shuffled_records_never_raise():
     records = read_records(RECORDING)
-    tracker = ConnectionTracker()
-    builder = HttpSpanBuilder(ResourceCache(host_attributes=[]), Redactor())
+    tracker = ProtocolRouter()
+    builder = SpanBuilder(ResourceCache(host_attributes=[]), Redactor())
     mangled = [r[:len(r) // 2] for r in records] + [r[:40] for r in records] + records[::-1]
     builder.build(tracker.process(mangled))
     assert tracker.counts["records_malformed"] > 0
@@ -112,9 +112,9 @@ def test_truncated_and_shuffled_records_never_raise():
 def test_configured_routes_name_spans_without_raw_paths():
     from agent.spans.routes import RouteNamer
     records = read_records(RECORDING)
-    builder = HttpSpanBuilder(ResourceCache(host_attributes=[]), Redactor(),
+    builder = SpanBuilder(ResourceCache(host_attributes=[]), Redactor(),
                               routes=RouteNamer(["/api/{name}", "/api/status/{code}"]))
-    spans = builder.build(ConnectionTracker().process(records))
+    spans = builder.build(ProtocolRouter().process(records))
     orders = by(spans, KIND_SERVER, NGINX)["/api/orders"]
     assert orders.name == "GET /api/{name}" and orders.attribute("http.route") == "/api/{name}"
     index = by(spans, KIND_SERVER, NGINX)["/index.html"]
@@ -125,8 +125,8 @@ def test_sampling_follows_the_incoming_sampled_flag():
     from agent.spans.sampling import Sampler
     records = read_records(RECORDING)
     sampler = Sampler(ratio=0.0)
-    builder = HttpSpanBuilder(ResourceCache(host_attributes=[]), Redactor(), sampler=sampler)
-    spans = builder.build(ConnectionTracker().process(records))
+    builder = SpanBuilder(ResourceCache(host_attributes=[]), Redactor(), sampler=sampler)
+    spans = builder.build(ProtocolRouter().process(records))
     kept = sampler.filter(spans)
     # Requests that arrived with a sampled traceparent stay, and so do their
     # same-node children; traces the agent started are dropped at ratio 0.
@@ -136,7 +136,7 @@ def test_sampling_follows_the_incoming_sampled_flag():
 
 def test_a_head_cut_off_by_close_is_counted():
     records = read_records(RECORDING)
-    tracker = ConnectionTracker()
+    tracker = ProtocolRouter()
     from agent.capture.records import EVENT_HEADER, EVENT_HEADER_SIZE, C
     first_request = next(r for r in records if r[EVENT_HEADER_SIZE:EVENT_HEADER_SIZE + 4] == b"GET ")
     header = list(EVENT_HEADER.unpack_from(first_request))
@@ -174,8 +174,8 @@ def _has_later_data(records, index):
 def test_a_lost_record_is_seen_as_a_gap_and_framing_recovers():
     from agent.capture.records import EVENT_HEADER, EVENT_HEADER_SIZE
     records = _numbered(read_records(RECORDING))
-    whole = HttpSpanBuilder(ResourceCache(host_attributes=[]), Redactor()).build(
-        ConnectionTracker().process(records))
+    whole = SpanBuilder(ResourceCache(host_attributes=[]), Redactor()).build(
+        ProtocolRouter().process(records))
     # Lose the pipelined client's first response on its keep-alive
     # connection: the next record there shows the gap, and that exchange is
     # lost rather than misframed.
@@ -184,8 +184,8 @@ def test_a_lost_record_is_seen_as_a_gap_and_framing_recovers():
                   and EVENT_HEADER.unpack_from(r)[9] == 1   # ingress: a client reading it
                   and b"/api/p" not in r and records.index(r) > 0
                   and _has_later_data(records, i))
-    tracker = ConnectionTracker()
-    damaged = HttpSpanBuilder(ResourceCache(host_attributes=[]), Redactor()).build(
+    tracker = ProtocolRouter()
+    damaged = SpanBuilder(ResourceCache(host_attributes=[]), Redactor()).build(
         tracker.process(records[:victim] + records[victim + 1:]))
     assert tracker.counts["event_gaps"] == 1
     assert len(whole) - 2 <= len(damaged) < len(whole)
@@ -200,14 +200,14 @@ def test_a_lost_record_is_seen_as_a_gap_and_framing_recovers():
 def test_process_exit_releases_its_connections_and_counts_their_requests():
     from agent.capture.records import EVENT_HEADER, C
     records = read_records(RECORDING)
-    tracker = ConnectionTracker()
+    tracker = ProtocolRouter()
     first_request = next(r for r in records if b"GET /api/orders" in r)
     pid = dict(zip(EVENT_HEADER_FIELDS, EVENT_HEADER.unpack_from(first_request)))["pid"]
     tracker.process([first_request])
-    assert len(tracker.connections) == 1
+    assert len(tracker.table) == 1
     from event_records import make_record
     tracker.process([make_record(type=C["EVENT_PROCESS_EXIT"], pid=pid)])
-    assert len(tracker.connections) == 0
+    assert len(tracker.table) == 0
     # The request was complete and waiting: counted as never answered.
     assert tracker.counts["requests_without_response"] == 1
     assert tracker.counts["connections_expired"] == 1
@@ -225,12 +225,12 @@ def test_a_record_lost_just_before_the_close_is_seen_too():
         elif fields["type"] == C["EVENT_CLOSE"]:
             fields["seq"] = last.get(fields["conn_id"], 0)
         closed.append(EVENT_HEADER.pack(*(fields[n] for n in EVENT_HEADER_FIELDS)) + record[EVENT_HEADER_SIZE:])
-    tracker = ConnectionTracker()
+    tracker = ProtocolRouter()
     tracker.process(closed)
     assert tracker.counts["event_gaps"] == 0
     victim = next(i for i, r in enumerate(closed)
                   if r[EVENT_HEADER_SIZE:EVENT_HEADER_SIZE + 9] == b"HTTP/1.1 " and b"chunked" in r)
-    tracker = ConnectionTracker()
+    tracker = ProtocolRouter()
     tracker.process(closed[:victim] + closed[victim + 1:])
     assert tracker.counts["event_gaps"] == 1
     assert tracker.counts["requests_without_response"] == 1

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import pytest
 
-from agent.protocols.tracker import ConnectionTracker
+from agent.protocols.router import ProtocolRouter
 from agent.export import create_sink
 from agent.capture.recording import read_records
 from agent.spans.redact import Redactor
 from agent.spans.routes import RouteNamer
 from agent.spans.sampling import Sampler
-from agent.spans.builder import RESOURCE_MARKER, HttpExchangeLinker
+from agent.spans.builder import RESOURCE_MARKER, ExchangeLinker
 from agent.runtime.span_worker import SPILL_EXCHANGES, LocalSpanStage, SpanWorkerPool
 from otlp_receiver import OtlpReceiver
 from test_pipeline_replay import RECORDING
@@ -27,8 +27,8 @@ def receiver():
 def recorded_exchanges() -> tuple[list, list]:
     """The recording's resources, as the pipeline announces them, and its
     exchanges."""
-    tracker = ConnectionTracker()
-    linker = HttpExchangeLinker(Sampler.from_environment({}))
+    tracker = ProtocolRouter()
+    linker = ExchangeLinker(Sampler.from_environment({}))
     exchanges = linker.exchanges(tracker.process(read_records(RECORDING)))
     resources = [(RESOURCE_MARKER, pid, [("service.name", f"recorded-{pid}")])
                  for pid in sorted(tracker.new_pids)]

@@ -1,0 +1,145 @@
+"""Reassemble and match: the stage between the drain and span building.
+
+Each data record goes to the handler of its connection's protocol
+(HANDLERS: the kernel's protocol tag -> handler, agent/protocols/contract.py);
+process records (exec, exit) and closes are handled here and in the shared
+connection table (agent/protocols/table.py).  Output, per batch, is the
+handlers' work items in event order.  Everything kept is bounded, and
+everything thrown away is counted in `self.counts`.
+"""
+from __future__ import annotations
+
+from agent.capture.records import C, EVENT_HEADER, EVENT_HEADER_SIZE, prefix_struct
+from agent.counters import Counter, counter, unique
+from agent.protocols import table as table_module
+from agent.protocols.contract import Limits
+from agent.protocols.http1 import EVENTS_SKIPPED, Http1Handler
+from agent.protocols.http2 import Http2Handler
+from agent.protocols.mysql import MysqlHandler
+from agent.protocols.postgres import PostgresHandler
+from agent.protocols.table import Connection, ConnectionTable
+
+# One line per protocol: its handler class (the kernel tag is its PROTOCOL).
+HANDLERS = (Http1Handler, Http2Handler, PostgresHandler, MysqlHandler)
+
+COUNTERS = (
+    Counter("events_unknown_protocol", EVENTS_SKIPPED, "unknown_protocol"),
+    counter("records_malformed", "records_malformed", "Ring buffer records too short to decode."),
+)
+
+_EVENT_CLOSE = C["EVENT_CLOSE"]
+_EVENT_PROCESS_EXIT = C["EVENT_PROCESS_EXIT"]
+_EVENT_PROCESS_EXEC = C["EVENT_PROCESS_EXEC"]
+
+# The per-event fields, through `seq`: the hot loop unpacks only these;
+# addresses and ports are read once, when a connection opens.
+_HOT_HEADER = prefix_struct("struct event_header", "seq")
+
+
+class ProtocolRouter:
+    def __init__(self, max_connections: int = 65536, max_pending_requests: int = 64,
+                 max_header_bytes: int = 16384, idle_timeout_s: float = 300.0,
+                 request_timeout_s: float = 120.0, handlers=HANDLERS):
+        self.max_connections = max_connections
+        self.counter_declarations = unique(COUNTERS, table_module.COUNTERS,
+                                           *(h.COUNTERS for h in handlers))
+        self.counts = {c.key: 0 for c in self.counter_declarations}
+        # (protocol, reason) -> count
+        self.parse_errors: dict[tuple[str, str], int] = {}
+        limits = Limits(max_pending=max_pending_requests, max_header_bytes=max_header_bytes,
+                        request_timeout_ns=int(request_timeout_s * 1e9))
+        self.handlers = {h.PROTOCOL: h(self.counts, self.parse_errors, limits)
+                         for h in handlers}
+        self.table = ConnectionTable(self.counts, max_connections, int(idle_timeout_s * 1e9))
+        # Processes that called exec, for the TLS library scan to look at.
+        self.execs: list[int] = []
+        # Processes seen for the first time (their first connection, or the
+        # first after an exec): their resource is read while they live
+        # (agent/runtime/pipeline.py), not when their spans are built.
+        self.new_pids: list[int] = []
+        self._known_pids: set[int] = set()
+        # Processes whose exit was handled: the kernel keeps their names
+        # until the pipeline lets go of them (agent/runtime/pipeline.py).
+        self.exited: list[int] = []
+
+    def connections_tracked(self) -> int:
+        return len(self.table)
+
+    def counter_values(self):
+        """(declaration, value) of every counter of the stage."""
+        counts = self.counts
+        return [(c, counts[c.key]) for c in self.counter_declarations]
+
+    # -- hot path ---------------------------------------------------------
+    def process(self, records: list) -> list:
+        out: list = []
+        table = self.table
+        by_id = table.by_id
+        get = by_id.get
+        move_to_end = by_id.move_to_end
+        handlers = self.handlers
+        unpack = _HOT_HEADER.unpack_from
+        header_size = EVENT_HEADER_SIZE
+        for record in records:
+            if len(record) < header_size:
+                self.counts["records_malformed"] += 1
+                continue
+            hot = unpack(record)
+            event_type = hot[0]
+            conn_id = hot[4]
+            conn = get(conn_id)
+            if event_type == _EVENT_CLOSE:
+                if conn is not None:
+                    table.close(conn, hot[14], out)
+                continue
+            if event_type == _EVENT_PROCESS_EXIT:
+                self.forget_process(hot[1])
+                continue
+            if event_type == _EVENT_PROCESS_EXEC:
+                self.execs.append(hot[1])
+                self._known_pids.discard(hot[1])   # a new program: read it again
+                continue
+            protocol = hot[11]
+            if conn is None or conn.protocol != protocol:
+                handler = handlers.get(protocol)
+                if handler is None:
+                    self.counts["events_unknown_protocol"] += 1
+                    continue
+                if conn is not None:       # the kernel classified it anew
+                    table.drop(conn)
+                conn = self._open(record, hot, handler)
+                if conn is None:
+                    continue
+            else:
+                move_to_end(conn_id)
+            conn.last_seen_ns = hot[6]
+            seq = hot[14]
+            if seq:
+                table.check_seq(conn, seq)
+            conn.handler.record(conn, record, hot, out)
+        return out
+
+    def _open(self, record, hot: tuple, handler) -> Connection | None:
+        conn = Connection(EVENT_HEADER.unpack_from(record), handler)
+        payload = bytes(record[EVENT_HEADER_SIZE:EVENT_HEADER_SIZE + hot[8]])
+        if not handler.open(conn, payload, hot):
+            return None
+        self.table.add(conn)
+        known = self._known_pids
+        if conn.pid not in known:
+            if len(known) >= 4 * self.max_connections:
+                known.clear()
+            known.add(conn.pid)
+            self.new_pids.append(conn.pid)
+        return conn
+
+    # -- housekeeping -----------------------------------------------------
+    def expire(self, now_ns: int) -> int:
+        """Drop idle connections and requests that never got an answer."""
+        return self.table.expire(now_ns)
+
+    def forget_process(self, pid: int) -> None:
+        self._known_pids.discard(pid)
+        if len(self.exited) < self.max_connections:   # the pipeline drains it
+            self.exited.append(pid)
+        self.table.forget_process(pid)

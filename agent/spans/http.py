@@ -1,0 +1,173 @@
+"""HTTP spans (stable HTTP semantic conventions) from HTTP/1.x exchanges,
+and from plain HTTP/2 ones (network.protocol.version "2").
+
+Span names are `{method}`, or `{method} {route}` for configured routes,
+never the raw path; unknown methods become `_OTHER` / `HTTP`.  What a
+joined HTTP/2 connection's header blocks did not reveal (method, path,
+status: None in the exchange) is left out, not filled in.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from agent.parsers.http1 import split_target
+from agent.parsers.http2 import error_name
+from agent.spans.model import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, STATUS_UNSET, Span
+
+TAG = "http"
+KNOWN_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS",
+                           "TRACE", "PATCH", "QUERY"))
+
+
+class HttpExchange(NamedTuple):
+    tag: str                 # TAG
+    kind: int                # KIND_SERVER / KIND_CLIENT
+    pid: int
+    trace_id: bytes
+    span_id: bytes
+    parent_id: bytes
+    flags: int
+    trace_state: str
+    start_ns: int            # CLOCK_MONOTONIC
+    end_ns: int
+    method: str | None       # None: not decoded (HTTP/2 joined mid-connection)
+    target: str | None
+    version: str
+    host: str | None
+    user_agent: str | None
+    status_code: int | None
+    local_addr: str
+    local_port: int
+    remote_addr: str
+    remote_port: int
+    scheme: str
+    reset_error: int | None  # HTTP/2: RST_STREAM code, or REFUSED_STREAM by GOAWAY
+
+
+def link_http1(linker, conn, message, response) -> HttpExchange | None:
+    """An HTTP/1 work item (agent/protocols/http1.py) -> its exchange once
+    the response completed it."""
+    if message.context is None:
+        message.context = linker.decide(conn, message.parsed, message.tid, conn.key())
+    if response is None:
+        return None
+    ctx, incoming = message.context
+    request = message.parsed
+    if conn.is_server:
+        linker.server_finished(conn, message.tid, incoming, ctx, conn.mirror_key())
+        kind, start = KIND_SERVER, message.first_end_ns
+    else:
+        kind, start = KIND_CLIENT, message.first_start_ns
+    return HttpExchange(TAG, kind, conn.pid, ctx.trace_id, ctx.span_id, ctx.parent_span_id,
+                        ctx.flags, ctx.trace_state, start, response.last_end_ns, request.method,
+                        request.target, request.version, request.host, request.user_agent,
+                        response.parsed.status_code, conn.local_addr, conn.local_port,
+                        conn.remote_addr, conn.remote_port, conn.scheme, None)
+
+
+def host_and_port(host: str | None) -> tuple[str | None, int | None]:
+    """A Host header or :authority -> (name, port or None)."""
+    if not host:
+        return None, None
+    if host.startswith("["):
+        end = host.find("]")
+        name, rest = host[1:end], host[end + 1:]
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        name, _, port = host.partition(":")
+    return name, int(port) if port.isdigit() else None
+
+
+class HostCache:
+    """host_and_port with the results of the values seen lately."""
+
+    __slots__ = ("_hosts",)
+
+    def __init__(self):
+        self._hosts: dict = {}
+
+    def __call__(self, host: str | None) -> tuple[str | None, int | None]:
+        cached = self._hosts.get(host)
+        if cached is None:
+            if len(self._hosts) >= 4096:
+                self._hosts.clear()
+            cached = self._hosts[host] = host_and_port(host)
+        return cached
+
+
+class HttpSpans:
+    """Builds HTTP spans; `factory` (agent/spans/builder.py) holds the
+    resources, redactor, routes, host cache and clock offset."""
+
+    def __init__(self, factory):
+        self.factory = factory
+
+    def build(self, e: HttpExchange) -> Span:
+        (_, kind, pid, trace_id, span_id, parent_id, flags, trace_state, start, end, method,
+         target, version, host_header, user_agent, status_code, local_addr, local_port,
+         remote_addr, remote_port, scheme, reset_error) = e
+        factory = self.factory
+        redactor = factory.redactor
+        known = method in KNOWN_METHODS
+        path, query = split_target(target) if target is not None else (None, None)
+        host, host_port = factory.hosts(host_header)
+        status = STATUS_UNSET
+        attrs = []
+        if method is not None:
+            attrs.append(("http.request.method", method if known else "_OTHER"))
+        if kind == KIND_SERVER:
+            if path is not None:
+                attrs.append(("url.path", path))
+            attrs.append(("url.scheme", scheme))
+            attrs.append(("server.address", host or local_addr))
+            attrs.append(("server.port", host_port or local_port))
+            attrs.append(("client.address", remote_addr))
+            if query is not None:
+                attrs.append(("url.query", redactor.redact_query(query)))
+            if status_code is not None and status_code >= 500:
+                status = STATUS_ERROR
+        else:
+            server_address = host or remote_addr
+            server_port = host_port or remote_port
+            attrs.append(("server.address", server_address))
+            attrs.append(("server.port", server_port))
+            if path is not None:
+                attrs.append(("url.full", self._url_full(scheme, target, server_address,
+                                                         server_port, path, query)))
+            if status_code is not None and status_code >= 400:
+                status = STATUS_ERROR
+        name = method if known else "HTTP"
+        if known and factory.routes.patterns and path is not None:
+            name, route = factory.routes.name(method, path)
+            if route is not None:
+                attrs.append(("http.route", route))
+        attrs.append(("network.peer.address", remote_addr))
+        attrs.append(("network.peer.port", remote_port))
+        attrs.append(("network.protocol.version", version))
+        if status_code is not None:
+            attrs.append(("http.response.status_code", status_code))
+        if not known and method is not None:
+            attrs.append(("http.request.method_original", method))
+        if user_agent:
+            attrs.append(("user_agent.original", user_agent))
+        if status == STATUS_ERROR:
+            attrs.append(("error.type", str(status_code)))
+        elif reset_error:
+            status = STATUS_ERROR
+            attrs.append(("error.type", error_name(reset_error)))
+        offset = factory.clock_offset_ns
+        return Span(trace_id, span_id, parent_id, name, kind, start + offset, end + offset,
+                    attrs, factory.resources.get(pid), status, "", trace_state, flags)
+
+    def _url_full(self, scheme: str, target: str, host: str, port: int, path: str,
+                  query: str | None) -> str:
+        redactor = self.factory.redactor
+        if "://" in target:
+            return redactor.redact_url(target)
+        default_port = 443 if scheme == "https" else 80
+        bracketed = f"[{host}]" if ":" in host and not host.startswith("[") else host
+        authority = bracketed if port == default_port else f"{bracketed}:{port}"
+        url = f"{scheme}://{authority}{path}"
+        if query is not None:
+            url += "?" + redactor.redact_query(query)
+        return url

@@ -57,7 +57,7 @@ def test_grpc_calls_exchanges():
     assert header(by_sid[1].request_headers, "traceparent") == TRACEPARENT
     assert all(e.start_ns < e.end_ns and not e.partial for e in done)
     assert by_sid[3].response_bytes == 63 and by_sid[5].request_bytes == 18
-    assert len(tracker) == 0 and tracker.evicted == 0
+    assert len(tracker) == 0 and tracker.counts["h2_streams_evicted"] == 0
 
 
 def test_grpc_concurrent_exchanges():
@@ -102,6 +102,15 @@ def test_reset_midway_and_goaway_refused():
     done = tracker.feed([("goaway", 3, 0)], False, 30)
     assert [(e.stream_id, e.reset_error) for e in done] == [(5, REFUSED_STREAM)]
     assert [e.stream_id for e in tracker.close()] == [3]
+    # What a user reads from the metrics: one stream refused, two completed.
+    assert tracker.counts["h2_streams_refused"] == 1
+    assert tracker.counts["h2_streams_completed"] == 2
+
+
+def test_data_of_unknown_stream_is_counted_ignored():
+    tracker = StreamTracker()
+    assert tracker.feed([("data", 7, 10, True)], False, 1) == []
+    assert tracker.counts["h2_events_ignored"] == 1
 
 
 def test_informational_and_trailers():
@@ -118,7 +127,7 @@ def test_bounded_open_streams():
     tracker = StreamTracker(max_streams=4)
     for sid in range(1, 21, 2):
         tracker.feed([_h(sid, [(":method", "GET")])], True, sid)
-    assert len(tracker) == 4 and tracker.evicted == 6
+    assert len(tracker) == 4 and tracker.counts["h2_streams_evicted"] == 6
     assert [e.stream_id for e in tracker.close()] == [13, 15, 17, 19]
 
 

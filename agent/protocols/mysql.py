@@ -225,7 +225,7 @@ class _MysqlResponses(SqlHandler):
             if kind == "prepare_ok" and extra is not None:
                 self.define(sc, response.statement_id, extra)
             return
-        if code == my.COMINIT_DB:
+        if code == my.COM_INIT_DB:
             if kind == "ok":
                 sc.namespace = extra
             return
@@ -404,7 +404,7 @@ class MysqlHandler(_MysqlResponses):
             out.append((ITEM_TAG, conn, query, None))
         elif code == my.COM_STMT_PREPARE:
             self.push(sc, [code, None, command.query], self.limits.max_pending)
-        elif code == my.COMINIT_DB:
+        elif code == my.COM_INIT_DB:
             self.push(sc, [code, None, command.schema], self.limits.max_pending)
         elif code == my.COM_STMT_CLOSE:
             sc.statements.pop(command.statement_id, None)

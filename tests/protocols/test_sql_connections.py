@@ -1,4 +1,4 @@
-"""SqlConnectionHandler against the recorded PostgreSQL and MySQL/MariaDB
+"""The PostgreSQL and MySQL handlers (behind the router) against the recorded PostgreSQL and MySQL/MariaDB
 conversations of tests/fixtures/postgres and tests/fixtures/mysql (made by
 tests/fixtures/capture_sql.py), replayed as kernel events, plus crafted
 responses for truncation, lost records and joining mid-connection.
@@ -14,14 +14,72 @@ import os
 
 import pytest
 
-from agent.protocols.tracker import Connection
 from agent.parsers import PARSED
 from agent.parsers import mysql as my
 from agent.parsers import postgres as pg
 from agent.capture.records import C, prefix_struct
-from agent.protocols.sql import (COUNT_KEYS, ITEM_SQL_EXCHANGE, ITEM_SQL_REQUEST,
-                                   SqlConnectionHandler)
+from agent.protocols.mysql import MysqlHandler
+from agent.protocols.postgres import PostgresHandler
+from agent.protocols.router import ProtocolRouter
+from agent.protocols.sql_base import COUNTERS as SQL_COUNTERS
 from event_records import make_record
+
+ITEM_SQL_REQUEST, ITEM_SQL_EXCHANGE = "request", "exchange"
+
+
+class SqlConnectionHandler:
+    """The SQL handlers behind a router of their own, driven as these tests
+    drive them: record by record, closes and housekeeping by call.  Items
+    come out as (ITEM_SQL_REQUEST | ITEM_SQL_EXCHANGE, conn, query); the
+    counts are copied into `counts` after every call."""
+
+    def __init__(self, counts=None, errors=None, max_connections=16384, max_pending=64,
+                 max_statements=256, request_timeout_ns=120 * 10**9):
+        self.router = ProtocolRouter(max_connections=max_connections,
+                                     max_pending_requests=max_pending,
+                                     request_timeout_s=request_timeout_ns / 1e9,
+                                     handlers=(PostgresHandler, MysqlHandler))
+        for handler in self.router.handlers.values():
+            handler.limits = handler.limits._replace(max_statements=max_statements,
+                                                     request_timeout_ns=request_timeout_ns)
+        self.counts = self.router.counts
+        self.parse_errors = self.router.parse_errors
+        self._counts = counts if counts is not None else {}
+        self._errors = errors if errors is not None else {}
+        self._sync()
+
+    def _sync(self) -> None:
+        self._counts.update(self.router.counts)
+        self._errors.update(self.router.parse_errors)
+
+    def __len__(self) -> int:
+        return len(self.router.table)
+
+    @property
+    def connections(self) -> dict:
+        return {conn_id: conn.state for conn_id, conn in self.router.table.by_id.items()}
+
+    def _items(self, items, out) -> None:
+        for _, conn, query, done in items:
+            out.append((ITEM_SQL_REQUEST if done is None else ITEM_SQL_EXCHANGE, conn, query))
+        self._sync()
+
+    def event(self, record, out) -> None:
+        self._items(self.router.process([record]), out)
+
+    def close(self, conn_id, out, seq=0) -> None:
+        self._items(self.router.process([make_record(type=C["EVENT_CLOSE"], conn_id=conn_id,
+                                                     seq=seq)]), out)
+
+    def expire(self, now_ns, idle_timeout_ns) -> int:
+        self.router.table.idle_timeout_ns = idle_timeout_ns
+        expired = self.router.expire(now_ns)
+        self._sync()
+        return expired
+
+    def forget_process(self, pid) -> None:
+        self.router.forget_process(pid)
+        self._sync()
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
 HOT = prefix_struct("struct event_header", "seq")
@@ -191,7 +249,7 @@ def feed(records, handler=None, counts=None, errors=None):
         handler = SqlConnectionHandler(counts, errors)
     out = []
     for record in records:
-        handler.event(record, HOT.unpack_from(record), out, Connection)
+        handler.event(record, out)
     return handler, out
 
 
@@ -290,10 +348,10 @@ def check_case(protocol, name, out, counts, errors):
 # -------------------------------------------------------------------- tests
 
 def test_count_keys_registered():
-    counts = {"event_gaps": 5}
-    SqlConnectionHandler(counts, {})
-    assert set(COUNT_KEYS) <= set(counts) and counts["event_gaps"] == 5
-    assert all(k.startswith("sql_") for k in COUNT_KEYS)
+    counts = ProtocolRouter().counts
+    assert {c.key for c in SQL_COUNTERS} <= set(counts)
+    assert all(c.key.startswith("sql_") and c.metric.name.startswith("sql_")
+               for c in SQL_COUNTERS)
 
 
 @pytest.mark.parametrize("protocol,name", CASES, ids=IDS)
@@ -887,7 +945,7 @@ def test_expire_idle_and_request_timeout():
     _, out = feed(rest.records, handler)
     done = exchanged(out)
     assert [q.text for q in done] == ["SET AUTOCOMMIT = 0"]
-    last = handler.connections[7].last_seen_ns
+    last = handler.router.table.by_id[7].last_seen_ns
     assert handler.expire(last + 10, 100) == 0
     assert handler.expire(last + 1000, 100) == 1
     assert len(handler) == 0 and counts["connections_expired"] == 1
@@ -990,10 +1048,3 @@ def test_mysql_answer_without_command_counted():
     _, out = feed(r.records, counts=counts)
     assert [q.text for q in exchanged(out)] == ["SET NAMES utf8mb4"]
     assert counts["sql_responses_without_request"] == 1
-
-
-def test_every_count_is_exported_as_a_metric():
-    from agent.protocols.http2 import COUNT_KEYS as H2_KEYS
-    from agent.runtime.metrics import _TRACKER_COUNTERS
-    from agent.protocols.sql import COUNT_KEYS as SQL_KEYS
-    assert set(SQL_KEYS) | set(H2_KEYS) <= set(_TRACKER_COUNTERS)

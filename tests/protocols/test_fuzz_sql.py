@@ -139,15 +139,13 @@ def test_sql_text_helpers_never_raise(text):
 
 # ------------------------------------------------- connection handler
 
-from agent.protocols.tracker import Connection  # noqa: E402
-from agent.capture.records import C, prefix_struct  # noqa: E402
-from agent.protocols.sql import (ITEM_SQL_EXCHANGE, ITEM_SQL_REQUEST,  # noqa: E402
-                                   SqlConnectionHandler, SqlQuery)
+from agent.capture.records import C  # noqa: E402
+from agent.protocols.sql_base import SqlQuery  # noqa: E402
 
 from event_records import make_record  # noqa: E402
-from test_sql_connections import my_writes, pg_writes  # noqa: E402
+from test_sql_connections import (ITEM_SQL_EXCHANGE, ITEM_SQL_REQUEST,  # noqa: E402
+                                  SqlConnectionHandler, my_writes, pg_writes)
 
-_HOT = prefix_struct("struct event_header", "seq")
 _PG, _MY = C["PROTOCOL_POSTGRES"], C["PROTOCOL_MYSQL"]
 _CONVERSATIONS = ([(_PG, pg_writes(n)) for n in (
     "psycopg_simple", "psycopg_prepared", "psycopg_errors", "psycopg_transaction",
@@ -200,7 +198,7 @@ def test_sql_handler_never_raises(records):
     handler = SqlConnectionHandler(counts, errors, max_pending=4, max_statements=2)
     out = []
     for record in records:
-        handler.event(record, _HOT.unpack_from(record), out, Connection)
+        handler.event(record, out)
     handler.expire(10**6, 10**9, 500)
     handler.close(5, out, seq=3)
     handler.forget_process(77)

@@ -71,8 +71,11 @@ class SqlConnectionHandler:
         self._items(self.router.process([make_record(type=C["EVENT_CLOSE"], conn_id=conn_id,
                                                      seq=seq)]), out)
 
-    def expire(self, now_ns, idle_timeout_ns) -> int:
+    def expire(self, now_ns, idle_timeout_ns, request_timeout_ns=None) -> int:
         self.router.table.idle_timeout_ns = idle_timeout_ns
+        if request_timeout_ns is not None:
+            for handler in self.router.handlers.values():
+                handler.limits = handler.limits._replace(request_timeout_ns=request_timeout_ns)
         expired = self.router.expire(now_ns)
         self._sync()
         return expired

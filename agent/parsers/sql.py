@@ -171,26 +171,25 @@ def sanitize(query: str, dialect: str | None = None) -> str:
     """query with every literal replaced by ?, comments removed, and IN
     lists of literals collapsed to IN (?).  Placeholders ($1, ?, :name, %s,
     %(name)s) and quoted identifiers stay.  An unterminated string or
-    comment runs to the end of the text (it becomes ? or disappears)."""
+    comment runs to the end of the text (it becomes ? or disappears).
+    A scanner defect raises: the caller counts it and masks the whole text
+    (agent/protocols/sql_base.py)."""
     if len(query) <= _CACHE_TEXT:
         return _sanitize_cached(query, dialect)
     return _sanitize(query, dialect)
 
 
 def _sanitize(query, dialect):
-    try:
-        scanner = _SCANNERS.get(dialect) or _SCANNERS[None]
-        if _MARK in query:
-            query = query.replace(_MARK, "")
-        out = scanner.sub(_replace, query)
-        if "rue" in out or "RUE" in out or "alse" in out or "ALSE" in out:
-            out = _BOOLEAN.sub(_MARK, out)
-        if "\x00," in out or "\x00 ," in out:
-            out = _IN_LIST.sub(_in_list, out)
-        out = out.replace(_MARK, "?")
-        return out.strip()
-    except Exception:  # pragma: no cover - defensive: never raise, never leak
-        return "?"
+    scanner = _SCANNERS.get(dialect) or _SCANNERS[None]
+    if _MARK in query:
+        query = query.replace(_MARK, "")
+    out = scanner.sub(_replace, query)
+    if "rue" in out or "RUE" in out or "alse" in out or "ALSE" in out:
+        out = _BOOLEAN.sub(_MARK, out)
+    if "\x00," in out or "\x00 ," in out:
+        out = _IN_LIST.sub(_in_list, out)
+    out = out.replace(_MARK, "?")
+    return out.strip()
 
 
 _sanitize_cached = lru_cache(maxsize=_CACHE_ENTRIES)(_sanitize)
@@ -252,12 +251,9 @@ def query_info(query: str):
     cannot be told.  Literals and comments never reach the result, so
     query_info(sanitize(q)) == query_info(q); calling it on the sanitised
     text makes its cache hit when only literals vary."""
-    try:
-        if len(query) <= _CACHE_TEXT:
-            return _query_info_cached(query)
-        return _query_info(query)
-    except Exception:  # pragma: no cover - defensive
-        return None, None, None
+    if len(query) <= _CACHE_TEXT:
+        return _query_info_cached(query)
+    return _query_info(query)
 
 
 def _query_info(query):
@@ -415,25 +411,22 @@ def extract_trace_context(query: str):
     """(traceparent, tracestate) from a sqlcommenter comment, each None
     when absent; values are unescaped and URL-decoded.  A traceparent that
     is not well formed comes back as None."""
-    try:
-        if "traceparent" not in query:
-            return None, None
-        for m in _COMMENT.finditer(query):
-            body = m.group(1)
-            if "traceparent" not in body:
-                continue
-            traceparent = tracestate = None
-            for key, value in _PAIR.findall(body):
-                key = unquote(key)
-                value = unquote(value.replace("\\'", "'"))
-                if key == "traceparent":
-                    traceparent = value.strip()
-                elif key == "tracestate":
-                    tracestate = value.strip()
-            if traceparent is not None:
-                if not _TRACEPARENT.match(traceparent) or traceparent.startswith("ff"):
-                    traceparent = None
-                return traceparent, tracestate
+    if "traceparent" not in query:
         return None, None
-    except Exception:  # pragma: no cover - defensive
-        return None, None
+    for m in _COMMENT.finditer(query):
+        body = m.group(1)
+        if "traceparent" not in body:
+            continue
+        traceparent = tracestate = None
+        for key, value in _PAIR.findall(body):
+            key = unquote(key)
+            value = unquote(value.replace("\\'", "'"))
+            if key == "traceparent":
+                traceparent = value.strip()
+            elif key == "tracestate":
+                tracestate = value.strip()
+        if traceparent is not None:
+            if not _TRACEPARENT.match(traceparent) or traceparent.startswith("ff"):
+                traceparent = None
+            return traceparent, tracestate
+    return None, None

@@ -1051,3 +1051,40 @@ def test_mysql_answer_without_command_counted():
     _, out = feed(r.records, counts=counts)
     assert [q.text for q in exchanged(out)] == ["SET NAMES utf8mb4"]
     assert counts["sql_responses_without_request"] == 1
+
+
+def test_scanner_failure_is_counted_and_masks_the_text(monkeypatch):
+    """A defect in the SQL scanner must not pass silently: each statement
+    it fails on is counted as a parse error, and its text leaves fully
+    masked, never raw."""
+    import agent.parsers.sql as sql_parser
+
+    def broken(*_):
+        raise RuntimeError("scanner defect")
+
+    monkeypatch.setattr(sql_parser, "_sanitize_cached", broken)
+    monkeypatch.setattr(sql_parser, "_sanitize", broken)
+    handler, out, counts, errors = replay(PG, "psycopg_simple")
+    done = exchanged(out)
+    assert len(done) == 2
+    assert all(q.sanitized == "?" and q.summary is None for q in done)
+    assert errors == {("postgresql", "sanitize_failed"): 2}
+
+
+def test_trace_context_failure_is_counted(monkeypatch):
+    import agent.protocols.sql_base as sql_base
+
+    def broken(_):
+        raise RuntimeError("scanner defect")
+
+    monkeypatch.setattr(sql_base, "extract_trace_context", broken)
+    r = Replay(PG)
+    conversation = pg_writes("psycopg_simple")
+    r.extend(conversation[:2])
+    text = f"SELECT 1 /*traceparent='{TRACEPARENT}'*/".encode()
+    r.add("c", b"Q" + (len(text) + 5).to_bytes(4, "big") + text + b"\0")
+    errors = {}
+    _, out = feed(r.records, errors=errors)
+    requests = [item[2] for item in out if item[0] == ITEM_SQL_REQUEST]
+    assert requests and requests[-1].traceparent is None
+    assert errors == {("postgresql", "trace_context_failed"): 1}

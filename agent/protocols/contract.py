@@ -50,7 +50,7 @@ class ProtocolHandler:
         self.parse_errors = parse_errors
         self.limits = limits
 
-    def open(self, conn, payload: bytes, hot: tuple) -> bool:
+    def open(self, conn, record, hot: tuple) -> bool:
         """A record of a connection the table does not know: set conn.state
         (and conn.role when the bytes tell it) and return True, or count why
         not and return False (the record is skipped, nothing is kept)."""

@@ -154,7 +154,7 @@ class Http1Handler(ProtocolHandler):
         self.heads = (ParsedHeads(http1.parse_request, limits.max_header_bytes),
                       ParsedHeads(http1.parse_response, limits.max_header_bytes))
 
-    def open(self, conn, payload: bytes, hot: tuple) -> bool:
+    def open(self, conn, record, hot: tuple) -> bool:
         state = conn.state = Http1State()
         if conn.role == _ROLE_SERVER:
             _set_request_direction(conn, state, _INGRESS, self.heads)

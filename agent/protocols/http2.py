@@ -162,8 +162,9 @@ class Http2Handler(ProtocolHandler):
     NAME = "http2"
     COUNTERS = COUNTERS
 
-    def open(self, conn, payload: bytes, hot: tuple) -> bool:
+    def open(self, conn, record, hot: tuple) -> bool:
         direction, role = hot[9], hot[10]
+        payload = bytes(record[EVENT_HEADER_SIZE:EVENT_HEADER_SIZE + hot[8]])
         if payload[:8] == PREFACE[:8]:
             client_direction, midstream = direction, False
         elif role in (_ROLE_SERVER, _ROLE_CLIENT):

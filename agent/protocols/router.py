@@ -9,7 +9,8 @@ everything thrown away is counted in `self.counts`.
 """
 from __future__ import annotations
 
-from agent.capture.records import C, EVENT_HEADER, EVENT_HEADER_SIZE, prefix_struct
+from agent.capture.records import (C, EVENT_HEADER, EVENT_HEADER_SIZE, lost_between,
+                                    prefix_struct)
 from agent.counters import Counter, counter, unique
 from agent.protocols import table as table_module
 from agent.protocols.contract import Limits
@@ -27,6 +28,7 @@ COUNTERS = (
     counter("records_malformed", "records_malformed", "Ring buffer records too short to decode."),
 )
 
+_EVENT_DATA = C["EVENT_DATA"]
 _EVENT_CLOSE = C["EVENT_CLOSE"]
 _EVENT_PROCESS_EXIT = C["EVENT_PROCESS_EXIT"]
 _EVENT_PROCESS_EXEC = C["EVENT_PROCESS_EXEC"]
@@ -85,19 +87,9 @@ class ProtocolRouter:
                 self.counts["records_malformed"] += 1
                 continue
             hot = unpack(record)
-            event_type = hot[0]
             conn_id = hot[4]
             conn = get(conn_id)
-            if event_type == _EVENT_CLOSE:
-                if conn is not None:
-                    table.close(conn, hot[14], out)
-                continue
-            if event_type == _EVENT_PROCESS_EXIT:
-                self.forget_process(hot[1])
-                continue
-            if event_type == _EVENT_PROCESS_EXEC:
-                self.execs.append(hot[1])
-                self._known_pids.discard(hot[1])   # a new program: read it again
+            if hot[0] != _EVENT_DATA and self._control(hot, conn, out):
                 continue
             protocol = hot[11]
             if conn is None or conn.protocol != protocol:
@@ -115,14 +107,30 @@ class ProtocolRouter:
             conn.last_seen_ns = hot[6]
             seq = hot[14]
             if seq:
-                table.check_seq(conn, seq)
-            conn.handler.record(conn, record, hot, out)
+                if lost_between(conn.last_seq, seq):
+                    table.gap(conn)
+                conn.last_seq = seq
+            conn.record(conn, record, hot, out)
         return out
+
+    def _control(self, hot: tuple, conn, out: list) -> bool:
+        """Close and process records; False for others (read as data)."""
+        event_type = hot[0]
+        if event_type == _EVENT_CLOSE:
+            if conn is not None:
+                self.table.close(conn, hot[14], out)
+        elif event_type == _EVENT_PROCESS_EXIT:
+            self.forget_process(hot[1])
+        elif event_type == _EVENT_PROCESS_EXEC:
+            self.execs.append(hot[1])
+            self._known_pids.discard(hot[1])   # a new program: read it again
+        else:
+            return False
+        return True
 
     def _open(self, record, hot: tuple, handler) -> Connection | None:
         conn = Connection(EVENT_HEADER.unpack_from(record), handler)
-        payload = bytes(record[EVENT_HEADER_SIZE:EVENT_HEADER_SIZE + hot[8]])
-        if not handler.open(conn, payload, hot):
+        if not handler.open(conn, record, hot):
             return None
         self.table.add(conn)
         known = self._known_pids

@@ -224,14 +224,15 @@ class SqlHandler(ProtocolHandler):
     COUNTERS = COUNTERS
     DIALECT: str | None = None      # the sanitiser's (agent/parsers/sql.py)
 
-    def open(self, conn, payload: bytes, hot: tuple) -> bool:
+    def open(self, conn, record, hot: tuple) -> bool:
         direction, role = hot[9], hot[10]
         if role == _ROLE_SERVER:
             client_direction = _INGRESS
         elif role == _ROLE_CLIENT:
             client_direction = _EGRESS
         else:
-            client_direction = self.client_direction(payload, direction)
+            client_direction = self.client_direction(
+                bytes(record[EVENT_HEADER_SIZE:EVENT_HEADER_SIZE + hot[8]]), direction)
             if client_direction is None:
                 self.counts["sql_events_without_direction"] += 1
                 return False

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ipaddress
 from collections import OrderedDict
 
-from agent.capture.records import C, lost_between
+from agent.capture.records import C
 from agent.counters import Counter, Metric, counter
 
 _ROLE_SERVER = C["ROLE_SERVER"]
@@ -24,18 +24,32 @@ COUNTERS = (
 )
 
 
+_V4_MAPPED = b"\0" * 10 + b"\xff\xff"
+# Formatting an address costs more than the rest of opening a connection,
+# and a node talks to few peers: the texts are kept, up to this many.
+MAX_CACHED_ADDRESSES = 4096
+_address_texts: dict[bytes, str] = {}
+
+
 def format_address(raw: bytes) -> str:
-    if raw[:12] == b"\0" * 10 + b"\xff\xff":
-        return ipaddress.IPv4Address(raw[12:]).compressed
-    return ipaddress.IPv6Address(raw).compressed
+    text = _address_texts.get(raw)
+    if text is None:
+        if raw[:12] == _V4_MAPPED:
+            text = ipaddress.IPv4Address(raw[12:]).compressed
+        else:
+            text = ipaddress.IPv6Address(raw).compressed
+        if len(_address_texts) >= MAX_CACHED_ADDRESSES:
+            _address_texts.clear()
+        _address_texts[raw] = text
+    return text
 
 
 class Connection:
     """One socket as the kernel reported it, and its handler's state."""
 
     __slots__ = ("conn_id", "pid", "fd", "role", "local_addr", "local_port", "remote_addr",
-                 "remote_port", "scheme", "protocol", "handler", "state", "last_seen_ns",
-                 "last_seq")
+                 "remote_port", "scheme", "protocol", "handler", "record", "state",
+                 "last_seen_ns", "last_seq")
 
     def __init__(self, header: tuple, handler=None):
         (_, pid, _, fd, conn_id, _, end_ns, _, _, _, role, protocol, flags, _, _,
@@ -52,6 +66,7 @@ class Connection:
         self.scheme = "https" if flags & _FLAG_TLS else "http"
         self.protocol = protocol
         self.handler = handler
+        self.record = handler.record if handler is not None else None   # the hot path's call
         self.state = None
         self.last_seen_ns = end_ns
         self.last_seq = 0
@@ -102,19 +117,17 @@ class ConnectionTable:
             if not pid_conns:
                 del self._by_pid[conn.pid]
 
-    def check_seq(self, conn: Connection, seq: int) -> None:
-        """A data record numbered seq: a gap says records were lost."""
-        if lost_between(conn.last_seq, seq):
-            self.counts["event_gaps"] += 1
-            conn.handler.gap(conn)
-        conn.last_seq = seq
+    def gap(self, conn: Connection) -> None:
+        """Records of conn were lost (the router checks data records'
+        numbers, close() the close record's)."""
+        self.counts["event_gaps"] += 1
+        conn.handler.gap(conn)
 
     def close(self, conn: Connection, seq: int, out: list) -> None:
         """The close record carries the number of the connection's last
         data record: any other says the records in between were lost."""
         if seq and conn.last_seq != seq:
-            self.counts["event_gaps"] += 1
-            conn.handler.gap(conn)
+            self.gap(conn)
         conn.handler.close(conn, out)
         self.drop(conn)
         self.counts["connections_closed"] += 1

@@ -165,7 +165,7 @@ class SpanFactory:
         self.resources = resources
         self.redactor = redactor
         self.routes = routes or RouteNamer()
-        self.hosts = http.HostCache()
+        self.host_of = http.HostCache().lookup
         self.clock_offset_ns = monotonic_to_wall_offset_ns()
         self.spans_server = 0
         self.spans_client = 0

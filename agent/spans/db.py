@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from agent.spans import semconv
+from agent.spans.http import new_exchange
 from agent.spans.model import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, STATUS_UNSET, Span
 
 TAG = "db"
@@ -61,11 +62,11 @@ def link_sql(linker, conn, query, completed) -> DbExchange | None:
         kind = KIND_SERVER
     else:
         kind = KIND_CLIENT
-    return DbExchange(TAG, kind, conn.pid, ctx.trace_id, ctx.span_id, ctx.parent_span_id,
-                      ctx.flags, ctx.trace_state, query.start_ns, query.end_ns, query.system,
-                      query.namespace, query.text, query.sanitized, query.summary,
-                      query.operation, query.collection, query.error_code, conn.local_addr,
-                      conn.local_port, conn.remote_addr, conn.remote_port)
+    return new_exchange(DbExchange, (
+        TAG, kind, conn.pid, ctx.trace_id, ctx.span_id, ctx.parent_span_id, ctx.flags,
+        ctx.trace_state, query.start_ns, query.end_ns, query.system, query.namespace, query.text,
+        query.sanitized, query.summary, query.operation, query.collection, query.error_code,
+        conn.local_addr, conn.local_port, conn.remote_addr, conn.remote_port))
 
 
 class DbSpans:

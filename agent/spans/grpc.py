@@ -9,7 +9,7 @@ from agent.parsers.http2 import error_name
 from agent.protocols.http2_streams import (GRPC_STATUS_NAMES, grpc_method, grpc_status, header,
                                            is_grpc)
 from agent.spans import semconv
-from agent.spans.http import TAG as HTTP_TAG, HttpExchange
+from agent.spans.http import TAG as HTTP_TAG, HttpExchange, new_exchange
 from agent.spans.model import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, STATUS_UNSET, Span
 
 TAG = "grpc"
@@ -58,24 +58,22 @@ def link_h2(linker, conn, request, exchange):
     response = exchange.response_headers
     if is_grpc(headers):
         found = grpc_status(exchange.trailers or response)
-        return GrpcExchange(TAG, kind, conn.pid, ctx.trace_id, ctx.span_id, ctx.parent_span_id,
-                            ctx.flags, ctx.trace_state, request.start_ns, exchange.end_ns,
-                            header(headers, ":path"),
-                            header(headers, ":authority") or header(headers, "host"),
-                            header(headers, "user-agent"),
-                            found[0] if found is not None else None, exchange.reset_error,
-                            conn.local_addr, conn.local_port, conn.remote_addr,
-                            conn.remote_port)
+        return new_exchange(GrpcExchange, (
+            TAG, kind, conn.pid, ctx.trace_id, ctx.span_id, ctx.parent_span_id, ctx.flags,
+            ctx.trace_state, request.start_ns, exchange.end_ns, header(headers, ":path"),
+            header(headers, ":authority") or header(headers, "host"),
+            header(headers, "user-agent"), found[0] if found is not None else None,
+            exchange.reset_error, conn.local_addr, conn.local_port, conn.remote_addr,
+            conn.remote_port))
     status = header(response, ":status")
     status_code = int(status) if status is not None and status.isascii() \
         and status.isdigit() and len(status) == 3 else None
-    return HttpExchange(HTTP_TAG, kind, conn.pid, ctx.trace_id, ctx.span_id,
-                        ctx.parent_span_id, ctx.flags, ctx.trace_state, request.start_ns,
-                        exchange.end_ns, header(headers, ":method"), header(headers, ":path"),
-                        "2", header(headers, ":authority") or header(headers, "host"),
-                        header(headers, "user-agent"), status_code, conn.local_addr,
-                        conn.local_port, conn.remote_addr, conn.remote_port, conn.scheme,
-                        exchange.reset_error)
+    return new_exchange(HttpExchange, (
+        HTTP_TAG, kind, conn.pid, ctx.trace_id, ctx.span_id, ctx.parent_span_id, ctx.flags,
+        ctx.trace_state, request.start_ns, exchange.end_ns, header(headers, ":method"),
+        header(headers, ":path"), "2", header(headers, ":authority") or header(headers, "host"),
+        header(headers, "user-agent"), status_code, conn.local_addr, conn.local_port,
+        conn.remote_addr, conn.remote_port, conn.scheme, exchange.reset_error))
 
 
 class GrpcSpans:
@@ -88,7 +86,7 @@ class GrpcSpans:
          remote_port) = e
         factory = self.factory
         method = grpc_method(path)
-        host, host_port = factory.hosts(authority)
+        host, host_port = factory.host_of(authority)
         attrs = [(semconv.RPC_SYSTEM_NAME, semconv.RPC_SYSTEM_GRPC)]
         if method is not None:
             attrs.append((semconv.RPC_METHOD, method))

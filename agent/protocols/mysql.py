@@ -123,12 +123,10 @@ class _MysqlResponses(SqlHandler):
     """The server's side: greeting, authentication, command answers."""
 
     def server(self, conn, sc, data: bytes, gap: int, tail: bytes, end_ns: int,
-                   out: list) -> None:
+               out: list) -> None:
         st = sc.server
         if st.state == INIT:
-            if st.buf:
-                data = st.buf + data
-                st.buf = b""
+            data = st.join(data)
             if not gap and my.looks_like_greeting_payload(data):
                 # Its header was read by a call of its own, before the kernel
                 # could tell the connection's protocol.
@@ -247,9 +245,7 @@ class _MysqlResponses(SqlHandler):
     def _my_handshake(self, conn, sc, data: bytes, gap: int, tail: bytes) -> None:
         """Greeting and authentication, up to the server's OK or ERR."""
         st = sc.server
-        if st.buf:
-            data = st.buf + data
-            st.buf = b""
+        data = st.join(data)
         packets, status, skip, rest = _my_walk(data, gap, tail, st.skip, -1)
         st.skip, st.buf = skip, rest
         for seq, raw, _ in packets:
@@ -303,20 +299,16 @@ class MysqlHandler(_MysqlResponses):
     def plaintext_starts(self, sc: MyState) -> None:
         """TLS plaintext of a connection whose socket switched to TLS: the
         HandshakeResponse (sequence id 2) comes next, inside it."""
-        sc.client.reset(INIT)
-        sc.server.reset(FRAMING)
         sc.phase = _MY_LOGIN
 
     def reset_phase(self, sc: MyState) -> None:
         sc.reader = None
         sc.phase = _MY_COMMAND
 
-    def client(self, conn, sc, data: bytes, gap: int, tail: bytes, tid: int,
-                   ts: int, out: list) -> None:
+    def client(self, conn, sc, data: bytes, gap: int, tail: bytes, tid: int, ts: int,
+               out: list) -> None:
         st = sc.client
-        if st.buf:
-            data = st.buf + data
-            st.buf = b""
+        data = st.join(data)
         if st.state == INIT:
             if len(data) < 5 and not gap:
                 st.buf = data

@@ -165,7 +165,7 @@ class _PostgresResponses(SqlHandler):
     """The backend's side: responses complete the queries waiting."""
 
     def server(self, conn, sc, data: bytes, gap: int, tail: bytes, end_ns: int,
-                   out: list) -> None:
+               out: list) -> None:
         st = sc.server
         if sc.ssl_wait and data:
             sc.ssl_wait = False
@@ -179,9 +179,7 @@ class _PostgresResponses(SqlHandler):
                 st.reset(FRAMING)
                 if not data and not gap:
                     return
-        if st.buf:
-            data = st.buf + data
-            st.buf = b""
+        data = st.join(data)
         resync = st.state != FRAMING
         if resync:
             if st.state == INIT and len(data) < 5 and not gap:
@@ -326,22 +324,13 @@ class PostgresHandler(_PostgresResponses):
             return direction
         return None
 
-    def plaintext_starts(self, sc: PgState) -> None:
-        """TLS plaintext of a connection whose socket switched to TLS: the
-        protocol starts over inside it, with a StartupMessage."""
-        sc.client.reset(INIT)
-        sc.server.reset(FRAMING)
-        sc.ssl_wait = False
-
     def reset_phase(self, sc: PgState) -> None:
         sc.ssl_wait = False
 
-    def client(self, conn, sc, data: bytes, gap: int, tail: bytes, tid: int,
-                   ts: int, out: list) -> None:
+    def client(self, conn, sc, data: bytes, gap: int, tail: bytes, tid: int, ts: int,
+               out: list) -> None:
         st = sc.client
-        if st.buf:
-            data = st.buf + data
-            st.buf = b""
+        data = st.join(data)
         if st.state == INIT:
             if len(data) < 8 and not gap:
                 st.buf = data             # too little to tell yet

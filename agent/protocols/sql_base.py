@@ -146,6 +146,13 @@ class SqlStream:
         self.buf = b""
         self.skip = 0
 
+    def join(self, data: bytes) -> bytes:
+        """data after the bytes kept from the last event, which it takes."""
+        if self.buf:
+            data = self.buf + data
+            self.buf = b""
+        return data
+
 
 class SqlState:
     """What both protocols keep per connection; each protocol's state adds
@@ -251,6 +258,8 @@ class SqlHandler(ProtocolHandler):
                 return          # ciphertext
             if sc.ignored:      # the first plaintext from the TLS probes
                 sc.ignored = False
+                sc.client.reset(INIT)
+                sc.server.reset(FRAMING)
                 self.plaintext_starts(sc)
         elif sc.ignored:
             return
@@ -277,6 +286,11 @@ class SqlHandler(ProtocolHandler):
             sc.client.reset(RESYNC)
         if sc.server.state != INIT:
             sc.server.reset(RESYNC)
+        self.reset_phase(sc)
+
+    def plaintext_starts(self, sc: SqlState) -> None:
+        """The first TLS plaintext of a connection whose socket switched to
+        TLS (both streams start over): the protocol starts over inside it."""
         self.reset_phase(sc)
 
     def close(self, conn, out: list) -> None:

@@ -8,34 +8,18 @@ from typing import NamedTuple
 
 from agent.spans import semconv
 from agent.spans.http import new_exchange
-from agent.spans.model import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, STATUS_UNSET, Span
+from agent.spans.model import (EXCHANGE_HEAD, EXCHANGE_PEERS, KIND_CLIENT, KIND_SERVER,
+                               STATUS_ERROR, STATUS_UNSET, Span)
 
 TAG = "db"
 
 
-class DbExchange(NamedTuple):
-    tag: str                 # TAG
-    kind: int
-    pid: int
-    trace_id: bytes
-    span_id: bytes
-    parent_id: bytes
-    flags: int
-    trace_state: str
-    start_ns: int
-    end_ns: int
-    system: str              # db.system.name
-    namespace: str | None
-    text: str | None         # as sent; None when unknown
-    sanitized: str | None    # literals replaced
-    summary: str | None
-    operation: str | None
-    collection: str | None
-    error_code: str | None
-    local_addr: str
-    local_port: int
-    remote_addr: str
-    remote_port: int
+# system: db.system.name; text as sent (None when unknown), sanitized with
+# its literals replaced.
+DbExchange = NamedTuple("DbExchange", EXCHANGE_HEAD + [
+    ("system", str), ("namespace", str | None), ("text", str | None),
+    ("sanitized", str | None), ("summary", str | None), ("operation", str | None),
+    ("collection", str | None), ("error_code", str | None)] + EXCHANGE_PEERS)
 
 
 def link_sql(linker, conn, query, completed) -> DbExchange | None:

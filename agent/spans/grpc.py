@@ -10,31 +10,17 @@ from agent.protocols.http2_streams import (GRPC_STATUS_NAMES, grpc_method, grpc_
                                            is_grpc)
 from agent.spans import semconv
 from agent.spans.http import TAG as HTTP_TAG, HttpExchange, new_exchange
-from agent.spans.model import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, STATUS_UNSET, Span
+from agent.spans.model import (EXCHANGE_HEAD, EXCHANGE_PEERS, KIND_CLIENT, KIND_SERVER,
+                               STATUS_ERROR, STATUS_UNSET, Span)
 
 TAG = "grpc"
 
 
-class GrpcExchange(NamedTuple):
-    tag: str                 # TAG
-    kind: int
-    pid: int
-    trace_id: bytes
-    span_id: bytes
-    parent_id: bytes
-    flags: int
-    trace_state: str
-    start_ns: int
-    end_ns: int
-    path: str | None         # '/package.Service/Method'
-    authority: str | None
-    user_agent: str | None
-    grpc_code: int | None    # grpc-status (or mapped from :status), None when not told
-    reset_error: int | None
-    local_addr: str
-    local_port: int
-    remote_addr: str
-    remote_port: int
+# path: '/package.Service/Method'; grpc_code: grpc-status (or mapped from
+# :status), None when neither tells.
+GrpcExchange = NamedTuple("GrpcExchange", EXCHANGE_HEAD + [
+    ("path", str | None), ("authority", str | None), ("user_agent", str | None),
+    ("grpc_code", int | None), ("reset_error", int | None)] + EXCHANGE_PEERS)
 
 
 def link_h2(linker, conn, request, exchange):

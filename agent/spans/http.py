@@ -12,7 +12,8 @@ from typing import NamedTuple
 
 from agent.parsers.http1 import split_target
 from agent.parsers.http2 import error_name
-from agent.spans.model import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, STATUS_UNSET, Span
+from agent.spans.model import (EXCHANGE_HEAD, EXCHANGE_PEERS, KIND_CLIENT, KIND_SERVER,
+                               STATUS_ERROR, STATUS_UNSET, Span)
 
 TAG = "http"
 # Exchanges are built with tuple.__new__ (what NamedTuple's generated
@@ -22,29 +23,13 @@ KNOWN_METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "O
                            "TRACE", "PATCH", "QUERY"))
 
 
-class HttpExchange(NamedTuple):
-    tag: str                 # TAG
-    kind: int                # KIND_SERVER / KIND_CLIENT
-    pid: int
-    trace_id: bytes
-    span_id: bytes
-    parent_id: bytes
-    flags: int
-    trace_state: str
-    start_ns: int            # CLOCK_MONOTONIC
-    end_ns: int
-    method: str | None       # None: not decoded (HTTP/2 joined mid-connection)
-    target: str | None
-    version: str
-    host: str | None
-    user_agent: str | None
-    status_code: int | None
-    local_addr: str
-    local_port: int
-    remote_addr: str
-    remote_port: int
-    scheme: str
-    reset_error: int | None  # HTTP/2: RST_STREAM code, or REFUSED_STREAM by GOAWAY
+# method, target, status_code: None when not decoded (HTTP/2 joined
+# mid-connection); reset_error: HTTP/2's RST_STREAM code, or REFUSED_STREAM
+# by GOAWAY.
+HttpExchange = NamedTuple("HttpExchange", EXCHANGE_HEAD + [
+    ("method", str | None), ("target", str | None), ("version", str), ("host", str | None),
+    ("user_agent", str | None), ("status_code", int | None)] + EXCHANGE_PEERS + [
+    ("scheme", str), ("reset_error", int | None)])
 
 
 def link_http1(linker, conn, message, response) -> HttpExchange | None:

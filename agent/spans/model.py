@@ -81,3 +81,12 @@ class Span:
         return (f"Span({self.name!r}, kind={KIND_NAMES.get(self.kind, self.kind)}, "
                 f"trace={self.trace_id.hex()}, id={self.span_id.hex()}, "
                 f"parent={self.parent_span_id.hex() or '-'})")
+
+
+# The fields every exchange (agent/spans/http.py, grpc.py, db.py) starts
+# with: its kind tag and what the linker decided; and the peers it ends with.
+EXCHANGE_HEAD = [("tag", str), ("kind", int), ("pid", int), ("trace_id", bytes),
+                 ("span_id", bytes), ("parent_id", bytes), ("flags", int), ("trace_state", str),
+                 ("start_ns", int), ("end_ns", int)]     # CLOCK_MONOTONIC
+EXCHANGE_PEERS = [("local_addr", str), ("local_port", int), ("remote_addr", str),
+                  ("remote_port", int)]

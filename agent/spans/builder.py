@@ -192,7 +192,9 @@ class SpanFactory:
 
 
 class SpanBuilder:
-    """Both halves in one process: for tests, replay and --span-workers 0."""
+    """Both halves in one call, for tests and benchmarks.  The agent runs
+    them apart: the linker in its capture loop, the factory in its span
+    stage (agent/runtime/pipeline.py, agent/runtime/span_worker.py)."""
 
     def __init__(self, resources: ResourceCache, redactor: Redactor,
                  sampler: Sampler | None = None, routes: RouteNamer | None = None):

@@ -6,7 +6,7 @@ tests/fixtures/events/http1_proxy.events.
 
 Stages: agent.parsers.http1 (parse_request, parse_response, ChunkedBody.feed,
 split_target), agent.parsers.tracecontext, agent.spans.redact.Redactor and
-agent.protocols.tracker.ConnectionTracker.process with well-formed event headers.
+agent.protocols.router.ProtocolRouter.process with well-formed event headers.
 """
 from __future__ import annotations
 

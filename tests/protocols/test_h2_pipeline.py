@@ -1,7 +1,7 @@
 """HTTP/2 and gRPC through the userspace pipeline: the real captures of
 tests/fixtures/http2 replayed as kernel records of both ends of one
 loopback connection (client and server traced on one node), then
-ConnectionTracker -> ExchangeLinker -> SpanFactory."""
+ProtocolRouter -> ExchangeLinker -> SpanFactory."""
 from __future__ import annotations
 
 import os

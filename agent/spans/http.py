@@ -99,8 +99,9 @@ class HttpSpans:
         (_, kind, pid, trace_id, span_id, parent_id, flags, trace_state, start, end, method,
          target, version, host_header, user_agent, status_code, local_addr, local_port,
          remote_addr, remote_port, scheme, reset_error) = e
-        unknown = method is None or target is None or status_code is None
-        if unknown:
+        unknown = None
+        if method is None or target is None or status_code is None:
+            unknown = _unknown(method, target, status_code)
             method, target = method or "_OTHER", target or ""
         known = method in KNOWN_METHODS
         path, query = split_target(target)
@@ -140,8 +141,8 @@ class HttpSpans:
             attrs.append(("user_agent.original", user_agent))
         if status == STATUS_ERROR:
             attrs.append(("error.type", str(status_code)))
-        if unknown:
-            attrs = _without_unknown(attrs, e)
+        if unknown is not None:
+            attrs = [a for a in attrs if a[0] not in unknown]
         if reset_error and status != STATUS_ERROR:
             status = STATUS_ERROR
             attrs.append(("error.type", error_name(reset_error)))
@@ -163,14 +164,14 @@ class HttpSpans:
         return url
 
 
-def _without_unknown(attrs: list, e: HttpExchange) -> list:
-    """What a joined HTTP/2 connection's header blocks did not reveal is
-    left out, not filled in: "" is no path and _OTHER no unknown method."""
+def _unknown(method, target, status_code) -> set:
+    """The attributes a joined HTTP/2 connection's header blocks did not
+    reveal: left out, not filled in ("" is no path, _OTHER no unknown method)."""
     unknown = set()
-    if e.status_code is None:
+    if status_code is None:
         unknown |= {"http.response.status_code", "error.type"}
-    if e.target is None:
+    if target is None:
         unknown |= {"url.path", "url.query", "url.full"}
-    if e.method is None:
+    if method is None:
         unknown |= {"http.request.method", "http.request.method_original"}
-    return [a for a in attrs if a[0] not in unknown]
+    return unknown

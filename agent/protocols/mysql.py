@@ -43,7 +43,7 @@ class MyState(SqlState):
 
 
 def _my_frame(seg: bytes, pos: int, gap_after: int, packets: list, want: int):
-    """MySQL packets of one segment, for _walk_event: (seq, bytes of the
+    """MySQL packets of one segment, for walk_event: (seq, bytes of the
     packet as captured, truncated) for packets with sequence id `want`
     (every packet when want < 0)."""
     n = len(seg)
@@ -69,7 +69,7 @@ def _my_frame(seg: bytes, pos: int, gap_after: int, packets: list, want: int):
 
 
 def _my_walk(data: bytes, gap: int, tail: bytes, skip: int, want: int):
-    """Physical MySQL packets over one event (see _walk_event): returns
+    """Physical MySQL packets over one event (see walk_event): returns
     (packets, status, skip, rest) where packets are as _my_frame gives them."""
     packets = []
     status, skip, rest, _ = walk_event(data, gap, tail, skip, _my_frame, packets, want)
@@ -116,7 +116,6 @@ def _use_schema(text: str):
     if len(name) > 1 and name[0] == name[-1] == "`":
         name = name[1:-1].replace("``", "`")
     return name or None
-
 
 
 class _MysqlResponses(SqlHandler):

@@ -11,12 +11,11 @@ ReadyForQuery.
 from __future__ import annotations
 
 from agent.capture.records import C
-from agent.parsers import PARSED
+from agent.parsers import INVALID, PARSED
 from agent.parsers.postgres import (BACKEND_TYPES, FRONTEND_TYPES, looks_like_postgres_backend,
                                     looks_like_postgres_frontend, looks_like_postgres_startup,
                                     parse_backend, parse_frontend, parse_header, parse_startup,
                                     skip_data_rows, SpecialRequest, StartupMessage)
-from agent.parsers import INVALID
 from agent.protocols.sql_base import (BUFFER_LIMIT, FRAMING, INIT, INVALID_BYTES, ITEM_TAG, LOST,
                                       OK, RESYNC, TAIL_BYTES, SqlHandler, SqlState, walk_event)
 
@@ -56,7 +55,7 @@ _BACK_SPEC = (False, _BACK_KEEP, _BACK_DECODE, parse_backend)
 
 
 def _pg_frame(seg: bytes, pos: int, gap_after: int, messages: list, spec):
-    """PostgreSQL messages of one segment, for _walk_event: (type byte,
+    """PostgreSQL messages of one segment, for walk_event: (type byte,
     decoded message or None) for the types the handler follows."""
     frontend, keep, decode, parse = spec
     n = len(seg)
@@ -96,7 +95,7 @@ def _pg_frame(seg: bytes, pos: int, gap_after: int, messages: list, spec):
 
 
 def _pg_walk(data: bytes, gap: int, tail: bytes, skip: int, frontend: bool):
-    """Frame PostgreSQL messages over one event (see _walk_event).  Returns
+    """Frame PostgreSQL messages over one event (see walk_event).  Returns
     (messages, status, skip, rest, reason): messages are (type byte,
     decoded message or None) for the types the handler follows."""
     messages = []
@@ -158,7 +157,6 @@ def _pg_tail_end(tail: bytes):
             break
     results.reverse()
     return results
-
 
 
 class _PostgresResponses(SqlHandler):
@@ -296,7 +294,6 @@ class _PostgresResponses(SqlHandler):
                 self.complete(conn, query, codes[i - shift] if i >= shift else None, end_ns, out)
                 done += 1
         return done
-
 
     def fallback(self, conn, sc, out: list) -> None:
         """The response whose framing was lost is over (the client sent its

@@ -24,6 +24,11 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from agent.counters import Metric
+
+# Records the stage drops whole, by reason: the router's and any handler's.
+EVENTS_SKIPPED = Metric("events_skipped", "Drained records not used, by reason.", "reason")
+
 
 class Limits(NamedTuple):
     """What a handler may keep per connection."""

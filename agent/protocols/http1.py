@@ -16,7 +16,7 @@ from agent.capture.records import C, EVENT_HEADER_SIZE
 from agent.counters import Counter, Metric, counter
 from agent.parsers import INVALID, NEED_MORE, PARSED
 from agent.parsers import http1
-from agent.protocols.contract import ProtocolHandler
+from agent.protocols.contract import EVENTS_SKIPPED, ProtocolHandler
 
 ITEM_TAG = "http1"
 
@@ -39,15 +39,12 @@ MAX_CACHED_HEAD_BYTES = 1024
 MAX_CACHED_HEADS = 2048
 
 HTTP_MESSAGES = Metric("http_messages", "HTTP/1.x messages framed.", "type")
-EVENTS_SKIPPED = Metric("events_skipped", "Drained records not used, by reason.", "reason")
-REQUESTS_WITHOUT_RESPONSE = counter(
-    "requests_without_response", "requests_without_response",
-    "Requests that never got a response (connection closed, expired or evicted).")
 COUNTERS = (
     Counter("http_requests", HTTP_MESSAGES, "request"),
     Counter("http_responses", HTTP_MESSAGES, "response"),
     Counter("events_skipped_resync", EVENTS_SKIPPED, "resync"),
-    REQUESTS_WITHOUT_RESPONSE,
+    counter("requests_without_response", "requests_without_response",
+            "Requests that never got a response (connection closed, expired or evicted)."),
     counter("responses_without_request", "responses_without_request",
             "Responses whose request was not seen."),
     counter("heads_truncated", "http_heads_truncated",

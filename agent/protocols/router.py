@@ -13,8 +13,8 @@ from agent.capture.records import (C, EVENT_HEADER, EVENT_HEADER_SIZE, lost_betw
                                     prefix_struct)
 from agent.counters import Counter, counter, unique
 from agent.protocols import table as table_module
-from agent.protocols.contract import Limits
-from agent.protocols.http1 import EVENTS_SKIPPED, Http1Handler
+from agent.protocols.contract import EVENTS_SKIPPED, Limits
+from agent.protocols.http1 import Http1Handler
 from agent.protocols.http2 import Http2Handler
 from agent.protocols.mysql import MysqlHandler
 from agent.protocols.postgres import PostgresHandler

@@ -63,16 +63,16 @@ class AgentCollector:
             yield size
         if pipeline is None:
             return
-        tracker = pipeline.tracker
+        protocols = pipeline.protocols
         drained = CounterMetricFamily(f"{PREFIX}_events_drained", "Records read from the ring buffer.")
         drained.add_metric([], pipeline.records_drained)
         yield drained
         errors = CounterMetricFamily(f"{PREFIX}_parse_errors", "Messages that could not be parsed.", labels=["protocol", "reason"])
-        for (protocol, reason), value in list(tracker.parse_errors.items()):
+        for (protocol, reason), value in list(protocols.parse_errors.items()):
             errors.add_metric([protocol, reason], value)
         yield errors
         linker = pipeline.linker
-        yield from declared_families(tracker.counter_values() + linker.counter_values())
+        yield from declared_families(protocols.counter_values() + linker.counter_values())
         stage = agent.span_stage.snapshot()
         built = CounterMetricFamily(f"{PREFIX}_spans_built", "Spans built from matched exchanges.", labels=["kind"])
         built.add_metric(["server"], stage.get("spans_server", 0))
@@ -113,7 +113,7 @@ class AgentCollector:
             behind.add_metric([], cpu_yield.switches_to_normal)
             yield behind
         tracked = GaugeMetricFamily(f"{PREFIX}_tracked", "Entities the agent holds state for.", labels=["entity"])
-        tracked.add_metric(["connections"], tracker.connections_tracked())
+        tracked.add_metric(["connections"], protocols.connections_tracked())
         tracked.add_metric(["processes"], stage.get("processes", 0))
         tracked.add_metric(["trace_links"], linker.links_tracked())
         yield tracked

@@ -32,7 +32,7 @@ class Pipeline:
                  selection=None, tls=None, k8s=None, cpu_yield=None):
         self.capture = capture
         self.span_stage = span_stage
-        self.tracker = ProtocolRouter()
+        self.protocols = ProtocolRouter()
         self.linker = ExchangeLinker(sampler)
         # Batches this large go to span worker processes, pickled: as plain
         # tuples, which pickle three times faster than the exchanges'
@@ -70,14 +70,14 @@ class Pipeline:
                 return handled
             handled += len(records)
             self.records_drained += len(records)
-            tracker = self.tracker
-            items = tracker.process(records)
+            protocols = self.protocols
+            items = protocols.process(records)
             exchanges = self.linker.exchanges(items) if items else []
             if self._pickled_above is not None and len(exchanges) > self._pickled_above:
                 exchanges = list(map(tuple, exchanges))
-            if tracker.new_pids:
-                exchanges[:0] = [self._resource(pid) for pid in tracker.new_pids]
-                tracker.new_pids.clear()
+            if protocols.new_pids:
+                exchanges[:0] = [self._resource(pid) for pid in protocols.new_pids]
+                protocols.new_pids.clear()
             if exchanges:
                 self.span_stage.submit(exchanges)
             if len(records) < limit:
@@ -109,7 +109,7 @@ class Pipeline:
     def housekeeping(self) -> None:
         if self._awaiting_pod:
             self._resend_resources_with_pods()
-        exited = self.tracker.exited
+        exited = self.protocols.exited
         if exited:
             # Their resources were read when their last records were drained.
             for pid in exited:
@@ -117,7 +117,7 @@ class Pipeline:
                 if self.capture is not None:
                     self.capture.forget_process(pid)
             exited.clear()
-        self.tracker.expire(time.monotonic_ns())
+        self.protocols.expire(time.monotonic_ns())
         self.span_stage.housekeeping()
         if self.cpu_yield is not None:
             self.cpu_yield.check_guard()
@@ -138,7 +138,7 @@ class Pipeline:
                 cpu_yield.turn(now)
             if self.drain_once() < self.batch_records:
                 self.capture.ring.wait()
-            execs = self.tracker.execs
+            execs = self.protocols.execs
             if execs:
                 selection = self.selection
                 if selection is not None and selection.exes:

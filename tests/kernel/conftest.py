@@ -61,8 +61,8 @@ def skip_reason(loader: str) -> str | None:
         return None
     if not os.path.exists("/sys/kernel/btf/vmlinux"):
         return "kernel has no BTF (/sys/kernel/btf/vmlinux): the CO-RE loader cannot run"
-    if not (ROOT / "build/http.bpf.o").exists():
-        return "build/http.bpf.o missing: run `make setup`"
+    if not (ROOT / "build/capture.bpf.o").exists():
+        return "build/capture.bpf.o missing: run `make setup`"
     return None
 
 

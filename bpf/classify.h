@@ -7,15 +7,13 @@
 #define OTEL_EBPF_CLASSIFY_H
 
 #ifdef OTEL_EBPF_HOST
-/* A host build has no BPF headers: the kernel's integer names and the
- * inline marker come from the C library and the compiler. */
+/* A host build has no BPF headers: the kernel's integer names come from
+ * its user API headers, the inline marker from the C library's. */
+#include <linux/types.h>
 #include <stdbool.h>
-#include <stdint.h>
-typedef uint8_t __u8;
-typedef uint16_t __u16;
-typedef uint32_t __u32;
-typedef uint64_t __u64;
+#ifndef __always_inline
 #define __always_inline inline __attribute__((always_inline))
+#endif
 #endif
 
 #include "events.h"

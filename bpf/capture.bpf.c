@@ -10,7 +10,12 @@
  * Every hook exists in four families (fentry, ksyscall kprobes, raw syscall
  * tracepoints, per-syscall tracepoints), all calling one dispatch table.
  * The loader turns on the best family the kernel loads and attaches.  The
- * BCC build (bpf/frontend.h) has the per-syscall tracepoints only.
+ * BCC build (bpf/frontend.h) has the tracepoint families only.
+ *
+ * This file is the object's one compile unit for both front ends: the
+ * protocol units (bpf/http.bpf.c, grpc.bpf.c, sql.bpf.c) come in through
+ * bpf/protocols.h, and the front end's kernel access through capture_btf.h
+ * or capture_bcc.h (docs/decisions/kernel-units.md says why one unit).
  */
 #include "frontend.h"
 #include "events.h"

@@ -8,9 +8,8 @@
 
 MAP(HASH, active_io, __u64, struct io_args, 16384);
 
-/* The calling thread's call in flight (a write; in the BCC build a read
- * too), from its entry to its exit: false if it could not be kept (counted
- * as untracked). */
+/* The calling thread's read or write in flight, from its entry to its
+ * exit: false if it could not be kept (counted as untracked). */
 static __always_inline bool keep_io_call(__u64 id, const struct io_args *args)
 {
     return bpf_map_update_elem(&active_io, &id, args, BPF_ANY) == 0;

@@ -16,9 +16,8 @@ struct {
     __type(value, struct io_args);
 } active_io SEC(".maps");
 
-/* The calling thread's call in flight (a write; in the BCC build a read
- * too), from its entry to its exit: false if it could not be kept (counted
- * as untracked). */
+/* The calling thread's write in flight, from its entry to its exit: false
+ * if it could not be kept (counted as untracked). */
 static __always_inline bool keep_io_call(__u64 id, const struct io_args *args)
 {
     struct io_args *slot = bpf_task_storage_get(&active_io, bpf_get_current_task_btf(), 0,

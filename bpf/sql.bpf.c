@@ -29,6 +29,8 @@
 #define PG_GSSENC_REQUEST 80877104
 /* The server rejects a longer startup packet (MAX_STARTUP_PACKET_LENGTH). */
 #define PG_MAX_STARTUP 10000
+#define PG_MIN_PARSE 8
+#define PG_MIN_BIND 12
 
 #define MYSQL_PROTOCOL_10 10
 #define MYSQL_COM_INIT_DB 0x02
@@ -66,6 +68,10 @@ static __always_inline bool is_postgres(const __u8 *b, __u32 len, __u64 total)
         return false;
     if (type == 'Q')
         return (__u64)length + 1 == total && sql_text_start(b[5]);
+    /* The shortest well-formed ones: Parse "" "" with no parameter types;
+     * Bind "" "" with no formats, parameters or result formats. */
+    if (length < (type == 'P' ? PG_MIN_PARSE : PG_MIN_BIND))
+        return false;
     /* Parse / Bind start with a statement or portal name, "" or text. */
     return b[5] == 0 || sql_text_start(b[5]) || (b[5] >= '0' && b[5] <= '9') || b[5] == '_';
 }

@@ -219,11 +219,27 @@ TOKENS = st.sampled_from([b"GET ", b"HTTP/1.1 ", b"Q", b"P", b"B", b"\x00\x00\x0
 
 
 @st.composite
-def syscalls(draw):
-    """(data, total): an edited fixture message, or random bytes, as the
-    start of a syscall that moved total bytes (its own length, or more)."""
+def framed(draw) -> bytes:
+    """Random bytes framed as a PostgreSQL message or a MySQL packet whose
+    length fields fit: what gets past the kernel's length checks to its
+    type and command checks."""
+    kind, body = draw(st.integers(0, 255)), draw(st.binary(max_size=48))
     if draw(st.booleans()):
+        return bytes([kind]) + (len(body) + 4).to_bytes(4, "big") + body
+    payload = bytes([kind]) + body
+    return len(payload).to_bytes(3, "little") + b"\0" + payload
+
+
+@st.composite
+def syscalls(draw):
+    """(data, total): an edited fixture message, a framed message of any
+    type, or random bytes, as the start of a syscall that moved total bytes
+    (its own length, or more)."""
+    source = draw(st.integers(0, 2))
+    if source == 0:
         data = bytes(edit(draw, bytearray(draw(st.sampled_from(OPENINGS))), TOKENS))
+    elif source == 1:
+        data = draw(framed())
     else:
         data = draw(st.binary(max_size=64))
     return data, len(data) + draw(st.sampled_from([0, 0, 0, 1, 100]))
@@ -253,3 +269,20 @@ def test_the_kernel_misses_no_http1_message_userspace_would_read(kernel, syscall
     known = data.split(b" ", 1)[0] in KERNEL_METHODS + (b"HTTP/1.0", b"HTTP/1.1")
     if known and (looks_like_request(data) or looks_like_response(data)):
         assert classify(kernel, data, total) == C["PROTOCOL_HTTP1"]
+
+
+BODIES = (b"\0", b"SELECT 1\0", b"1", b"_stmt\0", b" x", b"\x05\0\0\0\0\0\0\0\0\0\0")
+
+
+@pytest.mark.parametrize("kind", range(256))
+def test_every_message_type_and_command_byte_the_kernel_takes_userspace_takes(kernel, kind):
+    """Framing that fits, for every first byte: PostgreSQL's type byte, and
+    MySQL's command byte."""
+    for body in BODIES:
+        message = bytes([kind]) + (len(body) + 4).to_bytes(4, "big") + body
+        if classify(kernel, message) == C["PROTOCOL_POSTGRES"]:
+            assert userspace_accepts(C["PROTOCOL_POSTGRES"], message), message
+        payload = bytes([kind]) + body
+        packet = len(payload).to_bytes(3, "little") + b"\0" + payload
+        if classify(kernel, packet) == C["PROTOCOL_MYSQL"]:
+            assert userspace_accepts(C["PROTOCOL_MYSQL"], packet), packet

@@ -39,7 +39,10 @@ MULTIARCH_INCLUDE ?= /usr/include/$(ARCH)-linux-gnu
 BPF_CFLAGS ?= -target bpf -g -O2 -Wall -Wno-unused-function \
     -D__TARGET_ARCH_$(BPF_ARCH) -I $(BUILD) -I bpf -I $(MULTIARCH_INCLUDE)
 
-BPF_SRCS := $(wildcard bpf/*.bpf.c)
+# One object holds the whole capture: bpf/capture.bpf.c includes the
+# protocol units (bpf/http.bpf.c, grpc.bpf.c, sql.bpf.c), which are not
+# compiled on their own (docs/decisions/kernel-units.md says why).
+BPF_SRCS := bpf/capture.bpf.c
 BPF_OBJS := $(patsubst bpf/%.bpf.c,$(BUILD)/%.bpf.o,$(BPF_SRCS))
 BPF_HDRS := $(shell find bpf -name '*.h' 2>/dev/null)
 

@@ -10,7 +10,13 @@
  * tracepoint arguments (laid out by the kernel's own tracefs format) and user
  * memory (the syscall ABI, the saved user registers included).
  * agent/capture/bcc_loader.py turns the libbpf map helper
- * calls into BCC's map methods; everything else is spelled once, here.
+ * calls into BCC's map methods; every other difference is a helper below,
+ * spelled once per front end (as libbpf-tools' compat.bpf.h does), and
+ * FRONTEND_BTF chooses the capture's kernel access (bpf/capture_btf.h or
+ * bpf/capture_bcc.h).  No program body tests which front end builds it.
+ *
+ * The HOOK_* macros that make a syscall's programs expect syscall_enter()
+ * and syscall_exit() (bpf/capture.bpf.c) where they are used.
  */
 #ifndef OTEL_EBPF_FRONTEND_H
 #define OTEL_EBPF_FRONTEND_H
@@ -42,6 +48,18 @@
  * definitions the loader passes (-DCONFIG_<field>=value), which the compiler
  * folds exactly as the verifier folds the CO-RE build's .rodata. */
 #define CONFIG(field) (CONFIG_##field)
+#define LOAD_TIME_CONSTANTS(type, name) _Static_assert(1, #name " are -D definitions")
+
+/* Kernel structs are out of reach (bpf/capture_bcc.h). */
+#define FRONTEND_BTF 0
+
+/* BCC's programs have no subprograms for bpf_loop to call: a loop of at
+ * most bcc_steps steps, unrolled. */
+#define FRONTEND_LOOP_STEPS(core_steps, bcc_steps) (bcc_steps)
+#define BOUNDED_LOOP(steps, step, ctx)             \
+    for (__u32 i_ = 0; i_ < (steps); i_++)          \
+        if (step(i_, ctx))                          \
+            break
 
 /* The syscall tracepoints' records: the common header, the syscall number,
  * then six argument slots (enter) or the return value (exit).  The loader
@@ -85,6 +103,13 @@ static __always_inline unsigned long syscall_frame_read(const unsigned long *slo
 #define bpf_ntohs(x) ((__u16)(x))
 #endif
 
+
+/* The BCC build has the tracepoints only, and follows every hooked syscall
+ * from its entry to its exit. */
+#define HOOK_ENTER(name) HOOK_ENTER_TRACEPOINT(name)
+#define HOOK_EXIT(name) HOOK_EXIT_TRACEPOINT(name)
+#define HOOK_SYSCALL_AT_EXIT(name) HOOK_ENTER(name) HOOK_EXIT(name)
+
 #else /* CO-RE */
 
 #include "vmlinux.h"
@@ -109,11 +134,87 @@ static __always_inline unsigned long syscall_frame_read(const unsigned long *slo
 #define RINGBUF_UNREAD(name) bpf_ringbuf_query(&name, BPF_RB_AVAIL_DATA)
 
 #define CONFIG(field) (capture_config.field)
+/* Load-time constants, written by the loader into .rodata before loading:
+ * the verifier prunes what they switch off. */
+#define LOAD_TIME_CONSTANTS(type, name) const volatile type name = {}
+
+/* Kernel structs are read with CO-RE relocations (bpf/capture_btf.h). */
+#define FRONTEND_BTF 1
+
+/* One step per bpf_loop call (Linux 5.17+): the verifier checks the step
+ * once, however many times it runs. */
+#define FRONTEND_LOOP_STEPS(core_steps, bcc_steps) (core_steps)
+#define BOUNDED_LOOP(steps, step, ctx) bpf_loop(steps, step, ctx, 0)
 /* The raw syscall tracepoints' register frame, read with CO-RE relocations. */
 #define SYSCALL_FRAME 1
 
 char LICENSE[] SEC("license") = "GPL";
 
+extern bool LINUX_HAS_SYSCALL_WRAPPER __kconfig;
+
+/* With a syscall wrapper the kprobe sees the wrapper's pt_regs, whose first
+ * argument points at the user-space registers. */
+static __always_inline struct pt_regs *syscall_regs(struct pt_regs *ctx)
+{
+    if (LINUX_HAS_SYSCALL_WRAPPER)
+        return (struct pt_regs *)PT_REGS_PARM1(ctx);
+    return ctx;
+}
+
+/* Per-syscall hooks: the tracepoints, fentry/fexit on the syscall
+ * functions, and the ksyscall kprobes.  The syscall functions take the user
+ * registers as their one argument. */
+#define HOOK_ENTER(name)                                                            \
+    HOOK_ENTER_TRACEPOINT(name)                                                     \
+    SEC("fentry/" SYSCALL_SYMBOL(name))                                             \
+    int BPF_PROG(fe_enter_##name, struct pt_regs *regs)                             \
+    {                                                                               \
+        return syscall_enter(NR_##name, PT_REGS_PARM1_CORE_SYSCALL(regs),           \
+                             PT_REGS_PARM2_CORE_SYSCALL(regs),                      \
+                             PT_REGS_PARM3_CORE_SYSCALL(regs));                     \
+    }                                                                               \
+    SEC("ksyscall/" #name)                                                          \
+    int ks_enter_##name(struct pt_regs *ctx)                                        \
+    {                                                                               \
+        struct pt_regs *regs = syscall_regs(ctx);                                   \
+        return syscall_enter(NR_##name, PT_REGS_PARM1_CORE_SYSCALL(regs),           \
+                             PT_REGS_PARM2_CORE_SYSCALL(regs),                      \
+                             PT_REGS_PARM3_CORE_SYSCALL(regs));                     \
+    }
+#define HOOK_EXIT(name)                                                             \
+    HOOK_EXIT_TRACEPOINT(name)                                                      \
+    SEC("fexit/" SYSCALL_SYMBOL(name))                                              \
+    int BPF_PROG(fe_exit_##name, struct pt_regs *regs, long ret)                    \
+    {                                                                               \
+        return syscall_exit(NR_##name, ret);                                        \
+    }                                                                               \
+    SEC("kretsyscall/" #name)                                                       \
+    int ks_exit_##name(struct pt_regs *ctx)                                         \
+    {                                                                               \
+        return syscall_exit(NR_##name, PT_REGS_RC(ctx));                            \
+    }
+
+/* Syscalls the CO-RE build hooks at their exit only: reads (on_read_exit),
+ * and accept, whose result is all it needs. */
+#define HOOK_SYSCALL_AT_EXIT(name) HOOK_EXIT(name)
+
 #endif
+
+/* Per-syscall tracepoints: the hook family every build and every kernel
+ * with tracefs has. */
+#define HOOK_ENTER_TRACEPOINT(name)                                                 \
+    SEC("tracepoint/syscalls/sys_enter_" #name)                                     \
+    int tp_enter_##name(struct trace_event_raw_sys_enter *ctx)                      \
+    {                                                                               \
+        return syscall_enter(NR_##name, ctx->args[0], ctx->args[1], ctx->args[2]);  \
+    }
+#define HOOK_EXIT_TRACEPOINT(name)                                                  \
+    SEC("tracepoint/syscalls/sys_exit_" #name)                                      \
+    int tp_exit_##name(struct trace_event_raw_sys_exit *ctx)                        \
+    {                                                                               \
+        return syscall_exit(NR_##name, ctx->ret);                                   \
+    }
+
+#define HOOK_SYSCALL(name) HOOK_ENTER(name) HOOK_EXIT(name)
 
 #endif

@@ -377,8 +377,8 @@ print_table() {
 
 host_main() {
     [[ $(id -u) -eq 0 ]] || die "run as root (apt-get, qemu, BPF in the guest)"
-    [[ -x $ROOT/.venv/bin/otel-ebpf && -r $ROOT/build/http.bpf.o ]] \
-        || die "$ROOT/.venv or build/http.bpf.o missing: run \`make setup\` first"
+    [[ -x $ROOT/.venv/bin/otel-ebpf && -r $ROOT/build/capture.bpf.o ]] \
+        || die "$ROOT/.venv or build/capture.bpf.o missing: run \`make setup\` first"
     local family
     for family in "${FAMILIES[@]}"; do
         [[ " ${ALL_FAMILIES[*]} " == *" $family "* ]] \

@@ -1,10 +1,12 @@
 """The BCC front end: the capture's source compiled at start against kernel
 headers, for kernels without BTF (bpf/frontend.h says what differs).
 
-BCC rewrites map access in the file it compiles and nowhere else, and only
-in its own spelling (`conns.lookup(&key)`), while the source is written for
-libbpf (`bpf_map_lookup_elem(&conns, &key)`).  translate_map_calls() turns
-the one into the other; every other difference lives in bpf/frontend.h.
+BCC takes one source text and rewrites map access in it and nowhere else
+(not in the headers it includes), and only in its own spelling (`conns.lookup(&key)`), while the source is written for
+libbpf (`bpf_map_lookup_elem(&conns, &key)`).  unity_source() makes the one text, the
+capture's headers and protocol units written in where bpf/capture.bpf.c
+includes them, and translate_map_calls() turns the one spelling into the
+other; every other difference lives in bpf/frontend.h.
 The load-time constants become compiler definitions, since BCC has no
 read-only data to write them into.
 """
@@ -21,9 +23,11 @@ from agent.capture.loader import (HOOK_FAMILIES, CaptureLoadError, CaptureSettin
                           capture_config)
 
 DEFAULT_SOURCE_DIR = Path(__file__).resolve().parents[2] / "bpf"
-SOURCE = "http.bpf.c"
+SOURCE = "capture.bpf.c"
 PAGE_SIZE = 4096
 
+# `#include "file"`: the project's own headers and units (the <...> ones are BCC's).
+_LOCAL_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.MULTILINE)
 _MAP_CALL = re.compile(r"\b(bpf_map_lookup_elem|bpf_map_update_elem|bpf_map_delete_elem"
                        r"|bpf_ringbuf_output)\(\s*&(\w+)\s*,")
 _UPDATE_METHODS = {"BPF_ANY": "update", "BPF_NOEXIST": "insert"}
@@ -59,6 +63,28 @@ def _arguments(text: str, start: int) -> tuple[list[str], int]:
             args.append(text[begin:index].strip())
             begin = index + 1
     raise TranslationError("unbalanced parentheses after a map helper call")
+
+
+def unity_source(path: Path) -> str:
+    """The file at path with every `#include "..."` found beside it written
+    in its place, recursively, each file once (later includes of it are
+    dropped, as its include guard would drop them).  OSError if one cannot
+    be read."""
+    seen: set[Path] = set()
+
+    def inline(file: Path) -> str:
+        seen.add(file.resolve())
+
+        def replace(match: re.Match) -> str:
+            included = (file.parent / match.group(1)).resolve()
+            if included in seen:
+                return f"/* {match.group(1)}: already written in */"
+            if not included.exists():   # the CO-RE build's vmlinux.h, from build/
+                return match.group(0)
+            return f"/* ---- {match.group(1)} */\n{inline(included)}"
+        return _LOCAL_INCLUDE.sub(replace, file.read_text())
+
+    return inline(path)
 
 
 def translate_map_calls(source: str) -> str:
@@ -220,7 +246,7 @@ def load(settings: CaptureSettings, features: KernelFeatures, uprobe_multi: bool
                                + HOOK_FAMILIES["tracepoint"].unavailable_reason(features))
     path = source_dir() / SOURCE
     try:
-        source = path.read_text()
+        source = unity_source(path)
     except OSError as exc:
         raise CaptureLoadError(f"the BCC loader compiles {path} at start and cannot read it: "
                                f"{exc.strerror} (set OTEL_EBPF_BPF_SOURCE_DIR)") from exc

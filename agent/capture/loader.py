@@ -138,7 +138,7 @@ def resolve_endpoint(host: str, port: int) -> list[bytes]:
     return sorted({_address_bytes(info[4][0]) for info in infos})
 
 
-def object_path(name: str = "http") -> Path:
+def object_path(name: str = "capture") -> Path:
     directory = Path(os.environ.get("OTEL_EBPF_BPF_DIR", DEFAULT_OBJECT_DIR))
     path = directory / f"{name}.bpf.o"
     if not path.exists():
@@ -534,7 +534,7 @@ def load_capture(settings: CaptureSettings, path: Path | None = None) -> LoadedC
     if choose_loader(settings.loader, features) == "bcc":
         from agent.capture import bcc_loader
         return _apply_selectors(bcc_loader.load(settings, features, uprobe_multi), settings)
-    path = path or object_path("http")
+    path = path or object_path("capture")
     skipped: list[tuple[str, str]] = []
     for family, reason in candidate_hooks(settings.hooks, features):
         if reason:

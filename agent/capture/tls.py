@@ -1,5 +1,5 @@
 """TLS plaintext capture: find the OpenSSL copies processes use and attach
-the capture object's uprobes (bpf/http.bpf.c, "TLS plaintext") to each.
+the capture object's uprobes (bpf/capture.bpf.c, "TLS plaintext") to each.
 
 A uprobe belongs to a file, not a process: attached once to a library file
 with pid -1, it fires in every process that maps that file, including

@@ -772,8 +772,8 @@ def preflight() -> list[str]:
         problems.append(f"{VENV_BIN}/gunicorn missing (make setup)")
     if not (VENV_BIN / "otel-ebpf").exists():
         problems.append(f"{VENV_BIN}/otel-ebpf missing (make setup)")
-    if not (ROOT / "build/http.bpf.o").exists():
-        problems.append("build/http.bpf.o missing (make setup)")
+    if not (ROOT / "build/capture.bpf.o").exists():
+        problems.append("build/capture.bpf.o missing (make setup)")
     try:
         import opentelemetry.instrumentation.wsgi  # noqa: F401
     except ImportError:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from agent.capture.bcc_loader import (TranslationError, check_tracepoint_layout, compile_flags,
-                              program_sections, translate_map_calls)
+                              program_sections, translate_map_calls, unity_source)
 from agent.capture.loader import CaptureLoadError, CaptureSettings
 
 HELPERS = ("bpf_map_lookup_elem", "bpf_map_update_elem", "bpf_map_delete_elem",
@@ -20,7 +20,7 @@ METHODS = (".lookup(", ".update(", ".insert(", ".delete(", ".ringbuf_output(")
 
 
 def real_source() -> str:
-    return (SOURCE_DIR / "http.bpf.c").read_text()
+    return unity_source(SOURCE_DIR / "capture.bpf.c")
 
 
 def hooked_syscalls(source: str) -> list[str]:
@@ -418,3 +418,23 @@ def test_flags_select_the_bcc_build_and_find_its_headers(monkeypatch):
 def test_installed_sources_are_included_from_where_the_image_put_them(monkeypatch, tmp_path):
     monkeypatch.setenv("OTEL_EBPF_BPF_SOURCE_DIR", str(tmp_path))
     assert f"-I{tmp_path}" in compile_flags(CaptureSettings())
+
+
+# ---- unity_source -----------------------------------------------------------
+
+def test_unity_source_writes_each_local_include_in_once(tmp_path):
+    (tmp_path / "main.bpf.c").write_text('#include "a.h"\n#include "b.h"\n#include <linux/bpf.h>\n'
+                                         '#include "vmlinux.h"\nint main_body;\n')
+    (tmp_path / "a.h").write_text('#include "b.h"\nint a = bpf_map_lookup_elem(&m, &k);\n')
+    (tmp_path / "b.h").write_text("int b;\n")
+    text = unity_source(tmp_path / "main.bpf.c")
+    assert text.count("int b;") == 1 and text.index("int b;") < text.index("int a")
+    # Headers the compiler finds elsewhere stay includes.
+    assert '#include <linux/bpf.h>' in text and '#include "vmlinux.h"' in text
+    assert translate_map_calls(text).count("m.lookup(&k)") == 1
+
+
+def test_the_capture_reaches_bcc_as_one_text():
+    """No project header is left for BCC to include, where it would not
+    rewrite map calls (vmlinux.h belongs to the CO-RE build only)."""
+    assert not re.search(r'^\s*#\s*include\s+"(?!vmlinux\.h)', real_source(), re.MULTILINE)

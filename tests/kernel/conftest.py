@@ -61,8 +61,8 @@ def skip_reason(loader: str) -> str | None:
         return None
     if not os.path.exists("/sys/kernel/btf/vmlinux"):
         return "kernel has no BTF (/sys/kernel/btf/vmlinux): the CO-RE loader cannot run"
-    if not (ROOT / "build/http.bpf.o").exists():
-        return "build/http.bpf.o missing: run `make setup`"
+    if not (ROOT / "build/capture.bpf.o").exists():
+        return "build/capture.bpf.o missing: run `make setup`"
     return None
 
 
@@ -339,8 +339,14 @@ def loaded_programs() -> list[dict]:
 
 
 def capture_programs_of(pid: int) -> set[int]:
-    """Ids of the capture programs process `pid` holds, read from the
-    prog_id lines of its BPF program and link fds in /proc/PID/fdinfo."""
+    """Ids of the capture programs process `pid` holds."""
+    return programs_of(pid, CAPTURE_PROGRAM_PREFIXES)
+
+
+def programs_of(pid: int, prefixes: tuple[str, ...]) -> set[int]:
+    """Ids of the programs process `pid` holds whose names start with one
+    of prefixes, read from the prog_id lines of its BPF program and link
+    fds in /proc/PID/fdinfo."""
     held = set()
     for fd in os.listdir(f"/proc/{pid}/fdinfo"):
         try:
@@ -351,7 +357,7 @@ def capture_programs_of(pid: int) -> set[int]:
         except OSError:
             continue
     return {p["id"] for p in loaded_programs()
-            if p["id"] in held and p.get("name", "").startswith(CAPTURE_PROGRAM_PREFIXES)}
+            if p["id"] in held and p.get("name", "").startswith(prefixes)}
 
 
 def programs_still_loaded(ids: set[int]) -> set[int]:

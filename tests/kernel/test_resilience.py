@@ -180,7 +180,7 @@ def test_a_process_that_exits_mid_request_releases_its_state_at_once(receiver, s
     assert delta(after, before, "otel_ebpf_kernel_events_total", probe="process_exit") >= 1
 
 
-CALLS_IN_FLIGHT_TABLE = 16384   # entries of the BCC build's active_io (bpf/http.bpf.c)
+CALLS_IN_FLIGHT_TABLE = 16384   # entries of the BCC build's active_io (bpf/capture_bcc.h)
 BLOCKED_READERS = CALLS_IN_FLIGHT_TABLE + 600
 
 # More threads than the table holds, each blocked in recv() on one traced

@@ -10,11 +10,18 @@ import time
 import pytest
 
 from agent.spans.model import KIND_CLIENT, KIND_SERVER, STATUS_UNSET
-from conftest import PEERS, curl, loaded_programs, programs_still_loaded, start_backend
+from conftest import (PEERS, curl, loaded_programs, programs_of, programs_still_loaded,
+                      start_backend)
 from test_http1_e2e import PARENT_ID, TRACE_ID, TRACEPARENT, wait_spans
 from test_http1_load import LOSS_METRICS, traced_load
 
 SYSTEM_LIBSSL = "/usr/lib/x86_64-linux-gnu/libssl.so.3"
+
+
+def tls_programs_of(pid: int) -> set[int]:
+    """The TLS uprobe programs process pid holds (another agent on the
+    machine may hold its own)."""
+    return programs_of(pid, ("tls_enter", "tls_exit"))
 
 
 def on_port(port: int, kind: int):
@@ -186,7 +193,7 @@ def test_both_attach_paths_capture_plaintext_and_detach(monkeypatch, tls_certifi
                 payloads.append(bytes(record[EVENT_HEADER_SIZE:EVENT_HEADER_SIZE + header["captured"]]))
         assert any(p.startswith(b"GET /plain HTTP/1.1") for p in payloads), payloads
         assert any(p.startswith(b"HTTP/1.1 200") for p in payloads), payloads
-        probes = {p["id"] for p in loaded_programs() if p.get("name") in ("tls_enter", "tls_exit")}
+        probes = tls_programs_of(os.getpid())
         assert len(probes) == 2, loaded_programs()
     finally:
         capture.close()
@@ -252,7 +259,7 @@ def test_starting_and_stopping_under_https_load_harms_no_traced_process(start_ag
     for _ in range(3):
         time.sleep(1)
         agent = start_agent()
-        probes |= {p["id"] for p in loaded_programs() if p.get("name") in ("tls_enter", "tls_exit")}
+        probes |= tls_programs_of(agent.proc.pid)
         time.sleep(1)
         assert agent.stop() < 2.0
     out, err = load.communicate(timeout=30)

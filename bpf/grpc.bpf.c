@@ -1,4 +1,5 @@
-/* HTTP/2 recognition (RFC 9113 section 3.4): a cleartext connection with
+// SPDX-License-Identifier: GPL-2.0
+/* HTTP/2 and gRPC in the kernel: HTTP/2 recognition (RFC 9113 section 3.4): a cleartext connection with
  * prior knowledge (h2c) begins with the client connection preface
  * "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".  Its first CLASSIFY_BYTES (8) bytes are
  * checked on the connection's first data in either direction: the client's
@@ -12,10 +13,12 @@
  * mistake for other length-prefixed protocols.  Userspace checks further
  * frames before it trusts the stream (H2Direction's resync).
  *
- * Included from protocols.h, after starts_with(): the one capture object and
- * its one set of syscall hooks serve every protocol. */
-#ifndef OTEL_EBPF_HTTP2_H
-#define OTEL_EBPF_HTTP2_H
+ * A part of the capture object: bpf/capture.bpf.c includes it through
+ * bpf/protocols.h (docs/decisions/kernel-units.md says why one unit). */
+#ifndef OTEL_EBPF_GRPC_BPF_C
+#define OTEL_EBPF_GRPC_BPF_C
+
+#include "classify.h"
 
 static __always_inline bool is_http2_preface(const __u8 *b, __u32 len)
 {

@@ -1,4 +1,5 @@
-/* PostgreSQL and MySQL/MariaDB recognition from the wire protocol, not the
+// SPDX-License-Identifier: GPL-2.0
+/* PostgreSQL and MySQL/MariaDB in the kernel: recognition from the wire protocol, not the
  * port.  `total` is the byte count of the whole syscall: these protocols
  * length-prefix their messages, and a connection's opening message is sent
  * (and, by the buffered readers of libpq, the servers and the usual client
@@ -12,17 +13,24 @@
  * packet (sequence 0) whose length is the syscall's, of a command an
  * application sends.
  *
- * Messages are framed and decoded in userspace (agent/protocols/sql.py).
- * Included from protocols.h, after starts_with(): one capture object, one
- * set of syscall hooks for every protocol. */
-#ifndef OTEL_EBPF_SQL_H
-#define OTEL_EBPF_SQL_H
+ * Messages are framed and decoded in userspace (agent/parsers/postgres.py,
+ * agent/parsers/mysql.py).  Beside recognition, the tail rule: which part of
+ * a long database response is copied.
+ *
+ * A part of the capture object: bpf/capture.bpf.c includes it through
+ * bpf/protocols.h (docs/decisions/kernel-units.md says why one unit). */
+#ifndef OTEL_EBPF_SQL_BPF_C
+#define OTEL_EBPF_SQL_BPF_C
+
+#include "classify.h"
 
 #define PG_PROTOCOL_3 0x00030000
 #define PG_SSL_REQUEST 80877103
 #define PG_GSSENC_REQUEST 80877104
 /* The server rejects a longer startup packet (MAX_STARTUP_PACKET_LENGTH). */
 #define PG_MAX_STARTUP 10000
+#define PG_MIN_PARSE 8
+#define PG_MIN_BIND 12
 
 #define MYSQL_PROTOCOL_10 10
 #define MYSQL_COM_INIT_DB 0x02
@@ -31,11 +39,6 @@
 #define MYSQL_COM_STMT_PREPARE 0x16
 #define MYSQL_COM_STMT_EXECUTE 0x17
 #define MYSQL_COM_STMT_CLOSE 0x19
-
-static __always_inline __u32 be32(const __u8 *b)
-{
-    return ((__u32)b[0] << 24) | ((__u32)b[1] << 16) | ((__u32)b[2] << 8) | b[3];
-}
 
 /* The first byte of SQL text: a keyword, a parenthesis, a comment, blanks. */
 static __always_inline bool sql_text_start(__u8 c)
@@ -65,13 +68,12 @@ static __always_inline bool is_postgres(const __u8 *b, __u32 len, __u64 total)
         return false;
     if (type == 'Q')
         return (__u64)length + 1 == total && sql_text_start(b[5]);
+    /* The shortest well-formed ones: Parse "" "" with no parameter types;
+     * Bind "" "" with no formats, parameters or result formats. */
+    if (length < (type == 'P' ? PG_MIN_PARSE : PG_MIN_BIND))
+        return false;
     /* Parse / Bind start with a statement or portal name, "" or text. */
     return b[5] == 0 || sql_text_start(b[5]) || (b[5] >= '0' && b[5] <= '9') || b[5] == '_';
-}
-
-static __always_inline bool is_digit(__u8 c)
-{
-    return c >= '0' && c <= '9';
 }
 
 static __always_inline bool is_mysql(const __u8 *b, __u32 len, __u64 total)
@@ -103,6 +105,16 @@ static __always_inline bool is_mysql(const __u8 *b, __u32 len, __u64 total)
         return length == 5;
     }
     return false;
+}
+
+/* A database response's end says how it went (PostgreSQL's CommandComplete
+ * and ReadyForQuery, MySQL's final EOF/OK/ERR): of a flat buffer of total
+ * bytes of which want are copied, the last SQL_TAIL_BYTES take the place of
+ * the first bytes' end (FLAG_TAIL, bpf/events.h). */
+static __always_inline bool sql_keeps_tail(__u8 protocol, __u64 total, __u64 want)
+{
+    return total > want && want > 2 * SQL_TAIL_BYTES &&
+           (protocol == PROTOCOL_POSTGRES || protocol == PROTOCOL_MYSQL);
 }
 
 #endif

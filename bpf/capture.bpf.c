@@ -1,0 +1,769 @@
+// SPDX-License-Identifier: GPL-2.0
+/* Socket capture: the one set of syscall hooks every protocol shares.
+ *
+ * Each hooked syscall is filtered (agent's own pid, pid and port filters,
+ * TCP sockets only, excluded endpoints such as the span collector), its
+ * connection is classified from the first bytes, and the data of traced
+ * connections is copied, up to the capture size, into the ring buffer.
+ * Userspace parses; nothing here does.
+ *
+ * Every hook exists in four families (fentry, ksyscall kprobes, raw syscall
+ * tracepoints, per-syscall tracepoints), all calling one dispatch table.
+ * The loader turns on the best family the kernel loads and attaches.  The
+ * BCC build (bpf/frontend.h) has the tracepoint families only.
+ *
+ * This file is the object's one compile unit for both front ends: the
+ * protocol units (bpf/http.bpf.c, grpc.bpf.c, sql.bpf.c) come in through
+ * bpf/protocols.h, and the front end's kernel access through capture_btf.h
+ * or capture_bcc.h (docs/decisions/kernel-units.md says why one unit).
+ */
+#include "frontend.h"
+#include "events.h"
+#include "protocols.h"
+#include "syscalls.h"
+
+#ifndef AF_INET
+#define AF_INET 2
+#endif
+#ifndef AF_INET6
+#define AF_INET6 10
+#endif
+#ifndef EINPROGRESS
+#define EINPROGRESS 115
+#endif
+#define S_IFMT 00170000
+#define S_IFSOCK 0140000
+#define SOCK_STREAM 1
+/* iovecs read per readv/writev/sendmsg/recvmsg: gRPC (C-core) writes each
+ * frame header and payload slice as its own iovec, dozens per sendmsg. */
+#define MAX_IOVECS 16
+#define MAX_IOVEC_LOOP 1024
+/* Data events a connection may carry before being dropped as not ours:
+ * enough to ride out a keep-alive connection joined in the middle of a body. */
+#define MAX_UNCLASSIFIED_EVENTS 32
+
+LOAD_TIME_CONSTANTS(struct capture_config, capture_config);
+
+struct conn_info {
+    __u64 conn_id;
+    __u64 seq;
+    struct conn_tuple tuple;
+    __u8 role;
+    __u8 protocol;
+    __u8 traced;
+    __u8 unclassified_events;
+    __u8 tls;           /* its plaintext comes from the TLS uprobes */
+};
+
+/* One entry per (tgid, fd) the hooks have seen, sockets or not, so that the
+ * fd table is walked once per descriptor rather than once per syscall. */
+MAP(LRU_HASH, conns, __u64, struct conn_info, 65536);
+
+#define IO_BUFFER 0
+#define IO_IOVEC 1
+#define IO_NONE 2
+
+struct io_args {
+    __u64 start_ns;
+    __u64 buf;
+    __u32 fd;
+    __u32 count;
+    __u32 probe;
+    __u8 buffer_kind;
+    __u8 direction;
+};
+
+
+/* What each front end's header (capture_btf.h, capture_bcc.h, included
+ * before the dispatch below) provides: how a thread's call in flight is
+ * kept, how a socket first seen is identified, and which syscalls are
+ * followed from their entry. */
+static __always_inline bool keep_io_call(__u64 id, const struct io_args *args);
+static __always_inline bool take_io_call(__u64 id, struct io_args *out);
+static __always_inline struct conn_info *track_conn(__u32 tgid, __u32 fd, __u8 role);
+static __always_inline void read_process_name(struct traced_process *process);
+
+/* A connect() in progress on a thread: its socket, and (BCC build) the
+ * peer it asked for. */
+struct connect_call {
+    __u32 fd;
+    __u32 reserved;
+    struct conn_tuple tuple;
+};
+
+MAP(HASH, active_connect, __u64, struct connect_call, 16384);
+
+/* Connection ids: one counter, bumped once per connection. */
+MAP(ARRAY, conn_ids, __u32, __u64, 1);
+
+RINGBUF_MAP(events);
+
+/* Twice the largest capture so that an offset below MAX_CAPTURE_BYTES plus a
+ * length of at most MAX_CAPTURE_BYTES always stays inside: the verifier can
+ * see that bound. */
+struct data_event {
+    struct event_header hdr;
+    __u8 payload[2 * MAX_CAPTURE_BYTES];
+};
+
+MAP(PERCPU_ARRAY, scratch, __u32, struct data_event, 1);
+
+MAP(PERCPU_ARRAY, probe_stats, __u32, struct probe_stats, PROBE_COUNT);
+
+MAP(HASH, pid_filter, __u32, __u8, 4096);
+
+/* Processes with a classified connection: their exit is worth an event,
+ * and their name outlives them until userspace has handled it. */
+MAP(LRU_HASH, traced_processes, __u32, struct traced_process, 16384);
+
+/* cgroup v2 ids (the cgroup directory's inode number) of selected cgroups
+ * and their descendants, kept up to date by userspace. */
+MAP(HASH, cgroup_filter, __u64, __u8, 4096);
+
+MAP(HASH, port_filter, __u16, __u8, 1024);
+
+/* Endpoints never traced (the collector the agent exports to); an all-zero
+ * address matches any address on that port. */
+struct endpoint {
+    __u8 addr[16];
+    __u16 port;
+    __u16 reserved;
+};
+
+MAP(HASH, excluded_endpoints, struct endpoint, __u8, 64);
+
+/* An SSL_read/SSL_write (or _ex) call in progress on a thread. */
+struct ssl_call {
+    __u64 ssl;
+    __u64 buf;
+    __u64 size_out;     /* SSL_*_ex: where the library stores the byte count */
+    __u64 start_ns;
+    __s32 fd;           /* the socket its nested syscall used; -1 until seen */
+    __u8 direction;
+    __u8 ex;
+};
+
+MAP(HASH, active_ssl, __u64, struct ssl_call, 16384);
+
+/* SSL object -> socket, for calls served from the library's buffer with no
+ * socket I/O of their own. */
+struct ssl_key {
+    __u64 ssl;
+    __u32 tgid;
+    __u32 reserved;
+};
+
+MAP(LRU_HASH, ssl_fds, struct ssl_key, __s32, 65536);
+
+static __always_inline struct probe_stats *stats_for(__u32 probe)
+{
+    return bpf_map_lookup_elem(&probe_stats, &probe);
+}
+
+/* A call whose entry could not be stored is lost at its exit: count it. */
+static __always_inline void count_untracked(__u32 probe)
+{
+    struct probe_stats *stats = stats_for(probe);
+    if (stats)
+        stats->untracked++;
+}
+
+/* Every record goes through here: written or lost, it is counted.  Most
+ * are written without waking the drain, which reads the ring on its own
+ * clock: a busy traced process pays no consumer wake-up per record.  The
+ * few that want an answer at once (a process new to the capture, whose /proc
+ * entry userspace should read before a short-lived one exits; an exec) wake
+ * it, and so does the record that takes the unread bytes past the fill mark:
+ * the drain then starts before its poll is due, and the agent's CPU guard
+ * sees at once that the agent is falling behind.  One wake-up per crossing;
+ * two records crossing together on two CPUs may both wake, or (rarely) the
+ * poll's clock does. */
+static __always_inline void output_record(struct probe_stats *stats, void *record, __u64 size,
+                                          bool wake)
+{
+    __u64 unread = RINGBUF_UNREAD(events);
+    __u64 mark = CONFIG(ring_wake_bytes);
+    if (unread < mark && unread + size >= mark)
+        wake = true;
+    if (bpf_ringbuf_output(&events, record, size, wake ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP))
+        stats->lost++;
+    else
+        stats->events++;
+}
+
+/* A record about the current process: it exited, or started a program. */
+static __always_inline void output_process_event(__u32 type, __u32 probe, bool wake)
+{
+    struct probe_stats *stats = stats_for(probe);
+    if (!stats)
+        return;
+    __u64 id = bpf_get_current_pid_tgid();
+    struct event_header hdr = {};
+    hdr.type = type;
+    hdr.pid = id >> 32;
+    hdr.tid = (__u32)id;
+    hdr.start_ns = hdr.end_ns = bpf_ktime_get_ns();
+    hdr.probe = probe;
+    output_record(stats, &hdr, sizeof(hdr), wake);
+}
+
+static __always_inline bool process_traced(__u32 tgid)
+{
+    if (tgid == CONFIG(agent_tgid))
+        return false;
+    if (!CONFIG(filter_pids) && !CONFIG(filter_cgroups))
+        return true;
+    /* Selectors add up: a process is traced when any of them picks it. */
+    if (CONFIG(filter_pids) && bpf_map_lookup_elem(&pid_filter, &tgid))
+        return true;
+    if (CONFIG(filter_cgroups)) {
+        __u64 cgroup = bpf_get_current_cgroup_id();
+        if (bpf_map_lookup_elem(&cgroup_filter, &cgroup))
+            return true;
+    }
+    return false;
+}
+
+static __always_inline bool endpoint_excluded(const __u8 *addr, __u16 port)
+{
+    struct endpoint ep = {};
+    __builtin_memcpy(ep.addr, addr, 16);
+    ep.port = port;
+    if (bpf_map_lookup_elem(&excluded_endpoints, &ep))
+        return true;
+    __builtin_memset(ep.addr, 0, 16);
+    return bpf_map_lookup_elem(&excluded_endpoints, &ep) != NULL;
+}
+
+static __always_inline bool tuple_traced(const struct conn_tuple *t)
+{
+    if (CONFIG(filter_ports) && !bpf_map_lookup_elem(&port_filter, &t->local_port) &&
+        !bpf_map_lookup_elem(&port_filter, &t->remote_port))
+        return false;
+    return !endpoint_excluded(t->local_addr, t->local_port) &&
+           !endpoint_excluded(t->remote_addr, t->remote_port);
+}
+
+
+static __always_inline __u64 conn_key(__u32 tgid, __u32 fd)
+{
+    return ((__u64)tgid << 32) | fd;
+}
+
+/* Records what fd is (tuple: its TCP connection, or NULL for anything
+ * else), traced or not, under a fresh connection id. */
+static __always_inline struct conn_info *remember_conn(__u32 tgid, __u32 fd, __u8 role,
+                                                       const struct conn_tuple *tuple)
+{
+    __u64 key = conn_key(tgid, fd);
+    struct conn_info info = {};
+    info.role = role;
+    if (tuple && tuple_traced(tuple)) {
+        __u32 zero = 0;
+        __u64 *next_id = bpf_map_lookup_elem(&conn_ids, &zero);
+        if (next_id) {
+            info.tuple = *tuple;
+            info.traced = 1;
+            info.conn_id = __sync_fetch_and_add(next_id, 1) + 1;
+        }
+    }
+    bpf_map_update_elem(&conns, &key, &info, BPF_ANY);
+    return bpf_map_lookup_elem(&conns, &key);
+}
+
+
+/* The connection whose data a socket call on fd moves, when that data is to
+ * be copied: a traced process's traced TCP connection, and not one whose
+ * plaintext the TLS probes copy instead.  id: the calling thread. */
+static __always_inline struct conn_info *capture_target(__u64 id, __u32 fd, __u8 buffer_kind)
+{
+    __u32 tgid = id >> 32;
+    if (!process_traced(tgid))
+        return NULL;
+    __u64 key = conn_key(tgid, fd);
+    struct conn_info *conn = bpf_map_lookup_elem(&conns, &key);
+    if (!conn)
+        conn = track_conn(tgid, fd, ROLE_UNKNOWN);
+    if (!conn || !conn->traced)
+        return NULL;
+    if (CONFIG(tls)) {
+        struct ssl_call *call = bpf_map_lookup_elem(&active_ssl, &id);
+        if (call) {
+            /* Ciphertext moved by SSL_read/SSL_write: the call's uprobe copies
+             * the plaintext, and learns its socket here. */
+            call->fd = fd;
+            conn->tls = 1;
+            return NULL;
+        }
+        if (conn->tls)
+            return NULL;
+    }
+    /* Only a classified connection's data matters for a body-only syscall. */
+    if (buffer_kind == IO_NONE && conn->protocol == PROTOCOL_UNKNOWN)
+        return NULL;
+    return conn;
+}
+
+/* The connection of a call that is ending, if it is still traced (a close
+ * on another thread, or too many unclassified events, may have ended that). */
+static __always_inline struct conn_info *traced_conn(__u32 tgid, __u32 fd)
+{
+    __u64 key = conn_key(tgid, fd);
+    struct conn_info *conn = bpf_map_lookup_elem(&conns, &key);
+    return conn && conn->traced ? conn : NULL;
+}
+
+static __always_inline int on_io_enter(__u32 fd, __u64 buf, __u32 count, __u32 probe,
+                                       __u8 buffer_kind, __u8 direction)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    if (!capture_target(id, fd, buffer_kind))
+        return 0;
+    struct io_args args = {
+        .start_ns = bpf_ktime_get_ns(),
+        .buf = buf,
+        .fd = fd,
+        .count = count,
+        .probe = probe,
+        .buffer_kind = buffer_kind,
+        .direction = direction,
+    };
+    if (!keep_io_call(id, &args))
+        count_untracked(probe);
+    return 0;
+}
+
+/* sendmsg/recvmsg: the iovec array sits behind a user msghdr.  False if
+ * the msghdr cannot be read. */
+static __always_inline bool msg_iovecs(__u64 msg, __u64 *iov, __u32 *iovcnt)
+{
+    struct user_msghdr hdr = {};
+    if (bpf_probe_read_user(&hdr, sizeof(hdr), (void *)msg))
+        return false;
+    *iov = (__u64)hdr.msg_iov;
+    *iovcnt = hdr.msg_iovlen;
+    return true;
+}
+
+static __always_inline int on_msg_enter(__u32 fd, __u64 msg, __u32 probe, __u8 direction)
+{
+    __u64 iov;
+    __u32 iovcnt;
+    if (!msg_iovecs(msg, &iov, &iovcnt))
+        return 0;
+    return on_io_enter(fd, iov, iovcnt, probe, IO_IOVEC, direction);
+}
+
+struct iov_copy {
+    __u64 iov_ptr;
+    __u64 want;
+    __u32 iovcnt;
+    __u32 copied;
+};
+
+/* One iovec per bpf_loop step: the verifier checks the body once, so a
+ * sendmsg of many slices (gRPC writes each frame header and payload as its
+ * own iovec) is copied up to MAX_IOVEC_LOOP iovecs.  BCC's programs have no
+ * subprograms for bpf_loop to call: there a bounded loop copies MAX_IOVECS. */
+static __always_inline long copy_one_iovec(__u32 i, void *data)
+{
+    struct iov_copy *c = data;
+    if (i >= c->iovcnt || c->copied >= c->want)
+        return 1;
+    struct iovec iov;
+    if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(c->iov_ptr + i * sizeof(iov))))
+        return 1;
+    __u32 zero = 0;
+    struct data_event *ev = bpf_map_lookup_elem(&scratch, &zero);
+    if (!ev)
+        return 1;
+    __u64 n = iov.iov_len;
+    if (n > c->want - c->copied)
+        n = c->want - c->copied;
+    if (n > MAX_CAPTURE_BYTES)
+        n = MAX_CAPTURE_BYTES;
+    barrier_var(n);
+    __u32 offset = c->copied & (MAX_CAPTURE_BYTES - 1);
+    if (bpf_probe_read_user(&ev->payload[offset], n, iov.iov_base))
+        return 1;
+    c->copied += n;
+    return 0;
+}
+
+static __always_inline __u32 copy_iovecs(__u8 *payload, __u64 iov_ptr, __u32 iovcnt, __u64 want)
+{
+    struct iov_copy c = { .iov_ptr = iov_ptr, .want = want, .iovcnt = iovcnt, .copied = 0 };
+    BOUNDED_LOOP(FRONTEND_LOOP_STEPS(MAX_IOVEC_LOOP, MAX_IOVECS), copy_one_iovec, &c);
+    return c.copied;
+}
+
+static __always_inline __u64 first_user_buffer(const struct io_args *args)
+{
+    if (args->buffer_kind == IO_BUFFER)
+        return args->buf;
+    struct iovec iov = {};
+    for (int i = 0; i < MAX_IOVECS; i++) {
+        if (i >= args->count)
+            break;
+        if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(args->buf + i * sizeof(iov))))
+            return 0;
+        if (iov.iov_len)
+            return (__u64)iov.iov_base;
+    }
+    return 0;
+}
+
+/* Classify the connection if needed and copy the bytes a completed call
+ * moved (a socket syscall, or a TLS library call's plaintext). */
+static __always_inline int emit_data(__u64 id, struct conn_info *conn, const struct io_args *args,
+                                     long ret, __u8 flags)
+{
+    struct io_args a = *args;
+    __u32 tgid = id >> 32;
+    struct probe_stats *stats = stats_for(a.probe);
+    if (!stats)
+        return 0;
+
+    bool new_process = false;
+    if (conn->protocol == PROTOCOL_UNKNOWN) {
+        __u8 head[CLASSIFY_BYTES] = {};
+        __u64 src = first_user_buffer(&a);
+        if (src)
+            bpf_probe_read_user(head, sizeof(head), (void *)src);
+        __u8 protocol = classify_protocol(head, ret < CLASSIFY_BYTES ? ret : CLASSIFY_BYTES, ret);
+        if (protocol == PROTOCOL_UNKNOWN) {
+            stats->unclassified++;
+            if (++conn->unclassified_events >= MAX_UNCLASSIFIED_EVENTS)
+                conn->traced = 0;
+            return 0;
+        }
+        conn->protocol = protocol;
+        struct traced_process process = {};
+        read_process_name(&process);
+        new_process = !bpf_map_lookup_elem(&traced_processes, &tgid);
+        bpf_map_update_elem(&traced_processes, &tgid, &process, BPF_ANY);
+    }
+
+    __u32 zero = 0;
+    struct data_event *ev = bpf_map_lookup_elem(&scratch, &zero);
+    if (!ev)
+        return 0;
+    __u64 want = ret;
+    __u32 limit = CONFIG(capture_bytes);
+    if (limit > MAX_CAPTURE_BYTES)
+        limit = MAX_CAPTURE_BYTES;
+    if (want > limit)
+        want = limit;
+    __u32 captured = 0;
+    if (a.buffer_kind == IO_BUFFER) {
+        __u64 n = want;
+        bool tail = sql_keeps_tail(conn->protocol, ret, want);
+        if (tail)
+            n -= SQL_TAIL_BYTES;
+        if (n > MAX_CAPTURE_BYTES)
+            n = MAX_CAPTURE_BYTES;
+        barrier_var(n);
+        if (!bpf_probe_read_user(ev->payload, n, (void *)a.buf))
+            captured = n;
+        if (tail && captured &&
+            !bpf_probe_read_user(ev->payload + (captured & (MAX_CAPTURE_BYTES - 1)),
+                                 SQL_TAIL_BYTES, (void *)(a.buf + ret - SQL_TAIL_BYTES))) {
+            captured += SQL_TAIL_BYTES;
+            flags |= FLAG_TAIL;
+        }
+    } else if (a.buffer_kind == IO_IOVEC) {
+        captured = copy_iovecs(ev->payload, a.buf, a.count, want);
+    }
+
+    ev->hdr.type = EVENT_DATA;
+    ev->hdr.pid = tgid;
+    ev->hdr.tid = (__u32)id;
+    ev->hdr.fd = a.fd;
+    ev->hdr.conn_id = conn->conn_id;
+    ev->hdr.end_ns = bpf_ktime_get_ns();
+    /* A read hooked at its exit only is stamped there (it counts as
+     * received when it returns, whenever it began). */
+    ev->hdr.start_ns = a.start_ns ? a.start_ns : ev->hdr.end_ns;
+    ev->hdr.length = ret;
+    ev->hdr.captured = captured;
+    ev->hdr.direction = a.direction;
+    ev->hdr.role = conn->role;
+    ev->hdr.protocol = conn->protocol;
+    ev->hdr.flags = flags | ((__u64)ret > captured ? FLAG_TRUNCATED : 0);
+    ev->hdr.probe = a.probe;
+    /* Numbered before the ring write: a record the ring drops leaves a gap. */
+    ev->hdr.seq = (__sync_fetch_and_add(&conn->seq, 1) % 65535) + 1;
+    ev->hdr.tuple = conn->tuple;
+    if (ev->hdr.flags & FLAG_TRUNCATED)
+        stats->truncated++;
+
+    __u64 size = sizeof(struct event_header) + captured;
+    if (size > sizeof(struct event_header) + MAX_CAPTURE_BYTES)
+        size = sizeof(struct event_header) + MAX_CAPTURE_BYTES;
+    barrier_var(size);
+    output_record(stats, ev, size, new_process);
+    return 0;
+}
+
+static __always_inline int on_io_exit(long ret)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    struct io_args a;
+    if (!take_io_call(id, &a))
+        return 0;
+    if (ret <= 0)
+        return 0;
+    struct conn_info *conn = traced_conn(id >> 32, a.fd);
+    if (!conn)
+        return 0;
+    return emit_data(id, conn, &a, ret, 0);
+}
+
+static __always_inline int on_close_enter(__u32 fd)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    __u32 tgid = id >> 32;
+    if (!process_traced(tgid))
+        return 0;
+    __u64 key = conn_key(tgid, fd);
+    struct conn_info *conn = bpf_map_lookup_elem(&conns, &key);
+    if (!conn)
+        return 0;
+    if (conn->traced && conn->protocol != PROTOCOL_UNKNOWN) {
+        struct event_header hdr = {};
+        hdr.type = EVENT_CLOSE;
+        hdr.pid = tgid;
+        hdr.tid = (__u32)id;
+        hdr.fd = fd;
+        hdr.conn_id = conn->conn_id;
+        hdr.start_ns = hdr.end_ns = bpf_ktime_get_ns();
+        hdr.role = conn->role;
+        hdr.protocol = conn->protocol;
+        hdr.probe = PROBE_CLOSE;
+        /* The last number given out: a loss just before the close shows. */
+        hdr.seq = conn->seq ? ((conn->seq - 1) % 65535) + 1 : 0;
+        hdr.tuple = conn->tuple;
+        struct probe_stats *stats = stats_for(PROBE_CLOSE);
+        if (stats)
+            output_record(stats, &hdr, sizeof(hdr), false);
+    }
+    bpf_map_delete_elem(&conns, &key);
+    return 0;
+}
+
+/* The exiting task is the thread group leader: the process ends.  Its
+ * sockets close without close() calls, so userspace hears it here. */
+SEC("raw_tracepoint/sched_process_exit")
+int common_process_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    __u32 tgid = id >> 32;
+    if ((__u32)id != tgid || !bpf_map_lookup_elem(&traced_processes, &tgid))
+        return 0;
+    output_process_event(EVENT_PROCESS_EXIT, PROBE_PROCESS_EXIT, false);
+    return 0;
+}
+
+/* ---- TLS plaintext: uprobes on the TLS library ---------------------------
+ * Attached by userspace (agent/capture/tls.py) to each distinct libssl file, and to
+ * executables that link OpenSSL statically: tls_enter on the functions'
+ * entries, tls_exit on the returns of the four that move data, each
+ * attachment's cookie saying which function it sits on (TLS_FN_*).
+ * SSL_read/SSL_write(ssl, buf, num) return the byte count;
+ * SSL_read_ex/SSL_write_ex(ssl, buf, num, size_t *done) return 1 and store it. */
+
+static __always_inline int on_ssl_set_fd(struct pt_regs *ctx)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    int fd = PT_REGS_PARM2(ctx);
+    if (!process_traced(id >> 32) || fd < 0)
+        return 0;
+    struct ssl_key key = { .ssl = PT_REGS_PARM1(ctx), .tgid = id >> 32 };
+    __s32 value = fd;
+    bpf_map_update_elem(&ssl_fds, &key, &value, BPF_ANY);
+    return 0;
+}
+
+/* The statistics slot of a TLS library call, by the way its bytes go. */
+static __always_inline __u32 tls_probe(__u8 direction)
+{
+    return direction == DIRECTION_EGRESS ? PROBE_SSL_WRITE : PROBE_SSL_READ;
+}
+
+SEC("uprobe")
+int tls_enter(struct pt_regs *ctx)
+{
+    __u64 fn = bpf_get_attach_cookie(ctx);
+    if (fn == TLS_FN_SET_FD)
+        return on_ssl_set_fd(ctx);
+    __u64 id = bpf_get_current_pid_tgid();
+    if (!process_traced(id >> 32))
+        return 0;
+    __u8 ex = fn == TLS_FN_WRITE_EX || fn == TLS_FN_READ_EX;
+    struct ssl_call call = {
+        .ssl = PT_REGS_PARM1(ctx),
+        .buf = PT_REGS_PARM2(ctx),
+        .size_out = ex ? PT_REGS_PARM4(ctx) : 0,
+        .start_ns = bpf_ktime_get_ns(),
+        .fd = -1,
+        .direction = fn == TLS_FN_WRITE || fn == TLS_FN_WRITE_EX ? DIRECTION_EGRESS
+                                                                  : DIRECTION_INGRESS,
+        .ex = ex,
+    };
+    if (bpf_map_update_elem(&active_ssl, &id, &call, BPF_ANY))
+        count_untracked(tls_probe(call.direction));
+    return 0;
+}
+
+SEC("uretprobe")
+int tls_exit(struct pt_regs *ctx)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    struct ssl_call *found = bpf_map_lookup_elem(&active_ssl, &id);
+    if (!found)
+        return 0;
+    struct ssl_call call = *found;
+    bpf_map_delete_elem(&active_ssl, &id);
+    __u32 probe = tls_probe(call.direction);
+    /* The functions return int: the upper half of the register is not theirs. */
+    int ret = (int)PT_REGS_RC(ctx);
+    long n = ret;
+    if (call.ex) {
+        __u64 done = 0;
+        if (ret != 1 || bpf_probe_read_user(&done, sizeof(done), (void *)call.size_out))
+            return 0;
+        n = done;
+    }
+    if (n <= 0)
+        return 0;
+    struct ssl_key key = { .ssl = call.ssl, .tgid = id >> 32 };
+    if (call.fd >= 0) {
+        bpf_map_update_elem(&ssl_fds, &key, &call.fd, BPF_ANY);
+    } else {
+        __s32 *fd = bpf_map_lookup_elem(&ssl_fds, &key);
+        if (!fd) {
+            struct probe_stats *stats = stats_for(probe);
+            if (stats)
+                stats->unmapped++;
+            return 0;
+        }
+        call.fd = *fd;
+    }
+    struct io_args a = {
+        .start_ns = call.start_ns,
+        .buf = call.buf,
+        .fd = call.fd,
+        .count = n,
+        .probe = probe,
+        .buffer_kind = IO_BUFFER,
+        .direction = call.direction,
+    };
+    struct conn_info *conn = traced_conn(id >> 32, call.fd);
+    if (!conn)
+        return 0;
+    return emit_data(id, conn, &a, n, FLAG_TLS);
+}
+
+/* A new program image: userspace looks for TLS libraries it has not probed,
+ * and at the executable's name when it selects processes by it. */
+SEC("raw_tracepoint/sched_process_exec")
+int common_process_exec(struct bpf_raw_tracepoint_args *ctx)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    __u32 tgid = id >> 32;
+    __u8 report = CONFIG(report_execs);
+    if (report == EXECS_NONE || tgid == CONFIG(agent_tgid) ||
+        (report == EXECS_TRACED && !process_traced(tgid)))
+        return 0;
+    output_process_event(EVENT_PROCESS_EXEC, PROBE_PROCESS_EXEC, true);
+    return 0;
+}
+
+/* ---- What the front end's kernel access decides -------------------------- */
+#if FRONTEND_BTF
+#include "capture_btf.h"
+#else
+#include "capture_bcc.h"
+#endif
+
+/* ---- Dispatch --------------------------------------------------------- */
+
+/* What each hooked syscall means to the capture: one table for every hook
+ * family.  With a constant id (per-syscall hooks) the compiler folds the
+ * switch away; the raw tracepoints switch on the live syscall number. */
+static __always_inline int syscall_enter(long id, __u64 a0, __u64 a1, __u64 a2)
+{
+    switch (id) {
+    case NR_read: return on_read_enter(a0, a1, a2, PROBE_READ, IO_BUFFER, false);
+    case NR_readv: return on_read_enter(a0, a1, a2, PROBE_READV, IO_IOVEC, false);
+    case NR_recvfrom: return on_read_enter(a0, a1, a2, PROBE_RECVFROM, IO_BUFFER, false);
+    case NR_recvmsg: return on_read_enter(a0, a1, a2, PROBE_RECVMSG, IO_IOVEC, true);
+    case NR_accept: case NR_accept4: return on_accept_enter(a1);
+    case NR_write: return on_io_enter(a0, a1, a2, PROBE_WRITE, IO_BUFFER, DIRECTION_EGRESS);
+    case NR_writev: return on_io_enter(a0, a1, a2, PROBE_WRITEV, IO_IOVEC, DIRECTION_EGRESS);
+    case NR_sendto: return on_io_enter(a0, a1, a2, PROBE_SENDTO, IO_BUFFER, DIRECTION_EGRESS);
+    case NR_sendmsg: return on_msg_enter(a0, a1, PROBE_SENDMSG, DIRECTION_EGRESS);
+    /* sendfile carries response bodies (nginx): its length keeps message framing right. */
+    case NR_sendfile64: return on_io_enter(a0, 0, a2, PROBE_SENDFILE, IO_NONE, DIRECTION_EGRESS);
+    case NR_connect: return on_connect_enter(a0, a1);
+    case NR_close: return on_close_enter(a0);
+    }
+    return 0;
+}
+
+static __always_inline int syscall_exit(long id, long ret)
+{
+    switch (id) {
+    case NR_read: return on_read_exit(ret, PROBE_READ, IO_BUFFER, false);
+    case NR_readv: return on_read_exit(ret, PROBE_READV, IO_IOVEC, false);
+    case NR_recvfrom: return on_read_exit(ret, PROBE_RECVFROM, IO_BUFFER, false);
+    case NR_recvmsg: return on_read_exit(ret, PROBE_RECVMSG, IO_IOVEC, true);
+    case NR_write: case NR_writev: case NR_sendto: case NR_sendmsg: case NR_sendfile64:
+        return on_io_exit(ret);
+    case NR_accept: case NR_accept4:
+        return on_accept_exit(ret);
+    case NR_connect:
+        return on_connect_exit(ret);
+    }
+    return 0;
+}
+
+/* ---- Attachments ------------------------------------------------------ */
+
+#ifdef SYSCALL_FRAME
+/* Raw syscall tracepoints: two links for every syscall the capture needs. */
+SEC("raw_tracepoint/sys_enter")
+int rtp_sys_enter(struct bpf_raw_tracepoint_args *ctx)
+{
+    struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+    long id = ctx->args[1];
+    if (!is_captured_syscall(id))
+        return 0;
+    return syscall_enter(id, PT_REGS_PARM1_CORE_SYSCALL(regs), PT_REGS_PARM2_CORE_SYSCALL(regs),
+                         PT_REGS_PARM3_CORE_SYSCALL(regs));
+}
+
+SEC("raw_tracepoint/sys_exit")
+int rtp_sys_exit(struct bpf_raw_tracepoint_args *ctx)
+{
+    struct pt_regs *regs = (struct pt_regs *)ctx->args[0];
+    long id = SYSCALL_NR(regs);
+    if (!is_captured_syscall(id))
+        return 0;
+    return syscall_exit(id, ctx->args[1]);
+}
+#endif
+
+HOOK_SYSCALL_AT_EXIT(read)
+HOOK_SYSCALL(write)
+HOOK_SYSCALL_AT_EXIT(readv)
+HOOK_SYSCALL(writev)
+HOOK_SYSCALL_AT_EXIT(recvfrom)
+HOOK_SYSCALL(sendto)
+HOOK_SYSCALL_AT_EXIT(recvmsg)
+HOOK_SYSCALL(sendmsg)
+HOOK_SYSCALL(sendfile64)
+HOOK_SYSCALL_AT_EXIT(accept)
+HOOK_SYSCALL_AT_EXIT(accept4)
+HOOK_SYSCALL(connect)
+HOOK_SYSCALL(close)

@@ -1,0 +1,215 @@
+/* The capture's kernel access under BCC (bpf/frontend.h, no FRONTEND_BTF):
+ * the kernel headers at hand may not match the running kernel, so no
+ * kernel struct is read; sockets are learnt from the calls that make them.
+ * Included by bpf/capture.bpf.c, which declares what this header provides;
+ * the CO-RE build's counterpart is bpf/capture_btf.h. */
+#ifndef OTEL_EBPF_CAPTURE_BCC_H
+#define OTEL_EBPF_CAPTURE_BCC_H
+
+MAP(HASH, active_io, __u64, struct io_args, 16384);
+
+/* The calling thread's read or write in flight, from its entry to its
+ * exit: false if it could not be kept (counted as untracked). */
+static __always_inline bool keep_io_call(__u64 id, const struct io_args *args)
+{
+    return bpf_map_update_elem(&active_io, &id, args, BPF_ANY) == 0;
+}
+
+/* The calling thread's call in flight at its exit, taken out: false if
+ * none was kept. */
+static __always_inline bool take_io_call(__u64 id, struct io_args *out)
+{
+    struct io_args *args = bpf_map_lookup_elem(&active_io, &id);
+    if (!args)
+        return false;
+    *out = *args;
+    bpf_map_delete_elem(&active_io, &id);
+    return true;
+}
+
+/* The thread's name: the group leader's is a kernel struct away. */
+static __always_inline void read_process_name(struct traced_process *process)
+{
+    bpf_get_current_comm(process->comm, sizeof(process->comm));
+}
+
+static __always_inline struct conn_info *track_conn(__u32 tgid, __u32 fd, __u8 role)
+{
+    return remember_conn(tgid, fd, role, NULL);
+}
+
+/* Reads are followed from their entry: the saved registers at their exit
+ * are a kernel struct away. */
+static __always_inline int on_read_enter(__u32 fd, __u64 buf, __u32 count, __u32 probe,
+                                         __u8 buffer_kind, bool msg)
+{
+    if (msg)
+        return on_msg_enter(fd, buf, probe, DIRECTION_INGRESS);
+    return on_io_enter(fd, buf, count, probe, buffer_kind, DIRECTION_INGRESS);
+}
+
+static __always_inline int on_read_exit(long ret, __u32 probe, __u8 buffer_kind, bool msg)
+{
+    return on_io_exit(ret);
+}
+
+/* ---- Sockets without BTF (BCC build) ---------------------------------------
+ * A socket is known from the calls that make it.  Its peer comes from the
+ * sockaddr the process passes to connect() or gets back from accept() (user
+ * memory, the syscall ABI); its local end from sock:inet_sock_set_state,
+ * whose record the kernel lays out itself (BCC reads its tracefs format).
+ * Sockets made before the agent started, and accept() calls that ask for no
+ * peer address, are not seen. */
+
+/* accept() calls in progress: where the caller wants the peer's address. */
+MAP(HASH, active_accept, __u64, __u64, 16384);
+/* Connections the kernel completed and the process has not accepted yet:
+ * peer -> local end. */
+MAP(LRU_HASH, passive_ends, struct endpoint, struct endpoint, 16384);
+/* Client sockets between SYN sent and established: sock address -> conn key. */
+MAP(LRU_HASH, connecting_socks, __u64, __u64, 16384);
+
+#define SOCK_STATE_ESTABLISHED 1
+#define SOCK_STATE_SYN_SENT 2
+#define SOCK_STATE_SYN_RECV 3
+#define PROTOCOL_NUMBER_TCP 6
+
+/* struct sockaddr_in, and the head of struct sockaddr_in6 (user ABI). */
+struct user_sockaddr {
+    __u16 family;
+    __u16 port;         /* network order */
+    __u8 addr4[4];      /* sockaddr_in6: flowinfo; its address follows */
+};
+
+/* An address as struct conn_tuple keeps it: IPv4 mapped into IPv6. */
+static __always_inline void store_address(__u8 *out, __u16 family, const __u8 *addr4,
+                                          const __u8 *addr6)
+{
+    if (family == AF_INET) {
+        out[10] = out[11] = 0xff;
+        __builtin_memcpy(&out[12], addr4, 4);
+    } else {
+        __builtin_memcpy(out, addr6, 16);
+    }
+}
+
+/* The peer a user sockaddr names, as t's remote end; false unless IPv4/IPv6. */
+static __always_inline bool read_peer(__u64 uaddr, struct conn_tuple *t)
+{
+    struct user_sockaddr sa = {};
+    __u8 addr6[16] = {};
+    if (!uaddr || bpf_probe_read_user(&sa, sizeof(sa), (void *)uaddr))
+        return false;
+    if (sa.family == AF_INET6 &&
+        bpf_probe_read_user(addr6, sizeof(addr6), (void *)(uaddr + sizeof(sa))))
+        return false;
+    if (sa.family != AF_INET && sa.family != AF_INET6)
+        return false;
+    t->family = sa.family;
+    store_address(t->remote_addr, sa.family, sa.addr4, addr6);
+    t->remote_port = bpf_ntohs(sa.port);
+    return true;
+}
+
+TRACEPOINT_PROBE(sock, inet_sock_set_state)
+{
+    if (args->protocol != PROTOCOL_NUMBER_TCP)
+        return 0;
+    __u64 sk = (__u64)args->skaddr;
+    if (args->newstate == SOCK_STATE_SYN_SENT) {
+        /* Still inside connect(): the connecting thread is the current one. */
+        __u64 id = bpf_get_current_pid_tgid();
+        struct connect_call *call = bpf_map_lookup_elem(&active_connect, &id);
+        if (!call)
+            return 0;
+        __u64 key = conn_key(id >> 32, call->fd);
+        remember_conn(id >> 32, call->fd, ROLE_CLIENT, &call->tuple);
+        bpf_map_update_elem(&connecting_socks, &sk, &key, BPF_ANY);
+        return 0;
+    }
+    if (args->newstate != SOCK_STATE_ESTABLISHED)
+        return 0;
+    struct endpoint local = {};
+    store_address(local.addr, args->family, args->saddr, args->saddr_v6);
+    local.port = args->sport;
+    if (args->oldstate == SOCK_STATE_SYN_RECV) {
+        struct endpoint peer = {};
+        store_address(peer.addr, args->family, args->daddr, args->daddr_v6);
+        peer.port = args->dport;
+        bpf_map_update_elem(&passive_ends, &peer, &local, BPF_ANY);
+        return 0;
+    }
+    __u64 *found = bpf_map_lookup_elem(&connecting_socks, &sk);
+    if (!found)
+        return 0;
+    __u64 key = *found;
+    bpf_map_delete_elem(&connecting_socks, &sk);
+    struct conn_info *conn = bpf_map_lookup_elem(&conns, &key);
+    if (conn && conn->traced) {
+        __builtin_memcpy(conn->tuple.local_addr, local.addr, 16);
+        conn->tuple.local_port = local.port;
+        if (!tuple_traced(&conn->tuple))
+            conn->traced = 0;
+    }
+    return 0;
+}
+static __always_inline int on_accept_enter(__u64 peer_addr)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    if (peer_addr && process_traced(id >> 32) &&
+        bpf_map_update_elem(&active_accept, &id, &peer_addr, BPF_ANY))
+        count_untracked(PROBE_ACCEPT);
+    return 0;
+}
+
+static __always_inline int on_accept_exit(long ret)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    __u32 tgid = id >> 32;
+    __u64 *peer_addr = bpf_map_lookup_elem(&active_accept, &id);
+    if (!peer_addr)
+        return 0;
+    __u64 uaddr = *peer_addr;
+    bpf_map_delete_elem(&active_accept, &id);
+    struct conn_tuple tuple = {};
+    if (ret < 0 || !read_peer(uaddr, &tuple))
+        return 0;
+    struct endpoint peer = {};
+    __builtin_memcpy(peer.addr, tuple.remote_addr, 16);
+    peer.port = tuple.remote_port;
+    struct endpoint *local = bpf_map_lookup_elem(&passive_ends, &peer);
+    if (local) {
+        __builtin_memcpy(tuple.local_addr, local->addr, 16);
+        tuple.local_port = local->port;
+        bpf_map_delete_elem(&passive_ends, &peer);
+    }
+    remember_conn(tgid, ret, ROLE_SERVER, &tuple);
+    return 0;
+}
+
+static __always_inline int on_connect_enter(__u32 fd, __u64 uaddr)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    if (!process_traced(id >> 32))
+        return 0;
+    struct connect_call call = { .fd = fd };
+    if (!read_peer(uaddr, &call.tuple))
+        return 0;
+    if (bpf_map_update_elem(&active_connect, &id, &call, BPF_ANY))
+        count_untracked(PROBE_CONNECT);
+    return 0;
+}
+
+static __always_inline int on_connect_exit(long ret)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    struct connect_call *call = bpf_map_lookup_elem(&active_connect, &id);
+    if (!call)
+        return 0;
+    __u32 fd = call->fd;
+    bpf_map_delete_elem(&active_connect, &id);
+    /* The BCC build recorded the connection when its SYN left (above). */
+    return 0;
+}
+
+#endif

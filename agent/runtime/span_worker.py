@@ -5,10 +5,9 @@ also in worker processes of its own (SpanWorkerPool).  Python runs one
 thread at a time per process: with the stage in a worker, reassembly in the
 main process and span building plus export use separate cores.  That pays
 only when one core is not enough.  While the capture loop keeps up, a second
-busy process is a second core the traced processes find taken: at 5,000
-requests/s nginx's p99 was lower with the stage in the main process in 16
-of 22 rounds paired with the worker's (benchmarks/wrk, x0.86 and x0.92 in
-two runs), and the agent spent 7 to 15% less CPU per span.  So the pool builds a
+busy process is a second core the traced processes find taken, and handing
+exchanges over costs pickling (docs/decisions/span-worker-spill.md; figures
+in docs/performance.md).  So the pool builds a
 drained batch in the main process, and hands it to the workers only when it
 holds more than SPILL_EXCHANGES exchanges: the ring held more than a poll's
 worth, so the loop is behind or the load is heavy.

@@ -90,12 +90,10 @@ class HookFamily:
 # the syscall functions, kprobes the next; both skip the tracepoint
 # machinery.  Of the tracepoints, the per-syscall ones run a program only on
 # the syscalls the capture needs, where the two raw ones run one on every
-# syscall of every process on the node.  Measured here (benchmarks/hook_cost.py,
-# kernel 6.18): a syscall the capture does not hook paid +11 ns against +57,
-# a traced TCP write +381 ns against +418, and an untraced process's write
-# +103 to 135 ns against +154 to 164.  The per-syscall ones cost at stop: 26
-# links, each removed after a grace period (1 s in all, against nothing for
-# two raw links), and they need tracefs; the raw ones are the fallback.  A
+# syscall of every process on the node (benchmarks/hook_cost.py; figures in
+# docs/performance.md).  The per-syscall ones cost at stop instead: a link
+# per hooked call, each removed after a grace period, and they need tracefs;
+# the raw ones are the fallback (docs/decisions/hook-order.md).  A
 # family that fails to load or attach (fentry is refused where the function
 # tracer is locked down) is skipped with its reason.
 HOOK_FAMILIES = {

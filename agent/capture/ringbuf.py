@@ -1,8 +1,9 @@
 """Reads a BPF ring buffer through its mmapped pages, in batches.
 
-Measured on this machine (see benchmarks/ring_drain.py): reading the mapped
-ring directly is faster than libbpf's ring_buffer__poll with a cffi callback
-per record, because the per-record Python->C->Python round trip disappears.
+Reading the mapped ring directly is faster than libbpf's ring_buffer__poll
+with a cffi callback per record, because the per-record Python->C->Python
+round trip disappears (benchmarks/ring_drain.py; figures in
+docs/performance.md).
 
 Layout (kernel/bpf/ringbuf.c): page 0 holds the consumer position (ours to
 write), page 1 the producer position, then the data pages mapped twice in a
@@ -16,11 +17,10 @@ is empty.  A wake-up per record cost the traced processes a context switch
 each, tens of thousands a second under load; a 50 ms poll is 20 a second,
 and a 16 MiB ring holds far more than 50 ms of any load this agent can keep
 up with (about 4 MiB at 300k records/s).  At low rates the longer poll
-makes bigger batches: at 1,000 requests/s the agent spent 0.068-0.072 CPU
-seconds per 1,000 spans polling every 20 ms, 0.053-0.056 every 50 ms and
-0.049-0.050 every 100 ms (benchmarks/wrk, two runs each).  The records that
-need an answer at once wake the reader, and so does the record that takes
-the unread bytes past WAKE_AT_FILL of the ring.
+makes bigger batches, and so less CPU per span (docs/performance.md, "Ring
+buffer drain").  The records that need an answer at once wake the reader,
+and so does the record that takes the unread bytes past WAKE_AT_FILL of the
+ring.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """ExportTraceServiceRequest written straight to protobuf wire format.
 
-Building SDK ReadableSpans and protobuf message objects costs ~150 µs per span;
-the agent's budget for the whole pipeline is ~30 µs, so spans are serialised by
+Building SDK ReadableSpans and protobuf message objects costs several times the
+agent's whole per-span budget (docs/performance.md), so spans are serialised by
 hand from the plain Span records.  Messages are built bottom-up as bytes (a
 length prefix needs the encoded size of what it wraps) and joined once per
 request.

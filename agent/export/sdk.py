@@ -1,8 +1,9 @@
 """The standard OpenTelemetry SDK export path, kept as a reference.
 
 Spans are converted to ReadableSpan and handed to the SDK's OTLPSpanExporter.
-It is correct but ~25x slower than agent.export.otlp; the tests use it as the
-oracle for the hand-written encoder, and `--otlp-impl sdk` selects it.
+It is correct but several times slower than agent.export.otlp
+(docs/performance.md); the tests use it as the oracle for the hand-written
+encoder, and `--otlp-impl sdk` selects it.
 """
 from __future__ import annotations
 

@@ -33,8 +33,8 @@ _MARK = "\x00"  # stands for a literal until IN lists are collapsed
 # then one literal or comment.  Most text goes through one tight character
 # class loop; digits count as text when a word character precedes them
 # (table1), quoted identifiers and $1 placeholders are skipped whole.  The
-# Python callback thus runs only for literals and comments: an alternation
-# tried at every character was 3x slower.  TRUE / FALSE are words to this
+# Python callback thus runs only for literals and comments, never per
+# character as an alternation would.  TRUE / FALSE are words to this
 # scan: a second, cheap pass replaces them (_BOOLEAN), and a string prefix
 # (E, N, X, B, U&, _charset) ends up at the end of the skip group, where
 # _replace finds it.

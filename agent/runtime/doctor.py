@@ -17,6 +17,23 @@ def _kernel_headers_text(configured: str | None) -> str:
     return headers.describe()
 
 
+def loader_reason(choice: str, front_end: str, btf: bool, loop_ok: bool) -> tuple[bool, str]:
+    """Whether what was checked allows this front end, and the reason to
+    print.  CO-RE needs kernel BTF and bpf_loop; BCC needs neither (it
+    compiles against kernel headers, reported on their own line, and copies
+    with bounded loops)."""
+    found = (f"kernel BTF {'present' if btf else 'absent'}, "
+             f"bpf_loop {'present' if loop_ok else 'absent'}")
+    if front_end == "core":
+        if btf and loop_ok:
+            return True, "kernel BTF and bpf_loop present"
+        return False, f"{found}: the CO-RE object needs both and cannot load"
+    if choice == "bcc":
+        return True, f"chosen with --loader bcc; {found}, neither needed by BCC"
+    missing = "no kernel BTF" if not btf else "kernel BTF present but no bpf_loop"
+    return True, f"{missing}: the CO-RE object cannot load; BCC needs neither BTF nor bpf_loop"
+
+
 def report(loader: str = "auto", kernel_headers: str | None = None) -> tuple[str, bool]:
     """The doctor's text and whether the agent can run here."""
     lines = []
@@ -30,11 +47,7 @@ def report(loader: str = "auto", kernel_headers: str | None = None) -> tuple[str
     front_end = choose_loader(loader, features)
     loop_ok, loop_text = bpf_loop_support()
     lines.append(f"bpf_loop helper: {loop_text}")
-    if front_end == "bcc":
-        loop_ok = True
-    why = ("kernel BTF and bpf_loop present" if features.btf and loop_ok
-           else "no kernel BTF: CO-RE cannot load" if not features.btf
-           else "no bpf_loop: the CO-RE object cannot load, the BCC build uses bounded loops")
+    loader_ok, why = loader_reason(loader, front_end, features.btf, loop_ok)
     lines.append(f"Loader: {front_end} ({why})")
     lines.append(f"Kernel headers for the BCC loader: {_kernel_headers_text(kernel_headers)}")
     lines.append("")
@@ -42,7 +55,7 @@ def report(loader: str = "auto", kernel_headers: str | None = None) -> tuple[str
     for family, reason in candidate_hooks("auto", features):
         lines.append(f"  {family.name:<11} {family.description}: "
                      f"{'available' if reason is None else 'unavailable: ' + reason}")
-    ok = ring_ok and loop_ok
+    ok = ring_ok and loader_ok
     try:
         capture = load_capture(CaptureSettings(ring_buffer_bytes=1 << 20, loader=loader,
                                                kernel_headers=kernel_headers))

@@ -3,8 +3,8 @@
 The pipeline allocates a few short-lived objects per record and forms
 almost no reference cycles, while the default collector runs every 700
 allocations and now and then walks every object alive, start-up state
-included.  Measured on the recorded wrk traffic (benchmarks/pipeline.py's
-input), default collection cost about 12% of reassembly and linking.
+included: a noticeable share of reassembly and linking on
+benchmarks/pipeline.py's recorded traffic (docs/performance.md).
 """
 from __future__ import annotations
 

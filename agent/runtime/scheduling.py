@@ -2,20 +2,20 @@
 
 Its work comes in bursts (a ring buffer's worth every poll, spans to encode
 every export), and a burst that holds a core delays whatever traced process
-wakes on that core: at 5,000 requests/s that was nginx's p99 at x3.45 of
-the untraced run's (benchmarks/wrk).  Under SCHED_IDLE a waking process that
-is not itself SCHED_IDLE preempts the agent at once, wherever the cgroups
-put them (the kernel checks this before weighing groups), and a core that
-runs only the agent counts as idle when the scheduler places a wake-up.
-The same run then gave x1.11.
+wakes on that core, which shows in the traced service's tail latency.  Under
+SCHED_IDLE a waking process that is not itself SCHED_IDLE preempts the agent
+at once, wherever the cgroups put them (the kernel checks this before
+weighing groups), and a core that runs only the agent counts as idle when
+the scheduler places a wake-up.  docs/decisions/cpu-yield.md has the why in
+full, and docs/performance.md the figures.
 
 SCHED_IDLE also means a tiny weight within the agent's own cgroup.  Where the
 agent shares a cgroup with a busy workload (`sudo otel-ebpf run` in a login
 session) it would starve, and an agent that falls behind loses records.  A
-starved agent cannot notice that it is starved in time: a SCHED_IDLE thread
-waited up to 0.28 s for a turn beside three busy loops here, while a flat-out
-load fills the 16 MiB ring in 0.15 s.  So a small guard process, at normal
-weight and doing nothing else, gives the agent its normal weight back when
+starved agent cannot notice that it is starved in time: beside a few busy
+loops a SCHED_IDLE thread can wait longer for a turn than a flat-out load
+takes to fill the ring.  So a small guard process, at normal weight and
+doing nothing else, gives the agent its normal weight back when
 the ring fills past 1/8 (the kernel wakes it as the mark is crossed) or the
 capture loop has not come round for 0.25 s (it looks every 0.1 s).  The
 agent yields again once it has been caught up for a while.  The guard wakes
@@ -37,7 +37,7 @@ import time
 from agent.capture.ringbuf import WAKE_AT_FILL, RingFill
 
 # Unread records past 1/8 of the ring: more than a 50 ms poll leaves at any
-# load the agent keeps up with (about 2% at 5k requests/s).  The kernel wakes
+# load the agent keeps up with.  The kernel wakes
 # the guard when the ring crosses this mark.
 RING_FILL_BEHIND = WAKE_AT_FILL
 LOOP_LATE_S = 0.25           # five poll intervals since the loop last came round

@@ -5,10 +5,9 @@ also in worker processes of its own (SpanWorkerPool).  Python runs one
 thread at a time per process: with the stage in a worker, reassembly in the
 main process and span building plus export use separate cores.  That pays
 only when one core is not enough.  While the capture loop keeps up, a second
-busy process is a second core the traced processes find taken: at 5,000
-requests/s nginx's p99 was lower with the stage in the main process in 16
-of 22 rounds paired with the worker's (benchmarks/wrk, x0.86 and x0.92 in
-two runs), and the agent spent 7 to 15% less CPU per span.  So the pool builds a
+busy process is a second core the traced processes find taken, and handing
+exchanges over costs pickling (docs/decisions/span-worker-spill.md; figures
+in docs/performance.md).  So the pool builds a
 drained batch in the main process, and hands it to the workers only when it
 holds more than SPILL_EXCHANGES exchanges: the ring held more than a poll's
 worth, so the loop is behind or the load is heavy.
@@ -204,6 +203,10 @@ class _Worker:
         self.sock = parent
         self.snapshot: dict = {}
         self.exited = False
+        # alive() runs on the /readyz thread and join() on the shutdown path:
+        # one lock makes a single reaper, so that neither waits on a pid the
+        # other has reaped (ECHILD) nor signals one the kernel has reused.
+        self._reap_lock = threading.Lock()
         self._reader = threading.Thread(target=self._read_stats, name=f"span-worker-{pid}",
                                         daemon=True)
         self._reader.start()
@@ -227,13 +230,19 @@ class _Worker:
         finally:
             reader.close()
 
+    def _reap(self, block: bool) -> bool:
+        """Whether the worker has exited; reaps it at most once."""
+        with self._reap_lock:
+            if not self.exited:
+                try:
+                    pid, _ = os.waitpid(self.pid, 0 if block else os.WNOHANG)
+                except ChildProcessError:
+                    pid = self.pid   # reaped outside this object: gone all the same
+                self.exited = bool(pid)
+            return self.exited
+
     def alive(self) -> bool:
-        if self.exited:
-            return False
-        pid, _ = os.waitpid(self.pid, os.WNOHANG)
-        if pid:
-            self.exited = True
-        return not self.exited
+        return not self._reap(block=False)
 
     def stop(self, timeout_s: float) -> None:
         try:
@@ -242,15 +251,12 @@ class _Worker:
             pass
 
     def join(self, deadline: float) -> None:
-        while not self.exited and time.monotonic() < deadline:
-            if os.waitpid(self.pid, os.WNOHANG)[0]:
-                self.exited = True
-                break
+        while not self._reap(block=False) and time.monotonic() < deadline:
             time.sleep(0.02)
-        if not self.exited:
-            os.kill(self.pid, signal.SIGKILL)
-            os.waitpid(self.pid, 0)
-            self.exited = True
+        with self._reap_lock:
+            if not self.exited:
+                os.kill(self.pid, signal.SIGKILL)
+        self._reap(block=True)
         self._reader.join(max(0.0, deadline - time.monotonic()) + 0.2)
         self.sock.close()
 

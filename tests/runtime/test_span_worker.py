@@ -83,3 +83,47 @@ def test_a_batch_larger_than_a_poll_keeps_up_with_goes_to_the_workers(receiver):
     # Spans the workers built carry the resources too.
     assert len(receiver.spans) == total
     assert all(s.resource["service.name"].startswith("recorded-") for s in receiver.spans)
+
+
+def test_readyz_and_shutdown_reaping_the_same_worker_at_once_both_succeed(receiver, monkeypatch):
+    """/readyz asks alive() on the metrics thread while shutdown joins the
+    workers: both end in waitpid on the same pid.  A waitpid that pauses after
+    reaping (as a preempted thread would) widens the window in which the other
+    thread would ask the kernel about a pid it no longer has."""
+    import os
+    import threading
+    import time
+
+    real_waitpid = os.waitpid
+
+    def preempted_after_reaping(pid, options):
+        result = real_waitpid(pid, options)
+        if result[0]:
+            time.sleep(0.1)
+        return result
+
+    pool = make_pool(receiver)
+    monkeypatch.setattr(os, "waitpid", preempted_after_reaping)
+    stop = threading.Event()
+    readyz_errors = []
+
+    def readyz():
+        # The worker's own check: pool.alive() stops asking the workers once
+        # shutdown has stopped the main process's stage.
+        while not stop.is_set():
+            try:
+                pool.workers[0].alive()
+            except Exception as exc:      # noqa: BLE001 - the test reports it
+                readyz_errors.append(exc)
+                return
+
+    probe = threading.Thread(target=readyz)
+    probe.start()
+    try:
+        pool.shutdown(5.0)
+    finally:
+        stop.set()
+        probe.join(5)
+    assert readyz_errors == []
+    assert not pool.workers[0].alive()
+    assert pool.workers[0].exited

@@ -94,6 +94,7 @@ class OtlpReceiver:
         self.spans: list[ReceivedSpan] = []
         self.requests: list[ReceivedRequest] = []
         self.fail_with = None
+        self.hold_s = 0.0          # a stalled collector: each request waits this long
         self.reject_spans = 0
         self.protocol = None
         self.port = None
@@ -208,6 +209,8 @@ class OtlpReceiver:
                     return self._reply(404, b"")
                 if receiver.fail_with is not None:
                     return self._reply(receiver.fail_with, b"")
+                if receiver.hold_s:
+                    time.sleep(receiver.hold_s)
                 size = len(body)
                 if self.headers.get("Content-Encoding") == "gzip":
                     body = gzip.decompress(body)

@@ -1,7 +1,8 @@
 """Function symbols of an ELF file, as the file offsets uprobes attach at.
 
 Only what the TLS probes need: 64-bit little-endian ELF (x86-64, arm64),
-defined STT_FUNC symbols from .dynsym and .symtab, and the translation of a
+defined STT_FUNC symbols from .dynsym and .symtab (and which of the names
+are only imported), and the translation of a
 symbol's virtual address to its offset in the file through the PT_LOAD
 segment that holds it.  Bad or foreign files give an empty answer.
 """
@@ -21,18 +22,20 @@ _STT_FUNC = 2
 _SHN_UNDEF = 0
 
 
-def function_offsets(path: str, names) -> dict[str, int]:
-    """{name: file offset} of the defined functions among names."""
+def function_symbols(path: str, names) -> tuple[dict[str, int], set[str]]:
+    """({name: file offset} of the defined functions among names, the names
+    the file only imports: undefined symbols a shared library provides)."""
     try:
         with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            return _function_offsets(m, frozenset(names))
+            return _function_symbols(m, frozenset(names))
     except (OSError, ValueError, OverflowError, struct.error, IndexError):
-        return {}
+        return {}, set()
 
 
-def _function_offsets(m, wanted: frozenset) -> dict[str, int]:
+def _function_symbols(m, wanted: frozenset) -> tuple[dict[str, int], set[str]]:
+    imported: set[str] = set()
     if m[:4] != b"\x7fELF" or m[4] != 2 or m[5] != 1:   # ELFCLASS64, little-endian
-        return {}
+        return {}, imported
     (_, _, _, _, _, phoff, shoff, _, _, phentsize, phnum, shentsize, shnum,
      _) = _ELF_HEADER.unpack_from(m, 0)
     loads = []
@@ -49,7 +52,14 @@ def _function_offsets(m, wanted: frozenset) -> dict[str, int]:
         strtab = sections[sh_link][4]
         for pos in range(sh_offset, sh_offset + sh_size, sh_entsize):
             st_name, st_info, _, st_shndx, st_value, _ = _SYMBOL.unpack_from(m, pos)
-            if st_info & 0xF != _STT_FUNC or st_shndx == _SHN_UNDEF or not st_value:
+            if st_shndx == _SHN_UNDEF:
+                if sh_type == _SHT_DYNSYM and st_name:
+                    start = strtab + st_name
+                    name = m[start:m.find(b"\0", start)]
+                    if name in encoded:
+                        imported.add(encoded[name])
+                continue
+            if st_info & 0xF != _STT_FUNC or not st_value:
                 continue
             start = strtab + st_name
             name = m[start:m.find(b"\0", start)]
@@ -60,4 +70,4 @@ def _function_offsets(m, wanted: frozenset) -> dict[str, int]:
                         break
         if len(found) == len(wanted):
             break
-    return found
+    return found, imported - found.keys()

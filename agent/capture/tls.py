@@ -29,7 +29,7 @@ import os
 import subprocess
 import time
 
-from agent.capture.elf import function_offsets
+from agent.capture.elf import function_symbols
 from agent.capture.records import C
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,12 @@ class TlsProbes:
             return
         # A uprobe belongs to the inode: a /proc/PID/root path reaches a
         # container's file while the process lives, and the probe stays.
-        offsets = function_offsets(path, OPENSSL_FUNCTIONS)
+        offsets, imported = function_symbols(path, OPENSSL_FUNCTIONS)
+        if executable and not offsets and imported.issuperset(REQUIRED_SYMBOLS):
+            # Linked against a shared libssl, whose own file is probed: not
+            # a copy of OpenSSL the agent fails to trace.
+            self._seen[key] = False
+            return
         attached = 0
         if all(name in offsets for name in REQUIRED_SYMBOLS):
             attached = self.capture.attach_uprobes(

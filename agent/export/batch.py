@@ -21,6 +21,7 @@ import random
 import threading
 import time
 
+from agent.export.loss_log import LossLog
 from agent.export.otlp import RETRYABLE, SUCCESS
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class BatchExporter:
                  schedule_delay_s: float | None = None, environ=os.environ,
                  retry_timeout_s: float | None = None, max_attempts: int = 6,
                  initial_backoff_s: float = 0.5, max_backoff_s: float = 5.0,
-                 observe_export_seconds=None):
+                 observe_export_seconds=None, loss_log: LossLog | None = None):
         self.sink = sink
         # A node agent sees many processes at once: a bigger default than the
         # SDK's 2048 absorbs a schedule_delay of bursts without drops.
@@ -79,7 +80,7 @@ class BatchExporter:
         self._deadline = float("inf")        # monotonic; set by shutdown()
         self._in_flight = 0
         self._abandoned = False
-        self._failing = False
+        self.loss_log = loss_log or LossLog()
         self._thread = threading.Thread(target=self._run, name="otel-ebpf-export", daemon=True)
         self._thread.start()
 
@@ -96,7 +97,9 @@ class BatchExporter:
                 return
             room = self.max_queue_size - len(self._queue)
             if room < len(spans):
-                self.spans_dropped_queue_full += len(spans) - max(room, 0)
+                dropped = len(spans) - max(room, 0)
+                self.spans_dropped_queue_full += dropped
+                self.loss_log.lost("queue_full", dropped)
                 spans = spans[:max(room, 0)]
             self._queue.extend(spans)
             full = len(self._queue) >= self.max_batch
@@ -128,6 +131,9 @@ class BatchExporter:
                 self._wake.clear()
                 stopping = self._stopping.is_set()
             now = time.monotonic()
+            if self.loss_log.losing:
+                with self._lock:
+                    self.loss_log.tick(now)
             due = now >= next_flush
             if due:
                 next_flush = now + self.schedule_delay_s
@@ -160,20 +166,14 @@ class BatchExporter:
                 self.observe_export_seconds(time.perf_counter() - t0)
             if result == SUCCESS:
                 self._settle(len(batch), exported=True)
-                if self._failing:
-                    self._failing = False
-                    log.warning("span export recovered")
                 return
             self.export_errors += 1
             backoff = min(self.max_backoff_s, self.initial_backoff_s * 2 ** (attempt - 1))
             backoff *= random.uniform(0.5, 1.0)   # jitter: agents must not retry in lockstep
             if (result != RETRYABLE or attempt >= self.max_attempts
                     or time.monotonic() + backoff > min(retry_until, self._deadline)):
+                self.loss_log.detail = f"{result}: {getattr(self.sink, 'last_error', '') or 'no detail'}"
                 self._settle(len(batch), exported=False)
-                if not self._failing:
-                    self._failing = True
-                    log.warning("span export failing (%s): %s; dropping batches until it recovers",
-                                result, getattr(self.sink, "last_error", "") or "no detail")
                 return
             if self._stopping.is_set():
                 time.sleep(backoff)   # fits before the shutdown deadline (checked above)
@@ -188,8 +188,10 @@ class BatchExporter:
             if exported:
                 self.spans_exported += n
                 self.batches_exported += 1
+                self.loss_log.exported()
             else:
                 self.spans_failed += n
+                self.loss_log.lost("export_failed", n)
 
     # --- lifecycle -------------------------------------------------------
 

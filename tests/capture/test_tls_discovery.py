@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from agent.capture.elf import function_offsets
+from agent.capture.elf import function_symbols
 from agent.capture.tls import OPENSSL_FUNCTIONS, has_openssl_symbols, mapped_libssl_paths
 
 MAPS = """\
@@ -53,19 +53,19 @@ def test_function_offsets_match_binutils():
     path = system_libssl()
     if not os.path.exists("/usr/bin/nm"):
         pytest.skip("binutils' nm is not installed")
-    offsets = function_offsets(path, OPENSSL_FUNCTIONS)
-    assert set(offsets) == set(OPENSSL_FUNCTIONS)
+    offsets, imported = function_symbols(path, OPENSSL_FUNCTIONS)
+    assert set(offsets) == set(OPENSSL_FUNCTIONS) and not imported
     expected = nm_offsets(path)
     assert offsets == {name: expected[name] for name in OPENSSL_FUNCTIONS}
 
 
 def test_undefined_imports_are_not_functions(tmp_path):
-    # An executable that calls SSL_read imports it: named in its string
-    # table, but not a function it defines.
-    curl = "/usr/bin/curl"
-    if not os.path.exists(curl):
-        pytest.skip("curl is not installed")
-    assert function_offsets(curl, ["SSL_read", "SSL_write"]) == {}
+    # curl's library calls SSL_read through the shared libssl: it imports the
+    # name (an undefined symbol) and defines no such function.
+    libcurl = "/usr/lib/x86_64-linux-gnu/libcurl.so.4"
+    if not os.path.exists(libcurl):
+        pytest.skip("libcurl4 is not installed")
+    assert function_symbols(libcurl, ["SSL_read", "SSL_write"]) == ({}, {"SSL_read", "SSL_write"})
 
 
 @pytest.mark.parametrize("content", [b"", b"\x7fELF", b"\x7fELF\x02\x01" + b"\xff" * 100,
@@ -73,18 +73,18 @@ def test_undefined_imports_are_not_functions(tmp_path):
 def test_bad_files_give_nothing(tmp_path, content):
     path = tmp_path / "bad"
     path.write_bytes(content)
-    assert function_offsets(str(path), ["SSL_read"]) == {}
-    assert function_offsets(str(tmp_path / "missing"), ["SSL_read"]) == {}
+    assert function_symbols(str(path), ["SSL_read"]) == ({}, set())
+    assert function_symbols(str(tmp_path / "missing"), ["SSL_read"]) == ({}, set())
 
 
 def test_truncated_copy_of_a_real_library_gives_nothing_or_the_truth(tmp_path):
     path = system_libssl()
     data = open(path, "rb").read()
-    whole = function_offsets(path, OPENSSL_FUNCTIONS)
+    whole, _ = function_symbols(path, OPENSSL_FUNCTIONS)
     for size in (64, 4096, len(data) // 2, len(data) - 1):
         cut = tmp_path / f"cut{size}"
         cut.write_bytes(data[:size])
-        found = function_offsets(str(cut), OPENSSL_FUNCTIONS)
+        found, _ = function_symbols(str(cut), OPENSSL_FUNCTIONS)
         assert all(whole[name] == offset for name, offset in found.items())
 
 

@@ -239,3 +239,52 @@ def test_reads_in_flight_take_no_kernel_table_entry(start_agent, agent_loader):
     flight with its thread): any number of threads blocked in recv() is
     followed, none counted as untracked."""
     assert untracked_with_readers_blocked(start_agent) == 0
+
+
+def test_a_stalled_collector_is_reported_in_the_log_at_a_bounded_rate(receiver, start_agent,
+                                                                      backend):
+    """Spans dropped at a full export queue show in the log: at once, then at
+    most one line per interval with the count, and a line when export has
+    caught up; the counts logged reconcile with the counters."""
+    from agent.export.loss_log import LOG_INTERVAL_S
+
+    agent = start_agent("--port", str(backend), extra_env={"OTEL_BSP_MAX_QUEUE_SIZE": "256"})
+    load = KeepAliveLoad(backend, path="/stalled", connections=4, rate=200).start()
+    warnings: list[tuple[float, str]] = []
+
+    def watch(seconds: float, stop_at=None) -> None:
+        deadline = time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            seen = {line for _, line in warnings}
+            for line in agent.stderr().splitlines():
+                if "span export" in line or "spans lost" in line:
+                    if line not in seen:
+                        warnings.append((time.monotonic(), line))
+                        seen.add(line)
+            if stop_at is not None and any(stop_at in line for _, line in warnings):
+                return
+            time.sleep(0.1)
+
+    try:
+        assert receiver.wait_for(lambda spans: len(spans) >= 50, 10)
+        before = snapshot(agent)
+        receiver.hold_s = 5.0
+        watch(3 * LOG_INTERVAL_S)
+        stalled = list(warnings)
+        receiver.hold_s = 0.0
+        watch(4 * LOG_INTERVAL_S, stop_at="recovered")
+    finally:
+        load.stop()
+    after = snapshot(agent)
+    lost = [(t, line) for t, line in stalled if "spans lost at export" in line]
+    assert len(lost) >= 2, agent.stderr()[-3000:]
+    assert "export queue full" in lost[0][1]
+    gaps = [b[0] - a[0] for a, b in zip(lost, lost[1:])]
+    # The test polls the log every 0.1 s: a line can be seen late, never early.
+    assert all(gap > LOG_INTERVAL_S - 0.5 for gap in gaps), (gaps, lost)
+    recovered = [line for _, line in warnings if "span export recovered" in line]
+    assert recovered, agent.stderr()[-3000:]
+    dropped = (delta(after, before, "otel_ebpf_spans_dropped_queue_full_total")
+               + delta(after, before, "otel_ebpf_spans_export_failed_total"))
+    logged = sum(int(re.search(r"; (\d+) lost since", line).group(1)) for line in recovered)
+    assert dropped > 0 and logged == dropped, (logged, dropped, recovered)

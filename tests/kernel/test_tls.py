@@ -273,3 +273,34 @@ def test_starting_and_stopping_under_https_load_harms_no_traced_process(start_ag
     while programs_still_loaded(probes) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not programs_still_loaded(probes)
+
+
+def test_programs_that_import_libssl_are_not_counted_as_untraceable(start_agent, tmp_path):
+    """postgres, mariadbd, nginx call SSL_read through the shared libssl,
+    whose file is probed: their executables are not OpenSSL copies the
+    agent failed to trace."""
+    if not os.path.exists(SYSTEM_LIBSSL) or not shutil.which("clang-19"):
+        pytest.skip("needs clang-19 and the system libssl (make setup)")
+    program = tmp_path / "libssl_importer"
+    subprocess.run(["clang-19", "-O1", str(PEERS / "libssl_importer.c"), "-o", str(program),
+                    "-lssl"], check=True, capture_output=True)
+    # Its own copy of libssl makes the agent's scan of this process visible.
+    private = tmp_path / "lib"
+    private.mkdir()
+    shutil.copy(SYSTEM_LIBSSL, private / "libssl.so.3")
+    agent = start_agent()
+    probed = agent.metric("otel_ebpf_tls_files_total", outcome="probed")
+    untraceable = agent.metric("otel_ebpf_tls_files_total", outcome="without_symbols")
+    proc = subprocess.Popen([str(program)], stdin=subprocess.PIPE,
+                            env={**os.environ, "LD_LIBRARY_PATH": str(private)})
+    try:
+        deadline = time.monotonic() + 10
+        while agent.metric("otel_ebpf_tls_files_total", outcome="probed") <= probed:
+            assert time.monotonic() < deadline, "the process was not scanned"
+            time.sleep(0.1)
+        # The executable is looked at in the same scan as its maps, and again
+        # at each rescan after the exec.
+        time.sleep(1.0)
+        assert agent.metric("otel_ebpf_tls_files_total", outcome="without_symbols") == untraceable
+    finally:
+        proc.communicate(b"", timeout=5)

@@ -133,6 +133,8 @@ class RedisReply:
 def _number(data: bytes, start: int, end: int):
     """The integer in data[start:end], or None."""
     text = data[start:end]
+    if text.isdigit() and len(text) < 20:
+        return int(text)
     if _DIGITS.match(text) is None:
         return None
     return int(text)
@@ -157,9 +159,24 @@ _HEADER_PREFIX = re.compile(rb"-?[0-9]*\r?\Z")
 
 # ----------------------------------------------------------------- commands
 
+def _command_name(name: bytes) -> str:
+    """The upper-cased command word, remembered for the next time (the
+    words a connection sends are few)."""
+    known = _NAMES_SEEN.get(name)
+    if known is None:
+        known = name.upper().decode("ascii") if _NAME.match(name) else "_OTHER"
+        if len(_NAMES_SEEN) < _NAMES_SEEN_MAX:
+            _NAMES_SEEN[name] = known
+    return known
+
+
+_NAMES_SEEN: dict[bytes, str] = {}
+_NAMES_SEEN_MAX = 4096
+
+
 def _command(name: bytes, count: int, inline: bool, length: int) -> RedisCommand:
     c = RedisCommand.__new__(RedisCommand)
-    c.name = name.upper().decode("ascii") if _NAME.match(name) else "_OTHER"
+    c.name = _command_name(name)
     c.arg_count = count - 1
     c.db = c.protocol = c.reply_mode = None
     c.inline = inline
@@ -187,17 +204,23 @@ def _finish(c: RedisCommand, args) -> RedisCommand:
     if placeholders <= 0:
         c.query_text = name
     elif placeholders <= MAX_QUERY_ARGS:
-        c.query_text = name + " ?" * placeholders
+        c.query_text = name + _PLACEHOLDERS[placeholders]
     else:
-        c.query_text = name + " ?" * MAX_QUERY_ARGS + " ..."
+        c.query_text = name + _PLACEHOLDERS[MAX_QUERY_ARGS] + " ..."
     return c
 
 
-def _array_command(data: bytes, n: int, partial: bool):
-    status, count, pos = _header(data, 0, n)
+_PLACEHOLDERS = [" ?" * i for i in range(MAX_QUERY_ARGS + 1)]
+
+
+def _array_command(data: bytes, base: int, n: int, partial: bool):
+    """The command whose array starts at data[base]; positions are
+    absolute, consumed and lengths relative to base."""
+    status, count, pos = _header(data, base, n)
     if status != PARSED:
-        return status, None, max(pos, n + 1) if status == NEED_MORE else 0, \
-            "bad_array_length" if status == INVALID else ""
+        if status == NEED_MORE:
+            return NEED_MORE, None, n + 1 - base, ""
+        return INVALID, None, 0, "bad_array_length"
     if count <= 0 or count > MAX_ELEMENTS:
         return INVALID, None, 0, "bad_array_length"
     name = None
@@ -235,24 +258,24 @@ def _array_command(data: bytes, n: int, partial: bool):
         if pos > n:
             # Inside this argument: its end is known from its header.
             if not partial:
-                return NEED_MORE, None, pos + 4 * (count - i - 1), ""
+                return NEED_MORE, None, pos - base + 4 * (count - i - 1), ""
             if name is None:
                 return INVALID, None, 0, "bad_command_name"
-            c = _command(name, count, False, pos)
+            c = _command(name, count, False, pos - base)
             c.truncated = True
             c.framed = i == count - 1
-            return PARSED, _finish(c, args), pos, ""
+            return PARSED, _finish(c, args), pos - base, ""
     else:
         if name is None or not name:
             return INVALID, None, 0, "bad_command_name"
-        return PARSED, _finish(_command(name, count, False, pos), args), pos, ""
+        return PARSED, _finish(_command(name, count, False, pos - base), args), pos - base, ""
     # The bytes ran out between arguments or inside a header.
     if not partial or name is None:
-        return NEED_MORE, None, max(pos, n) + 1, ""
-    c = _command(name, count, False, n)
+        return NEED_MORE, None, max(pos, n) + 1 - base, ""
+    c = _command(name, count, False, n - base)
     c.truncated = True
     c.framed = False
-    return PARSED, _finish(c, args), n, ""
+    return PARSED, _finish(c, args), n - base, ""
 
 
 def _split_inline(line: bytes):
@@ -330,7 +353,7 @@ def parse_command(data: bytes, partial: bool = False):
     if not n:
         return NEED_MORE, None, 1, ""
     if data[0] == _STAR:
-        return _array_command(data, n, partial)
+        return _array_command(data, 0, n, partial)
     return _inline_command(data, n, partial)
 
 
@@ -343,7 +366,10 @@ def parse_commands(data: bytes, partial: bool = False):
     commands = []
     pos, n = 0, len(data)
     while pos < n:
-        status, c, consumed, reason = parse_command(data[pos:] if pos else data, partial)
+        if data[pos] == _STAR:
+            status, c, consumed, reason = _array_command(data, pos, n, partial)
+        else:
+            status, c, consumed, reason = _inline_command(data[pos:], n - pos, partial)
         if status != PARSED:
             return status, commands, pos, reason
         if c is not None:

@@ -172,13 +172,14 @@ def parse_request(data: bytes, partial: bool = False):
     if line is None:
         if n >= MAX_LINE:
             return INVALID, None, 0, "line_too_long"
-        head = data.split(b" ", 1)[0].rstrip(b"\r")
+        tokens = data.split()
+        head = tokens[0] if tokens else b""
         if not _textual(data) or (head and not _WORD.match(head)):
             return INVALID, None, 0, "bad_command"
         if not partial or not head:
             return NEED_MORE, None, n + 1, ""
         # A truncated line: the command and the keys captured so far.
-        c = _command(head, data.split(), n)
+        c = _command(head, tokens, n)
         c.truncated = True
         c.framed = False
         return PARSED, c, n, ""
@@ -234,6 +235,8 @@ def _block(data: bytes, pos: int, n: int, partial: bool):
             r.truncated = True
             r.framed = False
             return PARSED, r, n, ""
+        if not _textual(line):
+            return INVALID, None, 0, "bad_block_line"
         if line == b"END":
             r = _reply("STAT" if stats else "END", after)
             r.hits = hits
@@ -280,6 +283,8 @@ def parse_reply(data: bytes, partial: bool = False):
         if data[:6] == b"VALUE " or data[:5] == b"STAT ":
             return _block(data, 0, n, partial)
         return NEED_MORE, None, n + 1, ""
+    if not _textual(line):
+        return INVALID, None, 0, "bad_reply"
     word, _, rest = line.partition(b" ")
     if word == b"VALUE" or word == b"STAT" or word == b"END":
         return _block(data, 0, n, partial)

@@ -7,6 +7,7 @@ telnet and nc send).  Replies are any RESP2 or RESP3 value.
     parse_command(data, partial=False) -> (status, RedisCommand, consumed, reason)
     parse_commands(data, partial=False) -> (status, [RedisCommand], consumed, reason)
     parse_reply(data, partial=False, elements=False) -> (status, RedisReply, consumed, reason)
+        (agent/parsers/resp.py, re-exported here)
 
 - PARSED: consumed is the stream size of what was parsed.  With
   partial=True (the caller holds only the first bytes of what the
@@ -53,18 +54,17 @@ from __future__ import annotations
 import re
 
 from agent.parsers import INVALID, NEED_MORE, PARSED
+from agent.parsers.resp import (HEADER_PREFIX, MAX_BULK_LENGTH, MAX_ELEMENTS, MAX_HEADER,
+                                PUSHED_MESSAGES, RedisReply, header, number, parse_reply)
 
-# proto-max-bulk-len is 512 MiB by default; servers may raise it.
-MAX_BULK_LENGTH = 1 << 32
-MAX_ELEMENTS = (1 << 31) - 1
+__all__ = ["CONTAINER_COMMANDS", "PUSHED_MESSAGES", "SUBSCRIBE_COMMANDS", "UNSUBSCRIBE_COMMANDS",
+           "RedisCommand", "RedisReply", "looks_like_redis_reply", "looks_like_redis_request",
+           "parse_command", "parse_commands", "parse_reply"]
+
 # Inline commands longer than this are refused by the server (PROTO_INLINE_MAX_SIZE).
 MAX_INLINE_LENGTH = 64 * 1024
-# Nesting of aggregate replies followed before giving up.
-MAX_DEPTH = 32
 # Placeholders written into query_text; arg_count holds the exact count.
 MAX_QUERY_ARGS = 32
-# The longest header line of a length or count: sign, 19 digits, CRLF.
-_MAX_HEADER = 22
 
 # Commands whose first argument names a subcommand from a fixed set: the
 # operation is "CONFIG GET", not "CONFIG", as Redis's command table names them.
@@ -73,25 +73,10 @@ CONTAINER_COMMANDS = frozenset((
     "MODULE", "OBJECT", "PUBSUB", "SCRIPT", "SLOWLOG", "XGROUP", "XINFO", "DEBUG"))
 SUBSCRIBE_COMMANDS = frozenset(("SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE"))
 UNSUBSCRIBE_COMMANDS = frozenset(("UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE"))
-# First element of a pub/sub array: the pushed messages, then confirmations.
-PUSHED_MESSAGES = frozenset(("message", "pmessage", "smessage"))
-_PUBSUB_KINDS = {k.encode(): k for k in (
-    "message", "pmessage", "smessage", "subscribe", "psubscribe", "ssubscribe",
-    "unsubscribe", "punsubscribe", "sunsubscribe", "pong", "invalidate")}
-_PUBSUB_KINDS.update({k.upper(): v for k, v in _PUBSUB_KINDS.items()})
 
 _NAME = re.compile(rb"[A-Za-z][A-Za-z0-9._|:-]{0,39}\Z")
 _SUBCOMMAND = re.compile(rb"[A-Za-z][A-Za-z0-9_-]{0,23}\Z")
-_ERROR_CODE = re.compile(rb"[A-Z][A-Z0-9_]{0,31}(?= |\Z)")
-_DIGITS = re.compile(rb"-?[0-9]{1,19}\Z")
-
-# Reply types (RESP3 adds everything after ':').
-_LINE_TYPES = frozenset(b"+-:_,#(")
-_BLOB_TYPES = frozenset(b"$!=")
-_AGGREGATE_TYPES = frozenset(b"*~>")
-_PAIR_TYPES = frozenset(b"%|")
-_ERROR_TYPES = frozenset(b"-!")
-_STAR, _DOLLAR, _PUSH, _ATTRIBUTE, _BANG = b"*$>|!"
+_STAR = 0x2A
 
 
 class RedisCommand:
@@ -108,53 +93,6 @@ class RedisCommand:
 
     def __repr__(self) -> str:
         return f"RedisCommand({self.query_text!r})"
-
-
-class RedisReply:
-    """One reply value.  kind: its type byte as a character ("+", "$",
-    "*", "%", ">"...); error: the error prefix ("ERR", "WRONGTYPE",
-    "_OTHER" when the message starts with no code) or None; null; count:
-    elements of an aggregate (pairs for maps), bulk size for blobs, else
-    -1; queued: "+QUEUED"; push: a RESP3 push frame; pubsub_kind: the first
-    element of an array or push ("message", "subscribe"...) when it is a
-    pub/sub word, else None; subscriptions: the count a subscription
-    confirmation reports; attributes: RESP3 attributes preceded the value;
-    elements: with elements=True, the top-level aggregate's children (one
-    RedisReply each), else None."""
-
-    __slots__ = ("kind", "error", "null", "count", "queued", "push", "pubsub_kind",
-                 "subscriptions", "attributes", "elements", "length", "truncated", "framed")
-
-    def __repr__(self) -> str:
-        extra = f" {self.error}" if self.error else ""
-        return f"RedisReply({self.kind!r}{extra}, {self.length})"
-
-
-def _number(data: bytes, start: int, end: int):
-    """The integer in data[start:end], or None."""
-    text = data[start:end]
-    if text.isdigit() and len(text) < 20:
-        return int(text)
-    if _DIGITS.match(text) is None:
-        return None
-    return int(text)
-
-
-def _header(data: bytes, pos: int, n: int):
-    """(status, value, position after the CRLF) of the length/count line
-    whose type byte is at pos; NEED_MORE gives a lower bound of the end."""
-    crlf = data.find(b"\r\n", pos + 1, pos + _MAX_HEADER)
-    if crlf < 0:
-        if n - pos >= _MAX_HEADER or _HEADER_PREFIX.match(data, pos + 1, n) is None:
-            return INVALID, 0, 0
-        return NEED_MORE, 0, n + 1
-    value = _number(data, pos + 1, crlf)
-    if value is None:
-        return INVALID, 0, 0
-    return PARSED, value, crlf + 2
-
-
-_HEADER_PREFIX = re.compile(rb"-?[0-9]*\r?\Z")
 
 
 # ----------------------------------------------------------------- commands
@@ -197,9 +135,9 @@ def _finish(c: RedisCommand, args) -> RedisCommand:
         if name == "CLIENT REPLY" and len(args) > 1 and args[1].upper() in (b"ON", b"OFF", b"SKIP"):
             c.reply_mode = args[1].upper().decode("ascii")
     elif name == "SELECT" and args and c.arg_count == 1:
-        c.db = _number(args[0], 0, len(args[0]))
+        c.db = number(args[0], 0, len(args[0]))
     elif name == "HELLO" and args:
-        c.protocol = _number(args[0], 0, len(args[0]))
+        c.protocol = number(args[0], 0, len(args[0]))
     placeholders = c.arg_count - (words - 1)
     if placeholders <= 0:
         c.query_text = name
@@ -216,7 +154,7 @@ _PLACEHOLDERS = [" ?" * i for i in range(MAX_QUERY_ARGS + 1)]
 def _array_command(data: bytes, base: int, n: int, partial: bool):
     """The command whose array starts at data[base]; positions are
     absolute, consumed and lengths relative to base."""
-    status, count, pos = _header(data, base, n)
+    status, count, pos = header(data, base, n)
     if status != PARSED:
         if status == NEED_MORE:
             return NEED_MORE, None, n + 1 - base, ""
@@ -230,13 +168,13 @@ def _array_command(data: bytes, base: int, n: int, partial: bool):
             break
         if data[pos] != 0x24:  # '$': a request is an array of bulk strings
             return INVALID, None, 0, "expected_bulk_string"
-        crlf = data.find(b"\r\n", pos + 1, pos + _MAX_HEADER)
+        crlf = data.find(b"\r\n", pos + 1, pos + MAX_HEADER)
         if crlf < 0:
-            if n - pos >= _MAX_HEADER or _HEADER_PREFIX.match(data, pos + 1, n) is None:
+            if n - pos >= MAX_HEADER or HEADER_PREFIX.match(data, pos + 1, n) is None:
                 return INVALID, None, 0, "bad_bulk_length"
             pos = n
             break
-        size = _number(data, pos + 1, crlf)
+        size = number(data, pos + 1, crlf)
         if size is None or size < 0 or size > MAX_BULK_LENGTH:
             return INVALID, None, 0, "bad_bulk_length"
         start = crlf + 2
@@ -249,7 +187,7 @@ def _array_command(data: bytes, base: int, n: int, partial: bool):
         if i == 0:
             if end > n:
                 # The command word itself is not all captured.
-                name = data[start:n] if partial else None
+                name = b"" if partial else None    # "_OTHER": the word is cut
             else:
                 name = data[start:end]
         elif i <= 2 and end <= n:
@@ -266,7 +204,7 @@ def _array_command(data: bytes, base: int, n: int, partial: bool):
             c.framed = i == count - 1
             return PARSED, _finish(c, args), pos - base, ""
     else:
-        if name is None or not name:
+        if not name:
             return INVALID, None, 0, "bad_command_name"
         return PARSED, _finish(_command(name, count, False, pos - base), args), pos - base, ""
     # The bytes ran out between arguments or inside a header.
@@ -376,213 +314,6 @@ def parse_commands(data: bytes, partial: bool = False):
             commands.append(c)
         pos += consumed
     return PARSED, commands, pos, ""
-
-
-# ------------------------------------------------------------------ replies
-
-def _reply(kind: int, length: int) -> RedisReply:
-    r = RedisReply.__new__(RedisReply)
-    r.kind = chr(kind)
-    r.error = None
-    r.null = False
-    r.count = -1
-    r.queued = r.push = r.attributes = False
-    r.pubsub_kind = r.subscriptions = r.elements = None
-    r.length = length
-    r.truncated = False
-    r.framed = True
-    return r
-
-
-def _error_prefix(text: bytes) -> str:
-    m = _ERROR_CODE.match(text)
-    return m.group().decode("ascii") if m else "_OTHER"
-
-
-def _skip(data: bytes, pos: int, n: int, partial: bool):
-    """Frame the value at pos: (status, end, reason) with status PARSED
-    (end: where it ends, possibly past n when partial and the last value
-    runs past the bytes), NEED_MORE (end: a lower bound), INVALID, or
-    _UNFRAMED (partial: the bytes end before the end is known)."""
-    remaining = 1            # values still to frame at the current level
-    stack = []
-    while True:
-        if pos >= n:
-            return (_UNFRAMED if partial else NEED_MORE), n + 1, ""
-        t = data[pos]
-        if t in _LINE_TYPES:
-            crlf = data.find(b"\r\n", pos + 1)
-            if crlf < 0:
-                return (_UNFRAMED if partial else NEED_MORE), n + 1, ""
-            if t == 0x3A or t == 0x28:   # ':' integer, '(' big number
-                text = data[pos + 1:crlf]
-                if not (text.isdigit() or text[:1] in b"-+" and text[1:].isdigit()):
-                    return INVALID, 0, "bad_integer"
-            elif t == 0x5F and crlf != pos + 1:   # '_' null
-                return INVALID, 0, "bad_null"
-            elif t == 0x23 and data[pos + 1:crlf] not in (b"t", b"f"):   # '#' boolean
-                return INVALID, 0, "bad_boolean"
-            pos = crlf + 2
-        elif t in _BLOB_TYPES:
-            status, size, start = _header(data, pos, n)
-            if status != PARSED:
-                if status == NEED_MORE:
-                    return (_UNFRAMED if partial else NEED_MORE), n + 1, ""
-                return INVALID, 0, "bad_bulk_length"
-            if size == -1 and t == _DOLLAR:
-                pos = start
-            elif size < 0 or size > MAX_BULK_LENGTH:
-                return INVALID, 0, "bad_bulk_length"
-            else:
-                end = start + size
-                if end + 2 <= n:
-                    if data[end:end + 2] != b"\r\n":
-                        return INVALID, 0, "bad_bulk_end"
-                elif end < n and data[end] != 0x0D:
-                    return INVALID, 0, "bad_bulk_end"
-                pos = end + 2
-                if pos > n:
-                    if not partial:
-                        return NEED_MORE, pos, ""
-                    if remaining == 1 and not any(stack):
-                        return PARSED, pos, ""     # the last value: its end is known
-                    return _UNFRAMED, pos, ""
-        elif t in _AGGREGATE_TYPES or t in _PAIR_TYPES:
-            status, count, start = _header(data, pos, n)
-            if status != PARSED:
-                if status == NEED_MORE:
-                    return (_UNFRAMED if partial else NEED_MORE), n + 1, ""
-                return INVALID, 0, "bad_aggregate_length"
-            pos = start
-            if count == -1 and t == _STAR:
-                pass
-            elif count < 0 or count > MAX_ELEMENTS:
-                return INVALID, 0, "bad_aggregate_length"
-            elif count:
-                if len(stack) >= MAX_DEPTH:
-                    return INVALID, 0, "too_deep"
-                stack.append(remaining - 1)
-                # An attribute map is followed by the value it describes.
-                remaining = count * 2 + (1 if t == _ATTRIBUTE else 0) \
-                    if t in _PAIR_TYPES else count
-                continue
-            elif t == _ATTRIBUTE:
-                continue      # an empty attribute map: the value follows
-        else:
-            return INVALID, 0, "bad_type"
-        remaining -= 1
-        while not remaining:
-            if not stack:
-                return PARSED, pos, ""
-            remaining = stack.pop()
-
-
-_UNFRAMED = 3
-
-
-def _line_text(data: bytes, pos: int, n: int):
-    crlf = data.find(b"\r\n", pos + 1)
-    return data[pos + 1:crlf if crlf >= 0 else n]
-
-
-def _describe(data: bytes, pos: int, n: int, end: int, elements: bool) -> RedisReply:
-    """The RedisReply of the value framed at data[pos:end]."""
-    attributes = False
-    if data[pos] == _ATTRIBUTE:
-        # Skip the attribute map to the value it is attached to.
-        attributes = True
-        _, count, pos = _header(data, pos, n)
-        for _ in range(2 * count):
-            status, pos, _ = _skip(data, pos, n, False)
-            if status != PARSED:
-                break
-        if pos >= n or pos >= end:
-            r = _reply(_ATTRIBUTE, end)
-            r.attributes = True
-            return r
-    t = data[pos]
-    r = _reply(t, end)
-    r.attributes = attributes
-    if t in _LINE_TYPES:
-        if t == 0x2D:   # '-'
-            r.error = _error_prefix(_line_text(data, pos, n))
-        elif t == 0x2B:
-            r.queued = data[pos + 1:pos + 9] == b"QUEUED\r\n"
-        elif t == 0x5F:
-            r.null = True
-        return r
-    _, count, start = _header(data, pos, n)
-    r.count = count
-    if count == -1:
-        r.null = True
-        return r
-    if t == _BANG:
-        r.error = _error_prefix(data[start:min(start + count, n)])
-        return r
-    if t in _BLOB_TYPES:
-        return r
-    r.push = t == _PUSH
-    if t == _STAR or t == _PUSH:
-        _pubsub(r, data, start, n)
-    if elements and count and t not in _PAIR_TYPES:
-        r.elements = _children(data, start, n, count)
-    return r
-
-
-def _pubsub(r: RedisReply, data: bytes, pos: int, n: int) -> None:
-    """Set pubsub_kind and subscriptions from an array's first elements."""
-    if pos >= n or data[pos] != 0x24 or not 2 <= r.count <= 4:
-        return
-    status, size, start = _header(data, pos, n)
-    if status != PARSED or not 4 <= size <= 12 or start + size + 2 > n:
-        return
-    kind = _PUBSUB_KINDS.get(data[start:start + size])
-    r.pubsub_kind = kind
-    if kind and kind.endswith("subscribe") and r.count == 3:
-        # [kind, channel or null, count]
-        status, end, _ = _skip(data, start + size + 2, n, False)
-        if status == PARSED and end < n and data[end] == 0x3A:
-            crlf = data.find(b"\r\n", end + 1, end + _MAX_HEADER)
-            if crlf > 0:
-                r.subscriptions = _number(data, end + 1, crlf)
-
-
-def _children(data: bytes, pos: int, n: int, count: int):
-    out = []
-    for _ in range(count):
-        status, end, _ = _skip(data, pos, n, False)
-        if status != PARSED:
-            break
-        child = _describe(data, pos, n, end, False)
-        child.length = end - pos
-        out.append(child)
-        pos = end
-    return tuple(out)
-
-
-def parse_reply(data: bytes, partial: bool = False, elements: bool = False):
-    """The reply value at the start of data: (status, RedisReply | None,
-    consumed, reason).  elements=True also describes the children of a
-    top-level array, set or push (EXEC's queued replies)."""
-    n = len(data)
-    if not n:
-        return NEED_MORE, None, 1, ""
-    status, end, reason = _skip(data, 0, n, partial)
-    if status == PARSED:
-        r = _describe(data, 0, n, min(end, n), elements)
-        r.length = end
-        if end > n:
-            r.truncated = True
-        return PARSED, r, end, ""
-    if status == _UNFRAMED:
-        r = _describe(data, 0, n, n, elements)
-        r.length = max(end, n)
-        r.truncated = True
-        r.framed = False
-        return PARSED, r, r.length, ""
-    if status == NEED_MORE:
-        return NEED_MORE, None, max(end, n + 1), ""
-    return INVALID, None, 0, reason
 
 
 # ------------------------------------------------------------- classifiers

@@ -57,7 +57,7 @@ from agent.parsers import INVALID, NEED_MORE, PARSED
 from agent.parsers.resp import (HEADER_PREFIX, MAX_BULK_LENGTH, MAX_ELEMENTS, MAX_HEADER,
                                 PUSHED_MESSAGES, RedisReply, header, number, parse_reply)
 
-__all__ = ["CONTAINER_COMMANDS", "PUSHED_MESSAGES", "SUBSCRIBE_COMMANDS", "UNSUBSCRIBE_COMMANDS",
+__all__ = ["CONTAINER_COMMANDS", "HANDSHAKE_COMMANDS", "PUSHED_MESSAGES", "SUBSCRIBE_COMMANDS", "UNSUBSCRIBE_COMMANDS",
            "RedisCommand", "RedisReply", "looks_like_redis_reply", "looks_like_redis_request",
            "parse_command", "parse_commands", "parse_reply"]
 
@@ -71,6 +71,14 @@ MAX_QUERY_ARGS = 32
 CONTAINER_COMMANDS = frozenset((
     "ACL", "CLIENT", "CLUSTER", "COMMAND", "CONFIG", "FUNCTION", "LATENCY", "MEMORY",
     "MODULE", "OBJECT", "PUBSUB", "SCRIPT", "SLOWLOG", "XGROUP", "XINFO", "DEBUG"))
+# What client libraries send as they connect, before the application's
+# first command (redis-py 8: HELLO 3 with AUTH, then CLIENT
+# MAINT_NOTIFICATIONS and two CLIENT SETINFO, which Redis 7.0 rejects with
+# ERR): a handler may keep them out of the spans, or their errors would
+# mark every new connection.
+HANDSHAKE_COMMANDS = frozenset((
+    "HELLO", "AUTH", "CLIENT SETINFO", "CLIENT SETNAME", "CLIENT MAINT_NOTIFICATIONS",
+    "CLIENT TRACKING", "READONLY"))
 SUBSCRIBE_COMMANDS = frozenset(("SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE"))
 UNSUBSCRIBE_COMMANDS = frozenset(("UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE"))
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from agent.parsers import INVALID, NEED_MORE, PARSED
-from agent.parsers.redis import parse_command, parse_commands, parse_reply
+from agent.parsers.redis import HANDSHAKE_COMMANDS, parse_command, parse_commands, parse_reply
 
 from fuzzing import fixture_files
 
@@ -237,3 +237,19 @@ def test_invalid_commands(data, reason):
 ])
 def test_invalid_replies(data, reason):
     assert parse_reply(data) == (INVALID, None, 0, reason)
+
+
+def test_connection_handshakes_are_named():
+    """Every recorded connection starts with commands HANDSHAKE_COMMANDS
+    names (the errors redis-py 8 draws from Redis 7.0 among them), then the
+    application's own."""
+    for name in sorted(FILES):
+        if not name.endswith(".client.bin") or name.startswith(("inline", "resp3_socket")):
+            continue
+        cs = commands(name[:-len(".client.bin")])
+        first_own = next(i for i, c in enumerate(cs) if c.name not in HANDSHAKE_COMMANDS)
+        assert first_own >= 1, name
+        assert cs[first_own].name not in ("CLIENT SETINFO", "HELLO"), name
+        rs = replies(name[:-len(".client.bin")])
+        setup_errors = {rs[i].error for i in range(first_own) if rs[i].error}
+        assert setup_errors <= {"ERR"}, name

@@ -39,6 +39,8 @@ _BLOB_TYPES = frozenset(b"$!=")
 _AGGREGATE_TYPES = frozenset(b"*~>")
 _PAIR_TYPES = frozenset(b"%|")
 _STAR, _DOLLAR, _PUSH, _ATTRIBUTE, _BANG = b"*$>|!"
+# _skip's fourth outcome (partial only): the bytes end before the value's end is known.
+_UNFRAMED = 3
 
 
 class RedisReply:
@@ -83,7 +85,6 @@ def header(data: bytes, pos: int, n: int):
     if value is None:
         return INVALID, 0, 0
     return PARSED, value, crlf + 2
-
 
 
 # ------------------------------------------------------------------ replies
@@ -184,8 +185,6 @@ def _skip(data: bytes, pos: int, n: int, partial: bool):
                 return PARSED, pos, ""
             remaining = stack.pop()
 
-
-_UNFRAMED = 3
 
 
 def _line_text(data: bytes, pos: int, n: int):

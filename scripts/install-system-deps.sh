@@ -22,6 +22,8 @@ PACKAGES=(
     python3-bpfcc bpfcc-tools "linux-headers-$(dpkg --print-architecture)"
     # Peers for the end-to-end tests and benchmarks
     nginx-light wrk nghttp2-client prometheus postgresql-15 mariadb-server openssl
+    # Cache servers and their tools (redis-cli, redis-benchmark)
+    redis-server redis-tools memcached
     # OpenSSL headers and static libraries: the statically linked TLS client test peer
     libssl-dev
     # `vagrant validate` checks the Vagrantfile offline (tests/test_deploy.py)

@@ -1,4 +1,4 @@
-"""HTTP/2 connections (PROTOCOL_HTTP2, bpf/http2.h: the client preface).
+"""HTTP/2 connections (PROTOCOL_HTTP2, bpf/grpc.bpf.c: the client preface).
 
 Per connection: one H2Direction (agent/parsers/http2.py) per direction, the
 side that sent the preface being the client, and a StreamTracker

@@ -36,7 +36,7 @@ from agent.spans.redact import Redactor
 from agent.spans.resources import ResourceCache
 from agent.spans.routes import RouteNamer
 from agent.spans.sampling import Sampler
-from agent.spans.builder import RESOURCE_MARKER, HttpSpanFactory
+from agent.spans.builder import RESOURCE_MARKER, SpanFactory
 
 log = logging.getLogger("otel_ebpf")
 
@@ -72,7 +72,7 @@ class LocalSpanStage:
     def __init__(self, sink, redactor: Redactor, sampler: Sampler, routes: RouteNamer,
                  exporter_options: dict | None = None):
         self.resources = ResourceCache()
-        self.factory = HttpSpanFactory(self.resources, redactor, routes=routes)
+        self.factory = SpanFactory(self.resources, redactor, routes=routes)
         self.redactor = redactor
         self.sampler = sampler
         self.latency = ExportLatency()

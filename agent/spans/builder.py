@@ -206,4 +206,3 @@ class SpanBuilder:
 
 
 # agent/runtime/span_worker.py builds its stage with this name.
-HttpSpanFactory = SpanFactory

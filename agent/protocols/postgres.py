@@ -3,10 +3,17 @@ protocol v3 over the shared SQL handler (agent/protocols/sql_base.py).
 
 The client side frames startup packets (SSLRequest, GSSENCRequest,
 CancelRequest, StartupMessage), then simple queries and the extended
-protocol (Parse/Bind/Execute/Sync, statements and portals by name); the
-server side completes them: an Execute at its CommandComplete,
+protocol (Parse/Bind/Describe/Execute/Sync, statements and portals by
+name); the server side completes them: an Execute at its CommandComplete,
 EmptyQueryResponse, PortalSuspended or ErrorResponse, a simple query at
 ReadyForQuery.
+
+A Sync unit without an Execute (a client that prepares first, as asyncpg
+does with Parse/Describe/Sync) is an operation only when it fails: its
+first Parse, Bind or Describe waits as a prepare, which an ErrorResponse
+completes as an error span named from the statement's text, and which its
+ReadyForQuery drops without a span (PREPARE_DONE: the same-node link the
+client end made for it is let go).
 """
 from __future__ import annotations
 
@@ -17,15 +24,17 @@ from agent.parsers.postgres import (BACKEND_TYPES, FRONTEND_TYPES, looks_like_po
                                     parse_backend, parse_frontend, parse_header, parse_startup,
                                     skip_data_rows, SpecialRequest, StartupMessage)
 from agent.protocols.sql_base import (BUFFER_LIMIT, FRAMING, INIT, INVALID_BYTES, ITEM_TAG, LOST,
-                                      OK, RESYNC, TAIL_BYTES, SqlHandler, SqlState, walk_event)
+                                      OK, PREPARE_DONE, RESYNC, TAIL_BYTES, SqlHandler, SqlState,
+                                      walk_event)
 
 _STARTUP = 16   # client stream state: startup packets (no type byte) come next
 _UNKNOWN_CODE = "unknown"   # an error whose code was not captured
 
 # PostgreSQL message type bytes.
 _Q, _P, _B, _E, _C, _S, _F, _Z, _I, _s, _D = b"QPBECSFZIsD"
-_FRONT_KEEP = frozenset((_Q, _P, _B, _E, _C, _S, _F))
-_FRONT_DECODE = frozenset((_Q, _P, _B, _E, _C))
+_DESCRIBE = _D     # frontend 'D'; backend 'D' is a DataRow
+_FRONT_KEEP = frozenset((_Q, _P, _B, _E, _C, _S, _F, _DESCRIBE))
+_FRONT_DECODE = frozenset((_Q, _P, _B, _E, _C, _DESCRIBE))
 _BACK_KEEP = frozenset((_C, _E, _Z, _I, _s))
 _BACK_DECODE = frozenset((_E,))
 _REQUEST_STARTS = frozenset(b"QPB")
@@ -35,18 +44,24 @@ _EXECUTE = 0   # completes at CommandComplete/EmptyQuery/PortalSuspended/ErrorRe
 _SIMPLE = 1    # 'Q': completes at ReadyForQuery; the first error is its error
 _SYNC = 2      # ends an extended-protocol unit at ReadyForQuery
 _CALL = 3      # FunctionCall: ends at ReadyForQuery, no query
+_PREPARE = 4   # a unit's Parse/Bind/Describe with no Execute: a span only if it fails
+_PREPARE_STARTS = frozenset((_P, _B, _DESCRIBE))
+_UNIT_ENDS = frozenset((_S, _Q))
 
 
 class PgState(SqlState):
     """portals: name -> statement text; ssl_wait: an SSLRequest or
-    GSSENCRequest was sent, and one byte of the server answers it."""
+    GSSENCRequest was sent, and one byte of the server answers it;
+    prepare: the waiting _PREPARE entry of the Sync unit the client is
+    sending, if any."""
 
-    __slots__ = ("portals", "ssl_wait")
+    __slots__ = ("portals", "ssl_wait", "prepare")
 
     def __init__(self, client_direction: int):
         super().__init__("postgresql", client_direction)
         self.portals: dict = {}
         self.ssl_wait = False
+        self.prepare = None
 
 
 # What _pg_frame follows per side: (frontend, kept types, decoded types, parser).
@@ -241,6 +256,9 @@ class _PostgresResponses(SqlHandler):
                         if entry[1] is not None:
                             counts["sql_requests_without_response"] += 1
                         continue
+                    if entry[0] == _PREPARE:
+                        self._prepared(conn, sc, entry, out)
+                        continue
                     if entry[0] == _SIMPLE:
                         self.complete(conn, entry[1], None, end_ns, out)
                     break
@@ -252,36 +270,65 @@ class _PostgresResponses(SqlHandler):
                 if entry[0] == _SIMPLE:
                     if entry[1] is not None and entry[1].error_code is None:
                         entry[1].error_code = code
-                elif entry[0] == _EXECUTE:
+                elif entry[0] == _EXECUTE or entry[0] == _PREPARE:
                     # The error fails the unit's oldest Execute (a failed
-                    # Parse or Bind fails the statement too); the server
-                    # skips the rest of the unit up to its Sync.
+                    # Parse or Bind fails the statement too), or the prepare
+                    # of a unit without one; the server skips the rest of
+                    # the unit up to its Sync.
                     pending.popleft()
+                    if entry is sc.prepare:
+                        sc.prepare = None
                     self.complete(conn, entry[1], code, end_ns, out)
-                    while pending and pending[0][0] == _EXECUTE:
-                        if pending.popleft()[1] is not None:
+                    while pending and (pending[0][0] == _EXECUTE or pending[0][0] == _PREPARE):
+                        entry = pending.popleft()
+                        if entry[0] == _PREPARE:
+                            self._prepared(conn, sc, entry, out)
+                        elif entry[1] is not None:
                             counts["sql_executes_skipped"] += 1
             elif pending and pending[0][0] == _EXECUTE:     # C, I, s
                 self.complete(conn, pending.popleft()[1], None, end_ns, out)
             elif not pending or pending[0][0] == _SYNC:
                 counts["sql_responses_without_request"] += 1
 
+    def _prepared(self, conn, sc, entry: list, out: list) -> None:
+        """A prepare ended without an error: no span (the linker lets go
+        of what it keeps for it)."""
+        if entry is sc.prepare:
+            sc.prepare = None
+        if entry[1] is not None:
+            out.append((ITEM_TAG, conn, entry[1], PREPARE_DONE))
+
     def _pg_unit_done(self, conn, sc, results: list, end_ns: int,
                       out: list) -> int:
         """The oldest unit ended with these results (the last ones before
         its ReadyForQuery, from an event's tail): they belong to its last
-        Executes; the Executes before them completed unseen."""
+        Executes; the Executes before them completed unseen.  In a unit
+        without Executes an error is its prepare's."""
         pending = sc.pending
         executes = []
+        prepares = []
         last = None
         while pending:
             entry = pending.popleft()
+            if entry[0] == _PREPARE:
+                prepares.append(entry)
+                continue
             if entry[0] != _EXECUTE:
                 last = entry
                 break
             executes.append(entry[1])
         codes = [(m.code or _UNKNOWN_CODE) if kind == _E else None for kind, m in results]
         done = 0
+        failed = next((c for c in codes if c is not None), None) if not executes else None
+        for entry in prepares:
+            if failed is not None and entry[1] is not None:
+                if entry is sc.prepare:
+                    sc.prepare = None
+                self.complete(conn, entry[1], failed, end_ns, out)
+                failed = None
+                done += 1
+            else:
+                self._prepared(conn, sc, entry, out)
         if last is not None and last[0] == _SIMPLE and last[1] is not None:
             query = last[1]
             if query.error_code is None:
@@ -323,6 +370,7 @@ class PostgresHandler(_PostgresResponses):
 
     def reset_phase(self, sc: PgState) -> None:
         sc.ssl_wait = False
+        sc.prepare = None
 
     def client(self, conn, sc, data: bytes, gap: int, tail: bytes, tid: int, ts: int,
                out: list) -> None:
@@ -415,16 +463,23 @@ class PostgresHandler(_PostgresResponses):
         if sc.server_lost and sc.pending:
             self.fallback(conn, sc, out)
         limit = 2 * self.limits.max_pending
-        for kind, m in messages:
+        for i, (kind, m) in enumerate(messages):
+            if kind in _PREPARE_STARTS and sc.prepare is None:
+                self._prepare(conn, sc, messages, i, tid, ts, limit, out)
             if kind == _E:
                 text = sc.portals.get(m.portal) if m.portal is not None else None
                 if text is None:
                     self.counts["sql_unknown_statements"] += 1
+                if sc.prepare is not None:
+                    self._prepare_superseded(conn, sc, out)
                 query = self.query(sc, text, tid, ts)
                 self.push(sc, [_EXECUTE, query], limit)
                 out.append((ITEM_TAG, conn, query, None))
             elif kind == _S:
+                sc.prepare = None
                 self.push(sc, [_SYNC, None], limit)
+            elif kind == _DESCRIBE:
+                pass
             elif kind == _B:
                 if m.portal is not None:
                     portals = sc.portals
@@ -439,6 +494,7 @@ class PostgresHandler(_PostgresResponses):
                 if m.statement is not None and m.query is not None:
                     self.define(sc, m.statement, m.query)
             elif kind == _Q:
+                sc.prepare = None
                 query = self.query(sc, m.text, tid, ts)
                 self.push(sc, [_SIMPLE, query], limit)
                 out.append((ITEM_TAG, conn, query, None))
@@ -449,4 +505,39 @@ class PostgresHandler(_PostgresResponses):
                     sc.portals.pop(m.name, None)
             else:   # FunctionCall
                 self.push(sc, [_CALL, None], limit)
+
+    def _prepare(self, conn, sc, messages: list, i: int, tid: int, ts: int, limit: int,
+                 out: list) -> None:
+        """messages[i], a Parse, Bind or Describe, opens the prepare of a
+        Sync unit, unless an Execute follows in the unit (it carries the
+        unit's error then)."""
+        for kind, _ in messages[i + 1:]:
+            if kind == _E:
+                return
+            if kind in _UNIT_ENDS:
+                break
+        kind, m = messages[i]
+        if kind == _P:
+            text = m.query if m.statement is not None else None
+        elif kind == _B:
+            text = sc.statements.get(m.statement) if m.statement is not None else None
+        elif m.kind == "S":
+            text = sc.statements.get(m.name)
+        else:
+            text = sc.portals.get(m.name) if m.kind == "P" else None
+        query = self.query(sc, text, tid, ts)
+        sc.prepare = entry = [_PREPARE, query]
+        self.push(sc, entry, limit)
+        out.append((ITEM_TAG, conn, query, None))
+
+    def _prepare_superseded(self, conn, sc, out: list) -> None:
+        """An Execute in the unit whose prepare is waiting (its Parse came
+        in an earlier event): the Execute carries the unit's outcome."""
+        entry = sc.prepare
+        try:
+            sc.pending.remove(entry)
+        except ValueError:
+            sc.prepare = None       # already pushed out of the bounded queue
+            return
+        self._prepared(conn, sc, entry, out)
 

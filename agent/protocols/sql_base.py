@@ -47,6 +47,9 @@ from agent.parsers.sql import extract_trace_context, query_info, sanitize
 from agent.protocols.contract import ProtocolHandler
 
 ITEM_TAG = "sql"
+# Besides the contract's two items, (ITEM_TAG, conn, query, PREPARE_DONE):
+# a prepare that gave no span ended (agent/protocols/postgres.py).
+PREPARE_DONE = "prepare_done"
 
 COUNTERS = (
     counter("sql_requests_without_response", "sql_queries_without_response",

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from agent.protocols.sql_base import PREPARE_DONE
 from agent.spans import semconv
 from agent.spans.http import new_exchange
 from agent.spans.model import (EXCHANGE_HEAD, EXCHANGE_PEERS, KIND_CLIENT, KIND_SERVER,
@@ -26,7 +27,13 @@ def link_sql(linker, conn, query, completed) -> DbExchange | None:
     """An SQL work item (agent/protocols/sql_base.py) -> its exchange once
     the query completed.  A sqlcommenter traceparent makes the statement a
     child of the trace it names; without one, a client statement sent by a
-    thread that is serving a traced request is a child of that request."""
+    thread that is serving a traced request is a child of that request.
+    A prepare that succeeded gives no span: a server end lets go of the
+    link its client end made for it."""
+    if completed is PREPARE_DONE:
+        if conn.is_server:
+            linker.linker.take_client_link(conn.mirror_key())
+        return None
     if query.context is None:
         incoming = linker.incoming(query)
         if incoming is not None:

@@ -143,13 +143,13 @@ from agent.capture.records import C  # noqa: E402
 from agent.protocols.sql_base import SqlQuery  # noqa: E402
 
 from event_records import make_record  # noqa: E402
-from test_sql_connections import (ITEM_SQL_EXCHANGE, ITEM_SQL_REQUEST,  # noqa: E402
-                                  SqlConnectionHandler, my_writes, pg_writes)
+from test_sql_connections import (ITEM_SQL_EXCHANGE, ITEM_SQL_PREPARED,  # noqa: E402
+                                  ITEM_SQL_REQUEST, SqlConnectionHandler, my_writes, pg_writes)
 
 _PG, _MY = C["PROTOCOL_POSTGRES"], C["PROTOCOL_MYSQL"]
 _CONVERSATIONS = ([(_PG, pg_writes(n)) for n in (
     "psycopg_simple", "psycopg_prepared", "psycopg_errors", "psycopg_transaction",
-    "psycopg_sslrequest", "pgbench_prepared_2")]
+    "psycopg_sslrequest", "pgbench_prepared_2", "asyncpg_errors")]
     + [(_MY, my_writes(n)) for n in (
         "pymysql_text", "pymysql_errors", "pymysql_init_db", "connector_prepared")])
 
@@ -205,10 +205,11 @@ def test_sql_handler_never_raises(records):
     assert len(handler) == 0
     # Nothing was caught by the handler's last-resort guard.
     assert not [key for key in errors if key[1] == "internal"], errors
-    # Every exchange is of a query announced before it, once.
+    # Every exchange (or prepare ended without a span) is of a query
+    # announced before it, once.
     announced, done = set(), set()
     for item in out:
-        assert item[0] in (ITEM_SQL_REQUEST, ITEM_SQL_EXCHANGE)
+        assert item[0] in (ITEM_SQL_REQUEST, ITEM_SQL_EXCHANGE, ITEM_SQL_PREPARED)
         query = item[2]
         assert isinstance(query, SqlQuery)
         if item[0] == ITEM_SQL_REQUEST:

@@ -21,16 +21,17 @@ from agent.capture.records import C, prefix_struct
 from agent.protocols.mysql import MysqlHandler
 from agent.protocols.postgres import PostgresHandler
 from agent.protocols.router import ProtocolRouter
-from agent.protocols.sql_base import COUNTERS as SQL_COUNTERS
+from agent.protocols.sql_base import COUNTERS as SQL_COUNTERS, PREPARE_DONE
 from event_records import make_record
 
-ITEM_SQL_REQUEST, ITEM_SQL_EXCHANGE = "request", "exchange"
+ITEM_SQL_REQUEST, ITEM_SQL_EXCHANGE, ITEM_SQL_PREPARED = "request", "exchange", "prepared"
 
 
 class SqlConnectionHandler:
     """The SQL handlers behind a router of their own, driven as these tests
     drive them: record by record, closes and housekeeping by call.  Items
-    come out as (ITEM_SQL_REQUEST | ITEM_SQL_EXCHANGE, conn, query); the
+    come out as (ITEM_SQL_REQUEST | ITEM_SQL_EXCHANGE | ITEM_SQL_PREPARED,
+    conn, query), the last for a prepare that ended without a span; the
     counts are copied into `counts` after every call."""
 
     def __init__(self, counts=None, errors=None, max_connections=16384, max_pending=64,
@@ -61,7 +62,9 @@ class SqlConnectionHandler:
 
     def _items(self, items, out) -> None:
         for _, conn, query, done in items:
-            out.append((ITEM_SQL_REQUEST if done is None else ITEM_SQL_EXCHANGE, conn, query))
+            kind = ITEM_SQL_REQUEST if done is None else \
+                ITEM_SQL_PREPARED if done is PREPARE_DONE else ITEM_SQL_EXCHANGE
+            out.append((kind, conn, query))
         self._sync()
 
     def event(self, record, out) -> None:
@@ -261,8 +264,16 @@ def exchanged(out):
 
 
 def check_pairing(out):
-    """Every request item has exactly one exchange item after it, in order."""
-    requests = [item[2] for item in out if item[0] == ITEM_SQL_REQUEST]
+    """Every request item has exactly one exchange item after it, in order,
+    but for prepares that ended without a span (ITEM_SQL_PREPARED after
+    their request item); returns the exchanged queries."""
+    prepared = {id(item[2]) for item in out if item[0] == ITEM_SQL_PREPARED}
+    for i, item in enumerate(out):
+        if item[0] == ITEM_SQL_PREPARED:
+            first = next(j for j, other in enumerate(out) if other[2] is item[2])
+            assert out[first][0] == ITEM_SQL_REQUEST and first < i
+    requests = [item[2] for item in out
+                if item[0] == ITEM_SQL_REQUEST and id(item[2]) not in prepared]
     done = exchanged(out)
     assert [id(q) for q in requests] == [id(q) for q in done]
     for i, item in enumerate(out):
@@ -293,12 +304,20 @@ PG_EXPECTED = {
                             "UPDATE accounts SET balance = balance + $1 WHERE id = $2",
                             "COMMIT"],
     "psycopg_sslrequest": ["SELECT 1"],
+    # Parse/Describe/Flush then Bind/Execute/Sync, or Parse/Describe/Flush/Sync
+    # when the Parse fails: the prepare is the failed operation.
+    "asyncpg_errors": ["SELECT owner FROM accounts WHERE id = $1",
+                       "SELECT owner FROM missing_table WHERE id = $1",
+                       "SELECT missing_column FROM accounts WHERE id = $1",
+                       "SELEC owner FROM accounts WHERE id = $1",
+                       "SELECT balance FROM accounts WHERE id = $1"],
     "pgbench_simple_2": 20,
     "pgbench_prepared_2": ["SELECT abalance FROM pgbench_accounts WHERE aid = $1;"] * 20,
     "pgbench_simple": 2,
     "pgbench_prepared": 2,
 }
-PG_ERRORS = {"psycopg_errors": ["23505", "42601", None]}
+PG_ERRORS = {"psycopg_errors": ["23505", "42601", None],
+             "asyncpg_errors": [None, "42P01", "42703", "42601", None]}
 MY_EXPECTED = {
     "pymysql_text": ["SET NAMES utf8mb4", "SET AUTOCOMMIT = 0",
                      "SELECT id, item, qty FROM orders WHERE qty > 1 ORDER BY id",
@@ -475,8 +494,13 @@ def test_pipelined(protocol, name):
         assert [q.text for q in done] == expected
     codes = (PG_ERRORS if protocol == PG else MY_ERRORS).get(name, [None] * len(done))
     assert [q.error_code for q in done] == codes
-    kinds = [item[0] for item in out]
-    assert kinds == [ITEM_SQL_REQUEST] * len(done) + [ITEM_SQL_EXCHANGE] * len(done)
+    # A prepare (Parse, Sync: psycopg's and pgbench's) is a request that
+    # ends without a span; the statement it prepared runs later.
+    prepared = [item[2] for item in out if item[0] == ITEM_SQL_PREPARED]
+    assert {q.text for q in prepared} <= {q.text for q in done}
+    prepares = len(prepared)
+    kinds = [item[0] for item in out if item[0] != ITEM_SQL_PREPARED]
+    assert kinds == [ITEM_SQL_REQUEST] * (len(done) + prepares) + [ITEM_SQL_EXCHANGE] * len(done)
 
 
 def test_pg_pipelined_error_skips_rest_of_unit():

@@ -28,6 +28,8 @@ PACKAGES=(
     libssl-dev
     # `vagrant validate` checks the Vagrantfile offline (tests/test_deploy.py)
     vagrant
+    # Node.js: its `http2` server is a peer of the HTTP/2 kernel tests
+    nodejs
 )
 
 missing=()

@@ -101,6 +101,14 @@ def plausible(buf: bytes, pos: int, first: bool, is_client_side: bool,
     return control_ok(ftype, flags, sid, length)
 
 
+def starts_with_settings(data: bytes) -> bool:
+    """Whether data begins with a SETTINGS frame that is not an ACK: the
+    first frame a server sends on a new connection, which it may write
+    before it reads the client's preface (RFC 9113 section 3.4)."""
+    return len(data) >= 9 and data[3] == SETTINGS and not data[4] & ACK \
+        and plausible(data, 0, True, False, DEFAULT_MAX_FRAME)
+
+
 def find_boundary(buf: bytes, pos: int, is_client_side: bool, max_frame_size: int):
     """The next frame boundary in buf[pos:]: (position, True) for a
     plausible frame header followed by others, or ending exactly at the end

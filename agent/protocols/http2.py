@@ -27,6 +27,7 @@ from hpack.huffman_table import decode_huffman
 from agent.capture.records import C, EVENT_HEADER_SIZE
 from agent.counters import counter
 from agent.parsers import INVALID
+from agent.parsers.h2_frames import starts_with_settings
 from agent.parsers.http2 import PREFACE, H2Direction
 from agent.protocols.contract import ProtocolHandler
 from agent.protocols.http2_streams import COUNTERS as STREAM_COUNTERS, StreamTracker
@@ -140,16 +141,18 @@ class H2Request:
 class H2State:
     __slots__ = ("client_direction", "client", "server", "streams", "requests")
 
-    def __init__(self, client_direction: int, midstream: bool, streams: StreamTracker):
+    def __init__(self, client_direction: int, midstream: bool | None, streams: StreamTracker):
         self.client_direction = client_direction
         # After a seen preface the server's bytes start at a frame boundary:
         # what it may have written before the kernel classified the
-        # connection is its SETTINGS, which holds no header block.
+        # connection is its SETTINGS, which holds no header block.  None:
+        # the decoders tell (H2Direction), from the client's preface and the
+        # server's first SETTINGS.
         self.new_decoders(midstream)
         self.streams = streams
         self.requests: dict[int, H2Request] = {}
 
-    def new_decoders(self, midstream: bool) -> None:
+    def new_decoders(self, midstream: bool | None) -> None:
         """Decoders that start afresh; midstream ones know no header table,
         so they leave out what they cannot decode rather than guess."""
         self.client = H2Direction(is_client_side=True, midstream=midstream)
@@ -168,9 +171,16 @@ class Http2Handler(ProtocolHandler):
         if payload[:8] == PREFACE[:8]:
             client_direction, midstream = direction, False
         elif role in (_ROLE_SERVER, _ROLE_CLIENT):
-            # The preface's record was lost: the dynamic tables are unknown.
             client_direction = _INGRESS if role == _ROLE_SERVER else _EGRESS
-            midstream = True
+            if direction != client_direction and starts_with_settings(payload):
+                # The kernel saw the connection start (accept/connect) and
+                # the server spoke first, as grpc-go, grpcio and Node.js do:
+                # its SETTINGS, then the client's preface, is a clean start,
+                # which the decoders confirm (midstream None).
+                midstream = None
+            else:
+                # The preface's record was lost: the dynamic tables are unknown.
+                midstream = True
         else:
             # Joined after the agent started: whoever sends a request's header
             # block is the client.

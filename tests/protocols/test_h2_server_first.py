@@ -1,0 +1,88 @@
+"""HTTP/2 servers that write their SETTINGS before they read the client's
+preface (grpc-go, grpcio, Node.js `http2`): on a connection whose start
+the kernel saw (its role is known), the server's SETTINGS as the first
+record is a clean start, confirmed by the preface that follows.  The
+recorded captures of tests/fixtures/http2 are replayed with the server's
+first frame written, and read by the client, before the preface."""
+from __future__ import annotations
+
+import pytest
+
+from agent.capture.records import C
+from agent.parsers.h2_frames import starts_with_settings
+from test_h2_pipeline import CLIENT_PORT, SERVER_PORT, load, record, records, run
+
+EGRESS, INGRESS = C["DIRECTION_EGRESS"], C["DIRECTION_INGRESS"]
+ROLES = (C["ROLE_CLIENT"], C["ROLE_SERVER"])
+QUIET = ("h2_decoder_resyncs", "h2_header_blocks_partial", "h2_events_without_preface",
+         "h2_streams_without_request", "h2_streams_unfinished")
+
+
+def server_first(name: str, client_bytes: bytes | None = None, roles=ROLES) -> list:
+    """The server's first frame (its SETTINGS) written and read first, then
+    the client's bytes (default: the capture's, preface first) and the
+    rest of the server's, each end's view of them."""
+    c2s, s2c = load(name, "c2s"), load(name, "s2c")
+    first = 9 + int.from_bytes(s2c[:3], "big")
+    if client_bytes is None:
+        client_bytes = c2s
+    out, ts = [], 1_000_000
+    for data, sender in ((s2c[:first], "server"), (client_bytes, "client"), (s2c[first:], "server")):
+        writer = record(*((1, 100) if sender == "client" else (2, 200)), EGRESS,
+                        roles[0] if sender == "client" else roles[1], data, ts,
+                        *((CLIENT_PORT, SERVER_PORT) if sender == "client"
+                          else (SERVER_PORT, CLIENT_PORT)))
+        reader = record(*((2, 200) if sender == "client" else (1, 100)), INGRESS,
+                        roles[1] if sender == "client" else roles[0], data, ts + 20,
+                        *((SERVER_PORT, CLIENT_PORT) if sender == "client"
+                          else (CLIENT_PORT, SERVER_PORT)))
+        out += [writer, reader]
+        ts += 1000
+    return out + records(name)[-2:]     # both closes
+
+
+def view(spans) -> list:
+    return sorted((s.kind, s.name, sorted(map(repr, s.attributes))) for s in spans)
+
+
+@pytest.mark.parametrize("name", ["grpc_calls", "nghttp_nginx"])
+def test_server_settings_before_the_preface_is_a_clean_start(name):
+    assert starts_with_settings(load(name, "s2c"))
+    tracker, _, spans = run(server_first(name))
+    baseline, _, expected = run(records(name, roles=ROLES))
+    assert spans and view(spans) == view(expected)
+    assert tracker.parse_errors == {}
+    # Counted as on the connection whose preface came first (the gRPC
+    # capture ends with two streams open, unfinished in both).
+    assert tracker.counts == baseline.counts
+    assert {k: tracker.counts[k] for k in QUIET if tracker.counts[k]} in (
+        {}, {"h2_streams_unfinished": 2})
+
+
+def test_server_settings_then_no_preface_is_still_a_join_mid_stream():
+    """The client's bytes after the server's SETTINGS are frames, not the
+    preface: the connection began before its capture, and the agent says
+    so (it resynchronises and counts it)."""
+    c2s = load("grpc_calls", "c2s")
+    tracker, _, _ = run(server_first("grpc_calls", client_bytes=c2s[24:]))
+    assert tracker.counts["h2_decoder_resyncs"] >= 1
+
+
+def test_server_settings_first_without_a_known_role_waits_for_the_preface():
+    """The kernel did not see the connection start (role unknown): a
+    SETTINGS frame says nothing about who is who, the record is skipped
+    and counted, and the preface opens the connection."""
+    tracker, _, spans = run(server_first("grpc_calls", roles=(0, 0)))
+    assert tracker.counts["h2_events_without_preface"] == 2
+    assert tracker.parse_errors == {} and tracker.counts["h2_decoder_resyncs"] == 0
+    _, _, expected = run(records("grpc_calls"))
+    assert view(spans) == view(expected)
+
+
+def test_settings_ack_and_other_frames_are_not_a_servers_first_frame():
+    settings = bytes.fromhex("000006040000000000") + bytes.fromhex("000300000064")
+    assert starts_with_settings(settings)
+    assert not starts_with_settings(bytes.fromhex("000000040100000000"))       # ACK
+    assert not starts_with_settings(bytes.fromhex("000004080000000000") + bytes(4))  # WINDOW_UPDATE
+    assert not starts_with_settings(settings[:8])
+    assert not starts_with_settings(bytes.fromhex("000006040000000001") + bytes(6))  # stream 1

@@ -53,3 +53,18 @@ def unique(*declarations) -> tuple:
                 raise ValueError(f"counter {c.key!r} declared twice")
     return tuple(by_key.values())
 
+
+
+class ParseErrors(NamedTuple):
+    """The reasons a protocol handler counts the messages it could not
+    parse under: `parse_errors{protocol, reason}` is exported at 0 for each
+    from the start, so that rate() and alerts work before the first error
+    (agent/runtime/metrics.py).  A reason not declared is still counted,
+    from its first error on."""
+
+    protocol: str
+    reasons: tuple
+
+
+def parse_errors(protocol: str, *reasons: str) -> ParseErrors:
+    return ParseErrors(protocol, tuple(dict.fromkeys(reasons)))

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from agent.counters import Metric
+from agent.counters import Metric, ParseErrors
 
 # Records the stage drops whole, by reason: the router's and any handler's.
 EVENTS_SKIPPED = Metric("events_skipped", "Drained records not used, by reason.", "reason")
@@ -42,13 +42,16 @@ class Limits(NamedTuple):
 
 class ProtocolHandler:
     """Base of every handler.  Subclasses set PROTOCOL (the kernel's
-    PROTOCOL_* tag), NAME (the protocol label of parse errors) and COUNTERS
+    PROTOCOL_* tag), NAME (the protocol label of parse errors), COUNTERS
     (agent/counters.py declarations of the keys they increment in
-    self.counts), and implement the methods below."""
+    self.counts) and PARSE_ERRORS (the reasons of their parse errors), and
+    implement the methods below."""
 
     PROTOCOL: int = -1
     NAME: str = ""
     COUNTERS: tuple = ()
+    # The reasons parse_error() is called with (agent/counters.py).
+    PARSE_ERRORS: ParseErrors | None = None
 
     def __init__(self, counts: dict, parse_errors: dict, limits: Limits):
         self.counts = counts

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import deque
 
 from agent.capture.records import C, EVENT_HEADER_SIZE
-from agent.counters import Counter, Metric, counter
+from agent.counters import Counter, Metric, counter, parse_errors
 from agent.parsers import INVALID, NEED_MORE, PARSED
 from agent.parsers import http1
 from agent.protocols.contract import EVENTS_SKIPPED, ProtocolHandler
@@ -142,6 +142,10 @@ class Http1Handler(ProtocolHandler):
     PROTOCOL = C["PROTOCOL_HTTP1"]
     NAME = "http1"
     COUNTERS = COUNTERS
+    # agent/parsers/http1.py's reasons, and this handler's bad_chunk.
+    PARSE_ERRORS = parse_errors(NAME, "bad_method", "bad_request_line", "bad_status_line",
+                                "bad_version", "bad_header", "header_too_large",
+                                "bad_content_length", "bad_transfer_encoding", "bad_chunk")
 
     def __init__(self, counts: dict, parse_errors: dict, limits):
         super().__init__(counts, parse_errors, limits)

@@ -25,7 +25,7 @@ from hpack.exceptions import HPACKDecodingError
 from hpack.huffman_table import decode_huffman
 
 from agent.capture.records import C, EVENT_HEADER_SIZE
-from agent.counters import counter
+from agent.counters import counter, parse_errors
 from agent.parsers import INVALID
 from agent.parsers.h2_frames import starts_with_settings
 from agent.parsers.http2 import PREFACE, H2Direction
@@ -164,6 +164,9 @@ class Http2Handler(ProtocolHandler):
     PROTOCOL = C["PROTOCOL_HTTP2"]
     NAME = "http2"
     COUNTERS = COUNTERS
+    # Why H2Direction (agent/parsers/http2.py, h2_frames.py) lost its framing.
+    PARSE_ERRORS = parse_errors(NAME, "resync", "bad_frame", "uncaptured", "hpack_error",
+                                "internal_error")
 
     def open(self, conn, record, hot: tuple) -> bool:
         direction, role = hot[9], hot[10]

@@ -10,11 +10,12 @@ ResponseReader (agent/parsers/mysql.py), the oldest command's first.
 from __future__ import annotations
 
 from agent.capture.records import C
+from agent.counters import parse_errors
 from agent.parsers import INVALID, PARSED
 from agent.parsers import mysql as my
 from agent.protocols.sql_base import (BUFFER_LIMIT, FRAMING, INIT, INVALID_BYTES, ITEM_TAG, LOST,
-                                      OK, RESYNC, SKIP, TAIL_BYTES, SqlHandler, SqlState,
-                                      walk_event)
+                                      OK, RESYNC, SKIP, SQL_PARSE_ERRORS, TAIL_BYTES, SqlHandler,
+                                      SqlState, walk_event)
 
 # Connection phases.
 _MY_COMMAND = 0
@@ -280,6 +281,10 @@ class _MysqlResponses(SqlHandler):
 class MysqlHandler(_MysqlResponses):
     PROTOCOL = C["PROTOCOL_MYSQL"]
     NAME = "mysql"
+    # Commands agent/parsers/mysql.py (and mysql_wire.py) rejects, an
+    # answer that is not one, and the shared handler's.
+    PARSE_ERRORS = parse_errors(NAME, "bad_command", "bad_length", "bad_sequence", "empty",
+                                "short", "too_large", "bad_response", *SQL_PARSE_ERRORS)
     DIALECT = "mysql"     # MariaDB speaks MySQL's
 
     def new_state(self, client_direction: int) -> MyState:

@@ -18,14 +18,15 @@ client end made for it is let go).
 from __future__ import annotations
 
 from agent.capture.records import C
+from agent.counters import parse_errors
 from agent.parsers import INVALID, PARSED
 from agent.parsers.postgres import (BACKEND_TYPES, FRONTEND_TYPES, looks_like_postgres_backend,
                                     looks_like_postgres_frontend, looks_like_postgres_startup,
                                     parse_backend, parse_frontend, parse_header, parse_startup,
                                     skip_data_rows, SpecialRequest, StartupMessage)
 from agent.protocols.sql_base import (BUFFER_LIMIT, FRAMING, INIT, INVALID_BYTES, ITEM_TAG, LOST,
-                                      OK, PREPARE_DONE, RESYNC, TAIL_BYTES, SqlHandler, SqlState,
-                                      walk_event)
+                                      OK, PREPARE_DONE, RESYNC, SQL_PARSE_ERRORS, TAIL_BYTES,
+                                      SqlHandler, SqlState, walk_event)
 
 _STARTUP = 16   # client stream state: startup packets (no type byte) come next
 _UNKNOWN_CODE = "unknown"   # an error whose code was not captured
@@ -354,6 +355,11 @@ class _PostgresResponses(SqlHandler):
 class PostgresHandler(_PostgresResponses):
     PROTOCOL = C["PROTOCOL_POSTGRES"]
     NAME = "postgresql"
+    # agent/parsers/postgres.py's reasons, and the shared handler's.
+    PARSE_ERRORS = parse_errors(
+        NAME, "bad_type", "bad_length", "bad_protocol", "bad_startup", "bad_query", "bad_parse",
+        "bad_bind", "bad_execute", "bad_describe", "bad_command_complete", "bad_ready_for_query",
+        "bad_error_response", "bad_parameter_status", "bad_authentication", *SQL_PARSE_ERRORS)
     DIALECT = "postgresql"
 
     def new_state(self, client_direction: int) -> PgState:

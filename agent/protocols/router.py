@@ -52,6 +52,8 @@ class ProtocolRouter:
                         request_timeout_ns=int(request_timeout_s * 1e9))
         self.handlers = {h.PROTOCOL: h(self.counts, self.parse_errors, limits)
                          for h in handlers}
+        # The (protocol, reasons) exported at 0 until their first error.
+        self.parse_error_declarations = tuple(h.PARSE_ERRORS for h in handlers if h.PARSE_ERRORS)
         self.table = ConnectionTable(self.counts, max_connections, int(idle_timeout_s * 1e9))
         # Processes that called exec, for the TLS library scan to look at.
         self.execs: list[int] = []

@@ -51,6 +51,9 @@ ITEM_TAG = "sql"
 # a prepare that gave no span ended (agent/protocols/postgres.py).
 PREPARE_DONE = "prepare_done"
 
+# The parse errors both SQL handlers count here (agent/counters.py).
+SQL_PARSE_ERRORS = ("internal", "trace_context_failed", "sanitize_failed")
+
 COUNTERS = (
     counter("sql_requests_without_response", "sql_queries_without_response",
             "Database queries dropped unanswered (connection closed, expired or evicted, too "

@@ -33,6 +33,15 @@ def declared_families(counter_values):
         yield family
 
 
+def parse_error_samples(declarations, counts: dict):
+    """((protocol, reason), value) of every declared reason, at 0 until its
+    first error (agent/counters.py ParseErrors), then of any reason counted
+    that was not declared."""
+    samples = {(d.protocol, reason): 0 for d in declarations for reason in d.reasons}
+    samples.update(list(counts.items()))
+    return samples.items()
+
+
 class AgentCollector:
     def __init__(self, agent):
         self.agent = agent
@@ -68,7 +77,8 @@ class AgentCollector:
         drained.add_metric([], pipeline.records_drained)
         yield drained
         errors = CounterMetricFamily(f"{PREFIX}_parse_errors", "Messages that could not be parsed.", labels=["protocol", "reason"])
-        for (protocol, reason), value in list(protocols.parse_errors.items()):
+        for (protocol, reason), value in parse_error_samples(protocols.parse_error_declarations,
+                                                             protocols.parse_errors):
             errors.add_metric([protocol, reason], value)
         yield errors
         linker = pipeline.linker

@@ -33,6 +33,13 @@ static __always_inline void read_process_name(struct traced_process *process)
     bpf_get_current_comm(process->comm, sizeof(process->comm));
 }
 
+/* The exec's binprm and task are kernel structs: the BCC build's exec
+ * record carries its header only, and userspace reads /proc instead. */
+static __always_inline void read_exec_details(struct bpf_raw_tracepoint_args *ctx,
+                                              struct process_exec_record *rec)
+{
+}
+
 static __always_inline struct conn_info *track_conn(__u32 tgid, __u32 fd, __u8 role)
 {
     return remember_conn(tgid, fd, role, NULL);

@@ -9,10 +9,18 @@ import os
 import subprocess
 import time
 
+import pytest
+
 from agent.spans.model import KIND_CLIENT
-from conftest import TIME_SCALE
+from conftest import LOADER_ARGS, TIME_SCALE
 
 CURLS = 1500
+
+
+@pytest.fixture(params=list(LOADER_ARGS))
+def agent_loader(request) -> str:
+    """Both front ends: the BCC build learns starts and filenames its own way."""
+    return request.param
 
 
 def agent_conns_map(agent_pid: int) -> int:

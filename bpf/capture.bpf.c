@@ -82,6 +82,9 @@ static __always_inline bool keep_io_call(__u64 id, const struct io_args *args);
 static __always_inline bool take_io_call(__u64 id, struct io_args *out);
 static __always_inline struct conn_info *track_conn(__u32 tgid, __u32 fd, __u8 role);
 static __always_inline void read_process_name(struct traced_process *process);
+/* What the exec record carries beyond its header (start time, filename). */
+static __always_inline void read_exec_details(struct bpf_raw_tracepoint_args *ctx,
+                                              struct process_exec_record *rec);
 
 /* A connect() in progress on a thread: its socket, and (BCC build) the
  * peer it asked for. */
@@ -675,7 +678,21 @@ int common_process_exec(struct bpf_raw_tracepoint_args *ctx)
     if (report == EXECS_NONE || tgid == CONFIG(agent_tgid) ||
         (report == EXECS_TRACED && !process_traced(tgid)))
         return 0;
-    output_process_event(EVENT_PROCESS_EXEC, PROBE_PROCESS_EXEC, true);
+    struct probe_stats *stats = stats_for(PROBE_PROCESS_EXEC);
+    __u32 zero = 0;
+    struct process_exec_record *rec = bpf_map_lookup_elem(&scratch, &zero);
+    if (!stats || !rec)
+        return 0;
+    __builtin_memset(&rec->hdr, 0, sizeof(rec->hdr));
+    rec->hdr.type = EVENT_PROCESS_EXEC;
+    rec->hdr.pid = tgid;
+    rec->hdr.tid = (__u32)id;
+    rec->hdr.start_ns = rec->hdr.end_ns = bpf_ktime_get_ns();
+    rec->hdr.probe = PROBE_PROCESS_EXEC;
+    rec->start_boottime_ns = 0;
+    rec->filename[0] = 0;
+    read_exec_details(ctx, rec);
+    output_record(stats, rec, sizeof(*rec), true);
     return 0;
 }
 

@@ -33,6 +33,69 @@ static __always_inline void read_process_name(struct traced_process *process)
     bpf_get_current_comm(process->comm, sizeof(process->comm));
 }
 
+/* The exec's binprm and task are kernel structs: the BCC build learns a
+ * process's start from its fork (the boot clock then: the kernel stamps
+ * start_boottime a moment before) and its filename from execve's argument,
+ * read while the old image's memory is still there.  Processes forked
+ * before the agent started have no start here: userspace reads /proc. */
+MAP(LRU_HASH, forked_at, __u32, __u64, 16384);
+
+struct exec_filename {
+    char name[EXEC_PATH_BYTES];
+};
+
+MAP(LRU_HASH, exec_filenames, __u64, struct exec_filename, 1024);
+
+TRACEPOINT_PROBE(sched, sched_process_fork)
+{
+    __u32 child = args->child_pid;
+    if (!process_traced(bpf_get_current_pid_tgid() >> 32))
+        return 0;
+    __u64 now = bpf_ktime_get_boot_ns();
+    bpf_map_update_elem(&forked_at, &child, &now, BPF_ANY);
+    return 0;
+}
+
+/* A thread, or a process that never called exec, leaves its start here. */
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+    __u32 tid = bpf_get_current_pid_tgid();
+    bpf_map_delete_elem(&forked_at, &tid);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_execve)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    if (!process_traced(id >> 32))
+        return 0;
+    __u32 zero = 0;
+    struct process_exec_record *rec = bpf_map_lookup_elem(&scratch, &zero);
+    if (!rec)
+        return 0;
+    if (bpf_probe_read_user_str(rec->filename, sizeof(rec->filename), args->filename) <= 0)
+        return 0;
+    bpf_map_update_elem(&exec_filenames, &id, rec->filename, BPF_ANY);
+    return 0;
+}
+
+static __always_inline void read_exec_details(struct bpf_raw_tracepoint_args *ctx,
+                                              struct process_exec_record *rec)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    __u32 tgid = id >> 32;
+    __u64 *started = bpf_map_lookup_elem(&forked_at, &tgid);
+    if (started) {
+        rec->start_boottime_ns = *started;
+        bpf_map_delete_elem(&forked_at, &tgid);
+    }
+    struct exec_filename *name = bpf_map_lookup_elem(&exec_filenames, &id);
+    if (name) {
+        bpf_probe_read_kernel_str(rec->filename, sizeof(rec->filename), name->name);
+        bpf_map_delete_elem(&exec_filenames, &id);
+    }
+}
+
 static __always_inline struct conn_info *track_conn(__u32 tgid, __u32 fd, __u8 role)
 {
     return remember_conn(tgid, fd, role, NULL);

@@ -87,6 +87,22 @@ static __always_inline void read_process_name(struct traced_process *process)
     BPF_CORE_READ_STR_INTO(&process->comm, task, group_leader, comm);
 }
 
+/* sched_process_exec's raw arguments: (task, old pid, binprm).  The start
+ * time is the thread group's (exec keeps the leader's), on the boot clock;
+ * kernels before 5.5 name the field real_start_time. */
+static __always_inline void read_exec_details(struct bpf_raw_tracepoint_args *ctx,
+                                              struct process_exec_record *rec)
+{
+    struct task_struct *task = bpf_get_current_task_btf();
+    struct task_struct *leader = BPF_CORE_READ(task, group_leader);
+    if (bpf_core_field_exists(leader->start_boottime))
+        rec->start_boottime_ns = BPF_CORE_READ(leader, start_boottime);
+    struct linux_binprm *bprm = (struct linux_binprm *)ctx->args[2];
+    const char *filename = BPF_CORE_READ(bprm, filename);
+    if (filename)
+        bpf_probe_read_kernel_str(rec->filename, sizeof(rec->filename), filename);
+}
+
 static __always_inline struct conn_info *track_conn(__u32 tgid, __u32 fd, __u8 role)
 {
     struct conn_tuple tuple = {};

@@ -148,4 +148,17 @@ struct probe_stats {
                            flight (an entry per thread inside one) was full */
 };
 
+/* An EVENT_PROCESS_EXEC record: what the kernel knows of the process at
+ * exec, so that a process gone before userspace reads /proc still gets its
+ * complete resource.  start_boottime_ns: the process's start (its fork),
+ * CLOCK_BOOTTIME, 0 when the front end cannot read it (BCC); filename: the
+ * path the program was executed by (the tracepoint's filename), possibly
+ * relative, truncated to EXEC_PATH_BYTES - 1 bytes. */
+#define EXEC_PATH_BYTES 256
+struct process_exec_record {
+    struct event_header hdr;
+    __u64 start_boottime_ns;
+    char filename[EXEC_PATH_BYTES];
+};
+
 #endif

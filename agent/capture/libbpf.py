@@ -105,6 +105,7 @@ void *bpf_map__initial_value(struct bpf_map *map, size_t *psize);
 int bpf_map_update_elem(int fd, const void *key, const void *value, uint64_t flags);
 int bpf_map_lookup_elem(int fd, const void *key, void *value);
 int bpf_map_delete_elem(int fd, const void *key);
+int bpf_map_get_next_key(int fd, const void *key, void *next_key);
 
 int btf__find_by_name_kind(const struct btf *btf, const char *type_name, uint32_t kind);
 const struct btf_type *btf__type_by_id(const struct btf *btf, uint32_t id);

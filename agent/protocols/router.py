@@ -57,6 +57,9 @@ class ProtocolRouter:
         self.table = ConnectionTable(self.counts, max_connections, int(idle_timeout_s * 1e9))
         # Processes that called exec, for the TLS library scan to look at.
         self.execs: list[int] = []
+        # Their exec records (start time, filename): read before the batch's
+        # new processes' resources are, which a short-lived one needs.
+        self.exec_records: list = []
         # Processes seen for the first time (their first connection, or the
         # first after an exec): their resource is read while they live
         # (agent/runtime/pipeline.py), not when their spans are built.
@@ -91,7 +94,7 @@ class ProtocolRouter:
             hot = unpack(record)
             conn_id = hot[4]
             conn = get(conn_id)
-            if hot[0] != _EVENT_DATA and self._control(hot, conn, out):
+            if hot[0] != _EVENT_DATA and self._control(hot, conn, out, record):
                 continue
             protocol = hot[11]
             if conn is None or conn.protocol != protocol:
@@ -115,7 +118,7 @@ class ProtocolRouter:
             conn.record(conn, record, hot, out)
         return out
 
-    def _control(self, hot: tuple, conn, out: list) -> bool:
+    def _control(self, hot: tuple, conn, out: list, record) -> bool:
         """Close and process records; False for others (read as data)."""
         event_type = hot[0]
         if event_type == _EVENT_CLOSE:
@@ -125,6 +128,7 @@ class ProtocolRouter:
             self.forget_process(hot[1])
         elif event_type == _EVENT_PROCESS_EXEC:
             self.execs.append(hot[1])
+            self.exec_records.append(record)
             self._known_pids.discard(hot[1])   # a new program: read it again
         else:
             return False

@@ -98,8 +98,10 @@ class Agent:
             pids=pids, cgroups=cgroups, ports=set(config.ports) or None,
             excluded_endpoints=excluded, hooks=config.hooks, tls=config.tls,
             loader=config.loader, kernel_headers=config.kernel_headers,
-            report_execs=C["EXECS_ALL"] if selection.exes
-            else C["EXECS_TRACED"] if config.tls else C["EXECS_NONE"])
+            # Traced processes' execs are reported with or without TLS: the
+            # record carries the start time and path a short-lived one's
+            # resource needs.
+            report_execs=C["EXECS_ALL"] if selection.exes else C["EXECS_TRACED"])
         self.metrics = AgentMetrics(self)
         self.capture = load_capture(settings)
         selection.known_pids, selection.known_cgroups = pids or set(), cgroups or set()

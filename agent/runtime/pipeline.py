@@ -13,6 +13,8 @@ import os
 import threading
 import time
 
+from agent.capture.conn_sweep import ExitedConnSweep
+from agent.capture.exec_record import parse_exec_record
 from agent.protocols.router import ProtocolRouter
 from agent.capture.loader import LoadedCapture
 from agent.spans.sampling import Sampler
@@ -21,6 +23,7 @@ from agent.spans.builder import RESOURCE_MARKER, ExchangeLinker
 from agent.runtime.span_worker import SPILL_EXCHANGES, SpanWorkerPool
 
 MAX_AWAITING_POD = 4096
+SWEEP_EVERY = 15
 
 
 class Pipeline:
@@ -53,6 +56,12 @@ class Pipeline:
         self.tls = tls
         self.cpu_yield = cpu_yield
         self.records_drained = 0
+        # Exited processes' kernel descriptor entries: swept after exits, and
+        # every SWEEP_EVERY housekeepings for processes never traced far
+        # enough to report their exit.
+        self.conn_sweep = ExitedConnSweep(capture.front_end.map_fd("conns")) \
+            if capture is not None else None
+        self._housekeepings = 0
         self.last_loop_monotonic = time.monotonic()
 
     def drain_once(self) -> int:
@@ -75,6 +84,9 @@ class Pipeline:
             exchanges = self.linker.exchanges(items) if items else []
             if self._pickled_above is not None and len(exchanges) > self._pickled_above:
                 exchanges = list(map(tuple, exchanges))
+            if protocols.exec_records:
+                self.resources.exec_recorded(map(parse_exec_record, protocols.exec_records))
+                protocols.exec_records.clear()
             if protocols.new_pids:
                 exchanges[:0] = [self._resource(pid) for pid in protocols.new_pids]
                 protocols.new_pids.clear()
@@ -110,6 +122,9 @@ class Pipeline:
         if self._awaiting_pod:
             self._resend_resources_with_pods()
         exited = self.protocols.exited
+        self._housekeepings += 1
+        if self.conn_sweep is not None and (exited or self._housekeepings % SWEEP_EVERY == 0):
+            self.conn_sweep.sweep()
         if exited:
             # Their resources were read when their last records were drained.
             for pid in exited:

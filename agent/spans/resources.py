@@ -91,6 +91,7 @@ class AtExec(NamedTuple):
     client is often gone by the time its first connection is drained."""
     path: str
     env: dict        # its OTEL_* variables
+    started: float | None = None   # Unix time of its start, from the exec record
 
 
 def executable(pid: int, exited_name=None, exec_path: str | None = None) -> tuple[str, str]:
@@ -138,6 +139,28 @@ class ResourceCache:
         self._host = host_attributes if host_attributes is not None else default_host_attributes()
         self.evicted = 0
         self._at_exec: dict[int, AtExec] = {}
+        # Boot clock -> Unix time, taken once: the kernel stamps process
+        # starts on the boot clock, which the wall clock's steps do not move.
+        self._boot_to_unix = time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+
+    def _keep_at_exec(self, pid: int, facts: AtExec) -> None:
+        at_exec = self._at_exec
+        at_exec[pid] = facts
+        if len(at_exec) > self._max_entries:
+            del at_exec[next(iter(at_exec))]
+
+    def exec_recorded(self, records) -> None:
+        """What the kernel's exec records say (agent.capture.exec_record
+        ExecFacts, None for a record without it): the start time and the
+        program's path, which a process that exits before /proc is read
+        keeps nonetheless.  A relative filename is not a path to report."""
+        for facts in records:
+            if facts is None:
+                continue
+            started = (self._boot_to_unix + facts.start_boottime_ns / 1e9
+                       if facts.start_boottime_ns else None)
+            path = facts.filename if facts.filename.startswith("/") else ""
+            self._keep_at_exec(facts.pid, AtExec(path, {}, started))
 
     def exec_seen(self, pids) -> None:
         """Read the executables and OTEL_* variables of processes that just
@@ -149,9 +172,9 @@ class ResourceCache:
                 path = os.readlink(f"/proc/{pid}/exe")
             except OSError:
                 continue
-            at_exec[pid] = AtExec(path, process_environment(pid))
-            if len(at_exec) > self._max_entries:
-                del at_exec[next(iter(at_exec))]
+            known = at_exec.get(pid)
+            self._keep_at_exec(pid, AtExec(path, process_environment(pid),
+                                           known.started if known else None))
 
     def exited(self, pid: int) -> None:
         self._at_exec.pop(pid, None)
@@ -221,7 +244,9 @@ def build_resource(pid: int, host_attributes: list, k8s=None,
     ]
     if exe_path:
         attrs.append(("process.executable.path", exe_path))
-    created = _creation_time_unix(pid)
+    created = at_exec.started if at_exec is not None and at_exec.started else None
+    if created is None:
+        created = _creation_time_unix(pid)
     if created is not None:
         attrs.append(("process.creation.time", _iso8601(created)))
     cid = container_id(pid)

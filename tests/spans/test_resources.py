@@ -1,6 +1,7 @@
 """Process resources read from /proc, with real processes."""
 from __future__ import annotations
 
+import datetime
 import shutil
 import subprocess
 import time
@@ -85,3 +86,39 @@ def test_only_otel_variables_are_read_whole():
         proc.kill()
         proc.wait()
     assert process_environment(proc.pid) == {}
+
+
+def _exec_record(pid: int, start_boottime_ns: int, filename: bytes) -> bytes:
+    from agent.capture.exec_record import RECORD_SIZE
+    from agent.capture.records import C, ffi
+    record = ffi.new("struct process_exec_record *")
+    record.hdr.type = C["EVENT_PROCESS_EXEC"]
+    record.hdr.pid = pid
+    record.start_boottime_ns = start_boottime_ns
+    record.filename = filename
+    return bytes(ffi.buffer(record, RECORD_SIZE))
+
+
+def test_a_process_gone_before_exec_seen_keeps_what_its_exec_record_said():
+    from agent.capture.exec_record import parse_exec_record
+    cache = ResourceCache(host_attributes=[])
+    pid = _gone_process()
+    started_boot_ns = time.clock_gettime_ns(time.CLOCK_BOOTTIME) - 2_000_000_000
+    cache.exec_recorded([parse_exec_record(_exec_record(pid, started_boot_ns, b"/usr/bin/curl"))])
+    cache.exec_seen([pid])   # /proc is gone: what the record said stays
+    attributes = dict(cache.attributes_of(pid))
+    assert attributes["process.executable.path"] == "/usr/bin/curl"
+    assert attributes["process.executable.name"] == "curl"
+    created = datetime.datetime.fromisoformat(attributes["process.creation.time"]).timestamp()
+    assert abs(created - (time.time() - 2.0)) < 0.5
+
+
+def test_an_exec_record_without_a_start_or_an_absolute_path_adds_nothing():
+    from agent.capture.exec_record import parse_exec_record
+    cache = ResourceCache(host_attributes=[])
+    pid = _gone_process()
+    cache.exec_recorded([parse_exec_record(_exec_record(pid, 0, b"./relative")),
+                         parse_exec_record(b"\0" * 16)])
+    attributes = dict(cache.attributes_of(pid))
+    assert "process.creation.time" not in attributes
+    assert "process.executable.path" not in attributes

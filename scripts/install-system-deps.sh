@@ -28,6 +28,8 @@ PACKAGES=(
     libssl-dev
     # `vagrant validate` checks the Vagrantfile offline (tests/test_deploy.py)
     vagrant
+    # nft: the NAT kernel tests build a "Service" address with a DNAT rule
+    nftables
 )
 
 missing=()

@@ -30,6 +30,8 @@ PACKAGES=(
     vagrant
     # Node.js: its `http2` server is a peer of the HTTP/2 kernel tests
     nodejs
+    # nft: the NAT kernel tests build a "Service" address with a DNAT rule
+    nftables
 )
 
 missing=()

@@ -28,6 +28,7 @@ COUNTERS = (
     counter("records_malformed", "records_malformed", "Ring buffer records too short to decode."),
 )
 
+_ROLE_CLIENT = C["ROLE_CLIENT"]
 _EVENT_DATA = C["EVENT_DATA"]
 _EVENT_CLOSE = C["EVENT_CLOSE"]
 _EVENT_PROCESS_EXIT = C["EVENT_PROCESS_EXIT"]
@@ -68,6 +69,9 @@ class ProtocolRouter:
         # Processes whose exit was handled: the kernel keeps their names
         # until the pipeline lets go of them (agent/runtime/pipeline.py).
         self.exited: list[int] = []
+        # Client connections opened in this batch, for the NAT look-up
+        # (agent/runtime/pipeline.py sets a list when conntrack is in use).
+        self.new_clients: list[Connection] | None = None
 
     def connections_tracked(self) -> int:
         return len(self.table)
@@ -139,6 +143,8 @@ class ProtocolRouter:
         if not handler.open(conn, record, hot):
             return None
         self.table.add(conn)
+        if self.new_clients is not None and conn.role == _ROLE_CLIENT:
+            self.new_clients.append(conn)
         known = self._known_pids
         if conn.pid not in known:
             if len(known) >= 4 * self.max_connections:

@@ -49,7 +49,7 @@ class Connection:
 
     __slots__ = ("conn_id", "pid", "fd", "role", "local_addr", "local_port", "remote_addr",
                  "remote_port", "scheme", "protocol", "handler", "record", "state",
-                 "last_seen_ns", "last_seq")
+                 "last_seen_ns", "last_seq", "peer_addr", "peer_port", "_link_key")
 
     def __init__(self, header: tuple, handler=None):
         (_, pid, _, fd, conn_id, _, end_ns, _, _, _, role, protocol, flags, _, _,
@@ -62,6 +62,11 @@ class Connection:
         self.remote_addr = format_address(remote_addr)
         self.local_port = local_port
         self.remote_port = remote_port
+        # The socket that answers: the remote end unless NAT sent the
+        # connection elsewhere (translated()).
+        self.peer_addr = self.remote_addr
+        self.peer_port = remote_port
+        self._link_key = None
         # A TLS connection's data all comes from the TLS uprobes.
         self.scheme = "https" if flags & _FLAG_TLS else "http"
         self.protocol = protocol
@@ -80,7 +85,19 @@ class Connection:
         return (self.remote_addr, self.remote_port, self.local_addr, self.local_port)
 
     def key(self) -> tuple:
+        """This connection as its peer's mirror_key() names it: after NAT,
+        the translated tuple, so a client behind a Service address links to
+        the pod's server span."""
+        if self._link_key is not None:
+            return self._link_key
         return (self.local_addr, self.local_port, self.remote_addr, self.remote_port)
+
+    def translated(self, peer_addr: str, peer_port: int, seen_addr: str, seen_port: int) -> None:
+        """The connection tracker's answer (agent/capture/conntrack.py): the
+        peer really reached, and this end as that peer sees it."""
+        self.peer_addr = peer_addr
+        self.peer_port = peer_port
+        self._link_key = (seen_addr, seen_port, peer_addr, peer_port)
 
 
 class ConnectionTable:

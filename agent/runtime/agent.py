@@ -17,6 +17,7 @@ from agent.runtime.pipeline import Pipeline
 from agent.capture.records import C
 from agent.spans.redact import Redactor
 from agent.capture.tls import TlsProbes
+from agent.capture.conntrack import open_resolver
 from agent.spans.routes import RouteNamer
 from agent.spans.sampling import Sampler
 from agent.runtime.scheduling import CpuYield
@@ -53,6 +54,7 @@ class AgentConfig:
     keep_error_spans: bool = True
     span_workers: int = 1
     yield_cpu: bool = True
+    conntrack: bool = True
 
 
 class Agent:
@@ -62,6 +64,7 @@ class Agent:
         self.capture = None
         self.tls = None
         self.k8s = None
+        self.nat = None
         self.pipeline = None
         self.span_stage = None
         self.sink_name = ""
@@ -113,11 +116,14 @@ class Agent:
         self.k8s = PodMetadata.from_environment()
         if self.k8s is not None:
             self.k8s.start()
+        self.nat = open_resolver() if config.conntrack else None
         stage = self.span_stage
         agent_pids = [os.getpid()] + [w.pid for w in getattr(stage, "workers", ())]
         self.pipeline = Pipeline(self.capture, stage, sampler,
                                  selection=selection if selection.exes or selection.by_cgroup else None,
                                  tls=tls, k8s=self.k8s,
+                                 nat=self.nat if self.nat is not None and self.nat.available
+                                 else None,
                                  cpu_yield=CpuYield(agent_pids, self.capture.ring, config.yield_cpu))
         if config.metrics_address:
             self.metrics_server = MetricsServer(config.metrics_address, self.metrics, self)
@@ -134,6 +140,9 @@ class Agent:
         parts.append(f"nice={os.getpriority(os.PRIO_PROCESS, 0)}")
         parts.append("yields the CPU while it keeps up" if self.pipeline.cpu_yield.enabled
                      else "does not yield the CPU")
+        if self.nat is not None:
+            parts.append("NAT resolution=conntrack" if self.nat.available
+                         else "NAT resolution=unavailable")
         if self.metrics_server:
             parts.append(f"metrics=http://{self.metrics_server.address}/metrics")
         return "; ".join(parts)
@@ -162,6 +171,8 @@ class Agent:
                 self.span_stage.shutdown(STOP_FLUSH_SECONDS)
         if self.k8s is not None:
             self.k8s.stop()
+        if self.nat is not None:
+            self.nat.close()
         if self.metrics_server is not None:
             self.metrics_server.stop()
 

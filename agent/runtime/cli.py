@@ -150,6 +150,12 @@ def loader_options(command):
               help="Run the agent under SCHED_IDLE while it keeps up, so that a traced process "
                    "waking on a core takes it from the agent at once; the agent takes its "
                    "normal weight back while its ring buffer fills or its loop runs late.")
+@click.option("--conntrack/--no-conntrack", default=True, envvar="OTEL_EBPF_CONNTRACK",
+              show_default=True,
+              help="Resolve NATed client connections (Kubernetes Service addresses) through the "
+                   "node's connection tracker, once per new connection: client spans get the "
+                   "pod reached as network.peer.address and link to its server span on this "
+                   "node. Needs CAP_NET_ADMIN in the host's network namespace.")
 @click.option("--duration", type=click.FloatRange(min=0), default=None,
               help="Stop after this many seconds (default: run until SIGINT/SIGTERM).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
@@ -158,7 +164,7 @@ def loader_options(command):
               help="Print the resolved settings as YAML and exit without tracing.")
 def run(pids, cgroups, containers, ports, exes, exporter, otlp_impl, capture_bytes, ring_buffer_size, hooks,
         loader, kernel_headers, metrics_address, redact_query_keys, sql_text, tls, routes, keep_error_spans, span_workers, nice,
-        yield_cpu, duration, log_level, check_config):
+        yield_cpu, conntrack, duration, log_level, check_config):
     """Trace the node (or the selected processes) and export spans."""
     if check_config:
         ctx = click.get_current_context()
@@ -191,7 +197,7 @@ def run(pids, cgroups, containers, ports, exes, exporter, otlp_impl, capture_byt
                          redact_query_keys=tuple(redact_query_keys), sql_text=sql_text, tls=tls,
                          routes=tuple(routes),
                          keep_error_spans=keep_error_spans, span_workers=span_workers,
-                         yield_cpu=yield_cpu)
+                         yield_cpu=yield_cpu, conntrack=conntrack)
     agent = Agent(config)
     try:
         agent.start()

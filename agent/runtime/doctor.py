@@ -6,6 +6,7 @@ from agent.capture.kernel_headers import KernelHeadersError, find as find_kernel
 from agent.capture.loader import (CaptureLoadError, CaptureSettings, bpf_loop_support, candidate_hooks,
                           choose_loader, load_capture, ring_buffer_support)
 from agent.capture.tls import TlsProbes
+from agent.capture.conntrack import doctor_text as conntrack_text
 
 
 def _kernel_headers_text(configured: str | None) -> str:
@@ -80,4 +81,5 @@ def report(loader: str = "auto", kernel_headers: str | None = None) -> tuple[str
                              "(Go, BoringSSL, rustls and Java are out of reach anyway)")
         finally:
             capture.close()
+    lines.append(f"\n{conntrack_text()}")
     return "\n".join(lines), ok

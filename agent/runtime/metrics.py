@@ -148,6 +148,16 @@ class AgentCollector:
             probes = GaugeMetricFamily(f"{PREFIX}_tls_uprobes_attached", "TLS uprobes attached (each covers every process mapping its file).")
             probes.add_metric([], tls.counts["probes_attached"])
             yield probes
+        # -- NAT resolution: agent/capture/conntrack.py declares its counters.
+        nat = agent.nat
+        if nat is not None:
+            yield from declared_families(nat.counter_values())
+            available = GaugeMetricFamily(f"{PREFIX}_conntrack_available", "1 when the node's connection tracker answers look-ups, 0 when it cannot be used (see the start-up log or `otel-ebpf doctor`).")
+            available.add_metric([], int(nat.available))
+            yield available
+            cached = GaugeMetricFamily(f"{PREFIX}_conntrack_cache_entries", "Client connections whose conntrack answer is cached.")
+            cached.add_metric([], len(nat))
+            yield cached
 
 
 class AgentProcessesCollector:

@@ -32,10 +32,15 @@ class Pipeline:
 
     def __init__(self, capture: LoadedCapture, span_stage, sampler: Sampler,
                  batch_records: int = 4096, housekeeping_interval_s: float = 2.0,
-                 selection=None, tls=None, k8s=None, cpu_yield=None):
+                 selection=None, tls=None, k8s=None, cpu_yield=None, nat=None):
         self.capture = capture
         self.span_stage = span_stage
         self.protocols = ProtocolRouter()
+        # A ConntrackResolver (agent/capture/conntrack.py), or None: the
+        # router then keeps no list of new client connections.
+        self.nat = nat
+        if nat is not None:
+            self.protocols.new_clients = []
         self.linker = ExchangeLinker(sampler)
         # Batches this large go to span worker processes, pickled: as plain
         # tuples, which pickle three times faster than the exchanges'
@@ -81,6 +86,8 @@ class Pipeline:
             self.records_drained += len(records)
             protocols = self.protocols
             items = protocols.process(records)
+            if protocols.new_clients:
+                self._translate(protocols.new_clients)
             exchanges = self.linker.exchanges(items) if items else []
             if self._pickled_above is not None and len(exchanges) > self._pickled_above:
                 exchanges = list(map(tuple, exchanges))
@@ -94,6 +101,17 @@ class Pipeline:
                 self.span_stage.submit(exchanges)
             if len(records) < limit:
                 return handled
+
+    def _translate(self, connections: list) -> None:
+        """One batched conntrack look-up for the client connections this
+        batch opened, before their requests are linked: a connection to a
+        Service address then links under the pod's tuple."""
+        answers = self.nat.lookup([(c.conn_id, c.local_addr, c.local_port, c.remote_addr,
+                                    c.remote_port) for c in connections])
+        for conn, answer in zip(connections, answers):
+            if answer is not None:
+                conn.translated(*answer)
+        connections.clear()
 
     def _resource(self, pid: int) -> tuple:
         attributes = self.resources.attributes_of(pid)
@@ -133,6 +151,8 @@ class Pipeline:
                     self.capture.forget_process(pid)
             exited.clear()
         self.protocols.expire(time.monotonic_ns())
+        if self.nat is not None:
+            self.nat.expire(time.monotonic())
         self.span_stage.housekeeping()
         if self.cpu_yield is not None:
             self.cpu_yield.check_guard()

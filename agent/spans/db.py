@@ -57,7 +57,8 @@ def link_sql(linker, conn, query, completed) -> DbExchange | None:
         TAG, kind, conn.pid, ctx.trace_id, ctx.span_id, ctx.parent_span_id, ctx.flags,
         ctx.trace_state, query.start_ns, query.end_ns, query.system, query.namespace, query.text,
         query.sanitized, query.summary, query.operation, query.collection, query.error_code,
-        conn.local_addr, conn.local_port, conn.remote_addr, conn.remote_port))
+        conn.local_addr, conn.local_port, conn.remote_addr, conn.remote_port, conn.peer_addr,
+        conn.peer_port))
 
 
 class DbSpans:
@@ -67,7 +68,7 @@ class DbSpans:
     def build(self, e: DbExchange) -> Span:
         (_, kind, pid, trace_id, span_id, parent_id, flags, trace_state, start, end, system,
          namespace, text, sanitized, summary, operation, collection, error_code, local_addr,
-         local_port, remote_addr, remote_port) = e
+         local_port, remote_addr, remote_port, peer_addr, peer_port) = e
         attrs = [(semconv.DB_SYSTEM_NAME, system)]
         if namespace:
             attrs.append((semconv.DB_NAMESPACE, namespace))
@@ -93,8 +94,8 @@ class DbSpans:
         else:
             attrs.append((semconv.SERVER_ADDRESS, remote_addr))
             attrs.append((semconv.SERVER_PORT, remote_port))
-        attrs.append((semconv.NETWORK_PEER_ADDRESS, remote_addr))
-        attrs.append((semconv.NETWORK_PEER_PORT, remote_port))
+        attrs.append((semconv.NETWORK_PEER_ADDRESS, peer_addr))
+        attrs.append((semconv.NETWORK_PEER_PORT, peer_port))
         status = STATUS_UNSET
         if error_code is not None:
             status = STATUS_ERROR

@@ -50,7 +50,7 @@ def link_h2(linker, conn, request, exchange):
             header(headers, ":authority") or header(headers, "host"),
             header(headers, "user-agent"), found[0] if found is not None else None,
             exchange.reset_error, conn.local_addr, conn.local_port, conn.remote_addr,
-            conn.remote_port))
+            conn.remote_port, conn.peer_addr, conn.peer_port))
     status = header(response, ":status")
     status_code = int(status) if status is not None and status.isascii() \
         and status.isdigit() and len(status) == 3 else None
@@ -59,7 +59,8 @@ def link_h2(linker, conn, request, exchange):
         ctx.trace_state, request.start_ns, exchange.end_ns, header(headers, ":method"),
         header(headers, ":path"), "2", header(headers, ":authority") or header(headers, "host"),
         header(headers, "user-agent"), status_code, conn.local_addr, conn.local_port,
-        conn.remote_addr, conn.remote_port, conn.scheme, exchange.reset_error))
+        conn.remote_addr, conn.remote_port, conn.peer_addr, conn.peer_port, conn.scheme,
+        exchange.reset_error))
 
 
 class GrpcSpans:
@@ -69,7 +70,7 @@ class GrpcSpans:
     def build(self, e: GrpcExchange) -> Span:
         (_, kind, pid, trace_id, span_id, parent_id, flags, trace_state, start, end, path,
          authority, user_agent, grpc_code, reset, local_addr, local_port, remote_addr,
-         remote_port) = e
+         remote_port, peer_addr, peer_port) = e
         factory = self.factory
         method = grpc_method(path)
         host, host_port = factory.host_of(authority)
@@ -83,8 +84,8 @@ class GrpcSpans:
         else:
             attrs.append((semconv.SERVER_ADDRESS, host or remote_addr))
             attrs.append((semconv.SERVER_PORT, host_port or remote_port))
-        attrs.append((semconv.NETWORK_PEER_ADDRESS, remote_addr))
-        attrs.append((semconv.NETWORK_PEER_PORT, remote_port))
+        attrs.append((semconv.NETWORK_PEER_ADDRESS, peer_addr))
+        attrs.append((semconv.NETWORK_PEER_PORT, peer_port))
         attrs.append((semconv.NETWORK_PROTOCOL_NAME, "http"))
         attrs.append((semconv.NETWORK_PROTOCOL_VERSION, "2"))
         if user_agent:

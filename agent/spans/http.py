@@ -51,7 +51,8 @@ def link_http1(linker, conn, message, response) -> HttpExchange | None:
         TAG, kind, conn.pid, ctx.trace_id, ctx.span_id, ctx.parent_span_id, ctx.flags,
         ctx.trace_state, start, response.last_end_ns, request.method, request.target,
         request.version, request.host, request.user_agent, response.parsed.status_code,
-        conn.local_addr, conn.local_port, conn.remote_addr, conn.remote_port, conn.scheme, None))
+        conn.local_addr, conn.local_port, conn.remote_addr, conn.remote_port, conn.peer_addr,
+        conn.peer_port, conn.scheme, None))
 
 
 def host_and_port(host: str | None) -> tuple[str | None, int | None]:
@@ -98,7 +99,7 @@ class HttpSpans:
     def build(self, e: HttpExchange) -> Span:
         (_, kind, pid, trace_id, span_id, parent_id, flags, trace_state, start, end, method,
          target, version, host_header, user_agent, status_code, local_addr, local_port,
-         remote_addr, remote_port, scheme, reset_error) = e
+         remote_addr, remote_port, peer_addr, peer_port, scheme, reset_error) = e
         unknown = None
         if method is None or target is None or status_code is None:
             unknown = _unknown(method, target, status_code)
@@ -131,8 +132,8 @@ class HttpSpans:
             name, route = self.routes.name(method, path)
             if route is not None:
                 attrs.append(("http.route", route))
-        attrs.append(("network.peer.address", remote_addr))
-        attrs.append(("network.peer.port", remote_port))
+        attrs.append(("network.peer.address", peer_addr))
+        attrs.append(("network.peer.port", peer_port))
         attrs.append(("network.protocol.version", version))
         attrs.append(("http.response.status_code", status_code))
         if not known:

@@ -88,5 +88,8 @@ class Span:
 EXCHANGE_HEAD = [("tag", str), ("kind", int), ("pid", int), ("trace_id", bytes),
                  ("span_id", bytes), ("parent_id", bytes), ("flags", int), ("trace_state", str),
                  ("start_ns", int), ("end_ns", int)]     # CLOCK_MONOTONIC
+# remote_*: the address the socket names (a client's: what it asked for, a
+# Service address perhaps); peer_*: the socket that answered, the same
+# unless NAT translated the connection (agent/capture/conntrack.py).
 EXCHANGE_PEERS = [("local_addr", str), ("local_port", int), ("remote_addr", str),
-                  ("remote_port", int)]
+                  ("remote_port", int), ("peer_addr", str), ("peer_port", int)]

@@ -27,7 +27,8 @@ DOCKERIGNORE = ROOT / ".dockerignore"
 VAGRANTFILE = ROOT / "Vagrantfile"
 
 # Kubernetes capability names (no CAP_ prefix); the systemd unit uses the same set.
-CAPABILITIES = {"BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH", "SYS_RESOURCE", "SYS_NICE"}
+CAPABILITIES = {"BPF", "PERFMON", "SYS_PTRACE", "DAC_READ_SEARCH", "SYS_RESOURCE", "SYS_NICE",
+                "NET_ADMIN"}
 METRICS_PORT = 9464
 # Oldest Kubernetes the manifests must be valid for, and the newest bundled schema.
 K8S_OLDEST = "1.29.0"
@@ -173,7 +174,10 @@ def test_probes_and_scrape_annotations_use_the_metrics_port():
 def test_security_context_is_the_declared_capability_set():
     pod = _one("DaemonSet")["spec"]["template"]["spec"]
     assert pod["hostPID"] is True
-    assert not pod.get("hostNetwork")
+    # The node's connection tracker (NAT resolution) is in the host's network
+    # namespace; cluster names must still resolve from there.
+    assert pod["hostNetwork"] is True
+    assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
     context = _container()["securityContext"]
     assert context.get("privileged") is False
     assert context["capabilities"]["drop"] == ["ALL"]

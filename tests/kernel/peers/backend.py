@@ -1,9 +1,11 @@
 """A small HTTP/1.1 keep-alive backend for kernel tests.
 
 GET /status/<code> answers with that status; /slow/<ms> waits first;
-anything else answers 200 "ok".  Listens on 127.0.0.1:<port>; with
-`--tls CERT KEY` it speaks HTTPS (Python's ssl module, OpenSSL underneath).
+anything else answers 200 "ok".  Listens on 127.0.0.1:<port> (or the
+address in BACKEND_HOST: a test network namespace's); with `--tls CERT KEY`
+it speaks HTTPS (Python's ssl module, OpenSSL underneath).
 """
+import os
 import ssl
 import sys
 import time
@@ -38,7 +40,8 @@ class Handler(BaseHTTPRequestHandler):
 
 
 if __name__ == "__main__":
-    server = ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler)
+    server = ThreadingHTTPServer((os.environ.get("BACKEND_HOST", "127.0.0.1"), int(sys.argv[1])),
+                                 Handler)
     server.daemon_threads = True
     if sys.argv[2:3] == ["--tls"]:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

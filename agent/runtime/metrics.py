@@ -15,6 +15,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from agent import __version__
 from agent.capture.records import PROBE_STATS_FIELDS
+from agent.metrics.prometheus import red_families
 from agent.runtime.span_worker import EXPORT_SECONDS_BUCKETS, SpanWorkerPool
 
 PREFIX = "otel_ebpf"
@@ -101,6 +102,7 @@ class AgentCollector:
             histogram = HistogramMetricFamily(f"{PREFIX}_export_duration_seconds", "Time one export request took.")
             histogram.add_metric([], cumulative, stage.get("export_seconds_sum", 0.0))
             yield histogram
+        yield from red_families(stage.get("red"), PREFIX)
         depth = GaugeMetricFamily(f"{PREFIX}_queue_depth", "Items waiting in a pipeline queue.", labels=["queue"])
         depth.add_metric(["export"], stage.get("queue_depth", 0))
         yield depth

@@ -133,8 +133,10 @@ def merge_red(snapshots: list[dict], series_limit: int = DEFAULT_SERIES_LIMIT) -
             for key, slots in table.items():
                 current = merged.get(key)
                 if current is None and len(merged) >= series_limit:
-                    total["overflowed"][name] += sum(slots[:-1])
-                    key = overflow_key(by_name[name])
+                    fold = overflow_key(by_name[name])
+                    if key != fold:     # the stage counted its own overflow already
+                        total["overflowed"][name] += sum(slots[:-1])
+                    key = fold
                     current = merged.get(key)
                 if current is None:
                     merged[key] = list(slots)

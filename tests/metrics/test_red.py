@@ -12,7 +12,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agent.metrics.otlp import OtlpMetricsExport, create_metric_exporter, metrics_data
 from agent.metrics.prometheus import red_families
-from agent.metrics.red import HTTP_BUCKETS, OVERFLOW_ATTRIBUTE, RedAggregator, merge_red
+from agent.metrics.red import (HTTP_BUCKETS, HTTP_SERVER, OVERFLOW_ATTRIBUTE, RedAggregator,
+                               merge_red, overflow_key)
 from agent.runtime.span_worker import LocalSpanStage, merge_snapshots
 from agent.spans.builder import RESOURCE_MARKER
 from agent.spans.http import TAG, HttpExchange
@@ -23,6 +24,7 @@ from agent.spans.sampling import Sampler
 from otlp_receiver import OtlpReceiver
 
 PID = 4242
+OVERFLOW_KEY_OF_HTTP = overflow_key(HTTP_SERVER)
 MIX = {200: 70, 404: 20, 500: 10}
 
 
@@ -156,6 +158,10 @@ def test_span_workers_snapshots_merge_under_one_limit():
     merged = merge_red([a.snapshot(), b.snapshot()], 3)
     table = merged["series"]["http.server.request.duration"]
     assert len(table) == 4 and merged["overflowed"]["http.server.request.duration"] == 3
+    # A stage's own overflow series, folded at the limit, is not counted twice.
+    again = merge_red([merged, merged], 3)
+    assert again["overflowed"]["http.server.request.duration"] == 6
+    assert sum(again["series"]["http.server.request.duration"][OVERFLOW_KEY_OF_HTTP][:-1]) == 6
     via_stage = merge_snapshots([first.snapshot(), second.snapshot()])["red"]
     assert sum(sum(v[:-1]) for v in via_stage["series"]["http.server.request.duration"].values()) == 6
 

@@ -12,6 +12,7 @@ from agent.export import create_sink, describe_sink, exporter_endpoint
 from agent.runtime.heap import settle_heap
 from agent.spans.k8s import PodMetadata
 from agent.capture.loader import CaptureSettings, load_capture
+from agent.capture.bpf_stats import enable_stats
 from agent.metrics.otlp import OtlpMetricsExport, metric_exporter_endpoint
 from agent.runtime.metrics import AgentMetrics, MetricsServer
 from agent.runtime.pipeline import Pipeline
@@ -72,6 +73,7 @@ class Agent:
         self.metrics = None
         self.metrics_server = None
         self.otlp_metrics = None
+        self.bpf_stats_fd = None
         self._stop = threading.Event()
         self._stop_requested = False
 
@@ -115,6 +117,9 @@ class Agent:
             else C["EXECS_TRACED"] if config.tls else C["EXECS_NONE"])
         self.metrics = AgentMetrics(self)
         self.capture = load_capture(settings)
+        # Kernel BPF stats on for the agent's life: the kernel turns them
+        # back off when this fd closes, however the agent exits.
+        self.bpf_stats_fd = enable_stats()
         selection.known_pids, selection.known_cgroups = pids or set(), cgroups or set()
         tls = None
         if config.tls:
@@ -181,6 +186,9 @@ class Agent:
             self.k8s.stop()
         if self.metrics_server is not None:
             self.metrics_server.stop()
+        if self.bpf_stats_fd is not None:
+            os.close(self.bpf_stats_fd)
+            self.bpf_stats_fd = None
 
     def healthy(self) -> tuple[bool, str]:
         if self.pipeline is None:

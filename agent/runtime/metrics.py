@@ -14,6 +14,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, Hist
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from agent import __version__
+from agent.capture import bpf_stats
 from agent.capture.records import PROBE_STATS_FIELDS
 from agent.metrics.prometheus import red_families
 from agent.runtime.span_worker import EXPORT_SECONDS_BUCKETS, SpanWorkerPool
@@ -32,6 +33,22 @@ def declared_families(counter_values):
         for label_value, value in samples:
             family.add_metric([label_value] if metric.label else [], value)
         yield family
+
+
+def bpf_families():
+    """The probes' run time and runs (kernel BPF stats, on while the agent
+    runs) and the fill of the agent's kernel hash maps."""
+    run_time = CounterMetricFamily(f"{PREFIX}_bpf_program_run_time_seconds", "CPU time the kernel spent in the agent's BPF programs while the agent ran (kernel BPF stats).", labels=["program"])
+    runs = CounterMetricFamily(f"{PREFIX}_bpf_program_runs", "Runs of the agent's BPF programs while the agent ran (kernel BPF stats).", labels=["program"])
+    for program, (ns, count) in sorted(bpf_stats.program_stats().items()):
+        run_time.add_metric([program], ns / 1e9)
+        runs.add_metric([program], count)
+    entries = GaugeMetricFamily(f"{PREFIX}_bpf_map_entries", "Entries in each of the agent's kernel hash maps.", labels=["map"])
+    capacity = GaugeMetricFamily(f"{PREFIX}_bpf_map_max_entries", "Capacity of each of the agent's kernel hash maps.", labels=["map"])
+    for name, (count, max_entries) in sorted(bpf_stats.map_fill().items()):
+        entries.add_metric([name], count)
+        capacity.add_metric([name], max_entries)
+    yield from (run_time, runs, entries, capacity)
 
 
 class AgentCollector:
@@ -62,6 +79,7 @@ class AgentCollector:
             size = GaugeMetricFamily(f"{PREFIX}_ring_buffer_size_bytes", "Ring buffer size.")
             size.add_metric([], capture.settings.ring_buffer_bytes)
             yield size
+            yield from bpf_families()
         if pipeline is None:
             return
         protocols = pipeline.protocols

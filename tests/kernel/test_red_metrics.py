@@ -118,3 +118,26 @@ def test_ten_thousand_paths_stay_bounded(start_agent, backend):
     assert value(samples, "otel_ebpf_metric_series_overflow_total",
                  metric="http.server.request.duration") == overflow[0]
     assert "item-" not in agent.metrics()
+
+
+def test_probe_cost_and_map_fill_on_metrics(start_agent, backend):
+    stats = open("/proc/sys/kernel/bpf_stats_enabled").read().strip()
+    agent = start_agent("--port", str(backend))
+    before = snapshot(agent)
+    send(backend, (f"/items/{i}" for i in range(200)))
+    after = wait_quiet(agent)
+    runs = {dict(labels)["program"]: v for (n, labels), v in after.items()
+            if n == "otel_ebpf_bpf_program_runs_total"}
+    run_time = value(after, "otel_ebpf_bpf_program_run_time_seconds_total")
+    assert runs and sum(runs.values()) > value(before, "otel_ebpf_bpf_program_runs_total") + 800
+    assert run_time > 0
+    capacity = {dict(labels)["map"]: v for (n, labels), v in after.items()
+                if n == "otel_ebpf_bpf_map_max_entries"}
+    entries = {dict(labels)["map"]: v for (n, labels), v in after.items()
+               if n == "otel_ebpf_bpf_map_entries"}
+    assert capacity and set(entries) == set(capacity)
+    assert all(0 <= entries[m] <= capacity[m] for m in capacity)
+    agent.stop()
+    # Stats came from BPF_ENABLE_STATS's fd (closed with the agent), not
+    # from the sysctl, which stays as it was.
+    assert open("/proc/sys/kernel/bpf_stats_enabled").read().strip() == stats

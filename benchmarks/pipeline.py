@@ -8,7 +8,9 @@ span worker).
 Without --recording it records live first (root; nginx and wrk from
 `make setup`): wrk against a local nginx for one second, both ends traced.
 Prints spans per CPU-second for the fast encoder and for the OpenTelemetry SDK encoder on
-the same spans, their ratio, and where the time goes per stage.
+the same spans, their ratio, and where the time goes per stage; then the
+request metrics' cost per exchange (agent/metrics/red.py, the "metrics" stage)
+against recording the same spans with the OpenTelemetry SDK's Histogram.record().
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from agent.spans.redact import Redactor  # noqa: E402
 from agent.spans.resources import ResourceCache  # noqa: E402
 from agent.capture.ringbuf import layout_records, read_records as ring_read  # noqa: E402
 from agent.spans.builder import ExchangeLinker, SpanFactory  # noqa: E402
+from agent.metrics.red import HTTP_SERVER, RedAggregator  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 BATCH = 512
@@ -87,7 +90,9 @@ def run(records: list[bytes], seconds: float, encode) -> dict:
     tracker = ProtocolRouter()
     linker = ExchangeLinker()
     factory = SpanFactory(ResourceCache(), Redactor())
-    stage = {"drain": 0.0, "match": 0.0, "link": 0.0, "build": 0.0, "encode": 0.0}
+    red = RedAggregator()
+    stage = {"drain": 0.0, "match": 0.0, "link": 0.0, "build": 0.0, "metrics": 0.0,
+             "encode": 0.0}
     spans_total = bytes_total = 0
     # CPU time of this thread: other processes on the machine do not count.
     clock = time.thread_time
@@ -104,6 +109,8 @@ def run(records: list[bytes], seconds: float, encode) -> dict:
             exchanges = linker.exchanges(items)
             t2b = clock()
             spans = factory.spans(exchanges)
+            t3a = clock()
+            red.observe(spans)
             t3 = clock()
             pending += spans
             while len(pending) >= BATCH:
@@ -114,7 +121,8 @@ def run(records: list[bytes], seconds: float, encode) -> dict:
             stage["drain"] += t1 - t0
             stage["match"] += t2 - t1
             stage["link"] += t2b - t2
-            stage["build"] += t3 - t2b
+            stage["build"] += t3a - t2b
+            stage["metrics"] += t3 - t3a
             stage["encode"] += t4 - t3
     elapsed = sum(stage.values())
     return {"spans": spans_total, "seconds": elapsed, "rate": spans_total / elapsed,
@@ -139,6 +147,29 @@ def accepted_by_receiver(records: list[bytes]) -> tuple[int, int]:
         return len(spans), sum(receiver.counts.values())
     finally:
         receiver.stop()
+
+
+def sdk_histogram_cost(spans: list, seconds: float) -> float:
+    """µs per span to record the same measurement through the OpenTelemetry
+    SDK's Histogram.record(), with the attributes the aggregator keys on."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    provider = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    histogram = provider.get_meter("bench").create_histogram(HTTP_SERVER.name, unit="s")
+    record = histogram.record
+    keys = HTTP_SERVER.attributes
+    clock = time.thread_time
+    done, spent = 0, 0.0
+    while spent < seconds:
+        t0 = clock()
+        for span in spans:
+            attrs = dict(span.attributes)
+            record((span.end_ns - span.start_ns) / 1e9,
+                   {k: attrs[k] for k in keys if attrs.get(k) is not None})
+        spent += clock() - t0
+        done += len(spans)
+    provider.shutdown()
+    return spent / done * 1e6
 
 
 def sdk_encoder():
@@ -169,12 +200,20 @@ def main() -> None:
         per_span = {k: v / r["spans"] * 1e6 for k, v in r["stage"].items()}
         stages = "  ".join(f"{k} {v:.1f}" for k, v in per_span.items())
         main = per_span["drain"] + per_span["match"] + per_span["link"]
-        worker = per_span["build"] + per_span["encode"]
+        worker = per_span["build"] + per_span["metrics"] + per_span["encode"]
         print(f"{name:>5}: {r['rate']:>9,.0f} spans/s on one core  ({1e6 / r['rate']:.1f} µs/span: {stages} µs)")
         print(f"{'':>5}  main process {main:.1f} µs/span, span worker {worker:.1f} µs/span: "
               f"{1e6 / max(main, worker):,.0f} spans/s with one worker on a second core")
     if "sdk" in results:
         print(f"fast / sdk = {results['fast']['rate'] / results['sdk']['rate']:.1f}x")
+    fast = {k: v / results["fast"]["spans"] * 1e6 for k, v in results["fast"]["stage"].items()}
+    total = sum(fast.values())
+    print(f"request metrics: {fast['metrics']:.2f} µs/exchange; pipeline {total - fast['metrics']:.1f} "
+          f"µs/span without them, {total:.1f} with")
+    sample = SpanFactory(ResourceCache(), Redactor()).spans(
+        ExchangeLinker().exchanges(ProtocolRouter().process(records)))
+    print(f"the same with the OpenTelemetry SDK's Histogram.record(): "
+          f"{sdk_histogram_cost(sample, min(args.seconds, 2.0)):.2f} µs/exchange")
     built, accepted = accepted_by_receiver(records)
     print(f"OTLP receiver accepted {accepted} of {built} spans built from the recording")
 

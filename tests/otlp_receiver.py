@@ -1,4 +1,4 @@
-"""An OTLP trace receiver for tests: http/protobuf (gzip too) or gRPC on
+"""An OTLP trace (and metrics) receiver for tests: http/protobuf (gzip too) or gRPC on
 127.0.0.1, decoding every span into a flat ReceivedSpan view.
 
     receiver = OtlpReceiver(); receiver.start("grpc")
@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from loopback import TIME_SCALE, free_port
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 
 
@@ -92,6 +93,7 @@ class OtlpReceiver:
         self.keep_spans = keep_spans
         self.counts: dict[str, int] = {}
         self.spans: list[ReceivedSpan] = []
+        self.metric_requests: list = []      # ExportMetricsServiceRequest, as received
         self.requests: list[ReceivedRequest] = []
         self.fail_with = None
         self.hold_s = 0.0          # a stalled collector: each request waits this long
@@ -141,6 +143,29 @@ class OtlpReceiver:
                 self.counts[key] = self.counts.get(key, 0) + value
             self._cond.notify_all()
         return 0
+
+    def _record_metrics(self, request) -> None:
+        with self._cond:
+            self.metric_requests.append(request)
+            self._cond.notify_all()
+
+    def histogram_points(self, metric_name: str) -> list[tuple[dict, dict, object]]:
+        """(resource attributes, point attributes, HistogramDataPoint) of the
+        last metric export request that carried metric_name (cumulative)."""
+        with self._cond:
+            requests = list(self.metric_requests)
+        for request in reversed(requests):
+            points = []
+            for rm in request.resource_metrics:
+                resource = attributes(rm.resource.attributes)
+                for sm in rm.scope_metrics:
+                    for metric in sm.metrics:
+                        if metric.name == metric_name:
+                            points.extend((resource, attributes(p.attributes), p)
+                                          for p in metric.histogram.data_points)
+            if points:
+                return points
+        return []
 
     def wait_for(self, predicate, timeout: float = 5.0) -> bool:
         """Wait until predicate(self.spans) holds; False on timeout."""
@@ -205,6 +230,13 @@ class OtlpReceiver:
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if self.path == "/v1/metrics":
+                    if self.headers.get("Content-Encoding") == "gzip":
+                        body = gzip.decompress(body)
+                    receiver._record_metrics(
+                        metrics_service_pb2.ExportMetricsServiceRequest.FromString(body))
+                    return self._reply(
+                        200, metrics_service_pb2.ExportMetricsServiceResponse().SerializeToString())
                 if self.path != "/v1/traces":
                     return self._reply(404, b"")
                 if receiver.fail_with is not None:
@@ -253,7 +285,14 @@ class OtlpReceiver:
                     response.partial_success.rejected_spans = rejected
                 return response
 
+        class MetricsServicer(metrics_service_pb2_grpc.MetricsServiceServicer):
+            def Export(self, request, context):
+                receiver._record_metrics(request)
+                return metrics_service_pb2.ExportMetricsServiceResponse()
+
         self._grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Servicer(), self._grpc)
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(MetricsServicer(),
+                                                                      self._grpc)
         self._grpc.add_insecure_port(f"127.0.0.1:{self.port}")
         self._grpc.start()

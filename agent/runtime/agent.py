@@ -12,6 +12,8 @@ from agent.export import create_sink, describe_sink, exporter_endpoint
 from agent.runtime.heap import settle_heap
 from agent.spans.k8s import PodMetadata
 from agent.capture.loader import CaptureSettings, load_capture
+from agent.capture.bpf_stats import enable_stats
+from agent.metrics.otlp import OtlpMetricsExport, metric_exporter_endpoint
 from agent.runtime.metrics import AgentMetrics, MetricsServer
 from agent.runtime.pipeline import Pipeline
 from agent.capture.records import C
@@ -54,7 +56,13 @@ class AgentConfig:
     keep_error_spans: bool = True
     span_workers: int = 1
     yield_cpu: bool = True
+<<<<<<< HEAD
     conntrack: bool = True
+=======
+    request_metrics: bool = True          # agent/metrics: RED histograms on /metrics
+    otlp_metrics: bool | None = None      # None: when the span exporter is OTLP
+    metric_series_limit: int = 2000
+>>>>>>> red
 
 
 class Agent:
@@ -70,6 +78,8 @@ class Agent:
         self.sink_name = ""
         self.metrics = None
         self.metrics_server = None
+        self.otlp_metrics = None
+        self.bpf_stats_fd = None
         self._stop = threading.Event()
         self._stop_requested = False
 
@@ -84,7 +94,8 @@ class Agent:
         def make_stage():
             return LocalSpanStage(create_sink(config.exporter, config.otlp_impl, os.environ,
                                               console_stream=self.console_stream),
-                                  redactor, sampler, routes)
+                                  redactor, sampler, routes, red_metrics=config.request_metrics,
+                                  series_limit=config.metric_series_limit)
 
         # Workers fork before any thread starts or BPF object opens.
         self.span_stage = SpanWorkerPool(make_stage, config.span_workers) \
@@ -94,6 +105,13 @@ class Agent:
             if config.exporter in ("auto", "otlp") else None
         if endpoint is not None:
             excluded.append(endpoint)
+        otlp_metrics = config.request_metrics and (
+            config.otlp_metrics if config.otlp_metrics is not None
+            else self.sink_name.startswith("otlp"))
+        if otlp_metrics:
+            metrics_endpoint = metric_exporter_endpoint(os.environ)
+            if metrics_endpoint is not None and metrics_endpoint != endpoint:
+                excluded.append(metrics_endpoint)
         selection = Selection(config.pids, config.exes, config.cgroups, config.containers)
         pids, cgroups = selection.resolve()
         settings = CaptureSettings(
@@ -107,6 +125,9 @@ class Agent:
             report_execs=C["EXECS_ALL"] if selection.exes else C["EXECS_TRACED"])
         self.metrics = AgentMetrics(self)
         self.capture = load_capture(settings)
+        # Kernel BPF stats on for the agent's life: the kernel turns them
+        # back off when this fd closes, however the agent exits.
+        self.bpf_stats_fd = enable_stats()
         selection.known_pids, selection.known_cgroups = pids or set(), cgroups or set()
         tls = None
         if config.tls:
@@ -125,6 +146,10 @@ class Agent:
                                  nat=self.nat if self.nat is not None and self.nat.available
                                  else None,
                                  cpu_yield=CpuYield(agent_pids, self.capture.ring, config.yield_cpu))
+        if otlp_metrics:
+            stage = self.span_stage
+            self.otlp_metrics = OtlpMetricsExport(lambda: stage.snapshot().get("red"))
+            self.otlp_metrics.start()
         if config.metrics_address:
             self.metrics_server = MetricsServer(config.metrics_address, self.metrics, self)
             self.metrics_server.start()
@@ -169,12 +194,17 @@ class Agent:
                 self.capture.close()
             if self.span_stage is not None:
                 self.span_stage.shutdown(STOP_FLUSH_SECONDS)
+        if self.otlp_metrics is not None:
+            self.otlp_metrics.stop()
         if self.k8s is not None:
             self.k8s.stop()
         if self.nat is not None:
             self.nat.close()
         if self.metrics_server is not None:
             self.metrics_server.stop()
+        if self.bpf_stats_fd is not None:
+            os.close(self.bpf_stats_fd)
+            self.bpf_stats_fd = None
 
     def healthy(self) -> tuple[bool, str]:
         if self.pipeline is None:

@@ -14,7 +14,9 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, Hist
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from agent import __version__
+from agent.capture import bpf_stats
 from agent.capture.records import PROBE_STATS_FIELDS
+from agent.metrics.prometheus import red_families
 from agent.runtime.span_worker import EXPORT_SECONDS_BUCKETS, SpanWorkerPool
 
 PREFIX = "otel_ebpf"
@@ -33,6 +35,7 @@ def declared_families(counter_values):
         yield family
 
 
+<<<<<<< HEAD
 def parse_error_samples(declarations, counts: dict):
     """((protocol, reason), value) of every declared reason, at 0 until its
     first error (agent/counters.py ParseErrors), then of any reason counted
@@ -40,6 +43,22 @@ def parse_error_samples(declarations, counts: dict):
     samples = {(d.protocol, reason): 0 for d in declarations for reason in d.reasons}
     samples.update(list(counts.items()))
     return samples.items()
+=======
+def bpf_families():
+    """The probes' run time and runs (kernel BPF stats, on while the agent
+    runs) and the fill of the agent's kernel hash maps."""
+    run_time = CounterMetricFamily(f"{PREFIX}_bpf_program_run_time_seconds", "CPU time the kernel spent in the agent's BPF programs while the agent ran (kernel BPF stats).", labels=["program"])
+    runs = CounterMetricFamily(f"{PREFIX}_bpf_program_runs", "Runs of the agent's BPF programs while the agent ran (kernel BPF stats).", labels=["program"])
+    for program, (ns, count) in sorted(bpf_stats.program_stats().items()):
+        run_time.add_metric([program], ns / 1e9)
+        runs.add_metric([program], count)
+    entries = GaugeMetricFamily(f"{PREFIX}_bpf_map_entries", "Entries in each of the agent's kernel hash maps.", labels=["map"])
+    capacity = GaugeMetricFamily(f"{PREFIX}_bpf_map_max_entries", "Capacity of each of the agent's kernel hash maps.", labels=["map"])
+    for name, (count, max_entries) in sorted(bpf_stats.map_fill().items()):
+        entries.add_metric([name], count)
+        capacity.add_metric([name], max_entries)
+    yield from (run_time, runs, entries, capacity)
+>>>>>>> red
 
 
 class AgentCollector:
@@ -70,6 +89,7 @@ class AgentCollector:
             size = GaugeMetricFamily(f"{PREFIX}_ring_buffer_size_bytes", "Ring buffer size.")
             size.add_metric([], capture.settings.ring_buffer_bytes)
             yield size
+            yield from bpf_families()
         if pipeline is None:
             return
         protocols = pipeline.protocols
@@ -111,6 +131,7 @@ class AgentCollector:
             histogram = HistogramMetricFamily(f"{PREFIX}_export_duration_seconds", "Time one export request took.")
             histogram.add_metric([], cumulative, stage.get("export_seconds_sum", 0.0))
             yield histogram
+        yield from red_families(stage.get("red"), PREFIX)
         depth = GaugeMetricFamily(f"{PREFIX}_queue_depth", "Items waiting in a pipeline queue.", labels=["queue"])
         depth.add_metric(["export"], stage.get("queue_depth", 0))
         yield depth

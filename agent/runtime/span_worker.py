@@ -31,6 +31,7 @@ import threading
 import time
 
 from agent.export.batch import BatchExporter
+from agent.metrics.red import DEFAULT_SERIES_LIMIT, RedAggregator, merge_red
 from agent.runtime.heap import settle_heap
 from agent.spans.redact import Redactor
 from agent.spans.resources import ResourceCache
@@ -70,8 +71,11 @@ class LocalSpanStage:
     """Factory, sampler and batch exporter in the calling process."""
 
     def __init__(self, sink, redactor: Redactor, sampler: Sampler, routes: RouteNamer,
-                 exporter_options: dict | None = None):
+                 exporter_options: dict | None = None, red_metrics: bool = True,
+                 series_limit: int = DEFAULT_SERIES_LIMIT):
         self.resources = ResourceCache()
+        # Request metrics see every span, before sampling (agent/metrics/red.py).
+        self.red = RedAggregator(series_limit) if red_metrics else None
         self.factory = SpanFactory(self.resources, redactor, routes=routes)
         self.redactor = redactor
         self.sampler = sampler
@@ -81,6 +85,8 @@ class LocalSpanStage:
 
     def submit(self, exchanges: list) -> None:
         spans = self.factory.spans(exchanges)
+        if self.red is not None:
+            self.red.observe(spans)
         self.exporter.submit(self.sampler.filter(spans))
 
     def housekeeping(self) -> None:
@@ -107,6 +113,7 @@ class LocalSpanStage:
             "export_seconds_buckets": list(self.latency.buckets),
             "export_seconds_sum": self.latency.sum,
             "alive": int(self.alive()),
+            "red": self.red.snapshot() if self.red is not None else {},
         }
 
     def shutdown(self, timeout_s: float) -> None:
@@ -115,8 +122,11 @@ class LocalSpanStage:
 
 def merge_snapshots(snapshots: list[dict]) -> dict:
     total: dict = {}
+    reds = [snap["red"] for snap in snapshots if snap.get("red")]
     for snap in snapshots:
         for key, value in snap.items():
+            if key == "red":
+                continue
             if isinstance(value, dict):
                 bucket = total.setdefault(key, {})
                 for k, v in value.items():
@@ -131,6 +141,8 @@ def merge_snapshots(snapshots: list[dict]) -> dict:
                 total[key] = max(total.get(key, 0), value)
             else:
                 total[key] = total.get(key, 0) + value
+    if reds:
+        total["red"] = merge_red(reds, max(r.get("limit", DEFAULT_SERIES_LIMIT) for r in reds))
     return total
 
 
@@ -215,7 +227,7 @@ class _Worker:
         # A second descriptor, so that the send timeout does not apply here.
         reader = socket.socket(fileno=os.dup(self.sock.fileno()))
         reader.settimeout(None)
-        buffer = bytearray(1 << 20)   # stats snapshots are a few KB
+        buffer = bytearray(8 << 20)   # stats: a few KB, up to MBs of request-metric series
         view = memoryview(buffer)
         try:
             while True:

@@ -1,9 +1,10 @@
 """A small HTTP/1.1 keep-alive backend for kernel tests.
 
-GET /status/<code> answers with that status; /slow/<ms> waits first;
-anything else answers 200 "ok".  Listens on 127.0.0.1:<port> (or the
-address in BACKEND_HOST: a test network namespace's); with `--tls CERT KEY`
-it speaks HTTPS (Python's ssl module, OpenSSL underneath).
+GET /status/<code> answers with that status (also under /api/, as nginx
+forwards it); /slow/<ms> waits first; anything else answers 200 "ok".
+Listens on 127.0.0.1:<port> (or the address in BACKEND_HOST: a test network
+namespace's); with `--tls CERT KEY` it speaks HTTPS (Python's ssl module,
+OpenSSL underneath).
 """
 import os
 import ssl
@@ -14,12 +15,17 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Head and body go out in two writes: without TCP_NODELAY the second
+    # waits for the client's delayed ACK, 40 ms per keep-alive request.
+    disable_nagle_algorithm = True
 
     def _answer(self):
         length = int(self.headers.get("Content-Length") or 0)
         if length:
             self.rfile.read(length)
         parts = self.path.split("?", 1)[0].strip("/").split("/")
+        if parts[0] == "api" and len(parts) > 1:
+            parts = parts[1:]
         code = 200
         if parts[0] == "status" and len(parts) > 1 and parts[1].isdigit():
             code = int(parts[1])

@@ -1,0 +1,1 @@
+"""Request (RED) metrics computed from every built span before sampling."""

@@ -4,6 +4,7 @@ their SSL objects bound to sockets by the bytes of their TLS records."""
 from __future__ import annotations
 
 import shutil
+import sys
 import subprocess
 
 import pytest
@@ -62,19 +63,55 @@ def test_node_https_server_and_client(receiver, start_agent, tls_certificate, no
         for proc in (client, server):
             proc.kill()
             proc.wait()
-    assert len(servers) == REQUESTS and len(clients) == REQUESTS
+    check_http_spans(servers, clients, f"https://127.0.0.1:{port}/orders/7?x=1")
+    assert tls_unmapped(agent) == 0, \
+        [line for line in agent.metrics().splitlines() if "tls_unmapped" in line]
+
+
+def check_http_spans(servers, clients, url: str) -> None:
+    """What a user checks of REQUESTS exchanges: one server and one client
+    span each, the fields right, every traceparent honoured."""
+    assert len(servers) == REQUESTS and len(clients) == REQUESTS, (servers, clients)
     for span in servers:
         assert span.trace_id == TRACE_ID
         assert span.attributes["url.scheme"] == "https"
         assert span.attributes["url.path"] == "/orders/7"
         assert span.attributes["http.request.method"] == "GET"
         assert span.attributes["http.response.status_code"] == 200
-    # Each request's traceparent named its parent: every one honoured.
-    assert sorted(s.parent_span_id for s in servers) == \
-        [parent_id(i) for i in range(1, REQUESTS + 1)]
-    assert sorted(s.span_id for s in clients) == [parent_id(i) for i in range(1, REQUESTS + 1)]
+    expected = [parent_id(i) for i in range(1, REQUESTS + 1)]
+    assert sorted(s.parent_span_id for s in servers) == expected
+    assert sorted(s.span_id for s in clients) == expected
     for span in clients:
-        assert span.attributes["url.full"] == f"https://127.0.0.1:{port}/orders/7?x=1"
+        assert span.attributes["url.full"] == url
         assert span.attributes["http.response.status_code"] == 200
+
+
+def test_uvicorn_ssl_called_by_aiohttp(receiver, start_agent, tls_certificate):
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("aiohttp")
+    port = free_port()
+    url = f"https://127.0.0.1:{port}/orders/7?x=1"
+    server = subprocess.Popen([sys.executable, "-m", "uvicorn", "--app-dir", str(PEERS),
+                               "asgi_app:app", "--host", "127.0.0.1", "--port", str(port),
+                               "--ssl-keyfile", str(tls_certificate.key),
+                               "--ssl-certfile", str(tls_certificate.cert), "--log-level", "warning"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    client = subprocess.Popen([sys.executable, str(PEERS / "aiohttp_client.py"), url,
+                               str(REQUESTS), str(tls_certificate.cert), TRACEPARENT_PREFIX],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        wait_for_port(port, process=server, name="uvicorn")
+        agent = start_agent("--pid", str(server.pid), "--pid", str(client.pid))
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        out, _ = client.communicate(timeout=60)
+        assert out.split() == ["200"] * REQUESTS + ["done"], out
+        servers = wait_spans(receiver, on_port(port, KIND_SERVER), REQUESTS)
+        clients = wait_spans(receiver, on_port(port, KIND_CLIENT), REQUESTS)
+    finally:
+        for proc in (client, server):
+            proc.kill()
+            proc.wait()
+    check_http_spans(servers, clients, url)
     assert tls_unmapped(agent) == 0, \
         [line for line in agent.metrics().splitlines() if "tls_unmapped" in line]

@@ -11,6 +11,9 @@ import pytest
 
 from agent.spans.model import KIND_CLIENT, KIND_SERVER
 from conftest import PEERS, free_port, wait_for_port
+from databases import (DB_COLLECTION_NAME, DB_NAMESPACE, DB_OPERATION_NAME, DB_SYSTEM_NAME,
+                       PG_USER, wait_sql_spans)
+from databases import postgres_fixture  # noqa: F401  (fixture)
 from test_http1_e2e import TRACE_ID, wait_spans
 
 REQUESTS = 20
@@ -113,5 +116,33 @@ def test_uvicorn_ssl_called_by_aiohttp(receiver, start_agent, tls_certificate):
             proc.kill()
             proc.wait()
     check_http_spans(servers, clients, url)
+    assert tls_unmapped(agent) == 0, \
+        [line for line in agent.metrics().splitlines() if "tls_unmapped" in line]
+
+
+def test_asyncpg_over_tls_gives_database_spans(receiver, start_agent, postgres):
+    pytest.importorskip("asyncpg")
+    postgres.execute("DROP TABLE IF EXISTS tls_orders", "CREATE TABLE tls_orders (id int)",
+                     "INSERT INTO tls_orders SELECT generate_series(1, 100)")
+    client = subprocess.Popen([sys.executable, str(PEERS / "asyncpg_client.py"), postgres.host,
+                               str(postgres.port), PG_USER, postgres.database, str(REQUESTS)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        agent = start_agent("--pid", str(client.pid))
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        out, _ = client.communicate(timeout=60)
+        assert out.split() == [str(100 - i) for i in range(1, REQUESTS + 1)] + ["done"], out
+        selects = wait_sql_spans(receiver, postgres.port, REQUESTS,
+                                 where=lambda s: s.attributes.get(DB_OPERATION_NAME) == "SELECT")
+    finally:
+        client.kill()
+        client.wait()
+    assert len(selects) == REQUESTS, [s.name for s in receiver.spans]
+    for span in selects:
+        assert span.attributes[DB_SYSTEM_NAME] == "postgresql"
+        assert span.attributes.get(DB_NAMESPACE) == postgres.database
+        assert span.attributes.get(DB_COLLECTION_NAME) == "tls_orders"
+        assert span.resource.get("process.pid") == client.pid
     assert tls_unmapped(agent) == 0, \
         [line for line in agent.metrics().splitlines() if "tls_unmapped" in line]

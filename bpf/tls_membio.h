@@ -31,8 +31,14 @@ struct membio_record_key {
     __u8 head[MEMBIO_KEY_BYTES];
 };
 
-/* The first bytes of a record written to an unbound write BIO -> its SSL. */
-MAP(LRU_HASH, membio_records, struct membio_record_key, __u64, 16384);
+struct membio_writer {
+    __u64 ssl;
+    __u64 bio;
+};
+
+/* The first bytes of a record written to an unbound write BIO -> its SSL
+ * and that BIO.  Records never seen on a socket age out (LRU). */
+MAP(LRU_HASH, membio_records, struct membio_record_key, struct membio_writer, 16384);
 
 /* Processes that gave an SSL a BIO: only their socket writes are compared. */
 MAP(LRU_HASH, membio_processes, __u32, __u8, 4096);
@@ -60,6 +66,9 @@ int tls_membio_enter(struct pt_regs *ctx)
         if (!key.bio)
             return 0;
         __u8 one = 1;
+        /* A new SSL at a freed one's address must not inherit its socket. */
+        struct ssl_key old = { .ssl = ssl, .tgid = tgid };
+        bpf_map_delete_elem(&ssl_fds, &old);
         bpf_map_update_elem(&membio_wbios, &key, &ssl, BPF_ANY);
         bpf_map_update_elem(&membio_processes, &tgid, &one, BPF_ANY);
         return 0;
@@ -69,7 +78,7 @@ int tls_membio_enter(struct pt_regs *ctx)
     __u64 *ssl = bpf_map_lookup_elem(&membio_wbios, &key);
     if (!ssl || PT_REGS_PARM3(ctx) < MEMBIO_KEY_BYTES)
         return 0;
-    __u64 owner = *ssl;
+    struct membio_writer owner = { .ssl = *ssl, .bio = key.bio };
     struct membio_record_key record = { .tgid = tgid };
     if (bpf_probe_read_user(record.head, sizeof(record.head), (void *)PT_REGS_PARM2(ctx)))
         return 0;
@@ -103,12 +112,16 @@ static __always_inline void membio_bind_socket(__u64 id, __u32 fd, __u64 buf,
     struct membio_record_key record = { .tgid = tgid };
     if (bpf_probe_read_user(record.head, sizeof(record.head), (void *)data))
         return;
-    __u64 *ssl = bpf_map_lookup_elem(&membio_records, &record);
-    if (!ssl)
+    struct membio_writer *found = bpf_map_lookup_elem(&membio_records, &record);
+    if (!found)
         return;
-    struct ssl_key bound = { .ssl = *ssl, .tgid = tgid };
+    struct membio_writer writer = *found;
+    struct ssl_key bound = { .ssl = writer.ssl, .tgid = tgid };
     __s32 socket_fd = fd;
     bpf_map_update_elem(&ssl_fds, &bound, &socket_fd, BPF_ANY);
+    /* Bound: its later records need no remembering. */
+    struct membio_bio_key wbio = { .bio = writer.bio, .tgid = tgid };
+    bpf_map_delete_elem(&membio_wbios, &wbio);
     bpf_map_delete_elem(&membio_records, &record);
     conn->tls = 1;
 }

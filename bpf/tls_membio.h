@@ -76,7 +76,16 @@ int tls_membio_enter(struct pt_regs *ctx)
     /* BIO_write(bio, data, len) and BIO_write_ex(bio, data, len, written). */
     struct membio_bio_key key = { .bio = PT_REGS_PARM1(ctx), .tgid = tgid };
     __u64 *ssl = bpf_map_lookup_elem(&membio_wbios, &key);
-    if (!ssl || PT_REGS_PARM3(ctx) < MEMBIO_KEY_BYTES)
+    if (!ssl)
+        return 0;
+    /* Bound already (a BIO over a socket, whose SSL call made the socket
+     * call itself): nothing to remember. */
+    struct ssl_key bound = { .ssl = *ssl, .tgid = tgid };
+    if (bpf_map_lookup_elem(&ssl_fds, &bound)) {
+        bpf_map_delete_elem(&membio_wbios, &key);
+        return 0;
+    }
+    if (PT_REGS_PARM3(ctx) < MEMBIO_KEY_BYTES)
         return 0;
     struct membio_writer owner = { .ssl = *ssl, .bio = key.bio };
     struct membio_record_key record = { .tgid = tgid };

@@ -28,6 +28,8 @@ PACKAGES=(
     libssl-dev
     # `vagrant validate` checks the Vagrantfile offline (tests/test_deploy.py)
     vagrant
+    # Node.js https peers (OpenSSL memory BIOs, tests/kernel/test_tls_membio.py)
+    nodejs
 )
 
 missing=()

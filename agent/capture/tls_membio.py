@@ -24,13 +24,22 @@ BIO_FUNCTIONS = {"BIO_write": C["MEMBIO_FN_BIO_WRITE"],
 
 
 def libcrypto_beside(libssl_path: str) -> str | None:
-    """The libcrypto that ships with a libssl: same directory, same suffix
-    (libssl.so.3 -> libcrypto.so.3)."""
+    """The libcrypto that ships with a libssl: same directory, same version
+    suffix (libssl.so.3 -> libcrypto.so.3; a wheel's libssl-<hash>.so.3 ->
+    its one libcrypto-<hash>.so.3)."""
     directory, _, name = libssl_path.rpartition("/")
     if not name.startswith("libssl"):
         return None
-    candidate = f"{directory}/libcrypto{name.removeprefix('libssl')}"
-    return candidate if os.path.exists(candidate) else None
+    plain = f"{directory}/libcrypto{name.removeprefix('libssl')}"
+    if os.path.exists(plain):
+        return plain
+    suffix = name[name.index(".so"):] if ".so" in name else ""
+    try:
+        found = [entry for entry in os.listdir(directory or "/")
+                 if entry.startswith("libcrypto") and entry.endswith(suffix)]
+    except OSError:
+        return None
+    return f"{directory}/{found[0]}" if len(found) == 1 else None
 
 
 class MemoryBioProbes:
@@ -75,3 +84,15 @@ class MemoryBioProbes:
             self._seen.add(key)
             self.counts["probes_attached"] += attached
         return attached
+
+    def describe(self) -> str:
+        """The doctor's line: what memory-BIO programs get on this node."""
+        probed, incomplete = self.counts["files_probed"], self.counts["files_incomplete"]
+        if not probed and not incomplete:
+            return "  memory BIOs (Node.js, Python asyncio): no OpenSSL found to probe"
+        line = (f"  memory BIOs (Node.js, Python asyncio): {probed} OpenSSL file(s) bind SSL "
+                f"objects to sockets by their TLS records")
+        if incomplete:
+            line += (f"; {incomplete} without SSL_set_bio/BIO_write (their memory-BIO "
+                     "plaintext is counted in otel_ebpf_kernel_tls_unmapped_total, not traced)")
+        return line

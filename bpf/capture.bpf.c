@@ -316,10 +316,14 @@ static __always_inline struct conn_info *traced_conn(__u32 tgid, __u32 fd)
     return conn && conn->traced ? conn : NULL;
 }
 
+#include "tls_membio.h"
+
 static __always_inline int on_io_enter(__u32 fd, __u64 buf, __u32 count, __u32 probe,
                                        __u8 buffer_kind, __u8 direction)
 {
     __u64 id = bpf_get_current_pid_tgid();
+    if (CONFIG(tls))
+        membio_bind_socket(id, fd, buf, buffer_kind, direction);
     if (!capture_target(id, fd, buffer_kind))
         return 0;
     struct io_args args = {

@@ -74,6 +74,10 @@
 #define TLS_FN_WRITE_EX 2
 #define TLS_FN_READ_EX 3
 #define TLS_FN_SET_FD 4
+/* Cookies of bpf/tls_membio.h's memory-BIO uprobe (agent/capture/tls_membio.py). */
+#define MEMBIO_FN_SET_BIO 0
+#define MEMBIO_FN_SET0_WBIO 1
+#define MEMBIO_FN_BIO_WRITE 2
 
 /* Addresses are IPv6 or IPv4-mapped IPv6 (::ffff:a.b.c.d), ports in host
  * byte order.  "local" is the traced process's end of the connection. */

@@ -28,7 +28,8 @@ PACKAGES=(
     libssl-dev
     # `vagrant validate` checks the Vagrantfile offline (tests/test_deploy.py)
     vagrant
-    # Node.js: its `http2` server is a peer of the HTTP/2 kernel tests
+    # Node.js: peer of the HTTP/2 kernel tests (its `http2` server) and of
+    # the memory-BIO TLS tests (its `https` server and client)
     nodejs
     # nft: the NAT kernel tests build a "Service" address with a DNAT rule
     nftables

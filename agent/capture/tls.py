@@ -17,8 +17,9 @@ through /proc/PID/root so that containers' own copies count) is probed once:
 
 The plaintext then enters the same pipeline as cleartext socket data, with
 FLAG_TLS.  Memory-BIO users (Python's asyncio, Node) never do socket I/O
-under SSL_read/SSL_write: their calls cannot be tied to a connection and are
-counted in otel_ebpf_kernel_tls_unmapped_total.
+under SSL_read/SSL_write: agent/capture/tls_membio.py ties their SSL objects
+to sockets by the bytes of their TLS records; calls still not tied to a
+connection are counted in otel_ebpf_kernel_tls_unmapped_total.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ import time
 
 from agent.capture.elf import function_symbols
 from agent.capture.records import C
+from agent.capture.tls_membio import MemoryBioProbes
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +98,7 @@ class TlsProbes:
         self._next_full = 0.0
         self.counts = {"files_probed": 0, "files_without_symbols": 0, "probes_attached": 0}
         self.probed_files: list[str] = []   # the first few, for the doctor and the log
+        self.membio = MemoryBioProbes(capture)   # SSL <-> socket where BIOs are memory
 
     def start(self) -> None:
         for path in system_libssl_paths():
@@ -162,6 +165,7 @@ class TlsProbes:
                 attached += self.capture.attach_uprobes(
                     "tls_exit", path, [(offsets[name], OPENSSL_FUNCTIONS[name])
                                        for name in _RETURNING if name in offsets], True)
+                self.membio.probe(path, executable)
         self._seen[key] = attached > 0
         if attached:
             self.counts["files_probed"] += 1

@@ -76,6 +76,7 @@ def report(loader: str = "auto", kernel_headers: str | None = None) -> tuple[str
             lines.append(f"\nTLS: {tls.counts['files_probed']} OpenSSL file(s) probed in a trial "
                          f"({tls.counts['probes_attached']} probes, {attach})")
             lines += [f"  {path}" for path in tls.probed_files]
+            lines.append(tls.membio.describe())
             if not tls.counts["files_probed"]:
                 lines.append("  no OpenSSL found: TLS traffic stays unreadable "
                              "(Go, BoringSSL, rustls and Java are out of reach anyway)")

@@ -1,0 +1,148 @@
+"""TLS over OpenSSL memory BIOs: programs that never make a socket call
+inside SSL_read/SSL_write (Node.js https, Python asyncio), traced with
+their SSL objects bound to sockets by the bytes of their TLS records."""
+from __future__ import annotations
+
+import shutil
+import sys
+import subprocess
+
+import pytest
+
+from agent.spans.model import KIND_CLIENT, KIND_SERVER
+from conftest import PEERS, free_port, wait_for_port
+from databases import (DB_COLLECTION_NAME, DB_NAMESPACE, DB_OPERATION_NAME, DB_SYSTEM_NAME,
+                       PG_USER, wait_sql_spans)
+from databases import postgres_fixture  # noqa: F401  (fixture)
+from test_http1_e2e import TRACE_ID, wait_spans
+
+REQUESTS = 20
+TRACEPARENT_PREFIX = f"00-{TRACE_ID}-"
+
+
+def parent_id(i: int) -> str:
+    return f"{i:016x}"
+
+
+def on_port(port: int, kind: int):
+    return lambda s: s.kind == kind and s.attributes.get("server.port") == port
+
+
+def tls_unmapped(agent) -> float:
+    return (agent.metric("otel_ebpf_kernel_tls_unmapped_total", probe="ssl_read")
+            + agent.metric("otel_ebpf_kernel_tls_unmapped_total", probe="ssl_write"))
+
+
+@pytest.fixture
+def node():
+    path = shutil.which("node") or shutil.which("nodejs")
+    if not path:
+        pytest.skip("Debian's nodejs is not installed (make setup installs it)")
+    return path
+
+
+def test_node_https_server_and_client(receiver, start_agent, tls_certificate, node):
+    port = free_port()
+    server = subprocess.Popen([node, str(PEERS / "node_https.js"), "server", str(port),
+                               str(tls_certificate.cert), str(tls_certificate.key)],
+                              stdout=subprocess.PIPE, text=True)
+    client = subprocess.Popen([node, str(PEERS / "node_https.js"), "client",
+                               f"https://127.0.0.1:{port}/orders/7?x=1", str(REQUESTS),
+                               str(tls_certificate.cert), TRACEPARENT_PREFIX],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        wait_for_port(port, process=server)
+        # Both processes run before the agent starts: it finds OpenSSL in
+        # the node executable in its start-up scan.
+        agent = start_agent("--pid", str(server.pid), "--pid", str(client.pid))
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        out, _ = client.communicate(timeout=60)
+        assert out.split() == ["200"] * REQUESTS + ["done"], out
+        servers = wait_spans(receiver, on_port(port, KIND_SERVER), REQUESTS)
+        clients = wait_spans(receiver, on_port(port, KIND_CLIENT), REQUESTS)
+    finally:
+        for proc in (client, server):
+            proc.kill()
+            proc.wait()
+    check_http_spans(servers, clients, f"https://127.0.0.1:{port}/orders/7?x=1")
+    assert tls_unmapped(agent) == 0, \
+        [line for line in agent.metrics().splitlines() if "tls_unmapped" in line]
+
+
+def check_http_spans(servers, clients, url: str) -> None:
+    """What a user checks of REQUESTS exchanges: one server and one client
+    span each, the fields right, every traceparent honoured."""
+    assert len(servers) == REQUESTS and len(clients) == REQUESTS, (servers, clients)
+    for span in servers:
+        assert span.trace_id == TRACE_ID
+        assert span.attributes["url.scheme"] == "https"
+        assert span.attributes["url.path"] == "/orders/7"
+        assert span.attributes["http.request.method"] == "GET"
+        assert span.attributes["http.response.status_code"] == 200
+    expected = [parent_id(i) for i in range(1, REQUESTS + 1)]
+    assert sorted(s.parent_span_id for s in servers) == expected
+    assert sorted(s.span_id for s in clients) == expected
+    for span in clients:
+        assert span.attributes["url.full"] == url
+        assert span.attributes["http.response.status_code"] == 200
+
+
+def test_uvicorn_ssl_called_by_aiohttp(receiver, start_agent, tls_certificate):
+    pytest.importorskip("uvicorn")
+    pytest.importorskip("aiohttp")
+    port = free_port()
+    url = f"https://127.0.0.1:{port}/orders/7?x=1"
+    server = subprocess.Popen([sys.executable, "-m", "uvicorn", "--app-dir", str(PEERS),
+                               "asgi_app:app", "--host", "127.0.0.1", "--port", str(port),
+                               "--ssl-keyfile", str(tls_certificate.key),
+                               "--ssl-certfile", str(tls_certificate.cert), "--log-level", "warning"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    client = subprocess.Popen([sys.executable, str(PEERS / "aiohttp_client.py"), url,
+                               str(REQUESTS), str(tls_certificate.cert), TRACEPARENT_PREFIX],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        wait_for_port(port, process=server, name="uvicorn")
+        agent = start_agent("--pid", str(server.pid), "--pid", str(client.pid))
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        out, _ = client.communicate(timeout=60)
+        assert out.split() == ["200"] * REQUESTS + ["done"], out
+        servers = wait_spans(receiver, on_port(port, KIND_SERVER), REQUESTS)
+        clients = wait_spans(receiver, on_port(port, KIND_CLIENT), REQUESTS)
+    finally:
+        for proc in (client, server):
+            proc.kill()
+            proc.wait()
+    check_http_spans(servers, clients, url)
+    assert tls_unmapped(agent) == 0, \
+        [line for line in agent.metrics().splitlines() if "tls_unmapped" in line]
+
+
+def test_asyncpg_over_tls_gives_database_spans(receiver, start_agent, postgres):
+    pytest.importorskip("asyncpg")
+    postgres.execute("DROP TABLE IF EXISTS tls_orders", "CREATE TABLE tls_orders (id int)",
+                     "INSERT INTO tls_orders SELECT generate_series(1, 100)")
+    client = subprocess.Popen([sys.executable, str(PEERS / "asyncpg_client.py"), postgres.host,
+                               str(postgres.port), PG_USER, postgres.database, str(REQUESTS)],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        agent = start_agent("--pid", str(client.pid))
+        client.stdin.write("go\n")
+        client.stdin.flush()
+        out, _ = client.communicate(timeout=60)
+        assert out.split() == [str(100 - i) for i in range(1, REQUESTS + 1)] + ["done"], out
+        selects = wait_sql_spans(receiver, postgres.port, REQUESTS,
+                                 where=lambda s: s.attributes.get(DB_OPERATION_NAME) == "SELECT")
+    finally:
+        client.kill()
+        client.wait()
+    assert len(selects) == REQUESTS, [s.name for s in receiver.spans]
+    for span in selects:
+        assert span.attributes[DB_SYSTEM_NAME] == "postgresql"
+        assert span.attributes.get(DB_NAMESPACE) == postgres.database
+        assert span.attributes.get(DB_COLLECTION_NAME) == "tls_orders"
+        assert span.resource.get("process.pid") == client.pid
+    assert tls_unmapped(agent) == 0, \
+        [line for line in agent.metrics().splitlines() if "tls_unmapped" in line]

@@ -56,13 +56,10 @@ class AgentConfig:
     keep_error_spans: bool = True
     span_workers: int = 1
     yield_cpu: bool = True
-<<<<<<< HEAD
     conntrack: bool = True
-=======
     request_metrics: bool = True          # agent/metrics: RED histograms on /metrics
     otlp_metrics: bool | None = None      # None: when the span exporter is OTLP
     metric_series_limit: int = 2000
->>>>>>> red
 
 
 class Agent:

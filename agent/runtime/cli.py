@@ -150,14 +150,12 @@ def loader_options(command):
               help="Run the agent under SCHED_IDLE while it keeps up, so that a traced process "
                    "waking on a core takes it from the agent at once; the agent takes its "
                    "normal weight back while its ring buffer fills or its loop runs late.")
-<<<<<<< HEAD
 @click.option("--conntrack/--no-conntrack", default=True, envvar="OTEL_EBPF_CONNTRACK",
               show_default=True,
               help="Resolve NATed client connections (Kubernetes Service addresses) through the "
                    "node's connection tracker, once per new connection: client spans get the "
                    "pod reached as network.peer.address and link to its server span on this "
                    "node. Needs CAP_NET_ADMIN in the host's network namespace.")
-=======
 @click.option("--request-metrics/--no-request-metrics", default=True,
               envvar="OTEL_EBPF_REQUEST_METRICS", show_default=True,
               help="Request duration histograms (HTTP, gRPC, database) from every exchange, "
@@ -169,7 +167,6 @@ def loader_options(command):
               envvar="OTEL_EBPF_METRIC_SERIES_LIMIT", show_default=True,
               help="Series per request metric; further ones fold into the "
                    "otel.metric.overflow=true series.")
->>>>>>> red
 @click.option("--duration", type=click.FloatRange(min=0), default=None,
               help="Stop after this many seconds (default: run until SIGINT/SIGTERM).")
 @click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
@@ -178,12 +175,8 @@ def loader_options(command):
               help="Print the resolved settings as YAML and exit without tracing.")
 def run(pids, cgroups, containers, ports, exes, exporter, otlp_impl, capture_bytes, ring_buffer_size, hooks,
         loader, kernel_headers, metrics_address, redact_query_keys, sql_text, tls, routes, keep_error_spans, span_workers, nice,
-<<<<<<< HEAD
-        yield_cpu, conntrack, duration, log_level, check_config):
-=======
-        yield_cpu, request_metrics, otlp_metrics, metric_series_limit, duration, log_level,
-        check_config):
->>>>>>> red
+        yield_cpu, conntrack, request_metrics, otlp_metrics, metric_series_limit, duration,
+        log_level, check_config):
     """Trace the node (or the selected processes) and export spans."""
     if check_config:
         ctx = click.get_current_context()
@@ -216,12 +209,8 @@ def run(pids, cgroups, containers, ports, exes, exporter, otlp_impl, capture_byt
                          redact_query_keys=tuple(redact_query_keys), sql_text=sql_text, tls=tls,
                          routes=tuple(routes),
                          keep_error_spans=keep_error_spans, span_workers=span_workers,
-<<<<<<< HEAD
-                         yield_cpu=yield_cpu, conntrack=conntrack)
-=======
-                         yield_cpu=yield_cpu, request_metrics=request_metrics,
+                         yield_cpu=yield_cpu, conntrack=conntrack, request_metrics=request_metrics,
                          otlp_metrics=otlp_metrics, metric_series_limit=metric_series_limit)
->>>>>>> red
     agent = Agent(config)
     try:
         agent.start()

@@ -35,7 +35,6 @@ def declared_families(counter_values):
         yield family
 
 
-<<<<<<< HEAD
 def parse_error_samples(declarations, counts: dict):
     """((protocol, reason), value) of every declared reason, at 0 until its
     first error (agent/counters.py ParseErrors), then of any reason counted
@@ -43,7 +42,8 @@ def parse_error_samples(declarations, counts: dict):
     samples = {(d.protocol, reason): 0 for d in declarations for reason in d.reasons}
     samples.update(list(counts.items()))
     return samples.items()
-=======
+
+
 def bpf_families():
     """The probes' run time and runs (kernel BPF stats, on while the agent
     runs) and the fill of the agent's kernel hash maps."""
@@ -58,7 +58,6 @@ def bpf_families():
         entries.add_metric([name], count)
         capacity.add_metric([name], max_entries)
     yield from (run_time, runs, entries, capacity)
->>>>>>> red
 
 
 class AgentCollector:

@@ -43,9 +43,11 @@ def test_doctor_with_the_bcc_loader_compiles_against_the_headers_it_finds():
     out = result.stdout
     assert "Loader: bcc" in out
     assert f"Kernel headers for the BCC loader: {BCC_KERNEL_HEADERS}" in out
-    # Enter and exit of the 13 syscalls, process exit and exec, and the
-    # socket-state tracepoint the BCC build learns addresses from.
-    assert "The agent will use: tracepoint hooks (29 programs" in out, out
+    # Enter and exit of the 13 syscalls, process exit and exec, the
+    # socket-state tracepoint the BCC build learns addresses from, and the
+    # fork, exit and execve-entry tracepoints that give a process's start
+    # time and executable to its exec record.
+    assert "The agent will use: tracepoint hooks (32 programs" in out, out
     assert "skipped fentry: not in the BCC build" in out
 
 

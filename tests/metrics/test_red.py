@@ -34,7 +34,8 @@ def exchange(status: int, path: str = "/items/1", duration_ms: float = 3.0,
     return HttpExchange(TAG, kind, PID, new_trace_id(), new_span_id(),
                         b"", 1, "", start, start + int(duration_ms * 1e6), method, path,
                         "1.1", "shop.local:8080", "curl/8", status, "127.0.0.1", 8080,
-                        "127.0.0.1", 50000 + n % 1000, "http", None)
+                        "127.0.0.1", 50000 + n % 1000, "127.0.0.1", 50000 + n % 1000,
+                        "http", None)
 
 
 RESOURCE = (RESOURCE_MARKER, PID, [("service.name", "shop"), ("process.pid", PID),

@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
@@ -56,8 +57,13 @@ class Prometheus:
     def query(self, expr: str) -> list:
         url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode(
             {"query": expr})
-        with urllib.request.urlopen(url, timeout=10) as response:
-            body = json.load(response)
+        try:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                body = json.load(response)
+        except urllib.error.HTTPError as error:
+            if error.code == 503:       # listening, but its storage is not ready yet
+                return []
+            raise
         assert body["status"] == "success", body
         return body["data"]["result"]
 

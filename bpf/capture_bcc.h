@@ -269,7 +269,6 @@ static __always_inline int on_connect_exit(long ret)
     struct connect_call *call = bpf_map_lookup_elem(&active_connect, &id);
     if (!call)
         return 0;
-    __u32 fd = call->fd;
     bpf_map_delete_elem(&active_connect, &id);
     /* The BCC build recorded the connection when its SYN left (above). */
     return 0;

@@ -671,6 +671,8 @@ int tls_exit(struct pt_regs *ctx)
     return emit_data(id, conn, &a, n, FLAG_TLS);
 }
 
+#include "go_tls.h"
+
 /* A new program image: userspace looks for TLS libraries it has not probed,
  * and at the executable's name when it selects processes by it. */
 SEC("raw_tracepoint/sched_process_exec")

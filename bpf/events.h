@@ -79,6 +79,43 @@
 #define MEMBIO_FN_SET0_WBIO 1
 #define MEMBIO_FN_BIO_WRITE 2
 
+/* Go crypto/tls: the BPF cookie of a Go TLS uprobe (agent/capture/go_binaries.py)
+ * is (binary index << GO_TLS_BINARY_SHIFT) | GO_TLS_FN_*, the index naming
+ * the executable's entry in go_tls_binaries and go_tls_counts. */
+#define GO_TLS_FN_WRITE 0
+#define GO_TLS_FN_READ 1
+#define GO_TLS_BINARY_SHIFT 8
+#define GO_TLS_MAX_BINARIES 1024
+
+/* Where a Go executable keeps a tls.Conn's socket, from its DWARF:
+ * Conn.conn (a net.Conn interface: type word, then data word) -> the
+ * *net.TCPConn's embedded net.conn.fd (*netFD) -> netFD.pfd.Sysfd.  Another
+ * type behind the interface (a wrapped connection) is tied as without DWARF. */
+struct go_tls_binary {
+    __u64 tcp_conn_itab;    /* address of go:itab.*net.TCPConn,net.Conn: the
+                               path is followed only from that type (0: the
+                               executable is position-independent, not checked) */
+    __u32 conn_offset;      /* crypto/tls.Conn.conn */
+    __u32 fd_offset;        /* net.conn.fd within net.TCPConn */
+    __u32 sysfd_offset;     /* net.netFD.pfd + internal/poll.FD.Sysfd */
+    __u8 has_layout;        /* 0: no DWARF, calls are tied by their thread's socket I/O */
+    __u8 reserved[3];
+};
+
+/* A Go TLS call in flight (go_tls_calls' key): userspace deletes those of
+ * an exited process, whose goroutines may have been parked inside a Read. */
+struct go_call_key {
+    __u64 goroutine;        /* the runtime.g, R14 in Go's register ABI */
+    __u32 tgid;
+    __u32 reserved;
+};
+
+/* Per Go executable (go_tls_counts, by binary index). */
+struct go_tls_counts {
+    __u64 calls;            /* Read/Write calls that moved plaintext */
+    __u64 unmapped;         /* of those, not tied to a socket: not copied */
+};
+
 /* Addresses are IPv6 or IPv4-mapped IPv6 (::ffff:a.b.c.d), ports in host
  * byte order.  "local" is the traced process's end of the connection. */
 struct conn_tuple {

@@ -26,6 +26,9 @@ PACKAGES=(
     redis-server redis-tools memcached
     # OpenSSL headers and static libraries: the statically linked TLS client test peer
     libssl-dev
+    # Go toolchain: the Go crypto/tls test peers are built at test time (standard
+    # library, and Debian's packaged grpc-go for the gRPC-over-TLS peer)
+    golang-go golang-google-grpc-dev
     # `vagrant validate` checks the Vagrantfile offline (tests/test_deploy.py)
     vagrant
     # Node.js: peer of the HTTP/2 kernel tests (its `http2` server) and of

@@ -212,6 +212,9 @@ class LoadedCapture:
         self._ncpus = check_ret(libbpf.lib().libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
         self._stats_buf = ffi.new("char[]", self._ncpus * records.PROBE_STATS.size)
         self.attached_programs = len(detachers)
+        # Called with the pid of each traced process that exited, after the
+        # capture's own tables forgot it (agent/capture/go_tls.py adds one).
+        self.process_exit_hooks: list[Callable[[int], None]] = []
 
     def _update(self, map_name: str, key: bytes, value: bytes) -> None:
         check_ret(libbpf.lib().bpf_map_update_elem(self._map_fds[map_name], key, value, 0),
@@ -242,6 +245,8 @@ class LoadedCapture:
 
     def forget_process(self, pid: int) -> None:
         self._delete("traced_processes", _PID.pack(pid))
+        for forget in self.process_exit_hooks:
+            forget(pid)
 
     def allow_port(self, port: int) -> None:
         self._update("port_filter", _PORT.pack(port), _ONE)
@@ -272,6 +277,15 @@ class LoadedCapture:
                 self.attached_programs += 1
                 attached += 1
         return attached
+
+    def optional_map_fd(self, name: str) -> int | None:
+        """The fd of a map that not every build has (None where absent)."""
+        if name not in self._map_fds:
+            try:
+                self._map_fds[name] = self.front_end.map_fd(name)
+            except (KeyError, LibbpfError):
+                return None
+        return self._map_fds[name]
 
     def probe_stats(self) -> dict[str, tuple[int, ...]]:
         """probe name -> (events, lost, truncated, unclassified, unmapped, untracked),

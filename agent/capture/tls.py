@@ -13,7 +13,8 @@ through /proc/PID/root so that containers' own copies count) is probed once:
   and executable, a few times over its first seconds (libraries are mapped
   after exec, some by dlopen much later), and every process again at a slow
   interval for libraries loaded later still;
-- executables that link OpenSSL statically, when they keep the symbols.
+- executables that link OpenSSL statically, when they keep the symbols;
+- Go executables, whose crypto/tls agent/capture/go_tls.py probes.
 
 The plaintext then enters the same pipeline as cleartext socket data, with
 FLAG_TLS.  Memory-BIO users (Python's asyncio, Node) never do socket I/O
@@ -31,6 +32,8 @@ import subprocess
 import time
 
 from agent.capture.elf import function_symbols
+from agent.capture.go_binaries import is_go_executable
+from agent.capture.go_tls import GoTlsProbes
 from agent.capture.records import C
 from agent.capture.tls_membio import MemoryBioProbes
 
@@ -99,6 +102,7 @@ class TlsProbes:
         self.counts = {"files_probed": 0, "files_without_symbols": 0, "probes_attached": 0}
         self.probed_files: list[str] = []   # the first few, for the doctor and the log
         self.membio = MemoryBioProbes(capture)   # SSL <-> socket where BIOs are memory
+        self.go = GoTlsProbes(capture)      # Go executables: crypto/tls, not OpenSSL
 
     def start(self) -> None:
         for path in system_libssl_paths():
@@ -144,6 +148,9 @@ class TlsProbes:
             return
         key = (st.st_dev, st.st_ino)
         if key in self._seen:
+            return
+        if executable and is_go_executable(path):
+            self._seen[key] = self.go.probe(path)
             return
         if executable and not has_openssl_symbols(path):
             self._seen[key] = False

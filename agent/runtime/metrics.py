@@ -15,6 +15,7 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from agent import __version__
 from agent.capture import bpf_stats
+from agent.capture.go_tls import metric_families as go_tls_metric_families
 from agent.capture.records import PROBE_STATS_FIELDS
 from agent.metrics.prometheus import red_families
 from agent.runtime.span_worker import EXPORT_SECONDS_BUCKETS, SpanWorkerPool
@@ -168,6 +169,7 @@ class AgentCollector:
             probes = GaugeMetricFamily(f"{PREFIX}_tls_uprobes_attached", "TLS uprobes attached (each covers every process mapping its file).")
             probes.add_metric([], tls.counts["probes_attached"])
             yield probes
+            yield from go_tls_metric_families(tls.go, PREFIX)
         # -- NAT resolution: agent/capture/conntrack.py declares its counters.
         nat = agent.nat
         if nat is not None:

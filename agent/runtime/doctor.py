@@ -6,6 +6,7 @@ from agent.capture.kernel_headers import KernelHeadersError, find as find_kernel
 from agent.capture.loader import (CaptureLoadError, CaptureSettings, bpf_loop_support, candidate_hooks,
                           choose_loader, load_capture, ring_buffer_support)
 from agent.capture.go_tls import SOCKET_FROM_DWARF, SOCKET_FROM_THREAD
+from agent.capture import tls_runtimes
 from agent.capture.tls import TlsProbes
 from agent.capture.conntrack import doctor_text as conntrack_text
 
@@ -97,6 +98,7 @@ def report(loader: str = "auto", kernel_headers: str | None = None) -> tuple[str
                 lines.append("  no OpenSSL found: OpenSSL-based TLS traffic stays unreadable "
                              "(BoringSSL, rustls and Java are out of reach anyway)")
             lines.append(go_tls_coverage(tls.go))
+            lines += tls_runtimes.describe(tls_runtimes.scan())
         finally:
             capture.close()
     lines.append(f"\n{conntrack_text()}")

@@ -673,6 +673,8 @@ int tls_exit(struct pt_regs *ctx)
 
 #include "go_tls.h"
 
+#include "tls_library_watch.h"
+
 /* A new program image: userspace looks for TLS libraries it has not probed,
  * and at the executable's name when it selects processes by it. */
 SEC("raw_tracepoint/sched_process_exec")

@@ -19,6 +19,9 @@
 #define EVENT_PROCESS_EXIT 3
 /* A traced process called exec: it may map a TLS library worth probing. */
 #define EVENT_PROCESS_EXEC 4
+/* A traced process opened a file named like an OpenSSL library
+ * (struct tls_library_record): probe it before the process uses it. */
+#define EVENT_TLS_LIBRARY_OPEN 5
 
 #define DIRECTION_EGRESS 0
 #define DIRECTION_INGRESS 1
@@ -65,7 +68,8 @@
 #define PROBE_PROCESS_EXEC 13
 #define PROBE_ACCEPT 14
 #define PROBE_CONNECT 15
-#define PROBE_COUNT 16
+#define PROBE_TLS_LIBRARY_OPEN 16
+#define PROBE_COUNT 17
 
 /* The TLS library function a TLS uprobe sits on: its BPF cookie, set by
  * the loader (agent/capture/tls.py) when it attaches. */
@@ -200,6 +204,15 @@ struct process_exec_record {
     struct event_header hdr;
     __u64 start_boottime_ns;
     char filename[EXEC_PATH_BYTES];
+};
+
+/* An EVENT_TLS_LIBRARY_OPEN record: the path as the process passed it to
+ * openat (relative to its working directory when it does not start with
+ * '/'), truncated to TLS_LIBRARY_PATH_BYTES - 1 bytes. */
+#define TLS_LIBRARY_PATH_BYTES 256
+struct tls_library_record {
+    struct event_header hdr;
+    char path[TLS_LIBRARY_PATH_BYTES];
 };
 
 #endif

@@ -110,6 +110,10 @@ LOADERS = ("auto", "core", "bcc")
 COMMON_PROGRAM_PREFIX = b"common_"
 # Uprobe programs: loaded with any family, attached per TLS library file (agent/capture/tls.py).
 TLS_PROGRAM_PREFIX = b"tls_"
+# Syscall tracepoints that watch for TLS libraries being opened
+# (bpf/tls_library_watch.h): loaded with the TLS probes, attached where
+# tracefs allows; the exec rescans cover the rest.
+WATCH_PROGRAM_PREFIX = b"watch_"
 
 
 def candidate_hooks(choice: str, features: KernelFeatures | None = None
@@ -152,6 +156,8 @@ class CoreObject:
 
     def __init__(self, obj):
         self._obj = obj
+        # watch_ programs whose tracepoint could not be attached (no tracefs).
+        self.unattached_watches: list[str] = []
 
     def describe(self) -> str:
         return "core (CO-RE, libbpf)"
@@ -451,7 +457,7 @@ def _open_and_attach(path: Path, family: HookFamily, settings: CaptureSettings,
             name = ffi.string(lib.bpf_program__name(prog))
             uprobe = name.startswith(TLS_PROGRAM_PREFIX)
             wanted = name.startswith(prefix) or name.startswith(COMMON_PROGRAM_PREFIX) \
-                or uprobe and settings.tls
+                or (uprobe or name.startswith(WATCH_PROGRAM_PREFIX)) and settings.tls
             lib.bpf_program__set_autoload(prog, wanted)
             if wanted and uprobe and uprobe_multi:
                 lib.bpf_program__set_expected_attach_type(prog, libbpf.BPF_TRACE_UPROBE_MULTI)
@@ -460,7 +466,12 @@ def _open_and_attach(path: Path, family: HookFamily, settings: CaptureSettings,
         front_end = CoreObject(obj)
         for prog in front_end.hook_programs():
             name = ffi.string(lib.bpf_program__name(prog)).decode()
-            links.append(check_ptr(lib.bpf_program__attach(prog), f"attach {name}"))
+            link = lib.bpf_program__attach(prog)
+            if link == ffi.NULL and name.startswith(WATCH_PROGRAM_PREFIX.decode()):
+                libbpf.take_log()
+                front_end.unattached_watches.append(name)
+                continue
+            links.append(check_ptr(link, f"attach {name}"))
         return front_end, [functools.partial(lib.bpf_link__destroy, link) for link in links]
     except BaseException:
         for link in links:

@@ -28,13 +28,14 @@ import heapq
 import logging
 import mmap
 import os
+import struct
 import subprocess
 import time
 
 from agent.capture.elf import function_symbols
 from agent.capture.go_binaries import is_go_executable
 from agent.capture.go_tls import GoTlsProbes
-from agent.capture.records import C
+from agent.capture.records import C, EVENT_HEADER_SIZE
 from agent.capture.tls_membio import MemoryBioProbes
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ _SYMBOL_MARKERS = (b"\0SSL_read\0", b"\0SSL_write\0")
 # Seconds after an exec at which that process is looked at again.
 EXEC_RESCANS_S = (0.05, 0.5, 2.0, 8.0)
 FULL_RESCAN_S = 30.0
+_PID = struct.Struct("<4xI")
+_PATH_BYTES = C["TLS_LIBRARY_PATH_BYTES"]
 
 
 def system_libssl_paths() -> list[str]:
@@ -88,6 +91,14 @@ def has_openssl_symbols(path: str) -> bool:
             return all(m.find(marker) >= 0 for marker in _SYMBOL_MARKERS)
     except (OSError, ValueError):
         return False
+
+
+def parse_library_record(record) -> tuple[int, str]:
+    """(pid, path) of an EVENT_TLS_LIBRARY_OPEN record (its length checked
+    by the router)."""
+    (pid,) = _PID.unpack_from(record)
+    raw = bytes(record[EVENT_HEADER_SIZE:EVENT_HEADER_SIZE + _PATH_BYTES])
+    return pid, raw.split(b"\0", 1)[0].decode(errors="surrogateescape")
 
 
 class TlsProbes:
@@ -126,6 +137,16 @@ class TlsProbes:
         for path in paths:
             self._probe_file(root + path)
         self._probe_file(f"{self.proc}/{pid}/exe", executable=True)
+
+    def libraries_opened(self, records) -> None:
+        """Probe the libssl files traced processes just opened
+        (EVENT_TLS_LIBRARY_OPEN records, bpf/tls_library_watch.h): the
+        dynamic loader has not mapped them yet, and a probe on the file
+        covers the mapping it is about to make."""
+        for record in records:
+            pid, path = parse_library_record(record)
+            where = f"{self.proc}/{pid}/root" if path.startswith("/") else f"{self.proc}/{pid}/cwd/"
+            self._probe_file(where + path)
 
     def exec_seen(self, pids) -> None:
         now = time.monotonic()

@@ -9,7 +9,7 @@ everything thrown away is counted in `self.counts`.
 """
 from __future__ import annotations
 
-from agent.capture.records import (C, EVENT_HEADER, EVENT_HEADER_SIZE, lost_between,
+from agent.capture.records import (C, EVENT_HEADER, EVENT_HEADER_SIZE, ffi, lost_between,
                                     prefix_struct)
 from agent.counters import Counter, counter, unique
 from agent.protocols import table as table_module
@@ -33,6 +33,8 @@ _EVENT_DATA = C["EVENT_DATA"]
 _EVENT_CLOSE = C["EVENT_CLOSE"]
 _EVENT_PROCESS_EXIT = C["EVENT_PROCESS_EXIT"]
 _EVENT_PROCESS_EXEC = C["EVENT_PROCESS_EXEC"]
+_EVENT_TLS_LIBRARY_OPEN = C["EVENT_TLS_LIBRARY_OPEN"]
+_TLS_LIBRARY_RECORD_SIZE = ffi.sizeof("struct tls_library_record")
 
 # The per-event fields, through `seq`: the hot loop unpacks only these;
 # addresses and ports are read once, when a connection opens.
@@ -61,6 +63,9 @@ class ProtocolRouter:
         # Their exec records (start time, filename): read before the batch's
         # new processes' resources are, which a short-lived one needs.
         self.exec_records: list = []
+        # Records of libssl files traced processes opened: the TLS probes
+        # attach to them before the batch's other work.
+        self.tls_library_opens: list = []
         # Processes seen for the first time (their first connection, or the
         # first after an exec): their resource is read while they live
         # (agent/runtime/pipeline.py), not when their spans are built.
@@ -134,6 +139,11 @@ class ProtocolRouter:
             self.execs.append(hot[1])
             self.exec_records.append(record)
             self._known_pids.discard(hot[1])   # a new program: read it again
+        elif event_type == _EVENT_TLS_LIBRARY_OPEN:
+            if len(record) >= _TLS_LIBRARY_RECORD_SIZE:
+                self.tls_library_opens.append(record)
+            else:
+                self.counts["records_malformed"] += 1
         else:
             return False
         return True

@@ -94,6 +94,11 @@ def report(loader: str = "auto", kernel_headers: str | None = None) -> tuple[str
                          f"({tls.counts['probes_attached']} probes, {attach})")
             lines += [f"  {path}" for path in tls.probed_files]
             lines.append(tls.membio.describe())
+            unwatched = getattr(capture.front_end, "unattached_watches", [])
+            lines.append("  libssl files opened later: " + (
+                "found by the exec rescans only (the openat tracepoints did not attach: "
+                "no tracefs?)" if unwatched else
+                "probed when a traced process opens one (openat tracepoints)"))
             if not tls.counts["files_probed"]:
                 lines.append("  no OpenSSL found: OpenSSL-based TLS traffic stays unreadable "
                              "(BoringSSL, rustls and Java are out of reach anyway)")

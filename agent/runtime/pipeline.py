@@ -86,6 +86,10 @@ class Pipeline:
             self.records_drained += len(records)
             protocols = self.protocols
             items = protocols.process(records)
+            if protocols.tls_library_opens:
+                if self.tls is not None:
+                    self.tls.libraries_opened(protocols.tls_library_opens)
+                protocols.tls_library_opens.clear()
             if protocols.new_clients:
                 self._translate(protocols.new_clients)
             exchanges = self.linker.exchanges(items) if items else []

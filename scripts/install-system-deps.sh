@@ -36,6 +36,9 @@ PACKAGES=(
     nodejs
     # nft: the NAT kernel tests build a "Service" address with a DNAT rule
     nftables
+    # Apache 2.4 with mod_ssl and mod_http2: the TLS kernel tests run a private
+    # instance (their own config and port), never the system service
+    apache2
 )
 
 missing=()

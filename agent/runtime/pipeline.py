@@ -25,6 +25,11 @@ from agent.runtime.span_worker import SPILL_EXCHANGES, SpanWorkerPool
 MAX_AWAITING_POD = 4096
 SWEEP_EVERY = 15
 
+# How long a server exchange may wait for its client's request record on
+# this node (agent/spans/client_wait.py): the client's TLS write can reach
+# the ring after the server's answer.
+LINK_WAIT_S = 0.25
+
 
 class Pipeline:
     """Drain, reassemble and match, link trace context; hand the exchanges
@@ -41,7 +46,7 @@ class Pipeline:
         self.nat = nat
         if nat is not None:
             self.protocols.new_clients = []
-        self.linker = ExchangeLinker(sampler)
+        self.linker = ExchangeLinker(sampler, link_wait_s=LINK_WAIT_S)
         # Batches this large go to span worker processes, pickled: as plain
         # tuples, which pickle three times faster than the exchanges'
         # NamedTuple classes (the span factory reads both alike).
@@ -190,6 +195,9 @@ class Pipeline:
                 execs.clear()
             if self.tls is not None:
                 self.tls.poll(now)
+            held = self.linker.release_held()
+            if held:
+                self.span_stage.submit(held)
             if now >= next_housekeeping:
                 self.housekeeping()
                 next_housekeeping = now + self.housekeeping_interval_s
@@ -201,5 +209,8 @@ class Pipeline:
             self.cpu_yield.stop()
         self.capture.detach()
         self.drain_once()
+        held = self.linker.release_held(flush=True)
+        if held:
+            self.span_stage.submit(held)
         self.span_stage.shutdown(max(0.1, flush_timeout_s - (time.monotonic() - started)))
         self.capture.close()

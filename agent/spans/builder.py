@@ -20,7 +20,7 @@ from agent.counters import Counter, Metric
 from agent.parsers import PARSED
 from agent.parsers.tracecontext import parse_traceparent, parse_tracestate
 from agent.protocols import http1 as http1_items, http2 as http2_items, sql_base as sql_items
-from agent.spans import db, grpc, http
+from agent.spans import client_wait, db, grpc, http
 from agent.spans.context import ContextLinker, RequestContext
 from agent.spans.model import KIND_SERVER, Span, new_span_id, new_trace_id
 from agent.spans.redact import Redactor
@@ -44,7 +44,7 @@ RESOURCE_MARKER = "resource"
 
 TRACE_CONTEXT_INVALID = Metric("trace_context_invalid",
                                "Invalid incoming trace-context headers, ignored.", "header")
-COUNTERS = (
+COUNTERS = client_wait.COUNTERS + (
     Counter("traceparent_invalid", TRACE_CONTEXT_INVALID, "traceparent"),
     Counter("tracestate_invalid", TRACE_CONTEXT_INVALID, "tracestate"),
     Counter("linked_same_node", Metric(
@@ -59,10 +59,16 @@ def monotonic_to_wall_offset_ns() -> int:
 
 
 class ExchangeLinker:
-    def __init__(self, sampler: Sampler | None = None):
+    def __init__(self, sampler: Sampler | None = None, link_wait_s: float = 0.0):
+        """link_wait_s: how long a server exchange may wait for its
+        client's request on this node (agent/spans/client_wait.py); 0
+        emits every exchange at once (replays and tests)."""
         self.sampler = sampler or Sampler()
         self.linker = ContextLinker()
         self.counts = {c.key: 0 for c in COUNTERS}
+        self.client_wait = client_wait.ClientWait(link_wait_s, self.counts) \
+            if link_wait_s > 0 else None
+        self._hold = None      # (ctx, mirror key) of the exchange being built, to hold
 
     def counter_values(self):
         counts = self.counts
@@ -74,10 +80,27 @@ class ExchangeLinker:
     def exchanges(self, items: list) -> list[tuple]:
         out = []
         links = LINKS
+        wait = self.client_wait
         for tag, conn, request, response in items:
             exchange = links[tag](self, conn, request, response)
             if exchange is not None:
-                out.append(exchange)
+                hold = self._hold
+                if hold is None:
+                    out.append(exchange)
+                else:
+                    self._hold = None
+                    if not wait.hold(exchange, hold[0], hold[1], time.monotonic()):
+                        out.append(exchange)
+        if wait is not None and len(wait):
+            wait.release(time.monotonic(), out)
+        return out
+
+    def release_held(self, flush: bool = False) -> list[tuple]:
+        """The held exchanges whose time is up, or all of them when the
+        capture stops (the capture loop asks between batches)."""
+        out = []
+        if self.client_wait is not None and len(self.client_wait):
+            self.client_wait.release(float("inf") if flush else time.monotonic(), out)
         return out
 
     # -- what the protocols' linking functions use -------------------------
@@ -129,8 +152,18 @@ class ExchangeLinker:
                                          self.trace_state(request))
             else:
                 ctx = self.child_of_serving_thread(conn.pid, tid)
-            linker.client_sent(link_key, ctx)
+            self.client_sent(link_key, ctx)
         return (ctx, incoming)
+
+    def client_sent(self, link_key: tuple, ctx: RequestContext) -> None:
+        """A client request on link_key: remembered for its server end, or
+        given at once to a server exchange held for it."""
+        self.linker.client_sent(link_key, ctx)
+        if self.client_wait is not None:
+            held = self.client_wait.client_seen(link_key)
+            if held is not None:
+                self.join_client_on_this_node(held.ctx, link_key, wait=False)
+                held.linked = True
 
     def server_finished(self, conn, tid: int, incoming, ctx: RequestContext,
                         mirror_key: tuple) -> None:
@@ -151,12 +184,17 @@ class ExchangeLinker:
         return RequestContext(server.trace_id, new_span_id(), server.span_id, server.flags,
                               server.trace_state)
 
-    def join_client_on_this_node(self, ctx: RequestContext, mirror_key: tuple) -> None:
-        """A server span whose client was traced on this node becomes its child."""
+    def join_client_on_this_node(self, ctx: RequestContext, mirror_key: tuple,
+                                 wait: bool = True) -> None:
+        """A server span whose client was traced on this node becomes its
+        child; one whose client may yet be seen waits for it (the exchange
+        being built is held)."""
         link = self.linker.take_client_link(mirror_key)
         if link is not None:
             self.counts["linked_same_node"] += 1
             ctx.trace_id, ctx.parent_span_id, ctx.flags = link.trace_id, link.span_id, link.flags
+        elif wait and self.client_wait is not None and self.client_wait.may_come(mirror_key):
+            self._hold = (ctx, mirror_key)
 
 
 class SpanFactory:

@@ -43,7 +43,7 @@ def link_sql(linker, conn, query, completed) -> DbExchange | None:
         else:
             ctx = linker.child_of_serving_thread(conn.pid, query.tid)
         if not conn.is_server:
-            linker.linker.client_sent(conn.key(), ctx)
+            linker.client_sent(conn.key(), ctx)
         query.context = ctx
     if completed is None:
         return None

@@ -5,7 +5,6 @@ connection tracker's answer (here written as the kernel gives it, the real
 look-up is tests/kernel/test_nat.py) translates it, and the two spans link."""
 from __future__ import annotations
 
-import ipaddress
 
 from agent.capture.records import C
 from agent.protocols.router import ProtocolRouter
@@ -13,7 +12,7 @@ from agent.spans.builder import SpanBuilder
 from agent.spans.model import KIND_CLIENT, KIND_SERVER
 from agent.spans.redact import Redactor
 from agent.spans.resources import ResourceCache
-from event_records import make_record
+from event_records import http1_record
 
 CLIENT = ("10.0.1.2", 50123)
 SERVICE = ("10.96.0.10", 80)
@@ -22,25 +21,13 @@ REQUEST = b"GET /cart HTTP/1.1\r\nHost: cart\r\n\r\n"
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
 
 
-def _mapped(address: str) -> bytes:
-    return b"\0" * 10 + b"\xff\xff" + ipaddress.IPv4Address(address).packed
-
-
-def _record(conn_id, pid, role, direction, payload, ts, local, remote):
-    return make_record(payload, type=C["EVENT_DATA"], pid=pid, tid=pid, fd=5, conn_id=conn_id,
-                       start_ns=ts, end_ns=ts + 10, length=len(payload), captured=len(payload),
-                       direction=direction, role=role, protocol=C["PROTOCOL_HTTP1"],
-                       local_addr=_mapped(local[0]), remote_addr=_mapped(remote[0]),
-                       local_port=local[1], remote_port=remote[1], family=10)
-
-
 def _exchange():
     egress, ingress = C["DIRECTION_EGRESS"], C["DIRECTION_INGRESS"]
     client, server = C["ROLE_CLIENT"], C["ROLE_SERVER"]
-    return [_record(1, 100, client, egress, REQUEST, 1000, CLIENT, SERVICE),
-            _record(2, 200, server, ingress, REQUEST, 1100, POD, CLIENT),
-            _record(2, 200, server, egress, RESPONSE, 1200, POD, CLIENT),
-            _record(1, 100, client, ingress, RESPONSE, 1300, CLIENT, SERVICE)]
+    return [http1_record(1, 100, client, egress, REQUEST, 1000, CLIENT, SERVICE),
+            http1_record(2, 200, server, ingress, REQUEST, 1100, POD, CLIENT),
+            http1_record(2, 200, server, egress, RESPONSE, 1200, POD, CLIENT),
+            http1_record(1, 100, client, ingress, RESPONSE, 1300, CLIENT, SERVICE)]
 
 
 def _spans(translate: bool):

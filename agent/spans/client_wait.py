@@ -1,0 +1,118 @@
+"""Server exchanges that wait briefly for their client's request.
+
+The same-node link (agent/spans/context.py) makes a server span the child
+of the client span on the mirrored connection, when that client's request
+was seen first.  A plaintext write is recorded at the syscall's exit, before
+the kernel returns to the writer.  A TLS write is recorded by a uretprobe
+once the writer is back in user space, and by then the kernel may have
+switched to the server it woke: on a loaded or small node the server's
+whole exchange can reach the ring before its client's request.  So a server
+exchange whose client may be traced here (a loopback peer, or a connection
+whose client this linker has seen) is held until that client's request
+arrives, for at most `hold_s`, then released in either case.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+from agent.counters import Counter, Metric
+
+LINK_WAITS = Metric("trace_link_waits", "Server spans held for their client's request on this "
+                    "node (its record came later), by outcome.", "outcome")
+COUNTERS = (
+    Counter("link_wait_linked", LINK_WAITS, "linked"),
+    Counter("link_wait_expired", LINK_WAITS, "expired"),
+    Counter("link_wait_overflow", LINK_WAITS, "not_held_table_full"),
+)
+
+
+def is_loopback(address: str) -> bool:
+    return address.startswith("127.") or address == "::1" or address.startswith("::ffff:127.")
+
+
+class HeldExchange:
+    __slots__ = ("deadline", "exchange", "ctx", "mirror_key", "linked")
+
+    def __init__(self, deadline: float, exchange: tuple, ctx, mirror_key: tuple):
+        self.deadline = deadline
+        self.exchange = exchange
+        self.ctx = ctx
+        self.mirror_key = mirror_key
+        self.linked = False      # its client arrived and ctx took the link
+
+
+class ClientWait:
+    def __init__(self, hold_s: float, counts: dict, max_held: int = 4096,
+                 max_clients: int = 65536):
+        self.hold_s = hold_s
+        self.counts = counts
+        self._max_held = max_held
+        self._max_clients = max_clients
+        self._held: list[HeldExchange] = []
+        self._waiting: dict[tuple, deque] = {}     # mirror key -> held, oldest first
+        self._clients: dict[tuple, None] = {}      # client connection keys seen lately
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def client_seen(self, key: tuple) -> HeldExchange | None:
+        """A client request on the connection `key`: the held server
+        exchange it completes, if one waits for it."""
+        clients = self._clients
+        if key not in clients:
+            clients[key] = None
+            if len(clients) > self._max_clients:
+                del clients[next(iter(clients))]
+        waiting = self._waiting.get(key)
+        if not waiting:
+            return None
+        held = waiting.popleft()
+        if not waiting:
+            del self._waiting[key]
+        return held
+
+    def may_come(self, mirror_key: tuple) -> bool:
+        """Whether the client of a server exchange may yet be seen here."""
+        return mirror_key in self._clients or is_loopback(mirror_key[0])
+
+    def hold(self, exchange: tuple, ctx, mirror_key: tuple, now: float) -> bool:
+        """Keep the exchange until its client arrives; False when full."""
+        if len(self._held) >= self._max_held:
+            self.counts["link_wait_overflow"] += 1
+            return False
+        held = HeldExchange(now + self.hold_s, exchange, ctx, mirror_key)
+        self._held.append(held)
+        self._waiting.setdefault(mirror_key, deque()).append(held)
+        return True
+
+    def release(self, now: float, out: list) -> None:
+        """Append the exchanges whose client came, or whose time is up."""
+        keep = []
+        counts = self.counts
+        for held in self._held:
+            if held.linked:
+                counts["link_wait_linked"] += 1
+                out.append(_relinked(held.exchange, held.ctx))
+            elif held.deadline <= now:
+                counts["link_wait_expired"] += 1
+                out.append(held.exchange)
+                self._forget(held)
+            else:
+                keep.append(held)
+        self._held = keep
+
+    def _forget(self, held: HeldExchange) -> None:
+        waiting = self._waiting.get(held.mirror_key)
+        if waiting is not None:
+            waiting.remove(held)
+            if not waiting:
+                del self._waiting[held.mirror_key]
+
+
+def _relinked(exchange: tuple, ctx) -> tuple:
+    """The exchange with the trace id, parent and flags its context took
+    from the client (EXCHANGE_HEAD: tag, kind, pid, trace_id, span_id,
+    parent_id, flags, ...)."""
+    return tuple.__new__(type(exchange), exchange[:3] + (ctx.trace_id, exchange[4],
+                                                         ctx.parent_span_id, ctx.flags)
+                         + exchange[7:])

@@ -1,0 +1,68 @@
+"""A server exchange whose client's request record arrives after it (a TLS
+client's uretprobe fired once the server had answered) waits for that
+record and becomes its child; with nobody coming it leaves on time."""
+from __future__ import annotations
+
+import time
+
+from agent.capture.records import C
+from agent.protocols.router import ProtocolRouter
+from agent.spans.builder import ExchangeLinker
+from agent.spans.model import KIND_CLIENT, KIND_SERVER
+from event_records import http1_record
+
+CLIENT = ("127.0.0.1", 50123)
+SERVER = ("127.0.0.1", 8443)
+REQUEST = b"GET /cart HTTP/1.1\r\nHost: cart\r\n\r\n"
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+EGRESS, INGRESS = C["DIRECTION_EGRESS"], C["DIRECTION_INGRESS"]
+
+
+def client(direction, payload, ts):
+    return http1_record(1, 100, C["ROLE_CLIENT"], direction, payload, ts, CLIENT, SERVER)
+
+
+def server(direction, payload, ts):
+    return http1_record(2, 200, C["ROLE_SERVER"], direction, payload, ts, SERVER, CLIENT)
+
+
+def test_server_exchange_first_waits_for_its_client_and_becomes_its_child():
+    router, linker = ProtocolRouter(), ExchangeLinker(link_wait_s=5.0)
+    # The server's whole exchange is drained before the client's request.
+    first = linker.exchanges(router.process([server(INGRESS, REQUEST, 1100),
+                                             server(EGRESS, RESPONSE, 1200)]))
+    assert first == []
+    second = linker.exchanges(router.process([client(EGRESS, REQUEST, 1000),
+                                              client(INGRESS, RESPONSE, 1300)]))
+    by_kind = {e.kind: e for e in second}
+    assert set(by_kind) == {KIND_CLIENT, KIND_SERVER}
+    assert by_kind[KIND_SERVER].trace_id == by_kind[KIND_CLIENT].trace_id
+    assert by_kind[KIND_SERVER].parent_id == by_kind[KIND_CLIENT].span_id
+    assert linker.counts["link_wait_linked"] == 1
+    assert len(linker.client_wait) == 0
+
+
+def test_a_server_exchange_nobody_claims_leaves_when_its_time_is_up():
+    router, linker = ProtocolRouter(), ExchangeLinker(link_wait_s=0.05)
+    assert linker.exchanges(router.process([server(INGRESS, REQUEST, 1100),
+                                            server(EGRESS, RESPONSE, 1200)])) == []
+    assert linker.release_held() == []
+    time.sleep(0.06)
+    released = linker.release_held()
+    assert [e.kind for e in released] == [KIND_SERVER] and released[0].parent_id == b""
+    assert linker.counts["link_wait_expired"] == 1
+
+
+def test_without_a_wait_every_exchange_leaves_at_once():
+    router, linker = ProtocolRouter(), ExchangeLinker()
+    out = linker.exchanges(router.process([server(INGRESS, REQUEST, 1100),
+                                           server(EGRESS, RESPONSE, 1200)]))
+    assert [e.kind for e in out] == [KIND_SERVER]
+
+
+def test_a_remote_peer_never_seen_as_a_client_is_not_held():
+    router, linker = ProtocolRouter(), ExchangeLinker(link_wait_s=5.0)
+    remote = ("10.0.0.9", 40000)
+    records = [http1_record(3, 200, C["ROLE_SERVER"], INGRESS, REQUEST, 1100, SERVER, remote),
+               http1_record(3, 200, C["ROLE_SERVER"], EGRESS, RESPONSE, 1200, SERVER, remote)]
+    assert [e.kind for e in linker.exchanges(router.process(records))] == [KIND_SERVER]

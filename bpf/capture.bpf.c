@@ -114,6 +114,11 @@ MAP(PERCPU_ARRAY, scratch, __u32, struct data_event, 1);
 MAP(PERCPU_ARRAY, probe_stats, __u32, struct probe_stats, PROBE_COUNT);
 
 MAP(HASH, pid_filter, __u32, __u8, 4096);
+/* Executables selected by name (--exe): a process that execs one joins
+ * pid_filter in the kernel, so it is traced from its first syscall, not
+ * only once userspace has read the exec's record (a short client such as
+ * curl would be done by then). */
+MAP(HASH, exe_filter, struct comm_key, __u8, 256);
 
 /* Processes with a classified connection: their exit is worth an event,
  * and their name outlives them until userspace has handled it. */
@@ -682,6 +687,14 @@ int common_process_exec(struct bpf_raw_tracepoint_args *ctx)
 {
     __u64 id = bpf_get_current_pid_tgid();
     __u32 tgid = id >> 32;
+    if (CONFIG(filter_pids) && tgid != CONFIG(agent_tgid)) {
+        struct comm_key name = {};
+        bpf_get_current_comm(name.comm, sizeof(name.comm));
+        if (bpf_map_lookup_elem(&exe_filter, &name)) {
+            __u8 one = 1;
+            bpf_map_update_elem(&pid_filter, &tgid, &one, BPF_ANY);
+        }
+    }
     __u8 report = CONFIG(report_execs);
     if (report == EXECS_NONE || tgid == CONFIG(agent_tgid) ||
         (report == EXECS_TRACED && !process_traced(tgid)))

@@ -206,6 +206,13 @@ struct process_exec_record {
     char filename[EXEC_PATH_BYTES];
 };
 
+/* exe_filter's key: an executable's name as the kernel keeps it in the
+ * task's comm after exec (its first TASK_COMM_BYTES - 1 bytes, NUL-padded). */
+#define TASK_COMM_BYTES 16
+struct comm_key {
+    char comm[TASK_COMM_BYTES];
+};
+
 /* An EVENT_TLS_LIBRARY_OPEN record: the path as the process passed it to
  * openat (relative to its working directory when it does not start with
  * '/'), truncated to TLS_LIBRARY_PATH_BYTES - 1 bytes. */

@@ -212,7 +212,7 @@ class LoadedCapture:
         self.skipped_hooks = skipped
         self.settings = settings
         self._map_fds = {name: front_end.map_fd(name) for name in (
-            "events", "probe_stats", "pid_filter", "cgroup_filter", "port_filter",
+            "events", "probe_stats", "pid_filter", "exe_filter", "cgroup_filter", "port_filter",
             "excluded_endpoints", "conns", "traced_processes")}
         self.ring = RingBuffer(self._map_fds["events"], settings.ring_buffer_bytes)
         self._ncpus = check_ret(libbpf.lib().libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
@@ -234,6 +234,12 @@ class LoadedCapture:
 
     def disallow_pid(self, pid: int) -> None:
         self._delete("pid_filter", _PID.pack(pid))
+
+    def allow_exe(self, name: str) -> None:
+        """Processes that exec this executable are selected by the kernel
+        itself (struct comm_key: the comm the kernel sets from its name)."""
+        key = name.encode()[:records.C["TASK_COMM_BYTES"] - 1]
+        self._update("exe_filter", key.ljust(records.C["TASK_COMM_BYTES"], b"\0"), _ONE)
 
     def allow_cgroup(self, cgroup_id: int) -> None:
         self._update("cgroup_filter", _CGROUP.pack(cgroup_id), _ONE)

@@ -96,9 +96,16 @@ class Selection:
         if not self.exes:
             return
         for pid in pids:
-            if pid not in self.known_pids and self._selected_exe(pid):
+            if pid in self.known_pids:
+                continue
+            if self._selected_exe(pid):
                 capture.allow_pid(pid)
                 self.known_pids.add(pid)
+            else:
+                # The kernel selects by the name it keeps (exe_filter), which
+                # a symlink's name can also match; and a process that already
+                # exited leaves its entry: the executable decides.
+                capture.disallow_pid(pid)
 
     def _cgroup_ids(self, paths) -> set[int]:
         """Inode numbers (the cgroup ids) of these cgroups and their descendants."""
@@ -120,6 +127,11 @@ class Selection:
         cgroups = self._cgroup_ids(self.cgroup_paths + sorted(container_paths)) \
             if self.by_cgroup else None
         return (pids if self.by_process else None), cgroups
+
+    def install_exes(self, capture) -> None:
+        """Let the kernel select processes that exec a selected executable."""
+        for exe in self.exes:
+            capture.allow_exe(exe)
 
     def refresh(self, capture) -> None:
         pids, cgroups = self.resolve()

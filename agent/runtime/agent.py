@@ -126,6 +126,7 @@ class Agent:
         # back off when this fd closes, however the agent exits.
         self.bpf_stats_fd = enable_stats()
         selection.known_pids, selection.known_cgroups = pids or set(), cgroups or set()
+        selection.install_exes(self.capture)
         tls = None
         if config.tls:
             tls = TlsProbes(self.capture)

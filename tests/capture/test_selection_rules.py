@@ -40,9 +40,13 @@ def test_an_exec_of_a_selected_executable_is_selected_at_once():
     class Filter:
         def __init__(self):
             self.allowed = []
+            self.disallowed = []
 
         def allow_pid(self, pid):
             self.allowed.append(pid)
+
+        def disallow_pid(self, pid):
+            self.disallowed.append(pid)
 
     me = os.getpid()
     exe = os.path.basename(os.readlink("/proc/self/exe"))
@@ -50,7 +54,9 @@ def test_an_exec_of_a_selected_executable_is_selected_at_once():
     capture = Filter()
     selection.exec_seen([me, 999999999], capture)
     assert capture.allowed == [me] and me in selection.known_pids
+    # The kernel may have selected the one that is gone by its name: undone.
+    assert capture.disallowed == [999999999]
     selection.exec_seen([me], capture)
     assert capture.allowed == [me]          # once
     Selection(exes={"not-this-one"}).exec_seen([me], capture)
-    assert capture.allowed == [me]
+    assert capture.allowed == [me] and capture.disallowed == [999999999, me]

@@ -82,6 +82,35 @@ def test_exe_selects_processes_by_executable_name(receiver, start_agent, start_n
     assert {s.resource["process.executable.name"] for s in receiver.spans} == {"nginx"}
 
 
+@pytest.mark.parametrize("agent_loader", ["core", "bcc"])
+def test_exe_selects_short_processes_from_their_first_syscall(receiver, start_agent, start_nginx,
+                                                              agent_loader):
+    """20 separate curl processes, each done in milliseconds: the kernel
+    selects each at its exec (exe_filter), before userspace has read the
+    exec's record, so every request gives its client span."""
+    nginx = start_nginx()
+    agent = start_agent("--exe", "curl")
+    requests = 20
+    for i in range(requests):
+        assert curl(f"http://127.0.0.1:{nginx.port}/fast?i={i}")["status"] == 200
+
+    def clients(spans):
+        return [s for s in spans if s.resource.get("process.executable.name") == "curl"]
+
+    receiver.wait_for(lambda spans: len(clients(spans)) >= requests, 10)
+    time.sleep(0.5)
+    assert sorted(s.attributes["url.full"].rpartition("?")[2] for s in clients(receiver.spans)) == \
+        sorted(f"i={i}" for i in range(requests))
+    assert {s.resource["process.executable.name"] for s in receiver.spans} == {"curl"}
+    # The kernel's selections of the exited curls go again (at the latest
+    # with the next rescan of /proc, every 2 s).
+    deadline = time.monotonic() + 10
+    while agent.metric("otel_ebpf_bpf_map_entries", map="pid_filter") and \
+            time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert agent.metric("otel_ebpf_bpf_map_entries", map="pid_filter") == 0
+
+
 def test_bad_selectors_stop_the_agent_with_a_clear_message():
     from conftest import AGENT, ROOT
     result = subprocess.run(AGENT + ["run", "--container", "xyz", "--metrics-address", ""],

@@ -1,12 +1,12 @@
 /* Go crypto/tls plaintext: uprobes on crypto/tls.(*Conn).Read and .Write.
  *
- * Included by bpf/capture.bpf.c after the OpenSSL TLS uprobes, whose record it
- * produces: the plaintext goes through emit_data() with FLAG_TLS and the
+ * Included by bpf/capture.bpf.c after the OpenSSL TLS uprobes, whose record
+ * it produces: the plaintext goes through emit_data() with FLAG_TLS and the
  * ssl_read/ssl_write statistics slots, so userspace sees one kind of TLS
  * data whatever library made it.
  *
- * Attached by agent/capture/go_binaries.py to each Go executable that has
- * the two functions: tls_go_enter at their entries, tls_go_exit at each of
+ * Attached by agent/capture/go_tls.py to each Go executable that has the
+ * two functions: tls_go_enter at their entries, tls_go_exit at each of
  * their RET instructions (a uretprobe rewrites the return address on the
  * stack, and Go moves goroutine stacks: it would crash the program).  The
  * cookie names the function and the executable (events.h GO_TLS_*).
@@ -22,13 +22,13 @@
  * calling thread does inside the call (as for OpenSSL), remembered per Conn
  * for the calls that do none (served from Go's record buffer).
  *
- * The BCC build leaves this out (its loader attaches only the programs
- * named in bpf/capture.bpf.c itself): Go TLS needs the CO-RE loader.
+ * Only user memory and the uprobe's saved registers are read: both front
+ * ends build it (the register names are the kernel's struct pt_regs, x86-64).
  */
 #ifndef OTEL_EBPF_GO_TLS_H
 #define OTEL_EBPF_GO_TLS_H
 
-#if FRONTEND_BTF && defined(__TARGET_ARCH_x86)
+#if defined(__TARGET_ARCH_x86)
 
 #define GO_RECEIVER(ctx) ((ctx)->ax)
 #define GO_SLICE_PTR(ctx) ((ctx)->bx)
@@ -140,10 +140,16 @@ int tls_go_enter(struct pt_regs *ctx)
     if (layout && layout->has_layout) {
         call.fd = go_conn_fd(call.conn, layout);
     } else {
+        /* The socket this Conn was tied to, while that connection is still
+         * open as TLS: a Conn freed and another allocated at its address
+         * must not inherit a closed socket's number. */
         struct ssl_key known_key = { .ssl = call.conn, .tgid = tgid };
         __s32 *known = bpf_map_lookup_elem(&ssl_fds, &known_key);
-        if (known)
-            call.fd = *known;
+        if (known) {
+            struct conn_info *bound = traced_conn(tgid, *known);
+            if (bound && bound->tls)
+                call.fd = *known;
+        }
     }
     if (call.fd >= 0) {
         /* The socket's own bytes are ciphertext from now on: not copied. */
@@ -177,7 +183,7 @@ int tls_go_enter(struct pt_regs *ctx)
 /* The socket a call without DWARF offsets used: the one its entry thread
  * did I/O on inside the call, if the goroutine came back to that thread
  * (else another goroutine's I/O may have run there), else the one this
- * Conn was last tied to. */
+ * Conn was last tied to while that connection is still open as TLS. */
 static __always_inline __s32 go_call_fd_by_thread(__u64 id, const struct go_tls_call *call)
 {
     __u64 entry_id = (id & 0xffffffff00000000ULL) | call->entry_tid;
@@ -194,7 +200,10 @@ static __always_inline __s32 go_call_fd_by_thread(__u64 id, const struct go_tls_
         return fd;
     }
     __s32 *known = bpf_map_lookup_elem(&ssl_fds, &key);
-    return known ? *known : -1;
+    if (!known)
+        return -1;
+    struct conn_info *bound = traced_conn(id >> 32, *known);
+    return bound && bound->tls ? *known : -1;
 }
 
 SEC("uprobe")
@@ -217,6 +226,6 @@ int tls_go_exit(struct pt_regs *ctx)
     return go_tls_emit(id, &call, (long)result);
 }
 
-#endif /* CO-RE, x86-64 */
+#endif /* x86-64 */
 
 #endif

@@ -48,7 +48,7 @@ def supported(capture) -> str | None:
         capture.front_end.program_fd(ENTRY_PROGRAM)
     except KeyError:
         return (f"the {capture.front_end.name} build has no Go TLS probes "
-                "(bpf/go_tls.h is CO-RE and x86-64 only)")
+                "(bpf/go_tls.h reads x86-64 registers; TLS capture may be off)")
     return None
 
 
@@ -59,7 +59,6 @@ class GoTlsMaps:
         self.binaries = capture.optional_map_fd("go_tls_binaries")
         self.counts = capture.optional_map_fd("go_tls_counts")
         self.calls = capture.optional_map_fd("go_tls_calls")
-        capture.process_exit_hooks.append(self.forget_process)
 
     def set_binary(self, index: int, layout: bytes) -> None:
         check_ret(libbpf.lib().bpf_map_update_elem(self.binaries, _INDEX.pack(index), layout, 0),
@@ -96,6 +95,7 @@ class GoTlsProbes:
         self.unavailable = supported(capture)
         if maps is None and not self.unavailable:
             maps = GoTlsMaps(capture)
+            capture.process_exit_hooks.append(self.forget_process)
         self.maps = maps
         # Probed binaries: (index, path, go version, socket source), by index.
         self.binaries: list[tuple[int, str, str, str]] = []
@@ -161,6 +161,12 @@ class GoTlsProbes:
                  targets.go_version, source)
         return True
 
+    def forget_process(self, pid: int) -> None:
+        """An exited process's calls in flight go; the table is walked only
+        on a node where some Go executable was probed."""
+        if self.binaries:
+            self.maps.forget_process(pid)
+
     def counts(self) -> list[tuple[str, str, int, int]]:
         """(path, socket source, plaintext calls, calls not tied to a socket)
         of each probed binary, from the kernel's counters."""
@@ -190,3 +196,18 @@ def metric_families(go: GoTlsProbes, prefix: str):
         calls.add_metric([path, "tied"], total - unmapped)
         calls.add_metric([path, "unmapped"], unmapped)
     yield calls
+
+
+def go_tls_coverage(go: GoTlsProbes) -> str:
+    """The doctor's line: what of Go's crypto/tls the agent reads here."""
+    if go.unavailable:
+        return f"Go TLS: not covered: {go.unavailable}"
+    dwarf = go.outcomes.get(SOCKET_FROM_DWARF, 0)
+    thread = go.outcomes.get(SOCKET_FROM_THREAD, 0)
+    skipped = {why: n for why, n in go.outcomes.items()
+               if why not in (SOCKET_FROM_DWARF, SOCKET_FROM_THREAD)}
+    text = (f"Go TLS: covered for running Go executables: {dwarf + thread} probed "
+            f"({dwarf} with DWARF, {thread} without: sockets from thread I/O, some calls lost)")
+    if skipped:
+        text += "; skipped: " + ", ".join(f"{n} {why}" for why, n in sorted(skipped.items()))
+    return text

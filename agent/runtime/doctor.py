@@ -5,7 +5,7 @@ from agent.capture.kernel_features import detect, ensure_tracefs
 from agent.capture.kernel_headers import KernelHeadersError, find as find_kernel_headers
 from agent.capture.loader import (CaptureLoadError, CaptureSettings, bpf_loop_support, candidate_hooks,
                           choose_loader, load_capture, ring_buffer_support)
-from agent.capture.go_tls import SOCKET_FROM_DWARF, SOCKET_FROM_THREAD
+from agent.capture.go_tls import go_tls_coverage
 from agent.capture import tls_runtimes
 from agent.capture.tls import TlsProbes
 from agent.capture.conntrack import doctor_text as conntrack_text
@@ -35,21 +35,6 @@ def loader_reason(choice: str, front_end: str, btf: bool, loop_ok: bool) -> tupl
         return True, f"chosen with --loader bcc; {found}, neither needed by BCC"
     missing = "no kernel BTF" if not btf else "kernel BTF present but no bpf_loop"
     return True, f"{missing}: the CO-RE object cannot load; BCC needs neither BTF nor bpf_loop"
-
-
-def go_tls_coverage(go) -> str:
-    """One line: what of Go's crypto/tls the agent reads here."""
-    if go.unavailable:
-        return f"Go TLS: not covered: {go.unavailable}; run with --loader core"
-    dwarf = go.outcomes.get(SOCKET_FROM_DWARF, 0)
-    thread = go.outcomes.get(SOCKET_FROM_THREAD, 0)
-    skipped = {why: n for why, n in go.outcomes.items()
-               if why not in (SOCKET_FROM_DWARF, SOCKET_FROM_THREAD)}
-    text = (f"Go TLS: covered for running Go executables: {dwarf + thread} probed "
-            f"({dwarf} with DWARF, {thread} without: sockets from thread I/O, some calls lost)")
-    if skipped:
-        text += "; skipped: " + ", ".join(f"{n} {why}" for why, n in sorted(skipped.items()))
-    return text
 
 
 def report(loader: str = "auto", kernel_headers: str | None = None) -> tuple[str, bool]:

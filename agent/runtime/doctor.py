@@ -7,6 +7,7 @@ from agent.capture.loader import (CaptureLoadError, CaptureSettings, bpf_loop_su
                           choose_loader, load_capture, ring_buffer_support)
 from agent.capture.tls import TlsProbes
 from agent.capture.conntrack import doctor_text as conntrack_text
+from agent.runtime.doctor_tls import tls_runtime_lines
 
 
 def _kernel_headers_text(configured: str | None) -> str:
@@ -77,6 +78,7 @@ def report(loader: str = "auto", kernel_headers: str | None = None) -> tuple[str
                          f"({tls.counts['probes_attached']} probes, {attach})")
             lines += [f"  {path}" for path in tls.probed_files]
             lines.append(tls.membio.describe())
+            lines += tls_runtime_lines(capture.front_end.name)
             if not tls.counts["files_probed"]:
                 lines.append("  no OpenSSL found: TLS traffic stays unreadable "
                              "(Go, BoringSSL, rustls and Java are out of reach anyway)")

@@ -78,7 +78,7 @@ def report(loader: str = "auto", kernel_headers: str | None = None) -> tuple[str
                          f"({tls.counts['probes_attached']} probes, {attach})")
             lines += [f"  {path}" for path in tls.probed_files]
             lines.append(tls.membio.describe())
-            lines += tls_runtime_lines(capture.front_end.name)
+            lines += tls_runtime_lines()
             if not tls.counts["files_probed"]:
                 lines.append("  no OpenSSL found: TLS traffic stays unreadable "
                              "(Go, BoringSSL, rustls and Java are out of reach anyway)")

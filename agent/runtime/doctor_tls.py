@@ -96,7 +96,7 @@ def _openssl_lines(files: NodeFiles) -> list[str]:
     return lines
 
 
-def _node_line(files: NodeFiles, loader: str) -> str:
+def _node_line(files: NodeFiles) -> str:
     nodes = files.named("node", "nodejs")
     if not nodes:
         return "  OpenSSL, memory BIO (Node.js): no node executable found"
@@ -105,12 +105,8 @@ def _node_line(files: NodeFiles, loader: str) -> str:
     if not inside:
         return (f"  OpenSSL, memory BIO (Node.js): not traced, {_listed(nodes)} has no OpenSSL "
                 "symbols of its own (SSL_read, SSL_set_bio, BIO_write)")
-    line = (f"  OpenSSL, memory BIO (Node.js, OpenSSL inside the executable): traced, SSL bound "
+    return (f"  OpenSSL, memory BIO (Node.js, OpenSSL inside the executable): traced, SSL bound "
             f"to its socket by its TLS records; {_listed(inside)}")
-    if loader == "bcc":
-        line += ("; with --loader bcc only Node clients: Node servers accept with no peer "
-                 "address, which the BCC build cannot place")
-    return line
 
 
 def _out_of_reach_lines(files: NodeFiles) -> list[str]:
@@ -129,8 +125,9 @@ def _out_of_reach_lines(files: NodeFiles) -> list[str]:
             f"{found(java)}"]
 
 
-def tls_runtime_lines(loader: str, proc: str = "/proc") -> list[str]:
-    """The doctor's block: one line per TLS runtime, what the agent covers."""
+def tls_runtime_lines(proc: str = "/proc") -> list[str]:
+    """The doctor's block: one line per TLS runtime, what the agent covers
+    (alike under both loaders)."""
     files = NodeFiles(proc)
-    return (["TLS runtimes on this node:"] + _openssl_lines(files) + [_node_line(files, loader)]
+    return (["TLS runtimes on this node:"] + _openssl_lines(files) + [_node_line(files)]
             + _out_of_reach_lines(files))

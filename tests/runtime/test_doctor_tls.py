@@ -40,7 +40,7 @@ def running(tmp_path):
 
 
 def test_one_line_per_runtime_with_what_is_covered():
-    lines = tls_runtime_lines("core")
+    lines = tls_runtime_lines()
     assert lines[0] == "TLS runtimes on this node:"
     starts = ["OpenSSL, socket BIO", "OpenSSL, memory BIO (Python asyncio",
               "OpenSSL, memory BIO (Node.js", "BoringSSL inside grpcio/Envoy: out of reach",
@@ -52,21 +52,19 @@ def test_system_libssl_covers_socket_and_memory_bios():
     libssl = sorted({os.path.realpath(p) for p in system_libssl_paths()})
     if not libssl:
         pytest.skip("no libssl in the dynamic linker's cache")
-    lines = tls_runtime_lines("core")
+    lines = tls_runtime_lines()
     for start in ("OpenSSL, socket BIO", "OpenSSL, memory BIO (Python asyncio"):
         line = line_about(lines, start)
         assert ": traced," in line and libssl[0] in line, line
 
 
-def test_node_with_its_own_openssl_is_traced_and_bcc_says_what_it_misses(running):
+def test_node_with_its_own_openssl_is_traced(running):
     node = shutil.which("node") or shutil.which("nodejs")
     if not node:
         pytest.skip("Debian's nodejs is not installed (make setup installs it)")
     _, proc = running([node, "-e", "console.log('up'); setTimeout(() => {}, 60000)"])
-    core = line_about(tls_runtime_lines("core", proc), "OpenSSL, memory BIO (Node.js")
-    assert core.endswith(f"by its TLS records; {os.path.realpath(node)}"), core
-    bcc = line_about(tls_runtime_lines("bcc", proc), "OpenSSL, memory BIO (Node.js")
-    assert "with --loader bcc only Node clients" in bcc
+    line = line_about(tls_runtime_lines(proc), "OpenSSL, memory BIO (Node.js")
+    assert line.endswith(f"by its TLS records; {os.path.realpath(node)}"), line
 
 
 def test_grpcio_in_a_running_process_is_named_out_of_reach(running):
@@ -75,14 +73,14 @@ def test_grpcio_in_a_running_process_is_named_out_of_reach(running):
                             "time.sleep(60)"])
     with open(f"/proc/{grpcio.pid}/maps") as f:
         cygrpc = next(line[line.find("/"):].strip() for line in f if "cygrpc" in line)
-    line = line_about(tls_runtime_lines("core", proc), "BoringSSL inside grpcio/Envoy")
+    line = line_about(tls_runtime_lines(proc), "BoringSSL inside grpcio/Envoy")
     assert line.endswith(f"no symbols to probe); found: {cygrpc}"), line
-    assert line_about(tls_runtime_lines("core", proc), "rustls").endswith("none found")
+    assert line_about(tls_runtime_lines(proc), "rustls").endswith("none found")
 
 
 def test_java_on_path_is_named_out_of_reach():
     java = shutil.which("java")
-    line = line_about(tls_runtime_lines("core"), "Java (JSSE)")
+    line = line_about(tls_runtime_lines(), "Java (JSSE)")
     if java:
         assert f"found: {os.path.realpath(java)}" in line or " more" in line, line
     else:
@@ -93,5 +91,5 @@ def test_a_process_gone_while_scanned_is_skipped(tmp_path):
     """A /proc entry without exe or maps (a kernel thread, an exited
     process) is skipped; the lines still come, from PATH and ldconfig."""
     (tmp_path / "12345").mkdir()
-    lines = tls_runtime_lines("core", proc=str(tmp_path))
+    lines = tls_runtime_lines(proc=str(tmp_path))
     assert line_about(lines, "BoringSSL inside grpcio/Envoy").endswith("none found")

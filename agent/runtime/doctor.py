@@ -1,13 +1,14 @@
 """`otel-ebpf doctor`: what this kernel offers, and what the agent will use."""
 from __future__ import annotations
 
+from agent.runtime.doctor_tls import tls_runtime_lines
+
 from agent.capture.kernel_features import detect, ensure_tracefs
 from agent.capture.kernel_headers import KernelHeadersError, find as find_kernel_headers
 from agent.capture.loader import (CaptureLoadError, CaptureSettings, bpf_loop_support, candidate_hooks,
                           choose_loader, load_capture, ring_buffer_support)
 from agent.capture.tls import TlsProbes
 from agent.capture.conntrack import doctor_text as conntrack_text
-from agent.runtime.doctor_tls import tls_runtime_lines
 
 
 def _kernel_headers_text(configured: str | None) -> str:
@@ -78,11 +79,11 @@ def report(loader: str = "auto", kernel_headers: str | None = None) -> tuple[str
                          f"({tls.counts['probes_attached']} probes, {attach})")
             lines += [f"  {path}" for path in tls.probed_files]
             lines.append(tls.membio.describe())
-            lines += tls_runtime_lines()
             if not tls.counts["files_probed"]:
                 lines.append("  no OpenSSL found: TLS traffic stays unreadable "
                              "(Go, BoringSSL, rustls and Java are out of reach anyway)")
         finally:
             capture.close()
+        lines += tls_runtime_lines()
     lines.append(f"\n{conntrack_text()}")
     return "\n".join(lines), ok

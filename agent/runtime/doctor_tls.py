@@ -1,18 +1,18 @@
-"""The doctor's TLS runtime lines: for each TLS stack found on this node
-(running processes' executables and mapped libraries, and the `node` and
-`java` commands on PATH), one line saying what the agent covers of it.
+"""The doctor's OpenSSL runtime lines: for each way OpenSSL is used on this
+node (the libssl files the linker knows or processes map, node executables
+running or on PATH), one line saying what the agent covers of it.
 
 Coverage is read from the files themselves (their ELF symbols), not from a
 trial attachment, so the lines hold for programs started later as well:
 - OpenSSL over a socket BIO: SSL_read/SSL_write make the socket call;
 - OpenSSL over memory BIOs (Node.js with OpenSSL in its executable, Python
   asyncio with the system libssl): bound by SSL_set_bio + BIO_write
-  (agent/capture/tls_membio.py);
-- out of reach: BoringSSL inside grpcio or Envoy, rustls, Java.
+  (agent/capture/tls_membio.py).
+Stacks out of reach (BoringSSL inside grpcio or Envoy, rustls, Java) have
+lines of their own, from the doctor's scan for them.
 """
 from __future__ import annotations
 
-import mmap
 import os
 import shutil
 
@@ -22,10 +22,6 @@ from agent.capture.tls_membio import BIO_FUNCTIONS, SSL_FUNCTIONS, libcrypto_bes
 
 MEMBIO_SSL = tuple(SSL_FUNCTIONS)
 MEMBIO_BIO = tuple(BIO_FUNCTIONS)
-# Files that carry a stack the agent cannot read, by what their path holds.
-GRPCIO_MARKER = "cygrpc"        # grpcio's extension module, BoringSSL linked in
-JVM_MARKER = "libjvm.so"
-RUSTLS_MARKER = b"rustls"       # crate paths in panic messages and symbols
 MAX_LISTED = 3
 
 
@@ -40,21 +36,12 @@ def _listed(paths) -> str:
     return shown + (f" and {len(paths) - MAX_LISTED} more" if len(paths) > MAX_LISTED else "")
 
 
-def _contains(path: str, marker: bytes) -> bool:
-    try:
-        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
-            return m.find(marker) >= 0
-    except (OSError, ValueError):
-        return False
-
-
 class NodeFiles:
     """What the running processes use: executables and mapped files, each
     real path once."""
 
     def __init__(self, proc: str = "/proc"):
         self.executables: set[str] = set()
-        self.mapped: set[str] = set()
         self.libssl = {os.path.realpath(path) for path in system_libssl_paths()}
         own = os.getpid()
         for entry in os.scandir(proc):
@@ -67,9 +54,7 @@ class NodeFiles:
             except OSError:
                 continue   # gone, or a kernel thread
             self.libssl |= {os.path.realpath(p) for p in mapped_libssl_paths(maps)}
-            self.mapped |= {line[line.find("/"):] for line in maps.splitlines()
-                            if "/" in line and (GRPCIO_MARKER in line or JVM_MARKER in line)}
-        for command in ("node", "nodejs", "java"):
+        for command in ("node", "nodejs"):
             found = shutil.which(command)
             if found:
                 self.executables.add(os.path.realpath(found))
@@ -109,25 +94,8 @@ def _node_line(files: NodeFiles) -> str:
             f"to its socket by its TLS records; {_listed(inside)}")
 
 
-def _out_of_reach_lines(files: NodeFiles) -> list[str]:
-    grpcio = {path for path in files.mapped if GRPCIO_MARKER in path}
-    envoy = files.named("envoy")
-    java = files.named("java") | {path for path in files.mapped if JVM_MARKER in path}
-    rustls = {path for path in files.executables - files.named("node", "nodejs", "java")
-              if _contains(path, RUSTLS_MARKER)}
-
-    def found(paths) -> str:
-        return f"found: {_listed(paths)}" if paths else "none found"
-    return [f"  BoringSSL inside grpcio/Envoy: out of reach (linked in and stripped: no "
-            f"symbols to probe); {found(grpcio | envoy)}",
-            f"  rustls: out of reach (no stable symbols); {found(rustls)}",
-            f"  Java (JSSE): out of reach (TLS inside the JVM, in JIT-compiled code); "
-            f"{found(java)}"]
-
-
 def tls_runtime_lines(proc: str = "/proc") -> list[str]:
     """The doctor's block: one line per TLS runtime, what the agent covers
     (alike under both loaders)."""
     files = NodeFiles(proc)
-    return (["TLS runtimes on this node:"] + _openssl_lines(files) + [_node_line(files)]
-            + _out_of_reach_lines(files))
+    return ["OpenSSL runtimes on this node:"] + _openssl_lines(files) + [_node_line(files)]

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 
 import pytest
 
@@ -41,10 +40,9 @@ def running(tmp_path):
 
 def test_one_line_per_runtime_with_what_is_covered():
     lines = tls_runtime_lines()
-    assert lines[0] == "TLS runtimes on this node:"
+    assert lines[0] == "OpenSSL runtimes on this node:"
     starts = ["OpenSSL, socket BIO", "OpenSSL, memory BIO (Python asyncio",
-              "OpenSSL, memory BIO (Node.js", "BoringSSL inside grpcio/Envoy: out of reach",
-              "rustls: out of reach", "Java (JSSE): out of reach"]
+              "OpenSSL, memory BIO (Node.js"]
     assert [line_about(lines, start) for start in starts] == lines[1:]
 
 
@@ -67,29 +65,14 @@ def test_node_with_its_own_openssl_is_traced(running):
     assert line.endswith(f"by its TLS records; {os.path.realpath(node)}"), line
 
 
-def test_grpcio_in_a_running_process_is_named_out_of_reach(running):
-    pytest.importorskip("grpc")
-    grpcio, proc = running([sys.executable, "-c", "import grpc, time; print('up', flush=True); "
-                            "time.sleep(60)"])
-    with open(f"/proc/{grpcio.pid}/maps") as f:
-        cygrpc = next(line[line.find("/"):].strip() for line in f if "cygrpc" in line)
-    line = line_about(tls_runtime_lines(proc), "BoringSSL inside grpcio/Envoy")
-    assert line.endswith(f"no symbols to probe); found: {cygrpc}"), line
-    assert line_about(tls_runtime_lines(proc), "rustls").endswith("none found")
-
-
-def test_java_on_path_is_named_out_of_reach():
-    java = shutil.which("java")
-    line = line_about(tls_runtime_lines(), "Java (JSSE)")
-    if java:
-        assert f"found: {os.path.realpath(java)}" in line or " more" in line, line
-    else:
-        assert line.endswith("none found"), line
-
-
 def test_a_process_gone_while_scanned_is_skipped(tmp_path):
     """A /proc entry without exe or maps (a kernel thread, an exited
     process) is skipped; the lines still come, from PATH and ldconfig."""
     (tmp_path / "12345").mkdir()
     lines = tls_runtime_lines(proc=str(tmp_path))
-    assert line_about(lines, "BoringSSL inside grpcio/Envoy").endswith("none found")
+    node = shutil.which("node") or shutil.which("nodejs")
+    line = line_about(lines, "OpenSSL, memory BIO (Node.js")
+    if node:
+        assert os.path.realpath(node) in line, line
+    else:
+        assert line.endswith("no node executable found"), line

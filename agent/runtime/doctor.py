@@ -1,8 +1,6 @@
 """`otel-ebpf doctor`: what this kernel offers, and what the agent will use."""
 from __future__ import annotations
 
-from agent.runtime.doctor_tls import tls_runtime_lines
-
 from agent.capture.kernel_features import detect, ensure_tracefs
 from agent.capture.kernel_headers import KernelHeadersError, find as find_kernel_headers
 from agent.capture.loader import (CaptureLoadError, CaptureSettings, bpf_loop_support, candidate_hooks,
@@ -84,6 +82,5 @@ def report(loader: str = "auto", kernel_headers: str | None = None) -> tuple[str
                              "(Go, BoringSSL, rustls and Java are out of reach anyway)")
         finally:
             capture.close()
-        lines += tls_runtime_lines()
     lines.append(f"\n{conntrack_text()}")
     return "\n".join(lines), ok

@@ -2,7 +2,7 @@
 own CPU, and what the traced processes (client and server) pay for the
 probes, with and without the agent, in one run.
 
-    .venv/bin/python benchmarks/tls_membio_cpu.py [--requests 2000]
+    .venv/bin/python benchmarks/tls_membio_cpu.py [--requests 2000] [--loader bcc]
 
 A Node https server and client (tests/kernel/peers/node_https.js, one
 keep-alive connection, requests one after another) run twice: once
@@ -90,7 +90,9 @@ def run_client(client: subprocess.Popen, server_pid: int) -> tuple[float, float,
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--loader", choices=("core", "bcc"), default="core")
     args = parser.parse_args()
+    expected = 2 * args.requests   # a server and a client span per request
     node = shutil.which("node")
     n = args.requests
     cert = TlsCertificate(Path(tempfile.mkdtemp()))
@@ -105,24 +107,26 @@ def main() -> None:
         print(f"untraced: {n} requests in {wall:.2f}s; node CPU per request: "
               f"client {client_cpu / n * 1e6:.0f} µs, server {server_cpu / n * 1e6:.0f} µs")
         client = start_client(node, port, n, cert.cert)
-        agent = AgentProcess(["--pid", str(server.pid), "--pid", str(client.pid)],
+        agent = AgentProcess(["--loader", args.loader,
+                              "--pid", str(server.pid), "--pid", str(client.pid)],
                              {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
                               "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
                               "OTEL_BSP_SCHEDULE_DELAY": "200"})
         try:
             agent_before = tree_cpu_seconds(agent.proc.pid)
             wall, client_cpu, server_cpu = run_client(client, server.pid)
-            receiver.wait_for(lambda spans: len(spans) >= 2 * n, 60)
+            receiver.wait_for(lambda spans: len(spans) >= expected, 60)
             agent_cpu = tree_cpu_seconds(agent.proc.pid) - agent_before
             spans = len(receiver.spans)
             unmapped = agent.metric("otel_ebpf_kernel_tls_unmapped_total")
+            bound = agent.metric("otel_ebpf_kernel_tls_membio_bindings_total", result="bound")
         finally:
             agent.stop()
         print(f"traced:   {n} requests in {wall:.2f}s; node CPU per request: "
               f"client {client_cpu / n * 1e6:.0f} µs, server {server_cpu / n * 1e6:.0f} µs")
-        print(f"agent: {agent_cpu:.2f}s CPU for {spans} spans ({2 * n} expected), "
-              f"{agent_cpu / n * 1e6:.0f} µs per request (two spans each); "
-              f"tls_unmapped {unmapped:.0f}")
+        print(f"agent ({args.loader}): {agent_cpu:.2f}s CPU for {spans} spans ({expected} "
+              f"expected), {agent_cpu / n * 1e6:.0f} µs per request; tls_unmapped "
+              f"{unmapped:.0f}; SSLs bound {bound:.0f}")
     finally:
         receiver.stop()
         server.kill()

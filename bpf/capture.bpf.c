@@ -657,6 +657,7 @@ int tls_exit(struct pt_regs *ctx)
             struct probe_stats *stats = stats_for(probe);
             if (stats)
                 stats->unmapped++;
+            membio_note_unmapped(id >> 32);
             return 0;
         }
         call.fd = *fd;

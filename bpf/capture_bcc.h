@@ -101,11 +101,46 @@ static __always_inline struct conn_info *track_conn(__u32 tgid, __u32 fd, __u8 r
     return remember_conn(tgid, fd, role, NULL);
 }
 
+/* A connection accepted with no peer address asked for (libuv's
+ * accept4(fd, NULL, NULL): every Node.js server) has no tuple yet; its
+ * first read places it (tcp:tcp_rcv_space_adjust below).  Marked in the
+ * untraced conn_info's unclassified_events, which only traced ones count. */
+#define UNPLACED_ACCEPT 0xff
+
+/* A read in progress on an unplaced connection: thread id -> the call, kept
+ * as a traced one once the read's own TCP record names both ends. */
+MAP(HASH, placing_reads, __u64, struct io_args, 16384);
+
+static __always_inline bool unplaced(__u32 tgid, __u32 fd)
+{
+    __u64 key = conn_key(tgid, fd);
+    struct conn_info *conn = bpf_map_lookup_elem(&conns, &key);
+    return conn && !conn->traced && conn->unclassified_events == UNPLACED_ACCEPT;
+}
+
 /* Reads are followed from their entry: the saved registers at their exit
  * are a kernel struct away. */
 static __always_inline int on_read_enter(__u32 fd, __u64 buf, __u32 count, __u32 probe,
                                          __u8 buffer_kind, bool msg)
 {
+    __u64 id = bpf_get_current_pid_tgid();
+    if (unplaced(id >> 32, fd) && process_traced(id >> 32)) {
+        struct io_args args = { .start_ns = bpf_ktime_get_ns(), .buf = buf, .fd = fd,
+                                .count = count, .probe = probe, .buffer_kind = buffer_kind,
+                                .direction = DIRECTION_INGRESS };
+        __u64 iov;
+        __u32 iovcnt;
+        if (msg) {
+            if (!msg_iovecs(buf, &iov, &iovcnt))
+                return 0;
+            args.buf = iov;
+            args.count = iovcnt;
+            args.buffer_kind = IO_IOVEC;
+        }
+        if (bpf_map_update_elem(&placing_reads, &id, &args, BPF_ANY))
+            count_untracked(probe);
+        return 0;
+    }
     if (msg)
         return on_msg_enter(fd, buf, probe, DIRECTION_INGRESS);
     return on_io_enter(fd, buf, count, probe, buffer_kind, DIRECTION_INGRESS);
@@ -113,6 +148,9 @@ static __always_inline int on_read_enter(__u32 fd, __u64 buf, __u32 count, __u32
 
 static __always_inline int on_read_exit(long ret, __u32 probe, __u8 buffer_kind, bool msg)
 {
+    __u64 id = bpf_get_current_pid_tgid();
+    /* Not placed (a Unix socket, an empty read): nothing kept. */
+    bpf_map_delete_elem(&placing_reads, &id);
     return on_io_exit(ret);
 }
 
@@ -121,8 +159,8 @@ static __always_inline int on_read_exit(long ret, __u32 probe, __u8 buffer_kind,
  * sockaddr the process passes to connect() or gets back from accept() (user
  * memory, the syscall ABI); its local end from sock:inet_sock_set_state,
  * whose record the kernel lays out itself (BCC reads its tracefs format).
- * Sockets made before the agent started, and accept() calls that ask for no
- * peer address, are not seen. */
+ * Sockets made before the agent started are not seen; accept() calls that
+ * ask for no peer address are placed by their first read (below). */
 
 /* accept() calls in progress: where the caller wants the peer's address. */
 MAP(HASH, active_accept, __u64, __u64, 16384);
@@ -216,10 +254,42 @@ TRACEPOINT_PROBE(sock, inet_sock_set_state)
     }
     return 0;
 }
+/* Inside a read on a connection accepted with no peer address: the TCP
+ * record of the socket being read, in the reading thread, names both ends.
+ * The peer must be one the kernel completed passively and nobody accepted
+ * with an address (passive_ends), so a record from another socket (a
+ * softirq on this CPU) places nothing. */
+TRACEPOINT_PROBE(tcp, tcp_rcv_space_adjust)
+{
+    __u64 id = bpf_get_current_pid_tgid();
+    struct io_args *pending = bpf_map_lookup_elem(&placing_reads, &id);
+    if (!pending)
+        return 0;
+    struct io_args call = *pending;
+    bpf_map_delete_elem(&placing_reads, &id);
+    if (!unplaced(id >> 32, call.fd))
+        return 0;
+    struct endpoint peer = {};
+    store_address(peer.addr, args->family, args->daddr, args->daddr_v6);
+    peer.port = args->dport;
+    struct endpoint *local = bpf_map_lookup_elem(&passive_ends, &peer);
+    if (!local || local->port != args->sport)
+        return 0;
+    struct conn_tuple tuple = { .family = args->family, .local_port = args->sport,
+                                .remote_port = args->dport };
+    __builtin_memcpy(tuple.local_addr, local->addr, 16);
+    __builtin_memcpy(tuple.remote_addr, peer.addr, 16);
+    bpf_map_delete_elem(&passive_ends, &peer);
+    struct conn_info *conn = remember_conn(id >> 32, call.fd, ROLE_SERVER, &tuple);
+    if (conn && conn->traced && !keep_io_call(id, &call))
+        count_untracked(call.probe);
+    return 0;
+}
+
 static __always_inline int on_accept_enter(__u64 peer_addr)
 {
     __u64 id = bpf_get_current_pid_tgid();
-    if (peer_addr && process_traced(id >> 32) &&
+    if (process_traced(id >> 32) &&
         bpf_map_update_elem(&active_accept, &id, &peer_addr, BPF_ANY))
         count_untracked(PROBE_ACCEPT);
     return 0;
@@ -235,6 +305,12 @@ static __always_inline int on_accept_exit(long ret)
     __u64 uaddr = *peer_addr;
     bpf_map_delete_elem(&active_accept, &id);
     struct conn_tuple tuple = {};
+    if (ret >= 0 && !uaddr) {
+        struct conn_info *conn = remember_conn(tgid, ret, ROLE_SERVER, NULL);
+        if (conn)
+            conn->unclassified_events = UNPLACED_ACCEPT;
+        return 0;
+    }
     if (ret < 0 || !read_peer(uaddr, &tuple))
         return 0;
     struct endpoint peer = {};

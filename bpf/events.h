@@ -82,6 +82,14 @@
 #define MEMBIO_FN_SET_BIO 0
 #define MEMBIO_FN_SET0_WBIO 1
 #define MEMBIO_FN_BIO_WRITE 2
+/* Slots of bpf/tls_membio.h's membio_results: what became of an attempt to
+ * bind an SSL to its socket (agent/capture/tls_membio.py names them). */
+#define MEMBIO_BOUND 0
+#define MEMBIO_NO_MATCHING_RECORD 1
+#define MEMBIO_RECORD_TOO_SHORT 2
+#define MEMBIO_RECORD_UNREADABLE 3
+#define MEMBIO_TABLE_FULL 4
+#define MEMBIO_RESULT_COUNT 5
 
 /* Go crypto/tls: the BPF cookie of a Go TLS uprobe (agent/capture/go_binaries.py)
  * is (binary index << GO_TLS_BINARY_SHIFT) | GO_TLS_FN_*, the index naming

@@ -43,6 +43,29 @@ MAP(LRU_HASH, membio_records, struct membio_record_key, struct membio_writer, 16
 /* Processes that gave an SSL a BIO: only their socket writes are compared. */
 MAP(LRU_HASH, membio_processes, __u32, __u8, 4096);
 
+/* What became of each attempt to bind (MEMBIO_* slots in events.h),
+ * exported as otel_ebpf_kernel_tls_membio_bindings_total{result}. */
+MAP(PERCPU_ARRAY, membio_results, __u32, __u64, MEMBIO_RESULT_COUNT);
+
+static __always_inline void count_membio(__u32 result)
+{
+    __u64 *count = bpf_map_lookup_elem(&membio_results, &result);
+    if (count)
+        (*count)++;
+}
+
+/* conn_info.tls of a connection that carried TLS records no remembered
+ * record matched (counted once): its ciphertext is not copied, and a
+ * later record may still bind it. */
+#define CONN_TLS_UNBOUND 2
+
+/* The first bytes of a TLS record: content type 20-23 (change cipher
+ * spec, alert, handshake, application data), then version 3.x. */
+static __always_inline bool looks_like_tls_record(const __u8 *head)
+{
+    return head[0] >= 20 && head[0] <= 23 && head[1] == 3 && head[2] <= 4;
+}
+
 SEC("uprobe")
 int tls_membio_enter(struct pt_regs *ctx)
 {
@@ -69,8 +92,9 @@ int tls_membio_enter(struct pt_regs *ctx)
         /* A new SSL at a freed one's address must not inherit its socket. */
         struct ssl_key old = { .ssl = ssl, .tgid = tgid };
         bpf_map_delete_elem(&ssl_fds, &old);
-        bpf_map_update_elem(&membio_wbios, &key, &ssl, BPF_ANY);
-        bpf_map_update_elem(&membio_processes, &tgid, &one, BPF_ANY);
+        if (bpf_map_update_elem(&membio_wbios, &key, &ssl, BPF_ANY) ||
+            bpf_map_update_elem(&membio_processes, &tgid, &one, BPF_ANY))
+            count_membio(MEMBIO_TABLE_FULL);
         return 0;
     }
     /* BIO_write(bio, data, len) and BIO_write_ex(bio, data, len, written). */
@@ -85,14 +109,28 @@ int tls_membio_enter(struct pt_regs *ctx)
         bpf_map_delete_elem(&membio_wbios, &key);
         return 0;
     }
-    if (PT_REGS_PARM3(ctx) < MEMBIO_KEY_BYTES)
+    if (PT_REGS_PARM3(ctx) < MEMBIO_KEY_BYTES) {
+        count_membio(MEMBIO_RECORD_TOO_SHORT);
         return 0;
+    }
     struct membio_writer owner = { .ssl = *ssl, .bio = key.bio };
     struct membio_record_key record = { .tgid = tgid };
-    if (bpf_probe_read_user(record.head, sizeof(record.head), (void *)PT_REGS_PARM2(ctx)))
+    if (bpf_probe_read_user(record.head, sizeof(record.head), (void *)PT_REGS_PARM2(ctx))) {
+        count_membio(MEMBIO_RECORD_UNREADABLE);
         return 0;
-    bpf_map_update_elem(&membio_records, &record, &owner, BPF_ANY);
+    }
+    if (bpf_map_update_elem(&membio_records, &record, &owner, BPF_ANY))
+        count_membio(MEMBIO_TABLE_FULL);
     return 0;
+}
+
+/* An SSL call with no socket known for its SSL: the process moves TLS
+ * records itself (its SSL got its BIOs before the agent started), so its
+ * socket writes are compared too, and counted when nothing matches. */
+static __always_inline void membio_note_unmapped(__u32 tgid)
+{
+    __u8 one = 1;
+    bpf_map_update_elem(&membio_processes, &tgid, &one, BPF_ANY);
 }
 
 /* A socket write outside any SSL call, by a memory-BIO process on a
@@ -108,7 +146,7 @@ static __always_inline void membio_bind_socket(__u64 id, __u32 fd, __u64 buf,
         return;
     __u64 key = conn_key(tgid, fd);
     struct conn_info *conn = bpf_map_lookup_elem(&conns, &key);
-    if (!conn || !conn->traced || conn->tls)
+    if (!conn || !conn->traced || (conn->tls && conn->tls != CONN_TLS_UNBOUND))
         return;
     __u64 data = buf;
     if (buffer_kind == IO_IOVEC) {
@@ -122,12 +160,23 @@ static __always_inline void membio_bind_socket(__u64 id, __u32 fd, __u64 buf,
     if (bpf_probe_read_user(record.head, sizeof(record.head), (void *)data))
         return;
     struct membio_writer *found = bpf_map_lookup_elem(&membio_records, &record);
-    if (!found)
+    if (!found) {
+        /* Its SSL got its BIO before the agent started, or its records
+         * were pushed out of the table or were too short to remember. */
+        if (!conn->tls && looks_like_tls_record(record.head)) {
+            conn->tls = CONN_TLS_UNBOUND;
+            count_membio(MEMBIO_NO_MATCHING_RECORD);
+        }
         return;
+    }
     struct membio_writer writer = *found;
     struct ssl_key bound = { .ssl = writer.ssl, .tgid = tgid };
     __s32 socket_fd = fd;
-    bpf_map_update_elem(&ssl_fds, &bound, &socket_fd, BPF_ANY);
+    if (bpf_map_update_elem(&ssl_fds, &bound, &socket_fd, BPF_ANY)) {
+        count_membio(MEMBIO_TABLE_FULL);
+        return;
+    }
+    count_membio(MEMBIO_BOUND);
     /* Bound: its later records need no remembering. */
     struct membio_bio_key wbio = { .bio = writer.bio, .tgid = tgid };
     bpf_map_delete_elem(&membio_wbios, &wbio);

@@ -11,11 +11,31 @@ from __future__ import annotations
 
 import logging
 import os
+import struct
 
+from agent.capture import libbpf
 from agent.capture.elf import function_symbols
 from agent.capture.records import C
+from agent.counters import Counter, Metric
 
 log = logging.getLogger(__name__)
+
+# Counted by bpf/tls_membio.h in membio_results, one slot per result.
+BINDINGS = Metric(
+    "kernel_tls_membio_bindings",
+    "Attempts to bind an SSL object over memory BIOs (Node.js, Python asyncio) to its socket: "
+    "bound; no_matching_record (a connection carried TLS records no SSL was seen writing: set "
+    "up before the agent started, or its records pushed out of the table; counted once per "
+    "connection); record_too_short / record_unreadable (a record not remembered); table_full.",
+    "result")
+RESULTS = {"bound": C["MEMBIO_BOUND"],
+           "no_matching_record": C["MEMBIO_NO_MATCHING_RECORD"],
+           "record_too_short": C["MEMBIO_RECORD_TOO_SHORT"],
+           "record_unreadable": C["MEMBIO_RECORD_UNREADABLE"],
+           "table_full": C["MEMBIO_TABLE_FULL"]}
+COUNTERS = tuple(Counter(result, BINDINGS, result) for result in RESULTS)
+_SLOT = struct.Struct("<I")
+_COUNT = struct.Struct("<Q")
 
 SSL_FUNCTIONS = {"SSL_set_bio": C["MEMBIO_FN_SET_BIO"],
                  "SSL_set0_wbio": C["MEMBIO_FN_SET0_WBIO"]}
@@ -96,3 +116,22 @@ class MemoryBioProbes:
             line += (f"; {incomplete} without SSL_set_bio/BIO_write (their memory-BIO "
                      "plaintext is counted in otel_ebpf_kernel_tls_unmapped_total, not traced)")
         return line
+
+
+def binding_counts(capture) -> dict[str, int]:
+    """Each result's count, summed over CPUs; 0 where the map cannot be read."""
+    fd = capture.front_end.map_fd("membio_results")
+    ncpus = libbpf.lib().libbpf_num_possible_cpus()
+    buffer = libbpf.ffi.new("char[]", max(ncpus, 1) * _COUNT.size)
+    counts = {}
+    for result, slot in RESULTS.items():
+        found = libbpf.lib().bpf_map_lookup_elem(fd, _SLOT.pack(slot), buffer) == 0
+        raw = libbpf.ffi.buffer(buffer)
+        counts[result] = sum(value for (value,) in _COUNT.iter_unpack(raw)) if found else 0
+    return counts
+
+
+def counter_values(capture) -> list:
+    """(declaration, value) pairs for the self-metrics endpoint."""
+    counts = binding_counts(capture)
+    return [(declared, counts[declared.key]) for declared in COUNTERS]

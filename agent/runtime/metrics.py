@@ -17,6 +17,7 @@ from agent import __version__
 from agent.capture import bpf_stats
 from agent.capture.go_tls import metric_families as go_tls_metric_families
 from agent.capture.records import PROBE_STATS_FIELDS
+from agent.capture.tls_membio import counter_values as membio_counter_values
 from agent.metrics.prometheus import red_families
 from agent.runtime.span_worker import EXPORT_SECONDS_BUCKETS, SpanWorkerPool
 
@@ -83,6 +84,7 @@ class AgentCollector:
                 for field, value in zip(PROBE_STATS_FIELDS, values):
                     families[field].add_metric([probe], value)
             yield from families.values()
+            yield from declared_families(membio_counter_values(capture))
             fill = GaugeMetricFamily(f"{PREFIX}_ring_buffer_fill_ratio", "Share of the ring buffer holding undrained records.")
             fill.add_metric([], capture.ring.fill_ratio())
             yield fill

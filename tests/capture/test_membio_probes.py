@@ -79,3 +79,15 @@ def test_static_executable_gets_all_four():
     capture = RecordingCapture()
     assert MemoryBioProbes(capture).probe(node, executable=True) == 4
     assert capture.calls[0][2] == sorted([*SSL_FUNCTIONS.values(), *BIO_FUNCTIONS.values()])
+
+
+def test_every_binding_result_slot_is_declared_once():
+    """Each slot bpf/tls_membio.h counts into has one result label, so none
+    is counted and never exported."""
+    from agent.capture.records import C
+    from agent.capture.tls_membio import COUNTERS, RESULTS
+    from agent.runtime.metrics import declared_families
+    assert sorted(RESULTS.values()) == list(range(C["MEMBIO_RESULT_COUNT"]))
+    family, = declared_families([(declared, 0) for declared in COUNTERS])
+    assert family.name == "otel_ebpf_kernel_tls_membio_bindings"
+    assert [s.labels["result"] for s in family.samples] == list(RESULTS)

@@ -46,9 +46,10 @@ def test_doctor_with_the_bcc_loader_compiles_against_the_headers_it_finds():
     # Enter and exit of the 13 syscalls, process exit and exec, the
     # socket-state tracepoint the BCC build learns addresses from, and the
     # fork, exit and execve-entry tracepoints that give a process's start
-    # time and executable to its exec record, and the two openat tracepoints
-    # that watch for libssl files being opened.
-    assert "The agent will use: tracepoint hooks (34 programs" in out, out
+    # time and executable to its exec record, tcp_rcv_space_adjust, which
+    # places connections accepted with no peer address, and the two openat
+    # tracepoints that watch for libssl files being opened.
+    assert "The agent will use: tracepoint hooks (35 programs" in out, out
     assert "skipped fentry: not in the BCC build" in out
 
 

@@ -130,6 +130,8 @@ struct capture_config {
     __u8 tls;               /* the TLS uprobes are loaded: watch for their calls */
     __u8 reserved[3];
     __u32 ring_wake_bytes;  /* wake the readers when the ring's unread bytes pass this */
+    __u8 http_exchanges;    /* pair HTTP/1 in the probes (bpf/http_exchange.h) */
+    __u8 reserved2[3];
 };
 
 /* traced_processes values: what userspace still needs of a process whose

@@ -1,0 +1,86 @@
+"""HTTP/1.x exchange records (struct http_exchange, bpf/events.h): what the
+probes paired, decoded with one struct unpack, and the fallback counters
+(bpf/http_exchange.h's http_fallbacks map)."""
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+from agent.capture import records
+from agent.capture.libbpf import ffi
+from agent.capture import libbpf
+
+C = records.C
+HTTP_EXCHANGE_FORMAT, HTTP_EXCHANGE_FIELDS = records.struct_format("struct http_exchange")
+HTTP_EXCHANGE = struct.Struct(HTTP_EXCHANGE_FORMAT)
+_INDEX = {name: i for i, name in enumerate(HTTP_EXCHANGE_FIELDS)}
+_HEADER_FIELDS = len(records.EVENT_HEADER_FIELDS)
+
+FALLBACK_NAMES = {C[name]: name.removeprefix("HTTP_FALLBACK_").lower()
+                  for name in C if name.startswith("HTTP_FALLBACK_") and name != "HTTP_FALLBACK_COUNT"}
+_FALLBACK_STATS = struct.Struct("<QQ")
+
+
+class HttpExchangeRecord(NamedTuple):
+    """One paired exchange: the record's header (as event_header's fields)
+    and the request's split-out values as userspace decodes them (trace
+    context latin-1, the rest UTF-8 with replacement; absent fields None)."""
+    header: tuple
+    method: str
+    target: str
+    version: str
+    host: str | None
+    user_agent: str | None
+    traceparent: str | None
+    tracestate: str | None
+    status_code: int
+    response_version: str
+    truncated: int
+    request_bytes: int
+    response_bytes: int
+
+
+def _value(raw: bytes, length: int, present: int, bit: int, encoding: str):
+    if bit and not present & bit:
+        return None
+    return raw[:length].decode(encoding, "replace")
+
+
+def decode(record: bytes) -> HttpExchangeRecord:
+    v = HTTP_EXCHANGE.unpack_from(record)
+    f = _INDEX
+    present = v[f["present"]]
+    return HttpExchangeRecord(
+        v[:_HEADER_FIELDS],
+        v[f["method"]][:v[f["method_len"]]].decode("ascii", "replace"),
+        _value(v[f["target"]], v[f["target_len"]], present, 0, "utf-8"),
+        "1.%d" % v[f["version_minor"]],
+        _value(v[f["host"]], v[f["host_len"]], present, C["HTTP_HAS_HOST"], "utf-8"),
+        _value(v[f["user_agent"]], v[f["user_agent_len"]], present, C["HTTP_HAS_USER_AGENT"],
+               "utf-8"),
+        _value(v[f["traceparent"]], v[f["traceparent_len"]], present, C["HTTP_HAS_TRACEPARENT"],
+               "latin-1"),
+        _value(v[f["tracestate"]], v[f["tracestate_len"]], present, C["HTTP_HAS_TRACESTATE"],
+               "latin-1"),
+        v[f["status"]], "1.%d" % v[f["response_version_minor"]], v[f["truncated"]],
+        v[f["request_bytes"]], v[f["response_bytes"]])
+
+
+def read_fallbacks(map_fd: int, ncpus: int) -> dict[str, tuple[int, int]]:
+    """reason -> (connections, requests dropped), summed over CPUs."""
+    lib = libbpf.lib()
+    buf = ffi.new("char[]", ncpus * _FALLBACK_STATS.size)
+    key = ffi.new("uint32_t *")
+    out = {}
+    for index, name in FALLBACK_NAMES.items():
+        key[0] = index
+        if lib.bpf_map_lookup_elem(map_fd, key, buf) != 0:
+            continue
+        raw = ffi.buffer(buf)
+        totals = [0, 0]
+        for cpu in range(ncpus):
+            connections, dropped = _FALLBACK_STATS.unpack_from(raw, cpu * _FALLBACK_STATS.size)
+            totals[0] += connections
+            totals[1] += dropped
+        out[name] = tuple(totals)
+    return out

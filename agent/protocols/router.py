@@ -15,6 +15,7 @@ from agent.counters import Counter, counter, unique
 from agent.protocols import table as table_module
 from agent.protocols.contract import EVENTS_SKIPPED, Limits
 from agent.protocols.http1 import Http1Handler
+from agent.protocols.http1_records import EVENT_HTTP_EXCHANGE, exchange_items
 from agent.protocols.http2 import Http2Handler
 from agent.protocols.mysql import MysqlHandler
 from agent.protocols.postgres import PostgresHandler
@@ -119,6 +120,9 @@ class ProtocolRouter:
                 if lost_between(conn.last_seq, seq):
                     table.gap(conn)
                 conn.last_seq = seq
+            if hot[0] == EVENT_HTTP_EXCHANGE:
+                exchange_items(conn, record, hot, out)
+                continue
             conn.record(conn, record, hot, out)
         return out
 

@@ -79,16 +79,29 @@ static __always_inline void http_fall_back(struct conn_info *conn, __u8 reason, 
     bpf_map_delete_elem(&http_pending, &conn->conn_id);
 }
 
+/* The loop's context: the buffers, looked up once per head. */
+struct http_loop {
+    struct data_event *ev;
+    struct http_work *w;
+};
+
 static long http_head_loop_step(__u32 i, void *ctx)
 {
-    __u32 zero = 0;
-    struct data_event *ev = bpf_map_lookup_elem(&scratch, &zero);
-    struct http_work *w = bpf_map_lookup_elem(&http_work, &zero);
+    struct http_loop *l = ctx;
+    struct data_event *ev = l->ev;
+    struct http_work *w = l->w;
     if (!ev || !w || i >= w->len || w->parse.state == HS_DONE)
         return 1;
     http_head_step(&w->parse, &w->pending.record.request,
                    ev->payload[i & (MAX_CAPTURE_BYTES - 1)]);
     return 0;
+}
+
+static __always_inline void http_run_parse(struct http_work *w)
+{
+    __u32 zero = 0;
+    struct http_loop l = { .ev = bpf_map_lookup_elem(&scratch, &zero), .w = w };
+    BOUNDED_LOOP(FRONTEND_LOOP_STEPS(HTTP_HEAD_SCAN_BYTES, 0), http_head_loop_step, &l);
 }
 
 /* Parse the head at the start of the captured bytes (scratch's payload). */
@@ -98,7 +111,7 @@ static __always_inline __u8 http_parse_captured(struct http_work *w, __u32 captu
     http_head_begin(&w->parse, response);
     __builtin_memset(&w->pending.record.request, 0, sizeof(w->pending.record.request));
     w->len = captured < HTTP_HEAD_SCAN_BYTES ? captured : HTTP_HEAD_SCAN_BYTES;
-    BOUNDED_LOOP(FRONTEND_LOOP_STEPS(HTTP_HEAD_SCAN_BYTES, 0), http_head_loop_step, NULL);
+    http_run_parse(w);
     return http_head_result(&w->parse, &w->pending.record.request);
 }
 
@@ -216,7 +229,7 @@ static __always_inline bool http_head_call(__u64 id, struct conn_info *conn,
     http_head_begin(&w->parse, true);
     __builtin_memset(&w->pending.record.request, 0, sizeof(w->pending.record.request));
     w->len = captured < HTTP_HEAD_SCAN_BYTES ? captured : HTTP_HEAD_SCAN_BYTES;
-    BOUNDED_LOOP(FRONTEND_LOOP_STEPS(HTTP_HEAD_SCAN_BYTES, 0), http_head_loop_step, NULL);
+    http_run_parse(w);
     __u8 verdict = http_head_result(&w->parse, &w->pending.record.request);
     __u16 status = w->parse.status;
     if (verdict == HTTP_HEAD_OK && status < 200)

@@ -84,3 +84,16 @@ def read_fallbacks(map_fd: int, ncpus: int) -> dict[str, tuple[int, int]]:
             totals[1] += dropped
         out[name] = tuple(totals)
     return out
+
+
+def count_entries(map_fd: int, key_size: int = 8) -> int:
+    """Entries of a hash map (http_pending: exchanges the probes hold)."""
+    lib = libbpf.lib()
+    key, next_key = ffi.new("char[]", key_size), ffi.new("char[]", key_size)
+    count = 0
+    previous = ffi.NULL
+    while lib.bpf_map_get_next_key(map_fd, previous, next_key) == 0:
+        count += 1
+        ffi.memmove(key, next_key, key_size)
+        previous = key
+    return count

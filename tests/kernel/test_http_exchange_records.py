@@ -116,3 +116,25 @@ def test_pipelined_requests_go_to_the_payload_path(capture, pair):
     assert exchanges == []
     assert len(data) >= 2
     assert capture.http_fallbacks()["pipelined"][0] >= before + 1
+
+
+def test_exchanges_held_in_the_kernel_go_with_their_connection(capture):
+    pending = capture.front_end.map_fd("http_pending")
+    before = exchange_records.count_entries(pending)
+    server = socket.create_server(("127.0.0.1", 0))
+    pairs = []
+    for _ in range(5):
+        client = socket.create_connection(server.getsockname())
+        peer, _ = server.accept()
+        client.sendall(REQUEST)           # requests without responses yet
+        assert peer.recv(65536) == REQUEST
+        pairs.append((client, peer))
+    time.sleep(0.05)
+    # Both ends of each connection hold their request.
+    assert exchange_records.count_entries(pending) >= before + 10
+    for client, peer in pairs:
+        client.close()
+        peer.close()
+    server.close()
+    time.sleep(0.05)
+    assert exchange_records.count_entries(pending) <= before

@@ -245,6 +245,9 @@ struct http_exchange {
     __u64 response_start_ns;
     __u64 request_bytes;
     __u64 response_bytes;
+    /* A client request's: the server request its thread was serving when
+     * it was sent (conn id, 0: none), for proxy linking in userspace. */
+    __u64 serving_conn_id;
     __u16 status;
     __u8 response_version_minor;
     __u8 reserved[5];

@@ -48,6 +48,12 @@ struct http_work {
 
 MAP(PERCPU_ARRAY, http_work, __u32, struct http_work, 1);
 
+/* The server request each thread last took and has not answered yet, by
+ * thread id: a client request sent meanwhile names it (a proxy's upstream
+ * call), as the payload path's linker links by thread.  An LRU: a thread
+ * whose connection closed unanswered leaves an entry until it serves again. */
+MAP(LRU_HASH, http_serving, __u32, __u64, 16384);
+
 /* Connections turned over to the payload path, and requests kept but then
  * dropped, by HTTP_FALLBACK_* reason. */
 struct http_fallback_stats {
@@ -77,6 +83,10 @@ static __always_inline void http_fall_back(struct conn_info *conn, __u8 reason, 
     }
     conn->http_payload = 1;
     bpf_map_delete_elem(&http_pending, &conn->conn_id);
+    __u32 tid = (__u32)bpf_get_current_pid_tgid();
+    __u64 *serving = bpf_map_lookup_elem(&http_serving, &tid);
+    if (serving && *serving == conn->conn_id)
+        bpf_map_delete_elem(&http_serving, &tid);
 }
 
 /* The loop's context: the buffers, looked up once per head. */
@@ -118,6 +128,12 @@ static __always_inline __u8 http_parse_captured(struct http_work *w, __u32 captu
 static __always_inline void http_emit(struct probe_stats *stats, struct http_pending *p,
                                       __u64 end_ns, __u64 bytes)
 {
+    if (p->request_direction == DIRECTION_INGRESS) {
+        __u32 tid = p->record.hdr.tid;
+        __u64 *serving = bpf_map_lookup_elem(&http_serving, &tid);
+        if (serving && *serving == p->record.hdr.conn_id)
+            bpf_map_delete_elem(&http_serving, &tid);
+    }
     p->record.hdr.end_ns = end_ns;
     p->record.response_bytes += bytes;
     output_record(stats, &p->record, sizeof(p->record), false);
@@ -216,6 +232,15 @@ static __always_inline bool http_head_call(__u64 id, struct conn_info *conn,
         np->record.response_bytes = 0;
         np->record.status = 0;
         np->record.response_version_minor = 0;
+        np->record.serving_conn_id = 0;
+        __u32 tid = (__u32)id;
+        if (a->direction == DIRECTION_INGRESS) {
+            bpf_map_update_elem(&http_serving, &tid, &conn->conn_id, BPF_ANY);
+        } else {
+            __u64 *serving = bpf_map_lookup_elem(&http_serving, &tid);
+            if (serving)
+                np->record.serving_conn_id = *serving;
+        }
         bpf_map_update_elem(&http_pending, &conn->conn_id, np, BPF_ANY);
         return true;
     }

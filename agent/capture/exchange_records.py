@@ -38,6 +38,7 @@ class HttpExchangeRecord(NamedTuple):
     truncated: int
     request_bytes: int
     response_bytes: int
+    serving_conn_id: int
 
 
 def _value(raw: bytes, length: int, present: int, bit: int, encoding: str):
@@ -63,7 +64,7 @@ def decode(record: bytes) -> HttpExchangeRecord:
         _value(v[f["tracestate"]], v[f["tracestate_len"]], present, C["HTTP_HAS_TRACESTATE"],
                "latin-1"),
         v[f["status"]], "1.%d" % v[f["response_version_minor"]], v[f["truncated"]],
-        v[f["request_bytes"]], v[f["response_bytes"]])
+        v[f["request_bytes"]], v[f["response_bytes"]], v[f["serving_conn_id"]])
 
 
 def read_fallbacks(map_fd: int, ncpus: int) -> dict[str, tuple[int, int]]:

@@ -102,10 +102,6 @@ def test_both_paths_give_the_same_exchanges(server):
         assert all(x.parent_id == bytes.fromhex(parent_id) for x in servers)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "proxy linking on the record path: nginx's upstream exchange record arrives before the "
-    "record of the request it serves, so the upstream request's context is decided first; "
-    "the kernel must name the thread's server request in the client record (left undone)"))
 def test_nginx_proxy_gives_the_same_exchanges(start_nginx, backend):
     nginx = start_nginx(backend_port=backend)
     settings = dict(ports={nginx.port, backend}, agent_pid=0, tls=False,

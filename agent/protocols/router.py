@@ -73,7 +73,6 @@ class ProtocolRouter:
         # Client connections opened in this batch, for the NAT look-up
         # (agent/runtime/pipeline.py sets a list when conntrack is in use).
         self.new_clients: list[Connection] | None = None
-
         self.exchange_records = ExchangeRecords()
 
     def connections_tracked(self) -> int:

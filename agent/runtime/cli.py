@@ -173,10 +173,15 @@ def loader_options(command):
               default="info", envvar="OTEL_EBPF_LOG_LEVEL", show_default=True)
 @click.option("--check-config", is_flag=True,
               help="Print the resolved settings as YAML and exit without tracing.")
+@click.option("--http-exchanges/--no-http-exchanges", default=False, show_default=True,
+              envvar="OTEL_EBPF_HTTP_EXCHANGES",
+              help="Pair HTTP/1.x exchanges in the probes (CO-RE loader; plain sockets) and "
+                   "send one record per exchange; what the probes cannot pair with certainty "
+                   "takes the payload path.")
 def run(pids, cgroups, containers, ports, exes, exporter, otlp_impl, capture_bytes, ring_buffer_size, hooks,
         loader, kernel_headers, metrics_address, redact_query_keys, sql_text, tls, routes, keep_error_spans, span_workers, nice,
         yield_cpu, conntrack, request_metrics, otlp_metrics, metric_series_limit, duration,
-        log_level, check_config):
+        log_level, check_config, http_exchanges):
     """Trace the node (or the selected processes) and export spans."""
     if check_config:
         ctx = click.get_current_context()
@@ -210,7 +215,8 @@ def run(pids, cgroups, containers, ports, exes, exporter, otlp_impl, capture_byt
                          routes=tuple(routes),
                          keep_error_spans=keep_error_spans, span_workers=span_workers,
                          yield_cpu=yield_cpu, conntrack=conntrack, request_metrics=request_metrics,
-                         otlp_metrics=otlp_metrics, metric_series_limit=metric_series_limit)
+                         otlp_metrics=otlp_metrics, metric_series_limit=metric_series_limit,
+                         http_exchanges=http_exchanges)
     agent = Agent(config)
     try:
         agent.start()

@@ -217,16 +217,22 @@ struct process_exec_record {
 #define HTTP_FALLBACK_RESPONSE_END 8
 #define HTTP_FALLBACK_COUNT 9
 
+/* The request's values, packed in the order the head carried them (each
+ * at its *_off, *_len bytes long, at most its HTTP_*_BYTES slot): the record
+ * carries only the bytes they take (values_len). */
+#define HTTP_VALUES_BYTES 656
+
 struct http_request_head {
-    char method[HTTP_METHOD_BYTES];
-    char target[HTTP_TARGET_BYTES];
-    char host[HTTP_HOST_BYTES];
-    char user_agent[HTTP_USER_AGENT_BYTES];
-    char traceparent[HTTP_TRACEPARENT_BYTES];
-    char tracestate[HTTP_TRACESTATE_BYTES];
     __u64 content_length;       /* valid with HTTP_HAS_CONTENT_LENGTH */
+    __u16 header_bytes;         /* start line to blank line, inclusive */
+    __u16 values_len;           /* bytes of values[] in use */
+    __u16 target_off;
     __u16 target_len;
-    __u8 method_len;
+    __u16 host_off;
+    __u16 user_agent_off;
+    __u16 traceparent_off;
+    __u16 tracestate_off;
+    __u8 method_len;            /* the method is at values[0] */
     __u8 host_len;
     __u8 user_agent_len;
     __u8 traceparent_len;
@@ -234,14 +240,14 @@ struct http_request_head {
     __u8 version_minor;         /* HTTP/1.<minor> */
     __u8 truncated;             /* HTTP_TRUNC_* */
     __u8 present;               /* HTTP_HAS_* */
-    __u16 header_bytes;         /* start line to blank line, inclusive */
-    __u32 reserved;
+    char values[HTTP_VALUES_BYTES];
 };
 
+/* Variable length: the ring record ends values_len bytes into
+ * request.values. */
 struct http_exchange {
     struct event_header hdr;    /* start_ns: request start; end_ns: response end;
                                    direction: the request's */
-    struct http_request_head request;
     __u64 response_start_ns;
     __u64 request_bytes;
     __u64 response_bytes;
@@ -251,6 +257,7 @@ struct http_exchange {
     __u16 status;
     __u8 response_version_minor;
     __u8 reserved[5];
+    struct http_request_head request;
 };
 
 #endif

@@ -42,8 +42,6 @@ MAP(HASH, http_pending, __u64, struct http_pending, 16384);
 struct http_work {
     struct http_head_parse parse;
     struct http_pending pending;
-    __u32 len;
-    __u32 reserved;
 };
 
 MAP(PERCPU_ARRAY, http_work, __u32, struct http_work, 1);
@@ -100,29 +98,27 @@ static long http_head_loop_step(__u32 i, void *ctx)
     struct http_loop *l = ctx;
     struct data_event *ev = l->ev;
     struct http_work *w = l->w;
-    if (!ev || !w || i >= w->len || w->parse.state == HS_DONE)
+    if (!ev || !w || w->parse.state == HS_DONE || w->parse.pos >= w->parse.len)
         return 1;
-    http_head_step(&w->parse, &w->pending.record.request,
-                   ev->payload[i & (MAX_CAPTURE_BYTES - 1)]);
+    http_head_step(&w->parse, &w->pending.record.request, ev->payload);
     return 0;
 }
 
-static __always_inline void http_run_parse(struct http_work *w)
-{
-    __u32 zero = 0;
-    struct http_loop l = { .ev = bpf_map_lookup_elem(&scratch, &zero), .w = w };
-    BOUNDED_LOOP(FRONTEND_LOOP_STEPS(HTTP_HEAD_SCAN_BYTES, 0), http_head_loop_step, &l);
-}
+/* Steps a head can take: a field line of n bytes takes at most n - 1 (its
+ * start, its name's and its value's words). */
+#define HTTP_HEAD_STEPS HTTP_HEAD_SCAN_BYTES
 
-/* Parse the head at the start of the captured bytes (scratch's payload). */
+/* Parse the head at the start of the captured bytes (scratch's payload)
+ * into the work area. */
 static __always_inline __u8 http_parse_captured(struct http_work *w, __u32 captured,
                                                 bool response)
 {
-    http_head_begin(&w->parse, response);
-    __builtin_memset(&w->pending.record.request, 0, sizeof(w->pending.record.request));
-    w->len = captured < HTTP_HEAD_SCAN_BYTES ? captured : HTTP_HEAD_SCAN_BYTES;
-    http_run_parse(w);
-    return http_head_result(&w->parse, &w->pending.record.request);
+    __u32 zero = 0;
+    struct http_request_head *r = &w->pending.record.request;
+    http_head_begin(&w->parse, r, captured, response);
+    struct http_loop l = { .ev = bpf_map_lookup_elem(&scratch, &zero), .w = w };
+    BOUNDED_LOOP(FRONTEND_LOOP_STEPS(HTTP_HEAD_STEPS, 0), http_head_loop_step, &l);
+    return http_head_result(&w->parse, r);
 }
 
 static __always_inline void http_emit(struct probe_stats *stats, struct http_pending *p,
@@ -136,7 +132,12 @@ static __always_inline void http_emit(struct probe_stats *stats, struct http_pen
     }
     p->record.hdr.end_ns = end_ns;
     p->record.response_bytes += bytes;
-    output_record(stats, &p->record, sizeof(p->record), false);
+    __u64 size = __builtin_offsetof(struct http_exchange, request.values) +
+                 p->record.request.values_len;
+    if (size > sizeof(p->record))
+        size = sizeof(p->record);
+    barrier_var(size);
+    output_record(stats, &p->record, size, false);
 }
 
 /* Body bytes of the pending exchange (no copy needed).  True when the call
@@ -208,7 +209,7 @@ static __always_inline bool http_head_call(__u64 id, struct conn_info *conn,
         np->body_remaining = body - after;
         np->phase = np->body_remaining ? HTTP_PHASE_REQUEST_BODY : HTTP_PHASE_AWAIT_RESPONSE;
         np->request_direction = a->direction;
-        np->head_request = r->method_len == 4 && starts_with((const __u8 *)r->method, 4,
+        np->head_request = r->method_len == 4 && starts_with((const __u8 *)r->values, 4,
                                                              "HEAD", 4);
         struct event_header *h = &np->record.hdr;
         h->type = EVENT_HTTP_EXCHANGE;
@@ -251,11 +252,7 @@ static __always_inline bool http_head_call(__u64 id, struct conn_info *conn,
     }
     /* The response head: parsed into the work area, the kept request
      * stays where it is. */
-    http_head_begin(&w->parse, true);
-    __builtin_memset(&w->pending.record.request, 0, sizeof(w->pending.record.request));
-    w->len = captured < HTTP_HEAD_SCAN_BYTES ? captured : HTTP_HEAD_SCAN_BYTES;
-    http_run_parse(w);
-    __u8 verdict = http_head_result(&w->parse, &w->pending.record.request);
+    __u8 verdict = http_parse_captured(w, captured, true);
     __u16 status = w->parse.status;
     if (verdict == HTTP_HEAD_OK && status < 200)
         verdict = status == 101 ? HTTP_FALLBACK_UPGRADE : HTTP_FALLBACK_CONTINUE;

@@ -11,10 +11,13 @@ from agent.capture.libbpf import ffi
 from agent.capture import libbpf
 
 C = records.C
-HTTP_EXCHANGE_FORMAT, HTTP_EXCHANGE_FIELDS = records.struct_format("struct http_exchange")
-HTTP_EXCHANGE = struct.Struct(HTTP_EXCHANGE_FORMAT)
+# The record's fixed part, through request.present; the request's values
+# follow it, values_len bytes (bpf/events.h: the record is variable-length).
+HTTP_EXCHANGE = records.prefix_struct("struct http_exchange", "present")
+HTTP_EXCHANGE_FIELDS = records.struct_format("struct http_exchange")[1]
 _INDEX = {name: i for i, name in enumerate(HTTP_EXCHANGE_FIELDS)}
 _HEADER_FIELDS = len(records.EVENT_HEADER_FIELDS)
+VALUES_OFFSET = HTTP_EXCHANGE.size
 
 FALLBACK_NAMES = {C[name]: name.removeprefix("HTTP_FALLBACK_").lower()
                   for name in C if name.startswith("HTTP_FALLBACK_") and name != "HTTP_FALLBACK_COUNT"}
@@ -41,28 +44,34 @@ class HttpExchangeRecord(NamedTuple):
     serving_conn_id: int
 
 
-def _value(raw: bytes, length: int, present: int, bit: int, encoding: str):
-    if bit and not present & bit:
+def _value(values: bytes, offset: int, length: int, present: int, bit: int, encoding: str):
+    if not present & bit:
         return None
-    return raw[:length].decode(encoding, "replace")
+    return values[offset:offset + length].decode(encoding, "replace")
 
 
 def decode(record: bytes) -> HttpExchangeRecord:
+    """Raises ValueError when the values overrun the record."""
     v = HTTP_EXCHANGE.unpack_from(record)
     f = _INDEX
     present = v[f["present"]]
+    end = VALUES_OFFSET + v[f["values_len"]]
+    if end > len(record):
+        raise ValueError("exchange record shorter than its values")
+    values = bytes(record[VALUES_OFFSET:end])
+    method_len, target_off = v[f["method_len"]], v[f["target_off"]]
     return HttpExchangeRecord(
         v[:_HEADER_FIELDS],
-        v[f["method"]][:v[f["method_len"]]].decode("ascii", "replace"),
-        _value(v[f["target"]], v[f["target_len"]], present, 0, "utf-8"),
+        values[:method_len].decode("ascii", "replace"),
+        values[target_off:target_off + v[f["target_len"]]].decode("utf-8", "replace"),
         "1.%d" % v[f["version_minor"]],
-        _value(v[f["host"]], v[f["host_len"]], present, C["HTTP_HAS_HOST"], "utf-8"),
-        _value(v[f["user_agent"]], v[f["user_agent_len"]], present, C["HTTP_HAS_USER_AGENT"],
-               "utf-8"),
-        _value(v[f["traceparent"]], v[f["traceparent_len"]], present, C["HTTP_HAS_TRACEPARENT"],
-               "latin-1"),
-        _value(v[f["tracestate"]], v[f["tracestate_len"]], present, C["HTTP_HAS_TRACESTATE"],
-               "latin-1"),
+        _value(values, v[f["host_off"]], v[f["host_len"]], present, C["HTTP_HAS_HOST"], "utf-8"),
+        _value(values, v[f["user_agent_off"]], v[f["user_agent_len"]], present,
+               C["HTTP_HAS_USER_AGENT"], "utf-8"),
+        _value(values, v[f["traceparent_off"]], v[f["traceparent_len"]], present,
+               C["HTTP_HAS_TRACEPARENT"], "latin-1"),
+        _value(values, v[f["tracestate_off"]], v[f["tracestate_len"]], present,
+               C["HTTP_HAS_TRACESTATE"], "latin-1"),
         v[f["status"]], "1.%d" % v[f["response_version_minor"]], v[f["truncated"]],
         v[f["request_bytes"]], v[f["response_bytes"]], v[f["serving_conn_id"]])
 

@@ -41,8 +41,12 @@ class ExchangeRecords:
     def __init__(self):
         self.waiting: dict[int, list] = {}
 
-    def items(self, conn, record: bytes, hot: tuple, out: list) -> None:
-        x = exchange_records.decode(record)
+    def items(self, conn, record: bytes, hot: tuple, out: list) -> bool:
+        """False for a malformed record (nothing added)."""
+        try:
+            x = exchange_records.decode(record)
+        except ValueError:
+            return False
         request_item, response_item = _work_items(conn, x, hot)
         serving = x.serving_conn_id
         if serving:
@@ -53,12 +57,13 @@ class ExchangeRecords:
                 held = self.waiting[serving] = []
             held.append(request_item)
             held.append(response_item)
-            return
+            return True
         out.append(request_item)
         held = self.waiting.pop(hot[4], None)
         if held:
             out.extend(held)
         out.append(response_item)
+        return True
 
     def flush(self, conn_id: int, out: list) -> None:
         """The server request will not come as a record (its connection

@@ -123,10 +123,9 @@ class ProtocolRouter:
                     table.gap(conn)
                 conn.last_seq = seq
             if hot[0] == EVENT_HTTP_EXCHANGE:
-                if len(record) < EXCHANGE_SIZE:
+                if (len(record) < EXCHANGE_SIZE
+                        or not self.exchange_records.items(conn, record, hot, out)):
                     self.counts["records_malformed"] += 1
-                else:
-                    self.exchange_records.items(conn, record, hot, out)
                 continue
             if waiting and conn_id in waiting:
                 self.exchange_records.flush(conn_id, out)

@@ -77,7 +77,8 @@ def kernel_parse(kernel, data: bytes, response: bool):
 def text(kernel, r, field: str) -> str:
     """A field's value decoded as userspace decodes it (trace context as
     latin-1, the rest as UTF-8 with replacement)."""
-    raw = kernel.ffi.buffer(getattr(r, field), getattr(r, field + "_len"))[:]
+    off = 0 if field == "method" else getattr(r, field + "_off")
+    raw = kernel.ffi.buffer(r.values)[off:off + getattr(r, field + "_len")]
     if field.startswith("trace"):
         return raw.decode("latin-1")
     return raw.decode("utf-8", "replace")

@@ -2,6 +2,7 @@
 proxy's records need so that linking matches the payload path."""
 from __future__ import annotations
 
+from agent.capture import exchange_records
 from agent.capture.records import C, ffi
 from agent.protocols.http1_records import ExchangeRecords
 from agent.protocols.router import ProtocolRouter
@@ -17,11 +18,13 @@ def exchange_record(conn_id: int, direction: int, role: int, target: bytes, *,
     h.tuple.family = 2
     h.tuple.local_port, h.tuple.remote_port = 8080 + conn_id, 40000 + conn_id
     r = x.request
-    r.method[0:3], r.method_len = b"GET", 3
-    r.target[0:len(target)], r.target_len = target, len(target)
+    values = b"GET" + target
+    r.values[0:len(values)], r.values_len = values, len(values)
+    r.method_len, r.target_off, r.target_len = 3, 3, len(target)
     r.version_minor = 1
     x.status, x.serving_conn_id = 200, serving
-    return bytes(ffi.buffer(x))
+    # Variable length: the record ends with the values in use.
+    return bytes(ffi.buffer(x))[:exchange_records.VALUES_OFFSET + len(values)]
 
 
 def test_an_upstream_exchange_waits_for_the_request_it_serves():
@@ -63,3 +66,11 @@ def test_waiting_is_bounded():
                                               serving=serving), hot, out)
     assert len(records.waiting) == limit
     assert len(out) == 2
+
+
+def test_a_record_shorter_than_its_values_is_counted_and_skipped():
+    router = ProtocolRouter()
+    record = exchange_record(1, C["DIRECTION_INGRESS"], C["ROLE_SERVER"], b"/in")
+    assert router.process([record[:-2]]) == []
+    assert router.counts["records_malformed"] == 1
+    assert len(router.process([record])) == 2

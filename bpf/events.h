@@ -132,6 +132,7 @@ struct capture_config {
     __u32 ring_wake_bytes;  /* wake the readers when the ring's unread bytes pass this */
     __u8 http_exchanges;    /* pair HTTP/1 in the probes (bpf/http_exchange.h) */
     __u8 reserved2[3];
+    __u32 http_shed_bytes;  /* unread ring bytes at which new exchanges are shed */
 };
 
 /* traced_processes values: what userspace still needs of a process whose
@@ -216,6 +217,12 @@ struct process_exec_record {
 /* response end not certain (chunked, until close) */
 #define HTTP_FALLBACK_RESPONSE_END 8
 #define HTTP_FALLBACK_COUNT 9
+
+/* Why the probes shed an exchange (decided at its request: neither side is
+ * written), the index of the http_shed counters. */
+/* the ring's unread bytes had passed capture_config.http_shed_bytes */
+#define HTTP_SHED_RING_FILL 0
+#define HTTP_SHED_COUNT 1
 
 /* The request's values, packed in the order the head carried them (each
  * at its *_off, *_len bytes long, at most its HTTP_*_BYTES slot): the record

@@ -30,7 +30,8 @@ struct http_pending {
     __u8 phase;
     __u8 request_direction;
     __u8 head_request;      /* a HEAD request: its response has no body */
-    __u8 reserved[5];
+    __u8 shed;              /* followed to its end, but not written */
+    __u8 reserved[4];
 };
 
 /* Exchanges in progress, by connection id; an entry goes with its exchange
@@ -60,6 +61,19 @@ struct http_fallback_stats {
 };
 
 MAP(PERCPU_ARRAY, http_fallbacks, __u32, struct http_fallback_stats, HTTP_FALLBACK_COUNT);
+
+/* Exchanges shed whole under load, by HTTP_SHED_* reason. */
+MAP(PERCPU_ARRAY, http_shed, __u32, __u64, HTTP_SHED_COUNT);
+
+/* Overload sheds whole exchanges: past the fill mark a new request is
+ * still followed (its response must be recognised and consumed) but neither
+ * side is written, so that the ring's remaining room goes to exchanges
+ * already started and no exported span lacks its other half. */
+static __always_inline bool http_should_shed(void)
+{
+    __u32 mark = CONFIG(http_shed_bytes);
+    return mark && RINGBUF_UNREAD(events) >= mark;
+}
 
 /* A call's time as the spans count it: sent when the write begins,
  * received when the read returns. */
@@ -129,6 +143,13 @@ static __always_inline void http_emit(struct probe_stats *stats, struct http_pen
         __u64 *serving = bpf_map_lookup_elem(&http_serving, &tid);
         if (serving && *serving == p->record.hdr.conn_id)
             bpf_map_delete_elem(&http_serving, &tid);
+    }
+    if (p->shed) {
+        __u32 key = HTTP_SHED_RING_FILL;
+        __u64 *shed = bpf_map_lookup_elem(&http_shed, &key);
+        if (shed)
+            (*shed)++;
+        return;
     }
     p->record.hdr.end_ns = end_ns;
     p->record.response_bytes += bytes;
@@ -209,6 +230,7 @@ static __always_inline bool http_head_call(__u64 id, struct conn_info *conn,
         np->body_remaining = body - after;
         np->phase = np->body_remaining ? HTTP_PHASE_REQUEST_BODY : HTTP_PHASE_AWAIT_RESPONSE;
         np->request_direction = a->direction;
+        np->shed = http_should_shed();
         np->head_request = r->method_len == 4 && starts_with((const __u8 *)r->values, 4,
                                                              "HEAD", 4);
         struct event_header *h = &np->record.hdr;
@@ -226,7 +248,8 @@ static __always_inline bool http_head_call(__u64 id, struct conn_info *conn,
         h->protocol = PROTOCOL_HTTP1;
         h->flags = 0;
         h->probe = a->probe;
-        h->seq = (__sync_fetch_and_add(&conn->seq, 1) % 65535) + 1;
+        /* A shed exchange takes no number: no record, no gap. */
+        h->seq = np->shed ? 0 : (__sync_fetch_and_add(&conn->seq, 1) % 65535) + 1;
         h->tuple = conn->tuple;
         np->record.response_start_ns = 0;
         np->record.request_bytes = n;
@@ -235,7 +258,10 @@ static __always_inline bool http_head_call(__u64 id, struct conn_info *conn,
         np->record.response_version_minor = 0;
         np->record.serving_conn_id = 0;
         __u32 tid = (__u32)id;
-        if (a->direction == DIRECTION_INGRESS) {
+        if (a->direction == DIRECTION_INGRESS && np->shed) {
+            /* its upstream calls must not wait for a record never written */
+            bpf_map_delete_elem(&http_serving, &tid);
+        } else if (a->direction == DIRECTION_INGRESS) {
             bpf_map_update_elem(&http_serving, &tid, &conn->conn_id, BPF_ANY);
         } else {
             __u64 *serving = bpf_map_lookup_elem(&http_serving, &tid);

@@ -22,6 +22,12 @@ VALUES_OFFSET = HTTP_EXCHANGE.size
 FALLBACK_NAMES = {C[name]: name.removeprefix("HTTP_FALLBACK_").lower()
                   for name in C if name.startswith("HTTP_FALLBACK_") and name != "HTTP_FALLBACK_COUNT"}
 _FALLBACK_STATS = struct.Struct("<QQ")
+SHED_NAMES = {C[name]: name.removeprefix("HTTP_SHED_").lower()
+              for name in C if name.startswith("HTTP_SHED_") and name != "HTTP_SHED_COUNT"}
+# The probes shed new exchanges once this share of the ring is unread
+# (capture_config.http_shed_bytes): the rest is room for the exchanges
+# already started, whose records must all arrive.
+SHED_AT_FILL = 1 / 2
 
 
 class HttpExchangeRecord(NamedTuple):
@@ -93,6 +99,19 @@ def read_fallbacks(map_fd: int, ncpus: int) -> dict[str, tuple[int, int]]:
             totals[0] += connections
             totals[1] += dropped
         out[name] = tuple(totals)
+    return out
+
+
+def read_shed(map_fd: int, ncpus: int) -> dict[str, int]:
+    """reason -> exchanges shed, summed over CPUs."""
+    lib = libbpf.lib()
+    buf = ffi.new("uint64_t[]", ncpus)
+    key = ffi.new("uint32_t *")
+    out = {}
+    for index, name in SHED_NAMES.items():
+        key[0] = index
+        if lib.bpf_map_lookup_elem(map_fd, key, buf) == 0:
+            out[name] = sum(buf[cpu] for cpu in range(ncpus))
     return out
 
 

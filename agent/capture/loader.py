@@ -300,6 +300,10 @@ class LoadedCapture:
         return exchange_records.read_fallbacks(self.front_end.map_fd("http_fallbacks"),
                                                self._ncpus)
 
+    def http_shed(self) -> dict[str, int]:
+        """HTTP_SHED_* reason -> exchanges shed whole, summed over CPUs."""
+        return exchange_records.read_shed(self.front_end.map_fd("http_shed"), self._ncpus)
+
     def detach(self) -> None:
         """Stop capturing; the ring keeps what was already written.  Links go
         in parallel: the kernel waits for an RCU grace period on each."""
@@ -336,6 +340,7 @@ def capture_config(settings: CaptureSettings) -> dict[str, int]:
         "tls": int(settings.tls),
         "ring_wake_bytes": int(settings.ring_buffer_bytes * WAKE_AT_FILL),
         "http_exchanges": int(settings.http_exchanges),
+        "http_shed_bytes": int(settings.ring_buffer_bytes * exchange_records.SHED_AT_FILL),
     }
 
 

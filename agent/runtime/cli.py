@@ -239,7 +239,8 @@ def run(pids, cgroups, containers, ports, exes, exporter, otlp_impl, capture_byt
 @click.option("--pid", "pids", type=int, multiple=True)
 @click.option("--port", "ports", type=click.IntRange(1, 65535), multiple=True)
 @click.option("--capture-bytes", type=click.IntRange(64, 8192), default=2048, show_default=True)
-def record(output, duration, pids, ports, capture_bytes):
+@click.option("--http-exchanges", is_flag=True, help="Record the probes' HTTP/1.x exchange records.")
+def record(output, duration, pids, ports, capture_bytes, http_exchanges):
     """Save raw kernel events to a file for offline replay (tests, benchmarks, bug reports)."""
     import time
     from agent.capture.kernel_features import ensure_tracefs
@@ -248,7 +249,8 @@ def record(output, duration, pids, ports, capture_bytes):
 
     ensure_tracefs()
     capture = load_capture(CaptureSettings(capture_bytes=capture_bytes, pids=set(pids) or None,
-                                           ports=set(ports) or None, ring_buffer_bytes=64 << 20))
+                                           ports=set(ports) or None, ring_buffer_bytes=64 << 20,
+                                           http_exchanges=http_exchanges))
     records = []
     deadline = time.monotonic() + duration
     try:

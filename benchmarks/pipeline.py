@@ -73,10 +73,11 @@ def record_live(path: Path, http_exchanges: bool = False) -> None:
         nginx = subprocess.Popen(["nginx", "-c", f"{d}/nginx.conf", "-p", d])
         time.sleep(0.5)
         recorder = subprocess.Popen([sys.executable, "-m", "agent.runtime.cli", "record", "-o", str(path),
-                                     "--duration", "3", "--port", str(port), "--capture-bytes", "512",
+                                     "--duration", "12" if http_exchanges else "3", "--port", str(port), "--capture-bytes", "512",
                                      *(["--http-exchanges"] if http_exchanges else [])],
                                     cwd=ROOT)
-        time.sleep(1.5)
+        # The exchange parser's programs take the verifier several seconds.
+        time.sleep(9 if http_exchanges else 1.5)
         subprocess.run(["wrk", "-t1", "-c8", "-d1s", "-s", f"{d}/req.lua",
                         f"http://127.0.0.1:{port}/"], check=True, capture_output=True)
         recorder.wait()

@@ -191,3 +191,19 @@ INTERESTING = st.sampled_from([b"\r\n", b"\n", b" ", b":", b"\t", b"\r\n\r\n",
 def test_edited_heads_accepted_by_the_kernel_parse_the_same(kernel, data):
     name, raw = data.draw(st.sampled_from(MESSAGES))
     check_agrees(kernel, bytes(edit(data.draw, bytearray(raw), INTERESTING)))
+
+
+@pytest.mark.parametrize("value,length", [(b"0", 0), (b"7", 7), (b"1234", 1234),
+                                          (b"12345678", 12345678), (b"00000042", 42)])
+def test_content_length_is_read_whole(kernel, value, length):
+    data = b"HTTP/1.1 200 OK\r\nContent-Length: " + value + b"\r\n\r\n"
+    verdict, r, _ = kernel_parse(kernel, data, True)
+    assert verdict == C["HTTP_HEAD_OK"]
+    assert r.content_length == length == parse_response(data)[1].content_length
+
+
+@pytest.mark.parametrize("value", [b"123456789", b"12a", b"-1", b"1 2", b""])
+def test_content_length_the_probes_do_not_read_goes_to_the_payload_path(kernel, value):
+    data = b"HTTP/1.1 200 OK\r\nContent-Length: " + value + b"\r\n\r\n"
+    verdict, _, _ = kernel_parse(kernel, data, True)
+    assert verdict == C["HTTP_FALLBACK_UNUSUAL_HEAD"]

@@ -170,9 +170,8 @@ struct process_exec_record {
 
 /* ---- HTTP/1.x exchange records (bpf/http_exchange.h) ----------------------
  * One record per request/response pair the probes parsed and paired on a
- * plain socket.  Field slots are powers of two (the probes mask indexes with
- * them); a value longer than its slot keeps its first bytes and sets its
- * HTTP_TRUNC_* bit. */
+ * plain socket.  A value longer than its slot keeps its first bytes and
+ * sets its HTTP_TRUNC_* bit. */
 #define EVENT_HTTP_EXCHANGE 6
 
 #define HTTP_METHOD_BYTES 16

@@ -63,7 +63,7 @@ end
 """
 
 
-def record_live(path: Path) -> None:
+def record_live(path: Path, http_exchanges: bool = False) -> None:
     if os.geteuid() != 0 or not shutil.which("nginx") or not shutil.which("wrk"):
         sys.exit("live recording needs root, nginx and wrk (make setup); or pass --recording")
     port = 18777
@@ -73,9 +73,11 @@ def record_live(path: Path) -> None:
         nginx = subprocess.Popen(["nginx", "-c", f"{d}/nginx.conf", "-p", d])
         time.sleep(0.5)
         recorder = subprocess.Popen([sys.executable, "-m", "agent.runtime.cli", "record", "-o", str(path),
-                                     "--duration", "3", "--port", str(port), "--capture-bytes", "512"],
+                                     "--duration", "12" if http_exchanges else "3", "--port", str(port), "--capture-bytes", "512",
+                                     *(["--http-exchanges"] if http_exchanges else [])],
                                     cwd=ROOT)
-        time.sleep(1.5)
+        # The exchange parser's programs take the verifier several seconds.
+        time.sleep(9 if http_exchanges else 1.5)
         subprocess.run(["wrk", "-t1", "-c8", "-d1s", "-s", f"{d}/req.lua",
                         f"http://127.0.0.1:{port}/"], check=True, capture_output=True)
         recorder.wait()
@@ -183,7 +185,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recording", type=Path)
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--compare-records", action="store_true",
+                        help="record live twice, payload path and --http-exchanges, and "
+                             "compare the fast path's spans/s on the two")
     args = parser.parse_args()
+    if args.compare_records:
+        return compare_records(args.seconds)
     recording = args.recording
     if recording is None:
         recording = Path(tempfile.mkdtemp()) / "wrk.events"
@@ -216,6 +223,23 @@ def main() -> None:
           f"{sdk_histogram_cost(sample, min(args.seconds, 2.0)):.2f} µs/exchange")
     built, accepted = accepted_by_receiver(records)
     print(f"OTLP receiver accepted {accepted} of {built} spans built from the recording")
+
+
+def compare_records(seconds: float) -> None:
+    """Spans/s per core and the per-stage split, payload path against
+    exchange records, on two live recordings of the same load."""
+    rates = {}
+    for name, exchanges in (("payload", False), ("records", True)):
+        recording = Path(tempfile.mkdtemp()) / f"wrk-{name}.events"
+        record_live(recording, exchanges)
+        records = read_records(recording)
+        r = run(records, seconds, encode_export_request)
+        per_span = {k: v / r["spans"] * 1e6 for k, v in r["stage"].items()}
+        stages = "  ".join(f"{k} {v:.1f}" for k, v in per_span.items())
+        rates[name] = r["rate"]
+        print(f"{name:>7}: {len(records)} events, {r['rate']:>9,.0f} spans/s on one core "
+              f"({1e6 / r['rate']:.1f} µs/span: {stages} µs)")
+    print(f"records / payload = {rates['records'] / rates['payload']:.2f}x")
 
 
 if __name__ == "__main__":

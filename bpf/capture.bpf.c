@@ -53,6 +53,7 @@ struct conn_info {
     __u8 traced;
     __u8 unclassified_events;
     __u8 tls;           /* its plaintext comes from the TLS uprobes */
+    __u8 http_payload;  /* HTTP/1 goes to the payload path, not exchange records */
 };
 
 /* One entry per (tgid, fd) the hooks have seen, sockets or not, so that the
@@ -425,6 +426,8 @@ static __always_inline __u64 first_user_buffer(const struct io_args *args)
     return 0;
 }
 
+#include "http_exchange.h"
+
 /* Classify the connection if needed and copy the bytes a completed call
  * moved (a socket syscall, or a TLS library call's plaintext). */
 static __always_inline int emit_data(__u64 id, struct conn_info *conn, const struct io_args *args,
@@ -454,6 +457,18 @@ static __always_inline int emit_data(__u64 id, struct conn_info *conn, const str
         read_process_name(&process);
         new_process = !bpf_map_lookup_elem(&traced_processes, &tgid);
         bpf_map_update_elem(&traced_processes, &tgid, &process, BPF_ANY);
+    }
+
+    bool exchanges = CONFIG(http_exchanges) && conn->protocol == PROTOCOL_HTTP1 &&
+                     !conn->http_payload && !(flags & FLAG_TLS);
+    struct http_pending *pending = NULL;
+    if (exchanges) {
+        pending = bpf_map_lookup_elem(&http_pending, &conn->conn_id);
+        if (pending && http_body_call(conn, pending, &a, ret, stats))
+            return 0;
+        if (!conn->http_payload && a.buffer_kind == IO_NONE)
+            http_fall_back(conn, HTTP_FALLBACK_MID_STREAM, pending != NULL);
+        exchanges = !conn->http_payload;
     }
 
     __u32 zero = 0;
@@ -486,6 +501,8 @@ static __always_inline int emit_data(__u64 id, struct conn_info *conn, const str
     } else if (a.buffer_kind == IO_IOVEC) {
         captured = copy_iovecs(ev->payload, a.buf, a.count, want);
     }
+    if (exchanges && http_head_call(id, conn, pending, &a, ret, captured, stats))
+        return 0;
 
     ev->hdr.type = EVENT_DATA;
     ev->hdr.pid = tgid;
@@ -559,6 +576,7 @@ static __always_inline int on_close_enter(__u32 fd)
         if (stats)
             output_record(stats, &hdr, sizeof(hdr), false);
     }
+    bpf_map_delete_elem(&http_pending, &conn->conn_id);
     bpf_map_delete_elem(&conns, &key);
     return 0;
 }

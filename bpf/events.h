@@ -179,6 +179,9 @@ struct capture_config {
     __u8 tls;               /* the TLS uprobes are loaded: watch for their calls */
     __u8 reserved[3];
     __u32 ring_wake_bytes;  /* wake the readers when the ring's unread bytes pass this */
+    __u8 http_exchanges;    /* pair HTTP/1 in the probes (bpf/http_exchange.h) */
+    __u8 reserved2[3];
+    __u32 http_shed_bytes;  /* unread ring bytes at which new exchanges are shed */
 };
 
 /* traced_processes values: what userspace still needs of a process whose
@@ -228,6 +231,104 @@ struct comm_key {
 struct tls_library_record {
     struct event_header hdr;
     char path[TLS_LIBRARY_PATH_BYTES];
+};
+
+/* ---- HTTP/1.x exchange records (bpf/http_exchange.h) ----------------------
+ * One record per request/response pair the probes parsed and paired on a
+ * plain socket.  A value longer than its slot keeps its first bytes and
+ * sets its HTTP_TRUNC_* bit. */
+#define EVENT_HTTP_EXCHANGE 6
+
+#define HTTP_METHOD_BYTES 16
+#define HTTP_TARGET_BYTES 256
+#define HTTP_HOST_BYTES 64
+#define HTTP_USER_AGENT_BYTES 128
+#define HTTP_TRACEPARENT_BYTES 64
+#define HTTP_TRACESTATE_BYTES 128
+
+/* http_request_head.truncated */
+#define HTTP_TRUNC_TARGET 1
+#define HTTP_TRUNC_HOST 2
+#define HTTP_TRUNC_USER_AGENT 4
+#define HTTP_TRUNC_TRACEPARENT 8
+#define HTTP_TRUNC_TRACESTATE 16
+
+/* http_request_head.present: which optional fields the head had */
+#define HTTP_HAS_HOST 1
+#define HTTP_HAS_USER_AGENT 2
+#define HTTP_HAS_TRACEPARENT 4
+#define HTTP_HAS_TRACESTATE 8
+#define HTTP_HAS_CONTENT_LENGTH 16
+
+/* What the head parser concluded: HTTP_HEAD_OK, or why the connection's
+ * HTTP/1 goes to the payload path instead (also the index of the
+ * http_fallbacks counters). */
+#define HTTP_HEAD_OK 0
+/* the head did not end inside one call */
+#define HTTP_FALLBACK_SPLIT_HEAD 1
+/* bare LF, obs-fold, repeated trace fields, odd lengths */
+#define HTTP_FALLBACK_UNUSUAL_HEAD 2
+/* CONNECT, Upgrade */
+#define HTTP_FALLBACK_UPGRADE 3
+/* Expect: 100-continue */
+#define HTTP_FALLBACK_CONTINUE 4
+/* chunked request body */
+#define HTTP_FALLBACK_REQUEST_BODY 5
+/* more bytes than the request announced */
+#define HTTP_FALLBACK_PIPELINED 6
+/* joined a connection mid-body, or a response with no request */
+#define HTTP_FALLBACK_MID_STREAM 7
+/* response end not certain (chunked, until close) */
+#define HTTP_FALLBACK_RESPONSE_END 8
+#define HTTP_FALLBACK_COUNT 9
+
+/* Why the probes shed an exchange (decided at its request: neither side is
+ * written), the index of the http_shed counters. */
+/* the ring's unread bytes had passed capture_config.http_shed_bytes */
+#define HTTP_SHED_RING_FILL 0
+#define HTTP_SHED_COUNT 1
+
+/* The request's values, packed in the order the head carried them (each
+ * at its *_off, *_len bytes long, at most its HTTP_*_BYTES slot): the record
+ * carries only the bytes they take (values_len). */
+#define HTTP_VALUES_BYTES 656
+
+struct http_request_head {
+    __u64 content_length;       /* valid with HTTP_HAS_CONTENT_LENGTH */
+    __u16 header_bytes;         /* start line to blank line, inclusive */
+    __u16 values_len;           /* bytes of values[] in use */
+    __u16 target_off;
+    __u16 target_len;
+    __u16 host_off;
+    __u16 user_agent_off;
+    __u16 traceparent_off;
+    __u16 tracestate_off;
+    __u8 method_len;            /* the method is at values[0] */
+    __u8 host_len;
+    __u8 user_agent_len;
+    __u8 traceparent_len;
+    __u8 tracestate_len;
+    __u8 version_minor;         /* HTTP/1.<minor> */
+    __u8 truncated;             /* HTTP_TRUNC_* */
+    __u8 present;               /* HTTP_HAS_* */
+    char values[HTTP_VALUES_BYTES];
+};
+
+/* Variable length: the ring record ends values_len bytes into
+ * request.values. */
+struct http_exchange {
+    struct event_header hdr;    /* start_ns: request start; end_ns: response end;
+                                   direction: the request's */
+    __u64 response_start_ns;
+    __u64 request_bytes;
+    __u64 response_bytes;
+    /* A client request's: the server request its thread was serving when
+     * it was sent (conn id, 0: none), for proxy linking in userspace. */
+    __u64 serving_conn_id;
+    __u16 status;
+    __u8 response_version_minor;
+    __u8 reserved[5];
+    struct http_request_head request;
 };
 
 #endif

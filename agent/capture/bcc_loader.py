@@ -162,7 +162,9 @@ def compile_flags(settings: CaptureSettings) -> list[str]:
     flags = ["-DOTEL_EBPF_BCC", f"-I{source_dir()}", f"-D__TARGET_ARCH_{arch}",
              f"-DRING_BUFFER_PAGES={settings.ring_buffer_bytes // PAGE_SIZE}",
              "-Wno-unused-variable", "-Wno-incompatible-pointer-types-discards-qualifiers"]
-    flags += [f"-DCONFIG_{name}={value}" for name, value in capture_config(settings).items()]
+    config = capture_config(settings)
+    config["http_exchanges"] = 0    # BCC programs have no bpf_loop: payload path only
+    flags += [f"-DCONFIG_{name}={value}" for name, value in config.items()]
     return flags
 
 

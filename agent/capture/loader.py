@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from agent.capture import libbpf
+from agent.capture import exchange_records, libbpf
 from agent.capture import records
 from agent.capture.libbpf import LibbpfError, check_ptr, check_ret, ffi
 from agent.capture.kernel_features import KernelFeatures
@@ -52,6 +52,7 @@ class CaptureSettings:
     agent_pid: int = field(default_factory=os.getpid)
     tls: bool = True                      # load the TLS uprobe programs
     report_execs: int = records.C["EXECS_TRACED"]   # EXECS_*: which execs are reported
+    http_exchanges: bool = False          # pair HTTP/1 in the probes (CO-RE build only)
 
     def validate(self) -> None:
         limit = records.C["MAX_CAPTURE_BYTES"]
@@ -319,6 +320,16 @@ class LoadedCapture:
             out[name] = tuple(totals)
         return out
 
+    def http_fallbacks(self) -> dict[str, tuple[int, int]]:
+        """HTTP_FALLBACK_* reason -> (connections turned over to the payload
+        path, requests kept then dropped), summed over CPUs."""
+        return exchange_records.read_fallbacks(self.front_end.map_fd("http_fallbacks"),
+                                               self._ncpus)
+
+    def http_shed(self) -> dict[str, int]:
+        """HTTP_SHED_* reason -> exchanges shed whole, summed over CPUs."""
+        return exchange_records.read_shed(self.front_end.map_fd("http_shed"), self._ncpus)
+
     def detach(self) -> None:
         """Stop capturing; the ring keeps what was already written.  Links go
         in parallel: the kernel waits for an RCU grace period on each."""
@@ -354,6 +365,8 @@ def capture_config(settings: CaptureSettings) -> dict[str, int]:
         "report_execs": settings.report_execs,
         "tls": int(settings.tls),
         "ring_wake_bytes": int(settings.ring_buffer_bytes * WAKE_AT_FILL),
+        "http_exchanges": int(settings.http_exchanges),
+        "http_shed_bytes": int(settings.ring_buffer_bytes * exchange_records.SHED_AT_FILL),
     }
 
 

@@ -15,6 +15,7 @@ from agent.counters import Counter, counter, unique
 from agent.protocols import table as table_module
 from agent.protocols.contract import EVENTS_SKIPPED, Limits
 from agent.protocols.http1 import Http1Handler
+from agent.protocols.http1_records import EVENT_HTTP_EXCHANGE, EXCHANGE_SIZE, ExchangeRecords
 from agent.protocols.http2 import Http2Handler
 from agent.protocols.mysql import MysqlHandler
 from agent.protocols.postgres import PostgresHandler
@@ -77,6 +78,7 @@ class ProtocolRouter:
         # Client connections opened in this batch, for the NAT look-up
         # (agent/runtime/pipeline.py sets a list when conntrack is in use).
         self.new_clients: list[Connection] | None = None
+        self.exchange_records = ExchangeRecords()
 
     def connections_tracked(self) -> int:
         return len(self.table)
@@ -96,6 +98,7 @@ class ProtocolRouter:
         handlers = self.handlers
         unpack = _HOT_HEADER.unpack_from
         header_size = EVENT_HEADER_SIZE
+        waiting = self.exchange_records.waiting
         for record in records:
             if len(record) < header_size:
                 self.counts["records_malformed"] += 1
@@ -124,6 +127,13 @@ class ProtocolRouter:
                 if lost_between(conn.last_seq, seq):
                     table.gap(conn)
                 conn.last_seq = seq
+            if hot[0] == EVENT_HTTP_EXCHANGE:
+                if (len(record) < EXCHANGE_SIZE
+                        or not self.exchange_records.items(conn, record, hot, out)):
+                    self.counts["records_malformed"] += 1
+                continue
+            if waiting and conn_id in waiting:
+                self.exchange_records.flush(conn_id, out)
             conn.record(conn, record, hot, out)
         return out
 
@@ -131,6 +141,7 @@ class ProtocolRouter:
         """Close and process records; False for others (read as data)."""
         event_type = hot[0]
         if event_type == _EVENT_CLOSE:
+            self.exchange_records.flush(hot[4], out)
             if conn is not None:
                 self.table.close(conn, hot[14], out)
         elif event_type == _EVENT_PROCESS_EXIT:

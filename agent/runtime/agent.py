@@ -60,6 +60,7 @@ class AgentConfig:
     request_metrics: bool = True          # agent/metrics: RED histograms on /metrics
     otlp_metrics: bool | None = None      # None: when the span exporter is OTLP
     metric_series_limit: int = 2000
+    http_exchanges: bool = False
 
 
 class Agent:
@@ -116,6 +117,7 @@ class Agent:
             pids=pids, cgroups=cgroups, ports=set(config.ports) or None,
             excluded_endpoints=excluded, hooks=config.hooks, tls=config.tls,
             loader=config.loader, kernel_headers=config.kernel_headers,
+            http_exchanges=config.http_exchanges,
             # Traced processes' execs are reported with or without TLS: the
             # record carries the start time and path a short-lived one's
             # resource needs.

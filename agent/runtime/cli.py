@@ -173,10 +173,15 @@ def loader_options(command):
               default="info", envvar="OTEL_EBPF_LOG_LEVEL", show_default=True)
 @click.option("--check-config", is_flag=True,
               help="Print the resolved settings as YAML and exit without tracing.")
+@click.option("--http-exchanges/--no-http-exchanges", default=False, show_default=True,
+              envvar="OTEL_EBPF_HTTP_EXCHANGES",
+              help="Pair HTTP/1.x exchanges in the probes (CO-RE loader; plain sockets) and "
+                   "send one record per exchange; what the probes cannot pair with certainty "
+                   "takes the payload path.")
 def run(pids, cgroups, containers, ports, exes, exporter, otlp_impl, capture_bytes, ring_buffer_size, hooks,
         loader, kernel_headers, metrics_address, redact_query_keys, sql_text, tls, routes, keep_error_spans, span_workers, nice,
         yield_cpu, conntrack, request_metrics, otlp_metrics, metric_series_limit, duration,
-        log_level, check_config):
+        log_level, check_config, http_exchanges):
     """Trace the node (or the selected processes) and export spans."""
     if check_config:
         ctx = click.get_current_context()
@@ -210,7 +215,8 @@ def run(pids, cgroups, containers, ports, exes, exporter, otlp_impl, capture_byt
                          routes=tuple(routes),
                          keep_error_spans=keep_error_spans, span_workers=span_workers,
                          yield_cpu=yield_cpu, conntrack=conntrack, request_metrics=request_metrics,
-                         otlp_metrics=otlp_metrics, metric_series_limit=metric_series_limit)
+                         otlp_metrics=otlp_metrics, metric_series_limit=metric_series_limit,
+                         http_exchanges=http_exchanges)
     agent = Agent(config)
     try:
         agent.start()
@@ -233,7 +239,8 @@ def run(pids, cgroups, containers, ports, exes, exporter, otlp_impl, capture_byt
 @click.option("--pid", "pids", type=int, multiple=True)
 @click.option("--port", "ports", type=click.IntRange(1, 65535), multiple=True)
 @click.option("--capture-bytes", type=click.IntRange(64, 8192), default=2048, show_default=True)
-def record(output, duration, pids, ports, capture_bytes):
+@click.option("--http-exchanges", is_flag=True, help="Record the probes' HTTP/1.x exchange records.")
+def record(output, duration, pids, ports, capture_bytes, http_exchanges):
     """Save raw kernel events to a file for offline replay (tests, benchmarks, bug reports)."""
     import time
     from agent.capture.kernel_features import ensure_tracefs
@@ -242,7 +249,8 @@ def record(output, duration, pids, ports, capture_bytes):
 
     ensure_tracefs()
     capture = load_capture(CaptureSettings(capture_bytes=capture_bytes, pids=set(pids) or None,
-                                           ports=set(ports) or None, ring_buffer_bytes=64 << 20))
+                                           ports=set(ports) or None, ring_buffer_bytes=64 << 20,
+                                           http_exchanges=http_exchanges))
     records = []
     deadline = time.monotonic() + duration
     try:

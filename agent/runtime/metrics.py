@@ -20,6 +20,7 @@ from agent.capture.records import PROBE_STATS_FIELDS
 from agent.capture.tls_membio import counter_values as membio_counter_values
 from agent.metrics.prometheus import red_families
 from agent.runtime.span_worker import EXPORT_SECONDS_BUCKETS, SpanWorkerPool
+from agent.runtime.exchange_metrics import http_exchange_families
 
 PREFIX = "otel_ebpf"
 
@@ -92,6 +93,7 @@ class AgentCollector:
             size.add_metric([], capture.settings.ring_buffer_bytes)
             yield size
             yield from bpf_families()
+            yield from http_exchange_families(capture, PREFIX)
         if pipeline is None:
             return
         protocols = pipeline.protocols

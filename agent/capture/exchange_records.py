@@ -1,0 +1,128 @@
+"""HTTP/1.x exchange records (struct http_exchange, bpf/events.h): what the
+probes paired, decoded with one struct unpack, and the fallback counters
+(bpf/http_exchange.h's http_fallbacks map)."""
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+from agent.capture import records
+from agent.capture.libbpf import ffi
+from agent.capture import libbpf
+
+C = records.C
+# The record's fixed part, through request.present; the request's values
+# follow it, values_len bytes (bpf/events.h: the record is variable-length).
+HTTP_EXCHANGE = records.prefix_struct("struct http_exchange", "present")
+HTTP_EXCHANGE_FIELDS = records.struct_format("struct http_exchange")[1]
+_INDEX = {name: i for i, name in enumerate(HTTP_EXCHANGE_FIELDS)}
+_HEADER_FIELDS = len(records.EVENT_HEADER_FIELDS)
+VALUES_OFFSET = HTTP_EXCHANGE.size
+
+FALLBACK_NAMES = {C[name]: name.removeprefix("HTTP_FALLBACK_").lower()
+                  for name in C if name.startswith("HTTP_FALLBACK_") and name != "HTTP_FALLBACK_COUNT"}
+_FALLBACK_STATS = struct.Struct("<QQ")
+SHED_NAMES = {C[name]: name.removeprefix("HTTP_SHED_").lower()
+              for name in C if name.startswith("HTTP_SHED_") and name != "HTTP_SHED_COUNT"}
+# The probes shed new exchanges once this share of the ring is unread
+# (capture_config.http_shed_bytes): the rest is room for the exchanges
+# already started, whose records must all arrive.
+SHED_AT_FILL = 1 / 2
+
+
+class HttpExchangeRecord(NamedTuple):
+    """One paired exchange: the record's header (as event_header's fields)
+    and the request's split-out values as userspace decodes them (trace
+    context latin-1, the rest UTF-8 with replacement; absent fields None)."""
+    header: tuple
+    method: str
+    target: str
+    version: str
+    host: str | None
+    user_agent: str | None
+    traceparent: str | None
+    tracestate: str | None
+    status_code: int
+    response_version: str
+    truncated: int
+    request_bytes: int
+    response_bytes: int
+    serving_conn_id: int
+
+
+def _value(values: bytes, offset: int, length: int, present: int, bit: int, encoding: str):
+    if not present & bit:
+        return None
+    return values[offset:offset + length].decode(encoding, "replace")
+
+
+def decode(record: bytes) -> HttpExchangeRecord:
+    """Raises ValueError when the values overrun the record."""
+    v = HTTP_EXCHANGE.unpack_from(record)
+    f = _INDEX
+    present = v[f["present"]]
+    end = VALUES_OFFSET + v[f["values_len"]]
+    if end > len(record):
+        raise ValueError("exchange record shorter than its values")
+    values = bytes(record[VALUES_OFFSET:end])
+    method_len, target_off = v[f["method_len"]], v[f["target_off"]]
+    return HttpExchangeRecord(
+        v[:_HEADER_FIELDS],
+        values[:method_len].decode("ascii", "replace"),
+        values[target_off:target_off + v[f["target_len"]]].decode("utf-8", "replace"),
+        "1.%d" % v[f["version_minor"]],
+        _value(values, v[f["host_off"]], v[f["host_len"]], present, C["HTTP_HAS_HOST"], "utf-8"),
+        _value(values, v[f["user_agent_off"]], v[f["user_agent_len"]], present,
+               C["HTTP_HAS_USER_AGENT"], "utf-8"),
+        _value(values, v[f["traceparent_off"]], v[f["traceparent_len"]], present,
+               C["HTTP_HAS_TRACEPARENT"], "latin-1"),
+        _value(values, v[f["tracestate_off"]], v[f["tracestate_len"]], present,
+               C["HTTP_HAS_TRACESTATE"], "latin-1"),
+        v[f["status"]], "1.%d" % v[f["response_version_minor"]], v[f["truncated"]],
+        v[f["request_bytes"]], v[f["response_bytes"]], v[f["serving_conn_id"]])
+
+
+def read_fallbacks(map_fd: int, ncpus: int) -> dict[str, tuple[int, int]]:
+    """reason -> (connections, requests dropped), summed over CPUs."""
+    lib = libbpf.lib()
+    buf = ffi.new("char[]", ncpus * _FALLBACK_STATS.size)
+    key = ffi.new("uint32_t *")
+    out = {}
+    for index, name in FALLBACK_NAMES.items():
+        key[0] = index
+        if lib.bpf_map_lookup_elem(map_fd, key, buf) != 0:
+            continue
+        raw = ffi.buffer(buf)
+        totals = [0, 0]
+        for cpu in range(ncpus):
+            connections, dropped = _FALLBACK_STATS.unpack_from(raw, cpu * _FALLBACK_STATS.size)
+            totals[0] += connections
+            totals[1] += dropped
+        out[name] = tuple(totals)
+    return out
+
+
+def read_shed(map_fd: int, ncpus: int) -> dict[str, int]:
+    """reason -> exchanges shed, summed over CPUs."""
+    lib = libbpf.lib()
+    buf = ffi.new("uint64_t[]", ncpus)
+    key = ffi.new("uint32_t *")
+    out = {}
+    for index, name in SHED_NAMES.items():
+        key[0] = index
+        if lib.bpf_map_lookup_elem(map_fd, key, buf) == 0:
+            out[name] = sum(buf[cpu] for cpu in range(ncpus))
+    return out
+
+
+def count_entries(map_fd: int, key_size: int = 8) -> int:
+    """Entries of a hash map (http_pending: exchanges the probes hold)."""
+    lib = libbpf.lib()
+    key, next_key = ffi.new("char[]", key_size), ffi.new("char[]", key_size)
+    count = 0
+    previous = ffi.NULL
+    while lib.bpf_map_get_next_key(map_fd, previous, next_key) == 0:
+        count += 1
+        ffi.memmove(key, next_key, key_size)
+        previous = key
+    return count

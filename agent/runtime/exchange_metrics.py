@@ -1,0 +1,31 @@
+"""/metrics families of the probes' HTTP/1.x exchange records
+(bpf/http_exchange.h): connections turned over to the payload path and
+exchanges shed whole under load, by reason."""
+from __future__ import annotations
+
+from prometheus_client.core import CounterMetricFamily
+
+
+def http_exchange_families(capture, prefix: str):
+    """The families, or none when the probes do not pair exchanges."""
+    if not capture.settings.http_exchanges:
+        return
+    fallbacks = CounterMetricFamily(
+        f"{prefix}_kernel_http_fallbacks",
+        "Connections whose HTTP/1 the probes turned over to the payload path, by reason.",
+        labels=["reason"])
+    dropped = CounterMetricFamily(
+        f"{prefix}_kernel_http_requests_dropped",
+        "Requests the probes held, then dropped when their connection went to the payload "
+        "path, by reason.", labels=["reason"])
+    for reason, (connections, requests) in capture.http_fallbacks().items():
+        fallbacks.add_metric([reason], connections)
+        dropped.add_metric([reason], requests)
+    shed = CounterMetricFamily(
+        f"{prefix}_kernel_http_exchanges_shed",
+        "Exchanges the probes followed but did not write (neither side), by reason: "
+        "ring_fill, the ring buffer was past its shed mark when the request came.",
+        labels=["reason"])
+    for reason, count in capture.http_shed().items():
+        shed.add_metric([reason], count)
+    yield from (fallbacks, dropped, shed)

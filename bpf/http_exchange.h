@@ -1,0 +1,318 @@
+/* HTTP/1.x exchanges paired in the probes: a request head parsed from the
+ * call that carried it, kept per connection until its response ends, then
+ * one EVENT_HTTP_EXCHANGE record (struct http_exchange, bpf/events.h)
+ * instead of a data record per syscall.
+ *
+ * Only what is certain is paired here: a head contained in one call, a
+ * request body and a response body of announced length (or none).  Anything
+ * else (bpf/events.h's HTTP_FALLBACK_* reasons) turns the connection over to
+ * the payload path for good, counted by reason in http_fallbacks.  A switch
+ * at a request head loses nothing: that call is copied as today.  A switch
+ * after the request was kept (a response of unknown length, a pipelined
+ * request) drops the kept request, also counted.
+ *
+ * Part of the capture object: bpf/capture.bpf.c includes it before its copy
+ * path, whose connection table, scratch buffer and ring output it uses.
+ * Load-time switch: capture_config.http_exchanges (the BCC build has no
+ * bpf_loop and keeps it off). */
+#ifndef OTEL_EBPF_HTTP_EXCHANGE_H
+#define OTEL_EBPF_HTTP_EXCHANGE_H
+
+#include "http_head.h"
+
+#define HTTP_PHASE_REQUEST_BODY 1
+#define HTTP_PHASE_AWAIT_RESPONSE 2
+#define HTTP_PHASE_RESPONSE_BODY 3
+
+struct http_pending {
+    struct http_exchange record;
+    __u64 body_remaining;
+    __u8 phase;
+    __u8 request_direction;
+    __u8 head_request;      /* a HEAD request: its response has no body */
+    __u8 shed;              /* followed to its end, but not written */
+    __u8 reserved[4];
+};
+
+/* Exchanges in progress, by connection id; an entry goes with its exchange
+ * or with its connection's close. */
+MAP(HASH, http_pending, __u64, struct http_pending, 16384);
+
+/* Per-CPU room for a head being parsed and a pending exchange being built
+ * (both too large for the BPF stack). */
+struct http_work {
+    struct http_head_parse parse;
+    struct http_pending pending;
+};
+
+MAP(PERCPU_ARRAY, http_work, __u32, struct http_work, 1);
+
+/* The server request each thread last took and has not answered yet, by
+ * thread id: a client request sent meanwhile names it (a proxy's upstream
+ * call), as the payload path's linker links by thread.  An LRU: a thread
+ * whose connection closed unanswered leaves an entry until it serves again. */
+MAP(LRU_HASH, http_serving, __u32, __u64, 16384);
+
+/* Connections turned over to the payload path, and requests kept but then
+ * dropped, by HTTP_FALLBACK_* reason. */
+struct http_fallback_stats {
+    __u64 connections;
+    __u64 requests_dropped;
+};
+
+MAP(PERCPU_ARRAY, http_fallbacks, __u32, struct http_fallback_stats, HTTP_FALLBACK_COUNT);
+
+/* Exchanges shed whole under load, by HTTP_SHED_* reason. */
+MAP(PERCPU_ARRAY, http_shed, __u32, __u64, HTTP_SHED_COUNT);
+
+/* Overload sheds whole exchanges: past the fill mark a new request is
+ * still followed (its response must be recognised and consumed) but neither
+ * side is written, so that the ring's remaining room goes to exchanges
+ * already started and no exported span lacks its other half. */
+static __always_inline bool http_should_shed(void)
+{
+    __u32 mark = CONFIG(http_shed_bytes);
+    return mark && RINGBUF_UNREAD(events) >= mark;
+}
+
+/* A call's time as the spans count it: sent when the write begins,
+ * received when the read returns. */
+static __always_inline __u64 http_call_time(const struct io_args *a, __u64 now)
+{
+    if (a->direction == DIRECTION_INGRESS || !a->start_ns)
+        return now;
+    return a->start_ns;
+}
+
+static __always_inline void http_fall_back(struct conn_info *conn, __u8 reason, bool dropped)
+{
+    __u32 key = reason;
+    struct http_fallback_stats *stats = bpf_map_lookup_elem(&http_fallbacks, &key);
+    if (stats) {
+        stats->connections++;
+        if (dropped)
+            stats->requests_dropped++;
+    }
+    conn->http_payload = 1;
+    bpf_map_delete_elem(&http_pending, &conn->conn_id);
+    __u32 tid = (__u32)bpf_get_current_pid_tgid();
+    __u64 *serving = bpf_map_lookup_elem(&http_serving, &tid);
+    if (serving && *serving == conn->conn_id)
+        bpf_map_delete_elem(&http_serving, &tid);
+}
+
+/* The loop's context: the buffers, looked up once per head. */
+struct http_loop {
+    struct data_event *ev;
+    struct http_work *w;
+};
+
+static long http_head_loop_step(__u32 i, void *ctx)
+{
+    struct http_loop *l = ctx;
+    struct data_event *ev = l->ev;
+    struct http_work *w = l->w;
+    if (!ev || !w || w->parse.state == HS_DONE || w->parse.pos >= w->parse.len)
+        return 1;
+    http_head_step(&w->parse, &w->pending.record.request, ev->payload);
+    return 0;
+}
+
+/* Steps a head can take: a field line of n bytes takes at most n - 1 (its
+ * start, its name's and its value's words). */
+#define HTTP_HEAD_STEPS HTTP_HEAD_SCAN_BYTES
+
+/* Parse the head at the start of the captured bytes (scratch's payload)
+ * into the work area. */
+static __always_inline __u8 http_parse_captured(struct http_work *w, __u32 captured,
+                                                bool response)
+{
+    __u32 zero = 0;
+    struct http_request_head *r = &w->pending.record.request;
+    http_head_begin(&w->parse, r, captured, response);
+    struct http_loop l = { .ev = bpf_map_lookup_elem(&scratch, &zero), .w = w };
+    BOUNDED_LOOP(FRONTEND_LOOP_STEPS(HTTP_HEAD_STEPS, 0), http_head_loop_step, &l);
+    return http_head_result(&w->parse, r);
+}
+
+static __always_inline void http_emit(struct probe_stats *stats, struct http_pending *p,
+                                      __u64 end_ns, __u64 bytes)
+{
+    if (p->request_direction == DIRECTION_INGRESS) {
+        __u32 tid = p->record.hdr.tid;
+        __u64 *serving = bpf_map_lookup_elem(&http_serving, &tid);
+        if (serving && *serving == p->record.hdr.conn_id)
+            bpf_map_delete_elem(&http_serving, &tid);
+    }
+    if (p->shed) {
+        __u32 key = HTTP_SHED_RING_FILL;
+        __u64 *shed = bpf_map_lookup_elem(&http_shed, &key);
+        if (shed)
+            (*shed)++;
+        return;
+    }
+    p->record.hdr.end_ns = end_ns;
+    p->record.response_bytes += bytes;
+    __u64 size = __builtin_offsetof(struct http_exchange, request.values) +
+                 p->record.request.values_len;
+    if (size > sizeof(p->record))
+        size = sizeof(p->record);
+    barrier_var(size);
+    output_record(stats, &p->record, size, false);
+}
+
+/* Body bytes of the pending exchange (no copy needed).  True when the call
+ * was taken here. */
+static __always_inline bool http_body_call(struct conn_info *conn, struct http_pending *p,
+                                           const struct io_args *a, __u64 n,
+                                           struct probe_stats *stats)
+{
+    bool request_side = a->direction == p->request_direction;
+    if (p->phase == HTTP_PHASE_REQUEST_BODY && request_side) {
+        if (n > p->body_remaining) {
+            http_fall_back(conn, HTTP_FALLBACK_PIPELINED, true);
+            return false;
+        }
+        p->body_remaining -= n;
+        p->record.request_bytes += n;
+        if (!p->body_remaining)
+            p->phase = HTTP_PHASE_AWAIT_RESPONSE;
+        return true;
+    }
+    if (p->phase == HTTP_PHASE_RESPONSE_BODY) {
+        if (request_side || n > p->body_remaining) {
+            http_fall_back(conn, HTTP_FALLBACK_PIPELINED, true);
+            return false;
+        }
+        p->body_remaining -= n;
+        if (!p->body_remaining) {
+            http_emit(stats, p, http_call_time(a, bpf_ktime_get_ns()), n);
+            bpf_map_delete_elem(&http_pending, &conn->conn_id);
+        } else {
+            p->record.response_bytes += n;
+        }
+        return true;
+    }
+    return false;
+}
+
+/* A call the body path did not take, its first bytes captured in scratch:
+ * a request head on an idle connection, or the response head.  True when
+ * taken (no data record). */
+static __always_inline bool http_head_call(__u64 id, struct conn_info *conn,
+                                           struct http_pending *p, const struct io_args *a,
+                                           __u64 n, __u32 captured, struct probe_stats *stats)
+{
+    __u32 zero = 0;
+    struct http_work *w = bpf_map_lookup_elem(&http_work, &zero);
+    if (!w)
+        return false;
+    __u64 now = bpf_ktime_get_ns();
+    if (!p) {
+        __u8 expected = conn->role == ROLE_SERVER ? DIRECTION_INGRESS : DIRECTION_EGRESS;
+        if (conn->role != ROLE_UNKNOWN && a->direction != expected) {
+            http_fall_back(conn, HTTP_FALLBACK_MID_STREAM, false);
+            return false;
+        }
+        __u8 verdict = http_parse_captured(w, captured, false);
+        if (verdict != HTTP_HEAD_OK) {
+            http_fall_back(conn, verdict, false);
+            return false;
+        }
+        struct http_request_head *r = &w->pending.record.request;
+        __u64 after = n - r->header_bytes;
+        __u64 body = (r->present & HTTP_HAS_CONTENT_LENGTH) ? r->content_length : 0;
+        if (after > body) {
+            http_fall_back(conn, HTTP_FALLBACK_PIPELINED, false);
+            return false;
+        }
+        struct http_pending *np = &w->pending;
+        np->body_remaining = body - after;
+        np->phase = np->body_remaining ? HTTP_PHASE_REQUEST_BODY : HTTP_PHASE_AWAIT_RESPONSE;
+        np->request_direction = a->direction;
+        np->shed = http_should_shed();
+        np->head_request = r->method_len == 4 && starts_with((const __u8 *)r->values, 4,
+                                                             "HEAD", 4);
+        struct event_header *h = &np->record.hdr;
+        h->type = EVENT_HTTP_EXCHANGE;
+        h->pid = id >> 32;
+        h->tid = (__u32)id;
+        h->fd = a->fd;
+        h->conn_id = conn->conn_id;
+        h->start_ns = http_call_time(a, now);
+        h->end_ns = 0;
+        h->length = n;
+        h->captured = 0;
+        h->direction = a->direction;
+        h->role = conn->role;
+        h->protocol = PROTOCOL_HTTP1;
+        h->flags = 0;
+        h->probe = a->probe;
+        /* A shed exchange takes no number: no record, no gap. */
+        h->seq = np->shed ? 0 : (__sync_fetch_and_add(&conn->seq, 1) % 65535) + 1;
+        h->tuple = conn->tuple;
+        np->record.response_start_ns = 0;
+        np->record.request_bytes = n;
+        np->record.response_bytes = 0;
+        np->record.status = 0;
+        np->record.response_version_minor = 0;
+        np->record.serving_conn_id = 0;
+        __u32 tid = (__u32)id;
+        if (a->direction == DIRECTION_INGRESS && np->shed) {
+            /* its upstream calls must not wait for a record never written */
+            bpf_map_delete_elem(&http_serving, &tid);
+        } else if (a->direction == DIRECTION_INGRESS) {
+            bpf_map_update_elem(&http_serving, &tid, &conn->conn_id, BPF_ANY);
+        } else {
+            __u64 *serving = bpf_map_lookup_elem(&http_serving, &tid);
+            if (serving)
+                np->record.serving_conn_id = *serving;
+        }
+        bpf_map_update_elem(&http_pending, &conn->conn_id, np, BPF_ANY);
+        return true;
+    }
+    if (p->phase == HTTP_PHASE_RESPONSE_BODY || a->direction == p->request_direction) {
+        /* A second request before the first one's response. */
+        http_fall_back(conn, HTTP_FALLBACK_PIPELINED, true);
+        return false;
+    }
+    /* The response head: parsed into the work area, the kept request
+     * stays where it is. */
+    __u8 verdict = http_parse_captured(w, captured, true);
+    __u16 status = w->parse.status;
+    if (verdict == HTTP_HEAD_OK && status < 200)
+        verdict = status == 101 ? HTTP_FALLBACK_UPGRADE : HTTP_FALLBACK_CONTINUE;
+    if (verdict != HTTP_HEAD_OK) {
+        http_fall_back(conn, verdict, true);
+        return false;
+    }
+    struct http_request_head *r = &w->pending.record.request;
+    bool bodyless = p->head_request || status == 204 || status == 304;
+    __u64 after = n - r->header_bytes;
+    __u64 body = 0;
+    if (!bodyless) {
+        if (w->parse.chunked || !(r->present & HTTP_HAS_CONTENT_LENGTH)) {
+            http_fall_back(conn, HTTP_FALLBACK_RESPONSE_END, true);
+            return false;
+        }
+        body = r->content_length;
+    }
+    if (after > body) {
+        http_fall_back(conn, HTTP_FALLBACK_PIPELINED, true);
+        return false;
+    }
+    p->record.response_start_ns = http_call_time(a, now);
+    p->record.status = status;
+    p->record.response_version_minor = w->parse.version_minor;
+    if (after == body) {
+        http_emit(stats, p, http_call_time(a, now), n);
+        bpf_map_delete_elem(&http_pending, &conn->conn_id);
+    } else {
+        p->record.response_bytes = n;
+        p->body_remaining = body - after;
+        p->phase = HTTP_PHASE_RESPONSE_BODY;
+    }
+    return true;
+}
+
+#endif

@@ -1,0 +1,600 @@
+/* HTTP/1.x request and response heads parsed in the probes.  The kernel runs
+ * http_head_step from bpf_loop (one verification of the body, whatever the
+ * head's length), the host build from a plain loop
+ * (tests/capture/test_http_head.py checks it against agent/parsers/http1.py).
+ *
+ * Cost is per line, not per byte: a step finds a line's end eight bytes at
+ * a time (CR, LF and NUL located with word arithmetic), field names are read
+ * byte by byte only up to their colon and compared whole-word against the
+ * few names the span or the framing needs, and a wanted value is copied into
+ * the record with one bounded copy.  A response's head keeps only its status
+ * line and framing fields.
+ *
+ * The parser is strict where userspace is lenient: it accepts the common
+ * form only (CRLF line ends, no obs-fold, one traceparent and tracestate,
+ * a plain Content-Length, names of at most HTTP_NAME_BYTES) and answers
+ * anything else with a fallback reason, so that what it accepts userspace
+ * reads the same way. */
+#ifndef OTEL_EBPF_HTTP_HEAD_H
+#define OTEL_EBPF_HTTP_HEAD_H
+
+#include "classify.h"
+
+/* Longest head the probes parse; a longer one goes to the payload path.
+ * The buffer parsed must hold HTTP_HEAD_SCAN_BYTES + HTTP_HEAD_SLACK bytes
+ * (word loads past the last byte are masked, never trusted). */
+#define HTTP_HEAD_SCAN_BYTES 2048
+#define HTTP_HEAD_SLACK 32
+/* Longest field name read; a longer one sends the head to the payload path. */
+#define HTTP_NAME_BYTES 32
+/* Longest Content-Length read (one word); a longer one (100 MB and up)
+ * sends the head to the payload path. */
+#define HTTP_MAX_LENGTH_DIGITS 8
+
+#define HS_START 0          /* request or status line */
+#define HS_TARGET 1
+#define HS_LINE_START 2     /* a field line or the blank line */
+#define HS_VALUE 3          /* scanning to the line's CR */
+#define HS_DONE 4
+#define HS_NAME 5           /* scanning a field name to its colon */
+
+/* The field a value belongs to. */
+#define HF_OTHER 0
+#define HF_HOST 1
+#define HF_USER_AGENT 2
+#define HF_TRACEPARENT 3
+#define HF_TRACESTATE 4
+#define HF_CONTENT_LENGTH 5
+#define HF_TRANSFER_ENCODING 6
+#define HF_EXPECT 7
+#define HF_UPGRADE 8
+#define HF_REASON 9         /* a status line's reason phrase */
+
+struct http_head_parse {
+    __u32 pos;
+    __u32 len;              /* bytes of head available */
+    __u32 value_start;      /* the current line's value (after its colon) */
+    __u32 line_start;
+    __u16 status;
+    __u8 state;
+    __u8 field;
+    __u8 result;            /* HTTP_HEAD_OK or HTTP_FALLBACK_* once state is HS_DONE */
+    __u8 response;          /* parsing a status line head */
+    __u8 chunked;
+    __u8 expect_continue;
+    __u8 version_minor;     /* a status line's HTTP/1.<minor> */
+    __u8 reserved[3];
+};
+
+#define HEAD_INDEX(off) ((off) & (HTTP_HEAD_SCAN_BYTES - 1))
+#ifdef OTEL_EBPF_HOST
+#include <string.h>
+static inline __u64 head_load(const __u8 *buf, __u32 off)
+{
+    __u64 w;
+    memcpy(&w, buf + HEAD_INDEX(off), 8);
+    return w;
+}
+#define HEAD_COPY(dst, n, src) memcpy(dst, src, n)
+#define barrier_var(var) ((void)(var))
+#else
+/* x86 and arm64 BPF load unaligned words from map values. */
+#define head_load(buf, off) (*(const __u64 *)((buf) + HEAD_INDEX(off)))
+#define HEAD_COPY(dst, n, src) bpf_probe_read_kernel(dst, n, src)
+#endif
+#define head_byte(buf, off) ((buf)[HEAD_INDEX(off)])
+
+#define ONES 0x0101010101010101ULL
+#define LOW7 0x7F7F7F7F7F7F7F7FULL
+#define HIGH 0x8080808080808080ULL
+#define LOWER 0x2020202020202020ULL
+
+/* 0x80 in each byte of w equal to zero, exactly (no borrow between bytes). */
+static __always_inline __u64 zero_bytes(__u64 w)
+{
+    return ~(((w & LOW7) + LOW7) | w | LOW7);
+}
+
+static __always_inline __u64 bytes_equal(__u64 w, __u8 c)
+{
+    return zero_bytes(w ^ (ONES * c));
+}
+
+/* Index of the lowest flagged byte of a nonzero byte mask. */
+static __always_inline __u32 first_byte(__u64 m)
+{
+    __u32 n = 0;
+    if (!(m & 0xFFFFFFFFULL)) {
+        n += 4;
+        m >>= 32;
+    }
+    if (!(m & 0xFFFFULL)) {
+        n += 2;
+        m >>= 16;
+    }
+    if (!(m & 0xFFULL))
+        n += 1;
+    return n;
+}
+
+/* 0x80 in each byte of w (all below 0x80) at or above c. */
+static __always_inline __u64 at_least(__u64 w, __u8 c)
+{
+    return ((w & LOW7) + ONES * (0x80 - c)) & HIGH;
+}
+
+/* 0x80 in each byte of w that is not a token character (RFC 9110 tchar). */
+static __always_inline __u64 non_tchar(__u64 w)
+{
+    __u64 high = w & HIGH;                       /* 0x80 and above */
+    __u64 ascii = w & LOW7;
+    __u64 ctl = ~at_least(ascii, 0x21) & HIGH;   /* controls and SP */
+    __u64 seps = bytes_equal(ascii, 0x7F) | bytes_equal(ascii, '"') | bytes_equal(ascii, ',') |
+                 bytes_equal(ascii, '/') | bytes_equal(ascii, '{') | bytes_equal(ascii, '}') |
+                 (at_least(ascii, '(') & ~at_least(ascii, ')' + 1)) |
+                 (at_least(ascii, ':') & ~at_least(ascii, '@' + 1)) |
+                 (at_least(ascii, '[') & ~at_least(ascii, ']' + 1));
+    return high | ctl | (seps & HIGH);
+}
+
+/* The high bits of the bytes of a word that lie before len. */
+static __always_inline __u64 valid_bytes(__u32 pos, __u32 len)
+{
+    __u32 left = len - pos;
+    return left >= 8 ? HIGH : HIGH & ((1ULL << (left * 8)) - 1);
+}
+
+/* Eight characters as a little-endian word (a string literal of 8). */
+#define WORD8(s) ((__u64)(__u8)(s)[0] | (__u64)(__u8)(s)[1] << 8 | (__u64)(__u8)(s)[2] << 16 | \
+                  (__u64)(__u8)(s)[3] << 24 | (__u64)(__u8)(s)[4] << 32 |                     \
+                  (__u64)(__u8)(s)[5] << 40 | (__u64)(__u8)(s)[6] << 48 |                     \
+                  (__u64)(__u8)(s)[7] << 56)
+
+static __always_inline bool is_tchar(__u8 c)
+{
+    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || is_digit(c))
+        return true;
+    switch (c) {
+    case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+':
+    case '-': case '.': case '^': case '_': case '`': case '|': case '~':
+        return true;
+    }
+    return false;
+}
+
+/* n bytes at off, lower-cased, equal the first n of want (n <= 8).  Only
+ * for token characters: among them OR 0x20 lower-cases letters alone. */
+static __always_inline bool word_is(const __u8 *buf, __u32 off, __u64 want, __u32 n)
+{
+    __u64 w = head_load(buf, off) | LOWER;
+    if (n < 8)
+        w &= (1ULL << (n * 8)) - 1;
+    return w == want;
+}
+
+/* The code of the field named by the n token bytes at off. */
+static __always_inline __u8 field_code(const __u8 *buf, __u32 off, __u32 n, bool response)
+{
+    switch (n) {
+    case 4:
+        if (!response && word_is(buf, off, WORD8("host\0\0\0\0"), 4))
+            return HF_HOST;
+        break;
+    case 6:
+        if (!response && word_is(buf, off, WORD8("expect\0\0"), 6))
+            return HF_EXPECT;
+        break;
+    case 7:
+        if (word_is(buf, off, WORD8("upgrade\0"), 7))
+            return HF_UPGRADE;
+        break;
+    case 10:
+        if (response)
+            break;
+        if (word_is(buf, off, WORD8("user-age"), 8) && word_is(buf, off + 8, WORD8("nt\0\0\0\0\0\0"), 2))
+            return HF_USER_AGENT;
+        if (word_is(buf, off, WORD8("tracesta"), 8) && word_is(buf, off + 8, WORD8("te\0\0\0\0\0\0"), 2))
+            return HF_TRACESTATE;
+        break;
+    case 11:
+        if (!response && word_is(buf, off, WORD8("tracepar"), 8) &&
+            word_is(buf, off + 8, WORD8("ent\0\0\0\0\0"), 3))
+            return HF_TRACEPARENT;
+        break;
+    case 14:
+        if (word_is(buf, off, WORD8("content-"), 8) &&
+            word_is(buf, off + 8, WORD8("length\0\0"), 6))
+            return HF_CONTENT_LENGTH;
+        break;
+    case 17:
+        if (word_is(buf, off, WORD8("transfer"), 8) &&
+            word_is(buf, off + 8, WORD8("-encodin"), 8) &&
+            (head_byte(buf, off + 16) | 0x20) == 'g')
+            return HF_TRANSFER_ENCODING;
+        break;
+    }
+    return HF_OTHER;
+}
+
+static __always_inline void head_stop(struct http_head_parse *p, __u8 result)
+{
+    p->state = HS_DONE;
+    p->result = result;
+}
+
+/* Copy a value into the record's values, truncated to its slot. */
+static __always_inline bool store_value(struct http_request_head *r, const __u8 *buf, __u32 start,
+                                        __u32 len, __u32 slot, __u16 *off, __u8 bit)
+{
+    if (len > slot)
+        r->truncated |= bit;
+    __u64 at = r->values_len;
+    if (at > HTTP_VALUES_BYTES - slot)
+        return false;
+    /* The verifier's bound on the copy: clamped in a 64-bit register, then
+     * kept from the compiler's rewriting. */
+    __u64 n = len;
+    barrier_var(n);
+    if (n > slot)
+        n = slot;
+    barrier_var(n);
+    barrier_var(at);
+    if (n)
+        HEAD_COPY(&r->values[at], n, &buf[HEAD_INDEX(start)]);
+    *off = at;
+    r->values_len = at + n;
+    return true;
+}
+
+/* A Content-Length of 1 to HTTP_MAX_LENGTH_DIGITS digits, converted eight
+ * at a time with word arithmetic (no per-digit branch for the verifier to
+ * walk). */
+static __always_inline bool parse_length(const __u8 *buf, __u32 start, __u32 len, __u64 *out)
+{
+    if (len == 0 || len > HTTP_MAX_LENGTH_DIGITS)
+        return false;
+    __u64 w = head_load(buf, start);
+    __u32 pad = (8 - len) * 8;
+    __u64 ascii = w & LOW7;
+    __u64 non_digit = (w & HIGH) | (~at_least(ascii, '0') & HIGH) | at_least(ascii, '9' + 1);
+    if (non_digit & (HIGH >> pad))
+        return false;
+    /* the digits to the word's top, '0's below: the first digit is the
+     * most significant */
+    __u64 v = w << pad;
+    if (pad)
+        v |= (ONES * '0') >> (64 - pad);
+    v -= ONES * '0';
+    v = (v * 10 + (v >> 8)) & 0x00FF00FF00FF00FFULL;
+    v = (v * 100 + (v >> 16)) & 0x0000FFFF0000FFFFULL;
+    v = (v * 10000 + (v >> 32)) & 0xFFFFFFFFULL;
+    *out = v;
+    return true;
+}
+
+static __always_inline bool is_ows(__u8 c)
+{
+    return c == ' ' || c == '\t';
+}
+
+/* A wanted field line is complete (its CR at end): trim and take its value. */
+static __always_inline void end_value(struct http_head_parse *p, struct http_request_head *r,
+                                      const __u8 *buf, __u32 end)
+{
+    /* One SP or HT may lead; more, or any trailing, is left to userspace. */
+    __u32 start = p->value_start, stop = end;
+    if (start < stop && is_ows(head_byte(buf, start)))
+        start++;
+    if (start < stop && (is_ows(head_byte(buf, start)) || is_ows(head_byte(buf, stop - 1))))
+        return head_stop(p, HTTP_FALLBACK_UNUSUAL_HEAD);
+    __u32 len = stop - start;
+    __u16 off = 0;
+    switch (p->field) {
+    case HF_HOST:
+        if ((r->present & HTTP_HAS_HOST) ||
+            !store_value(r, buf, start, len, HTTP_HOST_BYTES, &off, HTTP_TRUNC_HOST))
+            return head_stop(p, HTTP_FALLBACK_UNUSUAL_HEAD);
+        r->present |= HTTP_HAS_HOST;
+        r->host_off = off;
+        r->host_len = r->values_len - off;
+        break;
+    case HF_USER_AGENT:
+        if ((r->present & HTTP_HAS_USER_AGENT) ||
+            !store_value(r, buf, start, len, HTTP_USER_AGENT_BYTES, &off, HTTP_TRUNC_USER_AGENT))
+            return head_stop(p, HTTP_FALLBACK_UNUSUAL_HEAD);
+        r->present |= HTTP_HAS_USER_AGENT;
+        r->user_agent_off = off;
+        r->user_agent_len = r->values_len - off;
+        break;
+    case HF_TRACEPARENT:
+        if ((r->present & HTTP_HAS_TRACEPARENT) ||
+            !store_value(r, buf, start, len, HTTP_TRACEPARENT_BYTES, &off, HTTP_TRUNC_TRACEPARENT))
+            return head_stop(p, HTTP_FALLBACK_UNUSUAL_HEAD);
+        r->present |= HTTP_HAS_TRACEPARENT;
+        r->traceparent_off = off;
+        r->traceparent_len = r->values_len - off;
+        break;
+    case HF_TRACESTATE:
+        if ((r->present & HTTP_HAS_TRACESTATE) ||
+            !store_value(r, buf, start, len, HTTP_TRACESTATE_BYTES, &off, HTTP_TRUNC_TRACESTATE))
+            return head_stop(p, HTTP_FALLBACK_UNUSUAL_HEAD);
+        r->present |= HTTP_HAS_TRACESTATE;
+        r->tracestate_off = off;
+        r->tracestate_len = r->values_len - off;
+        break;
+    case HF_CONTENT_LENGTH: {
+        __u64 number = 0;
+        if ((r->present & HTTP_HAS_CONTENT_LENGTH) || !parse_length(buf, start, len, &number))
+            return head_stop(p, HTTP_FALLBACK_UNUSUAL_HEAD);
+        r->present |= HTTP_HAS_CONTENT_LENGTH;
+        r->content_length = number;
+        break;
+    }
+    case HF_TRANSFER_ENCODING:
+        if (p->response && len == 7 && word_is(buf, start, WORD8("chunked\0"), 7))
+            p->chunked = 1;
+        else
+            return head_stop(p, p->response ? HTTP_FALLBACK_RESPONSE_END
+                                            : HTTP_FALLBACK_REQUEST_BODY);
+        break;
+    case HF_EXPECT:
+        /* "100-continue": its digits and hyphen survive the OR 0x20 */
+        if (len == 12 && word_is(buf, start, WORD8("100-cont"), 8) &&
+            word_is(buf, start + 8, WORD8("inue\0\0\0\0"), 4))
+            p->expect_continue = 1;
+        break;
+    case HF_UPGRADE:
+        return head_stop(p, HTTP_FALLBACK_UPGRADE);
+    }
+}
+
+/* The request line's method, at the head's start. */
+static __always_inline void parse_method(struct http_head_parse *p, struct http_request_head *r,
+                                         const __u8 *buf)
+{
+    __u64 w0 = head_load(buf, 0), w1 = head_load(buf, 8);
+    __u64 v0 = valid_bytes(0, p->len), v1 = p->len > 8 ? valid_bytes(8, p->len) : 0;
+    __u64 sp0 = bytes_equal(w0, ' ') & v0, sp1 = bytes_equal(w1, ' ') & v1;
+    __u64 bad0 = non_tchar(w0) & v0 & ~sp0, bad1 = non_tchar(w1) & v1 & ~sp1;
+    __u32 n;
+    if (sp0) {
+        n = first_byte(sp0);
+        bad0 &= (sp0 & -sp0) - 1;
+        bad1 = 0;
+    } else if (sp1) {
+        n = 8 + first_byte(sp1);
+        bad1 &= (sp1 & -sp1) - 1;
+    } else {
+        return head_stop(p, bad0 | bad1 || p->len >= HTTP_METHOD_BYTES
+                                ? HTTP_FALLBACK_UNUSUAL_HEAD : HTTP_FALLBACK_SPLIT_HEAD);
+    }
+    if (n == 0 || (bad0 | bad1) || n >= HTTP_METHOD_BYTES)
+        return head_stop(p, HTTP_FALLBACK_UNUSUAL_HEAD);
+    HEAD_COPY(r->values, n & (HTTP_METHOD_BYTES - 1), buf);
+    r->method_len = n;
+    r->values_len = n;
+    p->pos = p->value_start = n + 1;
+    p->state = HS_TARGET;
+}
+
+/* "HTTP/1.<digit>" at off; the digit, or -1. */
+static __always_inline int version_at(const __u8 *buf, __u32 off)
+{
+    __u64 w = head_load(buf, off);
+    __u8 minor = w >> 56;
+    if ((w & 0x00FFFFFFFFFFFFFFULL) != (WORD8("HTTP/1.\0") & 0x00FFFFFFFFFFFFFFULL) ||
+        !is_digit(minor))
+        return -1;
+    return minor - '0';
+}
+
+/* The status line: "HTTP/1.<digit> <[1-9]dd>" then SP or CRLF. */
+static __always_inline void parse_status_line(struct http_head_parse *p, const __u8 *buf)
+{
+    if (p->len < 14)
+        return head_stop(p, HTTP_FALLBACK_SPLIT_HEAD);
+    int minor = version_at(buf, 0);
+    __u8 d0 = head_byte(buf, 9), d1 = head_byte(buf, 10), d2 = head_byte(buf, 11);
+    __u8 after = head_byte(buf, 12);
+    if (minor < 0 || head_byte(buf, 8) != ' ' || d0 < '1' || d0 > '9' || !is_digit(d1) ||
+        !is_digit(d2))
+        return head_stop(p, HTTP_FALLBACK_UNUSUAL_HEAD);
+    p->version_minor = minor;
+    p->status = (d0 - '0') * 100 + (d1 - '0') * 10 + (d2 - '0');
+    if (after == ' ') {
+        p->field = HF_REASON;
+        p->pos = p->value_start = 13;
+        p->state = HS_VALUE;
+    } else if (after == '\r' && head_byte(buf, 13) == '\n') {
+        p->pos = 14;
+        p->state = HS_LINE_START;
+    } else {
+        head_stop(p, HTTP_FALLBACK_UNUSUAL_HEAD);
+    }
+}
+
+/* The request target and version, word by word to the target's end. */
+static __always_inline void parse_target(struct http_head_parse *p, struct http_request_head *r,
+                                         const __u8 *buf)
+{
+    __u32 pos = p->pos;
+    __u64 w = head_load(buf, pos);
+    /* bytes below 0x21 (SP, CR, LF, controls) and DEL end or spoil it */
+    __u64 stop = (~(((w & LOW7) + ONES * (0x80 - 0x21)) | w) & HIGH) | bytes_equal(w, 0x7F);
+    stop &= valid_bytes(pos, p->len);
+    if (!stop) {
+        p->pos = pos + 8;
+        return;
+    }
+    __u32 end = pos + first_byte(stop);
+    __u32 start = p->value_start;
+    __u16 off = 0;
+    if (head_byte(buf, end) != ' ' || end == start)
+        return head_stop(p, HTTP_FALLBACK_UNUSUAL_HEAD);
+    if (!store_value(r, buf, start, end - start, HTTP_TARGET_BYTES, &off, HTTP_TRUNC_TARGET))
+        return head_stop(p, HTTP_FALLBACK_UNUSUAL_HEAD);
+    r->target_off = off;
+    r->target_len = r->values_len - off;
+    if (end + 11 > p->len) {
+        p->pos = p->len;
+        return;
+    }
+    int minor = version_at(buf, end + 1);
+    if (minor < 0 || head_byte(buf, end + 9) != '\r' || head_byte(buf, end + 10) != '\n')
+        return head_stop(p, HTTP_FALLBACK_UNUSUAL_HEAD);
+    r->version_minor = minor;
+    p->pos = end + 11;
+    p->state = HS_LINE_START;
+}
+
+/* A field line's start: the blank line, or a name to scan. */
+static __always_inline void parse_line_start(struct http_head_parse *p,
+                                             struct http_request_head *r, const __u8 *buf)
+{
+    __u32 pos = p->pos;
+    if (pos + 2 > p->len) {
+        p->pos = p->len;
+        return;
+    }
+    if (head_byte(buf, pos) == '\r') {
+        if (head_byte(buf, pos + 1) != '\n')
+            return head_stop(p, HTTP_FALLBACK_UNUSUAL_HEAD);
+        r->header_bytes = pos + 2;
+        return head_stop(p, p->expect_continue ? HTTP_FALLBACK_CONTINUE : HTTP_HEAD_OK);
+    }
+    p->line_start = pos;
+    p->state = HS_NAME;
+}
+
+/* A field name, word by word to its colon; then which field it is. */
+static __always_inline void parse_name(struct http_head_parse *p, const __u8 *buf)
+{
+    __u32 pos = p->pos;
+    __u64 w = head_load(buf, pos);
+    __u64 valid = valid_bytes(pos, p->len);
+    __u64 colon = bytes_equal(w, ':') & valid;
+    __u64 bad = non_tchar(w) & valid & ~colon;
+    if (colon)
+        bad &= (colon & -colon) - 1;
+    if (bad)
+        return head_stop(p, HTTP_FALLBACK_UNUSUAL_HEAD);
+    if (!colon) {
+        p->pos = pos + 8;
+        if (p->pos - p->line_start >= HTTP_NAME_BYTES)
+            head_stop(p, HTTP_FALLBACK_UNUSUAL_HEAD);
+        return;
+    }
+    __u32 end = pos + first_byte(colon);
+    __u32 n = end - p->line_start;
+    if (n == 0 || n >= HTTP_NAME_BYTES)
+        return head_stop(p, HTTP_FALLBACK_UNUSUAL_HEAD);
+    p->field = field_code(buf, p->line_start, n, p->response);
+    p->pos = p->value_start = end + 1;
+    p->state = HS_VALUE;
+}
+
+/* A field value or reason phrase, word by word to its CR. */
+static __always_inline void parse_value(struct http_head_parse *p, struct http_request_head *r,
+                                        const __u8 *buf)
+{
+    __u32 pos = p->pos;
+    __u64 w = head_load(buf, pos);
+    __u64 valid = valid_bytes(pos, p->len);
+    __u64 cr = bytes_equal(w, '\r') & valid;
+    __u64 bad = (bytes_equal(w, '\n') | zero_bytes(w)) & valid;
+    if (!cr) {
+        if (bad)
+            return head_stop(p, HTTP_FALLBACK_UNUSUAL_HEAD);
+        p->pos = pos + 8;
+        return;
+    }
+    /* a bare LF or NUL before the CR */
+    if (bad & ((cr & -cr) - 1))
+        return head_stop(p, HTTP_FALLBACK_UNUSUAL_HEAD);
+    __u32 end = pos + first_byte(cr);
+    if (end + 1 >= p->len) {
+        p->pos = p->len;
+        return;
+    }
+    if (head_byte(buf, end + 1) != '\n')
+        return head_stop(p, HTTP_FALLBACK_UNUSUAL_HEAD);
+    if (p->field != HF_OTHER && p->field != HF_REASON) {
+        end_value(p, r, buf, end);
+        if (p->state == HS_DONE)
+            return;
+    }
+    p->pos = end + 2;
+    p->state = HS_LINE_START;
+}
+
+/* One step of a head: a line's start, or one word of it.  p->state becomes HS_DONE when the head ends or the parser gives up;
+ * p->pos reaches p->len when the bytes ran out first.  r receives the
+ * request's fields (a response's: Content-Length and header_bytes; its
+ * status and version land in p). */
+static __always_inline void http_head_step(struct http_head_parse *p, struct http_request_head *r,
+                                           const __u8 *buf)
+{
+    switch (p->state) {
+    case HS_START:
+        if (p->response)
+            parse_status_line(p, buf);
+        else
+            parse_method(p, r, buf);
+        break;
+    case HS_TARGET:
+        parse_target(p, r, buf);
+        break;
+    case HS_LINE_START:
+        parse_line_start(p, r, buf);
+        break;
+    case HS_NAME:
+        parse_name(p, buf);
+        break;
+    case HS_VALUE:
+        parse_value(p, r, buf);
+        break;
+    }
+}
+
+/* Ready a parse of len bytes of a request head (response: of a status line
+ * head).  Only the record's fixed part is cleared: values_len says which
+ * value bytes are written. */
+static __always_inline void http_head_begin(struct http_head_parse *p,
+                                            struct http_request_head *r, __u32 len,
+                                            bool response)
+{
+    __builtin_memset(p, 0, sizeof(*p));
+    __builtin_memset(r, 0, __builtin_offsetof(struct http_request_head, values));
+    p->response = response;
+    p->len = len < HTTP_HEAD_SCAN_BYTES ? len : HTTP_HEAD_SCAN_BYTES;
+}
+
+/* The verdict once the steps ended: a head still open is split, and a
+ * CONNECT tunnels rather than exchanges. */
+static __always_inline __u8 http_head_result(const struct http_head_parse *p,
+                                             const struct http_request_head *r)
+{
+    if (p->state != HS_DONE)
+        return HTTP_FALLBACK_SPLIT_HEAD;
+    if (p->result == HTTP_HEAD_OK && !p->response && r->method_len == 7 &&
+        starts_with((const __u8 *)r->values, 7, "CONNECT", 7))
+        return HTTP_FALLBACK_UPGRADE;
+    return p->result;
+}
+
+#ifdef OTEL_EBPF_HOST
+/* The host build's driver: the kernel's runs the step from bpf_loop. */
+static inline __u8 http_parse_head(const __u8 *buf, __u32 len, bool response,
+                                   struct http_request_head *r, struct http_head_parse *p)
+{
+    static __u8 padded[HTTP_HEAD_SCAN_BYTES + HTTP_HEAD_SLACK];
+    memset(padded, 0xAA, sizeof(padded));
+    memcpy(padded, buf, len < HTTP_HEAD_SCAN_BYTES ? len : HTTP_HEAD_SCAN_BYTES);
+    http_head_begin(p, r, len, response);
+    for (__u32 i = 0; i < HTTP_HEAD_SCAN_BYTES && p->state != HS_DONE && p->pos < p->len; i++)
+        http_head_step(p, r, padded);
+    return http_head_result(p, r);
+}
+#endif
+
+#endif

@@ -1,0 +1,140 @@
+"""HTTP/1.x exchanges paired in the probes (bpf/http_exchange.h): real
+sockets in this process, the capture loaded with http_exchanges on, and
+what the ring and the fallback counters say."""
+from __future__ import annotations
+
+import os
+import socket
+import time
+
+import pytest
+
+from agent.capture import exchange_records, records
+from agent.capture.loader import CaptureSettings, load_capture
+
+C = records.C
+TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+REQUEST = (b"GET /items?id=7 HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: records-test\r\n"
+           b"traceparent: " + TRACEPARENT.encode() + b"\r\n\r\n")
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello"
+
+
+@pytest.fixture
+def capture():
+    capture = load_capture(CaptureSettings(pids={os.getpid()}, agent_pid=0, tls=False,
+                                           ring_buffer_bytes=1 << 20, http_exchanges=True))
+    try:
+        yield capture
+    finally:
+        capture.close()
+
+
+@pytest.fixture
+def pair():
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname())
+    peer, _ = server.accept()
+    try:
+        yield client, peer
+    finally:
+        for sock in (client, peer, server):
+            sock.close()
+
+
+def drain(capture, conn_ports):
+    """(exchange records, data records) of the connection whose ports are
+    conn_ports, after a short settle."""
+    time.sleep(0.1)
+    exchanges, data = [], []
+    for record in capture.ring.read_batch(1 << 20):
+        header = records.EVENT_HEADER.unpack_from(record)
+        fields = dict(zip(records.EVENT_HEADER_FIELDS, header))
+        if fields["local_port"] not in conn_ports:
+            continue
+        if fields["type"] == C["EVENT_HTTP_EXCHANGE"]:
+            exchanges.append(exchange_records.decode(record))
+        elif fields["type"] == C["EVENT_DATA"]:
+            data.append(fields)
+    return exchanges, data
+
+
+def ports(client, peer):
+    return {client.getsockname()[1], peer.getsockname()[1]}
+
+
+def test_one_exchange_record_per_side_and_no_data_records(capture, pair):
+    client, peer = pair
+    for _ in range(3):
+        client.sendall(REQUEST)
+        assert peer.recv(65536) == REQUEST
+        peer.sendall(RESPONSE)
+        assert client.recv(65536) == RESPONSE
+    exchanges, data = drain(capture, ports(client, peer))
+    assert data == []
+    assert len(exchanges) == 6
+    for x in exchanges:
+        assert (x.method, x.target, x.version) == ("GET", "/items?id=7", "1.1")
+        assert (x.host, x.user_agent, x.traceparent, x.tracestate) == (
+            "127.0.0.1", "records-test", TRACEPARENT, None)
+        assert x.status_code == 200 and x.truncated == 0
+        assert x.request_bytes == len(REQUEST) and x.response_bytes == len(RESPONSE)
+        header = dict(zip(records.EVENT_HEADER_FIELDS, x.header))
+        assert header["start_ns"] <= header["end_ns"]
+
+
+def test_a_head_in_two_writes_goes_to_the_payload_path(capture, pair):
+    client, peer = pair
+    before = capture.http_fallbacks()["split_head"][0]
+    # Python's http.client does this with a body: head and body in
+    # separate writes; here the head itself is split, and read in two.
+    client.sendall(REQUEST[:20])
+    got = peer.recv(65536)
+    client.sendall(REQUEST[20:])
+    while len(got) < len(REQUEST):
+        got += peer.recv(65536)
+    peer.sendall(RESPONSE)
+    assert client.recv(65536) == RESPONSE
+    exchanges, data = drain(capture, ports(client, peer))
+    assert exchanges == []
+    # Both ends' every call reaches userspace as today.
+    assert len(data) >= 4
+    assert capture.http_fallbacks()["split_head"][0] >= before + 2
+
+
+def test_pipelined_requests_go_to_the_payload_path(capture, pair):
+    client, peer = pair
+    before = capture.http_fallbacks()["pipelined"][0]
+    client.sendall(REQUEST + REQUEST)
+    got = b""
+    while len(got) < 2 * len(REQUEST):
+        got += peer.recv(65536)
+    peer.sendall(RESPONSE + RESPONSE)
+    got = b""
+    while len(got) < 2 * len(RESPONSE):
+        got += client.recv(65536)
+    exchanges, data = drain(capture, ports(client, peer))
+    assert exchanges == []
+    assert len(data) >= 2
+    assert capture.http_fallbacks()["pipelined"][0] >= before + 1
+
+
+def test_exchanges_held_in_the_kernel_go_with_their_connection(capture):
+    pending = capture.front_end.map_fd("http_pending")
+    before = exchange_records.count_entries(pending)
+    server = socket.create_server(("127.0.0.1", 0))
+    pairs = []
+    for _ in range(5):
+        client = socket.create_connection(server.getsockname())
+        peer, _ = server.accept()
+        client.sendall(REQUEST)           # requests without responses yet
+        assert peer.recv(65536) == REQUEST
+        pairs.append((client, peer))
+    time.sleep(0.05)
+    # Both ends of each connection hold their request.
+    assert exchange_records.count_entries(pending) >= before + 10
+    for client, peer in pairs:
+        client.close()
+        peer.close()
+    server.close()
+    time.sleep(0.05)
+    assert exchange_records.count_entries(pending) <= before

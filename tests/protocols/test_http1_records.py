@@ -1,0 +1,76 @@
+"""Exchange records (struct http_exchange) into work items: the order a
+proxy's records need so that linking matches the payload path."""
+from __future__ import annotations
+
+from agent.capture import exchange_records
+from agent.capture.records import C, ffi
+from agent.protocols.http1_records import ExchangeRecords
+from agent.protocols.router import ProtocolRouter
+
+
+def exchange_record(conn_id: int, direction: int, role: int, target: bytes, *,
+                    serving: int = 0, start: int = 100, end: int = 200, tid: int = 9) -> bytes:
+    x = ffi.new("struct http_exchange *")
+    h = x.hdr
+    h.type, h.pid, h.tid, h.fd, h.conn_id = C["EVENT_HTTP_EXCHANGE"], 42, tid, 5, conn_id
+    h.start_ns, h.end_ns, h.direction, h.role = start, end, direction, role
+    h.protocol, h.seq = C["PROTOCOL_HTTP1"], 1
+    h.tuple.family = 2
+    h.tuple.local_port, h.tuple.remote_port = 8080 + conn_id, 40000 + conn_id
+    r = x.request
+    values = b"GET" + target
+    r.values[0:len(values)], r.values_len = values, len(values)
+    r.method_len, r.target_off, r.target_len = 3, 3, len(target)
+    r.version_minor = 1
+    x.status, x.serving_conn_id = 200, serving
+    # Variable length: the record ends with the values in use.
+    return bytes(ffi.buffer(x))[:exchange_records.VALUES_OFFSET + len(values)]
+
+
+def test_an_upstream_exchange_waits_for_the_request_it_serves():
+    router = ProtocolRouter()
+    upstream = exchange_record(2, C["DIRECTION_EGRESS"], C["ROLE_CLIENT"], b"/up", serving=1,
+                               start=120, end=150)
+    served = exchange_record(1, C["DIRECTION_INGRESS"], C["ROLE_SERVER"], b"/in",
+                             start=100, end=200)
+    items = router.process([upstream])
+    assert items == []
+    items = router.process([served])
+    order = [(item[1].conn_id, item[3] is not None) for item in items]
+    assert order == [(1, False), (2, False), (2, True), (1, True)]
+    assert items[0][2].parsed.target == "/in"
+    assert items[2][3].last_end_ns == 150
+
+
+def test_a_close_releases_what_waited():
+    router = ProtocolRouter()
+    router.process([exchange_record(2, C["DIRECTION_EGRESS"], C["ROLE_CLIENT"], b"/up",
+                                    serving=1)])
+    close = ffi.new("struct event_header *")
+    close.type, close.conn_id, close.pid = C["EVENT_CLOSE"], 1, 42
+    items = router.process([bytes(ffi.buffer(close))])
+    assert [(item[1].conn_id, item[3] is not None) for item in items] == [(2, False), (2, True)]
+
+
+def test_waiting_is_bounded():
+    records = ExchangeRecords()
+    out: list = []
+
+    class Conn:
+        role = C["ROLE_CLIENT"]
+    hot = (0, 42, 9, 5, 2, 100, 200, 0, 0, C["DIRECTION_EGRESS"])
+    from agent.protocols import http1_records
+    limit = http1_records.MAX_WAITING
+    for serving in range(1, limit + 2):
+        records.items(Conn(), exchange_record(2, C["DIRECTION_EGRESS"], C["ROLE_CLIENT"], b"/",
+                                              serving=serving), hot, out)
+    assert len(records.waiting) == limit
+    assert len(out) == 2
+
+
+def test_a_record_shorter_than_its_values_is_counted_and_skipped():
+    router = ProtocolRouter()
+    record = exchange_record(1, C["DIRECTION_INGRESS"], C["ROLE_SERVER"], b"/in")
+    assert router.process([record[:-2]]) == []
+    assert router.counts["records_malformed"] == 1
+    assert len(router.process([record])) == 2

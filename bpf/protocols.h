@@ -9,8 +9,14 @@
 #include "http.bpf.c"
 #include "grpc.bpf.c"
 #include "sql.bpf.c"
+#include "cache_classify.h"
 
-/* head: the first len (<= CLASSIFY_BYTES) of the total bytes a syscall moved. */
+_Static_assert(CLASSIFY_BYTES == CACHE_CLASSIFY_WINDOW, "the cache classifiers read the whole head");
+
+/* head: CLASSIFY_BYTES readable bytes, of which the first len (<=
+ * CLASSIFY_BYTES) are the start of the total bytes a syscall moved.  The
+ * cache protocols come last: their tests are the loosest, and a message of
+ * the others never passes them (tests/parsers/test_cache_classify.py). */
 static __always_inline __u8 classify_protocol(const __u8 *head, __u32 len, __u64 total)
 {
     if (is_http1(head, len))
@@ -21,6 +27,10 @@ static __always_inline __u8 classify_protocol(const __u8 *head, __u32 len, __u64
         return PROTOCOL_POSTGRES;
     if (is_mysql(head, len, total))
         return PROTOCOL_MYSQL;
+    if (is_redis_request(head, len) || is_redis_reply(head, len))
+        return PROTOCOL_REDIS;
+    if (is_memcached_request(head, len) || is_memcached_reply(head, len))
+        return PROTOCOL_MEMCACHED;
     return PROTOCOL_UNKNOWN;
 }
 

@@ -69,7 +69,9 @@ def classify(kernel, data: bytes, total: int | None = None) -> int:
     """What the capture decides for a syscall that moved data (total bytes,
     of which data is the start)."""
     head = data[:kernel.CLASSIFY_BYTES]
-    return kernel.classify_protocol(head, len(head), len(data) if total is None else total)
+    # The kernel's head is always CLASSIFY_BYTES long, zeroed past the data.
+    window = head.ljust(kernel.CLASSIFY_BYTES, b"\0")
+    return kernel.classify_protocol(window, len(head), len(data) if total is None else total)
 
 
 # ---- the captured fixtures --------------------------------------------------

@@ -34,4 +34,30 @@ static __always_inline __u8 classify_protocol(const __u8 *head, __u32 len, __u64
     return PROTOCOL_UNKNOWN;
 }
 
+/* The capture calls classification through this.  Under CO-RE it is a
+ * global function, which the verifier checks once, on its own, and whose
+ * result the caller sees as any byte: inlined into every program that
+ * copies data, the classifiers' many branches (the cache protocols' above
+ * all) multiply the paths the verifier walks after them past its
+ * instruction limit.  BCC's programs have no subprograms: inlined there. */
+struct classify_head {
+    __u8 bytes[CLASSIFY_BYTES];
+};
+
+#if defined(FRONTEND_BTF) && FRONTEND_BTF
+__attribute__((noinline)) __u8 classify_head(const struct classify_head *head, __u32 len,
+                                             __u64 total)
+#else
+static __always_inline __u8 classify_head(const struct classify_head *head, __u32 len,
+                                          __u64 total)
+#endif
+{
+    if (!head)
+        return PROTOCOL_UNKNOWN;
+    /* On the stack, as the classifiers are verified in their own test
+     * (tests/kernel/test_cache_classify_kernel.py). */
+    struct classify_head copy = *head;
+    return classify_protocol(copy.bytes, len < CLASSIFY_BYTES ? len : CLASSIFY_BYTES, total);
+}
+
 #endif

@@ -197,3 +197,47 @@ def test_memcached_get_set_multiget_miss_error(receiver, start_agent, memcached_
     no_leaks(receiver, SECRET_VALUE, "alpha", "beta", "gamma", "missing-key")
     assert parse_errors(agent, "memcached") == 0
     assert parse_errors(agent, "redis") == 0
+
+
+# ------------------------------------------------- connections not theirs
+
+def test_other_protocols_are_not_taken_for_a_cache(receiver, start_agent):
+    """An SMTP-like text dialogue and binary bytes on a traced port: no
+    Redis or memcached span and no parse error of either."""
+    import threading
+    from loopback import free_port
+
+    port = free_port()
+    listener = socket.create_server(("127.0.0.1", port))
+    agent = start_agent("--port", str(port))
+    time.sleep(0.5)
+
+    def serve():
+        for _ in range(2):
+            conn, _ = listener.accept()
+            with conn:
+                conn.sendall(b"220 mail.example ESMTP ready\r\n")
+                while conn.recv(4096):
+                    conn.sendall(b"250 OK\r\n")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    dialogues = ([b"EHLO client.example\r\n", b"MAIL FROM:<a@example>\r\n", b"QUIT\r\n"],
+                 [bytes(range(256)), b"\x00\x00\x00\x08\x01\x02\x03\x04" * 4])
+    for lines in dialogues:
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.recv(100)
+            for line in lines:
+                s.sendall(line)
+                s.recv(100)
+    thread.join(5)
+    listener.close()
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and agent.metric("otel_ebpf_kernel_events_unclassified_total") \
+            < 8:
+        time.sleep(0.2)
+    assert agent.metric("otel_ebpf_kernel_events_unclassified_total") >= 8   # the agent saw them
+    caches = [s for s in receiver.spans if s.attributes.get(SYSTEM) in ("redis", "memcached")]
+    assert not caches, describe(caches)
+    assert parse_errors(agent, "redis") == 0
+    assert parse_errors(agent, "memcached") == 0

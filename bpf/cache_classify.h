@@ -39,7 +39,16 @@
 
 static __always_inline unsigned char cache_at(const unsigned char *buf, unsigned i)
 {
-    return buf[i & (CACHE_CLASSIFY_WINDOW - 1)];
+    /* The index is opaque to the compiler on both sides of the mask:
+     * before it, or the compiler drops a mask it proves redundant (which
+     * the verifier cannot prove); after it, or with a buffer it knows is
+     * 32-byte aligned (BCC's stack arrays) it adds the index with an OR,
+     * which the verifier refuses on a pointer. */
+    unsigned masked = i;
+    __asm__ volatile("" : "+r"(masked));
+    masked &= CACHE_CLASSIFY_WINDOW - 1;
+    __asm__ volatile("" : "+r"(masked));
+    return buf[masked];
 }
 
 static __always_inline unsigned cache_window(unsigned len)
@@ -47,37 +56,34 @@ static __always_inline unsigned cache_window(unsigned len)
     return len < CACHE_CLASSIFY_WINDOW ? len : CACHE_CLASSIFY_WINDOW;
 }
 
+/* Character classes without branches (1 or 0): BPF has no set-on-condition
+ * instruction, so `a && b` on bytes becomes jumps, and the verifier walks
+ * every one of them per byte of the word loops below. */
+static __always_inline int cache_in(unsigned char c, int lo, int hi)
+{
+    long long v = c;
+    return (int)(1 ^ ((unsigned long long)((v - lo) | (hi - v)) >> 63));
+}
+
 static __always_inline int cache_digit(unsigned char c)
 {
-    return c >= '0' && c <= '9';
+    return cache_in(c, '0', '9');
 }
 
 static __always_inline int cache_upper(unsigned char c)
 {
-    return c >= 'A' && c <= 'Z';
+    return cache_in(c, 'A', 'Z');
 }
 
 static __always_inline int cache_letter(unsigned char c)
 {
-    return cache_upper(c) || (c >= 'a' && c <= 'z');
+    return cache_in(c | 0x20, 'a', 'z');
 }
 
 /* buf[i, i+2) is CRLF within the n bytes looked at. */
 static __always_inline int cache_crlf(const unsigned char *buf, unsigned n, unsigned i)
 {
     return i + 2 <= n && cache_at(buf, i) == '\r' && cache_at(buf, i + 1) == '\n';
-}
-
-/* buf starts with the n bytes of prefix, all within len. */
-static __always_inline int cache_prefix(const unsigned char *buf, unsigned len, const char *prefix,
-                                        unsigned n)
-{
-    if (cache_window(len) < n)
-        return 0;
-    for (unsigned i = 0; i < n && i < CACHE_CLASSIFY_WINDOW; i++)
-        if (cache_at(buf, i) != (unsigned char)prefix[i])
-            return 0;
-    return 1;
 }
 
 /* ------------------------------------------------------------------ Redis */
@@ -118,7 +124,7 @@ static __always_inline int is_redis_request(const unsigned char *buf, unsigned l
         if (i >= n)
             break;
         unsigned char c = cache_at(buf, i);
-        if (!(cache_letter(c) || cache_digit(c) || c == '.' || c == '_'))
+        if (!(cache_letter(c) | cache_digit(c) | cache_in(c, '.', '.') | cache_in(c, '_', '_')))
             break;
         i++;
     }
@@ -201,7 +207,8 @@ static __always_inline int is_redis_reply(const unsigned char *buf, unsigned len
             if (i >= n)
                 break;
             unsigned char c = cache_at(buf, i);
-            if (!(cache_digit(c) || (c >= 'a' && c <= 'z') || c == '.' || c == '+' || c == '-'))
+            if (!(cache_digit(c) | cache_in(c, 'a', 'z') | cache_in(c, '.', '.') |
+                  cache_in(c, '+', '+') | cache_in(c, '-', '-')))
                 break;
             i++;
         }
@@ -213,21 +220,63 @@ static __always_inline int is_redis_reply(const unsigned char *buf, unsigned len
 
 /* -------------------------------------------------------------- memcached */
 
-/* The word, a blank and a printable byte. */
-static __always_inline int cache_word_arg(const unsigned char *buf, unsigned len, const char *word,
-                                          unsigned n)
+/* The first 16 bytes as two little-endian words: the word tests below
+ * compare them with masks, one branch per word, instead of one per byte
+ * (the verifier walks every branch; inlined into the capture's programs,
+ * byte-by-byte tests of thirty words overflow its jump stack). */
+struct cache_words {
+    unsigned long long w0, w1;
+    unsigned n;     /* bytes seen: cache_window(len) */
+};
+
+static __always_inline struct cache_words cache_load(const unsigned char *buf, unsigned len)
 {
-    if (!cache_prefix(buf, len, word, n) || cache_window(len) < n + 2 || cache_at(buf, n) != ' ')
-        return 0;
-    unsigned char c = cache_at(buf, n + 1);
-    return c >= 0x21 && c <= 0x7e;
+    struct cache_words w = { 0, 0, cache_window(len) };
+    for (int k = 0; k < 8; k++) {
+        w.w0 |= (unsigned long long)cache_at(buf, k) << (8 * k);
+        w.w1 |= (unsigned long long)cache_at(buf, 8 + k) << (8 * k);
+    }
+    return w;
 }
 
-/* The word alone on its line. */
-static __always_inline int cache_word_line(const unsigned char *buf, unsigned len, const char *word,
-                                           unsigned n)
+/* The bytes [from, from + 8) of the n-byte word, packed like cache_load's. */
+static __always_inline unsigned long long cache_pack(const char *word, unsigned from, unsigned n)
 {
-    return cache_prefix(buf, len, word, n) && cache_crlf(buf, cache_window(len), n);
+    unsigned long long v = 0;
+    for (unsigned k = 0; k < 8; k++)
+        if (from + k < n)
+            v |= (unsigned long long)(unsigned char)word[from + k] << (8 * k);
+    return v;
+}
+
+static __always_inline unsigned long long cache_mask(unsigned from, unsigned n)
+{
+    if (n <= from)
+        return 0;
+    return n - from >= 8 ? ~0ULL : (1ULL << (8 * (n - from))) - 1;
+}
+
+/* The payload starts with the n (<= 16) bytes of word. */
+static __always_inline int cache_starts(const struct cache_words *w, const char *word, unsigned n)
+{
+    return w->n >= n && (((w->w0 ^ cache_pack(word, 0, n)) & cache_mask(0, n)) |
+                         ((w->w1 ^ cache_pack(word, 8, n)) & cache_mask(8, n))) == 0;
+}
+
+/* The byte at i (< 16) of the loaded words. */
+static __always_inline unsigned char cache_byte(const struct cache_words *w, unsigned i)
+{
+    return (unsigned char)((i < 8 ? w->w0 : w->w1) >> (8 * (i & 7)));
+}
+
+/* "word " (n bytes with the blank) and a printable byte. */
+static __always_inline int cache_word_arg(const struct cache_words *w, const char *word,
+                                          unsigned n)
+{
+    if (!cache_starts(w, word, n) || w->n < n + 1)
+        return 0;
+    unsigned char c = cache_byte(w, n);
+    return c >= 0x21 && c <= 0x7e;
 }
 
 static __always_inline int is_memcached_request(const unsigned char *buf, unsigned len)
@@ -237,20 +286,21 @@ static __always_inline int is_memcached_request(const unsigned char *buf, unsign
     unsigned char c = cache_at(buf, 0);
     if (c < 'a' || c > 'z')
         return 0;
-    return cache_word_arg(buf, len, "get", 3) || cache_word_arg(buf, len, "gets", 4) ||
-           cache_word_arg(buf, len, "gat", 3) || cache_word_arg(buf, len, "gats", 4) ||
-           cache_word_arg(buf, len, "set", 3) || cache_word_arg(buf, len, "add", 3) ||
-           cache_word_arg(buf, len, "replace", 7) || cache_word_arg(buf, len, "append", 6) ||
-           cache_word_arg(buf, len, "prepend", 7) || cache_word_arg(buf, len, "cas", 3) ||
-           cache_word_arg(buf, len, "delete", 6) || cache_word_arg(buf, len, "incr", 4) ||
-           cache_word_arg(buf, len, "decr", 4) || cache_word_arg(buf, len, "touch", 5) ||
-           cache_word_arg(buf, len, "mg", 2) || cache_word_arg(buf, len, "ms", 2) ||
-           cache_word_arg(buf, len, "md", 2) || cache_word_arg(buf, len, "ma", 2) ||
-           cache_word_arg(buf, len, "me", 2) || cache_word_arg(buf, len, "verbosity", 9) ||
-           cache_word_arg(buf, len, "flush_all", 9) || cache_word_arg(buf, len, "stats", 5) ||
-           cache_word_line(buf, len, "version", 7) || cache_word_line(buf, len, "stats", 5) ||
-           cache_word_line(buf, len, "flush_all", 9) || cache_word_line(buf, len, "mn", 2) ||
-           cache_word_line(buf, len, "quit", 4);
+    struct cache_words w = cache_load(buf, len);
+    return cache_word_arg(&w, "get ", 4) || cache_word_arg(&w, "gets ", 5) ||
+           cache_word_arg(&w, "gat ", 4) || cache_word_arg(&w, "gats ", 5) ||
+           cache_word_arg(&w, "set ", 4) || cache_word_arg(&w, "add ", 4) ||
+           cache_word_arg(&w, "replace ", 8) || cache_word_arg(&w, "append ", 7) ||
+           cache_word_arg(&w, "prepend ", 8) || cache_word_arg(&w, "cas ", 4) ||
+           cache_word_arg(&w, "delete ", 7) || cache_word_arg(&w, "incr ", 5) ||
+           cache_word_arg(&w, "decr ", 5) || cache_word_arg(&w, "touch ", 6) ||
+           cache_word_arg(&w, "mg ", 3) || cache_word_arg(&w, "ms ", 3) ||
+           cache_word_arg(&w, "md ", 3) || cache_word_arg(&w, "ma ", 3) ||
+           cache_word_arg(&w, "me ", 3) || cache_word_arg(&w, "verbosity ", 10) ||
+           cache_word_arg(&w, "flush_all ", 10) || cache_word_arg(&w, "stats ", 6) ||
+           cache_starts(&w, "version\r\n", 9) || cache_starts(&w, "stats\r\n", 7) ||
+           cache_starts(&w, "flush_all\r\n", 11) || cache_starts(&w, "mn\r\n", 4) ||
+           cache_starts(&w, "quit\r\n", 6);
 }
 
 static __always_inline int is_memcached_reply(const unsigned char *buf, unsigned len)
@@ -260,20 +310,21 @@ static __always_inline int is_memcached_reply(const unsigned char *buf, unsigned
     unsigned char c = cache_at(buf, 0);
     if (c < 'A' || c > 'Z')
         return 0;
-    return cache_prefix(buf, len, "VALUE ", 6) || cache_prefix(buf, len, "END\r\n", 5) ||
-           cache_prefix(buf, len, "STORED\r\n", 8) || cache_prefix(buf, len, "NOT_STORED\r\n", 12) ||
-           cache_prefix(buf, len, "EXISTS\r\n", 8) || cache_prefix(buf, len, "NOT_FOUND\r\n", 11) ||
-           cache_prefix(buf, len, "DELETED\r\n", 9) || cache_prefix(buf, len, "TOUCHED\r\n", 9) ||
-           cache_prefix(buf, len, "OK\r\n", 4) || cache_prefix(buf, len, "ERROR\r\n", 7) ||
-           cache_prefix(buf, len, "CLIENT_ERROR ", 13) ||
-           cache_prefix(buf, len, "SERVER_ERROR ", 13) || cache_prefix(buf, len, "VERSION ", 8) ||
-           cache_prefix(buf, len, "STAT ", 5) || cache_prefix(buf, len, "RESET\r\n", 7) ||
-           cache_prefix(buf, len, "HD\r\n", 4) || cache_prefix(buf, len, "HD ", 3) ||
-           cache_prefix(buf, len, "VA ", 3) || cache_prefix(buf, len, "EN\r\n", 4) ||
-           cache_prefix(buf, len, "NF\r\n", 4) || cache_prefix(buf, len, "NF ", 3) ||
-           cache_prefix(buf, len, "NS\r\n", 4) || cache_prefix(buf, len, "NS ", 3) ||
-           cache_prefix(buf, len, "EX\r\n", 4) || cache_prefix(buf, len, "EX ", 3) ||
-           cache_prefix(buf, len, "MN\r\n", 4) || cache_prefix(buf, len, "ME ", 3);
+    struct cache_words w = cache_load(buf, len);
+    return cache_starts(&w, "VALUE ", 6) || cache_starts(&w, "END\r\n", 5) ||
+           cache_starts(&w, "STORED\r\n", 8) || cache_starts(&w, "NOT_STORED\r\n", 12) ||
+           cache_starts(&w, "EXISTS\r\n", 8) || cache_starts(&w, "NOT_FOUND\r\n", 11) ||
+           cache_starts(&w, "DELETED\r\n", 9) || cache_starts(&w, "TOUCHED\r\n", 9) ||
+           cache_starts(&w, "OK\r\n", 4) || cache_starts(&w, "ERROR\r\n", 7) ||
+           cache_starts(&w, "CLIENT_ERROR ", 13) || cache_starts(&w, "SERVER_ERROR ", 13) ||
+           cache_starts(&w, "VERSION ", 8) || cache_starts(&w, "STAT ", 5) ||
+           cache_starts(&w, "RESET\r\n", 7) || cache_starts(&w, "HD\r\n", 4) ||
+           cache_starts(&w, "HD ", 3) || cache_starts(&w, "VA ", 3) ||
+           cache_starts(&w, "EN\r\n", 4) || cache_starts(&w, "NF\r\n", 4) ||
+           cache_starts(&w, "NF ", 3) || cache_starts(&w, "NS\r\n", 4) ||
+           cache_starts(&w, "NS ", 3) || cache_starts(&w, "EX\r\n", 4) ||
+           cache_starts(&w, "EX ", 3) || cache_starts(&w, "MN\r\n", 4) ||
+           cache_starts(&w, "ME ", 3);
 }
 
 #endif

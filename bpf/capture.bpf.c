@@ -441,11 +441,15 @@ static __always_inline int emit_data(__u64 id, struct conn_info *conn, const str
 
     bool new_process = false;
     if (conn->protocol == PROTOCOL_UNKNOWN) {
-        __u8 head[CLASSIFY_BYTES] = {};
+        struct classify_head head = {};
         __u64 src = first_user_buffer(&a);
-        if (src)
-            bpf_probe_read_user(head, sizeof(head), (void *)src);
-        __u8 protocol = classify_protocol(head, ret < CLASSIFY_BYTES ? ret : CLASSIFY_BYTES, ret);
+        /* Only the bytes moved: a short buffer near the end of its page
+         * must not make the read fail. */
+        __u64 head_len = ret < CLASSIFY_BYTES ? ret : CLASSIFY_BYTES;
+        barrier_var(head_len);
+        if (src && head_len <= CLASSIFY_BYTES)
+            bpf_probe_read_user(head.bytes, head_len, (void *)src);
+        __u8 protocol = classify_head(&head, head_len, ret);
         if (protocol == PROTOCOL_UNKNOWN) {
             stats->unclassified++;
             if (++conn->unclassified_events >= MAX_UNCLASSIFIED_EVENTS)

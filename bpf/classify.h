@@ -18,8 +18,9 @@
 
 #include "events.h"
 
-/* Bytes of a syscall's data the classifiers look at. */
-#define CLASSIFY_BYTES 16
+/* Bytes of a syscall's data the classifiers look at: the cache
+ * classifiers' window (bpf/cache_classify.h reads all of it, masked). */
+#define CLASSIFY_BYTES 32
 
 static __always_inline bool starts_with(const __u8 *buf, __u32 len, const char *prefix, __u32 n)
 {

@@ -35,6 +35,9 @@
 #define PROTOCOL_HTTP2 2
 #define PROTOCOL_POSTGRES 3
 #define PROTOCOL_MYSQL 4
+/* Redis (RESP2/RESP3) and memcached (text and meta): bpf/cache_classify.h. */
+#define PROTOCOL_REDIS 5
+#define PROTOCOL_MEMCACHED 6
 
 /* event_header.flags */
 #define FLAG_TRUNCATED 1

@@ -17,12 +17,15 @@ from agent.protocols.contract import EVENTS_SKIPPED, Limits
 from agent.protocols.http1 import Http1Handler
 from agent.protocols.http1_records import EVENT_HTTP_EXCHANGE, EXCHANGE_SIZE, ExchangeRecords
 from agent.protocols.http2 import Http2Handler
+from agent.protocols.memcached import MemcachedHandler
 from agent.protocols.mysql import MysqlHandler
 from agent.protocols.postgres import PostgresHandler
+from agent.protocols.redis import RedisHandler
 from agent.protocols.table import Connection, ConnectionTable
 
 # One line per protocol: its handler class (the kernel tag is its PROTOCOL).
-HANDLERS = (Http1Handler, Http2Handler, PostgresHandler, MysqlHandler)
+HANDLERS = (Http1Handler, Http2Handler, PostgresHandler, MysqlHandler, RedisHandler,
+            MemcachedHandler)
 
 COUNTERS = (
     Counter("events_unknown_protocol", EVENTS_SKIPPED, "unknown_protocol"),

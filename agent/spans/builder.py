@@ -20,7 +20,8 @@ from agent.counters import Counter, Metric
 from agent.parsers import PARSED
 from agent.parsers.tracecontext import parse_traceparent, parse_tracestate
 from agent.protocols import http1 as http1_items, http2 as http2_items, sql_base as sql_items
-from agent.spans import client_wait, db, grpc, http
+from agent.protocols import cache_base as cache_items
+from agent.spans import cache, client_wait, db, grpc, http
 from agent.spans.context import ContextLinker, RequestContext
 from agent.spans.model import KIND_SERVER, Span, new_span_id, new_trace_id
 from agent.spans.redact import Redactor
@@ -34,9 +35,11 @@ LINKS = {
     http1_items.ITEM_TAG: http.link_http1,
     http2_items.ITEM_TAG: grpc.link_h2,
     sql_items.ITEM_TAG: db.link_sql,
+    cache_items.ITEM_TAG: cache.link_cache,
 }
 # Exchange tag -> attribute builder class (built with the factory).
-BUILDERS = {http.TAG: http.HttpSpans, grpc.TAG: grpc.GrpcSpans, db.TAG: db.DbSpans}
+BUILDERS = {http.TAG: http.HttpSpans, grpc.TAG: grpc.GrpcSpans, db.TAG: db.DbSpans,
+            cache.TAG: cache.CacheSpans}
 
 # A process's resource, read by the capture loop while the process lived:
 # (RESOURCE_MARKER, pid, attributes), ahead of that process's exchanges.

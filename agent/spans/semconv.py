@@ -30,3 +30,6 @@ DB_COLLECTION_NAME = "db.collection.name"
 DB_QUERY_SUMMARY = "db.query.summary"
 DB_QUERY_TEXT = "db.query.text"
 DB_RESPONSE_STATUS_CODE = "db.response.status_code"
+DB_OPERATION_BATCH_SIZE = "db.operation.batch.size"
+# Not a convention: keys a memcached retrieval found (batch size minus misses).
+MEMCACHED_HITS = "memcached.hits"

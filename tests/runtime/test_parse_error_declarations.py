@@ -11,8 +11,10 @@ import pytest
 
 from agent.protocols.http1 import Http1Handler
 from agent.protocols.http2 import Http2Handler
+from agent.protocols.memcached import MemcachedHandler
 from agent.protocols.mysql import MysqlHandler
 from agent.protocols.postgres import PostgresHandler
+from agent.protocols.redis import RedisHandler
 from agent.protocols.router import HANDLERS, ProtocolRouter
 from agent.runtime.metrics import parse_error_samples
 
@@ -24,6 +26,10 @@ SOURCES = {
     PostgresHandler: ("parsers/postgres.py", "protocols/postgres.py", "protocols/sql_base.py"),
     MysqlHandler: ("parsers/mysql.py", "parsers/mysql_wire.py", "protocols/mysql.py",
                    "protocols/sql_base.py"),
+    RedisHandler: ("parsers/resp.py", "parsers/redis.py", "protocols/redis.py",
+                   "protocols/cache_base.py"),
+    MemcachedHandler: ("parsers/memcached.py", "protocols/memcached.py",
+                       "protocols/cache_base.py"),
 }
 _REASON_CALLS = {"parse_error", "_lose_sync"}
 
@@ -73,7 +79,8 @@ def test_each_handler_declares_every_reason_it_can_count(handler):
 def test_a_fresh_router_exports_every_declared_reason_at_zero():
     router = ProtocolRouter()
     samples = dict(parse_error_samples(router.parse_error_declarations, router.parse_errors))
-    assert {protocol for protocol, _ in samples} == {"http1", "http2", "postgresql", "mysql"}
+    assert {protocol for protocol, _ in samples} == {"http1", "http2", "postgresql", "mysql",
+                                                 "redis", "memcached"}
     assert set(samples.values()) == {0}
     for handler in HANDLERS:
         for reason in handler.PARSE_ERRORS.reasons:

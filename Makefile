@@ -44,7 +44,7 @@ BPF_CFLAGS ?= -target bpf -g -O2 -Wall -Wno-unused-function \
 # compiled on their own (docs/decisions/kernel-units.md says why).
 BPF_SRCS := bpf/capture.bpf.c
 BPF_OBJS := $(patsubst bpf/%.bpf.c,$(BUILD)/%.bpf.o,$(BPF_SRCS))
-BPF_HDRS := $(shell find bpf -name '*.h' 2>/dev/null)
+BPF_HDRS := $(shell find bpf -name '*.h' -o -name '*.bpf.c' 2>/dev/null)
 
 VENV_STAMP    := $(VENV)/.stamp-install
 CONSTRAINTS   := requirements/constraints.txt

@@ -108,13 +108,15 @@ static __always_inline bool is_mysql(const __u8 *b, __u32 len, __u64 total)
 }
 
 /* A database response's end says how it went (PostgreSQL's CommandComplete
- * and ReadyForQuery, MySQL's final EOF/OK/ERR): of a flat buffer of total
- * bytes of which want are copied, the last SQL_TAIL_BYTES take the place of
- * the first bytes' end (FLAG_TAIL, bpf/events.h). */
+ * and ReadyForQuery, MySQL's final EOF/OK/ERR), and the replies pipelined
+ * behind a large Redis or memcached value sit there: of a flat buffer of
+ * total bytes of which want are copied, the last SQL_TAIL_BYTES take the
+ * place of the first bytes' end (FLAG_TAIL, bpf/events.h). */
 static __always_inline bool sql_keeps_tail(__u8 protocol, __u64 total, __u64 want)
 {
     return total > want && want > 2 * SQL_TAIL_BYTES &&
-           (protocol == PROTOCOL_POSTGRES || protocol == PROTOCOL_MYSQL);
+           (protocol == PROTOCOL_POSTGRES || protocol == PROTOCOL_MYSQL ||
+            protocol == PROTOCOL_REDIS || protocol == PROTOCOL_MEMCACHED);
 }
 
 #endif

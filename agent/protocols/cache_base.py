@@ -37,6 +37,7 @@ from agent.capture.records import C, EVENT_HEADER_SIZE
 from agent.counters import counter
 from agent.parsers import INVALID as _INVALID, NEED_MORE as _NEED_MORE
 from agent.protocols.contract import ProtocolHandler
+from agent.protocols.sql_base import split_event
 
 ITEM_TAG = "cache"
 
@@ -48,6 +49,9 @@ COUNTERS = (
             "Redis/memcached replies with no command waiting for them."),
     counter("cache_framing_lost", "cache_framing_lost",
             "Redis/memcached message boundaries lost (uncaptured or bad bytes)."),
+    counter("cache_tail_recoveries", "cache_tail_recoveries",
+            "Redis/memcached replies framed from an event's captured tail, behind a value "
+            "longer than the capture size (FLAG_TAIL)."),
     counter("cache_events_without_direction", "cache_events_without_direction",
             "Redis/memcached events seen before the requesting side was known, skipped."),
     counter("cache_events_skipped_resync", "cache_events_skipped_resync",
@@ -176,32 +180,33 @@ class CacheHandler(ProtocolHandler):
         elif sc.tls:
             return      # the socket's ciphertext of a connection read through TLS probes
         payload = bytes(record[EVENT_HEADER_SIZE:EVENT_HEADER_SIZE + captured])
-        gap = length - captured if length > captured else 0
+        payload, gap, tail = split_event(payload, length, flags)
         try:
             if direction == sc.client_direction:
                 sc.client_spoke = True
                 ts = start_ns if sc.ts_at_entry else end_ns
-                self._walk(conn, sc, sc.client, payload, gap, True, tid, ts, end_ns, out)
+                self._walk(conn, sc, sc.client, payload, gap, True, tid, ts, end_ns, out, tail)
             else:
                 if sc.server.state == RESYNC and not sc.client_spoke:
                     self.counts["cache_events_skipped_resync"] += 1
                     return
-                self._walk(conn, sc, sc.server, payload, gap, False, tid, 0, end_ns, out)
+                self._walk(conn, sc, sc.server, payload, gap, False, tid, 0, end_ns, out, tail)
         except Exception:  # pragma: no cover - defensive: bytes must never stop the agent
             self.parse_error("internal")
             self.gap(conn)
 
     def _walk(self, conn, sc: CacheState, stream: CacheStream, payload: bytes, gap: int,
-              client: bool, tid: int, start_ns: int, end_ns: int, out: list) -> None:
-        """Frame one event's bytes: payload (captured) then gap uncaptured."""
+              client: bool, tid: int, start_ns: int, end_ns: int, out: list,
+              tail: bytes = b"") -> None:
+        """Frame one event's bytes: payload (captured) then gap uncaptured,
+        then the event's captured last bytes (tail, FLAG_TAIL)."""
         n = len(payload)
         if stream.skip:
-            if stream.skip >= n + gap:
-                stream.skip -= n + gap
-                return
             if stream.skip > n:
-                # The message ends inside the uncaptured bytes: what follows is lost.
-                self.lost(conn, stream, client)
+                beyond = stream.skip - n
+                stream.skip = 0
+                self._past_head(conn, sc, stream, beyond, gap, tail, client, tid, start_ns,
+                                end_ns, out)
                 return
             payload = payload[stream.skip:]
             n = len(payload)
@@ -246,13 +251,28 @@ class CacheHandler(ProtocolHandler):
             return
         # PARSED: consumed may run past the captured bytes.
         if consumed > n:
-            skip = consumed - n
-            if skip > gap:
-                stream.skip = skip - gap
-            elif skip < gap:
-                self.lost(conn, stream, client)
+            self._past_head(conn, sc, stream, consumed - n, gap, tail, client, tid, start_ns,
+                            end_ns, out)
         elif gap:
             self.lost(conn, stream, client)
+
+    def _past_head(self, conn, sc: CacheState, stream: CacheStream, beyond: int, gap: int,
+                   tail: bytes, client: bool, tid: int, start_ns: int, end_ns: int,
+                   out: list) -> None:
+        """A message (a large value) ends `beyond` bytes past the captured
+        head: in the uncaptured bytes (its followers are lost), in the tail
+        (the messages pipelined behind it are framed from there), or in a
+        later event (skipped there)."""
+        t = len(tail)
+        if beyond > gap + t:
+            stream.skip = beyond - gap - t
+        elif beyond < gap or (beyond == gap and not t):
+            if beyond < gap:
+                self.lost(conn, stream, client)
+        elif beyond < gap + t:
+            self.counts["cache_tail_recoveries"] += 1
+            self._walk(conn, sc, stream, tail[beyond - gap:], 0, client, tid, start_ns, end_ns,
+                       out)
 
     def lost(self, conn, stream: CacheStream, client: bool) -> None:
         """A message boundary fell into uncaptured or bad bytes."""

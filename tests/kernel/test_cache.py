@@ -101,6 +101,28 @@ def test_redis_py_pipeline_and_transaction(receiver, start_agent, redis_server):
     no_leaks(receiver, PASSWORD, SECRET_VALUE)
 
 
+def test_redis_pipeline_behind_a_large_value_keeps_every_span(receiver, start_agent,
+                                                               redis_server):
+    """A 200 kB value in a pipeline: the capture keeps each long syscall's
+    first bytes and its last 64, and the replies queued behind the value
+    are framed from those last bytes."""
+    agent = start_agent("--pid", str(os.getpid()), "--port", str(redis_server.port))
+    time.sleep(0.5)
+    r = redis_server.client()
+    big = "v" * 200_000
+    r.set("big", big)
+    r.set("small", "s")
+    pipe = r.pipeline(transaction=False)
+    pipe.get("big").incr("n").get("small").ping()
+    assert pipe.execute()[2:] == [b"s", True]
+    r.close()
+    spans = wait_spans(receiver, cache_spans("redis", redis_server.port), 6)
+    assert [s.name for s in spans] == ["SET", "SET", "GET", "INCRBY", "GET", "PING"], \
+        describe(spans)
+    assert agent.metric("otel_ebpf_cache_framing_lost_total") == 0
+    assert agent.metric("otel_ebpf_cache_tail_recoveries_total") >= 1
+
+
 def test_redis_pubsub_messages_counted_not_spanned(receiver, start_agent, redis_server):
     agent = start_agent("--pid", str(os.getpid()), "--port", str(redis_server.port))
     time.sleep(0.5)

@@ -19,6 +19,7 @@ REDIS, MEMCACHED = C["PROTOCOL_REDIS"], C["PROTOCOL_MEMCACHED"]
 OUT, IN = C["DIRECTION_EGRESS"], C["DIRECTION_INGRESS"]
 PASSWORD = "fixture-secret-pw"
 SECRET_VALUE = "fixture-secret-value"
+TAIL = C["SQL_TAIL_BYTES"]
 
 
 class Conversation:
@@ -29,12 +30,18 @@ class Conversation:
         self.records = []
         self.t = 1000
 
-    def event(self, direction: int, data: bytes) -> "Conversation":
+    def event(self, direction: int, data: bytes, tail: bool = False) -> "Conversation":
+        """One syscall's record; with tail, as the kernel copies a long read
+        of a cache connection: its first bytes, then its last TAIL bytes."""
         self.t += 10
+        captured, flags = data[:self.capture], 0
+        if tail and len(data) > self.capture:
+            captured = data[:self.capture - TAIL] + data[-TAIL:]
+            flags = C["FLAG_TAIL"]
         self.records.append(make_record(
-            data[:self.capture], type=C["EVENT_DATA"], pid=4242, tid=4243, conn_id=7,
+            captured, type=C["EVENT_DATA"], pid=4242, tid=4243, conn_id=7, flags=flags,
             start_ns=self.t, end_ns=self.t + 5, length=len(data),
-            captured=min(len(data), self.capture), direction=direction, role=self.role,
+            captured=len(captured), direction=direction, role=self.role,
             protocol=self.protocol, local_addr=bytes(10) + b"\xff\xff\x7f\0\0\1",
             remote_addr=bytes(10) + b"\xff\xff\x7f\0\0\1", local_port=50000, remote_port=6380,
             family=10))
@@ -163,6 +170,25 @@ def test_redis_large_bulk_reply_beyond_the_capture_keeps_framing():
     spans, router = c.spans()
     assert [s.name for s in spans] == ["GET", "GET"]
     assert router.counts["cache_framing_lost"] == 0
+
+
+def test_redis_pipelined_replies_behind_a_large_value_are_framed_from_the_tail():
+    """redis-py pipeline: GET big, then three small commands; their replies
+    reach the client in one read whose middle the capture leaves out."""
+    c = Conversation(REDIS, capture=256)
+    c.send(resp("GET", "big") + resp("INCR", "n") + resp("GET", "small") + resp("PING"))
+    replies = b"$100000\r\n" + b"x" * 100_000 + b"\r\n" + b":7\r\n$1\r\ny\r\n+PONG\r\n"
+    c.event(IN, replies, tail=True)
+    spans, router = c.spans()
+    assert [s.name for s in spans] == ["GET", "INCR", "GET", "PING"]
+    assert router.counts["cache_framing_lost"] == 0
+    assert router.counts["cache_tail_recoveries"] == 1
+    # Without the tail the three replies behind the value are lost, counted.
+    c = Conversation(REDIS, capture=256)
+    c.send(resp("GET", "big") + resp("INCR", "n") + resp("GET", "small") + resp("PING"))
+    c.event(IN, replies)
+    spans, router = c.spans()
+    assert [s.name for s in spans] == ["GET"] and router.counts["cache_framing_lost"] == 1
 
 
 def test_redis_large_reply_split_over_reads_is_skipped_by_its_size():

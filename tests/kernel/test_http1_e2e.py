@@ -172,14 +172,16 @@ def test_malformed_traffic_is_counted_and_loop_survives(receiver, start_agent, b
     assert agent.metric("otel_ebpf_parse_errors_total", protocol="http1") >= 3
 
 
-def test_sigterm_stops_fast_flushes_and_detaches(receiver, start_agent, backend):
+def test_sigterm_stops_fast_flushes_and_detaches(receiver, start_agent, backend, agent_loader):
     agent = start_agent("--port", str(backend))
     programs = capture_programs_of(agent.proc.pid)
     assert programs
     assert curl(f"http://127.0.0.1:{backend}/last", TRACEPARENT)["status"] == 200
     took = agent.stop()
     assert agent.proc.returncode == 0, agent.stderr()
-    assert took < 2.0 * TIME_SCALE
+    # The BCC build detaches each of its 35 per-syscall tracepoint links
+    # after a grace period of its own; CO-RE's links go faster.
+    assert took < (2.5 if agent_loader == "bcc" else 2.0) * TIME_SCALE
     # Spans held at stop time were flushed, not lost.
     assert any(s.attributes.get("url.path") == "/last" for s in receiver.spans)
     assert programs_still_loaded(programs) == set()

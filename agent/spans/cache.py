@@ -13,9 +13,10 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from agent.spans import semconv
+from agent.spans.db import endpoints_and_status
 from agent.spans.http import new_exchange
 from agent.spans.model import (EXCHANGE_HEAD, EXCHANGE_PEERS, KIND_CLIENT, KIND_SERVER,
-                               STATUS_ERROR, STATUS_UNSET, Span)
+                               Span)
 
 TAG = "cache"
 
@@ -70,20 +71,8 @@ class CacheSpans:
             attrs.append((semconv.DB_OPERATION_BATCH_SIZE, batch_size))
         if hits >= 0:
             attrs.append((semconv.MEMCACHED_HITS, hits))
-        if kind == KIND_SERVER:
-            attrs.append((semconv.SERVER_ADDRESS, local_addr))
-            attrs.append((semconv.SERVER_PORT, local_port))
-            attrs.append((semconv.CLIENT_ADDRESS, remote_addr))
-        else:
-            attrs.append((semconv.SERVER_ADDRESS, remote_addr))
-            attrs.append((semconv.SERVER_PORT, remote_port))
-        attrs.append((semconv.NETWORK_PEER_ADDRESS, peer_addr))
-        attrs.append((semconv.NETWORK_PEER_PORT, peer_port))
-        status = STATUS_UNSET
-        if error_type is not None:
-            status = STATUS_ERROR
-            attrs.append((semconv.DB_RESPONSE_STATUS_CODE, error_type))
-            attrs.append((semconv.ERROR_TYPE, error_type))
+        status = endpoints_and_status(attrs, kind, local_addr, local_port, remote_addr,
+                                      remote_port, peer_addr, peer_port, error_type)
         offset = self.factory.clock_offset_ns
         return Span(trace_id, span_id, parent_id, operation, kind, start + offset, end + offset,
                     attrs, self.factory.resources.get(pid), status, "", trace_state, flags)

@@ -61,6 +61,27 @@ def link_sql(linker, conn, query, completed) -> DbExchange | None:
         conn.peer_port))
 
 
+def endpoints_and_status(attrs: list, kind: int, local_addr, local_port, remote_addr,
+                         remote_port, peer_addr, peer_port, error_code) -> int:
+    """The server/client and peer attributes of a database-like call (SQL,
+    Redis, memcached), and its error code as both status code and
+    error.type; returns the span status."""
+    if kind == KIND_SERVER:
+        attrs.append((semconv.SERVER_ADDRESS, local_addr))
+        attrs.append((semconv.SERVER_PORT, local_port))
+        attrs.append((semconv.CLIENT_ADDRESS, remote_addr))
+    else:
+        attrs.append((semconv.SERVER_ADDRESS, remote_addr))
+        attrs.append((semconv.SERVER_PORT, remote_port))
+    attrs.append((semconv.NETWORK_PEER_ADDRESS, peer_addr))
+    attrs.append((semconv.NETWORK_PEER_PORT, peer_port))
+    if error_code is None:
+        return STATUS_UNSET
+    attrs.append((semconv.DB_RESPONSE_STATUS_CODE, error_code))
+    attrs.append((semconv.ERROR_TYPE, error_code))
+    return STATUS_ERROR
+
+
 class DbSpans:
     def __init__(self, factory):
         self.factory = factory
@@ -87,20 +108,8 @@ class DbSpans:
                                                    text)
             if shown is not None:
                 attrs.append((semconv.DB_QUERY_TEXT, shown))
-        if kind == KIND_SERVER:
-            attrs.append((semconv.SERVER_ADDRESS, local_addr))
-            attrs.append((semconv.SERVER_PORT, local_port))
-            attrs.append((semconv.CLIENT_ADDRESS, remote_addr))
-        else:
-            attrs.append((semconv.SERVER_ADDRESS, remote_addr))
-            attrs.append((semconv.SERVER_PORT, remote_port))
-        attrs.append((semconv.NETWORK_PEER_ADDRESS, peer_addr))
-        attrs.append((semconv.NETWORK_PEER_PORT, peer_port))
-        status = STATUS_UNSET
-        if error_code is not None:
-            status = STATUS_ERROR
-            attrs.append((semconv.DB_RESPONSE_STATUS_CODE, error_code))
-            attrs.append((semconv.ERROR_TYPE, error_code))
+        status = endpoints_and_status(attrs, kind, local_addr, local_port, remote_addr,
+                                      remote_port, peer_addr, peer_port, error_code)
         offset = self.factory.clock_offset_ns
         return Span(trace_id, span_id, parent_id, name or system, kind, start + offset,
                     end + offset, attrs, self.factory.resources.get(pid), status, "",

@@ -36,7 +36,7 @@ from collections import deque
 from agent.capture.records import C, EVENT_HEADER_SIZE
 from agent.counters import counter
 from agent.parsers import INVALID as _INVALID, NEED_MORE as _NEED_MORE
-from agent.protocols.contract import ProtocolHandler
+from agent.protocols.contract import ProtocolHandler, expire_waiting
 from agent.protocols.sql_base import split_event
 
 ITEM_TAG = "cache"
@@ -313,15 +313,8 @@ class CacheHandler(ProtocolHandler):
     def expire_requests(self, conn, now_ns: int) -> None:
         """Commands waiting longer than the request timeout stay in line as
         placeholders, so that later replies keep their pairing."""
-        timeout = self.limits.request_timeout_ns
-        for entry in conn.state.pending:
-            op = entry[0]
-            if op is None:
-                continue
-            if now_ns - op.start_ns <= timeout:
-                break
-            entry[0] = None
-            self.counts["cache_requests_without_response"] += 1
+        self.counts["cache_requests_without_response"] += expire_waiting(
+            conn.state.pending, 0, self.limits.request_timeout_ns, now_ns)
 
     @staticmethod
     def complete(conn, op: CacheOp | None, end_ns: int, out: list) -> None:

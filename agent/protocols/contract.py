@@ -40,6 +40,22 @@ class Limits(NamedTuple):
     max_statements: int = 256          # SQL prepared statements / portals
 
 
+
+def expire_waiting(pending, slot: int, timeout_ns: int, now_ns: int) -> int:
+    """Requests in `pending` (oldest first; each entry holds its request at
+    entry[slot]) waiting longer than timeout_ns become None placeholders,
+    so that later responses keep their pairing; returns how many expired."""
+    expired = 0
+    for entry in pending:
+        request = entry[slot]
+        if request is None:
+            continue
+        if now_ns - request.start_ns <= timeout_ns:
+            break
+        entry[slot] = None
+        expired += 1
+    return expired
+
 class ProtocolHandler:
     """Base of every handler.  Subclasses set PROTOCOL (the kernel's
     PROTOCOL_* tag), NAME (the protocol label of parse errors), COUNTERS

@@ -44,7 +44,7 @@ from collections import OrderedDict, deque
 from agent.capture.records import C, EVENT_HEADER_SIZE
 from agent.counters import counter
 from agent.parsers.sql import extract_trace_context, query_info, sanitize
-from agent.protocols.contract import ProtocolHandler
+from agent.protocols.contract import ProtocolHandler, expire_waiting
 
 ITEM_TAG = "sql"
 # Besides the contract's two items, (ITEM_TAG, conn, query, PREPARE_DONE):
@@ -312,15 +312,8 @@ class SqlHandler(ProtocolHandler):
         """Queries waiting longer than the request timeout stay in line as
         placeholders, for the responses that may still come to keep their
         order."""
-        timeout = self.limits.request_timeout_ns
-        for entry in conn.state.pending:
-            query = entry[1]
-            if query is None:
-                continue
-            if now_ns - query.start_ns <= timeout:
-                break
-            entry[1] = None
-            self.counts["sql_requests_without_response"] += 1
+        self.counts["sql_requests_without_response"] += expire_waiting(
+            conn.state.pending, 1, self.limits.request_timeout_ns, now_ns)
 
     # -- shared by both protocols -----------------------------------------
     def query(self, sc: SqlState, text, tid: int, ts: int) -> SqlQuery:

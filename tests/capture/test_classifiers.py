@@ -12,11 +12,7 @@ request or response userspace recognises (with a method it knows).
 """
 from __future__ import annotations
 
-import os
-import shutil
 import struct
-import sys
-from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -29,8 +25,8 @@ from agent.parsers.mysql import (looks_like_greeting_payload, looks_like_mysql_c
 from agent.parsers.postgres import looks_like_postgres_frontend, looks_like_postgres_startup
 from agent.capture import records
 from fuzzing import BUDGET, edit, fixture_files
+from host_build import build_host_module
 
-BPF = Path(__file__).resolve().parents[2] / "bpf"
 C = records.C
 KERNEL_METHODS = (b"GET", b"POST", b"PUT", b"HEAD", b"DELETE", b"PATCH", b"OPTIONS", b"CONNECT",
                   b"TRACE")
@@ -45,24 +41,9 @@ bool sql_keeps_tail(uint8_t protocol, uint64_t total, uint64_t want);
 
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory):
-    """The classifiers built natively: a cffi module compiled from the
-    same headers the BPF object includes."""
-    if shutil.which(os.environ.get("CC", "cc")) is None:
-        pytest.skip("no C compiler for the host build of the classifiers")
-    cffi = pytest.importorskip("cffi")
-    builder = cffi.FFI()
-    builder.cdef(CDEF)
-    builder.set_source("_kernel_classifiers", '#include "protocols.h"',
-                       include_dirs=[str(BPF)], define_macros=[("OTEL_EBPF_HOST", "1")],
-                       extra_compile_args=["-Wall", "-Werror", "-Wno-unused-function"])
-    build_dir = tmp_path_factory.mktemp("classifiers")
-    module_path = builder.compile(tmpdir=str(build_dir), verbose=False)
-    sys.path.insert(0, str(build_dir))
-    try:
-        module = __import__(Path(module_path).name.split(".")[0])
-    finally:
-        sys.path.remove(str(build_dir))
-    return module.lib
+    """The classifiers built natively from the same headers the BPF object
+    includes."""
+    return build_host_module(tmp_path_factory, "_kernel_classifiers", [CDEF], "protocols.h").lib
 
 
 def classify(kernel, data: bytes, total: int | None = None) -> int:

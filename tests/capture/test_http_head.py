@@ -9,10 +9,6 @@ must accept the heads real clients and servers send.
 """
 from __future__ import annotations
 
-import os
-import shutil
-import sys
-from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -22,8 +18,8 @@ from agent.capture import records
 from agent.parsers import PARSED
 from agent.parsers.http1 import parse_request, parse_response
 from fuzzing import BUDGET, edit, fixture_files
+from host_build import build_host_module
 
-BPF = Path(__file__).resolve().parents[2] / "bpf"
 C = records.C
 
 CDEF = """
@@ -43,27 +39,11 @@ ACCEPTED = ("curl_get.bin", "curl_get_traceparent.bin", "curl_head.bin", "curl_p
 
 @pytest.fixture(scope="module")
 def kernel(tmp_path_factory):
-    if shutil.which(os.environ.get("CC", "cc")) is None:
-        pytest.skip("no C compiler for the host build of the head parser")
-    cffi = pytest.importorskip("cffi")
-    builder = cffi.FFI()
     # The record layouts as userspace reads them, then the parser's entry.
-    builder.cdef("typedef uint8_t __u8; typedef uint16_t __u16; typedef uint32_t __u32;"
-                 " typedef uint64_t __u64;\n"
-                 + records._cdef_source(records.HEADER_PATH.read_text()))
-    builder.cdef(CDEF)
-    builder.set_source("_kernel_http_head", '#include "http_head.h"',
-                       include_dirs=[str(BPF)], define_macros=[("OTEL_EBPF_HOST", "1")],
-                       extra_compile_args=["-Wall", "-Werror", "-Wno-unused-function",
-                                           "-Wno-implicit-fallthrough"])
-    build_dir = tmp_path_factory.mktemp("http_head")
-    module_path = builder.compile(tmpdir=str(build_dir), verbose=False)
-    sys.path.insert(0, str(build_dir))
-    try:
-        module = __import__(Path(module_path).name.split(".")[0])
-    finally:
-        sys.path.remove(str(build_dir))
-    return module
+    layouts = ("typedef uint8_t __u8; typedef uint16_t __u16; typedef uint32_t __u32;"
+               " typedef uint64_t __u64;\n" + records._cdef_source(records.HEADER_PATH.read_text()))
+    return build_host_module(tmp_path_factory, "_kernel_http_head", [layouts, CDEF], "http_head.h",
+                             warnings=("-Wno-implicit-fallthrough",))
 
 
 def kernel_parse(kernel, data: bytes, response: bool):

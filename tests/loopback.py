@@ -2,9 +2,11 @@
 benchmarks: every server they start listens on 127.0.0.1 only."""
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import socket
+import subprocess
 import time
 
 # Below the kernel's ephemeral range (net.ipv4.ip_local_port_range, 32768 and
@@ -41,3 +43,24 @@ def wait_for_port(port: int, timeout: float = 10.0, process=None, name: str = "s
             raise RuntimeError(f"{name} exited with {process.returncode} before listening")
         time.sleep(0.05)
     raise TimeoutError(f"{name}: nothing listens on 127.0.0.1:{port} after {timeout}s")
+
+
+@contextlib.contextmanager
+def announced_peer(argv: list, name: str = "peer"):
+    """A peer process that prints the port it listens on as its first line
+    and serves until its stdin closes: yields the port once it accepts."""
+    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        if not line.strip().isdigit():
+            raise RuntimeError(f"{name} printed {line!r} instead of its port")
+        port = int(line)
+        wait_for_port(port, process=proc, name=name)
+        yield port
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

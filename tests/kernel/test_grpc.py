@@ -15,7 +15,7 @@ import pytest
 
 from agent.spans import semconv
 from agent.spans.model import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, STATUS_UNSET
-from conftest import wait_for_port
+from loopback import announced_peer
 
 PEERS = Path(__file__).resolve().parent / "peers"
 TRACE_ID = "0af7651916cd43dd8448eb211c80319c"
@@ -34,13 +34,8 @@ def wait_count(receiver, predicate, count: int, timeout: float = 15.0) -> list:
 @pytest.fixture
 def grpc_server():
     pytest.importorskip("grpc")
-    proc = subprocess.Popen([sys.executable, str(PEERS / "grpc_peer.py"), "server"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    port = int(proc.stdout.readline())
-    wait_for_port(port)
-    yield port
-    proc.stdin.close()
-    proc.wait(10)
+    with announced_peer([sys.executable, str(PEERS / "grpc_peer.py"), "server"], "gRPC server") as port:
+        yield port
 
 
 def test_grpc_calls_one_span_per_rpc_per_side(receiver, start_agent, grpc_server):

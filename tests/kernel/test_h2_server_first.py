@@ -15,7 +15,7 @@ import pytest
 
 from agent.spans import semconv
 from agent.spans.model import KIND_CLIENT, KIND_SERVER
-from conftest import wait_for_port
+from loopback import announced_peer
 from helpers import value, wait_quiet
 from test_grpc import PARENT_ID, RPCS, TRACE_ID, TRACEPARENT, grpc_server, wait_count  # noqa: F401
 
@@ -64,13 +64,8 @@ def node_h2_server():
     node = shutil.which("node") or shutil.which("nodejs")
     if node is None:
         pytest.skip("Node.js is not installed (make setup installs Debian's nodejs)")
-    proc = subprocess.Popen([node, str(PEERS / "node_h2_server.js")], stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, text=True)
-    port = int(proc.stdout.readline())
-    wait_for_port(port)
-    yield port
-    proc.stdin.close()
-    proc.wait(10)
+    with announced_peer([node, str(PEERS / "node_h2_server.js")], "Node HTTP/2 server") as port:
+        yield port
 
 
 def test_node_http2_server_that_writes_settings_first(receiver, start_agent, node_h2_server):

@@ -61,7 +61,7 @@ run: setup
 
 # pytest exits non-zero on failure, and with 5 when no test ran: both fail `make test`.
 test: setup lint
-	$(VENV)/bin/pytest -ra $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -ra --durations=25 $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check agent tests

@@ -24,7 +24,7 @@ attached, or the agent answers /readyz).  Each phase's percentiles come
 from all its windows together; the intervals are bootstrap draws of whole
 cycles, so a slow minute stays on every side of a ratio.
 
-    sudo .venv/bin/python benchmarks/wrk/interleave.py [--rate 5000] [--seconds 600] [--period 2]
+    sudo .venv/bin/python benchmarks/wrk/interleave.py [--rate 5000] [--seconds 600] [--period 2] [--http-exchanges]
 """
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ def empty_object(sections: list[str], workdir: Path) -> Path:
 
 
 def switch_phases(pids: list[int], phases: list[str], period: float, seconds: float,
-                  marks_path: Path, workdir: Path) -> None:
+                  marks_path: Path, workdir: Path, http_exchanges: bool = False) -> None:
     """`interleave.py --switcher`: load every phase's programs, then switch
     between phases, `period` seconds each after its switch, for as many
     whole cycles as `seconds` hold; write the switches' times.  Only the
@@ -84,8 +84,10 @@ def switch_phases(pids: list[int], phases: list[str], period: float, seconds: fl
     ensure_tracefs()
     lib = libbpf.lib()
     pid_max = int(Path("/proc/sys/kernel/pid_max").read_text())
-    traced = load_capture(CaptureSettings(loader="core", pids=set(pids)))
-    untraced = load_capture(CaptureSettings(loader="core", pids={pid_max}))   # no such pid
+    traced = load_capture(CaptureSettings(loader="core", pids=set(pids),
+                                          http_exchanges=http_exchanges))
+    untraced = load_capture(CaptureSettings(loader="core", pids={pid_max},   # no such pid
+                                            http_exchanges=http_exchanges))
     for capture in (traced, untraced):
         capture.detach()
     hooks = traced.front_end.hook_programs()
@@ -99,7 +101,8 @@ def switch_phases(pids: list[int], phases: list[str], period: float, seconds: fl
     receiver = Receiver(workdir)
     agent_env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
                  "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-                 "OTEL_BSP_SCHEDULE_DELAY": BSP_DELAY_MS}
+                 "OTEL_BSP_SCHEDULE_DELAY": BSP_DELAY_MS,
+                 "OTEL_EBPF_HTTP_EXCHANGES": "1" if http_exchanges else "0"}
     stop = threading.Event()
 
     def drain(capture):
@@ -254,12 +257,14 @@ def main() -> int:
     parser.add_argument("--phases", default=",".join(PHASES),
                         help=f"a subset of {','.join(PHASES)}, off included")
     parser.add_argument("--json", type=Path, help="also save the marks and every request here")
+    parser.add_argument("--http-exchanges", action="store_true",
+                        help="the capture and the agent pair HTTP/1.x in the probes")
     parser.add_argument("--switcher", help=argparse.SUPPRESS)
     parser.add_argument("--marks", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.switcher:
         switch_phases([int(p) for p in args.switcher.split(",")], args.phases.split(","),
-                      args.period, args.seconds, args.marks, args.marks.parent)
+                      args.period, args.seconds, args.marks, args.marks.parent, args.http_exchanges)
         return 0
     phases = args.phases.split(",")
     if "off" not in phases or not set(phases) <= set(PHASES):
@@ -277,7 +282,8 @@ def main() -> int:
         switcher = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "--switcher",
              ",".join(map(str, server.pids)), "--phases", args.phases, "--period", str(args.period),
-             "--seconds", str(args.seconds), "--marks", str(marks_path)],
+             "--seconds", str(args.seconds), "--marks", str(marks_path),
+             *(["--http-exchanges"] if args.http_exchanges else [])],
             stdout=subprocess.PIPE, text=True, cwd=ROOT)
         ready = switcher.stdout.readline()
         if not ready:

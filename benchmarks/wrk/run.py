@@ -16,6 +16,8 @@ percentiles are computed.  All traffic on
   nginx   agent-none `otel-ebpf run --exporter none`: full parsing and span
                      building, spans counted and discarded
   nginx   agent      `otel-ebpf run`, OTLP/HTTP to a local receiver
+  nginx   agent-records  the same with --http-exchanges (HTTP/1.x paired in
+                     the probes); only when named in --configs
   python  baseline   gunicorn (gthread) serving benchmarks/wrk/app.py
   python  agent      the same, traced by `otel-ebpf run` exporting OTLP
   python  sdk        the same app wrapped in opentelemetry-instrumentation-wsgi
@@ -604,7 +606,7 @@ def run_row(args, workdir: Path, receiver: Receiver, service: str, config: str, 
                    "OTEL_SEMCONV_STABILITY_OPT_IN": "http"}
         server = Gunicorn(workdir, args.python_workers, args.python_threads, env)
     tracer: Tracer = Tracer()
-    counts_spans = config in ("agent", "sdk")
+    counts_spans = config in ("agent", "agent-records", "sdk")
     try:
         if config == "hooks":
             tracer = HooksFloor(server.pids, workdir)
@@ -612,6 +614,9 @@ def run_row(args, workdir: Path, receiver: Receiver, service: str, config: str, 
             tracer = NullAgentRun(server.pids, "none", {}, workdir)
         elif config == "agent":
             tracer = AgentRun(server.pids, "otlp", otel_env, workdir)
+        elif config == "agent-records":
+            tracer = AgentRun(server.pids, "otlp", {**otel_env, "OTEL_EBPF_HTTP_EXCHANGES": "1"},
+                              workdir)
         # Warm-up (connections, first-request paths, the SDK's exporter),
         # then let every span of it arrive before taking the snapshot.
         h2load(server.port, rate, args.warmup, args.connections, workdir / "warmup.log")
@@ -716,7 +721,7 @@ def print_table(rows: list[Row], p99s: dict) -> None:
     lines = [header]
     for r in rows:
         base = baselines.get((r.service, r.rate))
-        spans = r.spans_received if r.config in ("agent", "sdk") else r.spans_built
+        spans = r.spans_received if r.config in ("agent", "agent-records", "sdk") else r.spans_built
         spans_per_req = spans / r.completed if r.completed and spans == spans else float("nan")
         lost = (1 - spans_per_req) * 100 if spans_per_req == spans_per_req else float("nan")
         per_1k_spans = (r.tracer_cpu_s / spans * 1000
@@ -759,6 +764,8 @@ def print_table(rows: list[Row], p99s: dict) -> None:
 
 CONFIGS = {"nginx": ["baseline", "hooks", "agent-none", "agent"],
            "python": ["baseline", "agent", "sdk"]}
+# Rows run only when --configs names them.
+OPTIONAL_CONFIGS = {"nginx": ["agent-records"], "python": []}
 
 
 def preflight() -> list[str]:
@@ -825,7 +832,8 @@ def main() -> int:
     if args.configs:
         wanted = {c.strip() for c in args.configs.split(",")}
         for service in services:
-            CONFIGS[service] = [c for c in CONFIGS[service] if c in wanted]
+            CONFIGS[service] = [c for c in CONFIGS[service] + OPTIONAL_CONFIGS[service]
+                                if c in wanted]
     workdir = Path(tempfile.mkdtemp(prefix="otel-ebpf-bench-"))
     receiver = Receiver(workdir)
     rows: list[Row] = []

@@ -19,7 +19,6 @@ import mmap
 import re
 from dataclasses import dataclass, field
 
-from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 
@@ -127,6 +126,10 @@ def _file_offset(elf: ELFFile, vaddr: int) -> int | None:
 def return_offsets(code: bytes, file_offset: int) -> list[int] | None:
     """File offsets of the RET instructions of a function's machine code;
     None when capstone cannot decode all of it (a RET could hide there)."""
+    # Imported here: the disassembler's library costs every agent a few MB
+    # of memory, and only nodes running Go executables need it.
+    from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+
     decoder = Cs(CS_ARCH_X86, CS_MODE_64)
     returns = []
     decoded = 0

@@ -422,38 +422,23 @@ static __always_inline void cache_try_arg(struct cache_words *w, const char *wor
     w->found = cache_opaque(w->found | (cache_starts(w, word, n) & cache_bit(w->printable, n)));
 }
 
+/* In the lists below: "word " and a printable byte; a word that stands
+ * alone on its line (or a reply's status and what follows it). */
+#define CACHE_ARG(word) cache_try_arg(&w, word, sizeof(word) - 1);
+#define CACHE_WORD(word) cache_try(&w, word, sizeof(word) - 1);
+
 static __always_inline cache_u64 cache_memcached_request(const struct cache_view *v)
 {
     if (!(cache_lt(3, v->n) & cache_lower(v->buf[0])))
         return 0;
     struct cache_words w = cache_words_of(v);
-    cache_try_arg(&w, "get ", 4);
-    cache_try_arg(&w, "gets ", 5);
-    cache_try_arg(&w, "gat ", 4);
-    cache_try_arg(&w, "gats ", 5);
-    cache_try_arg(&w, "set ", 4);
-    cache_try_arg(&w, "add ", 4);
-    cache_try_arg(&w, "replace ", 8);
-    cache_try_arg(&w, "append ", 7);
-    cache_try_arg(&w, "prepend ", 8);
-    cache_try_arg(&w, "cas ", 4);
-    cache_try_arg(&w, "delete ", 7);
-    cache_try_arg(&w, "incr ", 5);
-    cache_try_arg(&w, "decr ", 5);
-    cache_try_arg(&w, "touch ", 6);
-    cache_try_arg(&w, "mg ", 3);
-    cache_try_arg(&w, "ms ", 3);
-    cache_try_arg(&w, "md ", 3);
-    cache_try_arg(&w, "ma ", 3);
-    cache_try_arg(&w, "me ", 3);
-    cache_try_arg(&w, "verbosity ", 10);
-    cache_try_arg(&w, "flush_all ", 10);
-    cache_try_arg(&w, "stats ", 6);
-    cache_try(&w, "version\r\n", 9);
-    cache_try(&w, "stats\r\n", 7);
-    cache_try(&w, "flush_all\r\n", 11);
-    cache_try(&w, "mn\r\n", 4);
-    cache_try(&w, "quit\r\n", 6);
+    CACHE_ARG("get ") CACHE_ARG("gets ") CACHE_ARG("gat ") CACHE_ARG("gats ") CACHE_ARG("set ")
+    CACHE_ARG("add ") CACHE_ARG("replace ") CACHE_ARG("append ") CACHE_ARG("prepend ")
+    CACHE_ARG("cas ") CACHE_ARG("delete ") CACHE_ARG("incr ") CACHE_ARG("decr ")
+    CACHE_ARG("touch ") CACHE_ARG("mg ") CACHE_ARG("ms ") CACHE_ARG("md ") CACHE_ARG("ma ")
+    CACHE_ARG("me ") CACHE_ARG("verbosity ") CACHE_ARG("flush_all ") CACHE_ARG("stats ")
+    CACHE_WORD("version\r\n") CACHE_WORD("stats\r\n") CACHE_WORD("flush_all\r\n")
+    CACHE_WORD("mn\r\n") CACHE_WORD("quit\r\n")
     return w.found;
 }
 
@@ -462,67 +447,35 @@ static __always_inline cache_u64 cache_memcached_reply(const struct cache_view *
     if (!(cache_lt(2, v->n) & cache_upper(v->buf[0])))
         return 0;
     struct cache_words w = cache_words_of(v);
-    cache_try(&w, "VALUE ", 6);
-    cache_try(&w, "END\r\n", 5);
-    cache_try(&w, "STORED\r\n", 8);
-    cache_try(&w, "NOT_STORED\r\n", 12);
-    cache_try(&w, "EXISTS\r\n", 8);
-    cache_try(&w, "NOT_FOUND\r\n", 11);
-    cache_try(&w, "DELETED\r\n", 9);
-    cache_try(&w, "TOUCHED\r\n", 9);
-    cache_try(&w, "OK\r\n", 4);
-    cache_try(&w, "ERROR\r\n", 7);
-    cache_try(&w, "CLIENT_ERROR ", 13);
-    cache_try(&w, "SERVER_ERROR ", 13);
-    cache_try(&w, "VERSION ", 8);
-    cache_try(&w, "STAT ", 5);
-    cache_try(&w, "RESET\r\n", 7);
-    cache_try(&w, "HD\r\n", 4);
-    cache_try(&w, "HD ", 3);
-    cache_try(&w, "VA ", 3);
-    cache_try(&w, "EN\r\n", 4);
-    cache_try(&w, "NF\r\n", 4);
-    cache_try(&w, "NF ", 3);
-    cache_try(&w, "NS\r\n", 4);
-    cache_try(&w, "NS ", 3);
-    cache_try(&w, "EX\r\n", 4);
-    cache_try(&w, "EX ", 3);
-    cache_try(&w, "MN\r\n", 4);
-    cache_try(&w, "ME ", 3);
+    CACHE_WORD("VALUE ") CACHE_WORD("END\r\n") CACHE_WORD("STORED\r\n")
+    CACHE_WORD("NOT_STORED\r\n") CACHE_WORD("EXISTS\r\n") CACHE_WORD("NOT_FOUND\r\n")
+    CACHE_WORD("DELETED\r\n") CACHE_WORD("TOUCHED\r\n") CACHE_WORD("OK\r\n")
+    CACHE_WORD("ERROR\r\n") CACHE_WORD("CLIENT_ERROR ") CACHE_WORD("SERVER_ERROR ")
+    CACHE_WORD("VERSION ") CACHE_WORD("STAT ") CACHE_WORD("RESET\r\n") CACHE_WORD("HD\r\n")
+    CACHE_WORD("HD ") CACHE_WORD("VA ") CACHE_WORD("EN\r\n") CACHE_WORD("NF\r\n")
+    CACHE_WORD("NF ") CACHE_WORD("NS\r\n") CACHE_WORD("NS ") CACHE_WORD("EX\r\n")
+    CACHE_WORD("EX ") CACHE_WORD("MN\r\n") CACHE_WORD("ME ")
     return w.found;
 }
 
 /* ------------------------------------------------------------ the tests */
 
-/* `buf`: CACHE_CLASSIFY_WINDOW readable bytes, the first `len` of them
- * payload.  Each builds its own view; a caller that asks several of them
- * about one payload builds one view and asks the cache_* forms. */
-static __always_inline int is_redis_request(const unsigned char *buf, unsigned len)
-{
-    struct cache_view v;
-    cache_look(&v, buf, len);
-    return (int)cache_redis_request(&v);
-}
+/* is_redis_request, is_redis_reply, is_memcached_request and
+ * is_memcached_reply (buf, len): `buf` holds CACHE_CLASSIFY_WINDOW readable
+ * bytes, the first `len` of them payload.  Each builds its own view; a
+ * caller that asks several of them about one payload builds one view and
+ * asks the cache_* forms (bpf/protocols.h does). */
+#define CACHE_TEST(name)                                                         \
+    static __always_inline int is_##name(const unsigned char *buf, unsigned len) \
+    {                                                                            \
+        struct cache_view v;                                                     \
+        cache_look(&v, buf, len);                                                \
+        return (int)cache_##name(&v);                                            \
+    }
 
-static __always_inline int is_redis_reply(const unsigned char *buf, unsigned len)
-{
-    struct cache_view v;
-    cache_look(&v, buf, len);
-    return (int)cache_redis_reply(&v);
-}
-
-static __always_inline int is_memcached_request(const unsigned char *buf, unsigned len)
-{
-    struct cache_view v;
-    cache_look(&v, buf, len);
-    return (int)cache_memcached_request(&v);
-}
-
-static __always_inline int is_memcached_reply(const unsigned char *buf, unsigned len)
-{
-    struct cache_view v;
-    cache_look(&v, buf, len);
-    return (int)cache_memcached_reply(&v);
-}
+CACHE_TEST(redis_request)
+CACHE_TEST(redis_reply)
+CACHE_TEST(memcached_request)
+CACHE_TEST(memcached_reply)
 
 #endif

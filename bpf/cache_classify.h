@@ -88,8 +88,9 @@ static __always_inline cache_u64 cache_not(cache_u64 bit)
     return bit ^ 1;
 }
 
-/* x if bit, else 0: a multiply.  Not `x & -bit`: the verifier forks its
- * walk in two at each AND of a constant with a value it knows is 0 or -1. */
+/* x if bit, else 0: a multiply.  Not `x & -bit`: the verifier (6.18)
+ * forks its walk in two at each AND of a constant with a value it knows
+ * is 0 or -1. */
 static __always_inline cache_u64 cache_if(cache_u64 bit, cache_u64 x)
 {
     return x * bit;

@@ -82,8 +82,12 @@ struct trace_event_raw_sys_exit {
  * ABI (what ptrace's PTRACE_GETREGS returns, uapi asm/ptrace.h), the same on
  * every kernel, unlike the kernel's own structs: the BCC build reads it.
  * Elsewhere (arm64 keeps the syscall number outside the ABI part) the BCC
- * build has the per-syscall tracepoints only. */
+ * build has the per-syscall tracepoints only.  The loader compiles these
+ * programs only when it tries their family (BCC_RAW_SYSCALLS): every
+ * program is compiled at start, and these are the largest. */
+#if BCC_RAW_SYSCALLS
 #define SYSCALL_FRAME 1
+#endif
 static __always_inline unsigned long syscall_frame_read(const unsigned long *slot)
 {
     unsigned long value = 0;

@@ -13,16 +13,6 @@
 
 _Static_assert(CLASSIFY_BYTES == CACHE_CLASSIFY_WINDOW, "the cache classifiers read the whole head");
 
-/* Redis and memcached are recognised where classification is a function
- * of its own (CO-RE, and the host build of the tests): BCC inlines it
- * into every program, and there the cache classifiers' branches overflow
- * the verifier's jump stack.  The BCC build leaves them out. */
-#if defined(FRONTEND_BTF) && !FRONTEND_BTF
-#define CACHE_CLASSIFY 0
-#else
-#define CACHE_CLASSIFY 1
-#endif
-
 /* head: CLASSIFY_BYTES readable bytes, of which the first len (<=
  * CLASSIFY_BYTES) are the start of the total bytes a syscall moved.  The
  * cache protocols come last: their tests are the loosest, and a message of
@@ -37,24 +27,24 @@ static __always_inline __u8 classify_protocol(const __u8 *head, __u32 len, __u64
         return PROTOCOL_POSTGRES;
     if (is_mysql(head, len, total))
         return PROTOCOL_MYSQL;
-#if CACHE_CLASSIFY
-    if (is_redis_request(head, len) || is_redis_reply(head, len))
+    struct cache_view cache;
+    cache_look(&cache, head, len);
+    if (cache_redis_request(&cache) | cache_redis_reply(&cache))
         return PROTOCOL_REDIS;
-    if (is_memcached_request(head, len) || is_memcached_reply(head, len))
+    if (cache_memcached_request(&cache) | cache_memcached_reply(&cache))
         return PROTOCOL_MEMCACHED;
-#endif
     return PROTOCOL_UNKNOWN;
 }
 
 /* The capture calls classification through this.  Under CO-RE it is a
  * global function, which the verifier checks once, on its own, and whose
- * result the caller sees as any byte: inlined into every program that
- * copies data, the classifiers' many branches (the cache protocols' above
- * all) multiply the paths the verifier walks after them past its
- * instruction limit.  BCC's programs have no subprograms: inlined there. */
+ * result the caller sees as any byte.  BCC's programs have no subprograms:
+ * there it is inlined into every program that copies data, which the
+ * verifier affords because the cache classifiers, the largest, are
+ * straight-line code (bpf/cache_classify.h). */
 struct classify_head {
     __u8 bytes[CLASSIFY_BYTES];
-};
+} __attribute__((aligned(8)));  /* the cache classifiers read it in words */
 
 #if defined(FRONTEND_BTF) && FRONTEND_BTF
 __attribute__((noinline)) __u8 classify_head(const struct classify_head *head, __u32 len,

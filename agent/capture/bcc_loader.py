@@ -157,9 +157,13 @@ def source_dir() -> Path:
     return Path(os.environ.get("OTEL_EBPF_BPF_SOURCE_DIR", DEFAULT_SOURCE_DIR))
 
 
-def compile_flags(settings: CaptureSettings) -> list[str]:
+def compile_flags(settings: CaptureSettings, family: str = "tracepoint") -> list[str]:
+    """The compiler's flags for the build that attaches this hook family:
+    the raw syscall tracepoints' programs are compiled only for theirs (BCC
+    compiles every program of its text at start, and they are the largest)."""
     arch = {"x86_64": "x86", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
     flags = ["-DOTEL_EBPF_BCC", f"-I{source_dir()}", f"-D__TARGET_ARCH_{arch}",
+             f"-DBCC_RAW_SYSCALLS={int(family == 'raw_tracepoint')}",
              f"-DRING_BUFFER_PAGES={settings.ring_buffer_bytes // PAGE_SIZE}",
              "-Wno-unused-variable", "-Wno-incompatible-pointer-types-discards-qualifiers"]
     config = capture_config(settings)
@@ -213,7 +217,7 @@ def _import_bcc():
 BCC_FAMILIES = ("tracepoint", "raw_tracepoint")
 
 
-def _compile(bcc, source: str, settings: CaptureSettings):
+def _compile(bcc, source: str, settings: CaptureSettings, family: str):
     try:
         headers = kernel_headers.find(settings.kernel_headers)
     except kernel_headers.KernelHeadersError as exc:
@@ -222,7 +226,7 @@ def _compile(bcc, source: str, settings: CaptureSettings):
     os.environ["BCC_KERNEL_SOURCE"] = str(headers.path)
     try:
         return BccObject(bcc.BPF(text=translate_map_calls(source).encode(),
-                                 cflags=compile_flags(settings)), headers)
+                                 cflags=compile_flags(settings, family)), headers)
     except Exception as exc:
         headers.close()
         raise CaptureLoadError(f"BCC could not compile {SOURCE} against the kernel headers at "
@@ -253,36 +257,37 @@ def load(settings: CaptureSettings, features: KernelFeatures, uprobe_multi: bool
         raise CaptureLoadError(f"the BCC loader compiles {path} at start and cannot read it: "
                                f"{exc.strerror} (set OTEL_EBPF_BPF_SOURCE_DIR)") from exc
     bcc = _import_bcc()
-    front_end = _compile(bcc, source, settings)
-    bpf = front_end.bpf
     skipped = [(name, "not in the BCC build") for name in HOOK_FAMILIES
                if name not in BCC_FAMILIES]
     sections = program_sections(source)
-    # What BCC attached by itself (its TRACEPOINT_PROBE programs).
-    detachers = [functools.partial(bpf.detach_tracepoint, tp) for tp in list(bpf.tracepoint_fds)]
     for name in wanted:
         family = HOOK_FAMILIES[name]
+        if name == "tracepoint":
+            try:
+                check_tracepoint_layout(features.tracefs_path, _HOOKED_SYSCALL.findall(source))
+            except CaptureLoadError as exc:
+                skipped.append((name, str(exc)))
+                continue
+        # Compiled for this family: a family that fails costs a compile more.
+        front_end = _compile(bcc, source, settings, name)
+        bpf = front_end.bpf
         programs = {program: section for program, section in sections.items()
                     if program.startswith(family.program_prefix)
                     and bcc.libbcc.lib.bpf_function_start(bpf.module, program.encode())}
-        try:
-            if not programs:
-                raise CaptureLoadError("the BCC build reads the saved syscall registers on "
-                                       "x86-64 only")
-            if name == "tracepoint":
-                check_tracepoint_layout(features.tracefs_path, _HOOKED_SYSCALL.findall(source))
-        except CaptureLoadError as exc:
-            skipped.append((name, str(exc)))
+        if not programs:
+            skipped.append((name, "the BCC build reads the saved syscall registers on x86-64 "
+                                  "only"))
+            front_end.close()
             continue
-        attached: list = []
+        # What BCC attached by itself (its TRACEPOINT_PROBE programs).
+        detachers = [functools.partial(bpf.detach_tracepoint, tp)
+                     for tp in list(bpf.tracepoint_fds)]
         try:
-            _attach(bcc, bpf, programs, settings, uprobe_multi, attached)
+            _attach(bcc, bpf, programs, settings, uprobe_multi, detachers)
         except Exception as exc:
             skipped.append((name, str(exc)))
-            for detach in attached:
-                detach()
+            front_end.close()       # detaches what was attached
             continue
-        detachers += attached
         common = {program: section for program, section in sections.items()
                   if not program.startswith(tuple(HOOK_FAMILIES[f].program_prefix
                                                   for f in BCC_FAMILIES))}
@@ -292,7 +297,6 @@ def load(settings: CaptureSettings, features: KernelFeatures, uprobe_multi: bool
             front_end.close()
             raise CaptureLoadError(f"BCC could not load or attach the capture: {exc}") from exc
         return LoadedCapture(front_end, detachers, family, settings, skipped, uprobe_multi)
-    front_end.close()
     lines = "\n".join(f"  - {name}: {why}" for name, why in skipped)
     raise CaptureLoadError(f"no hook family of the BCC build could be attached:\n{lines}")
 

@@ -32,6 +32,20 @@ _NO_REPLY = frozenset(("quit",))
 _PLAIN, _QUIET, _NOOP = range(3)
 
 
+def _frames(parse, data: bytes, partial: bool) -> tuple[list, int, int, str]:
+    """The messages parse frames from data in turn, where they end (which
+    may be past the captured bytes), and the status and reason where
+    framing stopped (PARSED when the bytes ran out)."""
+    found, pos, n = [], 0, len(data)
+    while pos < n:
+        status, message, consumed, reason = parse(data[pos:] if pos else data, partial)
+        if status != PARSED:
+            return found, pos, status, reason
+        found.append(message)
+        pos += consumed
+    return found, pos, PARSED, ""
+
+
 class MemcachedHandler(CacheHandler):
     PROTOCOL = C["PROTOCOL_MEMCACHED"]
     NAME = SYSTEM
@@ -54,12 +68,8 @@ class MemcachedHandler(CacheHandler):
 
     def commands(self, conn, sc, data: bytes, partial: bool, tid: int, start_ns: int,
                  end_ns: int, out: list):
-        pos, n = 0, len(data)
-        while pos < n:
-            status, c, consumed, reason = parse_request(data[pos:] if pos else data, partial)
-            if status != PARSED:
-                return pos, status, reason
-            pos += consumed
+        found, pos, status, reason = _frames(parse_request, data, partial)
+        for c in found:
             if c.name == "mn":
                 self.push(sc, [None, _NOOP])
                 continue
@@ -74,15 +84,11 @@ class MemcachedHandler(CacheHandler):
                 self.push(sc, [op, _QUIET, c.opaque])
             else:
                 self.push(sc, [op, _PLAIN, c.opaque])
-        return pos, PARSED, ""
+        return pos, status, reason
 
     def replies(self, conn, sc, data: bytes, partial: bool, end_ns: int, out: list):
-        pos, n = 0, len(data)
-        while pos < n:
-            status, r, consumed, reason = parse_reply(data[pos:] if pos else data, partial)
-            if status != PARSED:
-                return pos, status, reason
-            pos += consumed
+        found, pos, status, reason = _frames(parse_reply, data, partial)
+        for r in found:
             entry = self._entry_for(conn, sc, r, end_ns, out)
             if entry is None:
                 self.counts["cache_responses_without_request"] += 1
@@ -94,7 +100,7 @@ class MemcachedHandler(CacheHandler):
             if op.hits >= 0:
                 op.hits = r.hits if op.operation != "mg" else int(r.kind in ("VA", "HD"))
             self.complete(conn, op, end_ns, out)
-        return pos, PARSED, ""
+        return pos, status, reason
 
     def _entry_for(self, conn, sc, r, end_ns: int, out: list):
         """The pending entry r answers, removed from the line; quiet

@@ -438,3 +438,11 @@ def test_the_capture_reaches_bcc_as_one_text():
     """No project header is left for BCC to include, where it would not
     rewrite map calls (vmlinux.h belongs to the CO-RE build only)."""
     assert not re.search(r'^\s*#\s*include\s+"(?!vmlinux\.h)', real_source(), re.MULTILINE)
+
+
+def test_raw_syscall_programs_are_compiled_for_their_family_only():
+    """BCC compiles every program of its text at start; the raw syscall
+    tracepoints' are the largest, and the tracepoint family needs none."""
+    assert definitions(compile_flags(CaptureSettings()))["BCC_RAW_SYSCALLS"] == "0"
+    assert definitions(compile_flags(CaptureSettings(), "tracepoint"))["BCC_RAW_SYSCALLS"] == "0"
+    assert definitions(compile_flags(CaptureSettings(), "raw_tracepoint"))["BCC_RAW_SYSCALLS"] == "1"

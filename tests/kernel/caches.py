@@ -17,7 +17,20 @@ PASSWORD = "kernel-test-secret-pw"
 SECRET_VALUE = "kernel-test-secret-value-8d1f"
 
 
-class RedisServer:
+class ServerProcess:
+    """A server this module started, stopped at the end."""
+
+    proc: subprocess.Popen
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+class RedisServer(ServerProcess):
     system = "redis"
 
     def __init__(self):
@@ -43,15 +56,11 @@ class RedisServer:
         return redis.Redis(host="127.0.0.1", port=self.port, password=PASSWORD, **kwargs)
 
     def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        super().stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-class MemcachedServer:
+class MemcachedServer(ServerProcess):
     system = "memcached"
 
     def __init__(self):
@@ -65,13 +74,6 @@ class MemcachedServer:
     def client(self, **kwargs):
         from pymemcache.client.base import Client
         return Client(("127.0.0.1", self.port), default_noreply=False, **kwargs)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
 
 
 def _server(cls, tools: tuple, module: str):

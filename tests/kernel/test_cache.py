@@ -16,11 +16,19 @@ import pytest
 from agent.spans.model import KIND_CLIENT, KIND_SERVER, STATUS_ERROR, STATUS_UNSET
 from caches import PASSWORD, SECRET_VALUE
 from caches import memcached_fixture, redis_fixture  # noqa: F401  (fixtures)
+from conftest import LOADER_ARGS
 from databases import describe, leaks, wait_spans
 
 pytestmark = pytest.mark.kernel
 
 SYSTEM = "db.system.name"
+
+
+@pytest.fixture(params=list(LOADER_ARGS))
+def agent_loader(request) -> str:
+    """Redis and memcached are recognised under both front ends: CO-RE, and
+    BCC, whose build inlines the classifiers into every program."""
+    return request.param
 
 
 def cache_spans(system: str, port: int, kind: int | None = KIND_CLIENT):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import struct
 
 from agent import DISTRO_NAME, __version__
+from agent.spans.model import TemplatedSpan
 
 
 def _varint(n: int) -> bytes:
@@ -170,6 +171,49 @@ _SCOPE = _ld(b"\x0a", _ld(b"\x0a", DISTRO_NAME.encode()) + _ld(b"\x12", __versio
 _SCOPE_LEN = len(_SCOPE)
 
 
+# A TemplatedSpan's ids: trace_id (1) and span_id (2), and parent (4).
+_IDS_ROOT = struct.Struct("<H16sH8s")
+_IDS_CHILD = struct.Struct("<H16sH8sH8s")
+_TRACE_ID_TAG, _SPAN_ID_TAG, _PARENT_TAG = 0x100A, 0x0812, 0x0822
+_FLAGS_LEN = len(_FLAGS_ROOT[0])
+
+
+def _encode_template(template) -> tuple:
+    """(name field, attributes and status fields, bytes of a span's fields
+    but its ids and trace state) of a SpanTemplate, kept in its slot."""
+    name = _ld(b"\x2a", template.name.encode("utf-8", "replace"))
+    attributes = [_span_attribute(key, value) for key, value in template.attributes]
+    if template.status_message:
+        attributes.append(_status(template.status_code, template.status_message))
+    else:
+        attributes.append(_STATUS_BY_CODE[template.status_code])
+    tail = b"".join(attributes)
+    encoded = template.encoded = (name, tail, len(name) + _KIND_TIMES.size + len(tail)
+                                  + _FLAGS_LEN)
+    return encoded
+
+
+def _templated_span(span) -> bytes:
+    """The ResourceSpans.spans field of a TemplatedSpan: its template's
+    bytes, written once, around its ids and times."""
+    trace_id, span_id, parent, trace_state, start, end, flags, _, template = span
+    name, tail, size = template.encoded or _encode_template(template)
+    if parent:
+        ids = _IDS_CHILD.pack(_TRACE_ID_TAG, trace_id, _SPAN_ID_TAG, span_id, _PARENT_TAG, parent)
+        flags_field = _FLAGS_CHILD[flags & 0xFF]
+    else:
+        ids = _IDS_ROOT.pack(_TRACE_ID_TAG, trace_id, _SPAN_ID_TAG, span_id)
+        flags_field = _FLAGS_ROOT[flags & 0xFF]
+    if trace_state:
+        state = _ld(b"\x1a", trace_state.encode("utf-8", "replace"))
+        # Field 3 goes between span_id and parent_span_id.
+        ids = ids[:28] + state + ids[28:]
+    size += len(ids)
+    return b"".join((b"\x12", _V[size] if size < _VTABLE_SIZE else _varint(size), ids, name,
+                     _KIND_TIMES.pack(_KIND_TAG, template.kind, _START_TAG, start, _END_TAG, end),
+                     tail, flags_field))
+
+
 def encode_export_request(spans) -> bytes:
     """Serialised ExportTraceServiceRequest: one ResourceSpans per resource
     object (identity), one ScopeSpans each."""
@@ -184,6 +228,14 @@ def encode_export_request(spans) -> bytes:
     by_resource: dict = {}
 
     for span in spans:
+        if span.__class__ is TemplatedSpan:
+            field = _templated_span(span)
+            group = by_resource.get(span[7])
+            if group is None:
+                by_resource[span[7]] = [field]
+            else:
+                group.append(field)
+            continue
         trace_id = span.trace_id
         span_id = span.span_id
         parent = span.parent_span_id

@@ -14,7 +14,7 @@ from bisect import bisect_left
 from typing import NamedTuple
 
 from agent.spans import semconv
-from agent.spans.model import KIND_SERVER
+from agent.spans.model import KIND_SERVER, TemplatedSpan
 
 # Recommended explicit bucket boundaries (seconds) of the conventions.
 HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0)
@@ -66,6 +66,23 @@ def service_attributes(resource) -> tuple:
                  if k.startswith(SERVICE_RESOURCE_PREFIXES))
 
 
+def metric_labels(kind: int, attributes: list) -> tuple:
+    """(metric, its attributes' values) of a span."""
+    attrs = dict(attributes)
+    if semconv.RPC_SYSTEM_NAME in attrs:
+        metric = RPC_SERVER if kind == KIND_SERVER else RPC_CLIENT
+    elif semconv.DB_SYSTEM_NAME in attrs:
+        metric = DB_SERVER if kind == KIND_SERVER else DB_CLIENT
+    else:
+        metric = HTTP_SERVER if kind == KIND_SERVER else HTTP_CLIENT
+    return metric, tuple(map(attrs.get, metric.attributes))
+
+
+def _template_metric(template) -> tuple:
+    metric = template.metric = metric_labels(template.kind, template.attributes)
+    return metric
+
+
 class RedAggregator:
     """Cumulative histograms per (service, attributes) of each metric.
 
@@ -83,16 +100,16 @@ class RedAggregator:
         services = self.services
         limit = self.series_limit
         for span in spans:
-            attrs = dict(span.attributes)
-            if semconv.RPC_SYSTEM_NAME in attrs:
-                metric = RPC_SERVER if span.kind == KIND_SERVER else RPC_CLIENT
-            elif semconv.DB_SYSTEM_NAME in attrs:
-                metric = DB_SERVER if span.kind == KIND_SERVER else DB_CLIENT
+            if span.__class__ is TemplatedSpan:
+                # Spans of one template share the series but for the service.
+                template = span[8]
+                metric, labels = template.metric or _template_metric(template)
+                resource = span[7]
             else:
-                metric = HTTP_SERVER if span.kind == KIND_SERVER else HTTP_CLIENT
-            resource = span.resource
+                metric, labels = metric_labels(span.kind, span.attributes)
+                resource = span.resource
             service = resource.service_name if resource is not None else "unknown_service"
-            key = (service,) + tuple(map(attrs.get, metric.attributes))
+            key = (service,) + labels
             table = series[metric.name]
             slots = table.get(key)
             if slots is None:

@@ -1,36 +1,78 @@
 """HTTP/1.x exchanges the probes already paired (EVENT_HTTP_EXCHANGE,
-bpf/http_exchange.h): one record becomes the same work item the payload
-path's matcher (agent/protocols/http1.py) gives at a response's end, so that
-linking, routes, redaction and span building are shared.  No reassembly
-and no head parsing: the request's fields arrive split out."""
+bpf/http_exchange.h): no reassembly and no head parsing.  One unpack of
+the record's fixed part and a slice per value give one compact work item,
+linked and built by agent/spans/http_records.py.
+
+Work items:
+    (RECORD_TAG, conn, fields, None)    an exchange
+    (SERVING_TAG, conn, fields, None)   a server exchange whose upstream
+                                        calls follow it...
+    (SERVED_TAG, conn, fields, None)    ...and end here (proxy linking)
+fields: (tid, start_ns, end_ns, traceparent, tracestate, method, target,
+version_minor, host, user_agent, status_code); the values are the record's
+bytes, None for a header the request did not carry.
+"""
 from __future__ import annotations
 
 from agent.capture import exchange_records
 from agent.capture.records import C
-from agent.protocols.http1 import ITEM_TAG, Message
 
 EVENT_HTTP_EXCHANGE = C["EVENT_HTTP_EXCHANGE"]
 EXCHANGE_SIZE = exchange_records.HTTP_EXCHANGE.size
+RECORD_TAG = "http1_record"
+SERVING_TAG = "http1_record_serving"
+SERVED_TAG = "http1_record_served"
+
 _ROLE_UNKNOWN = C["ROLE_UNKNOWN"]
 _ROLE_SERVER = C["ROLE_SERVER"]
 _ROLE_CLIENT = C["ROLE_CLIENT"]
 _INGRESS = C["DIRECTION_INGRESS"]
-
-
-class _Request:
-    """What the linker and the span read of a request head."""
-    __slots__ = ("method", "target", "version", "host", "user_agent", "traceparent",
-                 "tracestate")
-
-
-class _Response:
-    __slots__ = ("status_code",)
-
+_HAS_HOST = C["HTTP_HAS_HOST"]
+_HAS_USER_AGENT = C["HTTP_HAS_USER_AGENT"]
+_HAS_TRACEPARENT = C["HTTP_HAS_TRACEPARENT"]
+_HAS_TRACESTATE = C["HTTP_HAS_TRACESTATE"]
+_FIELDS = exchange_records.SPAN_FIELDS
+_FIELDS_OFFSET = exchange_records.SPAN_FIELDS_OFFSET
+_VALUES = exchange_records.VALUES_OFFSET
 
 # Client exchanges held for the server request their thread was serving
 # (a proxy's upstream call completes before the request it serves): at most
 # this many server connections wait; beyond, the oldest goes out unlinked.
 MAX_WAITING = 4096
+
+
+def record_fields(record: bytes, hot: tuple) -> tuple | None:
+    """(serving_conn_id, fields) of one exchange record; None when its
+    values overrun it."""
+    (serving, status, values_len, target_off, target_len, host_off, user_agent_off,
+     traceparent_off, tracestate_off, method_len, host_len, user_agent_len, traceparent_len,
+     tracestate_len, version_minor, present) = _FIELDS.unpack_from(record, _FIELDS_OFFSET)
+    end = _VALUES + values_len
+    if end > len(record):
+        return None
+    if end < len(record):
+        record = record[:end]
+    at = _VALUES + target_off
+    target = record[at:at + target_len]
+    host = user_agent = traceparent = tracestate = None
+    if present & _HAS_HOST:
+        at = _VALUES + host_off
+        host = record[at:at + host_len]
+    if present & _HAS_USER_AGENT:
+        at = _VALUES + user_agent_off
+        user_agent = record[at:at + user_agent_len]
+    if present & _HAS_TRACEPARENT:
+        at = _VALUES + traceparent_off
+        traceparent = record[at:at + traceparent_len]
+    if present & _HAS_TRACESTATE:
+        at = _VALUES + tracestate_off
+        tracestate = record[at:at + tracestate_len]
+    # A request counts as sent when its write began and received when its
+    # read returned; the kernel stamped start_ns by that rule, and end_ns
+    # (the response's end) by the same.
+    return serving, (hot[2], hot[5], hot[6], traceparent, tracestate,
+                     record[_VALUES:_VALUES + method_len], target, version_minor, host,
+                     user_agent, status)
 
 
 class ExchangeRecords:
@@ -43,26 +85,27 @@ class ExchangeRecords:
 
     def items(self, conn, record: bytes, hot: tuple, out: list) -> bool:
         """False for a malformed record (nothing added)."""
-        try:
-            x = exchange_records.decode(record)
-        except ValueError:
+        decoded = record_fields(record, hot)
+        if decoded is None:
             return False
-        request_item, response_item = _work_items(conn, x, hot)
-        serving = x.serving_conn_id
+        serving, fields = decoded
+        if conn.role == _ROLE_UNKNOWN:
+            conn.role = _ROLE_SERVER if hot[9] == _INGRESS else _ROLE_CLIENT
         if serving:
             held = self.waiting.get(serving)
             if held is None:
                 if len(self.waiting) >= MAX_WAITING:
                     self.flush(next(iter(self.waiting)), out)
                 held = self.waiting[serving] = []
-            held.append(request_item)
-            held.append(response_item)
+            held.append((RECORD_TAG, conn, fields, None))
             return True
-        out.append(request_item)
-        held = self.waiting.pop(hot[4], None)
+        held = self.waiting.pop(hot[4], None) if self.waiting else None
         if held:
+            out.append((SERVING_TAG, conn, fields, None))
             out.extend(held)
-        out.append(response_item)
+            out.append((SERVED_TAG, conn, fields, None))
+        else:
+            out.append((RECORD_TAG, conn, fields, None))
         return True
 
     def flush(self, conn_id: int, out: list) -> None:
@@ -71,21 +114,3 @@ class ExchangeRecords:
         held = self.waiting.pop(conn_id, None)
         if held:
             out.extend(held)
-
-
-def _work_items(conn, x, hot: tuple) -> tuple:
-    """The (request, response) work items of one exchange record."""
-    request = _Request()
-    request.method, request.target, request.version = x.method, x.target, x.version
-    request.host, request.user_agent = x.host, x.user_agent
-    request.traceparent, request.tracestate = x.traceparent, x.tracestate
-    start_ns, end_ns, tid = hot[5], hot[6], hot[2]
-    if conn.role == _ROLE_UNKNOWN:
-        conn.role = _ROLE_SERVER if hot[9] == _INGRESS else _ROLE_CLIENT
-    # A request counts as sent when its write began and received when its
-    # read returned; the kernel stamped start_ns by that rule, and end_ns
-    # (the response's end) by the same.
-    message = Message(request, start_ns, start_ns, tid)
-    response = Message(_Response(), end_ns, end_ns, tid)
-    response.parsed.status_code = x.status_code
-    return (ITEM_TAG, conn, message, None), (ITEM_TAG, conn, message, response)

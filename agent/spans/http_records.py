@@ -1,0 +1,214 @@
+"""HTTP spans from the probes' exchange records (agent/protocols/http1_records.py),
+with as little Python per record as the rules allow.
+
+Linking (the linker, main process): link_http1's rules (agent/spans/http.py)
+on fields already split out.  The traceparent's ids are read from the
+record's bytes; same-node links (a client span and the server span on the
+mirrored connection) and proxy links (an upstream call and the server
+request its thread serves) go through the same ContextLinker tables as the
+payload path's, so the two paths link to each other; objects are made only
+where a table keeps them.  The exchange carries its connection's fields as
+one tuple, made once per connection.
+
+Building (the span stage): a span's name, kind, attributes and status
+depend only on its request's fields and its connection's.  HttpSpans builds
+them (routes and redaction included) once per distinct combination into a
+SpanTemplate; each span is then a TemplatedSpan of ids, times, resource and
+template, which the OTLP encoder and the request metrics read through the
+template's cached forms.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from agent.parsers.tracecontext import parse_tracestate, traceparent_ids
+from agent.protocols import http1_records
+from agent.spans import http
+from agent.spans.context import RequestContext
+from agent.spans.model import (EXCHANGE_HEAD, KIND_CLIENT, KIND_SERVER, SpanTemplate,
+                               TemplatedSpan, new_span_id, new_trace_id)
+
+TAG = "http_record"
+new_exchange = tuple.__new__
+
+# connection: (kind, local_addr, local_port, remote_addr, remote_port,
+# peer_addr, peer_port, scheme), one tuple per connection.  The request's
+# values are the record's bytes (None: header absent).
+RecordExchange = NamedTuple("HttpRecordExchange", EXCHANGE_HEAD + [
+    ("connection", tuple), ("method", bytes), ("target", bytes), ("version_minor", int),
+    ("host", bytes | None), ("user_agent", bytes | None), ("status_code", int)])
+# The fields after EXCHANGE_HEAD: what a span's template depends on.
+SHAPE_START = len(EXCHANGE_HEAD)
+
+# What a client's request leaves for the server span on the mirrored
+# connection (ContextLinker.client_sent): the fields a link reads.
+SentRequest = NamedTuple("SentRequest", [("trace_id", bytes), ("span_id", bytes),
+                                         ("flags", int)])
+
+# Distinct span shapes kept (a dict cleared when full: a workload's hot
+# shapes refill it at once).
+MAX_TEMPLATES = 4096
+
+
+def _connection_fields(conn) -> tuple:
+    """(connection tuple, link key, mirror key), kept on the connection
+    (until NAT translates it: Connection.translated)."""
+    kind = KIND_SERVER if conn.is_server else KIND_CLIENT
+    fields = conn.record_fields = (
+        (kind, conn.local_addr, conn.local_port, conn.remote_addr, conn.remote_port,
+         conn.peer_addr, conn.peer_port, conn.scheme), conn.key(), conn.mirror_key())
+    return fields
+
+
+def _incoming(linker, traceparent):
+    if traceparent is None:
+        return None
+    ids = traceparent_ids(traceparent)
+    if ids is None:
+        linker.counts["traceparent_invalid"] += 1
+    return ids
+
+
+def _trace_state(linker, tracestate) -> str:
+    if tracestate is None:
+        return ""
+    state = parse_tracestate(tracestate.decode("latin-1"))
+    if state is None:
+        linker.counts["tracestate_invalid"] += 1
+        return ""
+    return state
+
+
+def link_record(linker, conn, fields: tuple, _unused) -> tuple:
+    """One exchange record's work item -> its exchange."""
+    connection, link_key, mirror_key = conn.record_fields or _connection_fields(conn)
+    tid, start, end, traceparent, tracestate = fields[:5]
+    incoming = _incoming(linker, traceparent)
+    if connection[0] == KIND_SERVER:
+        if incoming is not None:
+            trace_id, parent_id, flags = incoming
+            span_id = new_span_id()
+            trace_state = _trace_state(linker, tracestate) if tracestate is not None else ""
+        else:
+            trace_id, span_id, parent_id, trace_state = new_trace_id(), new_span_id(), b"", ""
+            flags = linker.sampler.root_flags(trace_id)
+        link = linker.linker.take_client_link(mirror_key)
+        if link is not None:
+            linker.counts["linked_same_node"] += 1
+            trace_id, parent_id, flags = link.trace_id, link.span_id, link.flags
+        elif linker.client_wait is not None:
+            # Its client's record may yet come (it ends later than this one).
+            linker.join_client_on_this_node(
+                RequestContext(trace_id, span_id, parent_id, flags, trace_state), mirror_key)
+    else:
+        trace_id, span_id, parent_id, flags, trace_state = _client_context(
+            linker, conn.pid, tid, incoming, tracestate)
+        linker.client_sent(link_key, new_exchange(SentRequest, (trace_id, span_id, flags)))
+    return new_exchange(RecordExchange, (
+        TAG, connection[0], conn.pid, trace_id, span_id, parent_id, flags, trace_state, start,
+        end, connection) + fields[5:])
+
+
+def _client_context(linker, pid: int, tid: int, incoming, tracestate) -> tuple:
+    """ExchangeLinker.decide's client rules: (trace_id, span_id, parent_id,
+    flags, trace_state)."""
+    links = linker.linker
+    if incoming is not None:
+        trace_id, parent_id, flags = incoming
+        server = links.forwarded_from(pid, trace_id, parent_id)
+        if server is not None:
+            return trace_id, new_span_id(), server.span_id, flags, server.trace_state
+        # The client's own instrumentation chose this span id for the
+        # downstream parent: the client span takes it.
+        server = links.serving_thread(pid, tid)
+        parent = server.span_id if server is not None and server.trace_id == trace_id else b""
+        trace_state = _trace_state(linker, tracestate) if tracestate is not None else ""
+        return trace_id, parent_id, parent, flags, trace_state
+    server = links.serving_thread(pid, tid)
+    if server is None:
+        trace_id = new_trace_id()
+        return trace_id, new_span_id(), b"", linker.sampler.root_flags(trace_id), ""
+    return server.trace_id, new_span_id(), server.span_id, server.flags, server.trace_state
+
+
+def link_serving(linker, conn, fields: tuple, _unused) -> None:
+    """A server exchange whose upstream calls follow: its context is
+    decided first and kept in the linker's tables while they are linked."""
+    tid, traceparent, tracestate = fields[0], fields[3], fields[4]
+    incoming = _incoming(linker, traceparent)
+    if incoming is not None:
+        ctx = RequestContext(incoming[0], new_span_id(), incoming[1], incoming[2],
+                             _trace_state(linker, tracestate) if tracestate is not None else "")
+    else:
+        ctx = linker.new_root()
+    linker.linker.server_started(conn.pid, tid, incoming, ctx)
+    linker.record_serving = (ctx, incoming)
+
+
+def link_served(linker, conn, fields: tuple, _unused) -> tuple:
+    """The server exchange link_serving began, after its upstream calls."""
+    connection, _, mirror_key = conn.record_fields or _connection_fields(conn)
+    ctx, incoming = linker.record_serving
+    linker.record_serving = None
+    linker.linker.server_finished(conn.pid, fields[0], incoming, ctx)
+    linker.join_client_on_this_node(ctx, mirror_key)
+    return new_exchange(RecordExchange, (
+        TAG, connection[0], conn.pid, ctx.trace_id, ctx.span_id, ctx.parent_span_id, ctx.flags,
+        ctx.trace_state, fields[1], fields[2], connection) + fields[5:])
+
+
+LINKS = {http1_records.RECORD_TAG: link_record, http1_records.SERVING_TAG: link_serving,
+         http1_records.SERVED_TAG: link_served}
+
+
+def _text(value: bytes | None) -> str | None:
+    return None if value is None else value.decode("utf-8", "replace")
+
+
+class RecordSpans:
+    """Builds TemplatedSpans from record exchanges; `factory`
+    (agent/spans/builder.py) holds the resources, redactor, routes and
+    clock offset."""
+
+    def __init__(self, factory):
+        self.factory = factory
+        self.resources = factory.resources
+        self.redaction_counts = factory.redactor.counts
+        self.http = http.HttpSpans(factory)
+        self.templates: dict[tuple, SpanTemplate] = {}
+
+    def build(self, e: tuple) -> TemplatedSpan:
+        shape = e[SHAPE_START:]
+        template = self.templates.get(shape)
+        if template is None:
+            template = self._template(e, shape)
+        elif template.redactions:
+            counts = self.redaction_counts
+            for rule, count in template.redactions:
+                counts[rule] += count
+        offset = self.factory.clock_offset_ns
+        return new_exchange(TemplatedSpan, (e[3], e[4], e[5], e[7], e[8] + offset,
+                                            e[9] + offset, e[6], self.resources.get(e[2]),
+                                            template))
+
+    def _template(self, e: tuple, shape: tuple) -> SpanTemplate:
+        """The span HttpSpans builds for this shape, kept as a template."""
+        (connection, method, target, version_minor, host, user_agent, status_code) = shape
+        (kind, local_addr, local_port, remote_addr, remote_port, peer_addr, peer_port,
+         scheme) = connection
+        exchange = new_exchange(http.HttpExchange, (
+            http.TAG, kind, e[2], b"", b"", b"", 0, "", 0, 0, method.decode("ascii", "replace"),
+            target.decode("utf-8", "replace"), "1.%d" % version_minor, _text(host),
+            _text(user_agent), status_code, local_addr, local_port, remote_addr, remote_port,
+            peer_addr, peer_port, scheme, None))
+        counts = self.redaction_counts
+        before = dict(counts)
+        span = self.http.build(exchange)
+        template = SpanTemplate(span.name, span.kind, span.attributes, span.status_code,
+                                span.status_message,
+                                tuple((rule, counts[rule] - before[rule]) for rule in counts
+                                      if counts[rule] != before[rule]))
+        if len(self.templates) >= MAX_TEMPLATES:
+            self.templates.clear()
+        self.templates[shape] = template
+        return template

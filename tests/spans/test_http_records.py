@@ -1,0 +1,200 @@
+"""Spans from exchange records against spans from the payload path, for the
+same traffic: the records the probes would write (one per exchange and
+side, in the order they end) and the data records of the same calls,
+each through router, linker, span factory, request metrics and encoder."""
+from __future__ import annotations
+
+import pickle
+
+from agent.capture.records import C
+from agent.export.otlp_encode import encode_export_request
+from agent.metrics.red import RedAggregator
+from agent.protocols.router import ProtocolRouter
+from agent.spans.builder import ExchangeLinker, SpanFactory
+from agent.spans.model import KIND_CLIENT, KIND_SERVER, Span, TemplatedSpan
+from agent.spans.redact import Redactor
+from agent.spans.resources import ResourceCache
+from agent.spans.routes import RouteNamer
+from event_records import http1_record, http_exchange_record
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01".encode()
+IN, OUT = C["DIRECTION_INGRESS"], C["DIRECTION_EGRESS"]
+SERVER, CLIENT = C["ROLE_SERVER"], C["ROLE_CLIENT"]
+HOST = "127.0.0.1"
+
+
+class Traffic:
+    """Calls between processes on loopback, as both kinds of record."""
+
+    def __init__(self):
+        self.payload: list[tuple[int, bytes]] = []    # (time, data record)
+        self.records: list[tuple[int, bytes]] = []    # (time the exchange ended, record)
+        self.next_conn = 1
+
+    def connection(self, client_pid: int, server_pid: int, server_port: int) -> tuple:
+        client_id, server_id = self.next_conn, self.next_conn + 1
+        self.next_conn += 2
+        client_port = 40000 + client_id
+        return (client_id, client_pid, (HOST, client_port), (HOST, server_port),
+                server_id, server_pid)
+
+    def call(self, conn: tuple, t: int, duration: int = 1000, method: bytes = b"GET",
+             target: bytes = b"/", host: bytes | None = None, user_agent: bytes | None = None,
+             traceparent: bytes | None = None, tracestate: bytes | None = None,
+             status: int = 200, serving: int = 0, inner=None) -> None:
+        """A request at t answered by duration later; `inner(t)` makes the
+        server's own upstream calls while it serves (serving: its conn id)."""
+        client_id, client_pid, client_end, server_end, server_id, server_pid = conn
+        head = method + b" " + target + b" HTTP/1.1\r\n"
+        for name, value in ((b"Host", host), (b"User-Agent", user_agent),
+                            (b"traceparent", traceparent), (b"tracestate", tracestate)):
+            if value is not None:
+                head += name + b": " + value + b"\r\n"
+        request = head + b"\r\n"
+        reason = {200: b"OK", 404: b"Not Found", 500: b"Internal Server Error"}[status]
+        response = b"HTTP/1.1 %d %s\r\nContent-Length: 2\r\n\r\nok" % (status, reason)
+        # A data record lasts 10 ns (http1_record): sent at its start,
+        # received at its end, as the kernel stamps them.
+        sent, read, answered, got = t, t + 100, t + duration - 100, t + duration
+        self.payload += [
+            (sent, http1_record(client_id, client_pid, CLIENT, OUT, request, sent, client_end,
+                                server_end)),
+            (read, http1_record(server_id, server_pid, SERVER, IN, request, read, server_end,
+                                client_end)),
+            (answered, http1_record(server_id, server_pid, SERVER, OUT, response, answered,
+                                    server_end, client_end)),
+            (got, http1_record(client_id, client_pid, CLIENT, IN, response, got, client_end,
+                               server_end))]
+        values = dict(method=method, target=target, host=host, user_agent=user_agent,
+                      traceparent=traceparent, tracestate=tracestate, status=status)
+        self.records += [
+            (answered, http_exchange_record(server_id, server_pid, SERVER, IN, read + 10,
+                                            answered, server_end, client_end, **values)),
+            (got + 10, http_exchange_record(client_id, client_pid, CLIENT, OUT, sent, got + 10,
+                                            client_end, server_end, serving=serving, **values))]
+        if inner is not None:
+            inner(t + 200)
+
+    def spans(self, path: str, factory_kwargs=None) -> list:
+        timed = self.payload if path == "payload" else self.records
+        records = [record for _, record in sorted(timed, key=lambda x: x[0])]
+        router, linker = ProtocolRouter(), ExchangeLinker(link_wait_s=60.0)
+        factory = SpanFactory(ResourceCache(host_attributes=[]), Redactor(),
+                              **(factory_kwargs or {}))
+        factory.clock_offset_ns = 0     # kernel times as they were recorded
+        exchanges = linker.exchanges(router.process(records)) + linker.release_held(flush=True)
+        spans = factory.spans(exchanges)
+        self.redactions = dict(factory.redactor.counts)
+        return spans
+
+
+def shape(spans: list) -> list:
+    """Every field of every span, random ids replaced by their order of
+    first appearance: the same links give the same labels."""
+    labels: dict = {}
+
+    def label(value: bytes):
+        if not value:
+            return None
+        if value.hex() in TRACEPARENT.decode():
+            return value.hex()
+        return labels.setdefault(value, len(labels))
+    out = []
+    for s in sorted(spans, key=lambda s: (s.start_ns, s.kind)):
+        out.append((s.kind, s.name, list(s.attributes), s.status_code, s.status_message,
+                    s.start_ns, s.end_ns, s.trace_state, s.trace_flags, label(s.trace_id),
+                    label(s.span_id), label(s.parent_span_id), s.resource.pid))
+    return out
+
+
+def mixed_traffic() -> Traffic:
+    traffic = Traffic()
+    curl = traffic.connection(100, 200, 8080)
+    traffic.call(curl, 1_000, target=b"/items?id=7&token=s3cret", host=b"example.com:8080",
+                 user_agent=b"curl/8.5", traceparent=TRACEPARENT, tracestate=b"vendor=x")
+    traffic.call(curl, 5_000, target=b"/missing", status=404, user_agent=b"curl/8.5")
+    other = traffic.connection(101, 200, 8080)
+    traffic.call(other, 9_000, method=b"POST", target=b"/fail", status=500)
+    traffic.call(other, 13_000, method=b"BREW", target=b"/pot", host=b"[::1]:8080")
+    traffic.call(other, 17_000, target=b"/items?id=7&token=s3cret", host=b"example.com:8080",
+                 user_agent=b"curl/8.5")
+    # nginx (pid 300) proxying to a backend (pid 400): one upstream call
+    # forwards the caller's traceparent, one carries none.
+    front = traffic.connection(102, 300, 80)
+    upstream = traffic.connection(300, 400, 9000)
+    traffic.call(front, 21_000, duration=4000, target=b"/api", traceparent=TRACEPARENT,
+                 inner=lambda t: traffic.call(upstream, t, target=b"/api",
+                                              traceparent=TRACEPARENT, serving=front[4]))
+    traffic.call(front, 30_000, duration=4000, target=b"/plain",
+                 inner=lambda t: traffic.call(upstream, t, target=b"/plain", serving=front[4]))
+    return traffic
+
+
+def test_records_and_payload_give_the_same_spans():
+    traffic = mixed_traffic()
+    payload = traffic.spans("payload")
+    payload_redactions = traffic.redactions
+    records = traffic.spans("records")
+    assert len(payload) == 18
+    assert all(isinstance(s, TemplatedSpan) for s in records)
+    assert shape(records) == shape(payload)
+    # Redaction is counted per span, though a shape is redacted once.
+    assert traffic.redactions == payload_redactions and payload_redactions["query_param"] == 4
+
+
+def test_same_node_and_proxy_links():
+    spans = {(s.kind, s.resource.pid, s.attribute("url.path") or s.attribute("url.full")): s
+             for s in mixed_traffic().spans("records")}
+    # A client without traceparent: the server span on the other end is its child.
+    client = spans[(KIND_CLIENT, 101, "http://127.0.0.1:8080/fail")]
+    server = spans[(KIND_SERVER, 200, "/fail")]
+    assert (server.trace_id, server.parent_span_id) == (client.trace_id, client.span_id)
+    # Proxy: each upstream call is a child of the request nginx serves, and
+    # the backend's span a child of the upstream call.
+    for path in ("/api", "/plain"):
+        served = spans[(KIND_SERVER, 300, path)]
+        call = spans[(KIND_CLIENT, 300, f"http://127.0.0.1:9000{path}")]
+        backend = spans[(KIND_SERVER, 400, path)]
+        assert call.parent_span_id == served.span_id and backend.parent_span_id == call.span_id
+        assert call.trace_id == backend.trace_id
+    assert spans[(KIND_SERVER, 300, "/api")].trace_id == bytes.fromhex(TRACE_ID)
+
+
+def test_routes_and_request_metrics_match():
+    traffic = mixed_traffic()
+    routes = {"routes": RouteNamer(["/items", "/api"])}
+    payload, records = traffic.spans("payload", routes), traffic.spans("records", routes)
+    assert shape(records) == shape(payload)
+    assert {s.name for s in records} >= {"GET /items", "GET /api"}
+    metrics = []
+    for spans in (payload, records):
+        red = RedAggregator()
+        red.observe(spans)
+        metrics.append(red.snapshot())
+    assert metrics[0] == metrics[1]
+
+
+def test_a_templated_span_encodes_as_its_span_would():
+    records = mixed_traffic().spans("records")
+    plain = [Span(s.trace_id, s.span_id, s.parent_span_id, s.name, s.kind, s.start_ns, s.end_ns,
+                  list(s.attributes), s.resource, s.status_code, s.status_message, s.trace_state,
+                  s.trace_flags) for s in records]
+    encoded = encode_export_request(records)
+    assert encoded == encode_export_request(plain)
+    request = ExportTraceServiceRequest.FromString(encoded)
+    decoded = [s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
+    assert len(decoded) == len(records)
+    assert any(s.trace_state == "vendor=x" for s in decoded)
+
+
+def test_plain_tuples_across_the_process_boundary_build_the_same_spans():
+    """Span workers receive exchanges pickled as plain tuples."""
+    records = [record for _, record in sorted(mixed_traffic().records, key=lambda x: x[0])]
+    linker = ExchangeLinker(link_wait_s=60.0)
+    exchanges = linker.exchanges(ProtocolRouter().process(records))
+    exchanges += linker.release_held(flush=True)
+    received = pickle.loads(pickle.dumps([tuple(e) for e in exchanges], pickle.HIGHEST_PROTOCOL))
+    factory = SpanFactory(ResourceCache(host_attributes=[]), Redactor())
+    assert shape(factory.spans(received)) == shape(factory.spans(exchanges))

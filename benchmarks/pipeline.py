@@ -188,9 +188,14 @@ def main() -> None:
     parser.add_argument("--compare-records", action="store_true",
                         help="record live twice, payload path and --http-exchanges, and "
                              "compare the fast path's spans/s on the two")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="with --compare-records: keep the two recordings in DIR")
+    parser.add_argument("--replay", type=Path, metavar="DIR",
+                        help="with --compare-records: replay the recordings --keep kept "
+                             "instead of recording")
     args = parser.parse_args()
     if args.compare_records:
-        return compare_records(args.seconds)
+        return compare_records(args.seconds, args.keep, args.replay)
     recording = args.recording
     if recording is None:
         recording = Path(tempfile.mkdtemp()) / "wrk.events"
@@ -225,13 +230,22 @@ def main() -> None:
     print(f"OTLP receiver accepted {accepted} of {built} spans built from the recording")
 
 
-def compare_records(seconds: float) -> None:
+def compare_records(seconds: float, keep: Path | None = None, replay: Path | None = None) -> None:
     """Spans/s per core and the per-stage split, payload path against
-    exchange records, on two live recordings of the same load."""
-    rates = {}
+    exchange records, on two live recordings of the same load (recorded
+    one after the other, then replayed one after the other)."""
+    recordings = {}
     for name, exchanges in (("payload", False), ("records", True)):
-        recording = Path(tempfile.mkdtemp()) / f"wrk-{name}.events"
-        record_live(recording, exchanges)
+        if replay is not None:
+            recordings[name] = replay / f"wrk-{name}.events"
+            continue
+        directory = keep or Path(tempfile.mkdtemp())
+        directory.mkdir(parents=True, exist_ok=True)
+        recordings[name] = directory / f"wrk-{name}.events"
+        record_live(recordings[name], exchanges)
+    settle_heap()
+    rates = {}
+    for name, recording in recordings.items():
         records = read_records(recording)
         r = run(records, seconds, encode_export_request)
         per_span = {k: v / r["spans"] * 1e6 for k, v in r["stage"].items()}

@@ -41,40 +41,6 @@ _VALUES = exchange_records.VALUES_OFFSET
 MAX_WAITING = 4096
 
 
-def record_fields(record: bytes, hot: tuple) -> tuple | None:
-    """(serving_conn_id, fields) of one exchange record; None when its
-    values overrun it."""
-    (serving, status, values_len, target_off, target_len, host_off, user_agent_off,
-     traceparent_off, tracestate_off, method_len, host_len, user_agent_len, traceparent_len,
-     tracestate_len, version_minor, present) = _FIELDS.unpack_from(record, _FIELDS_OFFSET)
-    end = _VALUES + values_len
-    if end > len(record):
-        return None
-    if end < len(record):
-        record = record[:end]
-    at = _VALUES + target_off
-    target = record[at:at + target_len]
-    host = user_agent = traceparent = tracestate = None
-    if present & _HAS_HOST:
-        at = _VALUES + host_off
-        host = record[at:at + host_len]
-    if present & _HAS_USER_AGENT:
-        at = _VALUES + user_agent_off
-        user_agent = record[at:at + user_agent_len]
-    if present & _HAS_TRACEPARENT:
-        at = _VALUES + traceparent_off
-        traceparent = record[at:at + traceparent_len]
-    if present & _HAS_TRACESTATE:
-        at = _VALUES + tracestate_off
-        tracestate = record[at:at + tracestate_len]
-    # A request counts as sent when its write began and received when its
-    # read returned; the kernel stamped start_ns by that rule, and end_ns
-    # (the response's end) by the same.
-    return serving, (hot[2], hot[5], hot[6], traceparent, tracestate,
-                     record[_VALUES:_VALUES + method_len], target, version_minor, host,
-                     user_agent, status)
-
-
 class ExchangeRecords:
     """Exchange records -> work items, in the order the payload path gives
     them: a proxy's server request is decided before the upstream requests
@@ -85,10 +51,26 @@ class ExchangeRecords:
 
     def items(self, conn, record: bytes, hot: tuple, out: list) -> bool:
         """False for a malformed record (nothing added)."""
-        decoded = record_fields(record, hot)
-        if decoded is None:
+        (serving, status, values_len, target_off, target_len, host_off, user_agent_off,
+         traceparent_off, tracestate_off, method_len, host_len, user_agent_len, traceparent_len,
+         tracestate_len, version_minor, present) = _FIELDS.unpack_from(record, _FIELDS_OFFSET)
+        end = _VALUES + values_len
+        if end > len(record):
             return False
-        serving, fields = decoded
+        values = record[_VALUES:end]
+        target = values[target_off:target_off + target_len]
+        host = values[host_off:host_off + host_len] if present & _HAS_HOST else None
+        user_agent = values[user_agent_off:user_agent_off + user_agent_len] \
+            if present & _HAS_USER_AGENT else None
+        traceparent = values[traceparent_off:traceparent_off + traceparent_len] \
+            if present & _HAS_TRACEPARENT else None
+        tracestate = values[tracestate_off:tracestate_off + tracestate_len] \
+            if present & _HAS_TRACESTATE else None
+        # A request counts as sent when its write began and received when
+        # its read returned; the kernel stamped start_ns by that rule, and
+        # end_ns (the response's end) by the same.
+        fields = (hot[2], hot[5], hot[6], traceparent, tracestate,
+                  values[:method_len], target, version_minor, host, user_agent, status)
         if conn.role == _ROLE_UNKNOWN:
             conn.role = _ROLE_SERVER if hot[9] == _INGRESS else _ROLE_CLIENT
         if serving:

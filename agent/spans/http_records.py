@@ -82,13 +82,17 @@ def _trace_state(linker, tracestate) -> str:
 def link_record(linker, conn, fields: tuple, _unused) -> tuple:
     """One exchange record's work item -> its exchange."""
     connection, link_key, mirror_key = conn.record_fields or _connection_fields(conn)
-    tid, start, end, traceparent, tracestate = fields[:5]
-    incoming = _incoming(linker, traceparent)
+    traceparent = fields[3]
+    incoming = None
+    if traceparent is not None:
+        incoming = traceparent_ids(traceparent)
+        if incoming is None:
+            linker.counts["traceparent_invalid"] += 1
     if connection[0] == KIND_SERVER:
         if incoming is not None:
             trace_id, parent_id, flags = incoming
             span_id = new_span_id()
-            trace_state = _trace_state(linker, tracestate) if tracestate is not None else ""
+            trace_state = _trace_state(linker, fields[4]) if fields[4] is not None else ""
         else:
             trace_id, span_id, parent_id, trace_state = new_trace_id(), new_span_id(), b"", ""
             flags = linker.sampler.root_flags(trace_id)
@@ -102,11 +106,11 @@ def link_record(linker, conn, fields: tuple, _unused) -> tuple:
                 RequestContext(trace_id, span_id, parent_id, flags, trace_state), mirror_key)
     else:
         trace_id, span_id, parent_id, flags, trace_state = _client_context(
-            linker, conn.pid, tid, incoming, tracestate)
+            linker, conn.pid, fields[0], incoming, fields[4])
         linker.client_sent(link_key, new_exchange(SentRequest, (trace_id, span_id, flags)))
     return new_exchange(RecordExchange, (
-        TAG, connection[0], conn.pid, trace_id, span_id, parent_id, flags, trace_state, start,
-        end, connection) + fields[5:])
+        TAG, connection[0], conn.pid, trace_id, span_id, parent_id, flags, trace_state,
+        fields[1], fields[2], connection) + fields[5:])
 
 
 def _client_context(linker, pid: int, tid: int, incoming, tracestate) -> tuple:

@@ -7,6 +7,7 @@ encoder reads them directly, and the SDK path converts them to ReadableSpan.
 from __future__ import annotations
 
 import random
+from operator import attrgetter
 from typing import NamedTuple
 
 # OTLP SpanKind values (opentelemetry/proto/trace/v1/trace.proto).
@@ -135,27 +136,12 @@ class TemplatedSpan(NamedTuple):
     resource: object
     template: SpanTemplate
 
-    @property
-    def name(self) -> str:
-        return self.template.name
-
-    @property
-    def kind(self) -> int:
-        return self.template.kind
-
-    @property
-    def attributes(self) -> list:
-        return self.template.attributes
-
-    @property
-    def status_code(self) -> int:
-        return self.template.status_code
-
-    @property
-    def status_message(self) -> str:
-        return self.template.status_message
-
     attribute = Span.attribute
 
     def __repr__(self) -> str:
         return Span.__repr__(self)
+
+
+# What a TemplatedSpan reads from its template, under Span's names.
+for _name in ("name", "kind", "attributes", "status_code", "status_message"):
+    setattr(TemplatedSpan, _name, property(attrgetter("template." + _name)))

@@ -44,10 +44,17 @@ MAX_WAITING = 4096
 class ExchangeRecords:
     """Exchange records -> work items, in the order the payload path gives
     them: a proxy's server request is decided before the upstream requests
-    sent while serving it."""
+    sent while serving it, and a client's request before the server
+    exchange on its other end."""
 
     def __init__(self):
         self.waiting: dict[int, list] = {}
+        # A server exchange's item, until its client's record (the same
+        # connection from the other end, by its 4-tuple) follows in the
+        # same batch: the client's request is then linked first, as the
+        # payload path sees it, and the server span takes the same-node
+        # link at once instead of waiting in the linker.
+        self.deferred: dict[tuple, tuple] = {}
 
     def items(self, conn, record: bytes, hot: tuple, out: list) -> bool:
         """False for a malformed record (nothing added)."""
@@ -81,18 +88,53 @@ class ExchangeRecords:
                 held = self.waiting[serving] = []
             held.append((RECORD_TAG, conn, fields, None))
             return True
+        if conn.role != _ROLE_SERVER:
+            out.append((RECORD_TAG, conn, fields, None))
+            if self.deferred:
+                server = self.deferred.pop((conn.local_addr, conn.local_port, conn.remote_addr,
+                                            conn.remote_port), None)
+                if server is not None:
+                    out.extend(server)
+            return True
         held = self.waiting.pop(hot[4], None) if self.waiting else None
         if held:
-            out.append((SERVING_TAG, conn, fields, None))
-            out.extend(held)
-            out.append((SERVED_TAG, conn, fields, None))
+            items = [(SERVING_TAG, conn, fields, None)]
+            self._with_servers(held, items)
+            items.append((SERVED_TAG, conn, fields, None))
         else:
-            out.append((RECORD_TAG, conn, fields, None))
+            items = ((RECORD_TAG, conn, fields, None),)
+        # Its client's record, if traced here, ends later: the server
+        # waits for it in this batch (release_deferred).
+        key = (conn.remote_addr, conn.remote_port, conn.local_addr, conn.local_port)
+        earlier = self.deferred.pop(key, None)
+        if earlier is not None:
+            out.extend(earlier)
+        self.deferred[key] = items
         return True
+
+    def release_deferred(self, out: list) -> None:
+        """At a batch's end: the server exchanges whose client's record did
+        not come in it (the linker may hold them for it: client_wait)."""
+        for items in self.deferred.values():
+            out.extend(items)
+        self.deferred.clear()
 
     def flush(self, conn_id: int, out: list) -> None:
         """The server request will not come as a record (its connection
         closed or went to the payload path): release what waited for it."""
         held = self.waiting.pop(conn_id, None)
         if held:
-            out.extend(held)
+            self._with_servers(held, out)
+
+    def _with_servers(self, clients: list, out: list) -> None:
+        """Client items, each followed by the deferred server exchange on
+        its other end (an upstream call's, traced here too)."""
+        deferred = self.deferred
+        for client in clients:
+            out.append(client)
+            if deferred:
+                conn = client[1]
+                server = deferred.pop((conn.local_addr, conn.local_port, conn.remote_addr,
+                                       conn.remote_port), None)
+                if server is not None:
+                    out.extend(server)

@@ -140,6 +140,8 @@ class ProtocolRouter:
             if waiting and conn_id in waiting:
                 self.exchange_records.flush(conn_id, out)
             conn.record(conn, record, hot, out)
+        if self.exchange_records.deferred:
+            self.exchange_records.release_deferred(out)
         return out
 
     def _control(self, hot: tuple, conn, out: list, record) -> bool:

@@ -75,3 +75,25 @@ def test_a_record_shorter_than_its_values_is_counted_and_skipped():
     assert router.process([record[:-2]]) == []
     assert router.counts["records_malformed"] == 1
     assert len(router.process([record])) == 1
+
+
+def test_a_server_record_follows_its_clients_record_in_a_batch():
+    """Both ends on this node: the server's record ends first, the client's
+    is linked first (as the payload path sees the request)."""
+    server = exchange_record(1, C["DIRECTION_INGRESS"], C["ROLE_SERVER"], b"/x")
+    client = exchange_record(2, C["DIRECTION_EGRESS"], C["ROLE_CLIENT"], b"/x")
+    # The two ends of one connection: each one's local port is the other's remote.
+    mirrored = bytearray(client)
+    header = ffi.new("struct event_header *")
+    ffi.memmove(header, server, ffi.sizeof(header[0]))
+    local, remote = header.tuple.local_port, header.tuple.remote_port
+    ffi.memmove(header, client, ffi.sizeof(header[0]))
+    header.tuple.local_port, header.tuple.remote_port = remote, local
+    mirrored[:ffi.sizeof(header[0])] = bytes(ffi.buffer(header))
+    router = ProtocolRouter()
+    items = router.process([server, bytes(mirrored)])
+    assert [item[1].conn_id for item in items] == [2, 1]
+    # Apart, the server's item ends its batch (the linker may hold it).
+    router = ProtocolRouter()
+    assert [item[1].conn_id for item in router.process([server])] == [1]
+    assert router.exchange_records.deferred == {}

@@ -43,7 +43,7 @@ class Traffic:
     def call(self, conn: tuple, t: int, duration: int = 1000, method: bytes = b"GET",
              target: bytes = b"/", host: bytes | None = None, user_agent: bytes | None = None,
              traceparent: bytes | None = None, tracestate: bytes | None = None,
-             status: int = 200, serving: int = 0, inner=None) -> None:
+             status: int = 200, serving: int = 0, inner=None, client_traced: bool = True) -> None:
         """A request at t answered by duration later; `inner(t)` makes the
         server's own upstream calls while it serves (serving: its conn id)."""
         client_id, client_pid, client_end, server_end, server_id, server_pid = conn
@@ -59,32 +59,40 @@ class Traffic:
         # received at its end, as the kernel stamps them.
         sent, read, answered, got = t, t + 100, t + duration - 100, t + duration
         self.payload += [
-            (sent, http1_record(client_id, client_pid, CLIENT, OUT, request, sent, client_end,
-                                server_end)),
             (read, http1_record(server_id, server_pid, SERVER, IN, request, read, server_end,
                                 client_end)),
             (answered, http1_record(server_id, server_pid, SERVER, OUT, response, answered,
-                                    server_end, client_end)),
-            (got, http1_record(client_id, client_pid, CLIENT, IN, response, got, client_end,
-                               server_end))]
+                                    server_end, client_end))]
         values = dict(method=method, target=target, host=host, user_agent=user_agent,
                       traceparent=traceparent, tracestate=tracestate, status=status)
-        self.records += [
+        self.records.append(
             (answered, http_exchange_record(server_id, server_pid, SERVER, IN, read + 10,
-                                            answered, server_end, client_end, **values)),
-            (got + 10, http_exchange_record(client_id, client_pid, CLIENT, OUT, sent, got + 10,
-                                            client_end, server_end, serving=serving, **values))]
+                                            answered, server_end, client_end, **values)))
         if inner is not None:
             inner(t + 200)
+        if not client_traced:
+            return
+        self.payload += [
+            (sent, http1_record(client_id, client_pid, CLIENT, OUT, request, sent, client_end,
+                                server_end)),
+            (got, http1_record(client_id, client_pid, CLIENT, IN, response, got, client_end,
+                               server_end))]
+        self.records.append(
+            (got + 10, http_exchange_record(client_id, client_pid, CLIENT, OUT, sent, got + 10,
+                                            client_end, server_end, serving=serving, **values)))
 
-    def spans(self, path: str, factory_kwargs=None) -> list:
+    def spans(self, path: str, factory_kwargs=None, batch: int = 1 << 20) -> list:
         timed = self.payload if path == "payload" else self.records
         records = [record for _, record in sorted(timed, key=lambda x: x[0])]
         router, linker = ProtocolRouter(), ExchangeLinker(link_wait_s=60.0)
         factory = SpanFactory(ResourceCache(host_attributes=[]), Redactor(),
                               **(factory_kwargs or {}))
         factory.clock_offset_ns = 0     # kernel times as they were recorded
-        exchanges = linker.exchanges(router.process(records)) + linker.release_held(flush=True)
+        exchanges = []
+        for i in range(0, len(records), batch):
+            exchanges += linker.exchanges(router.process(records[i:i + batch]))
+        exchanges += linker.release_held(flush=True)
+        self.same_node_waits = dict(linker.counts)
         spans = factory.spans(exchanges)
         self.redactions = dict(factory.redactor.counts)
         return spans
@@ -129,6 +137,12 @@ def mixed_traffic() -> Traffic:
                                               traceparent=TRACEPARENT, serving=front[4]))
     traffic.call(front, 30_000, duration=4000, target=b"/plain",
                  inner=lambda t: traffic.call(upstream, t, target=b"/plain", serving=front[4]))
+    # A caller nginx's node does not trace.
+    outside = traffic.connection(103, 300, 80)
+    traffic.call(outside, 40_000, duration=4000, target=b"/api", traceparent=TRACEPARENT,
+                 client_traced=False,
+                 inner=lambda t: traffic.call(upstream, t, target=b"/api",
+                                              traceparent=TRACEPARENT, serving=outside[4]))
     return traffic
 
 
@@ -137,11 +151,22 @@ def test_records_and_payload_give_the_same_spans():
     payload = traffic.spans("payload")
     payload_redactions = traffic.redactions
     records = traffic.spans("records")
-    assert len(payload) == 18
+    assert len(payload) == 21
     assert all(isinstance(s, TemplatedSpan) for s in records)
     assert shape(records) == shape(payload)
     # Redaction is counted per span, though a shape is redacted once.
     assert traffic.redactions == payload_redactions and payload_redactions["query_param"] == 4
+
+
+def test_a_server_record_waits_for_its_client_in_the_next_batch_too():
+    """In one batch the client's record is linked first (the router defers
+    the server's); one record per batch, the linker holds the server span."""
+    traffic = mixed_traffic()
+    together = traffic.spans("records")
+    assert traffic.same_node_waits["link_wait_linked"] == 0
+    apart = traffic.spans("records", batch=1)
+    assert traffic.same_node_waits["link_wait_linked"] > 0
+    assert shape(apart) == shape(together)
 
 
 def test_same_node_and_proxy_links():

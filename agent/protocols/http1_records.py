@@ -5,6 +5,8 @@ linked and built by agent/spans/http_records.py.
 
 Work items:
     (RECORD_TAG, conn, fields, None)    an exchange
+    (PAIRED_TAG, conn, fields, None)    a client exchange whose server
+                                        exchange (traced here) follows at once
     (SERVING_TAG, conn, fields, None)   a server exchange whose upstream
                                         calls follow it...
     (SERVED_TAG, conn, fields, None)    ...and end here (proxy linking)
@@ -20,6 +22,7 @@ from agent.capture.records import C
 EVENT_HTTP_EXCHANGE = C["EVENT_HTTP_EXCHANGE"]
 EXCHANGE_SIZE = exchange_records.HTTP_EXCHANGE.size
 RECORD_TAG = "http1_record"
+PAIRED_TAG = "http1_record_paired"
 SERVING_TAG = "http1_record_serving"
 SERVED_TAG = "http1_record_served"
 
@@ -89,12 +92,13 @@ class ExchangeRecords:
             held.append((RECORD_TAG, conn, fields, None))
             return True
         if conn.role != _ROLE_SERVER:
-            out.append((RECORD_TAG, conn, fields, None))
-            if self.deferred:
-                server = self.deferred.pop((conn.local_addr, conn.local_port, conn.remote_addr,
-                                            conn.remote_port), None)
-                if server is not None:
-                    out.extend(server)
+            server = self.deferred.pop((conn.local_addr, conn.local_port, conn.remote_addr,
+                                        conn.remote_port), None) if self.deferred else None
+            if server is None:
+                out.append((RECORD_TAG, conn, fields, None))
+            else:
+                out.append((PAIRED_TAG, conn, fields, None))
+                out.extend(server)
             return True
         held = self.waiting.pop(hot[4], None) if self.waiting else None
         if held:
@@ -131,10 +135,11 @@ class ExchangeRecords:
         its other end (an upstream call's, traced here too)."""
         deferred = self.deferred
         for client in clients:
-            out.append(client)
-            if deferred:
-                conn = client[1]
-                server = deferred.pop((conn.local_addr, conn.local_port, conn.remote_addr,
-                                       conn.remote_port), None)
-                if server is not None:
-                    out.extend(server)
+            conn = client[1]
+            server = deferred.pop((conn.local_addr, conn.local_port, conn.remote_addr,
+                                   conn.remote_port), None) if deferred else None
+            if server is None:
+                out.append(client)
+            else:
+                out.append((PAIRED_TAG, conn, client[2], None))
+                out.extend(server)

@@ -76,6 +76,9 @@ class ExchangeLinker:
         # (context, incoming) of the server exchange record whose upstream
         # calls are being linked (agent/spans/http_records.py).
         self.record_serving = None
+        # Client links of exchange records for the server exchange record
+        # the router put right after them: mirror key -> link, within a batch.
+        self.paired_links: dict = {}
 
     def counter_values(self):
         counts = self.counts
@@ -100,6 +103,8 @@ class ExchangeLinker:
                         out.append(exchange)
         if wait is not None and len(wait):
             wait.release(time.monotonic(), out)
+        if self.paired_links:    # a pair split by NAT translation: not linked here
+            self.paired_links.clear()
         return out
 
     def release_held(self, flush: bool = False) -> list[tuple]:

@@ -79,7 +79,7 @@ def _trace_state(linker, tracestate) -> str:
     return state
 
 
-def link_record(linker, conn, fields: tuple, _unused) -> tuple:
+def link_record(linker, conn, fields: tuple, _unused, paired: bool = False) -> tuple:
     """One exchange record's work item -> its exchange."""
     connection, link_key, mirror_key = conn.record_fields or _connection_fields(conn)
     traceparent = fields[3]
@@ -96,21 +96,50 @@ def link_record(linker, conn, fields: tuple, _unused) -> tuple:
         else:
             trace_id, span_id, parent_id, trace_state = new_trace_id(), new_span_id(), b"", ""
             flags = linker.sampler.root_flags(trace_id)
-        link = linker.linker.take_client_link(mirror_key)
+        links = linker.paired_links
+        link = links.pop(mirror_key, None) if links else None
+        if link is None:
+            link = linker.linker.take_client_link(mirror_key)
         if link is not None:
             linker.counts["linked_same_node"] += 1
             trace_id, parent_id, flags = link.trace_id, link.span_id, link.flags
         elif linker.client_wait is not None:
-            # Its client's record may yet come (it ends later than this one).
+            # Its client's record may come in a later batch.
             linker.join_client_on_this_node(
                 RequestContext(trace_id, span_id, parent_id, flags, trace_state), mirror_key)
     else:
         trace_id, span_id, parent_id, flags, trace_state = _client_context(
             linker, conn.pid, fields[0], incoming, fields[4])
-        linker.client_sent(link_key, new_exchange(SentRequest, (trace_id, span_id, flags)))
+        _client_sent(linker, link_key, new_exchange(SentRequest, (trace_id, span_id, flags)),
+                     paired)
     return new_exchange(RecordExchange, (
         TAG, connection[0], conn.pid, trace_id, span_id, parent_id, flags, trace_state,
         fields[1], fields[2], connection) + fields[5:])
+
+
+def link_paired(linker, conn, fields: tuple, _unused) -> tuple:
+    """A client exchange record whose server's (traced here) follows."""
+    return link_record(linker, conn, fields, None, True)
+
+
+def _client_sent(linker, link_key: tuple, sent: SentRequest, paired: bool) -> None:
+    """Where a client record's link goes.  Its server's record ended
+    before it: the router put that right after it (paired), or the server
+    exchange went out already, held for it (client_wait) or not.  So a
+    record's link never waits in the linker's tables, where a server seen
+    later would take it for its own."""
+    wait = linker.client_wait
+    if paired:
+        linker.paired_links[link_key] = sent
+        if wait is not None:
+            wait.saw_client(link_key)
+        return
+    held = wait.client_seen(link_key) if wait is not None else None
+    if held is not None:
+        linker.counts["linked_same_node"] += 1
+        ctx = held.ctx
+        ctx.trace_id, ctx.parent_span_id, ctx.flags = sent
+        held.linked = True
 
 
 def _client_context(linker, pid: int, tid: int, incoming, tracestate) -> tuple:
@@ -155,14 +184,19 @@ def link_served(linker, conn, fields: tuple, _unused) -> tuple:
     ctx, incoming = linker.record_serving
     linker.record_serving = None
     linker.linker.server_finished(conn.pid, fields[0], incoming, ctx)
-    linker.join_client_on_this_node(ctx, mirror_key)
+    link = linker.paired_links.pop(mirror_key, None)
+    if link is not None:
+        linker.counts["linked_same_node"] += 1
+        ctx.trace_id, ctx.parent_span_id, ctx.flags = link
+    else:
+        linker.join_client_on_this_node(ctx, mirror_key)
     return new_exchange(RecordExchange, (
         TAG, connection[0], conn.pid, ctx.trace_id, ctx.span_id, ctx.parent_span_id, ctx.flags,
         ctx.trace_state, fields[1], fields[2], connection) + fields[5:])
 
 
-LINKS = {http1_records.RECORD_TAG: link_record, http1_records.SERVING_TAG: link_serving,
-         http1_records.SERVED_TAG: link_served}
+LINKS = {http1_records.RECORD_TAG: link_record, http1_records.PAIRED_TAG: link_paired,
+         http1_records.SERVING_TAG: link_serving, http1_records.SERVED_TAG: link_served}
 
 
 def _text(value: bytes | None) -> str | None:

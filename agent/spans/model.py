@@ -24,20 +24,21 @@ STATUS_NAMES = {STATUS_UNSET: "UNSET", STATUS_OK: "OK", STATUS_ERROR: "ERROR"}
 _random_bits = random.getrandbits
 
 
+def _nonzero_bits(bits: int) -> int:
+    while True:
+        value = _random_bits(bits)
+        if value:
+            return value
+
+
 def new_span_id() -> bytes:
     """A random non-zero 8-byte span id."""
-    while True:
-        value = _random_bits(64)
-        if value:
-            return value.to_bytes(8, "big")
+    return (_random_bits(64) or _nonzero_bits(64)).to_bytes(8, "big")
 
 
 def new_trace_id() -> bytes:
     """A random non-zero 16-byte trace id."""
-    while True:
-        value = _random_bits(128)
-        if value:
-            return value.to_bytes(16, "big")
+    return (_random_bits(128) or _nonzero_bits(128)).to_bytes(16, "big")
 
 
 class Span:

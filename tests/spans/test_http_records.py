@@ -223,3 +223,25 @@ def test_plain_tuples_across_the_process_boundary_build_the_same_spans():
     received = pickle.loads(pickle.dumps([tuple(e) for e in exchanges], pickle.HIGHEST_PROTOCOL))
     factory = SpanFactory(ResourceCache(host_attributes=[]), Redactor())
     assert shape(factory.spans(received)) == shape(factory.spans(exchanges))
+
+
+def test_a_late_client_link_is_never_taken_by_the_next_server_span():
+    """Without a link wait, a server span whose client's record came in a
+    later batch goes out unlinked; that client's link must not become the
+    parent of the next server span on the connection."""
+    traffic = Traffic()
+    conn = traffic.connection(100, 200, 8080)
+    traffic.call(conn, 1_000, target=b"/1")
+    traffic.call(conn, 5_000, target=b"/2")
+    server_1, client_1, server_2, client_2 = [r for _, r in sorted(traffic.records,
+                                                                   key=lambda x: x[0])]
+    router, linker = ProtocolRouter(), ExchangeLinker()
+    factory = SpanFactory(ResourceCache(host_attributes=[]), Redactor())
+    spans = []
+    for batch in ([server_1], [client_1], [server_2, client_2]):
+        spans += factory.spans(linker.exchanges(router.process(batch)))
+    by = {(s.kind, s.attribute("url.path") or s.attribute("url.full")[-2:]): s for s in spans}
+    assert by[(KIND_SERVER, "/1")].parent_span_id == b""
+    assert by[(KIND_SERVER, "/2")].parent_span_id == by[(KIND_CLIENT, "/2")].span_id
+    assert by[(KIND_SERVER, "/2")].trace_id == by[(KIND_CLIENT, "/2")].trace_id
+    assert len(linker.linker) == 0

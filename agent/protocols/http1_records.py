@@ -10,9 +10,10 @@ Work items:
     (SERVING_TAG, conn, fields, None)   a server exchange whose upstream
                                         calls follow it...
     (SERVED_TAG, conn, fields, None)    ...and end here (proxy linking)
-fields: (tid, start_ns, end_ns, traceparent, tracestate, method, target,
-version_minor, host, user_agent, status_code); the values are the record's
-bytes, None for a header the request did not carry.
+fields: (tid, start_ns, end_ns, traceparent, tracestate, request), request:
+(method, target, version_minor, host, user_agent, status_code), what the
+span's attributes come from; the values are the record's bytes, None for a
+header the request did not carry.
 """
 from __future__ import annotations
 
@@ -80,7 +81,7 @@ class ExchangeRecords:
         # its read returned; the kernel stamped start_ns by that rule, and
         # end_ns (the response's end) by the same.
         fields = (hot[2], hot[5], hot[6], traceparent, tracestate,
-                  values[:method_len], target, version_minor, host, user_agent, status)
+                  (values[:method_len], target, version_minor, host, user_agent, status))
         if conn.role == _ROLE_UNKNOWN:
             conn.role = _ROLE_SERVER if hot[9] == _INGRESS else _ROLE_CLIENT
         if serving:

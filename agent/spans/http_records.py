@@ -32,13 +32,12 @@ TAG = "http_record"
 new_exchange = tuple.__new__
 
 # connection: (kind, local_addr, local_port, remote_addr, remote_port,
-# peer_addr, peer_port, scheme), one tuple per connection.  The request's
-# values are the record's bytes (None: header absent).
+# peer_addr, peer_port, scheme), one tuple per connection; request: (method,
+# target, version_minor, host, user_agent, status_code), the values the
+# record's bytes (None: header absent).  The two are what a span's template
+# depends on.
 RecordExchange = NamedTuple("HttpRecordExchange", EXCHANGE_HEAD + [
-    ("connection", tuple), ("method", bytes), ("target", bytes), ("version_minor", int),
-    ("host", bytes | None), ("user_agent", bytes | None), ("status_code", int)])
-# The fields after EXCHANGE_HEAD: what a span's template depends on.
-SHAPE_START = len(EXCHANGE_HEAD)
+    ("connection", tuple), ("request", tuple)])
 
 # What a client's request leaves for the server span on the mirrored
 # connection (ContextLinker.client_sent): the fields a link reads.
@@ -114,7 +113,7 @@ def link_record(linker, conn, fields: tuple, _unused, paired: bool = False) -> t
                      paired)
     return new_exchange(RecordExchange, (
         TAG, connection[0], conn.pid, trace_id, span_id, parent_id, flags, trace_state,
-        fields[1], fields[2], connection) + fields[5:])
+        fields[1], fields[2], connection, fields[5]))
 
 
 def link_paired(linker, conn, fields: tuple, _unused) -> tuple:
@@ -192,7 +191,7 @@ def link_served(linker, conn, fields: tuple, _unused) -> tuple:
         linker.join_client_on_this_node(ctx, mirror_key)
     return new_exchange(RecordExchange, (
         TAG, connection[0], conn.pid, ctx.trace_id, ctx.span_id, ctx.parent_span_id, ctx.flags,
-        ctx.trace_state, fields[1], fields[2], connection) + fields[5:])
+        ctx.trace_state, fields[1], fields[2], connection, fields[5]))
 
 
 LINKS = {http1_records.RECORD_TAG: link_record, http1_records.PAIRED_TAG: link_paired,
@@ -216,7 +215,7 @@ class RecordSpans:
         self.templates: dict[tuple, SpanTemplate] = {}
 
     def build(self, e: tuple) -> TemplatedSpan:
-        shape = e[SHAPE_START:]
+        shape = e[10:]      # (connection, request)
         template = self.templates.get(shape)
         if template is None:
             template = self._template(e, shape)
@@ -231,7 +230,7 @@ class RecordSpans:
 
     def _template(self, e: tuple, shape: tuple) -> SpanTemplate:
         """The span HttpSpans builds for this shape, kept as a template."""
-        (connection, method, target, version_minor, host, user_agent, status_code) = shape
+        connection, (method, target, version_minor, host, user_agent, status_code) = shape
         (kind, local_addr, local_port, remote_addr, remote_port, peer_addr, peer_port,
          scheme) = connection
         exchange = new_exchange(http.HttpExchange, (

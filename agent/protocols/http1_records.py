@@ -53,12 +53,15 @@ class ExchangeRecords:
 
     def __init__(self):
         self.waiting: dict[int, list] = {}
-        # A server exchange's item, until its client's record (the same
-        # connection from the other end, by its 4-tuple) follows in the
-        # same batch: the client's request is then linked first, as the
-        # payload path sees it, and the server span takes the same-node
-        # link at once instead of waiting in the linker.
-        self.deferred: dict[tuple, tuple] = {}
+        # A server exchange's items, until its client's record (the same
+        # connection from the other end) follows in the same batch: the
+        # client's request is then linked first, as the payload path sees
+        # it, and the server span takes the same-node link at once instead
+        # of waiting in the linker.  Keyed by the pair of ports (client
+        # port << 16 | server port): two connections between other
+        # addresses with the same ports only change the order of items,
+        # the linker matches client and server by their whole tuples.
+        self.deferred: dict[int, list] = {}
 
     def items(self, conn, record: bytes, hot: tuple, out: list) -> bool:
         """False for a malformed record (nothing added)."""
@@ -93,8 +96,8 @@ class ExchangeRecords:
             held.append((RECORD_TAG, conn, fields, None))
             return True
         if conn.role != _ROLE_SERVER:
-            server = self.deferred.pop((conn.local_addr, conn.local_port, conn.remote_addr,
-                                        conn.remote_port), None) if self.deferred else None
+            server = self.deferred.pop(conn.local_port << 16 | conn.remote_port, None) \
+                if self.deferred else None
             if server is None:
                 out.append((RECORD_TAG, conn, fields, None))
             else:
@@ -110,7 +113,7 @@ class ExchangeRecords:
             items = ((RECORD_TAG, conn, fields, None),)
         # Its client's record, if traced here, ends later: the server
         # waits for it in this batch (release_deferred).
-        key = (conn.remote_addr, conn.remote_port, conn.local_addr, conn.local_port)
+        key = conn.remote_port << 16 | conn.local_port
         earlier = self.deferred.pop(key, None)
         if earlier is not None:
             out.extend(earlier)
@@ -137,8 +140,8 @@ class ExchangeRecords:
         deferred = self.deferred
         for client in clients:
             conn = client[1]
-            server = deferred.pop((conn.local_addr, conn.local_port, conn.remote_addr,
-                                   conn.remote_port), None) if deferred else None
+            server = deferred.pop(conn.local_port << 16 | conn.remote_port, None) \
+                if deferred else None
             if server is None:
                 out.append(client)
             else:

@@ -5,7 +5,7 @@ linked and built by agent/spans/http_records.py.
 
 Work items:
     (RECORD_TAG, conn, fields, None)    an exchange
-    (PAIRED_TAG, conn, fields, None)    a client exchange whose server
+    (PAIRED_TAG, conn, fields, True)    a client exchange whose server
                                         exchange (traced here) follows at once
     (SERVING_TAG, conn, fields, None)   a server exchange whose upstream
                                         calls follow it...
@@ -101,7 +101,7 @@ class ExchangeRecords:
             if server is None:
                 out.append((RECORD_TAG, conn, fields, None))
             else:
-                out.append((PAIRED_TAG, conn, fields, None))
+                out.append((PAIRED_TAG, conn, fields, True))
                 out.extend(server)
             return True
         held = self.waiting.pop(hot[4], None) if self.waiting else None
@@ -145,5 +145,5 @@ class ExchangeRecords:
             if server is None:
                 out.append(client)
             else:
-                out.append((PAIRED_TAG, conn, client[2], None))
+                out.append((PAIRED_TAG, conn, client[2], True))
                 out.extend(server)

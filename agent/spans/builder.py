@@ -79,6 +79,8 @@ class ExchangeLinker:
         # Client links of exchange records for the server exchange record
         # the router put right after them: mirror key -> link, within a batch.
         self.paired_links: dict = {}
+        # The last traceparent value of an exchange record, and its ids.
+        self.record_traceparent: tuple = (None, None)
 
     def counter_values(self):
         counts = self.counts

@@ -78,13 +78,21 @@ def _trace_state(linker, tracestate) -> str:
     return state
 
 
-def link_record(linker, conn, fields: tuple, _unused, paired: bool = False) -> tuple:
-    """One exchange record's work item -> its exchange."""
+def link_record(linker, conn, fields: tuple, paired) -> tuple:
+    """One exchange record's work item -> its exchange; paired: True for a
+    client exchange whose server's (traced here) follows at once."""
     connection, link_key, mirror_key = conn.record_fields or _connection_fields(conn)
     traceparent = fields[3]
     incoming = None
     if traceparent is not None:
-        incoming = traceparent_ids(traceparent)
+        # Both ends traced here: the server's record follows its client's
+        # with the same value.
+        last = linker.record_traceparent
+        if traceparent == last[0]:
+            incoming = last[1]
+        else:
+            incoming = traceparent_ids(traceparent)
+            linker.record_traceparent = (traceparent, incoming)
         if incoming is None:
             linker.counts["traceparent_invalid"] += 1
     if connection[0] == KIND_SERVER:
@@ -114,11 +122,6 @@ def link_record(linker, conn, fields: tuple, _unused, paired: bool = False) -> t
     return new_exchange(RecordExchange, (
         TAG, connection[0], conn.pid, trace_id, span_id, parent_id, flags, trace_state,
         fields[1], fields[2], connection, fields[5]))
-
-
-def link_paired(linker, conn, fields: tuple, _unused) -> tuple:
-    """A client exchange record whose server's (traced here) follows."""
-    return link_record(linker, conn, fields, None, True)
 
 
 def _client_sent(linker, link_key: tuple, sent: SentRequest, paired: bool) -> None:
@@ -194,7 +197,7 @@ def link_served(linker, conn, fields: tuple, _unused) -> tuple:
         ctx.trace_state, fields[1], fields[2], connection, fields[5]))
 
 
-LINKS = {http1_records.RECORD_TAG: link_record, http1_records.PAIRED_TAG: link_paired,
+LINKS = {http1_records.RECORD_TAG: link_record, http1_records.PAIRED_TAG: link_record,
          http1_records.SERVING_TAG: link_serving, http1_records.SERVED_TAG: link_served}
 
 

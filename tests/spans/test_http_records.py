@@ -92,7 +92,7 @@ class Traffic:
         for i in range(0, len(records), batch):
             exchanges += linker.exchanges(router.process(records[i:i + batch]))
         exchanges += linker.release_held(flush=True)
-        self.same_node_waits = dict(linker.counts)
+        self.linker_counts = dict(linker.counts)
         spans = factory.spans(exchanges)
         self.redactions = dict(factory.redactor.counts)
         return spans
@@ -128,6 +128,8 @@ def mixed_traffic() -> Traffic:
     traffic.call(other, 13_000, method=b"BREW", target=b"/pot", host=b"[::1]:8080")
     traffic.call(other, 17_000, target=b"/items?id=7&token=s3cret", host=b"example.com:8080",
                  user_agent=b"curl/8.5")
+    traffic.call(other, 19_000, target=b"/bad", traceparent=TRACEPARENT.upper(),
+                 tracestate=b"=broken")
     # nginx (pid 300) proxying to a backend (pid 400): one upstream call
     # forwards the caller's traceparent, one carries none.
     front = traffic.connection(102, 300, 80)
@@ -150,10 +152,15 @@ def test_records_and_payload_give_the_same_spans():
     traffic = mixed_traffic()
     payload = traffic.spans("payload")
     payload_redactions = traffic.redactions
+    payload_counts = traffic.linker_counts
     records = traffic.spans("records")
-    assert len(payload) == 21
+    assert len(payload) == 23
     assert all(isinstance(s, TemplatedSpan) for s in records)
     assert shape(records) == shape(payload)
+    # Invalid trace context is counted once per request and side.
+    for key in ("traceparent_invalid", "tracestate_invalid"):
+        assert traffic.linker_counts[key] == payload_counts[key]
+    assert payload_counts["traceparent_invalid"] == 2
     # Redaction is counted per span, though a shape is redacted once.
     assert traffic.redactions == payload_redactions and payload_redactions["query_param"] == 4
 
@@ -163,9 +170,9 @@ def test_a_server_record_waits_for_its_client_in_the_next_batch_too():
     the server's); one record per batch, the linker holds the server span."""
     traffic = mixed_traffic()
     together = traffic.spans("records")
-    assert traffic.same_node_waits["link_wait_linked"] == 0
+    assert traffic.linker_counts["link_wait_linked"] == 0
     apart = traffic.spans("records", batch=1)
-    assert traffic.same_node_waits["link_wait_linked"] > 0
+    assert traffic.linker_counts["link_wait_linked"] > 0
     assert shape(apart) == shape(together)
 
 

@@ -210,9 +210,7 @@ def test_routes_and_request_metrics_match():
 
 def test_a_templated_span_encodes_as_its_span_would():
     records = mixed_traffic().spans("records")
-    plain = [Span(s.trace_id, s.span_id, s.parent_span_id, s.name, s.kind, s.start_ns, s.end_ns,
-                  list(s.attributes), s.resource, s.status_code, s.status_message, s.trace_state,
-                  s.trace_flags) for s in records]
+    plain = [as_span(s) for s in records]
     encoded = encode_export_request(records)
     assert encoded == encode_export_request(plain)
     request = ExportTraceServiceRequest.FromString(encoded)
@@ -252,3 +250,28 @@ def test_a_late_client_link_is_never_taken_by_the_next_server_span():
     assert by[(KIND_SERVER, "/2")].parent_span_id == by[(KIND_CLIENT, "/2")].span_id
     assert by[(KIND_SERVER, "/2")].trace_id == by[(KIND_CLIENT, "/2")].trace_id
     assert len(linker.linker) == 0
+
+
+def as_span(s) -> Span:
+    return Span(s.trace_id, s.span_id, s.parent_span_id, s.name, s.kind, s.start_ns, s.end_ns,
+                list(s.attributes), s.resource, s.status_code, s.status_message, s.trace_state,
+                s.trace_flags)
+
+
+def test_the_sampler_and_the_other_sinks_read_a_templated_span_as_a_span():
+    from agent.export.console import ConsoleSink
+    from agent.export.sdk import SdkConverter
+    from agent.spans.sampling import Sampler
+    records = mixed_traffic().spans("records")
+    plain = [as_span(s) for s in records]
+    assert [ConsoleSink.format_span(s) for s in records] == [ConsoleSink.format_span(s)
+                                                             for s in plain]
+    converter = SdkConverter()
+    for a, b in zip(records, plain):
+        x, y = converter.convert(a), converter.convert(b)
+        assert (x.name, x.kind, dict(x.attributes), x.status.status_code, x.context,
+                x.parent) == (y.name, y.kind, dict(y.attributes), y.status.status_code,
+                              y.context, y.parent)
+    kept = [Sampler(ratio=0.0).filter(spans) for spans in (records, plain)]
+    assert [s.span_id for s in kept[0]] == [s.span_id for s in kept[1]]
+    assert 0 < len(kept[0]) < len(records)

@@ -73,11 +73,16 @@ def record_live(path: Path, http_exchanges: bool = False) -> None:
         nginx = subprocess.Popen(["nginx", "-c", f"{d}/nginx.conf", "-p", d])
         time.sleep(0.5)
         recorder = subprocess.Popen([sys.executable, "-m", "agent.runtime.cli", "record", "-o", str(path),
-                                     "--duration", "12" if http_exchanges else "3", "--port", str(port), "--capture-bytes", "512",
+                                     "--duration", "3", "--port", str(port), "--capture-bytes", "512",
                                      *(["--http-exchanges"] if http_exchanges else [])],
-                                    cwd=ROOT)
-        # The exchange parser's programs take the verifier several seconds.
-        time.sleep(9 if http_exchanges else 1.5)
+                                    cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        # Loading takes seconds (the exchange parser's programs, the
+        # verifier; longer on a busy machine): the load starts once the
+        # recorder says it records.
+        for line in recorder.stderr:
+            if line.startswith("recording for"):
+                break
+            sys.stderr.write(line)
         subprocess.run(["wrk", "-t1", "-c8", "-d1s", "-s", f"{d}/req.lua",
                         f"http://127.0.0.1:{port}/"], check=True, capture_output=True)
         recorder.wait()

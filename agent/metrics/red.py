@@ -66,21 +66,20 @@ def service_attributes(resource) -> tuple:
                  if k.startswith(SERVICE_RESOURCE_PREFIXES))
 
 
-def metric_labels(kind: int, attributes: list) -> tuple:
-    """(metric, its attributes' values) of a span."""
-    attrs = dict(attributes)
-    if semconv.RPC_SYSTEM_NAME in attrs:
-        metric = RPC_SERVER if kind == KIND_SERVER else RPC_CLIENT
-    elif semconv.DB_SYSTEM_NAME in attrs:
-        metric = DB_SERVER if kind == KIND_SERVER else DB_CLIENT
-    else:
-        metric = HTTP_SERVER if kind == KIND_SERVER else HTTP_CLIENT
-    return metric, tuple(map(attrs.get, metric.attributes))
+# (has rpc.system.name, has db.system.name, is a server span) -> metric.
+_METRIC_OF = {(rpc, db, server): (RPC_SERVER if server else RPC_CLIENT) if rpc
+              else (DB_SERVER if server else DB_CLIENT) if db
+              else (HTTP_SERVER if server else HTTP_CLIENT)
+              for rpc in (False, True) for db in (False, True) for server in (False, True)}
+_RPC, _DB = semconv.RPC_SYSTEM_NAME, semconv.DB_SYSTEM_NAME
 
 
 def _template_metric(template) -> tuple:
-    metric = template.metric = metric_labels(template.kind, template.attributes)
-    return metric
+    """(metric, its attributes' values) of a SpanTemplate, kept in its slot."""
+    attrs = dict(template.attributes)
+    metric = _METRIC_OF[_RPC in attrs, _DB in attrs, template.kind == KIND_SERVER]
+    labels = template.metric = (metric, tuple(map(attrs.get, metric.attributes)))
+    return labels
 
 
 class RedAggregator:
@@ -106,7 +105,14 @@ class RedAggregator:
                 metric, labels = template.metric or _template_metric(template)
                 resource = span[7]
             else:
-                metric, labels = metric_labels(span.kind, span.attributes)
+                attrs = dict(span.attributes)
+                if _RPC in attrs:
+                    metric = RPC_SERVER if span.kind == KIND_SERVER else RPC_CLIENT
+                elif _DB in attrs:
+                    metric = DB_SERVER if span.kind == KIND_SERVER else DB_CLIENT
+                else:
+                    metric = HTTP_SERVER if span.kind == KIND_SERVER else HTTP_CLIENT
+                labels = tuple(map(attrs.get, metric.attributes))
                 resource = span.resource
             service = resource.service_name if resource is not None else "unknown_service"
             key = (service,) + labels

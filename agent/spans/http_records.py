@@ -36,7 +36,7 @@ new_exchange = tuple.__new__
 # target, version_minor, host, user_agent, status_code), the values the
 # record's bytes (None: header absent).  The two are what a span's template
 # depends on.
-RecordExchange = NamedTuple("HttpRecordExchange", EXCHANGE_HEAD + [
+RecordExchange = NamedTuple("RecordExchange", EXCHANGE_HEAD + [
     ("connection", tuple), ("request", tuple)])
 
 # What a client's request leaves for the server span on the mirrored
@@ -47,6 +47,7 @@ SentRequest = NamedTuple("SentRequest", [("trace_id", bytes), ("span_id", bytes)
 # Distinct span shapes kept (a dict cleared when full: a workload's hot
 # shapes refill it at once).
 MAX_TEMPLATES = 4096
+_UNSEEN = object()
 
 
 def _connection_fields(conn) -> tuple:
@@ -206,22 +207,31 @@ def _text(value: bytes | None) -> str | None:
 
 
 class RecordSpans:
-    """Builds TemplatedSpans from record exchanges; `factory`
-    (agent/spans/builder.py) holds the resources, redactor, routes and
-    clock offset."""
+    """Builds spans from record exchanges; `factory` (agent/spans/builder.py)
+    holds the resources, redactor, routes and clock offset.  A shape seen
+    for the first time gives a plain Span (ids in paths make most shapes
+    unique, and a template costs more to make than a span); seen again, it
+    becomes a template and its spans TemplatedSpans."""
 
     def __init__(self, factory):
         self.factory = factory
         self.resources = factory.resources
         self.redaction_counts = factory.redactor.counts
         self.http = http.HttpSpans(factory)
-        self.templates: dict[tuple, SpanTemplate] = {}
+        # shape -> its template, or None for a shape seen once.
+        self.templates: dict[tuple, SpanTemplate | None] = {}
 
-    def build(self, e: tuple) -> TemplatedSpan:
+    def build(self, e: tuple):
         shape = e[10:]      # (connection, request)
-        template = self.templates.get(shape)
+        templates = self.templates
+        template = templates.get(shape, _UNSEEN)
+        if template is _UNSEEN:
+            if len(templates) >= MAX_TEMPLATES:
+                templates.clear()
+            templates[shape] = None
+            return self.http.build(_http_exchange(e))
         if template is None:
-            template = self._template(e, shape)
+            template = templates[shape] = self._template(e)
         elif template.redactions:
             counts = self.redaction_counts
             for rule, count in template.redactions:
@@ -231,24 +241,25 @@ class RecordSpans:
                                             e[9] + offset, e[6], self.resources.get(e[2]),
                                             template))
 
-    def _template(self, e: tuple, shape: tuple) -> SpanTemplate:
-        """The span HttpSpans builds for this shape, kept as a template."""
-        connection, (method, target, version_minor, host, user_agent, status_code) = shape
-        (kind, local_addr, local_port, remote_addr, remote_port, peer_addr, peer_port,
-         scheme) = connection
-        exchange = new_exchange(http.HttpExchange, (
-            http.TAG, kind, e[2], b"", b"", b"", 0, "", 0, 0, method.decode("ascii", "replace"),
-            target.decode("utf-8", "replace"), "1.%d" % version_minor, _text(host),
-            _text(user_agent), status_code, local_addr, local_port, remote_addr, remote_port,
-            peer_addr, peer_port, scheme, None))
+    def _template(self, e: tuple) -> SpanTemplate:
+        """The span HttpSpans builds for this shape, as a template."""
         counts = self.redaction_counts
         before = dict(counts)
-        span = self.http.build(exchange)
-        template = SpanTemplate(span.name, span.kind, span.attributes, span.status_code,
-                                span.status_message,
-                                tuple((rule, counts[rule] - before[rule]) for rule in counts
-                                      if counts[rule] != before[rule]))
-        if len(self.templates) >= MAX_TEMPLATES:
-            self.templates.clear()
-        self.templates[shape] = template
-        return template
+        span = self.http.build(_http_exchange(e))
+        return SpanTemplate(span.name, span.kind, span.attributes, span.status_code,
+                            span.status_message,
+                            tuple((rule, counts[rule] - before[rule]) for rule in counts
+                                  if counts[rule] != before[rule]))
+
+
+def _http_exchange(e: tuple) -> tuple:
+    """The HttpExchange (agent/spans/http.py) of a record exchange."""
+    (_, kind, pid, trace_id, span_id, parent_id, flags, trace_state, start, end, connection,
+     (method, target, version_minor, host, user_agent, status_code)) = e
+    (_, local_addr, local_port, remote_addr, remote_port, peer_addr, peer_port,
+     scheme) = connection
+    return new_exchange(http.HttpExchange, (
+        http.TAG, kind, pid, trace_id, span_id, parent_id, flags, trace_state, start, end,
+        method.decode("ascii", "replace"), target.decode("utf-8", "replace"),
+        "1.%d" % version_minor, _text(host), _text(user_agent), status_code, local_addr,
+        local_port, remote_addr, remote_port, peer_addr, peer_port, scheme, None))

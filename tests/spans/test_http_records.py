@@ -117,34 +117,39 @@ def shape(spans: list) -> list:
     return out
 
 
-def mixed_traffic() -> Traffic:
+def mixed_traffic(rounds: int = 3) -> Traffic:
+    """The same calls `rounds` times on the same connections: a shape's
+    first span is a plain Span, the next ones TemplatedSpans."""
     traffic = Traffic()
     curl = traffic.connection(100, 200, 8080)
-    traffic.call(curl, 1_000, target=b"/items?id=7&token=s3cret", host=b"example.com:8080",
-                 user_agent=b"curl/8.5", traceparent=TRACEPARENT, tracestate=b"vendor=x")
-    traffic.call(curl, 5_000, target=b"/missing", status=404, user_agent=b"curl/8.5")
     other = traffic.connection(101, 200, 8080)
-    traffic.call(other, 9_000, method=b"POST", target=b"/fail", status=500)
-    traffic.call(other, 13_000, method=b"BREW", target=b"/pot", host=b"[::1]:8080")
-    traffic.call(other, 17_000, target=b"/items?id=7&token=s3cret", host=b"example.com:8080",
-                 user_agent=b"curl/8.5")
-    traffic.call(other, 19_000, target=b"/bad", traceparent=TRACEPARENT.upper(),
-                 tracestate=b"=broken")
     # nginx (pid 300) proxying to a backend (pid 400): one upstream call
     # forwards the caller's traceparent, one carries none.
     front = traffic.connection(102, 300, 80)
     upstream = traffic.connection(300, 400, 9000)
-    traffic.call(front, 21_000, duration=4000, target=b"/api", traceparent=TRACEPARENT,
-                 inner=lambda t: traffic.call(upstream, t, target=b"/api",
-                                              traceparent=TRACEPARENT, serving=front[4]))
-    traffic.call(front, 30_000, duration=4000, target=b"/plain",
-                 inner=lambda t: traffic.call(upstream, t, target=b"/plain", serving=front[4]))
     # A caller nginx's node does not trace.
     outside = traffic.connection(103, 300, 80)
-    traffic.call(outside, 40_000, duration=4000, target=b"/api", traceparent=TRACEPARENT,
-                 client_traced=False,
-                 inner=lambda t: traffic.call(upstream, t, target=b"/api",
-                                              traceparent=TRACEPARENT, serving=outside[4]))
+    for t in range(0, rounds * 100_000, 100_000):
+        traffic.call(curl, t + 1_000, target=b"/items?id=7&token=s3cret",
+                     host=b"example.com:8080", user_agent=b"curl/8.5", traceparent=TRACEPARENT,
+                     tracestate=b"vendor=x")
+        traffic.call(curl, t + 5_000, target=b"/missing", status=404, user_agent=b"curl/8.5")
+        traffic.call(other, t + 9_000, method=b"POST", target=b"/fail", status=500)
+        traffic.call(other, t + 13_000, method=b"BREW", target=b"/pot", host=b"[::1]:8080")
+        traffic.call(other, t + 17_000, target=b"/items?id=7&token=s3cret",
+                     host=b"example.com:8080", user_agent=b"curl/8.5")
+        traffic.call(other, t + 19_000, target=b"/bad", traceparent=TRACEPARENT.upper(),
+                     tracestate=b"=broken")
+        traffic.call(front, t + 21_000, duration=4000, target=b"/api", traceparent=TRACEPARENT,
+                     inner=lambda t: traffic.call(upstream, t, target=b"/api",
+                                                  traceparent=TRACEPARENT, serving=front[4]))
+        traffic.call(front, t + 30_000, duration=4000, target=b"/plain",
+                     inner=lambda t: traffic.call(upstream, t, target=b"/plain",
+                                                  serving=front[4]))
+        traffic.call(outside, t + 40_000, duration=4000, target=b"/api",
+                     traceparent=TRACEPARENT, client_traced=False,
+                     inner=lambda t: traffic.call(upstream, t, target=b"/api",
+                                                  traceparent=TRACEPARENT, serving=outside[4]))
     return traffic
 
 
@@ -154,15 +159,17 @@ def test_records_and_payload_give_the_same_spans():
     payload_redactions = traffic.redactions
     payload_counts = traffic.linker_counts
     records = traffic.spans("records")
-    assert len(payload) == 23
-    assert all(isinstance(s, TemplatedSpan) for s in records)
+    assert len(payload) == 3 * 23
+    # Each shape's first span is plain, the others share its template.
+    plain = sum(not isinstance(s, TemplatedSpan) for s in records)
+    assert 0 < plain <= 23 and len(records) - plain >= 2 * 23
     assert shape(records) == shape(payload)
     # Invalid trace context is counted once per request and side.
     for key in ("traceparent_invalid", "tracestate_invalid"):
         assert traffic.linker_counts[key] == payload_counts[key]
-    assert payload_counts["traceparent_invalid"] == 2
+    assert payload_counts["traceparent_invalid"] == 6
     # Redaction is counted per span, though a shape is redacted once.
-    assert traffic.redactions == payload_redactions and payload_redactions["query_param"] == 4
+    assert traffic.redactions == payload_redactions and payload_redactions["query_param"] == 12
 
 
 def test_a_server_record_waits_for_its_client_in_the_next_batch_too():
@@ -228,6 +235,8 @@ def test_plain_tuples_across_the_process_boundary_build_the_same_spans():
     received = pickle.loads(pickle.dumps([tuple(e) for e in exchanges], pickle.HIGHEST_PROTOCOL))
     factory = SpanFactory(ResourceCache(host_attributes=[]), Redactor())
     assert shape(factory.spans(received)) == shape(factory.spans(exchanges))
+    # Held exchanges the linker releases go to the workers as they are.
+    assert pickle.loads(pickle.dumps(exchanges, pickle.HIGHEST_PROTOCOL)) == exchanges
 
 
 def test_a_late_client_link_is_never_taken_by_the_next_server_span():

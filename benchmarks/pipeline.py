@@ -58,18 +58,24 @@ local function random_hex(n)
 end
 request = function()
   wrk.headers["traceparent"] = "00-" .. random_hex(32) .. "-" .. random_hex(16) .. "-01"
-  return wrk.format(nil, "/api/v1/items?id=42")
+  return wrk.format(nil, PATH)
 end
 """
+# The path every request asks for, or with --unique-paths one with an id of
+# its own (a span shape that never repeats).
+SAME_PATH = '"/api/v1/items?id=42"'
+UNIQUE_PATH = '"/api/v1/items/" .. math.random(1000000000) .. "?id=42"'
 
 
-def record_live(path: Path, http_exchanges: bool = False) -> None:
+
+def record_live(path: Path, http_exchanges: bool = False, unique_paths: bool = False) -> None:
     if os.geteuid() != 0 or not shutil.which("nginx") or not shutil.which("wrk"):
         sys.exit("live recording needs root, nginx and wrk (make setup); or pass --recording")
     port = 18777
     with tempfile.TemporaryDirectory() as d:
         Path(d, "nginx.conf").write_text(NGINX_CONF.format(d=d, port=port))
-        Path(d, "req.lua").write_text(WRK_SCRIPT)
+        Path(d, "req.lua").write_text(
+            WRK_SCRIPT.replace("PATH", UNIQUE_PATH if unique_paths else SAME_PATH))
         nginx = subprocess.Popen(["nginx", "-c", f"{d}/nginx.conf", "-p", d])
         time.sleep(0.5)
         recorder = subprocess.Popen([sys.executable, "-m", "agent.runtime.cli", "record", "-o", str(path),
@@ -198,9 +204,11 @@ def main() -> None:
     parser.add_argument("--replay", type=Path, metavar="DIR",
                         help="with --compare-records: replay the recordings --keep kept "
                              "instead of recording")
+    parser.add_argument("--unique-paths", action="store_true",
+                        help="with --compare-records: every request asks for a path of its own")
     args = parser.parse_args()
     if args.compare_records:
-        return compare_records(args.seconds, args.keep, args.replay)
+        return compare_records(args.seconds, args.keep, args.replay, args.unique_paths)
     recording = args.recording
     if recording is None:
         recording = Path(tempfile.mkdtemp()) / "wrk.events"
@@ -235,7 +243,8 @@ def main() -> None:
     print(f"OTLP receiver accepted {accepted} of {built} spans built from the recording")
 
 
-def compare_records(seconds: float, keep: Path | None = None, replay: Path | None = None) -> None:
+def compare_records(seconds: float, keep: Path | None = None, replay: Path | None = None,
+                    unique_paths: bool = False) -> None:
     """Spans/s per core and the per-stage split, payload path against
     exchange records, on two live recordings of the same load (recorded
     one after the other, then replayed one after the other)."""
@@ -247,7 +256,7 @@ def compare_records(seconds: float, keep: Path | None = None, replay: Path | Non
         directory = keep or Path(tempfile.mkdtemp())
         directory.mkdir(parents=True, exist_ok=True)
         recordings[name] = directory / f"wrk-{name}.events"
-        record_live(recordings[name], exchanges)
+        record_live(recordings[name], exchanges, unique_paths)
     settle_heap()
     rates = {}
     for name, recording in recordings.items():

@@ -3,19 +3,25 @@ with as little Python per record as the rules allow.
 
 Linking (the linker, main process): link_http1's rules (agent/spans/http.py)
 on fields already split out.  The traceparent's ids are read from the
-record's bytes; same-node links (a client span and the server span on the
-mirrored connection) and proxy links (an upstream call and the server
-request its thread serves) go through the same ContextLinker tables as the
-payload path's, so the two paths link to each other; objects are made only
-where a table keeps them.  The exchange carries its connection's fields as
-one tuple, made once per connection.
+record's bytes.  Same-node links (the server span on the mirrored
+connection becomes the client span's child): the probes write a server's
+record before its client's, so a client record's link goes straight to its
+server's record (which the router puts right after it) or to the server
+exchange held for it (client_wait), and never waits in the linker's
+per-connection queue, where a later server exchange would take it; links
+from payload-path clients are taken from that queue as before.  Proxy
+links (an upstream call and the server request its thread serves) go
+through the same ContextLinker tables as the payload path's.  Objects are
+made only where a table keeps them; the exchange carries its connection's
+fields as one tuple, made once per connection.
 
 Building (the span stage): a span's name, kind, attributes and status
-depend only on its request's fields and its connection's.  HttpSpans builds
-them (routes and redaction included) once per distinct combination into a
-SpanTemplate; each span is then a TemplatedSpan of ids, times, resource and
-template, which the OTLP encoder and the request metrics read through the
-template's cached forms.
+depend only on its request's fields and its connection's.  A combination
+seen again is kept as a SpanTemplate that HttpSpans built once (routes and
+redaction included), and its spans are TemplatedSpans of ids, times,
+resource and template, which the OTLP encoder and the request metrics read
+through the template's cached forms.  A combination's first span is a plain
+Span (paths with ids in them never repeat).
 """
 from __future__ import annotations
 
@@ -39,8 +45,8 @@ new_exchange = tuple.__new__
 RecordExchange = NamedTuple("RecordExchange", EXCHANGE_HEAD + [
     ("connection", tuple), ("request", tuple)])
 
-# What a client's request leaves for the server span on the mirrored
-# connection (ContextLinker.client_sent): the fields a link reads.
+# What a client record gives the server span on the mirrored connection:
+# the fields a same-node link reads.
 SentRequest = NamedTuple("SentRequest", [("trace_id", bytes), ("span_id", bytes),
                                          ("flags", int)])
 

@@ -208,10 +208,6 @@ LINKS = {http1_records.RECORD_TAG: link_record, http1_records.PAIRED_TAG: link_r
          http1_records.SERVING_TAG: link_serving, http1_records.SERVED_TAG: link_served}
 
 
-def _text(value: bytes | None) -> str | None:
-    return None if value is None else value.decode("utf-8", "replace")
-
-
 class RecordSpans:
     """Builds spans from record exchanges; `factory` (agent/spans/builder.py)
     holds the resources, redactor, routes and clock offset.  A shape seen
@@ -258,14 +254,18 @@ class RecordSpans:
                                   if counts[rule] != before[rule]))
 
 
+_VERSIONS = tuple("1.%d" % minor for minor in range(256))
+
+
 def _http_exchange(e: tuple) -> tuple:
-    """The HttpExchange (agent/spans/http.py) of a record exchange."""
+    """The fields of an HttpExchange (agent/spans/http.py) of a record
+    exchange, what HttpSpans.build reads."""
     (_, kind, pid, trace_id, span_id, parent_id, flags, trace_state, start, end, connection,
      (method, target, version_minor, host, user_agent, status_code)) = e
     (_, local_addr, local_port, remote_addr, remote_port, peer_addr, peer_port,
      scheme) = connection
-    return new_exchange(http.HttpExchange, (
-        http.TAG, kind, pid, trace_id, span_id, parent_id, flags, trace_state, start, end,
-        method.decode("ascii", "replace"), target.decode("utf-8", "replace"),
-        "1.%d" % version_minor, _text(host), _text(user_agent), status_code, local_addr,
-        local_port, remote_addr, remote_port, peer_addr, peer_port, scheme, None))
+    return (http.TAG, kind, pid, trace_id, span_id, parent_id, flags, trace_state, start, end,
+            method.decode("ascii", "replace"), target.decode("utf-8", "replace"),
+            _VERSIONS[version_minor], None if host is None else host.decode("utf-8", "replace"),
+            None if user_agent is None else user_agent.decode("utf-8", "replace"), status_code,
+            local_addr, local_port, remote_addr, remote_port, peer_addr, peer_port, scheme, None)

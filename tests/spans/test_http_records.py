@@ -284,3 +284,18 @@ def test_the_sampler_and_the_other_sinks_read_a_templated_span_as_a_span():
     kept = [Sampler(ratio=0.0).filter(spans) for spans in (records, plain)]
     assert [s.span_id for s in kept[0]] == [s.span_id for s in kept[1]]
     assert 0 < len(kept[0]) < len(records)
+
+
+def test_span_shapes_kept_are_bounded(monkeypatch):
+    from agent.spans import http_records
+    monkeypatch.setattr(http_records, "MAX_TEMPLATES", 8)
+    traffic = Traffic()
+    conn = traffic.connection(100, 200, 8080)
+    for i in range(40):
+        traffic.call(conn, i * 10_000, target=b"/items/%d" % (i % 20))
+    router, linker = ProtocolRouter(), ExchangeLinker()
+    factory = SpanFactory(ResourceCache(host_attributes=[]), Redactor())
+    records = [record for _, record in sorted(traffic.records, key=lambda x: x[0])]
+    spans = factory.spans(linker.exchanges(router.process(records)))
+    assert len(spans) == 80
+    assert len(factory.builders[http_records.TAG].__self__.templates) <= 8

@@ -58,26 +58,37 @@ local function random_hex(n)
 end
 request = function()
   wrk.headers["traceparent"] = "00-" .. random_hex(32) .. "-" .. random_hex(16) .. "-01"
-  return wrk.format(nil, "/api/v1/items?id=42")
+  return wrk.format(nil, PATH)
 end
 """
+# The path every request asks for, or with --unique-paths one with an id of
+# its own (a span shape that never repeats).
+SAME_PATH = '"/api/v1/items?id=42"'
+UNIQUE_PATH = '"/api/v1/items/" .. math.random(1000000000) .. "?id=42"'
 
 
-def record_live(path: Path, http_exchanges: bool = False) -> None:
+
+def record_live(path: Path, http_exchanges: bool = False, unique_paths: bool = False) -> None:
     if os.geteuid() != 0 or not shutil.which("nginx") or not shutil.which("wrk"):
         sys.exit("live recording needs root, nginx and wrk (make setup); or pass --recording")
     port = 18777
     with tempfile.TemporaryDirectory() as d:
         Path(d, "nginx.conf").write_text(NGINX_CONF.format(d=d, port=port))
-        Path(d, "req.lua").write_text(WRK_SCRIPT)
+        Path(d, "req.lua").write_text(
+            WRK_SCRIPT.replace("PATH", UNIQUE_PATH if unique_paths else SAME_PATH))
         nginx = subprocess.Popen(["nginx", "-c", f"{d}/nginx.conf", "-p", d])
         time.sleep(0.5)
         recorder = subprocess.Popen([sys.executable, "-m", "agent.runtime.cli", "record", "-o", str(path),
-                                     "--duration", "12" if http_exchanges else "3", "--port", str(port), "--capture-bytes", "512",
+                                     "--duration", "3", "--port", str(port), "--capture-bytes", "512",
                                      *(["--http-exchanges"] if http_exchanges else [])],
-                                    cwd=ROOT)
-        # The exchange parser's programs take the verifier several seconds.
-        time.sleep(9 if http_exchanges else 1.5)
+                                    cwd=ROOT, stderr=subprocess.PIPE, text=True)
+        # Loading takes seconds (the exchange parser's programs, the
+        # verifier; longer on a busy machine): the load starts once the
+        # recorder says it records.
+        for line in recorder.stderr:
+            if line.startswith("recording for"):
+                break
+            sys.stderr.write(line)
         subprocess.run(["wrk", "-t1", "-c8", "-d1s", "-s", f"{d}/req.lua",
                         f"http://127.0.0.1:{port}/"], check=True, capture_output=True)
         recorder.wait()
@@ -188,9 +199,16 @@ def main() -> None:
     parser.add_argument("--compare-records", action="store_true",
                         help="record live twice, payload path and --http-exchanges, and "
                              "compare the fast path's spans/s on the two")
+    parser.add_argument("--keep", type=Path, metavar="DIR",
+                        help="with --compare-records: keep the two recordings in DIR")
+    parser.add_argument("--replay", type=Path, metavar="DIR",
+                        help="with --compare-records: replay the recordings --keep kept "
+                             "instead of recording")
+    parser.add_argument("--unique-paths", action="store_true",
+                        help="with --compare-records: every request asks for a path of its own")
     args = parser.parse_args()
     if args.compare_records:
-        return compare_records(args.seconds)
+        return compare_records(args.seconds, args.keep, args.replay, args.unique_paths)
     recording = args.recording
     if recording is None:
         recording = Path(tempfile.mkdtemp()) / "wrk.events"
@@ -225,13 +243,23 @@ def main() -> None:
     print(f"OTLP receiver accepted {accepted} of {built} spans built from the recording")
 
 
-def compare_records(seconds: float) -> None:
+def compare_records(seconds: float, keep: Path | None = None, replay: Path | None = None,
+                    unique_paths: bool = False) -> None:
     """Spans/s per core and the per-stage split, payload path against
-    exchange records, on two live recordings of the same load."""
-    rates = {}
+    exchange records, on two live recordings of the same load (recorded
+    one after the other, then replayed one after the other)."""
+    recordings = {}
     for name, exchanges in (("payload", False), ("records", True)):
-        recording = Path(tempfile.mkdtemp()) / f"wrk-{name}.events"
-        record_live(recording, exchanges)
+        if replay is not None:
+            recordings[name] = replay / f"wrk-{name}.events"
+            continue
+        directory = keep or Path(tempfile.mkdtemp())
+        directory.mkdir(parents=True, exist_ok=True)
+        recordings[name] = directory / f"wrk-{name}.events"
+        record_live(recordings[name], exchanges, unique_paths)
+    settle_heap()
+    rates = {}
+    for name, recording in recordings.items():
         records = read_records(recording)
         r = run(records, seconds, encode_export_request)
         per_span = {k: v / r["spans"] * 1e6 for k, v in r["stage"].items()}

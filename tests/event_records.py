@@ -30,3 +30,41 @@ def http1_record(conn_id: int, pid: int, role: int, direction: int, payload: byt
                        direction=direction, role=role, protocol=C["PROTOCOL_HTTP1"],
                        local_addr=ipv4_mapped(local[0]), remote_addr=ipv4_mapped(remote[0]),
                        local_port=local[1], remote_port=remote[1], family=10)
+
+
+def http_exchange_record(conn_id: int, pid: int, role: int, direction: int, start: int, end: int,
+                         local: tuple, remote: tuple, method: bytes = b"GET",
+                         target: bytes = b"/", host: bytes | None = None,
+                         user_agent: bytes | None = None, traceparent: bytes | None = None,
+                         tracestate: bytes | None = None, status: int = 200,
+                         version_minor: int = 1, serving: int = 0, tid: int | None = None,
+                         seq: int = 0) -> bytes:
+    """One EVENT_HTTP_EXCHANGE record (struct http_exchange, variable
+    length) as the probes write it: the request's values packed in head
+    order, each absent header left out of `present`."""
+    from agent.capture import exchange_records
+    from agent.capture.records import ffi
+    x = ffi.new("struct http_exchange *")
+    h = x.hdr
+    h.type, h.pid, h.tid, h.fd, h.conn_id = C["EVENT_HTTP_EXCHANGE"], pid, tid or pid, 5, conn_id
+    h.start_ns, h.end_ns, h.direction, h.role = start, end, direction, role
+    h.protocol, h.seq = C["PROTOCOL_HTTP1"], seq
+    h.tuple.family = 10
+    h.tuple.local_addr, h.tuple.remote_addr = ipv4_mapped(local[0]), ipv4_mapped(remote[0])
+    h.tuple.local_port, h.tuple.remote_port = local[1], remote[1]
+    r = x.request
+    values = method + target
+    r.method_len, r.target_off, r.target_len = len(method), len(method), len(target)
+    for value, name, bit in ((host, "host", "HTTP_HAS_HOST"),
+                             (user_agent, "user_agent", "HTTP_HAS_USER_AGENT"),
+                             (traceparent, "traceparent", "HTTP_HAS_TRACEPARENT"),
+                             (tracestate, "tracestate", "HTTP_HAS_TRACESTATE")):
+        if value is not None:
+            setattr(r, name + "_off", len(values))
+            setattr(r, name + "_len", len(value))
+            r.present |= C[bit]
+            values += value
+    r.values[0:len(values)], r.values_len = values, len(values)
+    r.version_minor = version_minor
+    x.status, x.response_version_minor, x.serving_conn_id = status, version_minor, serving
+    return bytes(ffi.buffer(x))[:exchange_records.VALUES_OFFSET + len(values)]

@@ -18,6 +18,14 @@ HTTP_EXCHANGE_FIELDS = records.struct_format("struct http_exchange")[1]
 _INDEX = {name: i for i, name in enumerate(HTTP_EXCHANGE_FIELDS)}
 _HEADER_FIELDS = len(records.EVENT_HEADER_FIELDS)
 VALUES_OFFSET = HTTP_EXCHANGE.size
+# What a span needs of the fixed part after the event header, in one
+# unpack_from(record, SPAN_FIELDS_OFFSET) (agent/protocols/http1_records.py).
+SPAN_FIELD_NAMES = ("serving_conn_id", "status", "values_len", "target_off", "target_len",
+                    "host_off", "user_agent_off", "traceparent_off", "tracestate_off",
+                    "method_len", "host_len", "user_agent_len", "traceparent_len",
+                    "tracestate_len", "version_minor", "present")
+SPAN_FIELDS_OFFSET = records.EVENT_HEADER_SIZE
+SPAN_FIELDS = records.fields_struct("struct http_exchange", SPAN_FIELD_NAMES, SPAN_FIELDS_OFFSET)
 
 FALLBACK_NAMES = {C[name]: name.removeprefix("HTTP_FALLBACK_").lower()
                   for name in C if name.startswith("HTTP_FALLBACK_") and name != "HTTP_FALLBACK_COUNT"}

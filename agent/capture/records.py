@@ -74,6 +74,24 @@ def prefix_struct(cname: str, last_field: str) -> struct.Struct:
     return struct.Struct(fmt)
 
 
+def fields_struct(cname: str, names: tuple[str, ...], start: int = 0) -> struct.Struct:
+    """Only the named fields of a struct, in layout order, from byte
+    `start` on (the rest padding): one unpack_from(record, start) gives
+    what a hot loop reads and nothing else."""
+    fmt, pos, found = "<", start, []
+    for offset, code, name in _flatten(ffi.typeof(cname)):
+        if name not in names or offset < start:
+            continue
+        if offset > pos:
+            fmt += f"{offset - pos}x"
+        fmt += code
+        found.append(name)
+        pos = offset + struct.calcsize("<" + code)
+    if tuple(found) != tuple(names):
+        raise KeyError(f"{cname}: fields {names} not in layout order or missing: {found}")
+    return struct.Struct(fmt)
+
+
 def _leading_format(ctype, last_field: str | None) -> tuple[str, tuple[str, ...]]:
     """Format and names of the fields up to last_field (all when None),
     with the padding between them."""

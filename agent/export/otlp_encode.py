@@ -17,6 +17,7 @@ from __future__ import annotations
 import struct
 
 from agent import DISTRO_NAME, __version__
+from agent.spans.model import TemplatedSpan
 
 
 def _varint(n: int) -> bytes:
@@ -170,6 +171,55 @@ _SCOPE = _ld(b"\x0a", _ld(b"\x0a", DISTRO_NAME.encode()) + _ld(b"\x12", __versio
 _SCOPE_LEN = len(_SCOPE)
 
 
+# A TemplatedSpan's fields are written with one struct.pack per span, of a
+# format made for its template: the field's tag and length (constant: ids
+# are always 16 and 8 bytes), trace_id (1), span_id (2), parent (4) if any,
+# the template's name and kind (5, 6), start and end (7, 8), the template's
+# attributes and status (9, 15), then flags (16).
+_TRACE_ID_TAG, _SPAN_ID_TAG, _PARENT_TAG = 0x100A, 0x0812, 0x0822
+_FLAGS_LEN = len(_FLAGS_ROOT[0])
+
+
+def _encode_template(template) -> tuple:
+    """(pack for a child span, pack for a root span, their tag-and-length
+    heads, name and kind fields, attributes and status fields) of a
+    SpanTemplate, kept in its slot."""
+    name_kind = _ld(b"\x2a", template.name.encode("utf-8", "replace")) + bytes(
+        (_KIND_TAG, template.kind))
+    attributes = [_span_attribute(key, value) for key, value in template.attributes]
+    if template.status_message:
+        attributes.append(_status(template.status_code, template.status_message))
+    else:
+        attributes.append(_STATUS_BY_CODE[template.status_code])
+    tail = b"".join(attributes)
+    encoded = []
+    for ids_format, ids_size in (("H16sH8sH8s", 38), ("H16sH8s", 28)):
+        size = ids_size + len(name_kind) + 18 + len(tail) + _FLAGS_LEN
+        head = b"\x12" + _varint(size)
+        encoded.append((struct.Struct(f"<{len(head)}s{ids_format}{len(name_kind)}sBQBQ"
+                                      f"{len(tail)}s{_FLAGS_LEN}s").pack, head))
+    (child, child_head), (root, root_head) = encoded
+    encoded = template.encoded = (child, root, child_head, root_head, name_kind, tail)
+    return encoded
+
+
+def _span_with_state(span) -> bytes:
+    """A TemplatedSpan with a trace state (field 3, between span_id and
+    parent_span_id): the root form's bytes cut open."""
+    template = span.template
+    encoded = template.encoded or _encode_template(template)
+    _, root, _, root_head, name_kind, tail = encoded
+    body = root(root_head, _TRACE_ID_TAG, span.trace_id, _SPAN_ID_TAG, span.span_id, name_kind,
+                _START_TAG, span.start_ns, _END_TAG, span.end_ns, tail,
+                b"")[len(root_head):-_FLAGS_LEN]
+    middle = _ld(b"\x1a", span.trace_state.encode("utf-8", "replace"))
+    parent = span.parent_span_id
+    if parent:
+        middle += b"\x22" + _V[len(parent)] + parent
+    flags = (_FLAGS_CHILD if parent else _FLAGS_ROOT)[span.trace_flags & 0xFF]
+    return _ld(b"\x12", body[:28] + middle + body[28:] + flags)
+
+
 def encode_export_request(spans) -> bytes:
     """Serialised ExportTraceServiceRequest: one ResourceSpans per resource
     object (identity), one ScopeSpans each."""
@@ -184,6 +234,26 @@ def encode_export_request(spans) -> bytes:
     by_resource: dict = {}
 
     for span in spans:
+        if span.__class__ is TemplatedSpan:
+            trace_id, span_id, parent, trace_state, start, end, flags, resource, template = span
+            child, root, child_head, root_head, name_kind, tail = \
+                template.encoded or _encode_template(template)
+            if trace_state:
+                field = _span_with_state(span)
+            elif parent:
+                field = child(child_head, _TRACE_ID_TAG, trace_id, _SPAN_ID_TAG, span_id,
+                              _PARENT_TAG, parent, name_kind, _START_TAG, start, _END_TAG, end,
+                              tail, flags_child[flags & 0xFF])
+            else:
+                field = root(root_head, _TRACE_ID_TAG, trace_id, _SPAN_ID_TAG, span_id,
+                             name_kind, _START_TAG, start, _END_TAG, end, tail,
+                             flags_root[flags & 0xFF])
+            group = by_resource.get(resource)
+            if group is None:
+                by_resource[resource] = [field]
+            else:
+                group.append(field)
+            continue
         trace_id = span.trace_id
         span_id = span.span_id
         parent = span.parent_span_id

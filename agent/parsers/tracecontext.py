@@ -5,6 +5,7 @@ https://www.w3.org/TR/trace-context/
 from __future__ import annotations
 
 import re
+from binascii import Error as BinasciiError, unhexlify
 
 from agent.parsers import INVALID, PARSED
 
@@ -61,3 +62,27 @@ def parse_tracestate(value: str):
         if len(members) > _MAX_MEMBERS:
             return None
     return ",".join(members)
+
+
+
+def traceparent_ids(raw: bytes):
+    """(trace_id, parent_id, flags) of a traceparent value as captured, or
+    None when invalid: parse_traceparent's answer, with the common form
+    (version 00, 55 bytes of lowercase hex and dashes) read without a
+    regex or a decode."""
+    if len(raw) == 55 and raw[2] == raw[35] == raw[52] == 45 and raw.lower() == raw:
+        try:
+            ids = unhexlify(raw.replace(b"-", b""))
+        except BinasciiError:
+            ids = None
+        if ids is not None and len(ids) == 26 and ids[0] == 0:
+            trace_id, parent_id = ids[1:17], ids[17:25]
+            if trace_id == _ZERO_TRACE_BYTES or parent_id == _ZERO_PARENT_BYTES:
+                return None
+            return trace_id, parent_id, ids[25]
+    status, value, _ = parse_traceparent(raw.decode("latin-1"))
+    return value if status == PARSED else None
+
+
+_ZERO_TRACE_BYTES = bytes(16)
+_ZERO_PARENT_BYTES = bytes(8)

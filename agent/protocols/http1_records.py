@@ -1,31 +1,43 @@
 """HTTP/1.x exchanges the probes already paired (EVENT_HTTP_EXCHANGE,
-bpf/http_exchange.h): one record becomes the same work item the payload
-path's matcher (agent/protocols/http1.py) gives at a response's end, so that
-linking, routes, redaction and span building are shared.  No reassembly
-and no head parsing: the request's fields arrive split out."""
+bpf/http_exchange.h): no reassembly and no head parsing.  One unpack of
+the record's fixed part and a slice per value give one compact work item,
+linked and built by agent/spans/http_records.py.
+
+Work items:
+    (RECORD_TAG, conn, fields, None)    an exchange
+    (PAIRED_TAG, conn, fields, True)    a client exchange whose server
+                                        exchange (traced here) follows at once
+    (SERVING_TAG, conn, fields, None)   a server exchange whose upstream
+                                        calls follow it...
+    (SERVED_TAG, conn, fields, None)    ...and end here (proxy linking)
+fields: (tid, start_ns, end_ns, traceparent, tracestate, request), request:
+(method, target, version_minor, host, user_agent, status_code), what the
+span's attributes come from; the values are the record's bytes, None for a
+header the request did not carry.
+"""
 from __future__ import annotations
 
 from agent.capture import exchange_records
 from agent.capture.records import C
-from agent.protocols.http1 import ITEM_TAG, Message
 
 EVENT_HTTP_EXCHANGE = C["EVENT_HTTP_EXCHANGE"]
 EXCHANGE_SIZE = exchange_records.HTTP_EXCHANGE.size
+RECORD_TAG = "http1_record"
+PAIRED_TAG = "http1_record_paired"
+SERVING_TAG = "http1_record_serving"
+SERVED_TAG = "http1_record_served"
+
 _ROLE_UNKNOWN = C["ROLE_UNKNOWN"]
 _ROLE_SERVER = C["ROLE_SERVER"]
 _ROLE_CLIENT = C["ROLE_CLIENT"]
 _INGRESS = C["DIRECTION_INGRESS"]
-
-
-class _Request:
-    """What the linker and the span read of a request head."""
-    __slots__ = ("method", "target", "version", "host", "user_agent", "traceparent",
-                 "tracestate")
-
-
-class _Response:
-    __slots__ = ("status_code",)
-
+_HAS_HOST = C["HTTP_HAS_HOST"]
+_HAS_USER_AGENT = C["HTTP_HAS_USER_AGENT"]
+_HAS_TRACEPARENT = C["HTTP_HAS_TRACEPARENT"]
+_HAS_TRACESTATE = C["HTTP_HAS_TRACESTATE"]
+_FIELDS = exchange_records.SPAN_FIELDS
+_FIELDS_OFFSET = exchange_records.SPAN_FIELDS_OFFSET
+_VALUES = exchange_records.VALUES_OFFSET
 
 # Client exchanges held for the server request their thread was serving
 # (a proxy's upstream call completes before the request it serves): at most
@@ -36,56 +48,102 @@ MAX_WAITING = 4096
 class ExchangeRecords:
     """Exchange records -> work items, in the order the payload path gives
     them: a proxy's server request is decided before the upstream requests
-    sent while serving it."""
+    sent while serving it, and a client's request before the server
+    exchange on its other end."""
 
     def __init__(self):
         self.waiting: dict[int, list] = {}
+        # A server exchange's items, until its client's record (the same
+        # connection from the other end) follows in the same batch: the
+        # client's request is then linked first, as the payload path sees
+        # it, and the server span takes the same-node link at once instead
+        # of waiting in the linker.  Keyed by the pair of ports (client
+        # port << 16 | server port): two connections between other
+        # addresses with the same ports only change the order of items,
+        # the linker matches client and server by their whole tuples.
+        self.deferred: dict[int, list] = {}
 
     def items(self, conn, record: bytes, hot: tuple, out: list) -> bool:
         """False for a malformed record (nothing added)."""
-        try:
-            x = exchange_records.decode(record)
-        except ValueError:
+        (serving, status, values_len, target_off, target_len, host_off, user_agent_off,
+         traceparent_off, tracestate_off, method_len, host_len, user_agent_len, traceparent_len,
+         tracestate_len, version_minor, present) = _FIELDS.unpack_from(record, _FIELDS_OFFSET)
+        end = _VALUES + values_len
+        if end > len(record):
             return False
-        request_item, response_item = _work_items(conn, x, hot)
-        serving = x.serving_conn_id
+        values = record[_VALUES:end]
+        target = values[target_off:target_off + target_len]
+        host = values[host_off:host_off + host_len] if present & _HAS_HOST else None
+        user_agent = values[user_agent_off:user_agent_off + user_agent_len] \
+            if present & _HAS_USER_AGENT else None
+        traceparent = values[traceparent_off:traceparent_off + traceparent_len] \
+            if present & _HAS_TRACEPARENT else None
+        tracestate = values[tracestate_off:tracestate_off + tracestate_len] \
+            if present & _HAS_TRACESTATE else None
+        # A request counts as sent when its write began and received when
+        # its read returned; the kernel stamped start_ns by that rule, and
+        # end_ns (the response's end) by the same.
+        fields = (hot[2], hot[5], hot[6], traceparent, tracestate,
+                  (values[:method_len], target, version_minor, host, user_agent, status))
+        if conn.role == _ROLE_UNKNOWN:
+            conn.role = _ROLE_SERVER if hot[9] == _INGRESS else _ROLE_CLIENT
         if serving:
             held = self.waiting.get(serving)
             if held is None:
                 if len(self.waiting) >= MAX_WAITING:
                     self.flush(next(iter(self.waiting)), out)
                 held = self.waiting[serving] = []
-            held.append(request_item)
-            held.append(response_item)
+            held.append((RECORD_TAG, conn, fields, None))
             return True
-        out.append(request_item)
-        held = self.waiting.pop(hot[4], None)
+        if conn.role != _ROLE_SERVER:
+            server = self.deferred.pop(conn.local_port << 16 | conn.remote_port, None) \
+                if self.deferred else None
+            if server is None:
+                out.append((RECORD_TAG, conn, fields, None))
+            else:
+                out.append((PAIRED_TAG, conn, fields, True))
+                out.extend(server)
+            return True
+        held = self.waiting.pop(hot[4], None) if self.waiting else None
         if held:
-            out.extend(held)
-        out.append(response_item)
+            items = [(SERVING_TAG, conn, fields, None)]
+            self._with_servers(held, items)
+            items.append((SERVED_TAG, conn, fields, None))
+        else:
+            items = ((RECORD_TAG, conn, fields, None),)
+        # Its client's record, if traced here, ends later: the server
+        # waits for it in this batch (release_deferred).
+        key = conn.remote_port << 16 | conn.local_port
+        earlier = self.deferred.pop(key, None)
+        if earlier is not None:
+            out.extend(earlier)
+        self.deferred[key] = items
         return True
+
+    def release_deferred(self, out: list) -> None:
+        """At a batch's end: the server exchanges whose client's record did
+        not come in it (the linker may hold them for it: client_wait)."""
+        for items in self.deferred.values():
+            out.extend(items)
+        self.deferred.clear()
 
     def flush(self, conn_id: int, out: list) -> None:
         """The server request will not come as a record (its connection
         closed or went to the payload path): release what waited for it."""
         held = self.waiting.pop(conn_id, None)
         if held:
-            out.extend(held)
+            self._with_servers(held, out)
 
-
-def _work_items(conn, x, hot: tuple) -> tuple:
-    """The (request, response) work items of one exchange record."""
-    request = _Request()
-    request.method, request.target, request.version = x.method, x.target, x.version
-    request.host, request.user_agent = x.host, x.user_agent
-    request.traceparent, request.tracestate = x.traceparent, x.tracestate
-    start_ns, end_ns, tid = hot[5], hot[6], hot[2]
-    if conn.role == _ROLE_UNKNOWN:
-        conn.role = _ROLE_SERVER if hot[9] == _INGRESS else _ROLE_CLIENT
-    # A request counts as sent when its write began and received when its
-    # read returned; the kernel stamped start_ns by that rule, and end_ns
-    # (the response's end) by the same.
-    message = Message(request, start_ns, start_ns, tid)
-    response = Message(_Response(), end_ns, end_ns, tid)
-    response.parsed.status_code = x.status_code
-    return (ITEM_TAG, conn, message, None), (ITEM_TAG, conn, message, response)
+    def _with_servers(self, clients: list, out: list) -> None:
+        """Client items, each followed by the deferred server exchange on
+        its other end (an upstream call's, traced here too)."""
+        deferred = self.deferred
+        for client in clients:
+            conn = client[1]
+            server = deferred.pop(conn.local_port << 16 | conn.remote_port, None) \
+                if deferred else None
+            if server is None:
+                out.append(client)
+            else:
+                out.append((PAIRED_TAG, conn, client[2], True))
+                out.extend(server)

@@ -102,6 +102,7 @@ class ProtocolRouter:
         unpack = _HOT_HEADER.unpack_from
         header_size = EVENT_HEADER_SIZE
         waiting = self.exchange_records.waiting
+        exchange_items = self.exchange_records.items
         for record in records:
             if len(record) < header_size:
                 self.counts["records_malformed"] += 1
@@ -109,7 +110,9 @@ class ProtocolRouter:
             hot = unpack(record)
             conn_id = hot[4]
             conn = get(conn_id)
-            if hot[0] != _EVENT_DATA and self._control(hot, conn, out, record):
+            event_type = hot[0]
+            if event_type != _EVENT_DATA and event_type != EVENT_HTTP_EXCHANGE \
+                    and self._control(hot, conn, out, record):
                 continue
             protocol = hot[11]
             if conn is None or conn.protocol != protocol:
@@ -130,14 +133,15 @@ class ProtocolRouter:
                 if lost_between(conn.last_seq, seq):
                     table.gap(conn)
                 conn.last_seq = seq
-            if hot[0] == EVENT_HTTP_EXCHANGE:
-                if (len(record) < EXCHANGE_SIZE
-                        or not self.exchange_records.items(conn, record, hot, out)):
+            if event_type == EVENT_HTTP_EXCHANGE:
+                if len(record) < EXCHANGE_SIZE or not exchange_items(conn, record, hot, out):
                     self.counts["records_malformed"] += 1
                 continue
             if waiting and conn_id in waiting:
                 self.exchange_records.flush(conn_id, out)
             conn.record(conn, record, hot, out)
+        if self.exchange_records.deferred:
+            self.exchange_records.release_deferred(out)
         return out
 
     def _control(self, hot: tuple, conn, out: list, record) -> bool:

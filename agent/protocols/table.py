@@ -49,7 +49,8 @@ class Connection:
 
     __slots__ = ("conn_id", "pid", "fd", "role", "local_addr", "local_port", "remote_addr",
                  "remote_port", "scheme", "protocol", "handler", "record", "state",
-                 "last_seen_ns", "last_seq", "peer_addr", "peer_port", "_link_key")
+                 "last_seen_ns", "last_seq", "peer_addr", "peer_port", "_link_key",
+                 "record_fields")
 
     def __init__(self, header: tuple, handler=None):
         (_, pid, _, fd, conn_id, _, end_ns, _, _, _, role, protocol, flags, _, _,
@@ -75,6 +76,9 @@ class Connection:
         self.state = None
         self.last_seen_ns = end_ns
         self.last_seq = 0
+        # What exchange records' spans take of the connection, made at its
+        # first record (agent/spans/http_records.py).
+        self.record_fields = None
 
     @property
     def is_server(self) -> bool:
@@ -98,6 +102,7 @@ class Connection:
         self.peer_addr = peer_addr
         self.peer_port = peer_port
         self._link_key = (seen_addr, seen_port, peer_addr, peer_port)
+        self.record_fields = None
 
 
 class ConnectionTable:

@@ -251,6 +251,7 @@ def record(output, duration, pids, ports, capture_bytes, http_exchanges):
     capture = load_capture(CaptureSettings(capture_bytes=capture_bytes, pids=set(pids) or None,
                                            ports=set(ports) or None, ring_buffer_bytes=64 << 20,
                                            http_exchanges=http_exchanges))
+    click.echo(f"recording for {duration:g} s", err=True)   # loaded: load generators may start
     records = []
     deadline = time.monotonic() + duration
     try:

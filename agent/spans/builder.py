@@ -21,7 +21,7 @@ from agent.parsers import PARSED
 from agent.parsers.tracecontext import parse_traceparent, parse_tracestate
 from agent.protocols import http1 as http1_items, http2 as http2_items, sql_base as sql_items
 from agent.protocols import cache_base as cache_items
-from agent.spans import cache, client_wait, db, grpc, http
+from agent.spans import cache, client_wait, db, grpc, http, http_records
 from agent.spans.context import ContextLinker, RequestContext
 from agent.spans.model import KIND_SERVER, Span, new_span_id, new_trace_id
 from agent.spans.redact import Redactor
@@ -36,10 +36,11 @@ LINKS = {
     http2_items.ITEM_TAG: grpc.link_h2,
     sql_items.ITEM_TAG: db.link_sql,
     cache_items.ITEM_TAG: cache.link_cache,
+    **http_records.LINKS,
 }
 # Exchange tag -> attribute builder class (built with the factory).
 BUILDERS = {http.TAG: http.HttpSpans, grpc.TAG: grpc.GrpcSpans, db.TAG: db.DbSpans,
-            cache.TAG: cache.CacheSpans}
+            cache.TAG: cache.CacheSpans, http_records.TAG: http_records.RecordSpans}
 
 # A process's resource, read by the capture loop while the process lived:
 # (RESOURCE_MARKER, pid, attributes), ahead of that process's exchanges.
@@ -72,6 +73,14 @@ class ExchangeLinker:
         self.client_wait = client_wait.ClientWait(link_wait_s, self.counts) \
             if link_wait_s > 0 else None
         self._hold = None      # (ctx, mirror key) of the exchange being built, to hold
+        # (context, incoming) of the server exchange record whose upstream
+        # calls are being linked (agent/spans/http_records.py).
+        self.record_serving = None
+        # Client links of exchange records for the server exchange record
+        # the router put right after them: mirror key -> link, within a batch.
+        self.paired_links: dict = {}
+        # The last traceparent value of an exchange record, and its ids.
+        self.record_traceparent: tuple = (None, None)
 
     def counter_values(self):
         counts = self.counts
@@ -96,6 +105,8 @@ class ExchangeLinker:
                         out.append(exchange)
         if wait is not None and len(wait):
             wait.release(time.monotonic(), out)
+        if self.paired_links:    # a pair split by NAT translation: not linked here
+            self.paired_links.clear()
         return out
 
     def release_held(self, flush: bool = False) -> list[tuple]:

@@ -58,11 +58,7 @@ class ClientWait:
     def client_seen(self, key: tuple) -> HeldExchange | None:
         """A client request on the connection `key`: the held server
         exchange it completes, if one waits for it."""
-        clients = self._clients
-        if key not in clients:
-            clients[key] = None
-            if len(clients) > self._max_clients:
-                del clients[next(iter(clients))]
+        self.saw_client(key)
         waiting = self._waiting.get(key)
         if not waiting:
             return None
@@ -70,6 +66,15 @@ class ClientWait:
         if not waiting:
             del self._waiting[key]
         return held
+
+    def saw_client(self, key: tuple) -> None:
+        """A client request on the connection `key`: its server exchanges
+        may wait for their client from now on (may_come)."""
+        clients = self._clients
+        if key not in clients:
+            clients[key] = None
+            if len(clients) > self._max_clients:
+                del clients[next(iter(clients))]
 
     def may_come(self, mirror_key: tuple) -> bool:
         """Whether the client of a server exchange may yet be seen here."""

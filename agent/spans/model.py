@@ -7,6 +7,8 @@ encoder reads them directly, and the SDK path converts them to ReadableSpan.
 from __future__ import annotations
 
 import random
+from operator import attrgetter
+from typing import NamedTuple
 
 # OTLP SpanKind values (opentelemetry/proto/trace/v1/trace.proto).
 KIND_SERVER = 2
@@ -22,20 +24,21 @@ STATUS_NAMES = {STATUS_UNSET: "UNSET", STATUS_OK: "OK", STATUS_ERROR: "ERROR"}
 _random_bits = random.getrandbits
 
 
+def _nonzero_bits(bits: int) -> int:
+    while True:
+        value = _random_bits(bits)
+        if value:
+            return value
+
+
 def new_span_id() -> bytes:
     """A random non-zero 8-byte span id."""
-    while True:
-        value = _random_bits(64)
-        if value:
-            return value.to_bytes(8, "big")
+    return (_random_bits(64) or _nonzero_bits(64)).to_bytes(8, "big")
 
 
 def new_trace_id() -> bytes:
     """A random non-zero 16-byte trace id."""
-    while True:
-        value = _random_bits(128)
-        if value:
-            return value.to_bytes(16, "big")
+    return (_random_bits(128) or _nonzero_bits(128)).to_bytes(16, "big")
 
 
 class Span:
@@ -93,3 +96,53 @@ EXCHANGE_HEAD = [("tag", str), ("kind", int), ("pid", int), ("trace_id", bytes),
 # unless NAT translated the connection (agent/capture/conntrack.py).
 EXCHANGE_PEERS = [("local_addr", str), ("local_port", int), ("remote_addr", str),
                   ("remote_port", int), ("peer_addr", str), ("peer_port", int)]
+
+
+class SpanTemplate:
+    """What spans of one shape share: name, kind, attributes and status
+    depend only on a request's fields and its connection's, so they are
+    built once per distinct combination (agent/spans/http_records.py).
+    `encoded` and `metric` are cache slots the OTLP encoder and the request
+    metrics fill with their own form; `redactions` are the (rule, count)
+    redactions building it made, counted again for each span of the shape.
+    Nothing may change a template's attributes: spans share them."""
+
+    __slots__ = ("name", "kind", "attributes", "status_code", "status_message", "redactions",
+                 "encoded", "metric")
+
+    def __init__(self, name: str, kind: int, attributes: list, status_code: int,
+                 status_message: str, redactions: tuple = ()):
+        self.name = name
+        self.kind = kind
+        self.attributes = attributes
+        self.status_code = status_code
+        self.status_message = status_message
+        self.redactions = redactions
+        self.encoded = None
+        self.metric = None
+
+
+class TemplatedSpan(NamedTuple):
+    """A finished span as a tuple: its ids, times and resource, and its
+    shape's template.  Reads like Span (the sampler, the SDK and console
+    sinks use the same names); ids are full length (16 and 8 bytes)."""
+
+    trace_id: bytes
+    span_id: bytes
+    parent_span_id: bytes
+    trace_state: str
+    start_ns: int
+    end_ns: int
+    trace_flags: int
+    resource: object
+    template: SpanTemplate
+
+    attribute = Span.attribute
+
+    def __repr__(self) -> str:
+        return Span.__repr__(self)
+
+
+# What a TemplatedSpan reads from its template, under Span's names.
+for _name in ("name", "kind", "attributes", "status_code", "status_message"):
+    setattr(TemplatedSpan, _name, property(attrgetter("template." + _name)))

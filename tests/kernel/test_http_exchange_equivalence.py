@@ -1,8 +1,9 @@
 """The exchange-record path and the payload path give the same spans for
 the same traffic: two captures loaded at once on the same hooks (one with
 http_exchanges on, one off), real clients (curl, Python's http.client)
-against a real server (Python's http.server), each capture's records
-through its own router and linker, then every exchange field compared."""
+against a real server (Python's http.server) and through nginx, each
+capture's records through its own router, linker and span factory, then
+every span field, link and time compared."""
 from __future__ import annotations
 
 import http.client
@@ -14,15 +15,18 @@ import pytest
 
 from agent.capture.loader import CaptureSettings, load_capture
 from agent.protocols.router import ProtocolRouter
-from agent.spans.builder import ExchangeLinker
-from agent.spans.http import HttpExchange
-from agent.spans.model import KIND_SERVER
+from agent.spans.builder import ExchangeLinker, SpanFactory
+from agent.spans.model import KIND_SERVER, TemplatedSpan
+from agent.spans.redact import Redactor
+from agent.spans.resources import ResourceCache
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-RANDOM_IDS = ("trace_id", "span_id", "parent_id")
 # The two captures' programs each read the clock: the same call's times
 # differ by the few microseconds between them.
 CLOCK_SLACK_NS = 2_000_000
+# A server's exchange record ends before its client's on this node: the
+# server span waits for it to be linked (the agent waits 0.25 s).
+LINK_WAIT_S = 60.0
 
 
 class Handler(http.server.BaseHTTPRequestHandler):
@@ -51,18 +55,47 @@ def server():
         httpd.server_close()
 
 
-def exchanges_of(capture) -> list:
-    router, linker = ProtocolRouter(), ExchangeLinker()
+def spans_of(capture) -> list:
+    router, linker = ProtocolRouter(), ExchangeLinker(link_wait_s=LINK_WAIT_S)
+    factory = SpanFactory(ResourceCache(host_attributes=[]), Redactor())
     records = capture.ring.read_batch(1 << 20)
-    return [x for x in linker.exchanges(router.process(records)) if isinstance(x, HttpExchange)]
+    exchanges = linker.exchanges(router.process(records)) + linker.release_held(flush=True)
+    return factory.spans(exchanges)
 
 
-def comparable(x: HttpExchange) -> tuple:
-    return tuple(v for k, v in x._asdict().items()
-                 if k not in RANDOM_IDS and k not in ("start_ns", "end_ns"))
+def order(span) -> tuple:
+    """Spans of one request, seen through either capture, sort alike
+    (repeated requests: in the order they were made)."""
+    return (span.kind, span.attribute("server.port"), span.attribute("client.address"),
+            span.attribute("url.path") or span.attribute("url.full"), span.resource.pid,
+            span.start_ns)
 
 
-def test_both_paths_give_the_same_exchanges(server):
+def comparable(spans: list) -> list:
+    """Every field of every span but times, random ids replaced by their
+    order of first appearance (the same links give the same labels)."""
+    labels: dict = {}
+
+    def label(value: bytes):
+        if not value:
+            return None
+        if value.hex() in TRACEPARENT:
+            return value.hex()
+        return labels.setdefault(value, len(labels))
+    return [(s.kind, s.name, list(s.attributes), s.status_code, s.status_message,
+             s.trace_state, s.trace_flags, s.resource.pid, label(s.trace_id), label(s.span_id),
+             label(s.parent_span_id)) for s in sorted(spans, key=order)]
+
+
+def assert_same_spans(fast: list, slow: list, fallbacks: dict) -> None:
+    assert comparable(fast) == comparable(slow), fallbacks
+    for a, b in zip(sorted(fast, key=order), sorted(slow, key=order)):
+        assert abs(a.start_ns - b.start_ns) < CLOCK_SLACK_NS
+        assert abs(a.end_ns - b.end_ns) < CLOCK_SLACK_NS
+        assert a.start_ns <= a.end_ns
+
+
+def test_both_paths_give_the_same_spans(server):
     settings = dict(ports={server}, agent_pid=0, tls=False, ring_buffer_bytes=1 << 22)
     records_path = load_capture(CaptureSettings(http_exchanges=True, **settings))
     payload_path = load_capture(CaptureSettings(http_exchanges=False, **settings))
@@ -72,37 +105,43 @@ def test_both_paths_give_the_same_exchanges(server):
             subprocess.run(["curl", "-s", "-o", "/dev/null", "-H", f"traceparent: {TRACEPARENT}",
                             url + path], check=True)
         conn = http.client.HTTPConnection("127.0.0.1", server, timeout=5)
-        for path in ("/one", "/two", "/three"):
+        # Repeated on one connection: a shape's first span is a plain
+        # Span, the next ones share its template (TemplatedSpan).
+        for path in ("/one", "/two", "/one", "/two", "/one"):
             conn.request("GET", path, headers={"User-Agent": "equivalence"})
             conn.getresponse().read()
         conn.close()
-        fast = exchanges_of(records_path)
-        slow = exchanges_of(payload_path)
+        fast = spans_of(records_path)
+        slow = spans_of(payload_path)
         fallbacks = records_path.http_fallbacks()
     finally:
         records_path.close()
         payload_path.close()
-    # Each request seen from both ends: 5 server and 5 client exchanges.
-    assert len(slow) == 10, slow
-    assert sorted(map(comparable, fast)) == sorted(map(comparable, slow)), fallbacks
+    # Each request seen from both ends: 7 server and 7 client spans.
+    assert len(slow) == 14, slow
+    assert_same_spans(fast, slow, fallbacks)
+    assert sum(isinstance(s, TemplatedSpan) for s in fast) == 6, fast
     assert all(connections == 0 for connections, _ in fallbacks.values()), fallbacks
-    key = lambda x: (x.kind, x.local_port, x.target)  # noqa: E731
-    for a, b in zip(sorted(fast, key=key), sorted(slow, key=key)):
-        assert abs(a.start_ns - b.start_ns) < CLOCK_SLACK_NS
-        assert abs(a.end_ns - b.end_ns) < CLOCK_SLACK_NS
-        assert a.start_ns <= a.end_ns
     # curl's traceparent: in both paths its two requests' client spans and
     # server spans are in its trace, the server spans children of its span.
     _, trace_id, parent_id, _ = TRACEPARENT.split("-")
-    for exchanges in (fast, slow):
-        continued = [x for x in exchanges if x.trace_id == bytes.fromhex(trace_id)]
-        assert len(continued) == 4, exchanges
-        servers = [x for x in continued if x.kind == KIND_SERVER]
+    for spans in (fast, slow):
+        continued = [s for s in spans if s.trace_id == bytes.fromhex(trace_id)]
+        assert len(continued) == 4, spans
+        servers = [s for s in continued if s.kind == KIND_SERVER]
         assert len(servers) == 2
-        assert all(x.parent_id == bytes.fromhex(parent_id) for x in servers)
+        assert all(s.parent_span_id == bytes.fromhex(parent_id) for s in servers)
+    # http.client sent no traceparent: each server span is the child of
+    # its client span on this node, in both paths.
+    for spans in (fast, slow):
+        clients = {s.span_id for s in spans if s.kind != KIND_SERVER
+                   and s.attribute("user_agent.original") == "equivalence"}
+        servers = [s for s in spans if s.kind == KIND_SERVER
+                   and s.attribute("user_agent.original") == "equivalence"]
+        assert len(servers) == 5 and {s.parent_span_id for s in servers} == clients
 
 
-def test_nginx_proxy_gives_the_same_exchanges(start_nginx, backend):
+def test_nginx_proxy_gives_the_same_spans(start_nginx, backend):
     nginx = start_nginx(backend_port=backend)
     settings = dict(ports={nginx.port, backend}, agent_pid=0, tls=False,
                     ring_buffer_bytes=1 << 22)
@@ -112,18 +151,21 @@ def test_nginx_proxy_gives_the_same_exchanges(start_nginx, backend):
         for path in ("/fast", "/api/items", "/"):
             subprocess.run(["curl", "-s", "-o", "/dev/null", "-H", f"traceparent: {TRACEPARENT}",
                             f"http://127.0.0.1:{nginx.port}{path}"], check=True)
-        fast = exchanges_of(records_path)
-        slow = exchanges_of(payload_path)
+        fast = spans_of(records_path)
+        slow = spans_of(payload_path)
         fallbacks = records_path.http_fallbacks()
     finally:
         records_path.close()
         payload_path.close()
-    assert sorted(map(comparable, fast)) == sorted(map(comparable, slow)), fallbacks
-    # Proxy linking: nginx's upstream request is a child of the request it serves.
-    for name, exchanges in (("payload", slow), ("records", fast)):
-        upstream = [x for x in exchanges if x.kind != KIND_SERVER and x.remote_port == backend]
-        served = {x.span_id for x in exchanges
-                  if x.kind == KIND_SERVER and x.local_port == nginx.port}
-        assert upstream and all(x.parent_id in served for x in upstream), (name, [
-            (x.kind, x.local_port, x.remote_port, x.span_id.hex(), x.parent_id.hex())
-            for x in exchanges])
+    assert_same_spans(fast, slow, fallbacks)
+    # Proxy linking: nginx's upstream request is a child of the request it
+    # serves, and the backend's span a child of that upstream request.
+    for name, spans in (("payload", slow), ("records", fast)):
+        upstream = [s for s in spans if s.kind != KIND_SERVER
+                    and s.attribute("server.port") == backend]
+        served = {s.span_id for s in spans
+                  if s.kind == KIND_SERVER and s.attribute("server.port") == nginx.port}
+        backend_spans = [s for s in spans if s.kind == KIND_SERVER
+                         and s.attribute("server.port") == backend]
+        assert upstream and all(s.parent_span_id in served for s in upstream), (name, spans)
+        assert {s.parent_span_id for s in backend_spans} == {s.span_id for s in upstream}

@@ -13,7 +13,7 @@ from agent.parsers.http1 import (
     ChunkedBody, looks_like_request, looks_like_response, parse_request, parse_response,
     response_has_body, split_target,
 )
-from agent.parsers.tracecontext import parse_traceparent, parse_tracestate
+from agent.parsers.tracecontext import parse_traceparent, parse_tracestate, traceparent_ids
 from agent.spans.redact import Redactor
 
 from fuzzing import BUDGET, STATUSES, edit, fixture_files
@@ -120,6 +120,9 @@ def test_traceparent_mutations(sample, data):
     assert status in (PARSED, INVALID)
     if status == PARSED:
         assert len(parsed[0]) == 16 and len(parsed[1]) == 8 and 0 <= parsed[2] <= 255
+    # The exchange records' reader (bytes as captured) gives the same answer.
+    raw = "".join(chars).encode("latin-1", "replace")
+    assert traceparent_ids(raw) == (parse_traceparent(raw.decode("latin-1"))[1])
 
 
 def _fields(result) -> tuple:

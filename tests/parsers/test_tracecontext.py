@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from agent.parsers import INVALID, PARSED
-from agent.parsers.tracecontext import parse_traceparent, parse_tracestate
+from agent.parsers.tracecontext import parse_traceparent, parse_tracestate, traceparent_ids
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -82,3 +82,15 @@ def test_valid_tracestate(value, expected):
 ])
 def test_invalid_tracestate_is_dropped(value):
     assert parse_tracestate(value) is None
+
+
+@pytest.mark.parametrize("value", [
+    VALID, f"00-{TRACE_ID}-{PARENT_ID}-00", f" \t00-{TRACE_ID}-{PARENT_ID}-01 ",
+    f"cc-{TRACE_ID}-{PARENT_ID}-01-what-the-future-holds", f"00-{TRACE_ID.upper()}-{PARENT_ID}-01",
+    f"00-{'0' * 32}-{PARENT_ID}-01", f"00-{TRACE_ID}-{'0' * 16}-01", f"ff-{TRACE_ID}-{PARENT_ID}-01",
+    f"00-{TRACE_ID}-{PARENT_ID}-0g", f"00-{TRACE_ID}-{PARENT_ID}-01-", f"00_{TRACE_ID}-{PARENT_ID}-01",
+    f"00-{TRACE_ID}{PARENT_ID}--01", "", "00"])
+def test_captured_bytes_read_like_the_text(value):
+    """traceparent_ids (exchange records' bytes) agrees with parse_traceparent."""
+    status, ids, _ = parse_traceparent(value)
+    assert traceparent_ids(value.encode()) == (ids if status == PARSED else None)

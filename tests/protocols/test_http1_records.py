@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from agent.capture import exchange_records
 from agent.capture.records import C, ffi
-from agent.protocols.http1_records import ExchangeRecords
+from agent.protocols.http1_records import RECORD_TAG, SERVED_TAG, SERVING_TAG, ExchangeRecords
 from agent.protocols.router import ProtocolRouter
 
 
@@ -36,10 +36,11 @@ def test_an_upstream_exchange_waits_for_the_request_it_serves():
     items = router.process([upstream])
     assert items == []
     items = router.process([served])
-    order = [(item[1].conn_id, item[3] is not None) for item in items]
-    assert order == [(1, False), (2, False), (2, True), (1, True)]
-    assert items[0][2].parsed.target == "/in"
-    assert items[2][3].last_end_ns == 150
+    order = [(item[0], item[1].conn_id) for item in items]
+    assert order == [(SERVING_TAG, 1), (RECORD_TAG, 2), (SERVED_TAG, 1)]
+    # (tid, start, end, traceparent, tracestate, (method, target, ...))
+    assert items[0][2][5][:2] == (b"GET", b"/in")
+    assert items[1][2][1:3] == (120, 150)
 
 
 def test_a_close_releases_what_waited():
@@ -49,7 +50,7 @@ def test_a_close_releases_what_waited():
     close = ffi.new("struct event_header *")
     close.type, close.conn_id, close.pid = C["EVENT_CLOSE"], 1, 42
     items = router.process([bytes(ffi.buffer(close))])
-    assert [(item[1].conn_id, item[3] is not None) for item in items] == [(2, False), (2, True)]
+    assert [(item[0], item[1].conn_id) for item in items] == [(RECORD_TAG, 2)]
 
 
 def test_waiting_is_bounded():
@@ -65,7 +66,7 @@ def test_waiting_is_bounded():
         records.items(Conn(), exchange_record(2, C["DIRECTION_EGRESS"], C["ROLE_CLIENT"], b"/",
                                               serving=serving), hot, out)
     assert len(records.waiting) == limit
-    assert len(out) == 2
+    assert len(out) == 1
 
 
 def test_a_record_shorter_than_its_values_is_counted_and_skipped():
@@ -73,4 +74,26 @@ def test_a_record_shorter_than_its_values_is_counted_and_skipped():
     record = exchange_record(1, C["DIRECTION_INGRESS"], C["ROLE_SERVER"], b"/in")
     assert router.process([record[:-2]]) == []
     assert router.counts["records_malformed"] == 1
-    assert len(router.process([record])) == 2
+    assert len(router.process([record])) == 1
+
+
+def test_a_server_record_follows_its_clients_record_in_a_batch():
+    """Both ends on this node: the server's record ends first, the client's
+    is linked first (as the payload path sees the request)."""
+    server = exchange_record(1, C["DIRECTION_INGRESS"], C["ROLE_SERVER"], b"/x")
+    client = exchange_record(2, C["DIRECTION_EGRESS"], C["ROLE_CLIENT"], b"/x")
+    # The two ends of one connection: each one's local port is the other's remote.
+    mirrored = bytearray(client)
+    header = ffi.new("struct event_header *")
+    ffi.memmove(header, server, ffi.sizeof(header[0]))
+    local, remote = header.tuple.local_port, header.tuple.remote_port
+    ffi.memmove(header, client, ffi.sizeof(header[0]))
+    header.tuple.local_port, header.tuple.remote_port = remote, local
+    mirrored[:ffi.sizeof(header[0])] = bytes(ffi.buffer(header))
+    router = ProtocolRouter()
+    items = router.process([server, bytes(mirrored)])
+    assert [item[1].conn_id for item in items] == [2, 1]
+    # Apart, the server's item ends its batch (the linker may hold it).
+    router = ProtocolRouter()
+    assert [item[1].conn_id for item in router.process([server])] == [1]
+    assert router.exchange_records.deferred == {}

@@ -8,7 +8,7 @@ import pickle
 
 from agent.capture.recording import read_records
 from agent.protocols.router import ProtocolRouter
-from agent.spans import cache, db, grpc, http
+from agent.spans import cache, db, grpc, http, http_records
 from agent.spans.builder import BUILDERS, ExchangeLinker, SpanFactory
 from agent.spans.redact import Redactor
 from agent.spans.resources import ResourceCache
@@ -17,7 +17,7 @@ from protocols.test_sql_connections import MY, PG, Replay, writes
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
 SHAPES = {http.TAG: http.HttpExchange, grpc.TAG: grpc.GrpcExchange, db.TAG: db.DbExchange,
-          cache.TAG: cache.CacheExchange}
+          cache.TAG: cache.CacheExchange, http_records.TAG: http_records.RecordExchange}
 
 
 def all_kinds():

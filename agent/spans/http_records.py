@@ -1,0 +1,271 @@
+"""HTTP spans from the probes' exchange records (agent/protocols/http1_records.py),
+with as little Python per record as the rules allow.
+
+Linking (the linker, main process): link_http1's rules (agent/spans/http.py)
+on fields already split out.  The traceparent's ids are read from the
+record's bytes.  Same-node links (the server span on the mirrored
+connection becomes the client span's child): the probes write a server's
+record before its client's, so a client record's link goes straight to its
+server's record (which the router puts right after it) or to the server
+exchange held for it (client_wait), and never waits in the linker's
+per-connection queue, where a later server exchange would take it; links
+from payload-path clients are taken from that queue as before.  Proxy
+links (an upstream call and the server request its thread serves) go
+through the same ContextLinker tables as the payload path's.  Objects are
+made only where a table keeps them; the exchange carries its connection's
+fields as one tuple, made once per connection.
+
+Building (the span stage): a span's name, kind, attributes and status
+depend only on its request's fields and its connection's.  A combination
+seen again is kept as a SpanTemplate that HttpSpans built once (routes and
+redaction included), and its spans are TemplatedSpans of ids, times,
+resource and template, which the OTLP encoder and the request metrics read
+through the template's cached forms.  A combination's first span is a plain
+Span (paths with ids in them never repeat).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+from agent.parsers.tracecontext import parse_tracestate, traceparent_ids
+from agent.protocols import http1_records
+from agent.spans import http
+from agent.spans.context import RequestContext
+from agent.spans.model import (EXCHANGE_HEAD, KIND_CLIENT, KIND_SERVER, SpanTemplate,
+                               TemplatedSpan, new_span_id, new_trace_id)
+
+TAG = "http_record"
+new_exchange = tuple.__new__
+
+# connection: (kind, local_addr, local_port, remote_addr, remote_port,
+# peer_addr, peer_port, scheme), one tuple per connection; request: (method,
+# target, version_minor, host, user_agent, status_code), the values the
+# record's bytes (None: header absent).  The two are what a span's template
+# depends on.
+RecordExchange = NamedTuple("RecordExchange", EXCHANGE_HEAD + [
+    ("connection", tuple), ("request", tuple)])
+
+# What a client record gives the server span on the mirrored connection:
+# the fields a same-node link reads.
+SentRequest = NamedTuple("SentRequest", [("trace_id", bytes), ("span_id", bytes),
+                                         ("flags", int)])
+
+# Distinct span shapes kept (a dict cleared when full: a workload's hot
+# shapes refill it at once).
+MAX_TEMPLATES = 4096
+_UNSEEN = object()
+
+
+def _connection_fields(conn) -> tuple:
+    """(connection tuple, link key, mirror key), kept on the connection
+    (until NAT translates it: Connection.translated)."""
+    kind = KIND_SERVER if conn.is_server else KIND_CLIENT
+    fields = conn.record_fields = (
+        (kind, conn.local_addr, conn.local_port, conn.remote_addr, conn.remote_port,
+         conn.peer_addr, conn.peer_port, conn.scheme), conn.key(), conn.mirror_key())
+    return fields
+
+
+def _incoming(linker, traceparent):
+    if traceparent is None:
+        return None
+    ids = traceparent_ids(traceparent)
+    if ids is None:
+        linker.counts["traceparent_invalid"] += 1
+    return ids
+
+
+def _trace_state(linker, tracestate) -> str:
+    if tracestate is None:
+        return ""
+    state = parse_tracestate(tracestate.decode("latin-1"))
+    if state is None:
+        linker.counts["tracestate_invalid"] += 1
+        return ""
+    return state
+
+
+def link_record(linker, conn, fields: tuple, paired) -> tuple:
+    """One exchange record's work item -> its exchange; paired: True for a
+    client exchange whose server's (traced here) follows at once."""
+    connection, link_key, mirror_key = conn.record_fields or _connection_fields(conn)
+    traceparent = fields[3]
+    incoming = None
+    if traceparent is not None:
+        # Both ends traced here: the server's record follows its client's
+        # with the same value.
+        last = linker.record_traceparent
+        if traceparent == last[0]:
+            incoming = last[1]
+        else:
+            incoming = traceparent_ids(traceparent)
+            linker.record_traceparent = (traceparent, incoming)
+        if incoming is None:
+            linker.counts["traceparent_invalid"] += 1
+    if connection[0] == KIND_SERVER:
+        if incoming is not None:
+            trace_id, parent_id, flags = incoming
+            span_id = new_span_id()
+            trace_state = _trace_state(linker, fields[4]) if fields[4] is not None else ""
+        else:
+            trace_id, span_id, parent_id, trace_state = new_trace_id(), new_span_id(), b"", ""
+            flags = linker.sampler.root_flags(trace_id)
+        links = linker.paired_links
+        link = links.pop(mirror_key, None) if links else None
+        if link is None:
+            link = linker.linker.take_client_link(mirror_key)
+        if link is not None:
+            linker.counts["linked_same_node"] += 1
+            trace_id, parent_id, flags = link.trace_id, link.span_id, link.flags
+        elif linker.client_wait is not None:
+            # Its client's record may come in a later batch.
+            linker.join_client_on_this_node(
+                RequestContext(trace_id, span_id, parent_id, flags, trace_state), mirror_key)
+    else:
+        trace_id, span_id, parent_id, flags, trace_state = _client_context(
+            linker, conn.pid, fields[0], incoming, fields[4])
+        _client_sent(linker, link_key, new_exchange(SentRequest, (trace_id, span_id, flags)),
+                     paired)
+    return new_exchange(RecordExchange, (
+        TAG, connection[0], conn.pid, trace_id, span_id, parent_id, flags, trace_state,
+        fields[1], fields[2], connection, fields[5]))
+
+
+def _client_sent(linker, link_key: tuple, sent: SentRequest, paired: bool) -> None:
+    """Where a client record's link goes.  Its server's record ended
+    before it: the router put that right after it (paired), or the server
+    exchange went out already, held for it (client_wait) or not.  So a
+    record's link never waits in the linker's tables, where a server seen
+    later would take it for its own."""
+    wait = linker.client_wait
+    if paired:
+        linker.paired_links[link_key] = sent
+        if wait is not None:
+            wait.saw_client(link_key)
+        return
+    held = wait.client_seen(link_key) if wait is not None else None
+    if held is not None:
+        linker.counts["linked_same_node"] += 1
+        ctx = held.ctx
+        ctx.trace_id, ctx.parent_span_id, ctx.flags = sent
+        held.linked = True
+
+
+def _client_context(linker, pid: int, tid: int, incoming, tracestate) -> tuple:
+    """ExchangeLinker.decide's client rules: (trace_id, span_id, parent_id,
+    flags, trace_state)."""
+    links = linker.linker
+    if incoming is not None:
+        trace_id, parent_id, flags = incoming
+        server = links.forwarded_from(pid, trace_id, parent_id)
+        if server is not None:
+            return trace_id, new_span_id(), server.span_id, flags, server.trace_state
+        # The client's own instrumentation chose this span id for the
+        # downstream parent: the client span takes it.
+        server = links.serving_thread(pid, tid)
+        parent = server.span_id if server is not None and server.trace_id == trace_id else b""
+        trace_state = _trace_state(linker, tracestate) if tracestate is not None else ""
+        return trace_id, parent_id, parent, flags, trace_state
+    server = links.serving_thread(pid, tid)
+    if server is None:
+        trace_id = new_trace_id()
+        return trace_id, new_span_id(), b"", linker.sampler.root_flags(trace_id), ""
+    return server.trace_id, new_span_id(), server.span_id, server.flags, server.trace_state
+
+
+def link_serving(linker, conn, fields: tuple, _unused) -> None:
+    """A server exchange whose upstream calls follow: its context is
+    decided first and kept in the linker's tables while they are linked."""
+    tid, traceparent, tracestate = fields[0], fields[3], fields[4]
+    incoming = _incoming(linker, traceparent)
+    if incoming is not None:
+        ctx = RequestContext(incoming[0], new_span_id(), incoming[1], incoming[2],
+                             _trace_state(linker, tracestate) if tracestate is not None else "")
+    else:
+        ctx = linker.new_root()
+    linker.linker.server_started(conn.pid, tid, incoming, ctx)
+    linker.record_serving = (ctx, incoming)
+
+
+def link_served(linker, conn, fields: tuple, _unused) -> tuple:
+    """The server exchange link_serving began, after its upstream calls."""
+    connection, _, mirror_key = conn.record_fields or _connection_fields(conn)
+    ctx, incoming = linker.record_serving
+    linker.record_serving = None
+    linker.linker.server_finished(conn.pid, fields[0], incoming, ctx)
+    link = linker.paired_links.pop(mirror_key, None)
+    if link is not None:
+        linker.counts["linked_same_node"] += 1
+        ctx.trace_id, ctx.parent_span_id, ctx.flags = link
+    else:
+        linker.join_client_on_this_node(ctx, mirror_key)
+    return new_exchange(RecordExchange, (
+        TAG, connection[0], conn.pid, ctx.trace_id, ctx.span_id, ctx.parent_span_id, ctx.flags,
+        ctx.trace_state, fields[1], fields[2], connection, fields[5]))
+
+
+LINKS = {http1_records.RECORD_TAG: link_record, http1_records.PAIRED_TAG: link_record,
+         http1_records.SERVING_TAG: link_serving, http1_records.SERVED_TAG: link_served}
+
+
+class RecordSpans:
+    """Builds spans from record exchanges; `factory` (agent/spans/builder.py)
+    holds the resources, redactor, routes and clock offset.  A shape seen
+    for the first time gives a plain Span (ids in paths make most shapes
+    unique, and a template costs more to make than a span); seen again, it
+    becomes a template and its spans TemplatedSpans."""
+
+    def __init__(self, factory):
+        self.factory = factory
+        self.resources = factory.resources
+        self.redaction_counts = factory.redactor.counts
+        self.http = http.HttpSpans(factory)
+        # shape -> its template, or None for a shape seen once.
+        self.templates: dict[tuple, SpanTemplate | None] = {}
+
+    def build(self, e: tuple):
+        shape = e[10:]      # (connection, request)
+        templates = self.templates
+        template = templates.get(shape, _UNSEEN)
+        if template is _UNSEEN:
+            if len(templates) >= MAX_TEMPLATES:
+                templates.clear()
+            templates[shape] = None
+            return self.http.build(_http_exchange(e))
+        if template is None:
+            template = templates[shape] = self._template(e)
+        elif template.redactions:
+            counts = self.redaction_counts
+            for rule, count in template.redactions:
+                counts[rule] += count
+        offset = self.factory.clock_offset_ns
+        return new_exchange(TemplatedSpan, (e[3], e[4], e[5], e[7], e[8] + offset,
+                                            e[9] + offset, e[6], self.resources.get(e[2]),
+                                            template))
+
+    def _template(self, e: tuple) -> SpanTemplate:
+        """The span HttpSpans builds for this shape, as a template."""
+        counts = self.redaction_counts
+        before = dict(counts)
+        span = self.http.build(_http_exchange(e))
+        return SpanTemplate(span.name, span.kind, span.attributes, span.status_code,
+                            span.status_message,
+                            tuple((rule, counts[rule] - before[rule]) for rule in counts
+                                  if counts[rule] != before[rule]))
+
+
+_VERSIONS = tuple("1.%d" % minor for minor in range(256))
+
+
+def _http_exchange(e: tuple) -> tuple:
+    """The fields of an HttpExchange (agent/spans/http.py) of a record
+    exchange, what HttpSpans.build reads."""
+    (_, kind, pid, trace_id, span_id, parent_id, flags, trace_state, start, end, connection,
+     (method, target, version_minor, host, user_agent, status_code)) = e
+    (_, local_addr, local_port, remote_addr, remote_port, peer_addr, peer_port,
+     scheme) = connection
+    return (http.TAG, kind, pid, trace_id, span_id, parent_id, flags, trace_state, start, end,
+            method.decode("ascii", "replace"), target.decode("utf-8", "replace"),
+            _VERSIONS[version_minor], None if host is None else host.decode("utf-8", "replace"),
+            None if user_agent is None else user_agent.decode("utf-8", "replace"), status_code,
+            local_addr, local_port, remote_addr, remote_port, peer_addr, peer_port, scheme, None)

@@ -1,0 +1,301 @@
+"""Spans from exchange records against spans from the payload path, for the
+same traffic: the records the probes would write (one per exchange and
+side, in the order they end) and the data records of the same calls,
+each through router, linker, span factory, request metrics and encoder."""
+from __future__ import annotations
+
+import pickle
+
+from agent.capture.records import C
+from agent.export.otlp_encode import encode_export_request
+from agent.metrics.red import RedAggregator
+from agent.protocols.router import ProtocolRouter
+from agent.spans.builder import ExchangeLinker, SpanFactory
+from agent.spans.model import KIND_CLIENT, KIND_SERVER, Span, TemplatedSpan
+from agent.spans.redact import Redactor
+from agent.spans.resources import ResourceCache
+from agent.spans.routes import RouteNamer
+from event_records import http1_record, http_exchange_record
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01".encode()
+IN, OUT = C["DIRECTION_INGRESS"], C["DIRECTION_EGRESS"]
+SERVER, CLIENT = C["ROLE_SERVER"], C["ROLE_CLIENT"]
+HOST = "127.0.0.1"
+
+
+class Traffic:
+    """Calls between processes on loopback, as both kinds of record."""
+
+    def __init__(self):
+        self.payload: list[tuple[int, bytes]] = []    # (time, data record)
+        self.records: list[tuple[int, bytes]] = []    # (time the exchange ended, record)
+        self.next_conn = 1
+
+    def connection(self, client_pid: int, server_pid: int, server_port: int) -> tuple:
+        client_id, server_id = self.next_conn, self.next_conn + 1
+        self.next_conn += 2
+        client_port = 40000 + client_id
+        return (client_id, client_pid, (HOST, client_port), (HOST, server_port),
+                server_id, server_pid)
+
+    def call(self, conn: tuple, t: int, duration: int = 1000, method: bytes = b"GET",
+             target: bytes = b"/", host: bytes | None = None, user_agent: bytes | None = None,
+             traceparent: bytes | None = None, tracestate: bytes | None = None,
+             status: int = 200, serving: int = 0, inner=None, client_traced: bool = True) -> None:
+        """A request at t answered by duration later; `inner(t)` makes the
+        server's own upstream calls while it serves (serving: its conn id)."""
+        client_id, client_pid, client_end, server_end, server_id, server_pid = conn
+        head = method + b" " + target + b" HTTP/1.1\r\n"
+        for name, value in ((b"Host", host), (b"User-Agent", user_agent),
+                            (b"traceparent", traceparent), (b"tracestate", tracestate)):
+            if value is not None:
+                head += name + b": " + value + b"\r\n"
+        request = head + b"\r\n"
+        reason = {200: b"OK", 404: b"Not Found", 500: b"Internal Server Error"}[status]
+        response = b"HTTP/1.1 %d %s\r\nContent-Length: 2\r\n\r\nok" % (status, reason)
+        # A data record lasts 10 ns (http1_record): sent at its start,
+        # received at its end, as the kernel stamps them.
+        sent, read, answered, got = t, t + 100, t + duration - 100, t + duration
+        self.payload += [
+            (read, http1_record(server_id, server_pid, SERVER, IN, request, read, server_end,
+                                client_end)),
+            (answered, http1_record(server_id, server_pid, SERVER, OUT, response, answered,
+                                    server_end, client_end))]
+        values = dict(method=method, target=target, host=host, user_agent=user_agent,
+                      traceparent=traceparent, tracestate=tracestate, status=status)
+        self.records.append(
+            (answered, http_exchange_record(server_id, server_pid, SERVER, IN, read + 10,
+                                            answered, server_end, client_end, **values)))
+        if inner is not None:
+            inner(t + 200)
+        if not client_traced:
+            return
+        self.payload += [
+            (sent, http1_record(client_id, client_pid, CLIENT, OUT, request, sent, client_end,
+                                server_end)),
+            (got, http1_record(client_id, client_pid, CLIENT, IN, response, got, client_end,
+                               server_end))]
+        self.records.append(
+            (got + 10, http_exchange_record(client_id, client_pid, CLIENT, OUT, sent, got + 10,
+                                            client_end, server_end, serving=serving, **values)))
+
+    def spans(self, path: str, factory_kwargs=None, batch: int = 1 << 20) -> list:
+        timed = self.payload if path == "payload" else self.records
+        records = [record for _, record in sorted(timed, key=lambda x: x[0])]
+        router, linker = ProtocolRouter(), ExchangeLinker(link_wait_s=60.0)
+        factory = SpanFactory(ResourceCache(host_attributes=[]), Redactor(),
+                              **(factory_kwargs or {}))
+        factory.clock_offset_ns = 0     # kernel times as they were recorded
+        exchanges = []
+        for i in range(0, len(records), batch):
+            exchanges += linker.exchanges(router.process(records[i:i + batch]))
+        exchanges += linker.release_held(flush=True)
+        self.linker_counts = dict(linker.counts)
+        spans = factory.spans(exchanges)
+        self.redactions = dict(factory.redactor.counts)
+        return spans
+
+
+def shape(spans: list) -> list:
+    """Every field of every span, random ids replaced by their order of
+    first appearance: the same links give the same labels."""
+    labels: dict = {}
+
+    def label(value: bytes):
+        if not value:
+            return None
+        if value.hex() in TRACEPARENT.decode():
+            return value.hex()
+        return labels.setdefault(value, len(labels))
+    out = []
+    for s in sorted(spans, key=lambda s: (s.start_ns, s.kind)):
+        out.append((s.kind, s.name, list(s.attributes), s.status_code, s.status_message,
+                    s.start_ns, s.end_ns, s.trace_state, s.trace_flags, label(s.trace_id),
+                    label(s.span_id), label(s.parent_span_id), s.resource.pid))
+    return out
+
+
+def mixed_traffic(rounds: int = 3) -> Traffic:
+    """The same calls `rounds` times on the same connections: a shape's
+    first span is a plain Span, the next ones TemplatedSpans."""
+    traffic = Traffic()
+    curl = traffic.connection(100, 200, 8080)
+    other = traffic.connection(101, 200, 8080)
+    # nginx (pid 300) proxying to a backend (pid 400): one upstream call
+    # forwards the caller's traceparent, one carries none.
+    front = traffic.connection(102, 300, 80)
+    upstream = traffic.connection(300, 400, 9000)
+    # A caller nginx's node does not trace.
+    outside = traffic.connection(103, 300, 80)
+    for t in range(0, rounds * 100_000, 100_000):
+        traffic.call(curl, t + 1_000, target=b"/items?id=7&token=s3cret",
+                     host=b"example.com:8080", user_agent=b"curl/8.5", traceparent=TRACEPARENT,
+                     tracestate=b"vendor=x")
+        traffic.call(curl, t + 5_000, target=b"/missing", status=404, user_agent=b"curl/8.5")
+        traffic.call(other, t + 9_000, method=b"POST", target=b"/fail", status=500)
+        traffic.call(other, t + 13_000, method=b"BREW", target=b"/pot", host=b"[::1]:8080")
+        traffic.call(other, t + 17_000, target=b"/items?id=7&token=s3cret",
+                     host=b"example.com:8080", user_agent=b"curl/8.5")
+        traffic.call(other, t + 19_000, target=b"/bad", traceparent=TRACEPARENT.upper(),
+                     tracestate=b"=broken")
+        traffic.call(front, t + 21_000, duration=4000, target=b"/api", traceparent=TRACEPARENT,
+                     inner=lambda t: traffic.call(upstream, t, target=b"/api",
+                                                  traceparent=TRACEPARENT, serving=front[4]))
+        traffic.call(front, t + 30_000, duration=4000, target=b"/plain",
+                     inner=lambda t: traffic.call(upstream, t, target=b"/plain",
+                                                  serving=front[4]))
+        traffic.call(outside, t + 40_000, duration=4000, target=b"/api",
+                     traceparent=TRACEPARENT, client_traced=False,
+                     inner=lambda t: traffic.call(upstream, t, target=b"/api",
+                                                  traceparent=TRACEPARENT, serving=outside[4]))
+    return traffic
+
+
+def test_records_and_payload_give_the_same_spans():
+    traffic = mixed_traffic()
+    payload = traffic.spans("payload")
+    payload_redactions = traffic.redactions
+    payload_counts = traffic.linker_counts
+    records = traffic.spans("records")
+    assert len(payload) == 3 * 23
+    # Each shape's first span is plain, the others share its template.
+    plain = sum(not isinstance(s, TemplatedSpan) for s in records)
+    assert 0 < plain <= 23 and len(records) - plain >= 2 * 23
+    assert shape(records) == shape(payload)
+    # Invalid trace context is counted once per request and side.
+    for key in ("traceparent_invalid", "tracestate_invalid"):
+        assert traffic.linker_counts[key] == payload_counts[key]
+    assert payload_counts["traceparent_invalid"] == 6
+    # Redaction is counted per span, though a shape is redacted once.
+    assert traffic.redactions == payload_redactions and payload_redactions["query_param"] == 12
+
+
+def test_a_server_record_waits_for_its_client_in_the_next_batch_too():
+    """In one batch the client's record is linked first (the router defers
+    the server's); one record per batch, the linker holds the server span."""
+    traffic = mixed_traffic()
+    together = traffic.spans("records")
+    assert traffic.linker_counts["link_wait_linked"] == 0
+    apart = traffic.spans("records", batch=1)
+    assert traffic.linker_counts["link_wait_linked"] > 0
+    assert shape(apart) == shape(together)
+
+
+def test_same_node_and_proxy_links():
+    spans = {(s.kind, s.resource.pid, s.attribute("url.path") or s.attribute("url.full")): s
+             for s in mixed_traffic().spans("records")}
+    # A client without traceparent: the server span on the other end is its child.
+    client = spans[(KIND_CLIENT, 101, "http://127.0.0.1:8080/fail")]
+    server = spans[(KIND_SERVER, 200, "/fail")]
+    assert (server.trace_id, server.parent_span_id) == (client.trace_id, client.span_id)
+    # Proxy: each upstream call is a child of the request nginx serves, and
+    # the backend's span a child of the upstream call.
+    for path in ("/api", "/plain"):
+        served = spans[(KIND_SERVER, 300, path)]
+        call = spans[(KIND_CLIENT, 300, f"http://127.0.0.1:9000{path}")]
+        backend = spans[(KIND_SERVER, 400, path)]
+        assert call.parent_span_id == served.span_id and backend.parent_span_id == call.span_id
+        assert call.trace_id == backend.trace_id
+    assert spans[(KIND_SERVER, 300, "/api")].trace_id == bytes.fromhex(TRACE_ID)
+
+
+def test_routes_and_request_metrics_match():
+    traffic = mixed_traffic()
+    routes = {"routes": RouteNamer(["/items", "/api"])}
+    payload, records = traffic.spans("payload", routes), traffic.spans("records", routes)
+    assert shape(records) == shape(payload)
+    assert {s.name for s in records} >= {"GET /items", "GET /api"}
+    metrics = []
+    for spans in (payload, records):
+        red = RedAggregator()
+        red.observe(spans)
+        metrics.append(red.snapshot())
+    assert metrics[0] == metrics[1]
+
+
+def test_a_templated_span_encodes_as_its_span_would():
+    records = mixed_traffic().spans("records")
+    plain = [as_span(s) for s in records]
+    encoded = encode_export_request(records)
+    assert encoded == encode_export_request(plain)
+    request = ExportTraceServiceRequest.FromString(encoded)
+    decoded = [s for rs in request.resource_spans for ss in rs.scope_spans for s in ss.spans]
+    assert len(decoded) == len(records)
+    assert any(s.trace_state == "vendor=x" for s in decoded)
+
+
+def test_plain_tuples_across_the_process_boundary_build_the_same_spans():
+    """Span workers receive exchanges pickled as plain tuples."""
+    records = [record for _, record in sorted(mixed_traffic().records, key=lambda x: x[0])]
+    linker = ExchangeLinker(link_wait_s=60.0)
+    exchanges = linker.exchanges(ProtocolRouter().process(records))
+    exchanges += linker.release_held(flush=True)
+    received = pickle.loads(pickle.dumps([tuple(e) for e in exchanges], pickle.HIGHEST_PROTOCOL))
+    factory = SpanFactory(ResourceCache(host_attributes=[]), Redactor())
+    assert shape(factory.spans(received)) == shape(factory.spans(exchanges))
+    # Held exchanges the linker releases go to the workers as they are.
+    assert pickle.loads(pickle.dumps(exchanges, pickle.HIGHEST_PROTOCOL)) == exchanges
+
+
+def test_a_late_client_link_is_never_taken_by_the_next_server_span():
+    """Without a link wait, a server span whose client's record came in a
+    later batch goes out unlinked; that client's link must not become the
+    parent of the next server span on the connection."""
+    traffic = Traffic()
+    conn = traffic.connection(100, 200, 8080)
+    traffic.call(conn, 1_000, target=b"/1")
+    traffic.call(conn, 5_000, target=b"/2")
+    server_1, client_1, server_2, client_2 = [r for _, r in sorted(traffic.records,
+                                                                   key=lambda x: x[0])]
+    router, linker = ProtocolRouter(), ExchangeLinker()
+    factory = SpanFactory(ResourceCache(host_attributes=[]), Redactor())
+    spans = []
+    for batch in ([server_1], [client_1], [server_2, client_2]):
+        spans += factory.spans(linker.exchanges(router.process(batch)))
+    by = {(s.kind, s.attribute("url.path") or s.attribute("url.full")[-2:]): s for s in spans}
+    assert by[(KIND_SERVER, "/1")].parent_span_id == b""
+    assert by[(KIND_SERVER, "/2")].parent_span_id == by[(KIND_CLIENT, "/2")].span_id
+    assert by[(KIND_SERVER, "/2")].trace_id == by[(KIND_CLIENT, "/2")].trace_id
+    assert len(linker.linker) == 0
+
+
+def as_span(s) -> Span:
+    return Span(s.trace_id, s.span_id, s.parent_span_id, s.name, s.kind, s.start_ns, s.end_ns,
+                list(s.attributes), s.resource, s.status_code, s.status_message, s.trace_state,
+                s.trace_flags)
+
+
+def test_the_sampler_and_the_other_sinks_read_a_templated_span_as_a_span():
+    from agent.export.console import ConsoleSink
+    from agent.export.sdk import SdkConverter
+    from agent.spans.sampling import Sampler
+    records = mixed_traffic().spans("records")
+    plain = [as_span(s) for s in records]
+    assert [ConsoleSink.format_span(s) for s in records] == [ConsoleSink.format_span(s)
+                                                             for s in plain]
+    converter = SdkConverter()
+    for a, b in zip(records, plain):
+        x, y = converter.convert(a), converter.convert(b)
+        assert (x.name, x.kind, dict(x.attributes), x.status.status_code, x.context,
+                x.parent) == (y.name, y.kind, dict(y.attributes), y.status.status_code,
+                              y.context, y.parent)
+    kept = [Sampler(ratio=0.0).filter(spans) for spans in (records, plain)]
+    assert [s.span_id for s in kept[0]] == [s.span_id for s in kept[1]]
+    assert 0 < len(kept[0]) < len(records)
+
+
+def test_span_shapes_kept_are_bounded(monkeypatch):
+    from agent.spans import http_records
+    monkeypatch.setattr(http_records, "MAX_TEMPLATES", 8)
+    traffic = Traffic()
+    conn = traffic.connection(100, 200, 8080)
+    for i in range(40):
+        traffic.call(conn, i * 10_000, target=b"/items/%d" % (i % 20))
+    router, linker = ProtocolRouter(), ExchangeLinker()
+    factory = SpanFactory(ResourceCache(host_attributes=[]), Redactor())
+    records = [record for _, record in sorted(traffic.records, key=lambda x: x[0])]
+    spans = factory.spans(linker.exchanges(router.process(records)))
+    assert len(spans) == 80
+    assert len(factory.builders[http_records.TAG].__self__.templates) <= 8

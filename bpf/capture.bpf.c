@@ -815,16 +815,31 @@ int rtp_sys_exit(struct bpf_raw_tracepoint_args *ctx)
 }
 #endif
 
-HOOK_SYSCALL_AT_EXIT(read)
-HOOK_SYSCALL(write)
-HOOK_SYSCALL_AT_EXIT(readv)
-HOOK_SYSCALL(writev)
-HOOK_SYSCALL_AT_EXIT(recvfrom)
-HOOK_SYSCALL(sendto)
-HOOK_SYSCALL_AT_EXIT(recvmsg)
-HOOK_SYSCALL(sendmsg)
-HOOK_SYSCALL(sendfile64)
+HOOK_READ(read)
+HOOK_WRITE(write)
+HOOK_READ(readv)
+HOOK_WRITE(writev)
+HOOK_READ(recvfrom)
+HOOK_WRITE(sendto)
+HOOK_READ(recvmsg)
+HOOK_WRITE(sendmsg)
+HOOK_WRITE(sendfile64)
 HOOK_SYSCALL_AT_EXIT(accept)
 HOOK_SYSCALL_AT_EXIT(accept4)
 HOOK_SYSCALL(connect)
 HOOK_SYSCALL(close)
+
+#ifdef SHARED_DATA_EXITS
+/* Every read's exit tracepoint (bpf/frontend.h): the call's kind was kept
+ * at its entry, so the constants passed here are not read. */
+int tp_exit_reads(struct trace_event_raw_sys_exit *ctx)
+{
+    return on_read_exit(ctx->ret, PROBE_READ, IO_BUFFER, false);
+}
+
+/* Every write's exit tracepoint. */
+int tp_exit_writes(struct trace_event_raw_sys_exit *ctx)
+{
+    return on_io_exit(ctx->ret);
+}
+#endif

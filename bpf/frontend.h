@@ -113,6 +113,15 @@ static __always_inline unsigned long syscall_frame_read(const unsigned long *slo
 #define HOOK_ENTER(name) HOOK_ENTER_TRACEPOINT(name)
 #define HOOK_EXIT(name) HOOK_EXIT_TRACEPOINT(name)
 #define HOOK_SYSCALL_AT_EXIT(name) HOOK_ENTER(name) HOOK_EXIT(name)
+/* A read's or a write's kind is kept at its entry (struct io_args), so
+ * their exits all run the same code: one program serves the exit
+ * tracepoints of every read (tp_exit_reads, bpf/capture.bpf.c) and one
+ * those of every write (tp_exit_writes); the loader attaches each to all of
+ * them.  BCC compiles, and the kernel verifies, each program at start, and
+ * the data path is the largest. */
+#define HOOK_READ(name) HOOK_ENTER(name)
+#define HOOK_WRITE(name) HOOK_ENTER(name)
+#define SHARED_DATA_EXITS 1
 
 #else /* CO-RE */
 
@@ -201,6 +210,8 @@ static __always_inline struct pt_regs *syscall_regs(struct pt_regs *ctx)
 /* Syscalls the CO-RE build hooks at their exit only: reads (on_read_exit),
  * and accept, whose result is all it needs. */
 #define HOOK_SYSCALL_AT_EXIT(name) HOOK_EXIT(name)
+#define HOOK_READ(name) HOOK_SYSCALL_AT_EXIT(name)
+#define HOOK_WRITE(name) HOOK_SYSCALL(name)
 
 #endif
 

@@ -32,8 +32,10 @@ _MAP_CALL = re.compile(r"\b(bpf_map_lookup_elem|bpf_map_update_elem|bpf_map_dele
                        r"|bpf_ringbuf_output)\(\s*&(\w+)\s*,")
 _UPDATE_METHODS = {"BPF_ANY": "update", "BPF_NOEXIST": "insert"}
 _SECTION = re.compile(r'SEC\("([^"]+)"\)\s*int\s+(\w+)\s*\(')
-# In the BCC build both macros hook a syscall's entry and exit.
-_HOOKED_SYSCALL = re.compile(r"^HOOK_SYSCALL(?:_AT_EXIT)?\((\w+)\)", re.MULTILINE)
+# In the BCC build these macros hook a syscall's entry and exit; HOOK_READ
+# and HOOK_WRITE's exits are the programs one kind shares (bpf/frontend.h).
+_HOOKED_SYSCALL = re.compile(r"^HOOK_(?:SYSCALL(?:_AT_EXIT)?|READ|WRITE)\((\w+)\)", re.MULTILINE)
+_SHARED_EXIT = re.compile(r"^HOOK_(READ|WRITE)\((\w+)\)", re.MULTILINE)
 # The syscall tracepoint records bpf/frontend.h declares: (event prefix, field, offset, size).
 _TRACEPOINT_LAYOUT = (("sys_enter_", "__syscall_nr", 8, 4), ("sys_exit_", "__syscall_nr", 8, 4),
                       ("sys_exit_", "ret", 16, 8))
@@ -111,6 +113,13 @@ def translate_map_calls(source: str) -> str:
         position = end + 1
     out.append(source[position:])
     return "".join(out)
+
+
+def shared_exit_programs(source: str) -> dict[str, str]:
+    """Per-syscall exit program name -> the program the BCC build has for
+    it, where one program serves every syscall of a kind."""
+    return {f"tp_exit_{syscall}": f"tp_exit_{kind.lower()}s"
+            for kind, syscall in _SHARED_EXIT.findall(source)}
 
 
 def program_sections(source: str) -> dict[str, str]:
@@ -260,6 +269,7 @@ def load(settings: CaptureSettings, features: KernelFeatures, uprobe_multi: bool
     skipped = [(name, "not in the BCC build") for name in HOOK_FAMILIES
                if name not in BCC_FAMILIES]
     sections = program_sections(source)
+    shared = shared_exit_programs(source)
     for name in wanted:
         family = HOOK_FAMILIES[name]
         if name == "tracepoint":
@@ -273,7 +283,8 @@ def load(settings: CaptureSettings, features: KernelFeatures, uprobe_multi: bool
         bpf = front_end.bpf
         programs = {program: section for program, section in sections.items()
                     if program.startswith(family.program_prefix)
-                    and bcc.libbcc.lib.bpf_function_start(bpf.module, program.encode())}
+                    and bcc.libbcc.lib.bpf_function_start(
+                        bpf.module, shared.get(program, program).encode())}
         if not programs:
             skipped.append((name, "the BCC build reads the saved syscall registers on x86-64 "
                                   "only"))
@@ -283,7 +294,7 @@ def load(settings: CaptureSettings, features: KernelFeatures, uprobe_multi: bool
         detachers = [functools.partial(bpf.detach_tracepoint, tp)
                      for tp in list(bpf.tracepoint_fds)]
         try:
-            _attach(bcc, bpf, programs, settings, uprobe_multi, detachers)
+            _attach(bcc, bpf, programs, settings, uprobe_multi, detachers, shared)
         except Exception as exc:
             skipped.append((name, str(exc)))
             front_end.close()       # detaches what was attached
@@ -292,7 +303,7 @@ def load(settings: CaptureSettings, features: KernelFeatures, uprobe_multi: bool
                   if not program.startswith(tuple(HOOK_FAMILIES[f].program_prefix
                                                   for f in BCC_FAMILIES))}
         try:
-            _attach(bcc, bpf, common, settings, uprobe_multi, detachers)
+            _attach(bcc, bpf, common, settings, uprobe_multi, detachers, shared)
         except Exception as exc:
             front_end.close()
             raise CaptureLoadError(f"BCC could not load or attach the capture: {exc}") from exc
@@ -302,12 +313,13 @@ def load(settings: CaptureSettings, features: KernelFeatures, uprobe_multi: bool
 
 
 def _attach(bcc, bpf, sections: dict[str, str], settings: CaptureSettings,
-            uprobe_multi: bool, detachers: list) -> None:
-    """Attach these programs at the attach points their sections name; what
-    undoes each attachment goes to detachers as it is made."""
+            uprobe_multi: bool, detachers: list, shared: dict[str, str]) -> None:
+    """Attach these programs at the attach points their sections name (a
+    name in shared, through the program that serves it); what undoes each
+    attachment goes to detachers as it is made."""
     from agent.capture import libbpf
     for name, section in sections.items():
-        program = name.encode()
+        program = shared.get(name, name).encode()
         if not bcc.libbcc.lib.bpf_function_start(bpf.module, program):
             continue
         kind, _, target = section.partition("/")

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from agent.capture.bcc_loader import (TranslationError, check_tracepoint_layout, compile_flags,
-                              program_sections, translate_map_calls, unity_source)
+                              program_sections, shared_exit_programs, translate_map_calls,
+                              unity_source)
 from agent.capture.loader import CaptureLoadError, CaptureSettings
 
 HELPERS = ("bpf_map_lookup_elem", "bpf_map_update_elem", "bpf_map_delete_elem",
@@ -24,7 +25,7 @@ def real_source() -> str:
 
 
 def hooked_syscalls(source: str) -> list[str]:
-    return re.findall(r"^HOOK_SYSCALL(?:_AT_EXIT)?\((\w+)\)\s*$", source, re.MULTILINE)
+    return re.findall(r"^HOOK_(?:SYSCALL(?:_AT_EXIT)?|READ|WRITE)\((\w+)\)\s*$", source, re.MULTILINE)
 
 
 # ---- translate_map_calls ----------------------------------------------------
@@ -159,6 +160,19 @@ def test_every_hooked_syscall_gets_its_two_tracepoints():
         assert sections[f"tp_exit_{syscall}"] == f"tracepoint/syscalls/sys_exit_{syscall}"
     assert sections["tp_enter_read"] == "tracepoint/syscalls/sys_enter_read"
     assert sections["tp_exit_accept4"] == "tracepoint/syscalls/sys_exit_accept4"
+
+
+def test_reads_and_writes_share_one_exit_program_per_kind():
+    """The BCC build compiles one exit program for every read and one for
+    every write (bpf/frontend.h HOOK_READ, HOOK_WRITE); each exit
+    tracepoint of those syscalls is attached to its kind's program."""
+    source = real_source()
+    shared = shared_exit_programs(source)
+    assert shared["tp_exit_read"] == shared["tp_exit_recvmsg"] == "tp_exit_reads"
+    assert shared["tp_exit_write"] == shared["tp_exit_sendfile64"] == "tp_exit_writes"
+    assert "tp_exit_accept4" not in shared and "tp_exit_connect" not in shared
+    for program in set(shared.values()):
+        assert f"int {program}(struct trace_event_raw_sys_exit *ctx)" in source
 
 
 def test_synthesised_tracepoint_sections_match_the_hook_macro():

@@ -1,7 +1,9 @@
 /* HTTP/1.x exchanges paired in the probes: a request head parsed from the
  * call that carried it, kept per connection until its response ends, then
  * one EVENT_HTTP_EXCHANGE record (struct http_exchange, bpf/events.h)
- * instead of a data record per syscall.
+ * instead of a data record per syscall.  The request is parsed straight
+ * into its connection's entry, which stays (idle) between exchanges: an
+ * exchange costs one lookup of it, no insert, copy or delete.
  *
  * Only what is certain is paired here: a head contained in one call, a
  * request body and a response body of announced length (or none).  Anything
@@ -20,6 +22,8 @@
 
 #include "http_head.h"
 
+
+#define HTTP_PHASE_IDLE 0           /* between exchanges */
 #define HTTP_PHASE_REQUEST_BODY 1
 #define HTTP_PHASE_AWAIT_RESPONSE 2
 #define HTTP_PHASE_RESPONSE_BODY 3
@@ -34,12 +38,14 @@ struct http_pending {
     __u8 reserved[4];
 };
 
-/* Exchanges in progress, by connection id; an entry goes with its exchange
- * or with its connection's close. */
-MAP(HASH, http_pending, __u64, struct http_pending, 16384);
+/* Exchanges in progress, by connection id: an entry comes with its
+ * connection's first request and goes with its close or its switch to the
+ * payload path.  An LRU: connections of processes that exit without
+ * close() leave idle entries, which make room for new ones. */
+MAP(LRU_HASH, http_pending, __u64, struct http_pending, 16384);
 
-/* Per-CPU room for a head being parsed and a pending exchange being built
- * (both too large for the BPF stack). */
+/* Per-CPU room for a head being parsed, a response head's framing fields,
+ * and a new connection's first entry (all too large for the BPF stack). */
 struct http_work {
     struct http_head_parse parse;
     struct http_pending pending;
@@ -48,10 +54,30 @@ struct http_work {
 MAP(PERCPU_ARRAY, http_work, __u32, struct http_work, 1);
 
 /* The server request each thread last took and has not answered yet, by
- * thread id: a client request sent meanwhile names it (a proxy's upstream
- * call), as the payload path's linker links by thread.  An LRU: a thread
- * whose connection closed unanswered leaves an entry until it serves again. */
+ * thread id (0: none): a client request sent meanwhile names it (a proxy's
+ * upstream call), as the payload path's linker links by thread.  A thread's
+ * entry stays once made, cleared in place when its request is answered (no
+ * insert and delete per exchange).  An LRU: the entries of threads gone
+ * make room for new ones. */
 MAP(LRU_HASH, http_serving, __u32, __u64, 16384);
+
+/* The thread's serving entry no longer names conn_id's request. */
+static __always_inline void http_serving_clear(__u32 tid, __u64 conn_id)
+{
+    __u64 *serving = bpf_map_lookup_elem(&http_serving, &tid);
+    if (serving && *serving == conn_id)
+        *serving = 0;
+}
+
+/* The calling thread serves conn_id's request now (0: none). */
+static __always_inline void http_serving_set(__u32 tid, __u64 conn_id)
+{
+    __u64 *serving = bpf_map_lookup_elem(&http_serving, &tid);
+    if (serving)
+        *serving = conn_id;
+    else if (conn_id)
+        bpf_map_update_elem(&http_serving, &tid, &conn_id, BPF_ANY);
+}
 
 /* Connections turned over to the payload path, and requests kept but then
  * dropped, by HTTP_FALLBACK_* reason. */
@@ -95,16 +121,14 @@ static __always_inline void http_fall_back(struct conn_info *conn, __u8 reason, 
     }
     conn->http_payload = 1;
     bpf_map_delete_elem(&http_pending, &conn->conn_id);
-    __u32 tid = (__u32)bpf_get_current_pid_tgid();
-    __u64 *serving = bpf_map_lookup_elem(&http_serving, &tid);
-    if (serving && *serving == conn->conn_id)
-        bpf_map_delete_elem(&http_serving, &tid);
+    http_serving_clear((__u32)bpf_get_current_pid_tgid(), conn->conn_id);
 }
 
 /* The loop's context: the buffers, looked up once per head. */
 struct http_loop {
     struct data_event *ev;
     struct http_work *w;
+    struct http_request_head *r;
 };
 
 static long http_head_loop_step(__u32 i, void *ctx)
@@ -112,25 +136,35 @@ static long http_head_loop_step(__u32 i, void *ctx)
     struct http_loop *l = ctx;
     struct data_event *ev = l->ev;
     struct http_work *w = l->w;
-    if (!ev || !w || w->parse.state == HS_DONE || w->parse.pos >= w->parse.len)
+    struct http_request_head *r = l->r;
+    if (!ev || !w || !r || w->parse.state == HS_DONE || w->parse.pos >= w->parse.len)
         return 1;
-    http_head_step(&w->parse, &w->pending.record.request, ev->payload);
+    http_head_step(&w->parse, r, ev->payload);
     return 0;
 }
 
-/* Steps a head can take: a field line of n bytes takes at most n - 1 (its
- * start, its name's and its value's words). */
-#define HTTP_HEAD_STEPS HTTP_HEAD_SCAN_BYTES
+/* Steps a head can take: a line takes at least 4 bytes, and a step moves
+ * on by a line or by HTTP_SCAN_WORDS words. */
+#define HTTP_HEAD_STEPS (HTTP_HEAD_SCAN_BYTES / 4)
 
 /* Parse the head at the start of the captured bytes (scratch's payload)
- * into the work area. */
-static __always_inline __u8 http_parse_captured(struct http_work *w, __u32 captured,
-                                                bool response)
+ * into r (a request: its exchange's entry; a response: the work area).
+ * Under CO-RE a global function: the verifier checks it once per program,
+ * not once for every state its callers reach it in.  (BCC's programs have
+ * no subprograms; there it is inlined, and never runs.) */
+#if FRONTEND_BTF
+__noinline __u8 http_parse_captured(struct http_work *w, struct http_request_head *r,
+                                    __u32 captured, __u32 response)
+#else
+static __always_inline __u8 http_parse_captured(struct http_work *w, struct http_request_head *r,
+                                                __u32 captured, __u32 response)
+#endif
 {
     __u32 zero = 0;
-    struct http_request_head *r = &w->pending.record.request;
+    if (!w || !r)
+        return HTTP_FALLBACK_SPLIT_HEAD;
     http_head_begin(&w->parse, r, captured, response);
-    struct http_loop l = { .ev = bpf_map_lookup_elem(&scratch, &zero), .w = w };
+    struct http_loop l = { .ev = bpf_map_lookup_elem(&scratch, &zero), .w = w, .r = r };
     BOUNDED_LOOP(FRONTEND_LOOP_STEPS(HTTP_HEAD_STEPS, 0), http_head_loop_step, &l);
     return http_head_result(&w->parse, r);
 }
@@ -138,12 +172,8 @@ static __always_inline __u8 http_parse_captured(struct http_work *w, __u32 captu
 static __always_inline void http_emit(struct probe_stats *stats, struct http_pending *p,
                                       __u64 end_ns, __u64 bytes)
 {
-    if (p->request_direction == DIRECTION_INGRESS) {
-        __u32 tid = p->record.hdr.tid;
-        __u64 *serving = bpf_map_lookup_elem(&http_serving, &tid);
-        if (serving && *serving == p->record.hdr.conn_id)
-            bpf_map_delete_elem(&http_serving, &tid);
-    }
+    if (p->request_direction == DIRECTION_INGRESS)
+        http_serving_clear(p->record.hdr.tid, p->record.hdr.conn_id);
     if (p->shed) {
         __u32 key = HTTP_SHED_RING_FILL;
         __u64 *shed = bpf_map_lookup_elem(&http_shed, &key);
@@ -159,6 +189,12 @@ static __always_inline void http_emit(struct probe_stats *stats, struct http_pen
         size = sizeof(p->record);
     barrier_var(size);
     output_record(stats, &p->record, size, false);
+}
+
+/* A request on its way (its head seen, its response not yet ended). */
+static __always_inline bool http_in_exchange(const struct http_pending *p)
+{
+    return p && p->phase != HTTP_PHASE_IDLE;
 }
 
 /* Body bytes of the pending exchange (no copy needed).  True when the call
@@ -187,13 +223,97 @@ static __always_inline bool http_body_call(struct conn_info *conn, struct http_p
         p->body_remaining -= n;
         if (!p->body_remaining) {
             http_emit(stats, p, http_call_time(a, bpf_ktime_get_ns()), n);
-            bpf_map_delete_elem(&http_pending, &conn->conn_id);
+            p->phase = HTTP_PHASE_IDLE;
         } else {
             p->record.response_bytes += n;
         }
         return true;
     }
     return false;
+}
+
+/* The connection's entry for a new request: its own, idle, or one made
+ * from the work area's (its first request).  NULL if the table refused one:
+ * the request then goes out as data, and its response falls back. */
+static __always_inline struct http_pending *http_entry(struct conn_info *conn,
+                                                       struct http_pending *p,
+                                                       struct http_work *w)
+{
+    if (p)
+        return p;
+    w->pending.phase = HTTP_PHASE_IDLE;
+    if (bpf_map_update_elem(&http_pending, &conn->conn_id, &w->pending, BPF_NOEXIST))
+        return NULL;
+    return bpf_map_lookup_elem(&http_pending, &conn->conn_id);
+}
+
+/* A request head on a connection with no exchange on its way: parsed into
+ * the connection's entry.  True when taken (no data record). */
+static __always_inline bool http_request_call(__u64 id, struct conn_info *conn,
+                                              struct http_pending *p, struct http_work *w,
+                                              const struct io_args *a, __u64 n, __u32 captured,
+                                              __u64 now)
+{
+    __u8 expected = conn->role == ROLE_SERVER ? DIRECTION_INGRESS : DIRECTION_EGRESS;
+    if (conn->role != ROLE_UNKNOWN && a->direction != expected) {
+        http_fall_back(conn, HTTP_FALLBACK_MID_STREAM, false);
+        return false;
+    }
+    p = http_entry(conn, p, w);
+    if (!p)
+        return false;
+    struct http_request_head *r = &p->record.request;
+    __u8 verdict = http_parse_captured(w, r, captured, false);
+    if (verdict != HTTP_HEAD_OK) {
+        http_fall_back(conn, verdict, false);
+        return false;
+    }
+    __u64 after = n - r->header_bytes;
+    __u64 body = (r->present & HTTP_HAS_CONTENT_LENGTH) ? r->content_length : 0;
+    if (after > body) {
+        http_fall_back(conn, HTTP_FALLBACK_PIPELINED, false);
+        return false;
+    }
+    p->body_remaining = body - after;
+    p->phase = p->body_remaining ? HTTP_PHASE_REQUEST_BODY : HTTP_PHASE_AWAIT_RESPONSE;
+    p->request_direction = a->direction;
+    p->shed = http_should_shed();
+    p->head_request = r->method_len == 4 && starts_with((const __u8 *)r->values, 4, "HEAD", 4);
+    struct event_header *h = &p->record.hdr;
+    h->type = EVENT_HTTP_EXCHANGE;
+    h->pid = id >> 32;
+    h->tid = (__u32)id;
+    h->fd = a->fd;
+    h->conn_id = conn->conn_id;
+    h->start_ns = http_call_time(a, now);
+    h->end_ns = 0;
+    h->length = n;
+    h->captured = 0;
+    h->direction = a->direction;
+    h->role = conn->role;
+    h->protocol = PROTOCOL_HTTP1;
+    h->flags = 0;
+    h->probe = a->probe;
+    /* A shed exchange takes no number: no record, no gap. */
+    h->seq = p->shed ? 0 : (__sync_fetch_and_add(&conn->seq, 1) % 65535) + 1;
+    h->tuple = conn->tuple;
+    p->record.response_start_ns = 0;
+    p->record.request_bytes = n;
+    p->record.response_bytes = 0;
+    p->record.status = 0;
+    p->record.response_version_minor = 0;
+    p->record.serving_conn_id = 0;
+    __u32 tid = (__u32)id;
+    if (a->direction == DIRECTION_INGRESS) {
+        /* a shed request's upstream calls must not wait for a record
+         * never written */
+        http_serving_set(tid, p->shed ? 0 : conn->conn_id);
+    } else {
+        __u64 *serving = bpf_map_lookup_elem(&http_serving, &tid);
+        if (serving)
+            p->record.serving_conn_id = *serving;
+    }
+    return true;
 }
 
 /* A call the body path did not take, its first bytes captured in scratch:
@@ -208,69 +328,8 @@ static __always_inline bool http_head_call(__u64 id, struct conn_info *conn,
     if (!w)
         return false;
     __u64 now = bpf_ktime_get_ns();
-    if (!p) {
-        __u8 expected = conn->role == ROLE_SERVER ? DIRECTION_INGRESS : DIRECTION_EGRESS;
-        if (conn->role != ROLE_UNKNOWN && a->direction != expected) {
-            http_fall_back(conn, HTTP_FALLBACK_MID_STREAM, false);
-            return false;
-        }
-        __u8 verdict = http_parse_captured(w, captured, false);
-        if (verdict != HTTP_HEAD_OK) {
-            http_fall_back(conn, verdict, false);
-            return false;
-        }
-        struct http_request_head *r = &w->pending.record.request;
-        __u64 after = n - r->header_bytes;
-        __u64 body = (r->present & HTTP_HAS_CONTENT_LENGTH) ? r->content_length : 0;
-        if (after > body) {
-            http_fall_back(conn, HTTP_FALLBACK_PIPELINED, false);
-            return false;
-        }
-        struct http_pending *np = &w->pending;
-        np->body_remaining = body - after;
-        np->phase = np->body_remaining ? HTTP_PHASE_REQUEST_BODY : HTTP_PHASE_AWAIT_RESPONSE;
-        np->request_direction = a->direction;
-        np->shed = http_should_shed();
-        np->head_request = r->method_len == 4 && starts_with((const __u8 *)r->values, 4,
-                                                             "HEAD", 4);
-        struct event_header *h = &np->record.hdr;
-        h->type = EVENT_HTTP_EXCHANGE;
-        h->pid = id >> 32;
-        h->tid = (__u32)id;
-        h->fd = a->fd;
-        h->conn_id = conn->conn_id;
-        h->start_ns = http_call_time(a, now);
-        h->end_ns = 0;
-        h->length = n;
-        h->captured = 0;
-        h->direction = a->direction;
-        h->role = conn->role;
-        h->protocol = PROTOCOL_HTTP1;
-        h->flags = 0;
-        h->probe = a->probe;
-        /* A shed exchange takes no number: no record, no gap. */
-        h->seq = np->shed ? 0 : (__sync_fetch_and_add(&conn->seq, 1) % 65535) + 1;
-        h->tuple = conn->tuple;
-        np->record.response_start_ns = 0;
-        np->record.request_bytes = n;
-        np->record.response_bytes = 0;
-        np->record.status = 0;
-        np->record.response_version_minor = 0;
-        np->record.serving_conn_id = 0;
-        __u32 tid = (__u32)id;
-        if (a->direction == DIRECTION_INGRESS && np->shed) {
-            /* its upstream calls must not wait for a record never written */
-            bpf_map_delete_elem(&http_serving, &tid);
-        } else if (a->direction == DIRECTION_INGRESS) {
-            bpf_map_update_elem(&http_serving, &tid, &conn->conn_id, BPF_ANY);
-        } else {
-            __u64 *serving = bpf_map_lookup_elem(&http_serving, &tid);
-            if (serving)
-                np->record.serving_conn_id = *serving;
-        }
-        bpf_map_update_elem(&http_pending, &conn->conn_id, np, BPF_ANY);
-        return true;
-    }
+    if (!http_in_exchange(p))
+        return http_request_call(id, conn, p, w, a, n, captured, now);
     if (p->phase == HTTP_PHASE_RESPONSE_BODY || a->direction == p->request_direction) {
         /* A second request before the first one's response. */
         http_fall_back(conn, HTTP_FALLBACK_PIPELINED, true);
@@ -278,7 +337,8 @@ static __always_inline bool http_head_call(__u64 id, struct conn_info *conn,
     }
     /* The response head: parsed into the work area, the kept request
      * stays where it is. */
-    __u8 verdict = http_parse_captured(w, captured, true);
+    struct http_request_head *r = &w->pending.record.request;
+    __u8 verdict = http_parse_captured(w, r, captured, true);
     __u16 status = w->parse.status;
     if (verdict == HTTP_HEAD_OK && status < 200)
         verdict = status == 101 ? HTTP_FALLBACK_UPGRADE : HTTP_FALLBACK_CONTINUE;
@@ -286,7 +346,6 @@ static __always_inline bool http_head_call(__u64 id, struct conn_info *conn,
         http_fall_back(conn, verdict, true);
         return false;
     }
-    struct http_request_head *r = &w->pending.record.request;
     bool bodyless = p->head_request || status == 204 || status == 304;
     __u64 after = n - r->header_bytes;
     __u64 body = 0;
@@ -306,7 +365,7 @@ static __always_inline bool http_head_call(__u64 id, struct conn_info *conn,
     p->record.response_version_minor = w->parse.version_minor;
     if (after == body) {
         http_emit(stats, p, http_call_time(a, now), n);
-        bpf_map_delete_elem(&http_pending, &conn->conn_id);
+        p->phase = HTTP_PHASE_IDLE;
     } else {
         p->record.response_bytes = n;
         p->body_remaining = body - after;

@@ -155,6 +155,7 @@ static __always_inline __u64 non_name_char(__u64 w)
 #define STOP_TARGET 1       /* a target's end: below 0x21, DEL */
 #define STOP_NAME 2         /* a usual name's end: not a letter, digit or '-' */
 #define STOP_TOKEN 3        /* a name's end: not a token character */
+#define STOP_COLON 4        /* a name's colon */
 
 /* 0x80 in the lowest byte of w below c (c <= 0x80), and maybe in bytes
  * above it (a borrow): only the lowest flag is exact, which is all a scan
@@ -168,14 +169,12 @@ static __always_inline __u64 lowest_below(__u64 w, __u8 c)
 static __always_inline __u64 stops(__u64 w, int kind)
 {
     switch (kind) {
-    case STOP_VALUE: {
+    case STOP_VALUE:
         /* CR, LF and NUL lie below 0x0E; so do HT and the other controls a
-         * value may hold, which the exact test below then passes over */
-        __u64 m = lowest_below(w, 0x0E);
-        if (m)
-            m = bytes_equal(w, '\r') | bytes_equal(w, '\n') | zero_bytes(w);
-        return m;
-    }
+         * value may hold, which parse_value steps over */
+        return lowest_below(w, 0x0E);
+    case STOP_COLON:
+        return lowest_below(w ^ (ONES * ':'), 1);
     case STOP_TARGET:
         return lowest_below(w, 0x21) | lowest_below(w ^ (ONES * 0x7F), 1);
     case STOP_NAME:
@@ -242,43 +241,57 @@ static __always_inline bool word_is(const __u8 *buf, __u32 off, __u64 want, __u3
     return w == want;
 }
 
-/* The code of the field named by the n token bytes at off. */
+/* n bytes at off are the first n of want (n <= 8, lower case), in any
+ * case: only its letters' bytes are lower-cased, so that a match proves
+ * every byte a letter or want's own '-' (not a CR, which OR 0x20 makes
+ * '-'): a wanted name needs no other check. */
+static __always_inline bool name_is(const __u8 *buf, __u32 off, __u64 want, __u32 n)
+{
+    __u64 letters = (at_least(want, 'a') & ~at_least(want, 'z' + 1)) >> 2;
+    __u64 w = head_load(buf, off) | letters;
+    if (n < 8)
+        w &= (1ULL << (n * 8)) - 1;
+    return w == want;
+}
+
+/* The code of the field named by the n bytes at off (HF_OTHER: none the
+ * parser wants, its bytes not checked yet). */
 static __always_inline __u8 field_code(const __u8 *buf, __u32 off, __u32 n, bool response)
 {
     switch (n) {
     case 4:
-        if (!response && word_is(buf, off, WORD8("host\0\0\0\0"), 4))
+        if (!response && name_is(buf, off, WORD8("host\0\0\0\0"), 4))
             return HF_HOST;
         break;
     case 6:
-        if (!response && word_is(buf, off, WORD8("expect\0\0"), 6))
+        if (!response && name_is(buf, off, WORD8("expect\0\0"), 6))
             return HF_EXPECT;
         break;
     case 7:
-        if (word_is(buf, off, WORD8("upgrade\0"), 7))
+        if (name_is(buf, off, WORD8("upgrade\0"), 7))
             return HF_UPGRADE;
         break;
     case 10:
         if (response)
             break;
-        if (word_is(buf, off, WORD8("user-age"), 8) && word_is(buf, off + 8, WORD8("nt\0\0\0\0\0\0"), 2))
+        if (name_is(buf, off, WORD8("user-age"), 8) && name_is(buf, off + 8, WORD8("nt\0\0\0\0\0\0"), 2))
             return HF_USER_AGENT;
-        if (word_is(buf, off, WORD8("tracesta"), 8) && word_is(buf, off + 8, WORD8("te\0\0\0\0\0\0"), 2))
+        if (name_is(buf, off, WORD8("tracesta"), 8) && name_is(buf, off + 8, WORD8("te\0\0\0\0\0\0"), 2))
             return HF_TRACESTATE;
         break;
     case 11:
-        if (!response && word_is(buf, off, WORD8("tracepar"), 8) &&
-            word_is(buf, off + 8, WORD8("ent\0\0\0\0\0"), 3))
+        if (!response && name_is(buf, off, WORD8("tracepar"), 8) &&
+            name_is(buf, off + 8, WORD8("ent\0\0\0\0\0"), 3))
             return HF_TRACEPARENT;
         break;
     case 14:
-        if (word_is(buf, off, WORD8("content-"), 8) &&
-            word_is(buf, off + 8, WORD8("length\0\0"), 6))
+        if (name_is(buf, off, WORD8("content-"), 8) &&
+            name_is(buf, off + 8, WORD8("length\0\0"), 6))
             return HF_CONTENT_LENGTH;
         break;
     case 17:
-        if (word_is(buf, off, WORD8("transfer"), 8) &&
-            word_is(buf, off + 8, WORD8("-encodin"), 8) &&
+        if (name_is(buf, off, WORD8("transfer"), 8) &&
+            name_is(buf, off + 8, WORD8("-encodin"), 8) &&
             (head_byte(buf, off + 16) | 0x20) == 'g')
             return HF_TRANSFER_ENCODING;
         break;
@@ -535,14 +548,22 @@ static __always_inline void parse_line_start(struct http_head_parse *p,
     p->state = HS_NAME;
 }
 
-/* A field name to its colon; then which field it is. */
+/* A field name to its colon; then which field it is.  The colon first: a
+ * wanted name compares whole, which proves its bytes too; any other name's
+ * bytes are checked by class. */
 static __always_inline void parse_name(struct http_head_parse *p, const __u8 *buf)
 {
     __u32 pos = p->pos;
-    __u32 end = settle(p, scan(buf, pos, HTTP_NAME_WORDS, STOP_NAME));
-    /* A name with token characters beyond letters, digits and '-'. */
-    if (end < p->len && end - pos < HTTP_NAME_BYTES && head_byte(buf, end) != ':')
-        end = settle(p, scan(buf, pos, HTTP_NAME_WORDS, STOP_TOKEN));
+    __u32 end = settle(p, scan(buf, pos, HTTP_NAME_WORDS, STOP_COLON));
+    __u8 field = HF_OTHER;
+    if (end < p->len && end - pos < HTTP_NAME_BYTES)
+        field = field_code(buf, pos, end - pos, p->response);
+    if (field == HF_OTHER) {
+        /* the first byte not a letter, digit or '-' must be the colon */
+        end = settle(p, scan(buf, pos, HTTP_NAME_WORDS, STOP_NAME));
+        if (end < p->len && end - pos < HTTP_NAME_BYTES && head_byte(buf, end) != ':')
+            end = settle(p, scan(buf, pos, HTTP_NAME_WORDS, STOP_TOKEN));
+    }
     if (end >= p->len) {
         /* no colon among the bytes */
         if (p->len - pos >= HTTP_NAME_BYTES)
@@ -553,7 +574,7 @@ static __always_inline void parse_name(struct http_head_parse *p, const __u8 *bu
     __u32 n = end - pos;
     if (n == 0 || n >= HTTP_NAME_BYTES || head_byte(buf, end) != ':')
         return head_stop(p, HTTP_FALLBACK_UNUSUAL_HEAD);
-    p->field = field_code(buf, pos, n, p->response);
+    p->field = field;
     p->pos = p->value_start = end + 1;
     p->state = HS_VALUE;
 }
@@ -569,9 +590,15 @@ static __always_inline void parse_value(struct http_head_parse *p, struct http_r
         p->pos = end < p->len ? end : p->len;
         return;
     }
-    /* a bare LF or NUL before the CR */
-    if (head_byte(buf, end) != '\r')
-        return head_stop(p, HTTP_FALLBACK_UNUSUAL_HEAD);
+    __u8 stop = head_byte(buf, end);
+    if (stop != '\r') {
+        /* a bare LF or NUL before the CR */
+        if (stop == '\n' || stop == 0)
+            return head_stop(p, HTTP_FALLBACK_UNUSUAL_HEAD);
+        /* HT or another control a value may hold: go on after it */
+        p->pos = end + 1;
+        return;
+    }
     if (end + 1 >= p->len) {
         p->pos = p->len;
         return;

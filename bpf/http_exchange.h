@@ -53,31 +53,59 @@ struct http_work {
 
 MAP(PERCPU_ARRAY, http_work, __u32, struct http_work, 1);
 
-/* The server request each thread last took and has not answered yet, by
- * thread id (0: none): a client request sent meanwhile names it (a proxy's
- * upstream call), as the payload path's linker links by thread.  A thread's
- * entry stays once made, cleared in place when its request is answered (no
- * insert and delete per exchange).  An LRU: the entries of threads gone
- * make room for new ones. */
-MAP(LRU_HASH, http_serving, __u32, __u64, 16384);
+/* The server request a thread last read: a client request it sends while
+ * that one is still unanswered names it (a proxy's upstream call), as the
+ * payload path's linker links by thread.  Kept with the thread (task
+ * storage: set with one store, gone with the thread) and never cleared: a
+ * client request checks that the exchange named is still the one on its
+ * way (answered, turned over to the payload path or shed, it is not).  The
+ * BCC build has no task storage, and runs no exchanges. */
+struct http_serving {
+    __u64 conn_id;
+    __u64 start_ns;         /* the request's start: which exchange on conn_id */
+};
 
-/* The thread's serving entry no longer names conn_id's request. */
-static __always_inline void http_serving_clear(__u32 tid, __u64 conn_id)
+#if FRONTEND_BTF
+struct {
+    __uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, int);
+    __type(value, struct http_serving);
+} http_serving SEC(".maps");
+
+/* The calling thread serves this exchange now (conn_id 0: none to name). */
+static __always_inline void http_serving_set(__u64 conn_id, __u64 start_ns)
 {
-    __u64 *serving = bpf_map_lookup_elem(&http_serving, &tid);
-    if (serving && *serving == conn_id)
-        *serving = 0;
+    struct http_serving *s = bpf_task_storage_get(&http_serving, bpf_get_current_task_btf(), 0,
+                                                  BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (s) {
+        s->conn_id = conn_id;
+        s->start_ns = start_ns;
+    }
 }
 
-/* The calling thread serves conn_id's request now (0: none). */
-static __always_inline void http_serving_set(__u32 tid, __u64 conn_id)
+/* The server exchange the calling thread serves, still on its way, or 0. */
+static __always_inline __u64 http_serving_now(void)
 {
-    __u64 *serving = bpf_map_lookup_elem(&http_serving, &tid);
-    if (serving)
-        *serving = conn_id;
-    else if (conn_id)
-        bpf_map_update_elem(&http_serving, &tid, &conn_id, BPF_ANY);
+    struct http_serving *s = bpf_task_storage_get(&http_serving, bpf_get_current_task_btf(), 0, 0);
+    if (!s || !s->conn_id)
+        return 0;
+    __u64 conn_id = s->conn_id;
+    struct http_pending *p = bpf_map_lookup_elem(&http_pending, &conn_id);
+    if (!p || p->phase == HTTP_PHASE_IDLE || p->shed || p->record.hdr.start_ns != s->start_ns)
+        return 0;
+    return conn_id;
 }
+#else
+static __always_inline void http_serving_set(__u64 conn_id, __u64 start_ns)
+{
+}
+
+static __always_inline __u64 http_serving_now(void)
+{
+    return 0;
+}
+#endif
 
 /* Connections turned over to the payload path, and requests kept but then
  * dropped, by HTTP_FALLBACK_* reason. */
@@ -121,7 +149,6 @@ static __always_inline void http_fall_back(struct conn_info *conn, __u8 reason, 
     }
     conn->http_payload = 1;
     bpf_map_delete_elem(&http_pending, &conn->conn_id);
-    http_serving_clear((__u32)bpf_get_current_pid_tgid(), conn->conn_id);
 }
 
 /* The loop's context: the buffers, looked up once per head. */
@@ -172,8 +199,6 @@ static __always_inline __u8 http_parse_captured(struct http_work *w, struct http
 static __always_inline void http_emit(struct probe_stats *stats, struct http_pending *p,
                                       __u64 end_ns, __u64 bytes)
 {
-    if (p->request_direction == DIRECTION_INGRESS)
-        http_serving_clear(p->record.hdr.tid, p->record.hdr.conn_id);
     if (p->shed) {
         __u32 key = HTTP_SHED_RING_FILL;
         __u64 *shed = bpf_map_lookup_elem(&http_shed, &key);
@@ -303,16 +328,12 @@ static __always_inline bool http_request_call(__u64 id, struct conn_info *conn,
     p->record.status = 0;
     p->record.response_version_minor = 0;
     p->record.serving_conn_id = 0;
-    __u32 tid = (__u32)id;
-    if (a->direction == DIRECTION_INGRESS) {
+    if (a->direction == DIRECTION_INGRESS)
         /* a shed request's upstream calls must not wait for a record
          * never written */
-        http_serving_set(tid, p->shed ? 0 : conn->conn_id);
-    } else {
-        __u64 *serving = bpf_map_lookup_elem(&http_serving, &tid);
-        if (serving)
-            p->record.serving_conn_id = *serving;
-    }
+        http_serving_set(p->shed ? 0 : conn->conn_id, h->start_ns);
+    else
+        p->record.serving_conn_id = http_serving_now();
     return true;
 }
 

@@ -22,7 +22,6 @@
 
 #include "http_head.h"
 
-
 #define HTTP_PHASE_IDLE 0           /* between exchanges */
 #define HTTP_PHASE_REQUEST_BODY 1
 #define HTTP_PHASE_AWAIT_RESPONSE 2
@@ -258,8 +257,10 @@ static __always_inline bool http_body_call(struct conn_info *conn, struct http_p
 }
 
 /* The connection's entry for a new request: its own, idle, or one made
- * from the work area's (its first request).  NULL if the table refused one:
- * the request then goes out as data, and its response falls back. */
+ * from the work area's (its first request; if another CPU made it first,
+ * that one).  NULL if the table had no room: the request then goes out as
+ * data, and its response, finding no request held, turns the connection
+ * over to the payload path (counted there). */
 static __always_inline struct http_pending *http_entry(struct conn_info *conn,
                                                        struct http_pending *p,
                                                        struct http_work *w)
@@ -267,8 +268,7 @@ static __always_inline struct http_pending *http_entry(struct conn_info *conn,
     if (p)
         return p;
     w->pending.phase = HTTP_PHASE_IDLE;
-    if (bpf_map_update_elem(&http_pending, &conn->conn_id, &w->pending, BPF_NOEXIST))
-        return NULL;
+    bpf_map_update_elem(&http_pending, &conn->conn_id, &w->pending, BPF_NOEXIST);
     return bpf_map_lookup_elem(&http_pending, &conn->conn_id);
 }
 

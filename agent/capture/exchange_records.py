@@ -116,7 +116,8 @@ def read_shed(map_fd: int, ncpus: int) -> dict[str, int]:
 
 
 def count_entries(map_fd: int, key_size: int = 8) -> int:
-    """Entries of a hash map (http_pending: exchanges the probes hold)."""
+    """Entries of a hash map (http_pending: one per connection on the record
+    path, holding its exchange on its way)."""
     lib = libbpf.lib()
     key, next_key = ffi.new("char[]", key_size), ffi.new("char[]", key_size)
     count = 0

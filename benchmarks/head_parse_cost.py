@@ -32,7 +32,6 @@ FIXTURES = ROOT / "tests" / "fixtures" / "http1"
 HEADS = [("benchmark request", REQUEST, False), ("benchmark response", RESPONSE, True),
          ("curl request, traceparent", (FIXTURES / "curl_get_traceparent.bin").read_bytes(), False),
          ("nginx response", (FIXTURES / "nginx_static.bin").read_bytes(), True)]
-HEADERS = ("http_head.h", "classify.h", "events.h")
 BPF_ARCH = {"x86_64": "x86", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
 
 # struct bench (head_parse_cost.bpf.c): the head's bytes, then 24 bytes of
@@ -131,11 +130,14 @@ def run_head(lib, prog_fd, map_fd, size, head_at, data, response, iters):
 
 
 def headers_of(ref: str, into: Path) -> Path:
+    """The revision's bpf/*.h, written into a folder of their own."""
     into.mkdir(parents=True, exist_ok=True)
-    for name in HEADERS:
-        text = subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:bpf/{name}"],
+    names = subprocess.run(["git", "-C", str(ROOT), "ls-tree", "--name-only", ref, "bpf/"],
+                           check=True, capture_output=True, text=True).stdout.split()
+    for path in (n for n in names if n.endswith(".h")):
+        text = subprocess.run(["git", "-C", str(ROOT), "show", f"{ref}:{path}"],
                               check=True, capture_output=True).stdout
-        (into / name).write_bytes(text)
+        (into / Path(path).name).write_bytes(text)
     return into
 
 

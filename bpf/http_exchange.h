@@ -28,26 +28,55 @@
 #define HTTP_PHASE_RESPONSE_BODY 3
 
 struct http_pending {
-    struct http_exchange record;
-    __u64 body_remaining;
-    __u8 phase;
+    __u8 phase;             /* first: userspace counts the slots held by it */
     __u8 request_direction;
     __u8 head_request;      /* a HEAD request: its response has no body */
     __u8 shed;              /* followed to its end, but not written */
     __u8 reserved[4];
+    __u64 body_remaining;
+    struct http_exchange record;
 };
 
-/* Exchanges in progress, by connection id: an entry comes with its
- * connection's first request and goes with its close or its switch to the
- * payload path.  An LRU: connections of processes that exit without
- * close() leave idle entries, which make room for new ones. */
-MAP(LRU_HASH, http_pending, __u64, struct http_pending, 16384);
+/* Exchanges in progress, a connection's in the slot at its id modulo
+ * HTTP_PENDING_SLOTS: found with one array index, where a hash lookup cost
+ * more than the rest of the pairing.  A slot is the connection's that
+ * record.hdr.conn_id names; idle (between exchanges, or its connection
+ * closed), it goes to the next connection that needs it.  Busy with another
+ * connection's exchange, the newcomer goes to the payload path (no_slot);
+ * held longer than HTTP_PENDING_STALE_NS (a process that died mid-exchange
+ * without close()), it is taken back and its request counted as dropped. */
+#define HTTP_PENDING_SLOTS 16384
+#define HTTP_PENDING_STALE_NS (300ULL * 1000000000ULL)
 
-/* Per-CPU room for a head being parsed, a response head's framing fields,
- * and a new connection's first entry (all too large for the BPF stack). */
+MAP(ARRAY, http_pending, __u32, struct http_pending, HTTP_PENDING_SLOTS);
+
+static __always_inline struct http_pending *http_slot(__u64 conn_id)
+{
+    __u32 index = conn_id & (HTTP_PENDING_SLOTS - 1);
+    return bpf_map_lookup_elem(&http_pending, &index);
+}
+
+/* The connection's own entry (idle, or holding its exchange), or NULL. */
+static __always_inline struct http_pending *http_pending_of(__u64 conn_id)
+{
+    struct http_pending *p = http_slot(conn_id);
+    return p && p->record.hdr.conn_id == conn_id ? p : NULL;
+}
+
+/* The connection holds no exchange any more (closed, or on the payload
+ * path): its slot is idle. */
+static __always_inline void http_release(__u64 conn_id)
+{
+    struct http_pending *p = http_pending_of(conn_id);
+    if (p)
+        p->phase = HTTP_PHASE_IDLE;
+}
+
+/* Per-CPU room for a head being parsed and a response head's framing
+ * fields (too large for the BPF stack). */
 struct http_work {
     struct http_head_parse parse;
-    struct http_pending pending;
+    struct http_request_head response;
 };
 
 MAP(PERCPU_ARRAY, http_work, __u32, struct http_work, 1);
@@ -90,7 +119,7 @@ static __always_inline __u64 http_serving_now(void)
     if (!s || !s->conn_id)
         return 0;
     __u64 conn_id = s->conn_id;
-    struct http_pending *p = bpf_map_lookup_elem(&http_pending, &conn_id);
+    struct http_pending *p = http_pending_of(conn_id);
     if (!p || p->phase == HTTP_PHASE_IDLE || p->shed || p->record.hdr.start_ns != s->start_ns)
         return 0;
     return conn_id;
@@ -147,7 +176,7 @@ static __always_inline void http_fall_back(struct conn_info *conn, __u8 reason, 
             stats->requests_dropped++;
     }
     conn->http_payload = 1;
-    bpf_map_delete_elem(&http_pending, &conn->conn_id);
+    http_release(conn->conn_id);
 }
 
 /* The loop's context: the buffers, looked up once per head. */
@@ -256,20 +285,28 @@ static __always_inline bool http_body_call(struct conn_info *conn, struct http_p
     return false;
 }
 
-/* The connection's entry for a new request: its own, idle, or one made
- * from the work area's (its first request; if another CPU made it first,
- * that one).  NULL if the table had no room: the request then goes out as
- * data, and its response, finding no request held, turns the connection
- * over to the payload path (counted there). */
+/* The connection's entry for a new request: its own, idle, or its slot
+ * taken over (idle, or stale: that request counted as dropped).  NULL when
+ * another connection's exchange holds the slot. */
 static __always_inline struct http_pending *http_entry(struct conn_info *conn,
-                                                       struct http_pending *p,
-                                                       struct http_work *w)
+                                                       struct http_pending *p, __u64 now)
 {
     if (p)
         return p;
-    w->pending.phase = HTTP_PHASE_IDLE;
-    bpf_map_update_elem(&http_pending, &conn->conn_id, &w->pending, BPF_NOEXIST);
-    return bpf_map_lookup_elem(&http_pending, &conn->conn_id);
+    p = http_slot(conn->conn_id);
+    if (!p)
+        return NULL;
+    if (p->phase != HTTP_PHASE_IDLE) {
+        if (now - p->record.hdr.start_ns < HTTP_PENDING_STALE_NS)
+            return NULL;
+        __u32 key = HTTP_FALLBACK_NO_SLOT;
+        struct http_fallback_stats *stats = bpf_map_lookup_elem(&http_fallbacks, &key);
+        if (stats)
+            stats->requests_dropped++;
+    }
+    p->phase = HTTP_PHASE_IDLE;
+    p->record.hdr.conn_id = conn->conn_id;
+    return p;
 }
 
 /* A request head on a connection with no exchange on its way: parsed into
@@ -284,9 +321,11 @@ static __always_inline bool http_request_call(__u64 id, struct conn_info *conn,
         http_fall_back(conn, HTTP_FALLBACK_MID_STREAM, false);
         return false;
     }
-    p = http_entry(conn, p, w);
-    if (!p)
+    p = http_entry(conn, p, now);
+    if (!p) {
+        http_fall_back(conn, HTTP_FALLBACK_NO_SLOT, false);
         return false;
+    }
     struct http_request_head *r = &p->record.request;
     __u8 verdict = http_parse_captured(w, r, captured, false);
     if (verdict != HTTP_HEAD_OK) {
@@ -358,7 +397,7 @@ static __always_inline bool http_head_call(__u64 id, struct conn_info *conn,
     }
     /* The response head: parsed into the work area, the kept request
      * stays where it is. */
-    struct http_request_head *r = &w->pending.record.request;
+    struct http_request_head *r = &w->response;
     __u8 verdict = http_parse_captured(w, r, captured, true);
     __u16 status = w->parse.status;
     if (verdict == HTTP_HEAD_OK && status < 200)

@@ -120,7 +120,7 @@ def test_pipelined_requests_go_to_the_payload_path(capture, pair):
 
 def test_exchanges_held_in_the_kernel_go_with_their_connection(capture):
     pending = capture.front_end.map_fd("http_pending")
-    before = exchange_records.count_entries(pending)
+    before = exchange_records.count_held(pending)
     server = socket.create_server(("127.0.0.1", 0))
     pairs = []
     for _ in range(5):
@@ -131,10 +131,10 @@ def test_exchanges_held_in_the_kernel_go_with_their_connection(capture):
         pairs.append((client, peer))
     time.sleep(0.05)
     # Both ends of each connection hold their request.
-    assert exchange_records.count_entries(pending) >= before + 10
+    assert exchange_records.count_held(pending) >= before + 10
     for client, peer in pairs:
         client.close()
         peer.close()
     server.close()
     time.sleep(0.05)
-    assert exchange_records.count_entries(pending) <= before
+    assert exchange_records.count_held(pending) <= before

@@ -159,10 +159,10 @@ static __always_inline bool http_should_shed(void)
 
 /* A call's time as the spans count it: sent when the write begins,
  * received when the read returns. */
-static __always_inline __u64 http_call_time(const struct io_args *a, __u64 now)
+static __always_inline __u64 http_call_time(const struct io_args *a)
 {
     if (a->direction == DIRECTION_INGRESS || !a->start_ns)
-        return now;
+        return bpf_ktime_get_ns();
     return a->start_ns;
 }
 
@@ -275,7 +275,7 @@ static __always_inline bool http_body_call(struct conn_info *conn, struct http_p
         }
         p->body_remaining -= n;
         if (!p->body_remaining) {
-            http_emit(stats, p, http_call_time(a, bpf_ktime_get_ns()), n);
+            http_emit(stats, p, http_call_time(a), n);
             p->phase = HTTP_PHASE_IDLE;
         } else {
             p->record.response_bytes += n;
@@ -289,7 +289,7 @@ static __always_inline bool http_body_call(struct conn_info *conn, struct http_p
  * taken over (idle, or stale: that request counted as dropped).  NULL when
  * another connection's exchange holds the slot. */
 static __always_inline struct http_pending *http_entry(struct conn_info *conn,
-                                                       struct http_pending *p, __u64 now)
+                                                       struct http_pending *p, __u64 at)
 {
     if (p)
         return p;
@@ -297,7 +297,8 @@ static __always_inline struct http_pending *http_entry(struct conn_info *conn,
     if (!p)
         return NULL;
     if (p->phase != HTTP_PHASE_IDLE) {
-        if (now - p->record.hdr.start_ns < HTTP_PENDING_STALE_NS)
+        /* (an exchange another CPU started since this call began is not stale) */
+        if (p->record.hdr.start_ns + HTTP_PENDING_STALE_NS > at)
             return NULL;
         __u32 key = HTTP_FALLBACK_NO_SLOT;
         struct http_fallback_stats *stats = bpf_map_lookup_elem(&http_fallbacks, &key);
@@ -314,14 +315,14 @@ static __always_inline struct http_pending *http_entry(struct conn_info *conn,
 static __always_inline bool http_request_call(__u64 id, struct conn_info *conn,
                                               struct http_pending *p, struct http_work *w,
                                               const struct io_args *a, __u64 n, __u32 captured,
-                                              __u64 now)
+                                              __u64 at)
 {
     __u8 expected = conn->role == ROLE_SERVER ? DIRECTION_INGRESS : DIRECTION_EGRESS;
     if (conn->role != ROLE_UNKNOWN && a->direction != expected) {
         http_fall_back(conn, HTTP_FALLBACK_MID_STREAM, false);
         return false;
     }
-    p = http_entry(conn, p, now);
+    p = http_entry(conn, p, at);
     if (!p) {
         http_fall_back(conn, HTTP_FALLBACK_NO_SLOT, false);
         return false;
@@ -349,7 +350,7 @@ static __always_inline bool http_request_call(__u64 id, struct conn_info *conn,
     h->tid = (__u32)id;
     h->fd = a->fd;
     h->conn_id = conn->conn_id;
-    h->start_ns = http_call_time(a, now);
+    h->start_ns = at;
     h->end_ns = 0;
     h->length = n;
     h->captured = 0;
@@ -387,9 +388,9 @@ static __always_inline bool http_head_call(__u64 id, struct conn_info *conn,
     struct http_work *w = bpf_map_lookup_elem(&http_work, &zero);
     if (!w)
         return false;
-    __u64 now = bpf_ktime_get_ns();
+    __u64 at = http_call_time(a);
     if (!http_in_exchange(p))
-        return http_request_call(id, conn, p, w, a, n, captured, now);
+        return http_request_call(id, conn, p, w, a, n, captured, at);
     if (p->phase == HTTP_PHASE_RESPONSE_BODY || a->direction == p->request_direction) {
         /* A second request before the first one's response. */
         http_fall_back(conn, HTTP_FALLBACK_PIPELINED, true);
@@ -420,11 +421,11 @@ static __always_inline bool http_head_call(__u64 id, struct conn_info *conn,
         http_fall_back(conn, HTTP_FALLBACK_PIPELINED, true);
         return false;
     }
-    p->record.response_start_ns = http_call_time(a, now);
+    p->record.response_start_ns = at;
     p->record.status = status;
     p->record.response_version_minor = w->parse.version_minor;
     if (after == body) {
-        http_emit(stats, p, http_call_time(a, now), n);
+        http_emit(stats, p, at, n);
         p->phase = HTTP_PHASE_IDLE;
     } else {
         p->record.response_bytes = n;

@@ -2,8 +2,9 @@
  * call that carried it, kept per connection until its response ends, then
  * one EVENT_HTTP_EXCHANGE record (struct http_exchange, bpf/events.h)
  * instead of a data record per syscall.  The request is parsed straight
- * into its connection's entry, which stays (idle) between exchanges: an
- * exchange costs one lookup of it, no insert, copy or delete.
+ * into its connection's slot (http_pending), which stays its own, idle,
+ * between exchanges: an exchange costs one array index, no insert, copy or
+ * delete.
  *
  * Only what is certain is paired here: a head contained in one call, a
  * request body and a response body of announced length (or none).  Anything

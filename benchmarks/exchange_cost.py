@@ -7,6 +7,10 @@ programs by the kernel's own count (kernel.bpf_stats_enabled, on only while
 measuring); records and bytes written from the ring.
 
     .venv/bin/python benchmarks/exchange_cost.py [--exchanges 20000] [--rounds 2]
+        [--object build/capture.bpf.o --object /tmp/main/capture.bpf.o]
+
+With several --object, each round measures every object in turn (a tree
+against another in the same run; the userspace stages are this tree's).
 """
 from __future__ import annotations
 
@@ -30,10 +34,10 @@ RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\
 CALLS_PER_EXCHANGE = 4
 
 
-def measure(exchanges: bool, count: int) -> dict:
+def measure(exchanges: bool, count: int, obj: Path | None = None) -> dict:
     capture = load_capture(CaptureSettings(agent_pid=0, pids={os.getpid()}, tls=False,
                                            ring_buffer_bytes=256 << 20,
-                                           http_exchanges=exchanges))
+                                           http_exchanges=exchanges), obj)
     server = socket.create_server(("127.0.0.1", 0))
     client = socket.create_connection(server.getsockname())
     peer, _ = server.accept()
@@ -80,14 +84,19 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--exchanges", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--object", type=Path, action="append",
+                        help="a capture object to measure (repeat to alternate several; "
+                             "default: build/'s)")
     args = parser.parse_args()
-    print(f"{'path':9} {'ns/call in programs':>20} {'ns/exchange (caller)':>21} "
+    objects = args.object or [None]
+    print(f"{'object':24} {'path':9} {'ns/call in programs':>20} {'ns/exchange (caller)':>21} "
           f"{'records/exchange':>17} {'ring bytes/exchange':>20} {'lost':>5} {'fallbacks':>9} "
           f"{'spans':>6} {'us/span match+link':>19}")
     for _ in range(args.rounds):
-        for exchanges in (False, True):
-            r = measure(exchanges, args.exchanges)
-            print(f"{'records' if exchanges else 'payload':9} {r['ns_in_programs_per_call']:20.0f} "
+        for obj, exchanges in ((o, e) for o in objects for e in (False, True)):
+            r = measure(exchanges, args.exchanges, obj)
+            name = str(obj) if obj else "build/capture.bpf.o"
+            print(f"{name[-24:]:24} {'records' if exchanges else 'payload':9} {r['ns_in_programs_per_call']:20.0f} "
                   f"{r['ns_per_exchange_caller_side']:21.0f} {r['records_per_exchange']:17.2f} "
                   f"{r['ring_bytes_per_exchange']:20.0f} {r['lost']:5d} {r['fallbacks']:9d} "
                   f"{r['spans']:6d} {r['us_per_span_match_link']:19.2f}")

@@ -467,11 +467,11 @@ static __always_inline int emit_data(__u64 id, struct conn_info *conn, const str
                      !conn->http_payload && !(flags & FLAG_TLS);
     struct http_pending *pending = NULL;
     if (exchanges) {
-        pending = bpf_map_lookup_elem(&http_pending, &conn->conn_id);
+        pending = http_pending_of(conn->conn_id);
         if (pending && http_body_call(conn, pending, &a, ret, stats))
             return 0;
         if (!conn->http_payload && a.buffer_kind == IO_NONE)
-            http_fall_back(conn, HTTP_FALLBACK_MID_STREAM, pending != NULL);
+            http_fall_back(conn, HTTP_FALLBACK_MID_STREAM, http_in_exchange(pending));
         exchanges = !conn->http_payload;
     }
 
@@ -580,7 +580,8 @@ static __always_inline int on_close_enter(__u32 fd)
         if (stats)
             output_record(stats, &hdr, sizeof(hdr), false);
     }
-    bpf_map_delete_elem(&http_pending, &conn->conn_id);
+    if (CONFIG(http_exchanges))
+        http_release(conn->conn_id);
     bpf_map_delete_elem(&conns, &key);
     return 0;
 }

@@ -283,7 +283,9 @@ struct tls_library_record {
 #define HTTP_FALLBACK_MID_STREAM 7
 /* response end not certain (chunked, until close) */
 #define HTTP_FALLBACK_RESPONSE_END 8
-#define HTTP_FALLBACK_COUNT 9
+/* no room to hold the request: its slot holds another connection's exchange */
+#define HTTP_FALLBACK_NO_SLOT 9
+#define HTTP_FALLBACK_COUNT 10
 
 /* Why the probes shed an exchange (decided at its request: neither side is
  * written), the index of the http_shed counters. */

@@ -1,7 +1,10 @@
 /* HTTP/1.x exchanges paired in the probes: a request head parsed from the
  * call that carried it, kept per connection until its response ends, then
  * one EVENT_HTTP_EXCHANGE record (struct http_exchange, bpf/events.h)
- * instead of a data record per syscall.
+ * instead of a data record per syscall.  The request is parsed straight
+ * into its connection's slot (http_pending), which stays its own, idle,
+ * between exchanges: an exchange costs one array index, no insert, copy or
+ * delete.
  *
  * Only what is certain is paired here: a head contained in one call, a
  * request body and a response body of announced length (or none).  Anything
@@ -20,38 +23,118 @@
 
 #include "http_head.h"
 
+#define HTTP_PHASE_IDLE 0           /* between exchanges */
 #define HTTP_PHASE_REQUEST_BODY 1
 #define HTTP_PHASE_AWAIT_RESPONSE 2
 #define HTTP_PHASE_RESPONSE_BODY 3
 
 struct http_pending {
-    struct http_exchange record;
-    __u64 body_remaining;
-    __u8 phase;
+    __u8 phase;             /* first: userspace counts the slots held by it */
     __u8 request_direction;
     __u8 head_request;      /* a HEAD request: its response has no body */
     __u8 shed;              /* followed to its end, but not written */
     __u8 reserved[4];
+    __u64 body_remaining;
+    struct http_exchange record;
 };
 
-/* Exchanges in progress, by connection id; an entry goes with its exchange
- * or with its connection's close. */
-MAP(HASH, http_pending, __u64, struct http_pending, 16384);
+/* Exchanges in progress, a connection's in the slot at its id modulo
+ * HTTP_PENDING_SLOTS: found with one array index, where a hash lookup cost
+ * more than the rest of the pairing.  A slot is the connection's that
+ * record.hdr.conn_id names; idle (between exchanges, or its connection
+ * closed), it goes to the next connection that needs it.  Busy with another
+ * connection's exchange, the newcomer goes to the payload path (no_slot);
+ * held longer than HTTP_PENDING_STALE_NS (a process that died mid-exchange
+ * without close()), it is taken back and its request counted as dropped. */
+#define HTTP_PENDING_SLOTS 16384
+#define HTTP_PENDING_STALE_NS (300ULL * 1000000000ULL)
 
-/* Per-CPU room for a head being parsed and a pending exchange being built
- * (both too large for the BPF stack). */
+MAP(ARRAY, http_pending, __u32, struct http_pending, HTTP_PENDING_SLOTS);
+
+static __always_inline struct http_pending *http_slot(__u64 conn_id)
+{
+    __u32 index = conn_id & (HTTP_PENDING_SLOTS - 1);
+    return bpf_map_lookup_elem(&http_pending, &index);
+}
+
+/* The connection's own entry (idle, or holding its exchange), or NULL. */
+static __always_inline struct http_pending *http_pending_of(__u64 conn_id)
+{
+    struct http_pending *p = http_slot(conn_id);
+    return p && p->record.hdr.conn_id == conn_id ? p : NULL;
+}
+
+/* The connection holds no exchange any more (closed, or on the payload
+ * path): its slot is idle. */
+static __always_inline void http_release(__u64 conn_id)
+{
+    struct http_pending *p = http_pending_of(conn_id);
+    if (p)
+        p->phase = HTTP_PHASE_IDLE;
+}
+
+/* Per-CPU room for a head being parsed and a response head's framing
+ * fields (too large for the BPF stack). */
 struct http_work {
     struct http_head_parse parse;
-    struct http_pending pending;
+    struct http_request_head response;
 };
 
 MAP(PERCPU_ARRAY, http_work, __u32, struct http_work, 1);
 
-/* The server request each thread last took and has not answered yet, by
- * thread id: a client request sent meanwhile names it (a proxy's upstream
- * call), as the payload path's linker links by thread.  An LRU: a thread
- * whose connection closed unanswered leaves an entry until it serves again. */
-MAP(LRU_HASH, http_serving, __u32, __u64, 16384);
+/* The server request a thread last read: a client request it sends while
+ * that one is still unanswered names it (a proxy's upstream call), as the
+ * payload path's linker links by thread.  Kept with the thread (task
+ * storage: set with one store, gone with the thread) and never cleared: a
+ * client request checks that the exchange named is still the one on its
+ * way (answered, turned over to the payload path or shed, it is not).  The
+ * BCC build has no task storage, and runs no exchanges. */
+struct http_serving {
+    __u64 conn_id;
+    __u64 start_ns;         /* the request's start: which exchange on conn_id */
+};
+
+#if FRONTEND_BTF
+struct {
+    __uint(type, BPF_MAP_TYPE_TASK_STORAGE);
+    __uint(map_flags, BPF_F_NO_PREALLOC);
+    __type(key, int);
+    __type(value, struct http_serving);
+} http_serving SEC(".maps");
+
+/* The calling thread serves this exchange now (conn_id 0: none to name). */
+static __always_inline void http_serving_set(__u64 conn_id, __u64 start_ns)
+{
+    struct http_serving *s = bpf_task_storage_get(&http_serving, bpf_get_current_task_btf(), 0,
+                                                  BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (s) {
+        s->conn_id = conn_id;
+        s->start_ns = start_ns;
+    }
+}
+
+/* The server exchange the calling thread serves, still on its way, or 0. */
+static __always_inline __u64 http_serving_now(void)
+{
+    struct http_serving *s = bpf_task_storage_get(&http_serving, bpf_get_current_task_btf(), 0, 0);
+    if (!s || !s->conn_id)
+        return 0;
+    __u64 conn_id = s->conn_id;
+    struct http_pending *p = http_pending_of(conn_id);
+    if (!p || p->phase == HTTP_PHASE_IDLE || p->shed || p->record.hdr.start_ns != s->start_ns)
+        return 0;
+    return conn_id;
+}
+#else
+static __always_inline void http_serving_set(__u64 conn_id, __u64 start_ns)
+{
+}
+
+static __always_inline __u64 http_serving_now(void)
+{
+    return 0;
+}
+#endif
 
 /* Connections turned over to the payload path, and requests kept but then
  * dropped, by HTTP_FALLBACK_* reason. */
@@ -77,10 +160,10 @@ static __always_inline bool http_should_shed(void)
 
 /* A call's time as the spans count it: sent when the write begins,
  * received when the read returns. */
-static __always_inline __u64 http_call_time(const struct io_args *a, __u64 now)
+static __always_inline __u64 http_call_time(const struct io_args *a)
 {
     if (a->direction == DIRECTION_INGRESS || !a->start_ns)
-        return now;
+        return bpf_ktime_get_ns();
     return a->start_ns;
 }
 
@@ -94,17 +177,14 @@ static __always_inline void http_fall_back(struct conn_info *conn, __u8 reason, 
             stats->requests_dropped++;
     }
     conn->http_payload = 1;
-    bpf_map_delete_elem(&http_pending, &conn->conn_id);
-    __u32 tid = (__u32)bpf_get_current_pid_tgid();
-    __u64 *serving = bpf_map_lookup_elem(&http_serving, &tid);
-    if (serving && *serving == conn->conn_id)
-        bpf_map_delete_elem(&http_serving, &tid);
+    http_release(conn->conn_id);
 }
 
 /* The loop's context: the buffers, looked up once per head. */
 struct http_loop {
     struct data_event *ev;
     struct http_work *w;
+    struct http_request_head *r;
 };
 
 static long http_head_loop_step(__u32 i, void *ctx)
@@ -112,25 +192,35 @@ static long http_head_loop_step(__u32 i, void *ctx)
     struct http_loop *l = ctx;
     struct data_event *ev = l->ev;
     struct http_work *w = l->w;
-    if (!ev || !w || w->parse.state == HS_DONE || w->parse.pos >= w->parse.len)
+    struct http_request_head *r = l->r;
+    if (!ev || !w || !r || w->parse.state == HS_DONE || w->parse.pos >= w->parse.len)
         return 1;
-    http_head_step(&w->parse, &w->pending.record.request, ev->payload);
+    http_head_step(&w->parse, r, ev->payload);
     return 0;
 }
 
-/* Steps a head can take: a field line of n bytes takes at most n - 1 (its
- * start, its name's and its value's words). */
-#define HTTP_HEAD_STEPS HTTP_HEAD_SCAN_BYTES
+/* Steps a head can take: a line takes at least 4 bytes, and a step moves
+ * on by a line or by HTTP_SCAN_WORDS words. */
+#define HTTP_HEAD_STEPS (HTTP_HEAD_SCAN_BYTES / 4)
 
 /* Parse the head at the start of the captured bytes (scratch's payload)
- * into the work area. */
-static __always_inline __u8 http_parse_captured(struct http_work *w, __u32 captured,
-                                                bool response)
+ * into r (a request: its exchange's entry; a response: the work area).
+ * Under CO-RE a global function: the verifier checks it once per program,
+ * not once for every state its callers reach it in.  (BCC's programs have
+ * no subprograms; there it is inlined, and never runs.) */
+#if FRONTEND_BTF
+__noinline __u8 http_parse_captured(struct http_work *w, struct http_request_head *r,
+                                    __u32 captured, __u32 response)
+#else
+static __always_inline __u8 http_parse_captured(struct http_work *w, struct http_request_head *r,
+                                                __u32 captured, __u32 response)
+#endif
 {
     __u32 zero = 0;
-    struct http_request_head *r = &w->pending.record.request;
+    if (!w || !r)
+        return HTTP_FALLBACK_SPLIT_HEAD;
     http_head_begin(&w->parse, r, captured, response);
-    struct http_loop l = { .ev = bpf_map_lookup_elem(&scratch, &zero), .w = w };
+    struct http_loop l = { .ev = bpf_map_lookup_elem(&scratch, &zero), .w = w, .r = r };
     BOUNDED_LOOP(FRONTEND_LOOP_STEPS(HTTP_HEAD_STEPS, 0), http_head_loop_step, &l);
     return http_head_result(&w->parse, r);
 }
@@ -138,12 +228,6 @@ static __always_inline __u8 http_parse_captured(struct http_work *w, __u32 captu
 static __always_inline void http_emit(struct probe_stats *stats, struct http_pending *p,
                                       __u64 end_ns, __u64 bytes)
 {
-    if (p->request_direction == DIRECTION_INGRESS) {
-        __u32 tid = p->record.hdr.tid;
-        __u64 *serving = bpf_map_lookup_elem(&http_serving, &tid);
-        if (serving && *serving == p->record.hdr.conn_id)
-            bpf_map_delete_elem(&http_serving, &tid);
-    }
     if (p->shed) {
         __u32 key = HTTP_SHED_RING_FILL;
         __u64 *shed = bpf_map_lookup_elem(&http_shed, &key);
@@ -159,6 +243,12 @@ static __always_inline void http_emit(struct probe_stats *stats, struct http_pen
         size = sizeof(p->record);
     barrier_var(size);
     output_record(stats, &p->record, size, false);
+}
+
+/* A request on its way (its head seen, its response not yet ended). */
+static __always_inline bool http_in_exchange(const struct http_pending *p)
+{
+    return p && p->phase != HTTP_PHASE_IDLE;
 }
 
 /* Body bytes of the pending exchange (no copy needed).  True when the call
@@ -186,14 +276,106 @@ static __always_inline bool http_body_call(struct conn_info *conn, struct http_p
         }
         p->body_remaining -= n;
         if (!p->body_remaining) {
-            http_emit(stats, p, http_call_time(a, bpf_ktime_get_ns()), n);
-            bpf_map_delete_elem(&http_pending, &conn->conn_id);
+            http_emit(stats, p, http_call_time(a), n);
+            p->phase = HTTP_PHASE_IDLE;
         } else {
             p->record.response_bytes += n;
         }
         return true;
     }
     return false;
+}
+
+/* The connection's entry for a new request: its own, idle, or its slot
+ * taken over (idle, or stale: that request counted as dropped).  NULL when
+ * another connection's exchange holds the slot. */
+static __always_inline struct http_pending *http_entry(struct conn_info *conn,
+                                                       struct http_pending *p, __u64 at)
+{
+    if (p)
+        return p;
+    p = http_slot(conn->conn_id);
+    if (!p)
+        return NULL;
+    if (p->phase != HTTP_PHASE_IDLE) {
+        /* (an exchange another CPU started since this call began is not stale) */
+        if (p->record.hdr.start_ns + HTTP_PENDING_STALE_NS > at)
+            return NULL;
+        __u32 key = HTTP_FALLBACK_NO_SLOT;
+        struct http_fallback_stats *stats = bpf_map_lookup_elem(&http_fallbacks, &key);
+        if (stats)
+            stats->requests_dropped++;
+    }
+    p->phase = HTTP_PHASE_IDLE;
+    p->record.hdr.conn_id = conn->conn_id;
+    return p;
+}
+
+/* A request head on a connection with no exchange on its way: parsed into
+ * the connection's entry.  True when taken (no data record). */
+static __always_inline bool http_request_call(__u64 id, struct conn_info *conn,
+                                              struct http_pending *p, struct http_work *w,
+                                              const struct io_args *a, __u64 n, __u32 captured,
+                                              __u64 at)
+{
+    __u8 expected = conn->role == ROLE_SERVER ? DIRECTION_INGRESS : DIRECTION_EGRESS;
+    if (conn->role != ROLE_UNKNOWN && a->direction != expected) {
+        http_fall_back(conn, HTTP_FALLBACK_MID_STREAM, false);
+        return false;
+    }
+    p = http_entry(conn, p, at);
+    if (!p) {
+        http_fall_back(conn, HTTP_FALLBACK_NO_SLOT, false);
+        return false;
+    }
+    struct http_request_head *r = &p->record.request;
+    __u8 verdict = http_parse_captured(w, r, captured, false);
+    if (verdict != HTTP_HEAD_OK) {
+        http_fall_back(conn, verdict, false);
+        return false;
+    }
+    __u64 after = n - r->header_bytes;
+    __u64 body = (r->present & HTTP_HAS_CONTENT_LENGTH) ? r->content_length : 0;
+    if (after > body) {
+        http_fall_back(conn, HTTP_FALLBACK_PIPELINED, false);
+        return false;
+    }
+    p->body_remaining = body - after;
+    p->phase = p->body_remaining ? HTTP_PHASE_REQUEST_BODY : HTTP_PHASE_AWAIT_RESPONSE;
+    p->request_direction = a->direction;
+    p->shed = http_should_shed();
+    p->head_request = r->method_len == 4 && starts_with((const __u8 *)r->values, 4, "HEAD", 4);
+    struct event_header *h = &p->record.hdr;
+    h->type = EVENT_HTTP_EXCHANGE;
+    h->pid = id >> 32;
+    h->tid = (__u32)id;
+    h->fd = a->fd;
+    h->conn_id = conn->conn_id;
+    h->start_ns = at;
+    h->end_ns = 0;
+    h->length = n;
+    h->captured = 0;
+    h->direction = a->direction;
+    h->role = conn->role;
+    h->protocol = PROTOCOL_HTTP1;
+    h->flags = 0;
+    h->probe = a->probe;
+    /* A shed exchange takes no number: no record, no gap. */
+    h->seq = p->shed ? 0 : (__sync_fetch_and_add(&conn->seq, 1) % 65535) + 1;
+    h->tuple = conn->tuple;
+    p->record.response_start_ns = 0;
+    p->record.request_bytes = n;
+    p->record.response_bytes = 0;
+    p->record.status = 0;
+    p->record.response_version_minor = 0;
+    p->record.serving_conn_id = 0;
+    if (a->direction == DIRECTION_INGRESS)
+        /* a shed request's upstream calls must not wait for a record
+         * never written */
+        http_serving_set(p->shed ? 0 : conn->conn_id, h->start_ns);
+    else
+        p->record.serving_conn_id = http_serving_now();
+    return true;
 }
 
 /* A call the body path did not take, its first bytes captured in scratch:
@@ -207,70 +389,9 @@ static __always_inline bool http_head_call(__u64 id, struct conn_info *conn,
     struct http_work *w = bpf_map_lookup_elem(&http_work, &zero);
     if (!w)
         return false;
-    __u64 now = bpf_ktime_get_ns();
-    if (!p) {
-        __u8 expected = conn->role == ROLE_SERVER ? DIRECTION_INGRESS : DIRECTION_EGRESS;
-        if (conn->role != ROLE_UNKNOWN && a->direction != expected) {
-            http_fall_back(conn, HTTP_FALLBACK_MID_STREAM, false);
-            return false;
-        }
-        __u8 verdict = http_parse_captured(w, captured, false);
-        if (verdict != HTTP_HEAD_OK) {
-            http_fall_back(conn, verdict, false);
-            return false;
-        }
-        struct http_request_head *r = &w->pending.record.request;
-        __u64 after = n - r->header_bytes;
-        __u64 body = (r->present & HTTP_HAS_CONTENT_LENGTH) ? r->content_length : 0;
-        if (after > body) {
-            http_fall_back(conn, HTTP_FALLBACK_PIPELINED, false);
-            return false;
-        }
-        struct http_pending *np = &w->pending;
-        np->body_remaining = body - after;
-        np->phase = np->body_remaining ? HTTP_PHASE_REQUEST_BODY : HTTP_PHASE_AWAIT_RESPONSE;
-        np->request_direction = a->direction;
-        np->shed = http_should_shed();
-        np->head_request = r->method_len == 4 && starts_with((const __u8 *)r->values, 4,
-                                                             "HEAD", 4);
-        struct event_header *h = &np->record.hdr;
-        h->type = EVENT_HTTP_EXCHANGE;
-        h->pid = id >> 32;
-        h->tid = (__u32)id;
-        h->fd = a->fd;
-        h->conn_id = conn->conn_id;
-        h->start_ns = http_call_time(a, now);
-        h->end_ns = 0;
-        h->length = n;
-        h->captured = 0;
-        h->direction = a->direction;
-        h->role = conn->role;
-        h->protocol = PROTOCOL_HTTP1;
-        h->flags = 0;
-        h->probe = a->probe;
-        /* A shed exchange takes no number: no record, no gap. */
-        h->seq = np->shed ? 0 : (__sync_fetch_and_add(&conn->seq, 1) % 65535) + 1;
-        h->tuple = conn->tuple;
-        np->record.response_start_ns = 0;
-        np->record.request_bytes = n;
-        np->record.response_bytes = 0;
-        np->record.status = 0;
-        np->record.response_version_minor = 0;
-        np->record.serving_conn_id = 0;
-        __u32 tid = (__u32)id;
-        if (a->direction == DIRECTION_INGRESS && np->shed) {
-            /* its upstream calls must not wait for a record never written */
-            bpf_map_delete_elem(&http_serving, &tid);
-        } else if (a->direction == DIRECTION_INGRESS) {
-            bpf_map_update_elem(&http_serving, &tid, &conn->conn_id, BPF_ANY);
-        } else {
-            __u64 *serving = bpf_map_lookup_elem(&http_serving, &tid);
-            if (serving)
-                np->record.serving_conn_id = *serving;
-        }
-        bpf_map_update_elem(&http_pending, &conn->conn_id, np, BPF_ANY);
-        return true;
-    }
+    __u64 at = http_call_time(a);
+    if (!http_in_exchange(p))
+        return http_request_call(id, conn, p, w, a, n, captured, at);
     if (p->phase == HTTP_PHASE_RESPONSE_BODY || a->direction == p->request_direction) {
         /* A second request before the first one's response. */
         http_fall_back(conn, HTTP_FALLBACK_PIPELINED, true);
@@ -278,7 +399,8 @@ static __always_inline bool http_head_call(__u64 id, struct conn_info *conn,
     }
     /* The response head: parsed into the work area, the kept request
      * stays where it is. */
-    __u8 verdict = http_parse_captured(w, captured, true);
+    struct http_request_head *r = &w->response;
+    __u8 verdict = http_parse_captured(w, r, captured, true);
     __u16 status = w->parse.status;
     if (verdict == HTTP_HEAD_OK && status < 200)
         verdict = status == 101 ? HTTP_FALLBACK_UPGRADE : HTTP_FALLBACK_CONTINUE;
@@ -286,7 +408,6 @@ static __always_inline bool http_head_call(__u64 id, struct conn_info *conn,
         http_fall_back(conn, verdict, true);
         return false;
     }
-    struct http_request_head *r = &w->pending.record.request;
     bool bodyless = p->head_request || status == 204 || status == 304;
     __u64 after = n - r->header_bytes;
     __u64 body = 0;
@@ -301,12 +422,12 @@ static __always_inline bool http_head_call(__u64 id, struct conn_info *conn,
         http_fall_back(conn, HTTP_FALLBACK_PIPELINED, true);
         return false;
     }
-    p->record.response_start_ns = http_call_time(a, now);
+    p->record.response_start_ns = at;
     p->record.status = status;
     p->record.response_version_minor = w->parse.version_minor;
     if (after == body) {
-        http_emit(stats, p, http_call_time(a, now), n);
-        bpf_map_delete_elem(&http_pending, &conn->conn_id);
+        http_emit(stats, p, at, n);
+        p->phase = HTTP_PHASE_IDLE;
     } else {
         p->record.response_bytes = n;
         p->body_remaining = body - after;

@@ -3,12 +3,14 @@
  * head's length), the host build from a plain loop
  * (tests/capture/test_http_head.py checks it against agent/parsers/http1.py).
  *
- * Cost is per line, not per byte: a step finds a line's end eight bytes at
- * a time (CR, LF and NUL located with word arithmetic), field names are read
- * byte by byte only up to their colon and compared whole-word against the
- * few names the span or the framing needs, and a wanted value is copied into
- * the record with one bounded copy.  A response's head keeps only its status
- * line and framing fields.
+ * Cost is per line, not per byte or word: a step takes a field line whole
+ * when it is shorter than HTTP_SCAN_WORDS words after its name (the blank
+ * line that ends the head comes with the line before it), reading a word at
+ * a time to the first byte that ends or spoils it (CR, LF, NUL; located
+ * with word arithmetic), the name to its colon the same way.  Names are
+ * compared whole-word against the few the span or the framing needs, and a
+ * wanted value is copied into the record a word at a time.  A response's
+ * head keeps only its status line and framing fields.
  *
  * The parser is strict where userspace is lenient: it accepts the common
  * form only (CRLF line ends, no obs-fold, one traceparent and tracestate,
@@ -19,6 +21,7 @@
 #define OTEL_EBPF_HTTP_HEAD_H
 
 #include "classify.h"
+#include "http_words.h"
 
 /* Longest head the probes parse; a longer one goes to the payload path.
  * The buffer parsed must hold HTTP_HEAD_SCAN_BYTES + HTTP_HEAD_SLACK bytes
@@ -27,6 +30,10 @@
 #define HTTP_HEAD_SLACK 32
 /* Longest field name read; a longer one sends the head to the payload path. */
 #define HTTP_NAME_BYTES 32
+#define HTTP_NAME_WORDS (HTTP_NAME_BYTES / 8)
+/* Words of a target or value one step reads; a longer one goes on in the
+ * next step. */
+#define HTTP_SCAN_WORDS 8
 /* Longest Content-Length read (one word); a longer one (100 MB and up)
  * sends the head to the payload path. */
 #define HTTP_MAX_LENGTH_DIGITS 8
@@ -64,6 +71,7 @@ struct http_head_parse {
     __u8 expect_continue;
     __u8 version_minor;     /* a status line's HTTP/1.<minor> */
     __u8 reserved[3];
+    __u32 found;            /* the last scan's stop (see settle) */
 };
 
 #define HEAD_INDEX(off) ((off) & (HTTP_HEAD_SCAN_BYTES - 1))
@@ -75,91 +83,66 @@ static inline __u64 head_load(const __u8 *buf, __u32 off)
     memcpy(&w, buf + HEAD_INDEX(off), 8);
     return w;
 }
+static inline void store_word(char *dst, __u64 w)
+{
+    memcpy(dst, &w, 8);
+}
 #define HEAD_COPY(dst, n, src) memcpy(dst, src, n)
 #define barrier_var(var) ((void)(var))
 #else
-/* x86 and arm64 BPF load unaligned words from map values. */
+/* x86 and arm64 BPF load and store unaligned words in map values. */
 #define head_load(buf, off) (*(const __u64 *)((buf) + HEAD_INDEX(off)))
+#define store_word(dst, w) (*(__u64 *)(dst) = (w))
 #define HEAD_COPY(dst, n, src) bpf_probe_read_kernel(dst, n, src)
 #endif
 #define head_byte(buf, off) ((buf)[HEAD_INDEX(off)])
 
-#define ONES 0x0101010101010101ULL
-#define LOW7 0x7F7F7F7F7F7F7F7FULL
-#define HIGH 0x8080808080808080ULL
-#define LOWER 0x2020202020202020ULL
+/* What a scan stops at. */
+#define STOP_VALUE 0        /* a value's or reason's end (CR), or what spoils it (LF, NUL) */
+#define STOP_TARGET 1       /* a target's end: below 0x21, DEL */
+#define STOP_NAME 2         /* a usual name's end: not a letter, digit or '-' */
+#define STOP_TOKEN 3        /* a name's end: not a token character */
+#define STOP_COLON 4        /* a name's colon */
 
-/* 0x80 in each byte of w equal to zero, exactly (no borrow between bytes). */
-static __always_inline __u64 zero_bytes(__u64 w)
+/* The stop bytes of a word, the lowest of them flagged exactly. */
+static __always_inline __u64 stops(__u64 w, int kind)
 {
-    return ~(((w & LOW7) + LOW7) | w | LOW7);
-}
-
-static __always_inline __u64 bytes_equal(__u64 w, __u8 c)
-{
-    return zero_bytes(w ^ (ONES * c));
-}
-
-/* Index of the lowest flagged byte of a nonzero byte mask. */
-static __always_inline __u32 first_byte(__u64 m)
-{
-    __u32 n = 0;
-    if (!(m & 0xFFFFFFFFULL)) {
-        n += 4;
-        m >>= 32;
+    switch (kind) {
+    case STOP_VALUE:
+        /* CR, LF and NUL lie below 0x0E; so do HT and the other controls a
+         * value may hold, which parse_value steps over */
+        return lowest_below(w, 0x0E);
+    case STOP_COLON:
+        return lowest_below(w ^ (ONES * ':'), 1);
+    case STOP_TARGET:
+        return lowest_below(w, 0x21) | lowest_below(w ^ (ONES * 0x7F), 1);
+    case STOP_NAME:
+        return non_name_char(w);
+    default:
+        return non_tchar(w);
     }
-    if (!(m & 0xFFFFULL)) {
-        n += 2;
-        m >>= 16;
+}
+
+/* The offset of the first stop byte in the words from pos, or
+ * pos + 8 * words when they have none.  The word loop ends where the line
+ * does: a short line costs a word or two. */
+static __always_inline __u32 scan(const __u8 *buf, __u32 pos, __u32 words, int kind)
+{
+    for (__u32 j = 0; j < words; j++) {
+        __u64 m = stops(head_load(buf, pos + 8 * j), kind);
+        if (m)
+            return pos + 8 * j + first_flag(m);
     }
-    if (!(m & 0xFFULL))
-        n += 1;
-    return n;
+    return pos + 8 * words;
 }
 
-/* 0x80 in each byte of w (all below 0x80) at or above c. */
-static __always_inline __u64 at_least(__u64 w, __u8 c)
+/* A scan's result, stored to the parse state and read back: the verifier
+ * knows it then no better than any value read from a map, and walks what
+ * follows once rather than once per word the scan may have stopped in. */
+static __always_inline __u32 settle(struct http_head_parse *p, __u32 v)
 {
-    return ((w & LOW7) + ONES * (0x80 - c)) & HIGH;
-}
-
-/* 0x80 in each byte of w that is not a token character (RFC 9110 tchar). */
-static __always_inline __u64 non_tchar(__u64 w)
-{
-    __u64 high = w & HIGH;                       /* 0x80 and above */
-    __u64 ascii = w & LOW7;
-    __u64 ctl = ~at_least(ascii, 0x21) & HIGH;   /* controls and SP */
-    __u64 seps = bytes_equal(ascii, 0x7F) | bytes_equal(ascii, '"') | bytes_equal(ascii, ',') |
-                 bytes_equal(ascii, '/') | bytes_equal(ascii, '{') | bytes_equal(ascii, '}') |
-                 (at_least(ascii, '(') & ~at_least(ascii, ')' + 1)) |
-                 (at_least(ascii, ':') & ~at_least(ascii, '@' + 1)) |
-                 (at_least(ascii, '[') & ~at_least(ascii, ']' + 1));
-    return high | ctl | (seps & HIGH);
-}
-
-/* The high bits of the bytes of a word that lie before len. */
-static __always_inline __u64 valid_bytes(__u32 pos, __u32 len)
-{
-    __u32 left = len - pos;
-    return left >= 8 ? HIGH : HIGH & ((1ULL << (left * 8)) - 1);
-}
-
-/* Eight characters as a little-endian word (a string literal of 8). */
-#define WORD8(s) ((__u64)(__u8)(s)[0] | (__u64)(__u8)(s)[1] << 8 | (__u64)(__u8)(s)[2] << 16 | \
-                  (__u64)(__u8)(s)[3] << 24 | (__u64)(__u8)(s)[4] << 32 |                     \
-                  (__u64)(__u8)(s)[5] << 40 | (__u64)(__u8)(s)[6] << 48 |                     \
-                  (__u64)(__u8)(s)[7] << 56)
-
-static __always_inline bool is_tchar(__u8 c)
-{
-    if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || is_digit(c))
-        return true;
-    switch (c) {
-    case '!': case '#': case '$': case '%': case '&': case '\'': case '*': case '+':
-    case '-': case '.': case '^': case '_': case '`': case '|': case '~':
-        return true;
-    }
-    return false;
+    *(volatile __u32 *)&p->found = v;
+    return *(volatile __u32 *)&p->found;
 }
 
 /* n bytes at off, lower-cased, equal the first n of want (n <= 8).  Only
@@ -172,43 +155,57 @@ static __always_inline bool word_is(const __u8 *buf, __u32 off, __u64 want, __u3
     return w == want;
 }
 
-/* The code of the field named by the n token bytes at off. */
+/* n bytes at off are the first n of want (n <= 8, lower case), in any
+ * case: only its letters' bytes are lower-cased, so that a match proves
+ * every byte a letter or want's own '-' (not a CR, which OR 0x20 makes
+ * '-'): a wanted name needs no other check. */
+static __always_inline bool name_is(const __u8 *buf, __u32 off, __u64 want, __u32 n)
+{
+    __u64 letters = (at_least(want, 'a') & ~at_least(want, 'z' + 1)) >> 2;
+    __u64 w = head_load(buf, off) | letters;
+    if (n < 8)
+        w &= (1ULL << (n * 8)) - 1;
+    return w == want;
+}
+
+/* The code of the field named by the n bytes at off (HF_OTHER: none the
+ * parser wants, its bytes not checked yet). */
 static __always_inline __u8 field_code(const __u8 *buf, __u32 off, __u32 n, bool response)
 {
     switch (n) {
     case 4:
-        if (!response && word_is(buf, off, WORD8("host\0\0\0\0"), 4))
+        if (!response && name_is(buf, off, WORD8("host\0\0\0\0"), 4))
             return HF_HOST;
         break;
     case 6:
-        if (!response && word_is(buf, off, WORD8("expect\0\0"), 6))
+        if (!response && name_is(buf, off, WORD8("expect\0\0"), 6))
             return HF_EXPECT;
         break;
     case 7:
-        if (word_is(buf, off, WORD8("upgrade\0"), 7))
+        if (name_is(buf, off, WORD8("upgrade\0"), 7))
             return HF_UPGRADE;
         break;
     case 10:
         if (response)
             break;
-        if (word_is(buf, off, WORD8("user-age"), 8) && word_is(buf, off + 8, WORD8("nt\0\0\0\0\0\0"), 2))
+        if (name_is(buf, off, WORD8("user-age"), 8) && name_is(buf, off + 8, WORD8("nt\0\0\0\0\0\0"), 2))
             return HF_USER_AGENT;
-        if (word_is(buf, off, WORD8("tracesta"), 8) && word_is(buf, off + 8, WORD8("te\0\0\0\0\0\0"), 2))
+        if (name_is(buf, off, WORD8("tracesta"), 8) && name_is(buf, off + 8, WORD8("te\0\0\0\0\0\0"), 2))
             return HF_TRACESTATE;
         break;
     case 11:
-        if (!response && word_is(buf, off, WORD8("tracepar"), 8) &&
-            word_is(buf, off + 8, WORD8("ent\0\0\0\0\0"), 3))
+        if (!response && name_is(buf, off, WORD8("tracepar"), 8) &&
+            name_is(buf, off + 8, WORD8("ent\0\0\0\0\0"), 3))
             return HF_TRACEPARENT;
         break;
     case 14:
-        if (word_is(buf, off, WORD8("content-"), 8) &&
-            word_is(buf, off + 8, WORD8("length\0\0"), 6))
+        if (name_is(buf, off, WORD8("content-"), 8) &&
+            name_is(buf, off + 8, WORD8("length\0\0"), 6))
             return HF_CONTENT_LENGTH;
         break;
     case 17:
-        if (word_is(buf, off, WORD8("transfer"), 8) &&
-            word_is(buf, off + 8, WORD8("-encodin"), 8) &&
+        if (name_is(buf, off, WORD8("transfer"), 8) &&
+            name_is(buf, off + 8, WORD8("-encodin"), 8) &&
             (head_byte(buf, off + 16) | 0x20) == 'g')
             return HF_TRANSFER_ENCODING;
         break;
@@ -358,11 +355,11 @@ static __always_inline void parse_method(struct http_head_parse *p, struct http_
     __u64 bad0 = non_tchar(w0) & v0 & ~sp0, bad1 = non_tchar(w1) & v1 & ~sp1;
     __u32 n;
     if (sp0) {
-        n = first_byte(sp0);
+        n = first_flag(sp0);
         bad0 &= (sp0 & -sp0) - 1;
         bad1 = 0;
     } else if (sp1) {
-        n = 8 + first_byte(sp1);
+        n = 8 + first_flag(sp1);
         bad1 &= (sp1 & -sp1) - 1;
     } else {
         return head_stop(p, bad0 | bad1 || p->len >= HTTP_METHOD_BYTES
@@ -370,7 +367,8 @@ static __always_inline void parse_method(struct http_head_parse *p, struct http_
     }
     if (n == 0 || (bad0 | bad1) || n >= HTTP_METHOD_BYTES)
         return head_stop(p, HTTP_FALLBACK_UNUSUAL_HEAD);
-    HEAD_COPY(r->values, n & (HTTP_METHOD_BYTES - 1), buf);
+    store_word(&r->values[0], w0);
+    store_word(&r->values[8], w1);
     r->method_len = n;
     r->values_len = n;
     p->pos = p->value_start = n + 1;
@@ -413,20 +411,18 @@ static __always_inline void parse_status_line(struct http_head_parse *p, const _
     }
 }
 
-/* The request target and version, word by word to the target's end. */
+/* The request target and version: the target's words to its end, up to
+ * HTTP_SCAN_WORDS a step. */
 static __always_inline void parse_target(struct http_head_parse *p, struct http_request_head *r,
                                          const __u8 *buf)
 {
     __u32 pos = p->pos;
-    __u64 w = head_load(buf, pos);
-    /* bytes below 0x21 (SP, CR, LF, controls) and DEL end or spoil it */
-    __u64 stop = (~(((w & LOW7) + ONES * (0x80 - 0x21)) | w) & HIGH) | bytes_equal(w, 0x7F);
-    stop &= valid_bytes(pos, p->len);
-    if (!stop) {
-        p->pos = pos + 8;
+    __u32 end = settle(p, scan(buf, pos, HTTP_SCAN_WORDS, STOP_TARGET));
+    if (end >= p->len || end - pos >= 8 * HTTP_SCAN_WORDS) {
+        /* no end among the bytes: the next step's, or they ran out */
+        p->pos = end < p->len ? end : p->len;
         return;
     }
-    __u32 end = pos + first_byte(stop);
     __u32 start = p->value_start;
     __u16 off = 0;
     if (head_byte(buf, end) != ' ' || end == start)
@@ -466,52 +462,57 @@ static __always_inline void parse_line_start(struct http_head_parse *p,
     p->state = HS_NAME;
 }
 
-/* A field name, word by word to its colon; then which field it is. */
+/* A field name to its colon; then which field it is.  The colon first: a
+ * wanted name compares whole, which proves its bytes too; any other name's
+ * bytes are checked by class. */
 static __always_inline void parse_name(struct http_head_parse *p, const __u8 *buf)
 {
     __u32 pos = p->pos;
-    __u64 w = head_load(buf, pos);
-    __u64 valid = valid_bytes(pos, p->len);
-    __u64 colon = bytes_equal(w, ':') & valid;
-    __u64 bad = non_tchar(w) & valid & ~colon;
-    if (colon)
-        bad &= (colon & -colon) - 1;
-    if (bad)
-        return head_stop(p, HTTP_FALLBACK_UNUSUAL_HEAD);
-    if (!colon) {
-        p->pos = pos + 8;
-        if (p->pos - p->line_start >= HTTP_NAME_BYTES)
-            head_stop(p, HTTP_FALLBACK_UNUSUAL_HEAD);
+    __u32 end = settle(p, scan(buf, pos, HTTP_NAME_WORDS, STOP_COLON));
+    __u8 field = HF_OTHER;
+    if (end < p->len && end - pos < HTTP_NAME_BYTES)
+        field = field_code(buf, pos, end - pos, p->response);
+    if (field == HF_OTHER) {
+        /* the first byte not a letter, digit or '-' must be the colon */
+        end = settle(p, scan(buf, pos, HTTP_NAME_WORDS, STOP_NAME));
+        if (end < p->len && end - pos < HTTP_NAME_BYTES && head_byte(buf, end) != ':')
+            end = settle(p, scan(buf, pos, HTTP_NAME_WORDS, STOP_TOKEN));
+    }
+    if (end >= p->len) {
+        /* no colon among the bytes */
+        if (p->len - pos >= HTTP_NAME_BYTES)
+            return head_stop(p, HTTP_FALLBACK_UNUSUAL_HEAD);
+        p->pos = p->len;
         return;
     }
-    __u32 end = pos + first_byte(colon);
-    __u32 n = end - p->line_start;
-    if (n == 0 || n >= HTTP_NAME_BYTES)
+    __u32 n = end - pos;
+    if (n == 0 || n >= HTTP_NAME_BYTES || head_byte(buf, end) != ':')
         return head_stop(p, HTTP_FALLBACK_UNUSUAL_HEAD);
-    p->field = field_code(buf, p->line_start, n, p->response);
+    p->field = field;
     p->pos = p->value_start = end + 1;
     p->state = HS_VALUE;
 }
 
-/* A field value or reason phrase, word by word to its CR. */
+/* A field value or reason phrase: its words to its CR, up to
+ * HTTP_SCAN_WORDS a step. */
 static __always_inline void parse_value(struct http_head_parse *p, struct http_request_head *r,
                                         const __u8 *buf)
 {
     __u32 pos = p->pos;
-    __u64 w = head_load(buf, pos);
-    __u64 valid = valid_bytes(pos, p->len);
-    __u64 cr = bytes_equal(w, '\r') & valid;
-    __u64 bad = (bytes_equal(w, '\n') | zero_bytes(w)) & valid;
-    if (!cr) {
-        if (bad)
-            return head_stop(p, HTTP_FALLBACK_UNUSUAL_HEAD);
-        p->pos = pos + 8;
+    __u32 end = settle(p, scan(buf, pos, HTTP_SCAN_WORDS, STOP_VALUE));
+    if (end >= p->len || end - pos >= 8 * HTTP_SCAN_WORDS) {
+        p->pos = end < p->len ? end : p->len;
         return;
     }
-    /* a bare LF or NUL before the CR */
-    if (bad & ((cr & -cr) - 1))
-        return head_stop(p, HTTP_FALLBACK_UNUSUAL_HEAD);
-    __u32 end = pos + first_byte(cr);
+    __u8 stop = head_byte(buf, end);
+    if (stop != '\r') {
+        /* a bare LF or NUL before the CR */
+        if (stop == '\n' || stop == 0)
+            return head_stop(p, HTTP_FALLBACK_UNUSUAL_HEAD);
+        /* HT or another control a value may hold: go on after it */
+        p->pos = end + 1;
+        return;
+    }
     if (end + 1 >= p->len) {
         p->pos = p->len;
         return;
@@ -527,33 +528,29 @@ static __always_inline void parse_value(struct http_head_parse *p, struct http_r
     p->state = HS_LINE_START;
 }
 
-/* One step of a head: a line's start, or one word of it.  p->state becomes HS_DONE when the head ends or the parser gives up;
- * p->pos reaches p->len when the bytes ran out first.  r receives the
- * request's fields (a response's: Content-Length and header_bytes; its
- * status and version land in p). */
+/* One step of a head: a line (the start line, or a field line and the
+ * start of the next), or HTTP_SCAN_WORDS words of a long one.  p->state
+ * becomes HS_DONE when the head ends or the parser gives up; p->pos reaches
+ * p->len when the bytes ran out first.  r receives the request's fields (a
+ * response's: Content-Length and header_bytes; its status and version land
+ * in p). */
 static __always_inline void http_head_step(struct http_head_parse *p, struct http_request_head *r,
                                            const __u8 *buf)
 {
-    switch (p->state) {
-    case HS_START:
+    if (p->state == HS_START) {
         if (p->response)
             parse_status_line(p, buf);
         else
             parse_method(p, r, buf);
-        break;
-    case HS_TARGET:
-        parse_target(p, r, buf);
-        break;
-    case HS_LINE_START:
-        parse_line_start(p, r, buf);
-        break;
-    case HS_NAME:
-        parse_name(p, buf);
-        break;
-    case HS_VALUE:
-        parse_value(p, r, buf);
-        break;
     }
+    if (p->state == HS_TARGET)
+        parse_target(p, r, buf);
+    if (p->state == HS_NAME)
+        parse_name(p, buf);
+    if (p->state == HS_VALUE)
+        parse_value(p, r, buf);
+    if (p->state == HS_LINE_START)
+        parse_line_start(p, r, buf);
 }
 
 /* Ready a parse of len bytes of a request head (response: of a status line

@@ -6,6 +6,7 @@ and JIT-compiled sizes, and the wall time of the load.
     sudo .venv/bin/python scripts/capture-load-figures.py --loader core --hooks tracepoint
     sudo .venv/bin/python scripts/capture-load-figures.py --loader bcc
     sudo .venv/bin/python scripts/capture-load-figures.py --object /tmp/old.bpf.o
+    sudo .venv/bin/python scripts/capture-load-figures.py --http-exchanges
 
 Figures for docs/decisions/kernel-units.md.  Needs root and `bpftool`.
 """
@@ -73,10 +74,13 @@ def main() -> int:
     parser.add_argument("--hooks", default="auto")
     parser.add_argument("--object", type=Path, help="a CO-RE object other than build/'s")
     parser.add_argument("--runs", type=int, default=3, help="loads timed (default: %(default)s)")
+    parser.add_argument("--http-exchanges", action="store_true",
+                        help="load with HTTP/1.x exchange records on (bpf/http_exchange.h)")
     args = parser.parse_args()
     times, programs, family = [], [], None
     for _ in range(args.runs):
-        settings = CaptureSettings(loader=args.loader, hooks=args.hooks, tls=True)
+        settings = CaptureSettings(loader=args.loader, hooks=args.hooks, tls=True,
+                                   http_exchanges=args.http_exchanges)
         start = time.monotonic()
         capture = load_capture(settings, args.object)
         times.append(time.monotonic() - start)

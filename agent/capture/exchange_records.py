@@ -123,14 +123,22 @@ def read_shed(map_fd: int, ncpus: int) -> dict[str, int]:
     return out
 
 
-def count_entries(map_fd: int, key_size: int = 8) -> int:
-    """Entries of a hash map (http_pending: exchanges the probes hold)."""
+# struct http_pending (bpf/http_exchange.h): phase, three flags, padding,
+# body_remaining, then the record.
+_PENDING_BYTES = 16 + records.ffi.sizeof("struct http_exchange")
+
+
+def count_held(map_fd: int) -> int:
+    """Slots of http_pending (an array) holding an exchange on its way:
+    those whose first byte, the phase, is not idle (0)."""
     lib = libbpf.lib()
-    key, next_key = ffi.new("char[]", key_size), ffi.new("char[]", key_size)
-    count = 0
+    key, next_key = ffi.new("uint32_t *"), ffi.new("uint32_t *")
+    value = ffi.new("uint8_t[]", _PENDING_BYTES)
+    held = 0
     previous = ffi.NULL
     while lib.bpf_map_get_next_key(map_fd, previous, next_key) == 0:
-        count += 1
-        ffi.memmove(key, next_key, key_size)
+        key[0] = next_key[0]
         previous = key
-    return count
+        if lib.bpf_map_lookup_elem(map_fd, key, value) == 0 and value[0]:
+            held += 1
+    return held

@@ -142,6 +142,29 @@ def test_uncertain_heads_name_their_fallback(kernel, data, reason):
     assert verdict == C[reason]
 
 
+@pytest.mark.parametrize("data", [
+    # a value holding HT: the line's end is found past it
+    b"GET / HTTP/1.1\r\nUser-Agent: a\tb\r\nHost: h\r\n\r\n",
+    # names with token characters beyond letters, digits and '-'
+    b"GET / HTTP/1.1\r\nX_Y.z: 1\r\nHost: h\r\n\r\n",
+    # a target and a value longer than a step reads
+    b"GET /" + b"p" * 150 + b" HTTP/1.1\r\nHost: h\r\ntraceparent: " + b"t" * 100 + b"\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nX-Long: " + b"v" * 200 + b"\r\nContent-Length: 5\r\n\r\nhello",
+])
+def test_heads_that_take_the_parser_off_its_short_path_are_read_alike(kernel, data):
+    assert check_agrees(kernel, data) == C["HTTP_HEAD_OK"]
+
+
+@pytest.mark.parametrize("data", [
+    b"GET / HTTP/1.1\r\nUser\rAgent: x\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent\rLength: 5\r\n\r\nhello",
+])
+def test_a_cr_where_a_wanted_name_has_its_hyphen_is_no_name(kernel, data):
+    """OR 0x20 turns CR into '-': a wanted name's compare must not."""
+    verdict, _, _ = kernel_parse(kernel, data, data.startswith(b"HTTP/"))
+    assert verdict == C["HTTP_FALLBACK_UNUSUAL_HEAD"]
+
+
 def test_every_prefix_of_a_head_is_split(kernel):
     data = dict(MESSAGES)["curl_get_traceparent.bin"]
     _, parsed, _ = parse_request(data)

@@ -4,6 +4,7 @@ what the ring and the fallback counters say."""
 from __future__ import annotations
 
 import os
+import struct
 import socket
 import time
 
@@ -120,7 +121,7 @@ def test_pipelined_requests_go_to_the_payload_path(capture, pair):
 
 def test_exchanges_held_in_the_kernel_go_with_their_connection(capture):
     pending = capture.front_end.map_fd("http_pending")
-    before = exchange_records.count_entries(pending)
+    before = exchange_records.count_held(pending)
     server = socket.create_server(("127.0.0.1", 0))
     pairs = []
     for _ in range(5):
@@ -131,10 +132,48 @@ def test_exchanges_held_in_the_kernel_go_with_their_connection(capture):
         pairs.append((client, peer))
     time.sleep(0.05)
     # Both ends of each connection hold their request.
-    assert exchange_records.count_entries(pending) >= before + 10
+    assert exchange_records.count_held(pending) >= before + 10
     for client, peer in pairs:
         client.close()
         peer.close()
     server.close()
     time.sleep(0.05)
-    assert exchange_records.count_entries(pending) <= before
+    assert exchange_records.count_held(pending) <= before
+
+
+def test_a_connection_whose_slot_another_exchange_holds_goes_to_the_payload_path(capture, pair):
+    """Slots are the connection id modulo their count: with one request
+    held, new connections come and go until one lands on its slot.  That
+    one's request goes out as data (no_slot), and the held exchange is
+    still whole when its response comes."""
+    held_client, held_peer = pair
+    before = capture.http_fallbacks()["no_slot"][0]
+    held_client.sendall(REQUEST)
+    assert held_peer.recv(65536) == REQUEST
+    server = socket.create_server(("127.0.0.1", 0))
+    linger = struct.pack("ii", 1, 0)     # closed with a reset: no TIME_WAIT left behind
+    try:
+        for attempt in range(2 * 16384):
+            client = socket.create_connection(server.getsockname())
+            peer, _ = server.accept()
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+            client.sendall(REQUEST)
+            assert peer.recv(65536) == REQUEST
+            peer.sendall(RESPONSE)
+            assert client.recv(65536) == RESPONSE
+            client.close()
+            peer.close()
+            if attempt % 512 == 0:
+                capture.ring.read_batch(1 << 30)
+            if capture.http_fallbacks()["no_slot"][0] > before:
+                break
+    finally:
+        server.close()
+    assert capture.http_fallbacks()["no_slot"][0] > before
+    capture.ring.read_batch(1 << 30)
+    held_peer.sendall(RESPONSE)
+    assert held_client.recv(65536) == RESPONSE
+    exchanges, data = drain(capture, ports(held_client, held_peer))
+    assert data == []
+    assert len(exchanges) == 2
+    assert all(x.target == "/items?id=7" and x.status_code == 200 for x in exchanges)

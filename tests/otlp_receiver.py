@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import gzip
 import socket
+import ssl
 import threading
 import time
 from concurrent import futures
@@ -95,6 +96,7 @@ class OtlpReceiver:
         # once, decoded only by decode_stored(): a receiver that decodes
         # while a saturating load runs takes CPU from what is measured.
         self.stored_bodies: list | None = [] if store_bodies else None
+        self.tls = None            # (certificate, key) files: OTLP/HTTP over TLS
         self.counts: dict[str, int] = {}
         self.spans: list[ReceivedSpan] = []
         self.metric_requests: list = []      # ExportMetricsServiceRequest, as received
@@ -112,7 +114,7 @@ class OtlpReceiver:
 
     @property
     def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def env(self) -> dict:
@@ -278,6 +280,10 @@ class OtlpReceiver:
                 self.wfile.write(body)
 
         self._http = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        if self.tls:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self.tls)
+            self._http.socket = context.wrap_socket(self._http.socket, server_side=True)
         self._http.daemon_threads = True
         self._http_thread = threading.Thread(target=self._http.serve_forever,
                                              kwargs={"poll_interval": 0.05}, daemon=True)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
+import subprocess
 import sys
 import threading
 import time
@@ -76,6 +78,34 @@ def test_fast_sink_delivers(receiver, compression):
     else:
         assert sink.bytes_sent > 0
     assert sink.requests_sent == 1
+
+
+def test_http_sink_over_tls_trusts_the_configured_certificate(tmp_path):
+    """OTEL_EXPORTER_OTLP_CERTIFICATE names the CA that signs the
+    collector's certificate; without it the system store decides, and a
+    self-signed collector is refused (retryable, with the reason kept)."""
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is not installed (make setup installs it)")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key),
+                    "-out", str(cert), "-days", "1", "-subj", "/CN=localhost",
+                    "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost"],
+                   check=True, capture_output=True)
+    r = OtlpReceiver()
+    r.tls = (str(cert), str(key))
+    r.start("http")
+    try:
+        env = dict(r.env, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf")
+        untrusted = OtlpHttpSink(environ=env)
+        assert untrusted.export(make_spans(3)) == RETRYABLE
+        assert "CERTIFICATE_VERIFY_FAILED" in untrusted.last_error
+        trusted = OtlpHttpSink(environ=dict(env, OTEL_EXPORTER_OTLP_CERTIFICATE=str(cert)))
+        assert trusted.export(make_spans(3)) == SUCCESS
+        assert r.wait_for(lambda got: len(got) == 3)
+        untrusted.shutdown()
+        trusted.shutdown()
+    finally:
+        r.stop()
 
 
 def test_traces_endpoint_used_as_is():

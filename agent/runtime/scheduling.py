@@ -18,7 +18,7 @@ takes to fill the ring.  So a small guard process, at normal weight and
 doing nothing else, gives the agent its normal weight back when
 the ring fills past 1/8 (the kernel wakes it as the mark is crossed) or the
 capture loop has not come round for 0.25 s (it looks when the loop would
-be late, at most every 0.1 s).  The
+be late, and every 0.1 s while it is late or the ring fills).  The
 agent yields again once it has been caught up for a while.  The guard wakes
 rarely because each of its turns, at normal weight, may delay a traced
 process on that core.
@@ -199,13 +199,16 @@ def guard(parent: int, ring, shared: _Shared, pids: list[int]) -> None:
             set_policy(pids, os.SCHED_IDLE if yielding else os.SCHED_OTHER)
             shared.switches.value = policy.switches_to_normal
             shared.yielding.value = int(yielding)
-        ring.wait(next_look_s(time.monotonic(), shared.last_turn.value))
+        ring.wait(next_look_s(time.monotonic(), shared.last_turn.value, ring.fill_ratio()))
 
 
-def next_look_s(now: float, last_turn: float) -> float:
+def next_look_s(now: float, last_turn: float, ring_fill: float = 0.0) -> float:
     """Until the moment the loop is late if it has not turned by then (each
-    look is a wake-up, which costs CPU), but at most every GUARD_INTERVAL_S
-    once it is late; the kernel's fill-mark wake-up ends any wait at once."""
+    look is a wake-up, which costs CPU), but every GUARD_INTERVAL_S once it
+    is late or the ring holds more than a few polls' worth: where the fill
+    mark wakes nobody (BCC) the guard's clock sees a filling ring."""
+    if ring_fill > RING_FILL_BEHIND / 4:
+        return GUARD_INTERVAL_S
     return min(GUARD_MAX_WAIT_S, max(GUARD_INTERVAL_S, last_turn + LOOP_LATE_S - now + 0.01))
 
 

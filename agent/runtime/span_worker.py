@@ -14,7 +14,8 @@ worth, so the loop is behind or the load is heavy.
 
 Main -> worker messages (pickled, one per SOCK_SEQPACKET datagram):
   ("exchanges", [tuple, ...])   ("stop", None)
-Worker -> main: ("stats", snapshot) twice a second and once more at the end.
+Worker -> main: ("stats", snapshot) at most twice a second, when it changed,
+and once more at the end.
 The main process blocks at most SEND_TIMEOUT_S on a busy worker (its
 backlog then stays in the ring buffer, where the kernel counts overflow);
 batches it still cannot hand over are dropped and counted.

@@ -162,6 +162,10 @@ class TlsProbes:
         if now >= self._next_full:
             self.scan_all()
 
+    def next_due(self) -> float:
+        """When poll() next has a scan to run (monotonic seconds)."""
+        return min(self._due[0][0], self._next_full) if self._due else self._next_full
+
     def _probe_file(self, path: str, executable: bool = False) -> None:
         try:
             st = os.stat(path)

@@ -112,6 +112,11 @@ class BatchExporter:
     def queue_depth(self) -> int:
         return len(self._queue)
 
+    def idle(self) -> bool:
+        """No span queued or being exported."""
+        with self._lock:   # _take() moves spans from the queue to in flight under it
+            return not self._queue and not self._in_flight
+
     # --- worker ----------------------------------------------------------
 
     def _take(self) -> list:

@@ -21,6 +21,7 @@ from agent.spans.sampling import Sampler
 from agent.spans.resources import ResourceCache
 from agent.spans.builder import RESOURCE_MARKER, ExchangeLinker
 from agent.runtime.span_worker import SPILL_EXCHANGES, SpanWorkerPool
+from agent.capture.ringbuf import POLL_INTERVAL_S
 
 MAX_AWAITING_POD = 4096
 SWEEP_EVERY = 15
@@ -29,6 +30,14 @@ SWEEP_EVERY = 15
 # this node (agent/spans/client_wait.py): the client's TLS write can reach
 # the ring after the server's answer.
 LINK_WAIT_S = 0.25
+
+# Once the ring has been empty this many polls in a row, and nothing waits on
+# the loop's clock (held exchanges, due TLS scans), the loop polls every
+# IDLE_POLL_S instead: on a VM each wake-up costs a few hundred microseconds,
+# which made most of an idle agent's CPU.  The first records after a quiet
+# spell wait at most that long; a fill-mark or exec wake-up ends it at once.
+IDLE_AFTER_POLLS = 4
+IDLE_POLL_S = 0.2
 
 
 class Pipeline:
@@ -72,6 +81,7 @@ class Pipeline:
         self.conn_sweep = ExitedConnSweep(capture.front_end.map_fd("conns")) \
             if capture is not None else None
         self._housekeepings = 0
+        self._empty_polls = 0
         self.last_loop_monotonic = time.monotonic()
 
     def drain_once(self) -> int:
@@ -180,8 +190,13 @@ class Pipeline:
                 break
             if cpu_yield is not None:
                 cpu_yield.turn(now)
-            if self.drain_once() < self.batch_records:
-                self.capture.ring.wait()
+            drained = self.drain_once()
+            if drained < self.batch_records:
+                wait_s = self._ring_wait_s(drained, now)
+                if cpu_yield is not None and wait_s > POLL_INTERVAL_S:
+                    # The CPU guard judges the loop late from its usual poll.
+                    cpu_yield.turn(now + wait_s - POLL_INTERVAL_S)
+                self.capture.ring.wait(wait_s)
             execs = self.protocols.execs
             if execs:
                 selection = self.selection
@@ -201,6 +216,21 @@ class Pipeline:
             if now >= next_housekeeping:
                 self.housekeeping()
                 next_housekeeping = now + self.housekeeping_interval_s
+
+    def _ring_wait_s(self, drained: int, now: float) -> float:
+        """The usual poll while records come; a longer one once the ring has
+        stayed empty and nothing is due sooner."""
+        held = self.linker.client_wait
+        if drained or (held is not None and len(held)):
+            self._empty_polls = 0
+            return POLL_INTERVAL_S
+        self._empty_polls += 1
+        if self._empty_polls < IDLE_AFTER_POLLS:
+            return POLL_INTERVAL_S
+        wait_s = IDLE_POLL_S
+        if self.tls is not None:
+            wait_s = min(wait_s, self.tls.next_due() - now)
+        return max(POLL_INTERVAL_S, wait_s)
 
     def stop(self, flush_timeout_s: float) -> None:
         """Detach the probes, process what the ring still holds, flush."""

@@ -17,7 +17,8 @@ loops a SCHED_IDLE thread can wait longer for a turn than a flat-out load
 takes to fill the ring.  So a small guard process, at normal weight and
 doing nothing else, gives the agent its normal weight back when
 the ring fills past 1/8 (the kernel wakes it as the mark is crossed) or the
-capture loop has not come round for 0.25 s (it looks every 0.1 s).  The
+capture loop has not come round for 0.25 s (it looks when the loop would
+be late, and every 0.1 s while it is late or the ring fills).  The
 agent yields again once it has been caught up for a while.  The guard wakes
 rarely because each of its turns, at normal weight, may delay a traced
 process on that core.
@@ -43,6 +44,7 @@ RING_FILL_BEHIND = WAKE_AT_FILL
 LOOP_LATE_S = 0.25           # five poll intervals since the loop last came round
 CAUGHT_UP_HOLD_S = 10.0      # back to yielding only after this long caught up
 GUARD_INTERVAL_S = 0.1       # when no wake-up comes: to see a late loop in time
+GUARD_MAX_WAIT_S = 1.0
 
 
 def _tasks(pid: int) -> list[int]:
@@ -197,7 +199,17 @@ def guard(parent: int, ring, shared: _Shared, pids: list[int]) -> None:
             set_policy(pids, os.SCHED_IDLE if yielding else os.SCHED_OTHER)
             shared.switches.value = policy.switches_to_normal
             shared.yielding.value = int(yielding)
-        ring.wait(GUARD_INTERVAL_S)
+        ring.wait(next_look_s(time.monotonic(), shared.last_turn.value, ring.fill_ratio()))
+
+
+def next_look_s(now: float, last_turn: float, ring_fill: float = 0.0) -> float:
+    """Until the moment the loop is late if it has not turned by then (each
+    look is a wake-up, which costs CPU), but every GUARD_INTERVAL_S once it
+    is late or the ring holds more than a few polls' worth: where the fill
+    mark wakes nobody (BCC) the guard's clock sees a filling ring."""
+    if ring_fill > RING_FILL_BEHIND / 4:
+        return GUARD_INTERVAL_S
+    return min(GUARD_MAX_WAIT_S, max(GUARD_INTERVAL_S, last_turn + LOOP_LATE_S - now + 0.01))
 
 
 def _main(argv: list[str]) -> None:

@@ -14,7 +14,8 @@ worth, so the loop is behind or the load is heavy.
 
 Main -> worker messages (pickled, one per SOCK_SEQPACKET datagram):
   ("exchanges", [tuple, ...])   ("stop", None)
-Worker -> main: ("stats", snapshot) twice a second and once more at the end.
+Worker -> main: ("stats", snapshot) at most twice a second, when it changed,
+and once more at the end.
 The main process blocks at most SEND_TIMEOUT_S on a busy worker (its
 backlog then stays in the ring buffer, where the kernel counts overflow);
 batches it still cannot hand over are dropped and counted.
@@ -96,6 +97,10 @@ class LocalSpanStage:
     def alive(self) -> bool:
         return self.exporter.is_alive()
 
+    def export_idle(self) -> bool:
+        """Whether the exporter holds no span, queued or in flight."""
+        return self.exporter.idle()
+
     def snapshot(self) -> dict:
         exporter = self.exporter
         sink = exporter.sink
@@ -160,6 +165,8 @@ def _worker_main(sock: socket.socket, make_stage) -> None:
     view = memoryview(buffer)
     next_stats = next_housekeeping = time.monotonic()
     stop_timeout = 1.0
+    last_sent = None
+    received = False
     try:
         while True:
             try:
@@ -169,6 +176,7 @@ def _worker_main(sock: socket.socket, make_stage) -> None:
             if size == 0:
                 break   # the main process is gone: flush and leave
             if size:
+                received = True
                 kind, payload = pickle.loads(view[:size])
                 if kind == "exchanges":
                     stage.submit(payload)
@@ -177,8 +185,20 @@ def _worker_main(sock: socket.socket, make_stage) -> None:
                     break
             now = time.monotonic()
             if now >= next_stats:
-                sock.sendall(pickle.dumps(("stats", stage.snapshot())))
+                snapshot = stage.snapshot()
+                # An unchanged snapshot is not sent: the main process's
+                # reader thread then stays asleep too.
+                if snapshot != last_sent:
+                    sock.sendall(pickle.dumps(("stats", snapshot)))
+                    last_sent = snapshot
                 next_stats = now + STATS_INTERVAL_S
+                # Nothing received and nothing left to export: no counter can
+                # move before the next message, which ends the wait at once.
+                # Each wake-up costs a few hundred microseconds (a VM's timer
+                # and the GIL), so an idle worker wakes for housekeeping only.
+                idle = not received and stage.export_idle()
+                sock.settimeout(HOUSEKEEPING_INTERVAL_S if idle else STATS_INTERVAL_S)
+                received = False
             if now >= next_housekeeping:
                 stage.housekeeping()
                 next_housekeeping = now + HOUSEKEEPING_INTERVAL_S

@@ -101,3 +101,17 @@ def test_without_cap_sys_nice_the_agent_does_not_yield():
                               sys.executable, "-c", probe], capture_output=True, text=True,
                              check=True, cwd=ROOT)
     assert (with_cap.stdout.strip(), without.stdout.strip()) == ("True", "False")
+
+
+def test_the_guard_looks_when_the_loop_would_be_late_and_no_sooner():
+    from agent.runtime.scheduling import (GUARD_INTERVAL_S, GUARD_MAX_WAIT_S, LOOP_LATE_S,
+                                          RING_FILL_BEHIND, next_look_s)
+    # The loop just turned: the next look is when it would be late.
+    assert LOOP_LATE_S < next_look_s(10.0, 10.0) < LOOP_LATE_S + 0.02
+    # A turn marked ahead (the loop's longer idle poll) moves the look with it.
+    assert next_look_s(10.0, 10.15) > LOOP_LATE_S + 0.15
+    # Already late: every GUARD_INTERVAL_S, as before; and never idle for long.
+    assert next_look_s(10.0, 9.0) == GUARD_INTERVAL_S
+    assert next_look_s(10.0, 50.0) == GUARD_MAX_WAIT_S
+    # A ring filling up (no fill-mark wake-up under BCC): the 0.1 s clock.
+    assert next_look_s(10.0, 10.0, ring_fill=RING_FILL_BEHIND / 2) == GUARD_INTERVAL_S

@@ -127,3 +127,37 @@ def test_readyz_and_shutdown_reaping_the_same_worker_at_once_both_succeed(receiv
     assert readyz_errors == []
     assert not pool.workers[0].alive()
     assert pool.workers[0].exited
+
+
+def test_an_idle_worker_reports_once_then_again_as_soon_as_it_has_exported(receiver, monkeypatch):
+    """Each wake-up of an idle agent costs CPU: a worker with nothing to do
+    sends its stats once, not twice a second, and the main process still
+    sees every export the moment the worker has done it."""
+    import os
+    import pickle
+    import time
+    main = os.getpid()
+    stats_received = []
+    real_loads = pickle.loads
+
+    def counting_loads(data):
+        message = real_loads(data)
+        if os.getpid() == main and message[0] == "stats":
+            stats_received.append(time.monotonic())
+        return message
+    monkeypatch.setattr("agent.runtime.span_worker.pickle.loads", counting_loads)
+    resources, exchanges = recorded_exchanges()
+    big = exchanges * (SPILL_EXCHANGES // len(exchanges) + 1)
+    pool = make_pool(receiver)
+    worker = pool.workers[0]
+    try:
+        time.sleep(2.5)
+        assert len(stats_received) == 1 and worker.snapshot["spans_exported"] == 0
+        pool.submit(resources + big)
+        assert receiver.wait_for(lambda spans: len(spans) >= len(big), timeout=10)
+        deadline = time.monotonic() + 2.0
+        while worker.snapshot["spans_exported"] < len(big) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert worker.snapshot["spans_exported"] == len(big)
+    finally:
+        pool.shutdown(5.0)

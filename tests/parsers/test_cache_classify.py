@@ -11,7 +11,6 @@ import shutil
 import subprocess
 
 import pytest
-from cffi import FFI
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -22,6 +21,7 @@ from agent.parsers.redis import (CLASSIFY_WINDOW, looks_like_redis_reply, looks_
                                  parse_command, parse_reply)
 
 from fuzzing import BUDGET, FIXTURES, edit, fixture_files
+from host_build import build_host_module
 
 ROOT = os.path.dirname(os.path.dirname(FIXTURES))
 HEADER = os.path.join(ROOT, "bpf", "cache_classify.h")
@@ -32,32 +32,17 @@ PYTHON = {"is_redis_request": looks_like_redis_request, "is_redis_reply": looks_
 OTHER_PROTOCOLS = ("http1", "http2", "postgres", "mysql")
 
 
-def _compiler() -> str:
-    for cc in ("cc", "gcc", "clang-19", "clang"):
-        if shutil.which(cc):
-            return cc
-    pytest.skip("no C compiler")
-
-
 @pytest.fixture(scope="module")
 def native(tmp_path_factory):
-    """The header's four functions, compiled into a shared object."""
-    tmp = tmp_path_factory.mktemp("cache_classify")
-    src = tmp / "wrap.c"
-    src.write_text(f'#include "{HEADER}"\n' + "".join(
-        f"int c_{f}(const unsigned char *b, unsigned n) {{ return {f}(b, n); }}\n"
-        for f in FUNCTIONS))
-    lib = tmp / "libcacheclassify.so"
-    subprocess.run([_compiler(), "-O2", "-Wall", "-Werror", "-shared", "-fPIC", "-o", str(lib),
-                    str(src)], check=True)
-    ffi = FFI()
-    ffi.cdef("".join(f"int c_{f}(const unsigned char *b, unsigned n);\n" for f in FUNCTIONS))
-    so = ffi.dlopen(str(lib))
+    """The header's four functions, built for the host."""
+    cdef = "".join(f"int {f}(const unsigned char *b, unsigned n);\n" for f in FUNCTIONS)
+    module = build_host_module(tmp_path_factory, "_cache_classify", [cdef], "cache_classify.h")
+    ffi, lib = module.ffi, module.lib
 
     def call(name: str, data: bytes) -> bool:
         # The header reads up to CACHE_CLASSIFY_WINDOW bytes of buf, whatever len says.
         buf = ffi.new("unsigned char[]", data[:CLASSIFY_WINDOW].ljust(CLASSIFY_WINDOW, b"\0"))
-        return bool(getattr(so, f"c_{name}")(buf, len(data)))
+        return bool(getattr(lib, name)(buf, len(data)))
     return call
 
 

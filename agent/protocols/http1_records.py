@@ -93,16 +93,10 @@ class ExchangeRecords:
                 if len(self.waiting) >= MAX_WAITING:
                     self.flush(next(iter(self.waiting)), out)
                 held = self.waiting[serving] = []
-            held.append((RECORD_TAG, conn, fields, None))
+            held.append((conn, fields))
             return True
         if conn.role != _ROLE_SERVER:
-            server = self.deferred.pop(conn.local_port << 16 | conn.remote_port, None) \
-                if self.deferred else None
-            if server is None:
-                out.append((RECORD_TAG, conn, fields, None))
-            else:
-                out.append((PAIRED_TAG, conn, fields, True))
-                out.extend(server)
+            self._client(conn, fields, out)
             return True
         held = self.waiting.pop(hot[4], None) if self.waiting else None
         if held:
@@ -135,15 +129,18 @@ class ExchangeRecords:
             self._with_servers(held, out)
 
     def _with_servers(self, clients: list, out: list) -> None:
-        """Client items, each followed by the deferred server exchange on
-        its other end (an upstream call's, traced here too)."""
-        deferred = self.deferred
-        for client in clients:
-            conn = client[1]
-            server = deferred.pop(conn.local_port << 16 | conn.remote_port, None) \
-                if deferred else None
-            if server is None:
-                out.append(client)
-            else:
-                out.append((PAIRED_TAG, conn, client[2], True))
-                out.extend(server)
+        """Held client exchanges ((conn, fields) pairs), each as _client
+        gives it."""
+        for conn, fields in clients:
+            self._client(conn, fields, out)
+
+    def _client(self, conn, fields: tuple, out: list) -> None:
+        """A client exchange, followed by the deferred server exchange on
+        its other end (traced here too)."""
+        server = self.deferred.pop(conn.local_port << 16 | conn.remote_port, None) \
+            if self.deferred else None
+        if server is None:
+            out.append((RECORD_TAG, conn, fields, None))
+        else:
+            out.append((PAIRED_TAG, conn, fields, True))
+            out.extend(server)

@@ -14,6 +14,8 @@ from agent.parsers import INVALID, PARSED
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _ZERO_TRACE_ID = "0" * 32
 _ZERO_PARENT_ID = "0" * 16
+_ZERO_TRACE_BYTES = bytes(16)
+_ZERO_PARENT_BYTES = bytes(8)
 _OWS = " \t"
 
 _MAX_MEMBERS = 32
@@ -64,7 +66,6 @@ def parse_tracestate(value: str):
     return ",".join(members)
 
 
-
 def traceparent_ids(raw: bytes):
     """(trace_id, parent_id, flags) of a traceparent value as captured, or
     None when invalid: parse_traceparent's answer, with the common form
@@ -82,7 +83,3 @@ def traceparent_ids(raw: bytes):
             return trace_id, parent_id, ids[25]
     status, value, _ = parse_traceparent(raw.decode("latin-1"))
     return value if status == PARSED else None
-
-
-_ZERO_TRACE_BYTES = bytes(16)
-_ZERO_PARENT_BYTES = bytes(8)

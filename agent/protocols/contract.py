@@ -40,7 +40,6 @@ class Limits(NamedTuple):
     max_statements: int = 256          # SQL prepared statements / portals
 
 
-
 def expire_waiting(pending, slot: int, timeout_ns: int, now_ns: int) -> int:
     """Requests in `pending` (oldest first; each entry holds its request at
     entry[slot]) waiting longer than timeout_ns become None placeholders,
@@ -55,6 +54,7 @@ def expire_waiting(pending, slot: int, timeout_ns: int, now_ns: int) -> int:
         entry[slot] = None
         expired += 1
     return expired
+
 
 class ProtocolHandler:
     """Base of every handler.  Subclasses set PROTOCOL (the kernel's

@@ -18,7 +18,6 @@ import re
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -26,6 +25,7 @@ sys.path[:0] = [str(ROOT / "tests" / "kernel"), str(ROOT), str(ROOT / "tests")]
 
 from conftest import AgentProcess, Nginx, free_port  # noqa: E402
 from otlp_receiver import OtlpReceiver  # noqa: E402
+from test_http1_load import settle  # noqa: E402
 
 KIND_SERVER, KIND_CLIENT = 2, 3
 COUNTERS = (
@@ -46,19 +46,6 @@ def wrk(port: int) -> int:
     return int(re.search(r"(\d+) requests in", out).group(1))
 
 
-def settle(agent: AgentProcess, receiver: OtlpReceiver, timeout: float = 120.0) -> None:
-    """Until the agent's ring and queue are empty and nothing new arrives."""
-    deadline = time.monotonic() + timeout
-    previous = -1
-    while time.monotonic() < deadline:
-        time.sleep(1.0)
-        current = len(receiver.stored_bodies)
-        if current == previous and agent.metric("otel_ebpf_queue_depth") == 0 \
-                and agent.metric("otel_ebpf_ring_buffer_fill_ratio") == 0:
-            return
-        previous = current
-
-
 def run_once(args: tuple) -> str:
     receiver = OtlpReceiver(keep_spans=False, store_bodies=True).start("http")
     nginx = Nginx(Path(tempfile.mkdtemp()), free_port(), None)
@@ -66,7 +53,7 @@ def run_once(args: tuple) -> str:
     try:
         agent = AgentProcess(["--port", str(nginx.port), *args], receiver.env)
         completed = wrk(nginx.port)
-        settle(agent, receiver)
+        settle(agent, lambda: len(receiver.stored_bodies), timeout=120.0)
         counters = {name.removeprefix("otel_ebpf_"): int(agent.metric(name)) for name in COUNTERS}
         spans = receiver.decode_stored()
         servers = sum(1 for s in spans if s.kind == KIND_SERVER)

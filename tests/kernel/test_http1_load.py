@@ -64,18 +64,18 @@ def run_wrk(port: int) -> int:
     return int(match.group(1))
 
 
-def settle(agent: AgentProcess, collector: Collector, timeout: float = 90.0) -> int:
-    """Wait until the agent has drained the ring and exported its queue."""
+def settle(agent: AgentProcess, received, timeout: float = 90.0) -> None:
+    """Wait until the agent has drained the ring and exported its queue,
+    and received() (what the collector has) stops changing."""
     deadline = time.monotonic() + timeout
     previous = -1
     while time.monotonic() < deadline:
         time.sleep(1.0)
-        current = collector.spans_of("nginx")
+        current = received()
         if current == previous and agent.metric("otel_ebpf_queue_depth") == 0 \
                 and agent.metric("otel_ebpf_ring_buffer_fill_ratio") == 0:
-            return current
+            return
         previous = current
-    return collector.spans_of("nginx")
 
 
 def traced_load(nginx, generate_load, loss_metrics=LOSS_METRICS,
@@ -91,7 +91,8 @@ def traced_load(nginx, generate_load, loss_metrics=LOSS_METRICS,
                           "OTEL_BSP_MAX_QUEUE_SIZE": "65536"})
     try:
         completed = generate_load()
-        spans = settle(agent, collector)
+        settle(agent, lambda: collector.spans_of("nginx"))
+        spans = collector.spans_of("nginx")
         losses = {name: agent.metric(name) for name in loss_metrics}
         assert agent.proc.poll() is None, agent.stderr()
         print(f"\n{label}: completed {completed} ({completed / 10:.0f}/s), "

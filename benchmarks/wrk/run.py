@@ -606,7 +606,7 @@ def run_row(args, workdir: Path, receiver: Receiver, service: str, config: str, 
                    "OTEL_SEMCONV_STABILITY_OPT_IN": "http"}
         server = Gunicorn(workdir, args.python_workers, args.python_threads, env)
     tracer: Tracer = Tracer()
-    counts_spans = config in ("agent", "agent-records", "sdk")
+    counts_spans = config in EXPORTING_CONFIGS
     try:
         if config == "hooks":
             tracer = HooksFloor(server.pids, workdir)
@@ -721,7 +721,7 @@ def print_table(rows: list[Row], p99s: dict) -> None:
     lines = [header]
     for r in rows:
         base = baselines.get((r.service, r.rate))
-        spans = r.spans_received if r.config in ("agent", "agent-records", "sdk") else r.spans_built
+        spans = r.spans_received if r.config in EXPORTING_CONFIGS else r.spans_built
         spans_per_req = spans / r.completed if r.completed and spans == spans else float("nan")
         lost = (1 - spans_per_req) * 100 if spans_per_req == spans_per_req else float("nan")
         per_1k_spans = (r.tracer_cpu_s / spans * 1000
@@ -766,6 +766,8 @@ CONFIGS = {"nginx": ["baseline", "hooks", "agent-none", "agent"],
            "python": ["baseline", "agent", "sdk"]}
 # Rows run only when --configs names them.
 OPTIONAL_CONFIGS = {"nginx": ["agent-records"], "python": []}
+# Rows whose spans reach the receiver (counted there, not by the tracer).
+EXPORTING_CONFIGS = ("agent", "agent-records", "sdk")
 
 
 def preflight() -> list[str]:

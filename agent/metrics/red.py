@@ -105,8 +105,8 @@ class RedAggregator:
                 metric, labels = template.metric or _template_metric(template)
                 resource = span[7]
             else:
-                # _METRIC_OF's choice, written out: its look-up per span
-                # cost this loop 5%.
+                # _METRIC_OF's choice, written out: a look-up per span
+                # made this loop measurably slower on the payload path.
                 attrs = dict(span.attributes)
                 if _RPC in attrs:
                     metric = RPC_SERVER if span.kind == KIND_SERVER else RPC_CLIENT

@@ -33,7 +33,7 @@ LINK_WAIT_S = 0.25
 
 # Once the ring has been empty this many polls in a row, and nothing waits on
 # the loop's clock (held exchanges, due TLS scans), the loop polls every
-# IDLE_POLL_S instead: on a VM each wake-up costs a few hundred microseconds,
+# IDLE_POLL_S instead: each wake-up costs CPU (most on a VM),
 # which made most of an idle agent's CPU.  The first records after a quiet
 # spell wait at most that long; a fill-mark or exec wake-up ends it at once.
 IDLE_AFTER_POLLS = 4

@@ -194,8 +194,8 @@ def _worker_main(sock: socket.socket, make_stage) -> None:
                 next_stats = now + STATS_INTERVAL_S
                 # Nothing received and nothing left to export: no counter can
                 # move before the next message, which ends the wait at once.
-                # Each wake-up costs a few hundred microseconds (a VM's timer
-                # and the GIL), so an idle worker wakes for housekeeping only.
+                # Each wake-up costs CPU (a VM's timer and the GIL), so an
+                # idle worker wakes for housekeeping only.
                 idle = not received and stage.export_idle()
                 sock.settimeout(HOUSEKEEPING_INTERVAL_S if idle else STATS_INTERVAL_S)
                 received = False

@@ -285,10 +285,18 @@ class Nginx:
         wait_for_port(port)
 
     def pid_args(self) -> list[str]:
-        """`--pid` arguments selecting this nginx's master and workers only."""
-        with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
-            pids = [self.proc.pid] + [int(p) for p in f.read().split()]
-        return [arg for pid in pids for arg in ("--pid", str(pid))]
+        """`--pid` arguments selecting this nginx's master and workers only.
+        The master listens before it forks its worker: the port answering
+        does not mean the worker exists yet, so wait for it."""
+        deadline = time.monotonic() + 10
+        while True:
+            with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
+                workers = [int(p) for p in f.read().split()]
+            if workers or time.monotonic() > deadline:
+                break
+            time.sleep(0.01)
+        assert workers, "nginx forked no worker within 10 s"
+        return [arg for pid in [self.proc.pid, *workers] for arg in ("--pid", str(pid))]
 
     def stop(self):
         self.proc.terminate()

@@ -107,12 +107,6 @@ def _leading_format(ctype, last_field: str | None) -> tuple[str, tuple[str, ...]
     return fmt, tuple(names)
 
 
-def lost_between(last_seq: int, seq: int) -> bool:
-    """Whether records were lost between two numbered events of a connection
-    (numbers run 1..65535 and start again at 1; 0 means not numbered)."""
-    return bool(last_seq and seq and seq != last_seq % 65535 + 1)
-
-
 EVENT_HEADER_FORMAT, EVENT_HEADER_FIELDS = struct_format("struct event_header")
 EVENT_HEADER = struct.Struct(EVENT_HEADER_FORMAT)
 EVENT_HEADER_SIZE = EVENT_HEADER.size

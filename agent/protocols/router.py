@@ -9,8 +9,7 @@ everything thrown away is counted in `self.counts`.
 """
 from __future__ import annotations
 
-from agent.capture.records import (C, EVENT_HEADER, EVENT_HEADER_SIZE, ffi, lost_between,
-                                    prefix_struct)
+from agent.capture.records import (C, EVENT_HEADER, EVENT_HEADER_SIZE, ffi, prefix_struct)
 from agent.counters import Counter, counter, unique
 from agent.protocols import table as table_module
 from agent.protocols.contract import EVENTS_SKIPPED, Limits
@@ -130,7 +129,10 @@ class ProtocolRouter:
             conn.last_seen_ns = hot[6]
             seq = hot[14]
             if seq:
-                if lost_between(conn.last_seq, seq):
+                last_seq = conn.last_seq
+                # A connection's records are numbered 1..65535, then 1
+                # again (0: not numbered); a skipped number is a loss.
+                if last_seq and seq != last_seq % 65535 + 1:
                     table.gap(conn)
                 conn.last_seq = seq
             if event_type == EVENT_HTTP_EXCHANGE:

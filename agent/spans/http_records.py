@@ -45,10 +45,8 @@ new_exchange = tuple.__new__
 RecordExchange = NamedTuple("RecordExchange", EXCHANGE_HEAD + [
     ("connection", tuple), ("request", tuple)])
 
-# What a client record gives the server span on the mirrored connection:
-# the fields a same-node link reads.
-SentRequest = NamedTuple("SentRequest", [("trace_id", bytes), ("span_id", bytes),
-                                         ("flags", int)])
+# What a client record gives the server span on the mirrored connection,
+# the fields a same-node link reads, is a plain (trace_id, span_id, flags).
 
 # Distinct span shapes kept (a dict cleared when full: a workload's hot
 # shapes refill it at once).
@@ -111,10 +109,12 @@ def link_record(linker, conn, fields: tuple, paired) -> tuple:
             trace_id, span_id, parent_id, trace_state = new_trace_id(), new_span_id(), b"", ""
             flags = linker.sampler.root_flags(trace_id)
         links = linker.paired_links
-        link = links.pop(mirror_key, None) if links else None
-        if link is None:
-            link = linker.linker.take_client_link(mirror_key)
-        if link is not None:
+        sent = links.pop(mirror_key, None) if links else None
+        link = linker.linker.take_client_link(mirror_key) if sent is None else None
+        if sent is not None:
+            linker.counts["linked_same_node"] += 1
+            trace_id, parent_id, flags = sent
+        elif link is not None:
             linker.counts["linked_same_node"] += 1
             trace_id, parent_id, flags = link.trace_id, link.span_id, link.flags
         elif linker.client_wait is not None:
@@ -124,14 +124,14 @@ def link_record(linker, conn, fields: tuple, paired) -> tuple:
     else:
         trace_id, span_id, parent_id, flags, trace_state = _client_context(
             linker, conn.pid, fields[0], incoming, fields[4])
-        _client_sent(linker, link_key, new_exchange(SentRequest, (trace_id, span_id, flags)),
-                     paired)
-    return new_exchange(RecordExchange, (
-        TAG, connection[0], conn.pid, trace_id, span_id, parent_id, flags, trace_state,
-        fields[1], fields[2], connection, fields[5]))
+        _client_sent(linker, link_key, (trace_id, span_id, flags), paired)
+    # A plain tuple, in RecordExchange's order: cheaper to make than the
+    # named one, and what a span worker receives anyway.
+    return (TAG, connection[0], conn.pid, trace_id, span_id, parent_id, flags, trace_state,
+            fields[1], fields[2], connection, fields[5])
 
 
-def _client_sent(linker, link_key: tuple, sent: SentRequest, paired: bool) -> None:
+def _client_sent(linker, link_key: tuple, sent: tuple, paired: bool) -> None:
     """Where a client record's link goes.  Its server's record ended
     before it: the router put that right after it (paired), or the server
     exchange went out already, held for it (client_wait) or not.  So a
@@ -199,9 +199,8 @@ def link_served(linker, conn, fields: tuple, _unused) -> tuple:
         ctx.trace_id, ctx.parent_span_id, ctx.flags = link
     else:
         linker.join_client_on_this_node(ctx, mirror_key)
-    return new_exchange(RecordExchange, (
-        TAG, connection[0], conn.pid, ctx.trace_id, ctx.span_id, ctx.parent_span_id, ctx.flags,
-        ctx.trace_state, fields[1], fields[2], connection, fields[5]))
+    return (TAG, connection[0], conn.pid, ctx.trace_id, ctx.span_id, ctx.parent_span_id,
+            ctx.flags, ctx.trace_state, fields[1], fields[2], connection, fields[5])
 
 
 LINKS = {http1_records.RECORD_TAG: link_record, http1_records.PAIRED_TAG: link_record,

@@ -68,7 +68,10 @@ class Sampler:
 
     def root_flags(self, trace_id: bytes) -> int:
         """Trace flags (bit 0 = sampled) for a trace this node starts."""
-        return 1 if int.from_bytes(trace_id[8:16], "big") < self.bound else 0
+        bound = self.bound
+        if bound >= _ID_LIMIT:     # every id is below it (ratio 1, the default)
+            return 1
+        return 1 if int.from_bytes(trace_id[8:16], "big") < bound else 0
 
     def should_export(self, span, remote_parent: bool | None = None) -> bool:
         """Whether to export span.

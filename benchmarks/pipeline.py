@@ -43,8 +43,8 @@ http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_
 uwsgi_temp_path {d}; scgi_temp_path {d};
 server {{ listen 127.0.0.1:{port}; location / {{ return 200 "hello\\n"; }} }} }}
 """
-# Every request carries a traceparent of its own, as requests from an
-# instrumented client do: no two request heads are alike, so the tracker's
+# Every request carries a traceparent of its own (unless --no-trace-context),
+# as requests from an instrumented client do: no two request heads are alike, so the tracker's
 # head cache (agent/protocols/http1.ParsedHeads) only helps with the responses.
 WRK_SCRIPT = """
 local hex = "0123456789abcdef"
@@ -57,10 +57,11 @@ local function random_hex(n)
   return table.concat(digits)
 end
 request = function()
-  wrk.headers["traceparent"] = "00-" .. random_hex(32) .. "-" .. random_hex(16) .. "-01"
+  TRACEPARENT
   return wrk.format(nil, PATH)
 end
 """
+TRACEPARENT = 'wrk.headers["traceparent"] = "00-" .. random_hex(32) .. "-" .. random_hex(16) .. "-01"'
 # The path every request asks for, or with --unique-paths one with an id of
 # its own (a span shape that never repeats).
 SAME_PATH = '"/api/v1/items?id=42"'
@@ -68,14 +69,16 @@ UNIQUE_PATH = '"/api/v1/items/" .. math.random(1000000000) .. "?id=42"'
 
 
 
-def record_live(path: Path, http_exchanges: bool = False, unique_paths: bool = False) -> None:
+def record_live(path: Path, http_exchanges: bool = False, unique_paths: bool = False,
+                trace_context: bool = True) -> None:
     if os.geteuid() != 0 or not shutil.which("nginx") or not shutil.which("wrk"):
         sys.exit("live recording needs root, nginx and wrk (make setup); or pass --recording")
     port = 18777
     with tempfile.TemporaryDirectory() as d:
         Path(d, "nginx.conf").write_text(NGINX_CONF.format(d=d, port=port))
         Path(d, "req.lua").write_text(
-            WRK_SCRIPT.replace("PATH", UNIQUE_PATH if unique_paths else SAME_PATH))
+            WRK_SCRIPT.replace("PATH", UNIQUE_PATH if unique_paths else SAME_PATH)
+            .replace("TRACEPARENT", TRACEPARENT if trace_context else ""))
         nginx = subprocess.Popen(["nginx", "-c", f"{d}/nginx.conf", "-p", d])
         time.sleep(0.5)
         recorder = subprocess.Popen([sys.executable, "-m", "agent.runtime.cli", "record", "-o", str(path),
@@ -206,9 +209,13 @@ def main() -> None:
                              "instead of recording")
     parser.add_argument("--unique-paths", action="store_true",
                         help="with --compare-records: every request asks for a path of its own")
+    parser.add_argument("--no-trace-context", action="store_true",
+                        help="with --compare-records: requests carry no traceparent, as from "
+                             "an uninstrumented client")
     args = parser.parse_args()
     if args.compare_records:
-        return compare_records(args.seconds, args.keep, args.replay, args.unique_paths)
+        return compare_records(args.seconds, args.keep, args.replay, args.unique_paths,
+                               not args.no_trace_context)
     recording = args.recording
     if recording is None:
         recording = Path(tempfile.mkdtemp()) / "wrk.events"
@@ -244,7 +251,7 @@ def main() -> None:
 
 
 def compare_records(seconds: float, keep: Path | None = None, replay: Path | None = None,
-                    unique_paths: bool = False) -> None:
+                    unique_paths: bool = False, trace_context: bool = True) -> None:
     """Spans/s per core and the per-stage split, payload path against
     exchange records, on two live recordings of the same load (recorded
     one after the other, then replayed one after the other)."""
@@ -256,7 +263,7 @@ def compare_records(seconds: float, keep: Path | None = None, replay: Path | Non
         directory = keep or Path(tempfile.mkdtemp())
         directory.mkdir(parents=True, exist_ok=True)
         recordings[name] = directory / f"wrk-{name}.events"
-        record_live(recordings[name], exchanges, unique_paths)
+        record_live(recordings[name], exchanges, unique_paths, trace_context)
     settle_heap()
     rates = {}
     for name, recording in recordings.items():

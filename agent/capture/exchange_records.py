@@ -25,6 +25,10 @@ SPAN_FIELD_NAMES = ("serving_conn_id", "status", "values_len", "target_off", "ta
                     "method_len", "host_len", "user_agent_len", "traceparent_len",
                     "tracestate_len", "version_minor", "present")
 SPAN_FIELDS_OFFSET = records.EVENT_HEADER_SIZE
+# From values_len to the values' end: the lengths, offsets, version and
+# flags of the request's values, and the values.  Two records whose bytes
+# there are equal carry the same request (the status aside).
+REQUEST_SHAPE_OFFSET = records.ffi.offsetof("struct http_exchange", "request", "values_len")
 SPAN_FIELDS = records.fields_struct("struct http_exchange", SPAN_FIELD_NAMES, SPAN_FIELDS_OFFSET)
 
 FALLBACK_NAMES = {C[name]: name.removeprefix("HTTP_FALLBACK_").lower()

@@ -38,11 +38,16 @@ _HAS_TRACESTATE = C["HTTP_HAS_TRACESTATE"]
 _FIELDS = exchange_records.SPAN_FIELDS
 _FIELDS_OFFSET = exchange_records.SPAN_FIELDS_OFFSET
 _VALUES = exchange_records.VALUES_OFFSET
+_REQUEST_SHAPE = exchange_records.REQUEST_SHAPE_OFFSET
+_TRACE_CONTEXT = _HAS_TRACEPARENT | _HAS_TRACESTATE
 
 # Client exchanges held for the server request their thread was serving
 # (a proxy's upstream call completes before the request it serves): at most
 # this many server connections wait; beyond, the oldest goes out unlinked.
 MAX_WAITING = 4096
+# Distinct requests without trace context kept for sharing (a dict cleared
+# when full: a workload's repeating requests refill it at once).
+MAX_REQUESTS = 4096
 
 
 class ExchangeRecords:
@@ -62,6 +67,8 @@ class ExchangeRecords:
         # addresses with the same ports only change the order of items,
         # the linker matches client and server by their whole tuples.
         self.deferred: dict[int, list] = {}
+        # A request's shape bytes (REQUEST_SHAPE_OFFSET on) -> its request tuple.
+        self.requests: dict[bytes, tuple] = {}
 
     def items(self, conn, record: bytes, hot: tuple, out: list) -> bool:
         """False for a malformed record (nothing added)."""
@@ -71,20 +78,38 @@ class ExchangeRecords:
         end = _VALUES + values_len
         if end > len(record):
             return False
-        values = record[_VALUES:end]
-        target = values[target_off:target_off + target_len]
-        host = values[host_off:host_off + host_len] if present & _HAS_HOST else None
-        user_agent = values[user_agent_off:user_agent_off + user_agent_len] \
-            if present & _HAS_USER_AGENT else None
-        traceparent = values[traceparent_off:traceparent_off + traceparent_len] \
-            if present & _HAS_TRACEPARENT else None
-        tracestate = values[tracestate_off:tracestate_off + tracestate_len] \
-            if present & _HAS_TRACESTATE else None
+        # A request without trace context repeats byte for byte (same
+        # method, target and headers on a keep-alive connection): its
+        # request tuple is made once and shared: it is also pickled once per
+        # span worker message, and the worker's template look-up finds it
+        # equal by identity.
+        traceparent = tracestate = request = None
+        shared = not present & _TRACE_CONTEXT
+        if shared:
+            key = record[_REQUEST_SHAPE:end]
+            request = self.requests.get(key)
+            if request is not None and request[5] != status:
+                request = None
+        if request is None:
+            values = record[_VALUES:end]
+            request = (values[:method_len], values[target_off:target_off + target_len],
+                       version_minor,
+                       values[host_off:host_off + host_len] if present & _HAS_HOST else None,
+                       values[user_agent_off:user_agent_off + user_agent_len]
+                       if present & _HAS_USER_AGENT else None, status)
+            if shared:
+                if len(self.requests) >= MAX_REQUESTS:
+                    self.requests.clear()
+                self.requests[key] = request
+            else:
+                if present & _HAS_TRACEPARENT:
+                    traceparent = values[traceparent_off:traceparent_off + traceparent_len]
+                if present & _HAS_TRACESTATE:
+                    tracestate = values[tracestate_off:tracestate_off + tracestate_len]
         # A request counts as sent when its write began and received when
         # its read returned; the kernel stamped start_ns by that rule, and
         # end_ns (the response's end) by the same.
-        fields = (hot[2], hot[5], hot[6], traceparent, tracestate,
-                  (values[:method_len], target, version_minor, host, user_agent, status))
+        fields = (hot[2], hot[5], hot[6], traceparent, tracestate, request)
         if conn.role == _ROLE_UNKNOWN:
             conn.role = _ROLE_SERVER if hot[9] == _INGRESS else _ROLE_CLIENT
         if serving:

@@ -9,7 +9,8 @@ from agent.protocols.router import ProtocolRouter
 
 
 def exchange_record(conn_id: int, direction: int, role: int, target: bytes, *,
-                    serving: int = 0, start: int = 100, end: int = 200, tid: int = 9) -> bytes:
+                    serving: int = 0, start: int = 100, end: int = 200, tid: int = 9,
+                    status: int = 200, traceparent: bytes = b"") -> bytes:
     x = ffi.new("struct http_exchange *")
     h = x.hdr
     h.type, h.pid, h.tid, h.fd, h.conn_id = C["EVENT_HTTP_EXCHANGE"], 42, tid, 5, conn_id
@@ -22,7 +23,13 @@ def exchange_record(conn_id: int, direction: int, role: int, target: bytes, *,
     r.values[0:len(values)], r.values_len = values, len(values)
     r.method_len, r.target_off, r.target_len = 3, 3, len(target)
     r.version_minor = 1
-    x.status, x.serving_conn_id = 200, serving
+    if traceparent:
+        r.values[len(values):len(values) + len(traceparent)] = traceparent
+        r.traceparent_off, r.traceparent_len = len(values), len(traceparent)
+        r.present |= C["HTTP_HAS_TRACEPARENT"]
+        values += traceparent
+        r.values_len = len(values)
+    x.status, x.serving_conn_id = status, serving
     # Variable length: the record ends with the values in use.
     return bytes(ffi.buffer(x))[:exchange_records.VALUES_OFFSET + len(values)]
 
@@ -97,3 +104,33 @@ def test_a_server_record_follows_its_clients_record_in_a_batch():
     router = ProtocolRouter()
     assert [item[1].conn_id for item in router.process([server])] == [1]
     assert router.exchange_records.deferred == {}
+
+
+def test_a_repeated_request_is_shared_and_its_status_and_trace_context_are_its_own():
+    router = ProtocolRouter()
+    server = (1, C["DIRECTION_INGRESS"], C["ROLE_SERVER"])
+    tp = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    items = router.process([exchange_record(*server, b"/a", start=100, end=200),
+                            exchange_record(*server, b"/a", start=300, end=400),
+                            exchange_record(*server, b"/a", start=500, end=600, status=404),
+                            exchange_record(*server, b"/a", start=700, end=800, traceparent=tp),
+                            exchange_record(*server, b"/b", start=900, end=950)])
+    # (tid, start, end, traceparent, tracestate, (method, target, version, host, ua, status))
+    fields = [item[2] for item in items]
+    assert [f[1:3] for f in fields] == [(100, 200), (300, 400), (500, 600), (700, 800), (900, 950)]
+    requests = [f[5] for f in fields]
+    assert requests[0] is requests[1]
+    assert [(r[1], r[5]) for r in requests] == [
+        (b"/a", 200), (b"/a", 200), (b"/a", 404), (b"/a", 200), (b"/b", 200)]
+    assert [f[3] for f in fields] == [None, None, None, tp, None]
+
+
+def test_requests_kept_for_sharing_are_bounded(monkeypatch):
+    from agent.protocols import http1_records
+    monkeypatch.setattr(http1_records, "MAX_REQUESTS", 8)
+    router = ProtocolRouter()
+    server = (1, C["DIRECTION_INGRESS"], C["ROLE_SERVER"])
+    items = router.process([exchange_record(*server, b"/%d" % i, start=100 + 10 * i,
+                                            end=105 + 10 * i) for i in range(20)])
+    assert [item[2][5][1] for item in items] == [b"/%d" % i for i in range(20)]
+    assert 0 < len(router.exchange_records.requests) <= 8

@@ -177,7 +177,6 @@ class ExchangeLinker:
             held = self.client_wait.client_seen(link_key)
             if held is not None:
                 self.join_client_on_this_node(held.ctx, link_key, wait=False)
-                held.linked = True
 
     def server_finished(self, conn, tid: int, incoming, ctx: RequestContext,
                         mirror_key: tuple) -> None:

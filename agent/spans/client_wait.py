@@ -42,22 +42,31 @@ class HeldExchange:
 
 
 class ClientWait:
+    """Held exchanges leave in two ways: claimed by their client (client_seen
+    hands the held exchange to the caller, which fills in its context) or
+    on their deadline.  Deadlines are now + hold_s, so the held queue is in
+    deadline order and a release looks only at what leaves."""
+
     def __init__(self, hold_s: float, counts: dict, max_held: int = 4096,
                  max_clients: int = 65536):
         self.hold_s = hold_s
         self.counts = counts
         self._max_held = max_held
         self._max_clients = max_clients
-        self._held: list[HeldExchange] = []
-        self._waiting: dict[tuple, deque] = {}     # mirror key -> held, oldest first
-        self._clients: dict[tuple, None] = {}      # client connection keys seen lately
+        self._held: deque[HeldExchange] = deque()   # oldest first; claimed ones too
+        self._waiting_count = 0                      # held and not claimed
+        self._claimed: list[HeldExchange] = []       # claimed since the last release
+        self._waiting: dict[tuple, deque] = {}       # mirror key -> held, oldest first
+        self._clients: dict[tuple, None] = {}        # client connection keys seen lately
 
     def __len__(self) -> int:
-        return len(self._held)
+        """Exchanges not released yet."""
+        return self._waiting_count + len(self._claimed)
 
     def client_seen(self, key: tuple) -> HeldExchange | None:
         """A client request on the connection `key`: the held server
-        exchange it completes, if one waits for it."""
+        exchange it completes, if one waits for it.  The caller gives it
+        the client's context before the next release."""
         self.saw_client(key)
         waiting = self._waiting.get(key)
         if not waiting:
@@ -65,6 +74,9 @@ class ClientWait:
         held = waiting.popleft()
         if not waiting:
             del self._waiting[key]
+        held.linked = True
+        self._waiting_count -= 1
+        self._claimed.append(held)
         return held
 
     def saw_client(self, key: tuple) -> None:
@@ -82,29 +94,43 @@ class ClientWait:
 
     def hold(self, exchange: tuple, ctx, mirror_key: tuple, now: float) -> bool:
         """Keep the exchange until its client arrives; False when full."""
-        if len(self._held) >= self._max_held:
+        if self._waiting_count >= self._max_held:
             self.counts["link_wait_overflow"] += 1
             return False
         held = HeldExchange(now + self.hold_s, exchange, ctx, mirror_key)
         self._held.append(held)
+        self._waiting_count += 1
         self._waiting.setdefault(mirror_key, deque()).append(held)
         return True
 
     def release(self, now: float, out: list) -> None:
         """Append the exchanges whose client came, or whose time is up."""
-        keep = []
         counts = self.counts
-        for held in self._held:
-            if held.linked:
-                counts["link_wait_linked"] += 1
+        claimed = self._claimed
+        if claimed:
+            counts["link_wait_linked"] += len(claimed)
+            for held in claimed:
                 out.append(_relinked(held.exchange, held.ctx))
+            claimed.clear()
+        held_queue = self._held
+        if not self._waiting_count:
+            held_queue.clear()
+            return
+        expired = 0
+        while held_queue:
+            held = held_queue[0]
+            if held.linked:
+                held_queue.popleft()
             elif held.deadline <= now:
-                counts["link_wait_expired"] += 1
+                held_queue.popleft()
+                expired += 1
                 out.append(held.exchange)
                 self._forget(held)
             else:
-                keep.append(held)
-        self._held = keep
+                break
+        if expired:
+            counts["link_wait_expired"] += expired
+            self._waiting_count -= expired
 
     def _forget(self, held: HeldExchange) -> None:
         waiting = self._waiting.get(held.mirror_key)

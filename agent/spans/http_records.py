@@ -148,7 +148,6 @@ def _client_sent(linker, link_key: tuple, sent: tuple, paired: bool) -> None:
         linker.counts["linked_same_node"] += 1
         ctx = held.ctx
         ctx.trace_id, ctx.parent_span_id, ctx.flags = sent
-        held.linked = True
 
 
 def _client_context(linker, pid: int, tid: int, incoming, tracestate) -> tuple:

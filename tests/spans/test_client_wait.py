@@ -66,3 +66,36 @@ def test_a_remote_peer_never_seen_as_a_client_is_not_held():
     records = [http1_record(3, 200, C["ROLE_SERVER"], INGRESS, REQUEST, 1100, SERVER, remote),
                http1_record(3, 200, C["ROLE_SERVER"], EGRESS, RESPONSE, 1200, SERVER, remote)]
     assert [e.kind for e in linker.exchanges(router.process(records))] == [KIND_SERVER]
+
+
+def test_a_claimed_exchange_leaves_at_the_next_release_before_older_ones_expire():
+    from agent.spans.client_wait import ClientWait
+
+    class Ctx:
+        trace_id, parent_span_id, flags = b"t" * 16, b"", 1
+
+    counts = {"link_wait_linked": 0, "link_wait_expired": 0, "link_wait_overflow": 0}
+    wait = ClientWait(hold_s=1.0, counts=counts, max_held=3)
+    keys = [("127.0.0.1", port) for port in (1, 2, 3)]
+    exchanges = [(0, 2, 42, b"", b"s%d" % i, b"", 0) for i in range(3)]
+    for i, key in enumerate(keys):
+        assert wait.hold(exchanges[i], Ctx(), key, now=10.0 + i / 10)
+    assert not wait.hold(exchanges[0], Ctx(), ("127.0.0.1", 4), now=10.5)
+    assert counts["link_wait_overflow"] == 1
+    claimed = wait.client_seen(keys[1])
+    assert claimed is not None and wait.client_seen(keys[1]) is None
+    claimed.ctx.parent_span_id = b"c" * 8
+    out: list = []
+    wait.release(10.5, out)
+    assert [(e[4], e[5]) for e in out] == [(b"s1", b"c" * 8)]
+    assert len(wait) == 2
+    # A claimed exchange frees its place at once.
+    assert wait.hold(exchanges[1], Ctx(), ("127.0.0.1", 5), now=10.6)
+    out.clear()
+    wait.release(11.05, out)
+    assert [e[4] for e in out] == [b"s0"]
+    out.clear()
+    wait.release(12.0, out)
+    assert sorted(e[4] for e in out) == [b"s1", b"s2"]
+    assert len(wait) == 0 and not wait._waiting and not wait._held
+    assert counts == {"link_wait_linked": 1, "link_wait_expired": 3, "link_wait_overflow": 1}

@@ -40,7 +40,7 @@ def test_the_loop_polls_longer_only_after_the_ring_stayed_empty():
 
 def test_held_exchanges_keep_the_usual_poll():
     pipeline = make_pipeline()
-    pipeline.linker.client_wait._held.append(object())
+    assert pipeline.linker.client_wait.hold((), None, ("127.0.0.1", 40000), now=100.0)
     assert waits(pipeline, [0] * (IDLE_AFTER_POLLS + 2)) == [POLL_INTERVAL_S] * (IDLE_AFTER_POLLS + 2)
 
 

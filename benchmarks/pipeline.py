@@ -43,9 +43,11 @@ http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_
 uwsgi_temp_path {d}; scgi_temp_path {d};
 server {{ listen 127.0.0.1:{port}; location / {{ return 200 "hello\\n"; }} }} }}
 """
-# Every request carries a traceparent of its own (unless --no-trace-context),
-# as requests from an instrumented client do: no two request heads are alike, so the tracker's
-# head cache (agent/protocols/http1.ParsedHeads) only helps with the responses.
+# Every request carries a traceparent of its own, as requests from an
+# instrumented client do: no two request heads are alike, so the tracker's
+# head cache (agent/protocols/http1.ParsedHeads) only helps with the
+# responses.  With --no-trace-context the TRACEPARENT line is left out, as
+# from an uninstrumented client.
 WRK_SCRIPT = """
 local hex = "0123456789abcdef"
 local function random_hex(n)

@@ -31,21 +31,22 @@ def is_loopback(address: str) -> bool:
 
 
 class HeldExchange:
-    __slots__ = ("deadline", "exchange", "ctx", "mirror_key", "linked")
+    __slots__ = ("deadline", "exchange", "ctx", "mirror_key")
 
     def __init__(self, deadline: float, exchange: tuple, ctx, mirror_key: tuple):
         self.deadline = deadline
-        self.exchange = exchange
+        self.exchange = exchange     # None once released
         self.ctx = ctx
         self.mirror_key = mirror_key
-        self.linked = False      # its client arrived and ctx took the link
 
 
 class ClientWait:
     """Held exchanges leave in two ways: claimed by their client (client_seen
     hands the held exchange to the caller, which fills in its context) or
     on their deadline.  Deadlines are now + hold_s, so the held queue is in
-    deadline order and a release looks only at what leaves."""
+    deadline order and a release looks only at what leaves; a claimed
+    exchange, once released, stays in the queue until it reaches the head,
+    or until the queue is full and is compacted."""
 
     def __init__(self, hold_s: float, counts: dict, max_held: int = 4096,
                  max_clients: int = 65536):
@@ -53,7 +54,7 @@ class ClientWait:
         self.counts = counts
         self._max_held = max_held
         self._max_clients = max_clients
-        self._held: deque[HeldExchange] = deque()   # oldest first; claimed ones too
+        self._held: deque[HeldExchange] = deque()   # oldest first; released claimed ones too
         self._waiting_count = 0                      # held and not claimed
         self._claimed: list[HeldExchange] = []       # claimed since the last release
         self._waiting: dict[tuple, deque] = {}       # mirror key -> held, oldest first
@@ -74,7 +75,6 @@ class ClientWait:
         held = waiting.popleft()
         if not waiting:
             del self._waiting[key]
-        held.linked = True
         self._waiting_count -= 1
         self._claimed.append(held)
         return held
@@ -94,9 +94,12 @@ class ClientWait:
 
     def hold(self, exchange: tuple, ctx, mirror_key: tuple, now: float) -> bool:
         """Keep the exchange until its client arrives; False when full."""
-        if self._waiting_count >= self._max_held:
-            self.counts["link_wait_overflow"] += 1
-            return False
+        if len(self._held) >= self._max_held:
+            if self._waiting_count + len(self._claimed) < len(self._held):
+                self._held = deque(h for h in self._held if h.exchange is not None)
+            if len(self._held) >= self._max_held:
+                self.counts["link_wait_overflow"] += 1
+                return False
         held = HeldExchange(now + self.hold_s, exchange, ctx, mirror_key)
         self._held.append(held)
         self._waiting_count += 1
@@ -111,6 +114,7 @@ class ClientWait:
             counts["link_wait_linked"] += len(claimed)
             for held in claimed:
                 out.append(_relinked(held.exchange, held.ctx))
+                held.exchange = held.ctx = None
             claimed.clear()
         held_queue = self._held
         if not self._waiting_count:
@@ -119,7 +123,7 @@ class ClientWait:
         expired = 0
         while held_queue:
             held = held_queue[0]
-            if held.linked:
+            if held.exchange is None:
                 held_queue.popleft()
             elif held.deadline <= now:
                 held_queue.popleft()

@@ -89,8 +89,9 @@ def test_a_claimed_exchange_leaves_at_the_next_release_before_older_ones_expire(
     wait.release(10.5, out)
     assert [(e[4], e[5]) for e in out] == [(b"s1", b"c" * 8)]
     assert len(wait) == 2
-    # A claimed exchange frees its place at once.
+    # A released exchange frees its place at once, and the queue keeps its bound.
     assert wait.hold(exchanges[1], Ctx(), ("127.0.0.1", 5), now=10.6)
+    assert len(wait._held) == 3
     out.clear()
     wait.release(11.05, out)
     assert [e[4] for e in out] == [b"s0"]

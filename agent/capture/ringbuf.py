@@ -12,13 +12,13 @@ Each record has an 8-byte header: length in the low 30 bits, bit 31 busy
 (still being written), bit 30 discarded.
 
 The kernel writes most records without waking the reader
-(BPF_RB_NO_WAKEUP), so readers wait at most POLL_INTERVAL_S while the ring
-is empty.  A wake-up per record cost the traced processes a context switch
-each, tens of thousands a second under load; a 50 ms poll is 20 a second,
-and a 16 MiB ring holds far more than 50 ms of any load this agent can keep
-up with (about 4 MiB at 300k records/s).  At low rates the longer poll
-makes bigger batches, and so less CPU per span (docs/performance.md, "Ring
-buffer drain").  The records that need an answer at once wake the reader,
+(BPF_RB_NO_WAKEUP): readers poll on their own clock, under load every
+POLL_INTERVAL_S, at lower rates less often (agent/runtime/pipeline.py).
+A wake-up per record cost the traced processes a context switch each, tens
+of thousands a second under load; a 50 ms poll is 20 a second, and a 16 MiB
+ring holds far more than 50 ms of any load this agent can keep up with
+(about 4 MiB at 300k records/s).  Longer polls make bigger batches, and so
+less CPU per span (docs/performance.md, "Ring buffer drain").  The records that need an answer at once wake the reader,
 and so does the record that takes the unread bytes past WAKE_AT_FILL of the
 ring.
 """

@@ -31,13 +31,19 @@ SWEEP_EVERY = 15
 # the ring after the server's answer.
 LINK_WAIT_S = 0.25
 
-# Once the ring has been empty this many polls in a row, and nothing waits on
-# the loop's clock (held exchanges, due TLS scans), the loop polls every
-# IDLE_POLL_S instead: each wake-up costs CPU (most on a VM),
-# which made most of an idle agent's CPU.  The first records after a quiet
-# spell wait at most that long; a fill-mark or exec wake-up ends it at once.
-IDLE_AFTER_POLLS = 4
-IDLE_POLL_S = 0.2
+# Each turn of the loop has a fixed cost, whatever it drains: the wake-up
+# itself (most of it on a VM) and a pass through every stage.  At 20 turns a
+# second that made most of the agent's CPU at light load.  So the loop waits
+# as long as gathers about BATCH_TARGET_RECORDS at the rate records came
+# during the last turn, between the usual poll (POLL_INTERVAL_S) and
+# LONGEST_POLL_S, and the longest once the ring stayed empty.  The kernel
+# wakes the loop at once for what cannot wait (a ring past its fill mark,
+# an exec, a new process); a due TLS scan shortens the wait.  Held server
+# exchanges (the link wait) leave at most LONGEST_POLL_S after their
+# deadline; at the rates that poll this slowly that is a few thousand
+# exchanges at most, within the held table's bound.
+BATCH_TARGET_RECORDS = 512
+LONGEST_POLL_S = 0.2
 
 
 class Pipeline:
@@ -81,8 +87,8 @@ class Pipeline:
         self.conn_sweep = ExitedConnSweep(capture.front_end.map_fd("conns")) \
             if capture is not None else None
         self._housekeepings = 0
-        self._empty_polls = 0
         self.last_loop_monotonic = time.monotonic()
+        self._last_turn = None
 
     def drain_once(self) -> int:
         """Process what the ring holds, batch after full batch, until a batch
@@ -218,19 +224,14 @@ class Pipeline:
                 next_housekeeping = now + self.housekeeping_interval_s
 
     def _ring_wait_s(self, drained: int, now: float) -> float:
-        """The usual poll while records come; a longer one once the ring has
-        stayed empty and nothing is due sooner."""
-        held = self.linker.client_wait
-        if drained or (held is not None and len(held)):
-            self._empty_polls = 0
-            return POLL_INTERVAL_S
-        self._empty_polls += 1
-        if self._empty_polls < IDLE_AFTER_POLLS:
-            return POLL_INTERVAL_S
-        wait_s = IDLE_POLL_S
+        """How long to wait for the ring: long enough to gather a batch at
+        the rate of the turn that just drained, within the poll's bounds."""
+        since = now - self._last_turn if self._last_turn is not None else POLL_INTERVAL_S
+        self._last_turn = now
+        wait_s = BATCH_TARGET_RECORDS * since / drained if drained else LONGEST_POLL_S
         if self.tls is not None:
             wait_s = min(wait_s, self.tls.next_due() - now)
-        return max(POLL_INTERVAL_S, wait_s)
+        return min(LONGEST_POLL_S, max(POLL_INTERVAL_S, wait_s))
 
     def stop(self, flush_timeout_s: float) -> None:
         """Detach the probes, process what the ring still holds, flush."""

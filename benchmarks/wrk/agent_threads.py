@@ -57,6 +57,8 @@ def main() -> int:
     parser.add_argument("--rates", default="1000,5000")
     parser.add_argument("--idle-seconds", type=float, default=10)
     parser.add_argument("--seconds", type=float, default=7)
+    parser.add_argument("--http-exchanges", action="store_true",
+                        help="the agent pairs HTTP/1.x exchanges in the probes")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="otel-ebpf-threads-"))
     receiver = run.Receiver(workdir)
@@ -64,6 +66,8 @@ def main() -> int:
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
            "OTEL_BSP_SCHEDULE_DELAY": run.BSP_DELAY_MS}
+    if args.http_exchanges:
+        env["OTEL_EBPF_HTTP_EXCHANGES"] = "1"
     agent = run.AgentRun(nginx.pids, "otlp", env, workdir)
     try:
         time.sleep(3)

@@ -1,10 +1,10 @@
-"""The capture loop's poll: the usual interval while records come, a longer
-one once the ring has stayed empty and nothing waits on the loop's clock
-(agent/runtime/pipeline.py).  No privileges."""
+"""The capture loop's poll: as long as gathers a batch at the rate records
+come, between the usual interval and the longest, and the longest while the
+ring is empty (agent/runtime/pipeline.py).  No privileges."""
 from __future__ import annotations
 
 from agent.capture.ringbuf import POLL_INTERVAL_S
-from agent.runtime.pipeline import IDLE_AFTER_POLLS, IDLE_POLL_S, Pipeline
+from agent.runtime.pipeline import BATCH_TARGET_RECORDS, LONGEST_POLL_S, Pipeline
 from agent.runtime.span_worker import LocalSpanStage
 from agent.export import create_sink
 from agent.spans.redact import Redactor
@@ -26,26 +26,39 @@ def make_pipeline(tls=None) -> Pipeline:
     return Pipeline(None, stage, sampler, tls=tls)
 
 
-def waits(pipeline: Pipeline, drained: list[int], now: float = 100.0) -> list[float]:
-    return [pipeline._ring_wait_s(n, now) for n in drained]
+def waits(pipeline: Pipeline, turns: list[tuple[float, int]]) -> list[float]:
+    """The wait after each turn, given when it started and what it drained."""
+    return [pipeline._ring_wait_s(drained, now) for now, drained in turns]
 
 
-def test_the_loop_polls_longer_only_after_the_ring_stayed_empty():
+def test_an_empty_ring_is_polled_at_the_longest_interval():
     pipeline = make_pipeline()
-    empty = [0] * IDLE_AFTER_POLLS
-    assert waits(pipeline, empty) == [POLL_INTERVAL_S] * (IDLE_AFTER_POLLS - 1) + [IDLE_POLL_S]
-    # The first records bring the usual poll back at once.
-    assert waits(pipeline, [3, 0]) == [POLL_INTERVAL_S, POLL_INTERVAL_S]
+    assert waits(pipeline, [(100.0, 0), (100.2, 0)]) == [LONGEST_POLL_S, LONGEST_POLL_S]
 
 
-def test_held_exchanges_keep_the_usual_poll():
+def test_the_wait_gathers_a_batch_at_the_rate_records_come():
+    pipeline = make_pipeline()
+    heavy = BATCH_TARGET_RECORDS * 4            # records in the 50 ms since the last turn
+    assert waits(pipeline, [(100.0, 0), (100.05, heavy)])[-1] == POLL_INTERVAL_S
+    pipeline = make_pipeline()
+    half = BATCH_TARGET_RECORDS // 2            # half a batch in 50 ms: wait 100 ms
+    assert abs(waits(pipeline, [(100.0, 0), (100.05, half)])[-1] - 0.1) < 1e-9
+    pipeline = make_pipeline()
+    light = 50                                  # 250 records/s: the longest poll
+    assert waits(pipeline, [(100.0, 0), (100.2, light)])[-1] == LONGEST_POLL_S
+    # The rate going up brings the usual poll back at the next turn.
+    assert waits(pipeline, [(100.4, 2 * heavy)]) == [POLL_INTERVAL_S]
+
+
+def test_held_exchanges_do_not_shorten_the_wait():
+    # They leave at most LONGEST_POLL_S after their deadline.
     pipeline = make_pipeline()
     assert pipeline.linker.client_wait.hold((), None, ("127.0.0.1", 40000), now=100.0)
-    assert waits(pipeline, [0] * (IDLE_AFTER_POLLS + 2)) == [POLL_INTERVAL_S] * (IDLE_AFTER_POLLS + 2)
+    assert waits(pipeline, [(100.0, 0), (100.2, 0)]) == [LONGEST_POLL_S, LONGEST_POLL_S]
 
 
-def test_a_tls_scan_due_sooner_shortens_the_idle_poll():
+def test_a_tls_scan_due_sooner_shortens_the_wait():
     pipeline = make_pipeline(tls=ScansDue(at=100.12))
-    assert abs(waits(pipeline, [0] * IDLE_AFTER_POLLS)[-1] - 0.12) < 1e-9
+    assert abs(waits(pipeline, [(100.0, 0)])[-1] - 0.12) < 1e-9
     pipeline = make_pipeline(tls=ScansDue(at=99.0))   # overdue: the usual poll, never less
-    assert waits(pipeline, [0] * IDLE_AFTER_POLLS)[-1] == POLL_INTERVAL_S
+    assert waits(pipeline, [(100.0, 0)])[-1] == POLL_INTERVAL_S

@@ -209,6 +209,11 @@ class ExchangeLinker:
         elif wait and self.client_wait is not None and self.client_wait.may_come(mirror_key):
             self._hold = (ctx, mirror_key)
 
+    def hold_for_client(self, ctx: RequestContext, mirror_key: tuple) -> None:
+        """Hold the exchange being built until its client's record comes
+        (the caller found no link and asked client_wait.may_come)."""
+        self._hold = (ctx, mirror_key)
+
 
 class SpanFactory:
     def __init__(self, resources: ResourceCache, redactor: Redactor,

@@ -10,9 +10,19 @@ whole exchange can reach the ring before its client's request.  So a server
 exchange whose client may be traced here (a loopback peer, or a connection
 whose client this linker has seen) is held until that client's request
 arrives, for at most `hold_s`, then released in either case.
+
+A loopback peer that is not traced (a load generator, a probe, a process
+outside the selection) never sends a record, and holding each of its
+exchanges cost the capture loop more than building the span.  So once a
+hold on a connection ends without its client, that connection's later
+exchanges leave at once for UNTRACED_FOR_S (counted), and then one waits
+again: a connection whose client turns out to be traced after all (its
+record came later than the wait, or its port was reused) is held again as
+soon as its client's record is seen, or after that time.
 """
 from __future__ import annotations
 
+import time
 from collections import deque
 
 from agent.counters import Counter, Metric
@@ -23,7 +33,9 @@ COUNTERS = (
     Counter("link_wait_linked", LINK_WAITS, "linked"),
     Counter("link_wait_expired", LINK_WAITS, "expired"),
     Counter("link_wait_overflow", LINK_WAITS, "not_held_table_full"),
+    Counter("link_wait_skipped", LINK_WAITS, "not_held_client_untraced"),
 )
+UNTRACED_FOR_S = 5.0
 
 
 def is_loopback(address: str) -> bool:
@@ -59,6 +71,7 @@ class ClientWait:
         self._claimed: list[HeldExchange] = []       # claimed since the last release
         self._waiting: dict[tuple, deque] = {}       # mirror key -> held, oldest first
         self._clients: dict[tuple, None] = {}        # client connection keys seen lately
+        self._untraced: dict[tuple, float] = {}      # mirror key -> when its hold expired
 
     def __len__(self) -> int:
         """Exchanges not released yet."""
@@ -87,10 +100,23 @@ class ClientWait:
             clients[key] = None
             if len(clients) > self._max_clients:
                 del clients[next(iter(clients))]
+            if self._untraced:
+                self._untraced.pop(key, None)
 
     def may_come(self, mirror_key: tuple) -> bool:
         """Whether the client of a server exchange may yet be seen here."""
-        return mirror_key in self._clients or is_loopback(mirror_key[0])
+        if mirror_key in self._clients:
+            return True
+        if not is_loopback(mirror_key[0]):
+            return False
+        expired_at = self._untraced.get(mirror_key)
+        if expired_at is None:
+            return True
+        if time.monotonic() - expired_at < UNTRACED_FOR_S:
+            self.counts["link_wait_skipped"] += 1
+            return False
+        del self._untraced[mirror_key]
+        return True
 
     def hold(self, exchange: tuple, ctx, mirror_key: tuple, now: float) -> bool:
         """Keep the exchange until its client arrives; False when full."""
@@ -130,11 +156,20 @@ class ClientWait:
                 expired += 1
                 out.append(held.exchange)
                 self._forget(held)
+                self._mark_untraced(held.mirror_key, now)
             else:
                 break
         if expired:
             counts["link_wait_expired"] += expired
             self._waiting_count -= expired
+
+    def _mark_untraced(self, mirror_key: tuple, now: float) -> None:
+        if mirror_key in self._clients:
+            return      # its client is traced: a lost record, not an untraced peer
+        untraced = self._untraced
+        untraced[mirror_key] = now if now != float("inf") else time.monotonic()
+        if len(untraced) > self._max_clients:
+            del untraced[next(iter(untraced))]
 
     def _forget(self, held: HeldExchange) -> None:
         waiting = self._waiting.get(held.mirror_key)

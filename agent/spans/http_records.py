@@ -117,9 +117,9 @@ def link_record(linker, conn, fields: tuple, paired) -> tuple:
         elif link is not None:
             linker.counts["linked_same_node"] += 1
             trace_id, parent_id, flags = link.trace_id, link.span_id, link.flags
-        elif linker.client_wait is not None:
+        elif linker.client_wait is not None and linker.client_wait.may_come(mirror_key):
             # Its client's record may come in a later batch.
-            linker.join_client_on_this_node(
+            linker.hold_for_client(
                 RequestContext(trace_id, span_id, parent_id, flags, trace_state), mirror_key)
     else:
         trace_id, span_id, parent_id, flags, trace_state = _client_context(

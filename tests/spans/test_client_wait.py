@@ -100,3 +100,45 @@ def test_a_claimed_exchange_leaves_at_the_next_release_before_older_ones_expire(
     assert sorted(e[4] for e in out) == [b"s1", b"s2"]
     assert len(wait) == 0 and not wait._waiting and not wait._held
     assert counts == {"link_wait_linked": 1, "link_wait_expired": 3, "link_wait_overflow": 1}
+
+
+def server_exchange(router, linker, ts: int) -> list:
+    return linker.exchanges(router.process([server(INGRESS, REQUEST, ts),
+                                            server(EGRESS, RESPONSE, ts + 100)]))
+
+
+def test_once_a_loopback_client_never_came_its_connection_stops_waiting_until_it_shows(
+        monkeypatch):
+    router, linker = ProtocolRouter(), ExchangeLinker(link_wait_s=0.05)
+    assert server_exchange(router, linker, 1100) == []          # held: the client may come
+    time.sleep(0.06)
+    assert [e.kind for e in linker.release_held()] == [KIND_SERVER]
+    assert linker.counts["link_wait_expired"] == 1
+    # An untraced peer (a load generator): later exchanges leave at once, counted.
+    for ts in (2100, 3100):
+        assert [e.kind for e in server_exchange(router, linker, ts)] == [KIND_SERVER]
+    assert linker.counts["link_wait_skipped"] == 2
+    assert len(linker.client_wait) == 0
+    # After a while one waits again, in case the port now belongs to a traced client.
+    monkeypatch.setattr("agent.spans.client_wait.UNTRACED_FOR_S", 0.0)
+    assert server_exchange(router, linker, 4100) == []
+    assert linker.counts["link_wait_skipped"] == 2
+    linker.release_held(flush=True)
+
+
+def test_a_client_record_on_a_connection_thought_untraced_brings_the_wait_back():
+    router, linker = ProtocolRouter(), ExchangeLinker(link_wait_s=0.05)
+    assert server_exchange(router, linker, 1100) == []
+    time.sleep(0.06)
+    linker.release_held()
+    assert [e.kind for e in server_exchange(router, linker, 2100)] == [KIND_SERVER]
+    # The client's record came after all (later than the wait): it is traced.
+    linker.exchanges(router.process([client(EGRESS, REQUEST, 3000),
+                                     client(INGRESS, RESPONSE, 3300)]))
+    assert len(server_exchange(router, linker, 4100)) == 1      # takes that client's link
+    assert server_exchange(router, linker, 5100) == []          # waits for its client again
+    second = linker.exchanges(router.process([client(EGRESS, REQUEST, 5000),
+                                              client(INGRESS, RESPONSE, 5300)]))
+    by_kind = {e.kind: e for e in second}
+    assert by_kind[KIND_SERVER].parent_id == by_kind[KIND_CLIENT].span_id
+    assert linker.counts["link_wait_skipped"] == 1 and linker.counts["link_wait_linked"] == 1

@@ -299,3 +299,28 @@ def test_span_shapes_kept_are_bounded(monkeypatch):
     spans = factory.spans(linker.exchanges(router.process(records)))
     assert len(spans) == 80
     assert len(factory.builders[http_records.TAG].__self__.templates) <= 8
+
+
+def test_an_untraced_loopback_client_is_waited_for_once_on_both_paths():
+    """A loopback peer that sends no record (a load generator outside the
+    selection): its first exchange waits, then its connection's exchanges
+    leave at once, on both paths alike."""
+    import time
+
+    traffic = Traffic()
+    conn = traffic.connection(100, 200, 8080)
+    for t in (1_000, 5_000, 9_000):
+        traffic.call(conn, t, target=b"/%d" % t, client_traced=False)
+    for path in ("payload", "records"):
+        timed = traffic.payload if path == "payload" else traffic.records
+        records = [r for _, r in sorted(timed, key=lambda x: x[0])]
+        per_exchange = len(records) // 3
+        router, linker = ProtocolRouter(), ExchangeLinker(link_wait_s=0.05)
+        assert linker.exchanges(router.process(records[:per_exchange])) == []
+        time.sleep(0.06)
+        released = linker.release_held()
+        later = linker.exchanges(router.process(records[per_exchange:]))
+        assert [len(released), len(later)] == [1, 2], path
+        assert linker.counts["link_wait_expired"] == 1, path
+        assert linker.counts["link_wait_skipped"] == 2, path
+        assert len(linker.client_wait) == 0, path

@@ -97,6 +97,21 @@ def vm_hwm_bytes(pid: int) -> int:
     return 0
 
 
+def pss_bytes(pid: int) -> int:
+    """Proportional set size: a page shared by n processes counts 1/n in
+    each, so the agent's processes sum to the memory they hold together
+    (summed RSS counts the pages a forked worker shares with its parent
+    in both)."""
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def children(pid: int) -> list[int]:
     out = []
     for entry in os.scandir("/proc"):
@@ -360,7 +375,8 @@ class AgentRun(Tracer):
                 "dropped_queue": m.get("otel_ebpf_spans_dropped_queue_full_total", 0.0),
                 "export_failed": m.get("otel_ebpf_spans_export_failed_total", 0.0),
                 "ring_fill": m.get("otel_ebpf_ring_buffer_fill_ratio", 0.0),
-                "rss_peak": sum(vm_hwm_bytes(p) for p in procs)}
+                "rss_peak": sum(vm_hwm_bytes(p) for p in procs),
+                "pss": sum(pss_bytes(p) for p in procs)}
 
     def settle(self, timeout: float) -> None:
         """Until the pipeline has caught up: the ring drained, spans built
@@ -405,7 +421,8 @@ class HooksFloor(Tracer):
         self.info = json.loads(line)
 
     def snapshot(self) -> dict:
-        return {"cpu": cpu_seconds(self.pid), "rss_peak": vm_hwm_bytes(self.pid)}
+        return {"cpu": cpu_seconds(self.pid), "rss_peak": vm_hwm_bytes(self.pid),
+                "pss": pss_bytes(self.pid)}
 
     def pids(self) -> list[int]:
         return [self.pid]
@@ -584,6 +601,7 @@ class Row:
     spans_received: float = float("nan")
     kernel_lost: float = float("nan")
     rss_peak: float = float("nan")
+    pss_end: float = float("nan")       # summed PSS after the load
     receiver_cpu_s: float = float("nan")
     host_busy: float = float("nan")
     host_steal: float = float("nan")
@@ -646,6 +664,7 @@ def run_row(args, workdir: Path, receiver: Receiver, service: str, config: str, 
         if before:
             row.tracer_cpu_s = after["cpu"] - before["cpu"]
             row.rss_peak = after["rss_peak"]
+            row.pss_end = after.get("pss", float("nan"))
             if args.program_time:
                 row.programs_s = (programs_after - programs_before) / 1e9
             if "built" in after:
@@ -716,7 +735,7 @@ def print_table(rows: list[Row], p99s: dict) -> None:
     baselines = {(r.service, r.rate): r for r in rows if r.config == "baseline"}
     header = ["service", "config", "rate", "achieved", "p50us", "p99us", "p99 rounds us", "p99.9us",
               "p50x", "p99x", "p99x 95%", "p99.9x", "+p50us", "+p99us", "svcCPU ms/1kreq",
-              "tracer cores", "tracer CPU s/1k spans", "kernel us/req", "peakRSS MB", "spans/req",
+              "tracer cores", "tracer CPU s/1k spans", "kernel us/req", "peakRSS MB", "PSS MB", "spans/req",
               "lost%", "kern lost", "steal%"]
     lines = [header]
     for r in rows:
@@ -747,6 +766,7 @@ def print_table(rows: list[Row], p99s: dict) -> None:
             fmt(per_1k_spans, ".3f"),
             fmt(r.programs_s / r.completed * 1e6 if r.completed else float("nan"), ".2f"),
             fmt(r.rss_peak / 1e6 if r.rss_peak == r.rss_peak else float("nan"), ".0f"),
+            fmt(r.pss_end / 1e6 if r.pss_end == r.pss_end else float("nan"), ".0f"),
             fmt(spans_per_req, ".3f"),
             fmt(lost, ".2f"),
             fmt(r.kernel_lost, ".0f"),

@@ -23,6 +23,7 @@ batches it still cannot hand over are dropped and counted.
 from __future__ import annotations
 
 import bisect
+import gc
 import logging
 import os
 import pickle
@@ -300,6 +301,12 @@ class SpanWorkerPool:
     opens BPF objects."""
 
     def __init__(self, make_stage, count: int):
+        # What exists now (modules, mostly) moves out of the collector's
+        # reach before the forks: a worker's own collections would otherwise
+        # write to every object's header, and so copy every page the worker
+        # shares with this process.
+        gc.collect()
+        gc.freeze()
         self.workers = [_Worker(make_stage) for _ in range(count)]
         # After the forks: its exporter's thread belongs to this process only.
         self.local = make_stage()

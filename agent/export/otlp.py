@@ -8,7 +8,10 @@ OTLP spec's retryable responses) or FAILED; retrying is the batch exporter's job
 from __future__ import annotations
 
 import gzip
+import http.client
 import os
+import select
+import ssl
 import urllib.parse
 from dataclasses import dataclass
 
@@ -170,26 +173,28 @@ class _SinkCounters:
 
 
 class OtlpHttpSink(_SinkCounters):
-    """OTLP/HTTP protobuf over one keep-alive connection.  urllib3 directly:
-    a requests.Session post spends several times its CPU per request (its
-    settings merging and hooks; docs/performance.md, OTLP encoder)."""
+    """OTLP/HTTP protobuf over one keep-alive connection, with the standard
+    library's http.client: urllib3's pool, URL, timeout and response
+    handling cost twice the encoding of a 512-span batch per request
+    (docs/performance.md, OTLP encoder), and requests.Session several
+    times that."""
 
     def __init__(self, environ=os.environ, config: OtlpConfig | None = None):
-        import urllib3
-
         super().__init__()
-        self._urllib3 = urllib3
         self.config = config or resolve_config(environ)
+        url = urllib.parse.urlsplit(self.config.url)
+        self._https = url.scheme == "https"
+        self._host = url.hostname or "localhost"
+        self._port = url.port or (443 if self._https else 80)
+        self._path = (url.path or "/") + (f"?{url.query}" if url.query else "")
         self._headers = dict(self.config.headers)
         self._headers["Content-Type"] = "application/x-protobuf"
         if self.config.gzip:
             self._headers["Content-Encoding"] = "gzip"
-        # The batch exporter retries (with backoff and a deadline): urllib3's
-        # own retries and redirects stay off.
-        pool = {"maxsize": 1, "retries": False}
-        if self.config.certificate:
-            pool.update(cert_reqs="CERT_REQUIRED", ca_certs=self.config.certificate)
-        self._pool = urllib3.PoolManager(**pool)
+        # The system's CAs, or only the configured bundle's.
+        self._tls = ssl.create_default_context(cafile=self.config.certificate or None) \
+            if self._https else None
+        self._connection: http.client.HTTPConnection | None = None
 
     def export(self, spans, timeout_s: float | None = None) -> str:
         body = encode_export_request(spans)
@@ -199,21 +204,55 @@ class OtlpHttpSink(_SinkCounters):
         timeout = self.config.timeout_s if timeout_s is None else min(timeout_s, self.config.timeout_s)
         self.requests_sent += 1
         try:
-            response = self._pool.request("POST", self.config.url, body=body, headers=self._headers,
-                                          timeout=self._urllib3.Timeout(total=timeout),
-                                          retries=False)
-        except (self._urllib3.exceptions.HTTPError, OSError) as exc:
+            status, data = self._post(body, timeout)
+        except (http.client.HTTPException, OSError) as exc:
+            self._close()
             self.last_error = f"{type(exc).__name__}: {exc}"
             return RETRYABLE
         self.bytes_sent += len(body)
-        if 200 <= response.status < 300:
-            self.rejected_spans += _rejected_spans(response.data)
+        if 200 <= status < 300:
+            self.rejected_spans += _rejected_spans(data)
             return SUCCESS
-        self.last_error = f"HTTP {response.status}"
-        return RETRYABLE if response.status in _RETRYABLE_HTTP else FAILED
+        self.last_error = f"HTTP {status}"
+        return RETRYABLE if status in _RETRYABLE_HTTP else FAILED
+
+    def _post(self, body: bytes, timeout: float) -> tuple[int, bytes]:
+        """One request; the batch exporter retries (with backoff and a
+        deadline), so there are no retries or redirects here.  The timeout
+        bounds each socket operation."""
+        connection = self._open(timeout)
+        connection.request("POST", self._path, body=body, headers=self._headers)
+        response = connection.getresponse()
+        data = response.read()
+        if response.will_close:
+            self._close()
+        return response.status, data
+
+    def _open(self, timeout: float) -> http.client.HTTPConnection:
+        connection = self._connection
+        if connection is not None and connection.sock is not None:
+            # A collector that closed the idle connection (a restart, its
+            # idle timeout) left it readable at EOF: reconnect rather than
+            # fail a request on it.
+            if select.select([connection.sock], [], [], 0)[0]:
+                self._close()
+                connection = None
+            else:
+                connection.sock.settimeout(timeout)
+        if connection is None:
+            connection = http.client.HTTPSConnection(self._host, self._port, timeout=timeout,
+                                                     context=self._tls) if self._https \
+                else http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+            self._connection = connection
+        return connection
+
+    def _close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
 
     def shutdown(self) -> None:
-        self._pool.clear()
+        self._close()
 
 
 def _retryable_grpc_codes():

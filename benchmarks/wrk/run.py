@@ -86,15 +86,20 @@ def run_seconds(pid: int) -> float:
     return total / 1e9 if total else cpu_seconds(pid)
 
 
-def vm_hwm_bytes(pid: int) -> int:
+def _proc_kb_field(path: str, key: str) -> int:
+    """A `Key:   123 kB` line of a /proc file, in bytes (0 when gone)."""
     try:
-        with open(f"/proc/{pid}/status") as f:
+        with open(path) as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(key):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
     return 0
+
+
+def vm_hwm_bytes(pid: int) -> int:
+    return _proc_kb_field(f"/proc/{pid}/status", "VmHWM:")
 
 
 def pss_bytes(pid: int) -> int:
@@ -102,14 +107,7 @@ def pss_bytes(pid: int) -> int:
     each, so the agent's processes sum to the memory they hold together
     (summed RSS counts the pages a forked worker shares with its parent
     in both)."""
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return _proc_kb_field(f"/proc/{pid}/smaps_rollup", "Pss:")
 
 
 def children(pid: int) -> list[int]:

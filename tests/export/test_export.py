@@ -108,6 +108,23 @@ def test_http_sink_over_tls_trusts_the_configured_certificate(tmp_path):
         r.stop()
 
 
+def test_http_sink_keeps_one_connection_and_replaces_one_the_collector_closed():
+    r = OtlpReceiver().start("http")
+    sink = OtlpHttpSink(environ=dict(r.env, OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf"))
+    try:
+        assert sink.export(make_spans(2)) == SUCCESS
+        assert sink.export(make_spans(2)) == SUCCESS
+        assert r.wait_for(lambda got: len(got) == 4)
+        assert len(r._connections) == 1          # keep-alive: one connection for both
+        r.stop()
+        r.start("http")                          # a restart closed the idle connection
+        assert sink.export(make_spans(2)) == SUCCESS, sink.last_error
+        assert r.wait_for(lambda got: len(got) == 6)
+    finally:
+        sink.shutdown()
+        r.stop()
+
+
 def test_traces_endpoint_used_as_is():
     r = OtlpReceiver().start("http")
     try:

@@ -36,13 +36,15 @@ LINK_WAIT_S = 0.25
 # second that made most of the agent's CPU at light load.  So the loop waits
 # as long as gathers about BATCH_TARGET_RECORDS at the rate records came
 # during the last turn, between the usual poll (POLL_INTERVAL_S) and
-# LONGEST_POLL_S, and the longest once the ring stayed empty.  The kernel
+# LONGEST_POLL_S, and the longest while the ring is empty.  The target is
+# half of SPILL_EXCHANGES, so that what a slow poll gathers is still built in
+# this process rather than pickled for the span workers.  The kernel
 # wakes the loop at once for what cannot wait (a ring past its fill mark,
 # an exec, a new process); a due TLS scan shortens the wait.  Held server
 # exchanges (the link wait) leave at most LONGEST_POLL_S after their
 # deadline; at the rates that poll this slowly that is a few thousand
 # exchanges at most, within the held table's bound.
-BATCH_TARGET_RECORDS = 512
+BATCH_TARGET_RECORDS = SPILL_EXCHANGES // 2
 LONGEST_POLL_S = 0.2
 
 

@@ -18,9 +18,9 @@ A wake-up per record cost the traced processes a context switch each, tens
 of thousands a second under load; a 50 ms poll is 20 a second, and a 16 MiB
 ring holds far more than 50 ms of any load this agent can keep up with
 (about 4 MiB at 300k records/s).  Longer polls make bigger batches, and so
-less CPU per span (docs/performance.md, "Ring buffer drain").  The records that need an answer at once wake the reader,
-and so does the record that takes the unread bytes past WAKE_AT_FILL of the
-ring.
+less CPU per span (docs/performance.md, "Ring buffer drain").  The records
+that need an answer at once wake the reader, and so does the record that
+takes the unread bytes past WAKE_AT_FILL of the ring.
 """
 from __future__ import annotations
 

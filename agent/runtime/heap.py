@@ -15,10 +15,15 @@ import gc
 YOUNG_COLLECTION_THRESHOLD = 50_000
 
 
+def freeze_heap() -> None:
+    """What exists now, collected first, is never scanned again."""
+    gc.collect()
+    gc.freeze()
+
+
 def settle_heap() -> None:
     """Call once start-up is done: what exists now (modules, loaded
     programs, caches) is never scanned again, and young collections run
     less often."""
-    gc.collect()
-    gc.freeze()
+    freeze_heap()
     gc.set_threshold(YOUNG_COLLECTION_THRESHOLD, 20, 100)

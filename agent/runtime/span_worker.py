@@ -23,7 +23,6 @@ batches it still cannot hand over are dropped and counted.
 from __future__ import annotations
 
 import bisect
-import gc
 import logging
 import os
 import pickle
@@ -34,7 +33,7 @@ import time
 
 from agent.export.batch import BatchExporter
 from agent.metrics.red import DEFAULT_SERIES_LIMIT, RedAggregator, merge_red
-from agent.runtime.heap import settle_heap
+from agent.runtime.heap import freeze_heap, settle_heap
 from agent.spans.redact import Redactor
 from agent.spans.resources import ResourceCache
 from agent.spans.routes import RouteNamer
@@ -305,8 +304,7 @@ class SpanWorkerPool:
         # reach before the forks: a worker's own collections would otherwise
         # write to every object's header, and so copy every page the worker
         # shares with this process.
-        gc.collect()
-        gc.freeze()
+        freeze_heap()
         self.workers = [_Worker(make_stage) for _ in range(count)]
         # After the forks: its exporter's thread belongs to this process only.
         self.local = make_stage()

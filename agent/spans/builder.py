@@ -207,7 +207,7 @@ class ExchangeLinker:
             self.counts["linked_same_node"] += 1
             ctx.trace_id, ctx.parent_span_id, ctx.flags = link.trace_id, link.span_id, link.flags
         elif wait and self.client_wait is not None and self.client_wait.may_come(mirror_key):
-            self._hold = (ctx, mirror_key)
+            self.hold_for_client(ctx, mirror_key)
 
     def hold_for_client(self, ctx: RequestContext, mirror_key: tuple) -> None:
         """Hold the exchange being built until its client's record comes

@@ -12,7 +12,8 @@ Look-ups are netlink conntrack GET requests (IPCTNL_MSG_CT_GET with
 CTA_TUPLE_ORIG) on a NETLINK_NETFILTER socket, in the agent's own network
 namespace: the DaemonSet runs it in the host's (hostNetwork), where
 kube-proxy's entries live, with CAP_NET_ADMIN (nfnetlink refuses every
-request without it).  The messages are agent/capture/ctnetlink.py's.
+request without it).  The messages are agent/capture/ctnetlink.py's, whose
+numbers are read from pyroute2 when the resolver opens.
 
 A batch of look-ups goes out in one send and its answers are read back in
 order; each answer is cached by connection id (bounded, oldest out,
@@ -29,7 +30,7 @@ import os
 import socket
 import time
 
-from agent.capture.ctnetlink import NETLINK_NETFILTER, get_request, read_answers
+from agent.capture.ctnetlink import NETLINK_NETFILTER, CodecUnavailable, load_codec
 from agent.counters import Counter, Metric
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,9 @@ class ConntrackResolver:
     4-tuple can come back with a new connection (and another pod).
     """
 
-    def __init__(self, max_entries: int = 65536):
+    def __init__(self, max_entries: int = 65536, codec=None):
         self.max_entries = max_entries
+        self._codec = codec
         self.counts = {c.key: 0 for c in COUNTERS}
         # connection id -> (answer, monotonic time it was cached)
         self._cache: dict = {}
@@ -95,6 +97,12 @@ class ConntrackResolver:
         """Open the netlink socket and ask for an entry that cannot exist:
         "not found" proves the tracker answers; anything else says why it
         cannot be used.  Returns whether it can."""
+        if self._codec is None:
+            try:
+                self._codec = load_codec()
+            except CodecUnavailable as exc:
+                self.unavailable_reason = str(exc)
+                return False
         try:
             sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
         except OSError as exc:
@@ -195,10 +203,10 @@ class ConntrackResolver:
     def _exchange(self, keys: list[tuple]) -> list:
         """Send one GET per key, read one answer per GET: the reply tuple
         (or None when the entry has none), or a negative errno."""
-        sock = self._sock
+        sock, codec = self._sock, self._codec
         first = self._seq + 1
         self._seq += len(keys)
-        sock.send(b"".join(get_request(first + n, *key) for n, key in enumerate(keys)))
+        sock.send(b"".join(codec.get_request(first + n, *key) for n, key in enumerate(keys)))
         results: list = [-errno.ETIMEDOUT] * len(keys)
         pending = len(keys)
         while pending > 0:
@@ -206,7 +214,7 @@ class ConntrackResolver:
                 data = sock.recv(RECEIVE_BUFFER_BYTES)
             except socket.timeout:
                 break
-            pending -= read_answers(data, first, results)
+            pending -= codec.read_answers(data, first, results)
         return results
 
 

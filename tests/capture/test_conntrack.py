@@ -4,13 +4,18 @@ real connection tracker are in tests/kernel/test_nat.py."""
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 
 import pytest
 from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple, nfct_msg
 
 from agent.capture.conntrack import ConntrackResolver
-from agent.capture.ctnetlink import get_request, read_answers, reply_tuple
+from agent.capture.ctnetlink import Codec, load_codec, numbers_from_pyroute2
 from agent.runtime.metrics import declared_families
+
+CODEC = Codec(numbers_from_pyroute2())
+get_request, read_answers, reply_tuple = CODEC.get_request, CODEC.read_answers, CODEC.reply_tuple
 
 
 def _decoded(data: bytes):
@@ -103,3 +108,22 @@ def test_lookups_are_exported_as_one_labelled_counter():
     assert family.name == "otel_ebpf_conntrack_lookups"
     assert {s.labels["result"]: s.value for s in family.samples} == \
         {"translated": 3, "untranslated": 5, "error": 1}
+
+
+def test_the_child_interpreter_reads_the_numbers_pyroute2_defines():
+    assert load_codec().numbers == numbers_from_pyroute2()
+
+
+def test_the_running_agent_never_imports_pyroute2():
+    """Its package import would stay resident: the agent's modules, its
+    resolver opened and asked, leave pyroute2 out of the process."""
+    probe = ("import sys\n"
+             "import agent.runtime.cli, agent.runtime.agent, agent.runtime.pipeline\n"
+             "from agent.capture.conntrack import ConntrackResolver\n"
+             "resolver = ConntrackResolver()\n"
+             "resolver.open()\n"
+             "resolver.lookup([(1, '10.0.1.2', 50123, '10.96.0.10', 80)])\n"
+             "print(resolver._codec is not None, sorted(m for m in sys.modules if 'pyroute2' in m))\n")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.split() == ["True", "[]"]

@@ -37,7 +37,7 @@ _U64 = struct.Struct("<Q")
 POLL_INTERVAL_S = 0.05
 # The kernel wakes the readers when a record takes the unread bytes past this
 # share of the ring (capture_config.ring_wake_bytes): the drain starts early,
-# and the CPU guard (agent/runtime/scheduling.py) learns the agent is falling behind.
+# and the CPU guard (agent/runtime/cpu_guard.py) learns the agent is falling behind.
 WAKE_AT_FILL = 1 / 8
 
 

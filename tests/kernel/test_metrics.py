@@ -94,7 +94,7 @@ def test_promtool_and_health_endpoints(receiver, start_agent, backend):
 def guards_of(agent) -> list:
     import psutil
     return [p for p in psutil.Process(agent.proc.pid).children()
-            if "agent.runtime.scheduling" in p.cmdline()]
+            if "agent.runtime.cpu_guard" in p.cmdline()]
 
 
 def the_guard_of(agent, timeout: float = 10.0):

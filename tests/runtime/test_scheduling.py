@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.runtime.scheduling import (CAUGHT_UP_HOLD_S, LOOP_LATE_S, RING_FILL_BEHIND, YieldPolicy,
-                              set_policy)
+from agent.runtime.cpu_guard import (CAUGHT_UP_HOLD_S, LOOP_LATE_S, RING_FILL_BEHIND, YieldPolicy,
+                                     set_policy)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -104,8 +104,8 @@ def test_without_cap_sys_nice_the_agent_does_not_yield():
 
 
 def test_the_guard_looks_when_the_loop_would_be_late_and_no_sooner():
-    from agent.runtime.scheduling import (GUARD_INTERVAL_S, GUARD_MAX_WAIT_S, LOOP_LATE_S,
-                                          RING_FILL_BEHIND, next_look_s)
+    from agent.runtime.cpu_guard import (GUARD_INTERVAL_S, GUARD_MAX_WAIT_S, LOOP_LATE_S,
+                                         RING_FILL_BEHIND, next_look_s)
     # The loop just turned: the next look is when it would be late.
     assert LOOP_LATE_S < next_look_s(10.0, 10.0) < LOOP_LATE_S + 0.02
     # A turn marked ahead (the loop's longer idle poll) moves the look with it.

@@ -245,6 +245,8 @@ class OtlpReceiver:
 
             def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                if receiver.fail_with is not None:
+                    return self._reply(receiver.fail_with, b"")
                 if self.path == "/v1/metrics":
                     if self.headers.get("Content-Encoding") == "gzip":
                         body = gzip.decompress(body)
@@ -254,8 +256,6 @@ class OtlpReceiver:
                         200, metrics_service_pb2.ExportMetricsServiceResponse().SerializeToString())
                 if self.path != "/v1/traces":
                     return self._reply(404, b"")
-                if receiver.fail_with is not None:
-                    return self._reply(receiver.fail_with, b"")
                 if receiver.hold_s:
                     time.sleep(receiver.hold_s)
                 if receiver.stored_bodies is not None:

@@ -25,14 +25,13 @@ PROTOCOLS = ("http/protobuf", "grpc")
 _RETRYABLE_HTTP = frozenset((429, 502, 503, 504))
 _DEFAULT_HTTP_ENDPOINT = "http://localhost:4318"
 _DEFAULT_GRPC_ENDPOINT = "http://localhost:4317"
-_TRACES_PATH = "/v1/traces"
 _GRPC_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
 
 
-def _setting(environ, name: str) -> tuple[str, str | None]:
-    """(variable actually used, its value): the traces-specific variable
-    first, then the generic one."""
-    specific = "OTEL_EXPORTER_OTLP_TRACES_" + name
+def _setting(environ, name: str, signal: str = "traces") -> tuple[str, str | None]:
+    """(variable actually used, its value): the signal-specific variable
+    (OTEL_EXPORTER_OTLP_TRACES_*, _METRICS_*) first, then the generic one."""
+    specific = f"OTEL_EXPORTER_OTLP_{signal.upper()}_{name}"
     value = environ.get(specific)
     if value is not None and value.strip():
         return specific, value.strip()
@@ -88,9 +87,10 @@ def endpoint_address(endpoint: str, default_port: int) -> tuple[str, int]:
     return parsed.hostname or "localhost", port
 
 
-def resolve_config(environ=os.environ) -> OtlpConfig:
-    """Read and validate the exporter variables; ValueError names the bad one."""
-    variable, protocol = _setting(environ, "PROTOCOL")
+def resolve_config(environ=os.environ, signal: str = "traces") -> OtlpConfig:
+    """Read and validate the exporter variables of a signal ("traces" or
+    "metrics"); ValueError names the bad one."""
+    variable, protocol = _setting(environ, "PROTOCOL", signal)
     protocol = (protocol or "http/protobuf").lower()
     if protocol == "http/json":
         raise ValueError(f"{variable}=http/json is not supported by otel-ebpf; "
@@ -99,32 +99,33 @@ def resolve_config(environ=os.environ) -> OtlpConfig:
         raise ValueError(f"{variable}={protocol!r} is invalid; allowed: {', '.join(PROTOCOLS)}")
     grpc = protocol == "grpc"
 
-    specific = environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip()
+    specific_name = f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT"
+    specific = environ.get(specific_name, "").strip()
     generic = environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip()
     if specific:
         endpoint, url = specific, specific
     else:
         endpoint = generic or (_DEFAULT_GRPC_ENDPOINT if grpc else _DEFAULT_HTTP_ENDPOINT)
-        url = endpoint if grpc else endpoint.rstrip("/") + _TRACES_PATH
+        url = endpoint if grpc else f"{endpoint.rstrip('/')}/v1/{signal}"
     if not grpc and not url.startswith(("http://", "https://")):
-        name = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT" if specific
-                else "OTEL_EXPORTER_OTLP_ENDPOINT")
+        name = specific_name if specific else "OTEL_EXPORTER_OTLP_ENDPOINT"
         raise ValueError(f"{name}={endpoint!r}: an http/protobuf endpoint must be an "
                          f"http:// or https:// URL")
     try:
         endpoint_address(endpoint, 0)
     except ValueError as exc:
-        raise ValueError(f"OTEL_EXPORTER_OTLP(_TRACES)_ENDPOINT={endpoint!r}: {exc}") from None
+        raise ValueError(f"OTEL_EXPORTER_OTLP(_{signal.upper()})_ENDPOINT={endpoint!r}: "
+                         f"{exc}") from None
 
-    variable, text = _setting(environ, "HEADERS")
+    variable, text = _setting(environ, "HEADERS", signal)
     headers = parse_headers(variable, text) if text else []
 
-    variable, compression = _setting(environ, "COMPRESSION")
+    variable, compression = _setting(environ, "COMPRESSION", signal)
     compression = (compression or "none").lower()
     if compression not in ("gzip", "none"):
         raise ValueError(f"{variable}={compression!r} is invalid; allowed: gzip, none")
 
-    variable, timeout = _setting(environ, "TIMEOUT")
+    variable, timeout = _setting(environ, "TIMEOUT", signal)
     try:
         timeout_s = float(timeout) / 1000.0 if timeout else 10.0
     except ValueError:
@@ -133,8 +134,8 @@ def resolve_config(environ=os.environ) -> OtlpConfig:
         raise ValueError(f"{variable}={timeout!r} is invalid; expected a positive "
                          f"number of milliseconds")
 
-    _, certificate = _setting(environ, "CERTIFICATE")
-    variable, insecure_text = _setting(environ, "INSECURE")
+    _, certificate = _setting(environ, "CERTIFICATE", signal)
+    variable, insecure_text = _setting(environ, "INSECURE", signal)
     scheme = endpoint.split("://", 1)[0].lower() if "://" in endpoint else ""
     if scheme in ("http", "https"):
         insecure = scheme == "http"
@@ -172,60 +173,59 @@ class _SinkCounters:
         self.last_error = ""
 
 
-class OtlpHttpSink(_SinkCounters):
-    """OTLP/HTTP protobuf over one keep-alive connection, with the standard
-    library's http.client: urllib3's pool, URL, timeout and response
-    handling cost twice the encoding of a 512-span batch per request
-    (docs/performance.md, OTLP encoder), and requests.Session several
-    times that."""
+class OtlpHttpClient:
+    """POSTs OTLP protobuf bodies over one keep-alive connection, with the
+    standard library's http.client: urllib3's pool, URL, timeout and
+    response handling cost twice the encoding of a 512-span batch per
+    request (docs/performance.md, OTLP encoder), and requests.Session
+    several times that."""
 
-    def __init__(self, environ=os.environ, config: OtlpConfig | None = None):
-        super().__init__()
-        self.config = config or resolve_config(environ)
-        url = urllib.parse.urlsplit(self.config.url)
+    def __init__(self, config: OtlpConfig):
+        self.config = config
+        url = urllib.parse.urlsplit(config.url)
         self._https = url.scheme == "https"
         self._host = url.hostname or "localhost"
         self._port = url.port or (443 if self._https else 80)
         self._path = (url.path or "/") + (f"?{url.query}" if url.query else "")
-        self._headers = dict(self.config.headers)
+        self._headers = dict(config.headers)
         self._headers["Content-Type"] = "application/x-protobuf"
-        if self.config.gzip:
+        if config.gzip:
             self._headers["Content-Encoding"] = "gzip"
         # The system's CAs, or only the configured bundle's.
-        self._tls = ssl.create_default_context(cafile=self.config.certificate or None) \
+        self._tls = ssl.create_default_context(cafile=config.certificate or None) \
             if self._https else None
         self._connection: http.client.HTTPConnection | None = None
+        self.bytes_sent = 0
+        self.last_error = ""
 
-    def export(self, spans, timeout_s: float | None = None) -> str:
-        body = encode_export_request(spans)
+    def send(self, body: bytes, timeout_s: float | None = None) -> tuple[str, bytes]:
+        """(SUCCESS, RETRYABLE or FAILED, the response body)."""
         if self.config.gzip:
             # Level 6 costs ~3x level 1 for a few % smaller protobuf.
             body = gzip.compress(body, compresslevel=1)
         timeout = self.config.timeout_s if timeout_s is None else min(timeout_s, self.config.timeout_s)
-        self.requests_sent += 1
         try:
             status, data = self._post(body, timeout)
         except (http.client.HTTPException, OSError) as exc:
-            self._close()
+            self.close()
             self.last_error = f"{type(exc).__name__}: {exc}"
-            return RETRYABLE
+            return RETRYABLE, b""
         self.bytes_sent += len(body)
         if 200 <= status < 300:
-            self.rejected_spans += _rejected_spans(data)
-            return SUCCESS
+            return SUCCESS, data
         self.last_error = f"HTTP {status}"
-        return RETRYABLE if status in _RETRYABLE_HTTP else FAILED
+        return (RETRYABLE if status in _RETRYABLE_HTTP else FAILED), data
 
     def _post(self, body: bytes, timeout: float) -> tuple[int, bytes]:
-        """One request; the batch exporter retries (with backoff and a
-        deadline), so there are no retries or redirects here.  The timeout
-        bounds each socket operation."""
+        """One request; the caller retries (the batch exporter with backoff
+        and a deadline), so there are no retries or redirects here.  The
+        timeout bounds each socket operation."""
         connection = self._open(timeout)
         connection.request("POST", self._path, body=body, headers=self._headers)
         response = connection.getresponse()
         data = response.read()
         if response.will_close:
-            self._close()
+            self.close()
         return response.status, data
 
     def _open(self, timeout: float) -> http.client.HTTPConnection:
@@ -235,7 +235,7 @@ class OtlpHttpSink(_SinkCounters):
             # idle timeout) left it readable at EOF: reconnect rather than
             # fail a request on it.
             if select.select([connection.sock], [], [], 0)[0]:
-                self._close()
+                self.close()
                 connection = None
             else:
                 connection.sock.settimeout(timeout)
@@ -246,13 +246,33 @@ class OtlpHttpSink(_SinkCounters):
             self._connection = connection
         return connection
 
-    def _close(self) -> None:
+    def close(self) -> None:
         if self._connection is not None:
             self._connection.close()
             self._connection = None
 
+
+class OtlpHttpSink(_SinkCounters):
+    """Spans over OTLP/HTTP protobuf (OtlpHttpClient)."""
+
+    def __init__(self, environ=os.environ, config: OtlpConfig | None = None):
+        super().__init__()
+        self.config = config or resolve_config(environ)
+        self.client = OtlpHttpClient(self.config)
+
+    def export(self, spans, timeout_s: float | None = None) -> str:
+        client = self.client
+        self.requests_sent += 1
+        outcome, data = client.send(encode_export_request(spans), timeout_s)
+        self.bytes_sent = client.bytes_sent
+        if outcome == SUCCESS:
+            self.rejected_spans += _rejected_spans(data)
+        else:
+            self.last_error = client.last_error
+        return outcome
+
     def shutdown(self) -> None:
-        self._close()
+        self.client.close()
 
 
 def _retryable_grpc_codes():

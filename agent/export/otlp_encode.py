@@ -17,66 +17,11 @@ from __future__ import annotations
 import struct
 
 from agent import DISTRO_NAME, __version__
+from agent.export.protobuf_wire import (ANY_STRING as _ANY_STRING, KV_KEY as _KV_KEY,
+                                       KV_VALUE as _KV_VALUE, VARINT_TABLE_SIZE as _VTABLE_SIZE,
+                                       VARINTS as _V, any_value as _any_value, encode_key_value,
+                                       ld as _ld, varint as _varint)
 from agent.spans.model import TemplatedSpan
-
-
-def _varint(n: int) -> bytes:
-    if n < 0:
-        n &= 0xFFFFFFFFFFFFFFFF  # int64 two's complement: always 10 bytes
-    out = bytearray()
-    while n > 0x7F:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-# Every length inside a span is far below this; a table index is cheaper than
-# a call, and the rare larger value goes through _varint.
-_VTABLE_SIZE = 4096
-_V = [_varint(i) for i in range(_VTABLE_SIZE)]
-
-
-def _ld(tag: bytes, payload: bytes) -> bytes:
-    """A length-delimited field (tag byte(s) already encoded)."""
-    n = len(payload)
-    return tag + (_V[n] if n < _VTABLE_SIZE else _varint(n)) + payload
-
-
-_INT64_MIN = -(1 << 63)
-_INT64_MAX = (1 << 63) - 1
-_DOUBLE = struct.Struct("<d")
-
-# AnyValue fields.
-_ANY_STRING = b"\x0a"
-_ANY_BOOL = b"\x10"
-_ANY_INT = b"\x18"
-_ANY_DOUBLE = b"\x21"
-# KeyValue fields.
-_KV_KEY = b"\x0a"
-_KV_VALUE = b"\x12"
-
-
-def _any_value(value) -> bytes:
-    # bool before int: bool is an int subclass.
-    if isinstance(value, bool):
-        return _ANY_BOOL + (b"\x01" if value else b"\x00")
-    if isinstance(value, int):
-        if _INT64_MIN <= value <= _INT64_MAX:
-            return _ANY_INT + _varint(value)
-        # Does not fit int64: keep the digits rather than lose the attribute.
-        return _ld(_ANY_STRING, str(value).encode())
-    if isinstance(value, float):
-        return _ANY_DOUBLE + _DOUBLE.pack(value)
-    # Lone surrogates (bytes decoded with surrogateescape) would make the
-    # string invalid UTF-8 and the collector reject the whole request.
-    return _ld(_ANY_STRING, str(value).encode("utf-8", "replace"))
-
-
-def encode_key_value(tag: bytes, key: str, value) -> bytes:
-    """One KeyValue as a `tag` field (Span.attributes is field 9,
-    Resource.attributes field 1)."""
-    return _ld(tag, _ld(_KV_KEY, key.encode("utf-8", "replace")) + _ld(_KV_VALUE, _any_value(value)))
 
 
 _SPAN_ATTR = b"\x4a"

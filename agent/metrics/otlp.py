@@ -1,12 +1,15 @@
 """Request metrics to an OTLP collector at OTEL_METRIC_EXPORT_INTERVAL.
 
-The span stage aggregates (agent/metrics/red.py); this thread turns the
-cumulative snapshot into the SDK's MetricsData and hands it to the
-opentelemetry-exporter-otlp metric exporter of the configured protocol
+The span stage aggregates (agent/metrics/red.py); this thread sends the
+cumulative snapshot over the configured protocol
 (OTEL_EXPORTER_OTLP_METRICS_PROTOCOL, else OTEL_EXPORTER_OTLP_PROTOCOL,
-default http/protobuf).  The exporters read the endpoint, headers,
-compression, timeout and certificate variables themselves
-(OTEL_EXPORTER_OTLP_METRICS_ENDPOINT first, then the generic one).
+default http/protobuf), with the endpoint, headers, compression, timeout
+and certificate variables (OTEL_EXPORTER_OTLP_METRICS_* first, then the
+generic ones).  Over HTTP the request is agent/metrics/otlp_encode.py's,
+sent by the agent's own OTLP/HTTP client; over gRPC (or with `--otlp-impl
+sdk`) the snapshot becomes the SDK's MetricsData for
+opentelemetry-exporter-otlp's exporter.  Histograms are cumulative, so an
+export that fails loses nothing: the next one carries the same totals.
 """
 from __future__ import annotations
 
@@ -15,19 +18,14 @@ import os
 import threading
 import time
 
-from opentelemetry.sdk.metrics.export import (AggregationTemporality, Histogram,
-                                              HistogramDataPoint, Metric, MetricExportResult,
-                                              MetricsData, ResourceMetrics, ScopeMetrics)
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-
 from agent import __version__
+from agent.export.otlp import SUCCESS, OtlpHttpClient, resolve_config
+from agent.metrics.otlp_encode import encode_metrics_request
 from agent.metrics.red import METRICS, OVERFLOW_ATTRIBUTE
 
 log = logging.getLogger("otel_ebpf")
 
 DEFAULT_INTERVAL_MS = 60000
-SCOPE = InstrumentationScope("otel-ebpf", __version__)
 
 
 def export_interval_s(environ=os.environ) -> float:
@@ -74,22 +72,64 @@ def metrics_endpoint_url(environ=os.environ) -> str | None:
     return generic if metrics_protocol(environ) == "grpc" else generic.rstrip("/") + "/v1/metrics"
 
 
-def create_metric_exporter(environ=os.environ):
-    """The SDK's OTLP metric exporter; headers, compression, timeout and
-    certificate come from the OTEL_EXPORTER_OTLP_(METRICS_) variables of the
-    process environment, which the exporters read themselves."""
-    url = metrics_endpoint_url(environ)
-    if metrics_protocol(environ) == "grpc":
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-        if url is None:
-            return OTLPMetricExporter()
-        return OTLPMetricExporter(endpoint=url, insecure=url.startswith("http://") or None)
-    from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
-    return OTLPMetricExporter(endpoint=url) if url is not None else OTLPMetricExporter()
+class HttpMetricExporter:
+    """OTLP/HTTP: agent/metrics/otlp_encode.py's request, one attempt."""
+
+    def __init__(self, environ=os.environ):
+        self.client = OtlpHttpClient(resolve_config(environ, "metrics"))
+
+    def export(self, red: dict, start_ns: int, now_ns: int) -> bool:
+        outcome, _ = self.client.send(encode_metrics_request(red, start_ns, now_ns))
+        if outcome != SUCCESS:
+            log.warning("OTLP metrics export failed: %s", self.client.last_error)
+        return outcome == SUCCESS
+
+    def shutdown(self) -> None:
+        self.client.close()
 
 
-def metrics_data(red: dict, start_ns: int, now_ns: int) -> MetricsData:
-    """Cumulative histograms, one ResourceMetrics per service."""
+class SdkMetricExporter:
+    """opentelemetry-exporter-otlp's metric exporter of the protocol, given
+    the snapshot as the SDK's MetricsData: for gRPC, and for HTTP with
+    `--otlp-impl sdk`."""
+
+    def __init__(self, environ=os.environ):
+        url = metrics_endpoint_url(environ)
+        if metrics_protocol(environ) == "grpc":
+            from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+            self.exporter = OTLPMetricExporter() if url is None else \
+                OTLPMetricExporter(endpoint=url, insecure=url.startswith("http://") or None)
+        else:
+            from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+            self.exporter = OTLPMetricExporter(endpoint=url) if url is not None \
+                else OTLPMetricExporter()
+
+    def export(self, red: dict, start_ns: int, now_ns: int) -> bool:
+        from opentelemetry.sdk.metrics.export import MetricExportResult
+        return self.exporter.export(metrics_data(red, start_ns, now_ns)) == \
+            MetricExportResult.SUCCESS
+
+    def shutdown(self) -> None:
+        self.exporter.shutdown()
+
+
+def create_metric_exporter(environ=os.environ, otlp_impl: str = "fast"):
+    """The agent's own OTLP/HTTP exporter, or the SDK's (gRPC, or asked for)."""
+    if otlp_impl == "sdk" or metrics_protocol(environ) == "grpc":
+        return SdkMetricExporter(environ)
+    return HttpMetricExporter(environ)
+
+
+def metrics_data(red: dict, start_ns: int, now_ns: int):
+    """The SDK's MetricsData of a snapshot: cumulative histograms, one
+    ResourceMetrics per service.  The SDK's metric types are imported here,
+    for gRPC only: loaded at start they would stay resident in every agent."""
+    from opentelemetry.sdk.metrics.export import (AggregationTemporality, Histogram,
+                                                  HistogramDataPoint, Metric, MetricsData,
+                                                  ResourceMetrics, ScopeMetrics)
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+    scope = InstrumentationScope("otel-ebpf", __version__)
     by_service: dict = {}
     series = red["series"]
     for metric in METRICS:
@@ -115,7 +155,7 @@ def metrics_data(red: dict, start_ns: int, now_ns: int) -> MetricsData:
                                 data=Histogram(data_points=points, aggregation_temporality=
                                                AggregationTemporality.CUMULATIVE))
                          for m, points in metrics.items()]
-        resource_metrics.append(ResourceMetrics(resource, [ScopeMetrics(SCOPE, scope_metrics, "")],
+        resource_metrics.append(ResourceMetrics(resource, [ScopeMetrics(scope, scope_metrics, "")],
                                                 ""))
     return MetricsData(resource_metrics)
 
@@ -123,9 +163,10 @@ def metrics_data(red: dict, start_ns: int, now_ns: int) -> MetricsData:
 class OtlpMetricsExport:
     """A thread exporting snapshot() every interval, and once more at stop()."""
 
-    def __init__(self, snapshot, exporter=None, interval_s: float | None = None):
+    def __init__(self, snapshot, exporter=None, interval_s: float | None = None,
+                 otlp_impl: str = "fast"):
         self.snapshot = snapshot
-        self.exporter = exporter or create_metric_exporter()
+        self.exporter = exporter or create_metric_exporter(otlp_impl=otlp_impl)
         self.interval_s = interval_s if interval_s is not None else export_interval_s()
         self.start_ns = time.time_ns()
         self.exports = 0
@@ -141,11 +182,11 @@ class OtlpMetricsExport:
         if not red:
             return
         try:
-            result = self.exporter.export(metrics_data(red, self.start_ns, time.time_ns()))
+            exported = self.exporter.export(red, self.start_ns, time.time_ns())
         except Exception as error:   # the collector's failure must not stop the agent
             log.warning("OTLP metrics export failed: %s", error)
-            result = MetricExportResult.FAILURE
-        if result == MetricExportResult.SUCCESS:
+            exported = False
+        if exported:
             self.exports += 1
         else:
             self.failures += 1

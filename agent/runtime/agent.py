@@ -148,7 +148,8 @@ class Agent:
                                  cpu_yield=CpuYield(agent_pids, self.capture.ring, config.yield_cpu))
         if otlp_metrics:
             stage = self.span_stage
-            self.otlp_metrics = OtlpMetricsExport(lambda: stage.snapshot().get("red"))
+            self.otlp_metrics = OtlpMetricsExport(lambda: stage.snapshot().get("red"),
+                                                  otlp_impl=config.otlp_impl)
             self.otlp_metrics.start()
         if config.metrics_address:
             self.metrics_server = MetricsServer(config.metrics_address, self.metrics, self)

@@ -10,7 +10,11 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+
 from agent.metrics.otlp import OtlpMetricsExport, create_metric_exporter, metrics_data
+from agent.metrics.otlp_encode import encode_metrics_request
 from agent.metrics.prometheus import red_families
 from agent.metrics.red import (HTTP_BUCKETS, HTTP_SERVER, OVERFLOW_ATTRIBUTE, RedAggregator,
                                merge_red, overflow_key)
@@ -184,14 +188,15 @@ def test_exposition_passes_promtool():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-@pytest.mark.parametrize("protocol", ["http", "grpc"])
-def test_otlp_export_carries_exact_cumulative_histograms(protocol):
+@pytest.mark.parametrize("protocol, otlp_impl", [("http", "fast"), ("http", "sdk"),
+                                                 ("grpc", "fast")])
+def test_otlp_export_carries_exact_cumulative_histograms(protocol, otlp_impl):
     receiver = OtlpReceiver().start(protocol)
     try:
         s = stage(0.1)
         s.submit([RESOURCE] + mixed_exchanges())
         export = OtlpMetricsExport(lambda: s.snapshot()["red"],
-                                   create_metric_exporter(receiver.env), interval_s=3600)
+                                   create_metric_exporter(receiver.env, otlp_impl), interval_s=3600)
         export.export_now()
         points = receiver.histogram_points("http.server.request.duration")
     finally:
@@ -206,6 +211,38 @@ def test_otlp_export_carries_exact_cumulative_histograms(protocol):
         assert sum(point.bucket_counts) == point.count
         by_status[attrs["http.response.status_code"]] = point.count
     assert by_status == MIX
+
+
+def test_the_agents_metric_request_is_the_one_the_sdk_encodes():
+    """Byte for byte the SDK's message (parsed: protobuf has one wire form
+    per message here), overflow series and its empty resource included."""
+    s = stage(1.0, routes=(), limit=2)
+    s.submit([RESOURCE] + mixed_exchanges())
+    red = s.snapshot()["red"]
+    assert red["overflowed"]["http.server.request.duration"]
+    ours = ExportMetricsServiceRequest.FromString(encode_metrics_request(red, 123, 456))
+    assert ours == encode_metrics(metrics_data(red, 123, 456))
+    assert len(ours.resource_metrics) == 2
+
+
+def test_a_failed_metrics_export_is_counted_and_the_next_carries_the_totals(caplog):
+    receiver = OtlpReceiver().start("http")
+    try:
+        s = stage(0.1)
+        s.submit([RESOURCE] + mixed_exchanges())
+        export = OtlpMetricsExport(lambda: s.snapshot()["red"],
+                                   create_metric_exporter(receiver.env), interval_s=3600)
+        receiver.fail_with = 503
+        export.export_now()
+        assert (export.exports, export.failures) == (0, 1)
+        assert "OTLP metrics export failed: HTTP 503" in caplog.text
+        receiver.fail_with = None
+        export.export_now()
+        points = receiver.histogram_points("http.server.request.duration")
+    finally:
+        receiver.stop()
+    assert export.exports == 1
+    assert sum(point.count for _, _, point in points) == sum(MIX.values())
 
 
 def test_overflow_series_exports_with_its_attribute():

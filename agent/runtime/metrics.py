@@ -52,12 +52,13 @@ def bpf_families():
     runs) and the fill of the agent's kernel hash maps."""
     run_time = CounterMetricFamily(f"{PREFIX}_bpf_program_run_time_seconds", "CPU time the kernel spent in the agent's BPF programs while the agent ran (kernel BPF stats).", labels=["program"])
     runs = CounterMetricFamily(f"{PREFIX}_bpf_program_runs", "Runs of the agent's BPF programs while the agent ran (kernel BPF stats).", labels=["program"])
-    for program, (ns, count) in sorted(bpf_stats.program_stats().items()):
+    fds = bpf_stats.bpf_fds()
+    for program, (ns, count) in sorted(bpf_stats.program_stats(fds).items()):
         run_time.add_metric([program], ns / 1e9)
         runs.add_metric([program], count)
     entries = GaugeMetricFamily(f"{PREFIX}_bpf_map_entries", "Entries in each of the agent's kernel hash maps.", labels=["map"])
     capacity = GaugeMetricFamily(f"{PREFIX}_bpf_map_max_entries", "Capacity of each of the agent's kernel hash maps.", labels=["map"])
-    for name, (count, max_entries) in sorted(bpf_stats.map_fill().items()):
+    for name, (count, max_entries) in sorted(bpf_stats.map_fill(fds).items()):
         entries.add_metric([name], count)
         capacity.add_metric([name], max_entries)
     yield from (run_time, runs, entries, capacity)

@@ -185,6 +185,8 @@ class BccObject:
     """The BCC front end's compiled module."""
 
     name = "bcc"
+    # BCC 0.26 cannot query a ring's unread bytes: no wake-up at the fill mark.
+    wakes_reader_at_fill = False
 
     def __init__(self, bpf, headers: kernel_headers.KernelHeaders):
         self.bpf = bpf

@@ -155,6 +155,8 @@ class CoreObject:
     """The CO-RE front end's loaded object (libbpf)."""
 
     name = "core"
+    # The ring's reader is woken when the unread bytes cross the fill mark.
+    wakes_reader_at_fill = True
 
     def __init__(self, obj):
         self._obj = obj

@@ -80,6 +80,7 @@ class BatchExporter:
         self._deadline = float("inf")        # monotonic; set by shutdown()
         self._in_flight = 0
         self._abandoned = False
+        self._asleep = False                 # the thread waits for submit() alone
         self.loss_log = loss_log or LossLog()
         self._thread = threading.Thread(target=self._run, name="otel-ebpf-export", daemon=True)
         self._thread.start()
@@ -102,8 +103,9 @@ class BatchExporter:
                 self.loss_log.lost("queue_full", dropped)
                 spans = spans[:max(room, 0)]
             self._queue.extend(spans)
-            full = len(self._queue) >= self.max_batch
-        if full and not self._wake.is_set():
+            wake = len(self._queue) >= self.max_batch or self._asleep
+            self._asleep = False
+        if wake and not self._wake.is_set():
             self._wake.set()
 
     def is_alive(self) -> bool:
@@ -129,10 +131,20 @@ class BatchExporter:
 
     def _run(self) -> None:
         next_flush = time.monotonic() + self.schedule_delay_s
+        quiet = False       # the last scheduled flush found nothing queued
         while True:
             stopping = self._stopping.is_set()
             if not stopping:
-                self._wake.wait(max(0.0, next_flush - time.monotonic()))
+                # Quiet since the last scheduled flush: sleep until submit()
+                # brings spans (an idle agent's exporter does not wake on
+                # the schedule); they leave at most schedule_delay_s later.
+                with self._lock:
+                    self._asleep = quiet and not self._queue and not self.loss_log.losing
+                if self._asleep:
+                    self._wake.wait()
+                    next_flush = time.monotonic() + self.schedule_delay_s
+                else:
+                    self._wake.wait(max(0.0, next_flush - time.monotonic()))
                 self._wake.clear()
                 stopping = self._stopping.is_set()
             now = time.monotonic()
@@ -142,6 +154,7 @@ class BatchExporter:
             due = now >= next_flush
             if due:
                 next_flush = now + self.schedule_delay_s
+                quiet = not self._queue
             # Drain full batches; a partial one only when the timer fired or
             # on shutdown.
             while self._queue and (due or stopping or len(self._queue) >= self.max_batch):

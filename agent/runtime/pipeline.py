@@ -43,9 +43,20 @@ LINK_WAIT_S = 0.25
 # an exec, a new process); a due TLS scan shortens the wait.  Held server
 # exchanges (the link wait) leave at most LONGEST_POLL_S after their
 # deadline; at the rates that poll this slowly that is a few thousand
-# exchanges at most, within the held table's bound.
+# exchanges at most, within the held table's bound.  A turn that drained
+# nothing, with nothing held, waits IDLE_POLL_S: an idle node's agent wakes
+# once a second, and a first record waits at most that long.  A burst
+# after the quiet wakes the loop at the ring's fill mark; where nothing
+# does (BCC), the idle wait stays LONGEST_POLL_S.
 BATCH_TARGET_RECORDS = SPILL_EXCHANGES // 2
 LONGEST_POLL_S = 0.2
+IDLE_POLL_S = 1.0
+
+
+def idle_poll_s(front_end) -> float:
+    """The wait after a turn with nothing to do, for this front end (None:
+    no capture, in tests)."""
+    return IDLE_POLL_S if front_end is None or front_end.wakes_reader_at_fill else LONGEST_POLL_S
 
 
 class Pipeline:
@@ -89,6 +100,7 @@ class Pipeline:
         self.conn_sweep = ExitedConnSweep(capture.front_end.map_fd("conns")) \
             if capture is not None else None
         self._housekeepings = 0
+        self._idle_poll_s = idle_poll_s(capture.front_end if capture is not None else None)
         self.last_loop_monotonic = time.monotonic()
         self._last_turn = None
 
@@ -227,13 +239,17 @@ class Pipeline:
 
     def _ring_wait_s(self, drained: int, now: float) -> float:
         """How long to wait for the ring: long enough to gather a batch at
-        the rate of the turn that just drained, within the poll's bounds."""
+        the rate of the turn that just drained, within the poll's bounds;
+        IDLE_POLL_S after a turn with nothing to do."""
         since = now - self._last_turn if self._last_turn is not None else POLL_INTERVAL_S
         self._last_turn = now
-        wait_s = BATCH_TARGET_RECORDS * since / drained if drained else LONGEST_POLL_S
+        if drained:
+            wait_s = min(LONGEST_POLL_S, BATCH_TARGET_RECORDS * since / drained)
+        else:
+            wait_s = LONGEST_POLL_S if self.linker.holding() else self._idle_poll_s
         if self.tls is not None:
             wait_s = min(wait_s, self.tls.next_due() - now)
-        return min(LONGEST_POLL_S, max(POLL_INTERVAL_S, wait_s))
+        return max(POLL_INTERVAL_S, wait_s)
 
     def stop(self, flush_timeout_s: float) -> None:
         """Detach the probes, process what the ring still holds, flush."""

@@ -109,6 +109,10 @@ class ExchangeLinker:
             self.paired_links.clear()
         return out
 
+    def holding(self) -> bool:
+        """Whether server exchanges wait for their clients (client_wait)."""
+        return self.client_wait is not None and len(self.client_wait) > 0
+
     def release_held(self, flush: bool = False) -> list[tuple]:
         """The held exchanges whose time is up, or all of them when the
         capture stops (the capture loop asks between batches)."""

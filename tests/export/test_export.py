@@ -355,6 +355,24 @@ def test_schedule_delay_flushes_partial_batch():
     exporter.shutdown(1.0)
 
 
+def _wake_ups(thread: threading.Thread) -> int:
+    with open(f"/proc/self/task/{thread.native_id}/status") as f:
+        return int(f.read().split("voluntary_ctxt_switches:")[1].split()[0])
+
+
+def test_an_idle_exporter_sleeps_until_spans_come():
+    exporter = BatchExporter(NullSink(), max_batch=512, schedule_delay_s=0.02)
+    time.sleep(0.1)
+    before = _wake_ups(exporter._thread)
+    time.sleep(0.5)             # 25 schedule delays with nothing queued
+    assert _wake_ups(exporter._thread) - before <= 2
+    started = time.monotonic()
+    exporter.submit(make_spans(3))
+    assert wait_until(lambda: exporter.spans_exported == 3, timeout=2)
+    assert time.monotonic() - started < 0.5
+    exporter.shutdown(1.0)
+
+
 def test_queue_full_drops_are_counted_and_submit_never_blocks():
     sink = BlockingSink()
     exporter = BatchExporter(sink, max_queue_size=50, max_batch=10, schedule_delay_s=0.01)

@@ -1,10 +1,13 @@
 """The capture loop's poll: as long as gathers a batch at the rate records
-come, between the usual interval and the longest, and the longest while the
-ring is empty (agent/runtime/pipeline.py).  No privileges."""
+come, between the usual interval and the longest, and a second when a turn
+had nothing to do (agent/runtime/pipeline.py).  No privileges."""
 from __future__ import annotations
 
 from agent.capture.ringbuf import POLL_INTERVAL_S
-from agent.runtime.pipeline import BATCH_TARGET_RECORDS, LONGEST_POLL_S, Pipeline
+from agent.capture.bcc_loader import BccObject
+from agent.capture.loader import CoreObject
+from agent.runtime.pipeline import (BATCH_TARGET_RECORDS, IDLE_POLL_S, LONGEST_POLL_S, Pipeline,
+                                    idle_poll_s)
 from agent.runtime.span_worker import LocalSpanStage
 from agent.export import create_sink
 from agent.spans.redact import Redactor
@@ -31,9 +34,12 @@ def waits(pipeline: Pipeline, turns: list[tuple[float, int]]) -> list[float]:
     return [pipeline._ring_wait_s(drained, now) for now, drained in turns]
 
 
-def test_an_empty_ring_is_polled_at_the_longest_interval():
+def test_an_idle_agent_polls_once_a_second():
     pipeline = make_pipeline()
-    assert waits(pipeline, [(100.0, 0), (100.2, 0)]) == [LONGEST_POLL_S, LONGEST_POLL_S]
+    assert IDLE_POLL_S == 1.0
+    assert waits(pipeline, [(100.0, 0), (101.0, 0)]) == [IDLE_POLL_S, IDLE_POLL_S]
+    # Records again: back to the rate rule at once.
+    assert waits(pipeline, [(102.0, 10)]) == [LONGEST_POLL_S]
 
 
 def test_the_wait_gathers_a_batch_at_the_rate_records_come():
@@ -50,8 +56,15 @@ def test_the_wait_gathers_a_batch_at_the_rate_records_come():
     assert waits(pipeline, [(100.4, 2 * heavy)]) == [POLL_INTERVAL_S]
 
 
-def test_held_exchanges_do_not_shorten_the_wait():
-    # They leave at most LONGEST_POLL_S after their deadline.
+def test_without_a_wake_up_at_the_fill_mark_the_idle_wait_stays_short():
+    # BCC's rings wake nobody as they fill: a burst after the quiet must
+    # not wait a second in the ring.
+    assert idle_poll_s(BccObject) == LONGEST_POLL_S
+    assert idle_poll_s(CoreObject) == IDLE_POLL_S
+
+
+def test_held_exchanges_keep_the_wait_at_the_longest_poll():
+    # They leave at most LONGEST_POLL_S after their deadline, not a second.
     pipeline = make_pipeline()
     assert pipeline.linker.client_wait.hold((), None, ("127.0.0.1", 40000), now=100.0)
     assert waits(pipeline, [(100.0, 0), (100.2, 0)]) == [LONGEST_POLL_S, LONGEST_POLL_S]

@@ -639,6 +639,9 @@ def run_row(args, workdir: Path, receiver: Receiver, service: str, config: str, 
         tracer.settle(10)
         received_before = receiver.settle(8) if counts_spans else 0
         before = tracer.snapshot()
+        # The tracer's CPU from /proc, between the snapshots: its /metrics
+        # scrapes (several ms each) are the benchmark's, not the tracing's.
+        tracer_before = sum(run_seconds(p) for p in tracer.pids())
         programs_before = program_time_ns(tracer.pids()) if args.program_time else 0
         svc_before = sum(run_seconds(p) for p in server.pids)
         rx_before = receiver.cpu()
@@ -647,9 +650,13 @@ def run_row(args, workdir: Path, receiver: Receiver, service: str, config: str, 
         load = h2load(server.port, rate, args.seconds, args.connections, workdir / "h2load.log")
         svc_after = sum(run_seconds(p) for p in server.pids)
         host_after = host_times()
-        tracer.settle(15)
         if counts_spans:
+            # Settled when the receiver's count has stopped moving, which
+            # needs no scrape of the tracer's /metrics.
             row.spans_received = receiver.settle(15) - received_before
+        else:
+            tracer.settle(15)
+        tracer_after = sum(run_seconds(p) for p in tracer.pids())
         after = tracer.snapshot()
         programs_after = program_time_ns(tracer.pids()) if args.program_time else 0
         row.seconds = time.monotonic() - started
@@ -660,7 +667,8 @@ def run_row(args, workdir: Path, receiver: Receiver, service: str, config: str, 
         busy, steal, total = (end - start for end, start in zip(host_after, host_before))
         row.host_busy, row.host_steal = busy / max(1, total), steal / max(1, total)
         if before:
-            row.tracer_cpu_s = after["cpu"] - before["cpu"]
+            row.tracer_cpu_s = tracer_after - tracer_before if counts_spans \
+                else after["cpu"] - before["cpu"]
             row.rss_peak = after["rss_peak"]
             row.pss_end = after.get("pss", float("nan"))
             if args.program_time:

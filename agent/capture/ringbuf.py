@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import os
 import select
 import struct
 
@@ -90,6 +91,25 @@ class RingBuffer(RingFill):
         # position and drop records as if the ring were full.
         self._consumer = ctypes.c_uint64.from_buffer(self._consumer_position)
         self._page = page
+        # wake() ends a wait at once (a stop must not wait out a long poll).
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._epoll.register(self._wake_fd, select.EPOLLIN)
+
+    def wake(self) -> None:
+        """End the current or next wait() at once; safe in a signal handler,
+        even one that comes as the ring closes."""
+        try:
+            os.eventfd_write(self._wake_fd, 1)
+        except OSError:
+            pass
+
+    def wait(self, timeout_s: float = POLL_INTERVAL_S) -> None:
+        for fd, _ in self._epoll.poll(timeout_s):
+            if fd == self._wake_fd:
+                try:
+                    os.eventfd_read(self._wake_fd)
+                except BlockingIOError:
+                    pass
 
     def read_batch(self, max_records: int) -> list[bytes]:
         """Copy out up to max_records committed records, then release them."""
@@ -103,6 +123,7 @@ class RingBuffer(RingFill):
         del self._consumer      # the mapping under it can close only then
         self._data.close()
         super().close()
+        os.close(self._wake_fd)
 
 
 def read_records(data, base: int, mask: int, consumer: int, producer: int,

@@ -5,11 +5,14 @@ its build relies on the reader's poll)."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import threading
+import time
 
+from agent.capture.libbpf import bpf_syscall, ffi
 from agent.capture.loader import CaptureSettings, load_capture
-from agent.capture.ringbuf import WAKE_AT_FILL
+from agent.capture.ringbuf import WAKE_AT_FILL, RingBuffer
 
 RING_BYTES = 1 << 20
 REQUEST = (b"GET /fill HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: ring-test\r\n"
@@ -51,3 +54,28 @@ def test_the_record_that_crosses_the_fill_mark_wakes_the_reader():
         for sock in (client, peer, server):
             sock.close()
         capture.close()
+
+
+def test_a_stop_signal_ends_the_readers_wait_at_once():
+    """The capture loop waits up to a second when idle; SIGTERM's handler
+    wakes it (agent.runtime.agent.Agent.request_stop), so a stop does not
+    wait the poll out."""
+    attr = ffi.new("uint32_t[30]", [27, 0, 0, RING_BYTES])       # BPF_MAP_TYPE_RINGBUF
+    fd = bpf_syscall(0, attr, ffi.sizeof(attr))                   # BPF_MAP_CREATE
+    assert fd >= 0
+    ring = RingBuffer(fd, RING_BYTES)
+    previous = signal.signal(signal.SIGALRM, lambda *_: ring.wake())
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 0.1)
+        started = time.monotonic()
+        ring.wait(10)
+        assert time.monotonic() - started < 1.0
+        # The wake-up was taken: the next wait lasts its time.
+        started = time.monotonic()
+        ring.wait(0.2)
+        assert time.monotonic() - started >= 0.19
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        ring.close()
+        os.close(fd)

@@ -213,6 +213,8 @@ class Pipeline:
             drained = self.drain_once()
             if drained < self.batch_records:
                 wait_s = self._ring_wait_s(drained, now)
+                if deadline is not None:
+                    wait_s = max(0.0, min(wait_s, deadline - now))
                 if cpu_yield is not None and wait_s > POLL_INTERVAL_S:
                     # The CPU guard judges the loop late from its usual poll.
                     cpu_yield.turn(now + wait_s - POLL_INTERVAL_S)

@@ -4,6 +4,7 @@ endpoint that serves them with /healthz and /readyz."""
 from __future__ import annotations
 
 import os
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -290,11 +291,27 @@ class MetricsServer:
         self.server = ThreadingHTTPServer((host, int(port)), Handler)
         self.server.daemon_threads = True
         self.address = f"{host}:{self.server.server_address[1]}"
-        self._thread = threading.Thread(target=self.server.serve_forever, name="metrics", daemon=True)
+        self._stopping = False
+        self._thread = threading.Thread(target=self._serve, name="metrics", daemon=True)
+
+    def _serve(self) -> None:
+        # One request at a time from a wait with no timeout: serve_forever
+        # would wake twice a second to look for a shutdown, and make a stop
+        # wait up to half a second for it.
+        while not self._stopping:
+            self.server.handle_request()
 
     def start(self) -> None:
         self._thread.start()
 
     def stop(self) -> None:
-        self.server.shutdown()
+        self._stopping = True
+        # A connection ends the wait; the loop then sees the flag.
+        host, port = self.server.server_address[:2]
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+        try:
+            socket.create_connection((host, port), timeout=0.5).close()
+        except OSError:
+            pass
+        self._thread.join(1.0)
         self.server.server_close()

@@ -2,7 +2,7 @@
 under h2load at fixed rates (benchmarks/wrk/run.py's nginx, receiver and
 agent).  CPU comes from /proc/<pid>/task/<tid>/schedstat (nanoseconds, the
 kernel's time included), voluntary context switches are the thread's
-wake-ups.
+wake-ups; each process's peak RSS (VmHWM) at the end.
 
     .venv/bin/python benchmarks/wrk/agent_threads.py --rates 1000,5000
 
@@ -81,6 +81,8 @@ def main() -> int:
             load.join()
         s = agent.snapshot()
         print({k: s[k] for k in ("built", "exported", "kernel_lost", "dropped_queue")})
+        print("peak RSS (VmHWM), MB: " + ", ".join(
+            f"pid {pid} {run.vm_hwm_bytes(pid) / 1e6:.0f}" for pid in agent.pids()))
     finally:
         agent.stop()
         nginx.stop()

@@ -12,10 +12,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "kernel"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from agent.capture import bpf_stats  # noqa: E402
-from test_map_fill import HASH, LRU_HASH, PERCPU_HASH, create_map, insert  # noqa: E402
+from bpf_maps import HASH, LRU_HASH, PERCPU_HASH, create_map, insert  # noqa: E402
 
 # About the size of a connection table's key and value (bpf/capture.bpf.c's
 # conns: a descriptor key, a struct conn_info).

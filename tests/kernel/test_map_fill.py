@@ -9,27 +9,9 @@ import socket
 import pytest
 
 from agent.capture import bpf_stats
-from agent.capture.libbpf import bpf_syscall, ffi
-
-BPF_MAP_CREATE = 0
-BPF_MAP_UPDATE_ELEM = 2
-HASH, PERCPU_HASH, LRU_HASH, SOCKHASH = 1, 5, 9, 18
+from bpf_maps import HASH, LRU_HASH, PERCPU_HASH, SOCKHASH, create_map, insert
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="creating BPF maps needs root")
-
-
-def create_map(map_type: int, key_size: int, value_size: int, max_entries: int) -> int:
-    attr = ffi.new("uint32_t[30]", [map_type, key_size, value_size, max_entries])
-    fd = bpf_syscall(BPF_MAP_CREATE, attr, ffi.sizeof(attr))
-    assert fd >= 0, os.strerror(ffi.errno)
-    return fd
-
-
-def insert(fd: int, key: bytes, value: bytes) -> None:
-    k, v = ffi.new("char[]", key), ffi.new("char[]", value)
-    attr = ffi.new("uint64_t[4]", [fd, int(ffi.cast("uintptr_t", k)),
-                                   int(ffi.cast("uintptr_t", v)), 0])
-    assert bpf_syscall(BPF_MAP_UPDATE_ELEM, attr, ffi.sizeof(attr)) == 0, os.strerror(ffi.errno)
 
 
 @pytest.mark.parametrize("map_type", [HASH, PERCPU_HASH, LRU_HASH])

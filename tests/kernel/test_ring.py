@@ -10,9 +10,9 @@ import socket
 import threading
 import time
 
-from agent.capture.libbpf import bpf_syscall, ffi
 from agent.capture.loader import CaptureSettings, load_capture
 from agent.capture.ringbuf import WAKE_AT_FILL, RingBuffer
+from bpf_maps import RINGBUF, create_map
 
 RING_BYTES = 1 << 20
 REQUEST = (b"GET /fill HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: ring-test\r\n"
@@ -60,9 +60,7 @@ def test_a_stop_signal_ends_the_readers_wait_at_once():
     """The capture loop waits up to a second when idle; SIGTERM's handler
     wakes it (agent.runtime.agent.Agent.request_stop), so a stop does not
     wait the poll out."""
-    attr = ffi.new("uint32_t[30]", [27, 0, 0, RING_BYTES])       # BPF_MAP_TYPE_RINGBUF
-    fd = bpf_syscall(0, attr, ffi.sizeof(attr))                   # BPF_MAP_CREATE
-    assert fd >= 0
+    fd = create_map(RINGBUF, 0, 0, RING_BYTES)
     ring = RingBuffer(fd, RING_BYTES)
     previous = signal.signal(signal.SIGALRM, lambda *_: ring.wake())
     try:

@@ -3,11 +3,11 @@ and a stop is quick and frees the port.  No privileges."""
 from __future__ import annotations
 
 import socket
-import threading
 import time
 import urllib.request
 
 from agent.runtime.metrics import MetricsServer
+from wake_ups import wake_ups
 
 
 class Metrics:
@@ -23,20 +23,15 @@ class Agent:
         return False, "probes not attached"
 
 
-def _wake_ups(thread: threading.Thread) -> int:
-    with open(f"/proc/self/task/{thread.native_id}/status") as f:
-        return int(f.read().split("voluntary_ctxt_switches:")[1].split()[0])
-
-
 def test_it_answers_sleeps_between_requests_and_stops_at_once():
     server = MetricsServer("127.0.0.1:0", Metrics(), Agent())
     server.start()
     base = f"http://{server.address}"
     assert urllib.request.urlopen(f"{base}/metrics", timeout=5).read() == b"otel_ebpf_up 1\n"
     assert urllib.request.urlopen(f"{base}/healthz", timeout=5).read() == b"ok\n"
-    before = _wake_ups(server._thread)
+    before = wake_ups(server._thread)
     time.sleep(1.0)
-    assert _wake_ups(server._thread) - before == 0
+    assert wake_ups(server._thread) - before == 0
     started = time.monotonic()
     server.stop()
     assert time.monotonic() - started < 0.3

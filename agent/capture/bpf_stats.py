@@ -46,9 +46,9 @@ def enable_stats() -> int | None:
 
 
 def bpf_fds() -> dict[str, list[int]]:
-    """This process's BPF objects by kind ("prog", "map", "link"), from one
-    pass over /proc/self/fd."""
-    fds: dict[str, list[int]] = {"prog": [], "map": [], "link": []}
+    """This process's BPF programs and maps ("prog", "map"), from one pass
+    over /proc/self/fd."""
+    fds: dict[str, list[int]] = {"prog": [], "map": []}
     for name in os.listdir("/proc/self/fd"):
         try:
             target = os.readlink(f"/proc/self/fd/{name}")

@@ -100,6 +100,12 @@ class Sampler:
         """The spans to export, in order (the common per-batch call)."""
         if self.samples_everything:
             return spans
+        if self.parent_based and self.bound >= _ID_LIMIT and \
+                all(span.trace_flags & 1 for span in spans):
+            # parentbased_always_on (the default) keeps every span whose
+            # sampled flag is set, with a parent or without: a batch of
+            # them needs no decision per span.
+            return spans
         should = self.should_export
         return [span for span in spans if should(span)]
 

@@ -105,6 +105,25 @@ def test_filter_keeps_order():
     assert sampler.sampled_out == 100 - len(kept)
 
 
+def test_default_sampler_filters_a_batch_as_it_decides_each_span():
+    """parentbased_always_on: a batch whose spans are all sampled goes out
+    whole; one unsampled child among them is dropped, and counted, while
+    roots and error spans stay."""
+    ids = random_ids(6)
+    sampled = [span(ids[0]), span(ids[1], parent=b"\x09" * 8, flags=1)]
+    sampler = Sampler.from_environment({})
+    assert sampler.filter(sampled) == sampled and sampler.sampled_out == 0
+    mixed = sampled + [span(ids[2], parent=b"\x09" * 8, flags=0),
+                       span(ids[3], flags=0),      # a root: decided by its id, kept
+                       span(ids[4], parent=b"\x09" * 8, flags=0, status=STATUS_ERROR),
+                       span(ids[5], parent=b"\x09" * 8, flags=0x02)]
+    decide = Sampler.from_environment({})
+    expected = [s for s in mixed if decide.should_export(s)]
+    assert sampler.filter(mixed) == expected == [mixed[0], mixed[1], mixed[3], mixed[4]]
+    assert sampler.sampled_out == decide.sampled_out == 2
+    assert sampler.kept_errors == decide.kept_errors == 1
+
+
 def test_invalid_ratio():
     for bad in (-0.1, 1.5, float("nan")):
         with pytest.raises(ValueError):

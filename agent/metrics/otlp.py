@@ -19,13 +19,19 @@ import threading
 import time
 
 from agent import __version__
-from agent.export.otlp import SUCCESS, OtlpHttpClient, resolve_config
+from agent.counters import Counter, Metric
+from agent.export.otlp import SUCCESS, OtlpHttpClient, endpoint_address, resolve_config
 from agent.metrics.otlp_encode import encode_metrics_request
 from agent.metrics.red import METRICS, OVERFLOW_ATTRIBUTE
 
 log = logging.getLogger("otel_ebpf")
 
 DEFAULT_INTERVAL_MS = 60000
+
+METRIC_EXPORTS = Metric("otlp_metric_exports", "Request-metric exports to the OTLP collector, "
+                        "by outcome (a failed one loses nothing: the next carries the "
+                        "cumulative totals).", "outcome")
+COUNTERS = (Counter("exports", METRIC_EXPORTS, "ok"), Counter("failures", METRIC_EXPORTS, "failed"))
 
 
 def export_interval_s(environ=os.environ) -> float:
@@ -42,34 +48,23 @@ def export_interval_s(environ=os.environ) -> float:
 
 
 def metrics_protocol(environ=os.environ) -> str:
-    for name in ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"):
-        value = (environ.get(name) or "").strip()
-        if value:
-            if value not in ("grpc", "http/protobuf"):
-                raise ValueError(f"{name}: expected grpc or http/protobuf, got {value!r}")
-            return value
-    return "http/protobuf"
+    return resolve_config(environ, "metrics").protocol
 
 
 def metric_exporter_endpoint(environ=os.environ) -> tuple[str, int]:
     """(host, port) the metric exporter sends to, left untraced by the agent."""
-    from agent.export.otlp import endpoint_address
-    grpc = metrics_protocol(environ) == "grpc"
-    endpoint = metrics_endpoint_url(environ) \
-        or ("http://localhost:4317" if grpc else "http://localhost:4318")
-    return endpoint_address(endpoint, 4317 if grpc else 4318)
+    config = resolve_config(environ, "metrics")
+    return endpoint_address(config.endpoint, 4317 if config.protocol == "grpc" else 4318)
 
 
 def metrics_endpoint_url(environ=os.environ) -> str | None:
-    """The URL to send to: the metrics variable as given; the generic one
-    plus /v1/metrics over HTTP; None for the exporter's default."""
-    specific = (environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") or "").strip()
-    if specific:
-        return specific
-    generic = (environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "").strip()
-    if not generic:
+    """The URL to send to (the metrics variable as given; the generic one,
+    plus /v1/metrics over HTTP), or None when neither is set: the SDK's
+    exporter then reads its own default."""
+    if not ((environ.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") or "").strip()
+            or (environ.get("OTEL_EXPORTER_OTLP_ENDPOINT") or "").strip()):
         return None
-    return generic if metrics_protocol(environ) == "grpc" else generic.rstrip("/") + "/v1/metrics"
+    return resolve_config(environ, "metrics").url
 
 
 class HttpMetricExporter:
@@ -176,6 +171,9 @@ class OtlpMetricsExport:
 
     def start(self) -> None:
         self._thread.start()
+
+    def counter_values(self):
+        return [(c, getattr(self, c.key)) for c in COUNTERS]
 
     def export_now(self) -> None:
         red = self.snapshot()

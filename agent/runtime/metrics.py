@@ -166,6 +166,8 @@ class AgentCollector:
             dropped = CounterMetricFamily(f"{PREFIX}_k8s_pod_waits_dropped", "Containerised processes first seen before their pod was listed, beyond the 4,096 the agent waits for: their spans lack the pod's attributes.")
             dropped.add_metric([], agent.pipeline.pod_waits_dropped if agent.pipeline is not None else 0)
             yield dropped
+        if agent.otlp_metrics is not None:
+            yield from declared_families(agent.otlp_metrics.counter_values())
         tls = agent.tls
         if tls is not None:
             files = CounterMetricFamily(f"{PREFIX}_tls_files", "TLS library files and executables looked at for OpenSSL, by outcome.", labels=["outcome"])

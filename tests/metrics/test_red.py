@@ -13,11 +13,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from opentelemetry.exporter.otlp.proto.common.metrics_encoder import encode_metrics
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 
-from agent.metrics.otlp import OtlpMetricsExport, create_metric_exporter, metrics_data
+from agent.metrics.otlp import (OtlpMetricsExport, create_metric_exporter, metric_exporter_endpoint,
+                                metrics_data, metrics_endpoint_url)
 from agent.metrics.otlp_encode import encode_metrics_request
 from agent.metrics.prometheus import red_families
 from agent.metrics.red import (HTTP_BUCKETS, HTTP_SERVER, OVERFLOW_ATTRIBUTE, RedAggregator,
                                merge_red, overflow_key)
+from agent.runtime.metrics import PREFIX, declared_families
 from agent.runtime.span_worker import LocalSpanStage, merge_snapshots
 from agent.spans.builder import RESOURCE_MARKER
 from agent.spans.http import TAG, HttpExchange
@@ -232,17 +234,53 @@ def test_a_failed_metrics_export_is_counted_and_the_next_carries_the_totals(capl
         s.submit([RESOURCE] + mixed_exchanges())
         export = OtlpMetricsExport(lambda: s.snapshot()["red"],
                                    create_metric_exporter(receiver.env), interval_s=3600)
+        assert export_counts(export) == {"ok": 0, "failed": 0}      # on /metrics from the start
         receiver.fail_with = 503
         export.export_now()
-        assert (export.exports, export.failures) == (0, 1)
+        assert export_counts(export) == {"ok": 0, "failed": 1}
         assert "OTLP metrics export failed: HTTP 503" in caplog.text
         receiver.fail_with = None
         export.export_now()
         points = receiver.histogram_points("http.server.request.duration")
     finally:
         receiver.stop()
-    assert export.exports == 1
+    assert export_counts(export) == {"ok": 1, "failed": 1}
     assert sum(point.count for _, _, point in points) == sum(MIX.values())
+
+
+def export_counts(export) -> dict:
+    """otel_ebpf_otlp_metric_exports_total by outcome, as /metrics gives it."""
+    (family,) = declared_families(export.counter_values())
+    assert family.name == f"{PREFIX}_otlp_metric_exports"
+    return {sample.labels["outcome"]: sample.value for sample in family.samples}
+
+
+@pytest.mark.parametrize("environ, url, address", [
+    ({}, None, ("localhost", 4318)),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318/"},
+     "http://collector:4318/v1/metrics", ("collector", 4318)),
+    ({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318",
+      "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT": "https://metrics:9000/custom"},
+     "https://metrics:9000/custom", ("metrics", 9000)),
+    ({"OTEL_EXPORTER_OTLP_METRICS_PROTOCOL": "grpc"}, None, ("localhost", 4317)),
+    ({"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317"},
+     "http://collector:4317", ("collector", 4317)),
+])
+def test_metrics_endpoint_follows_the_metrics_variables_then_the_generic_ones(environ, url, address):
+    assert metrics_endpoint_url(environ) == url
+    assert metric_exporter_endpoint(environ) == address
+
+
+@pytest.mark.parametrize("variable, value", [
+    ("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "http/json"),
+    ("OTEL_EXPORTER_OTLP_METRICS_TIMEOUT", "soon"),
+    ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "collector:4318"),
+])
+def test_a_bad_metrics_variable_is_named_at_start(variable, value):
+    environ = {"OTEL_EXPORTER_OTLP_PROTOCOL": "grpc", variable: value} \
+        if variable.endswith("TIMEOUT") else {variable: value}
+    with pytest.raises(ValueError, match=variable):
+        metric_exporter_endpoint(environ)
 
 
 def test_overflow_series_exports_with_its_attribute():

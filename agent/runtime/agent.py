@@ -186,11 +186,8 @@ class Agent:
             return
         self._stop_requested = True
         self._stop.set()
-        # The capture loop may be in a poll of up to a second.
-        pipeline = self.pipeline
-        if pipeline is not None and pipeline.capture is not None and \
-                pipeline.capture.ring is not None:
-            pipeline.capture.ring.wake()
+        if self.pipeline is not None:
+            self.pipeline.wake()
 
     def shutdown(self) -> None:
         if self.pipeline is not None:

@@ -239,6 +239,13 @@ class Pipeline:
                 self.housekeeping()
                 next_housekeeping = now + self.housekeeping_interval_s
 
+    def wake(self) -> None:
+        """End the loop's wait for the ring at once (it may be in a poll of
+        up to a second): safe in a signal handler."""
+        capture = self.capture
+        if capture is not None and capture.ring is not None:
+            capture.ring.wake()
+
     def _ring_wait_s(self, drained: int, now: float) -> float:
         """How long to wait for the ring: long enough to gather a batch at
         the rate of the turn that just drained, within the poll's bounds;

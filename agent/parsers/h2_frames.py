@@ -113,38 +113,50 @@ def find_boundary(buf: bytes, pos: int, is_client_side: bool, max_frame_size: in
     """The next frame boundary in buf[pos:]: (position, True) for a
     plausible frame header followed by others, or ending exactly at the end
     of buf; (position, None) when the bytes after a plausible header are
-    not in buf yet; (-1, False) when there is none."""
+    not in buf yet; (-1, False) when there is none.
+
+    A candidate that cannot be decided yet does not end the search: bytes
+    inside a frame can read as a header of a long frame (a SETTINGS
+    frame's tail, say, when the capture began after its header), and
+    waiting for that frame's end would hold every frame after it, for as
+    long as a quiet connection takes to send that many bytes.  A later
+    candidate proven by two headers or more wins over it."""
     end = len(buf)
+    undecided = -1
     for match in _CANDIDATE.finditer(buf, pos):
         candidate = match.start()
         if end - candidate < 9:
             break
         if not plausible(buf, candidate, True, is_client_side, max_frame_size):
             continue
-        verdict = _chain(buf, candidate, is_client_side, max_frame_size)
-        if verdict is not False:
-            return candidate, verdict
-    return -1, False
+        verdict, headers = _chain(buf, candidate, is_client_side, max_frame_size)
+        if verdict is None:
+            if undecided < 0:
+                undecided = candidate
+        elif verdict and (undecided < 0 or headers >= 2):
+            return candidate, True
+    return (undecided, None) if undecided >= 0 else (-1, False)
 
 
 def _chain(buf: bytes, pos: int, is_client_side: bool, max_frame_size: int):
-    """Follow frame lengths from the plausible header at pos: True when
-    every header up to the end of buf is plausible and either the chain
-    ends exactly at the end or at least _CHAIN headers were seen; False
-    on an implausible one; None when the next header is not in buf yet."""
+    """Follow frame lengths from the plausible header at pos: (True, headers
+    seen) when every header up to the end of buf is plausible and either
+    the chain ends exactly at the end or at least _CHAIN headers were seen;
+    False on an implausible one; None when the next header is not in buf
+    yet."""
     end = len(buf)
     seen = 0
     while True:
         seen += 1
         pos += 9 + ((buf[pos] << 16) | (buf[pos + 1] << 8) | buf[pos + 2])
         if pos == end:
-            return True
+            return True, seen
         if pos + 9 > end:
-            return True if seen >= _CHAIN else None
+            return (True if seen >= _CHAIN else None), seen
         if not plausible(buf, pos, False, is_client_side, max_frame_size):
-            return False
+            return False, seen
         if seen >= _CHAIN_MAX:
-            return True
+            return True, seen
 
 
 def header_fragment(buf: bytes, pos: int, length: int, ftype: int, flags: int, sid: int):

@@ -150,12 +150,11 @@ def test_go_binary_without_dwarf(proto, receiver, start_agent, tls_certificate, 
     # a wrong one.
     assert agent.metric("otel_ebpf_kernel_tls_unmapped_total") == unmapped
     assert agent.metric("otel_ebpf_go_tls_calls_total", socket="tied") >= 3 * REQUESTS
-    # When the server's first reads (the client's preface and settings) are
-    # the ones lost, its HTTP/2 connection is never recognised: all its
-    # server spans are lost, counted (docs/limits.md).
-    lost_connection_start = proto == "h2" and unmapped > 0 and not servers
-    if not lost_connection_start:
-        assert REQUESTS - unmapped <= len(servers) <= REQUESTS
+    # The server's first reads lost (the client's preface, and the header of
+    # its SETTINGS frame: Go reads a frame as header then payload) leave
+    # its first bytes inside a frame: the decoder finds the next frames
+    # (tests/protocols/test_h2_server_first_replay.py replays such a capture).
+    assert REQUESTS - unmapped <= len(servers) <= REQUESTS
     assert REQUESTS - unmapped <= len(clients) <= REQUESTS
     assert all(s.attributes["http.response.status_code"] == 200 for s in servers + clients)
     if proto == "h1" or not unmapped:

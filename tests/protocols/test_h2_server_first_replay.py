@@ -6,11 +6,14 @@ recorded captures of tests/fixtures/http2 are replayed with the server's
 first frame written, and read by the client, before the preface."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from agent.capture.records import C
-from agent.parsers.h2_frames import starts_with_settings
-from test_h2_pipeline import CLIENT_PORT, SERVER_PORT, load, record, records, run
+from agent.parsers.h2_frames import DEFAULT_MAX_FRAME, find_boundary, starts_with_settings
+from agent.spans.model import KIND_SERVER
+from test_h2_pipeline import CLIENT_PORT, FIXTURES, SERVER_PORT, load, record, records, run
 
 EGRESS, INGRESS = C["DIRECTION_EGRESS"], C["DIRECTION_INGRESS"]
 ROLES = (C["ROLE_CLIENT"], C["ROLE_SERVER"])
@@ -86,3 +89,49 @@ def test_settings_ack_and_other_frames_are_not_a_servers_first_frame():
     assert not starts_with_settings(bytes.fromhex("000004080000000000") + bytes(4))  # WINDOW_UPDATE
     assert not starts_with_settings(settings[:8])
     assert not starts_with_settings(bytes.fromhex("000006040000000001") + bytes(6))  # stream 1
+
+
+def go_server_feeds() -> list:
+    """A Go net/http server's view of one HTTP/2 connection over TLS, as the
+    agent captured it from a binary without DWARF (tests/kernel/test_go_tls.py):
+    its SETTINGS written first, then its reads, of which the first two (the
+    client's preface, and the 9-byte header of the client's SETTINGS: Go
+    reads each frame as header then payload) were lost unmapped.  The first
+    bytes read are the SETTINGS frame's payload."""
+    path = os.path.join(FIXTURES, "go_server_joined_mid_settings.feeds")
+    out, ts = [], 1_000_000
+    with open(path) as feeds:
+        for line in feeds:
+            way, data = line.split()
+            out.append(record(2, 200, INGRESS if way == "in" else EGRESS, ROLES[1],
+                              bytes.fromhex(data), ts, SERVER_PORT, CLIENT_PORT))
+            ts += 1000
+    return out
+
+
+def test_a_server_joined_inside_a_frame_finds_the_next_frames_at_once():
+    """Bytes inside a frame that read as the header of a long one must not
+    hold the frames after them until that many bytes have come: here the
+    SETTINGS tail reads as a 512-byte frame, and the 20 requests that
+    followed, 16 bytes each, never made up that length: every server span
+    was lost, and nothing counted."""
+    tracker, _, spans = run(go_server_feeds())
+    servers = [s for s in spans if s.kind == KIND_SERVER]
+    assert len(servers) == 20
+    assert all(dict(s.attributes)["url.path"] == "/items/7" for s in servers)
+    assert tracker.counts["h2_decoder_resyncs"] == 1
+    assert tracker.parse_errors == {("http2", "resync"): 1}     # the SETTINGS tail, skipped
+    assert tracker.counts["h2_streams_unfinished"] == 0
+
+
+def test_an_undecided_frame_boundary_gives_way_to_a_proven_one():
+    settings_tail = bytes.fromhex("000200000000000400400000000600a00000")   # reads as 512 bytes
+    window_update = bytes.fromhex("000004080000000000") + bytes.fromhex("40000000")
+    headers = bytes.fromhex("000007010500000003") + bytes.fromhex("c282c187c0bfbe")
+    undecided = settings_tail + window_update
+    assert find_boundary(undecided, 0, True, DEFAULT_MAX_FRAME) == (0, None)
+    # One header ending at the end proves a boundary only with nothing
+    # undecided before it; two do.
+    proven = undecided + headers
+    assert find_boundary(proven, 0, True, DEFAULT_MAX_FRAME) == (len(settings_tail), True)
+    assert find_boundary(window_update, 0, True, DEFAULT_MAX_FRAME) == (0, True)

@@ -245,6 +245,12 @@ class FrameStream:
     def synchronised(self) -> bool:
         return self._mode == FRAMES_MODE
 
+    @property
+    def unsynced_bytes(self) -> int:
+        """Bytes held while looking for a frame boundary: lost if the
+        connection ends first."""
+        return len(self._pending) if self._mode == RESYNC_MODE else 0
+
     def _feed(self, data: bytes) -> None:
         pos = 0
         if self._skip:

@@ -203,7 +203,12 @@ class Http2Handler(ProtocolHandler):
         conn.state.new_decoders(midstream=True)
 
     def discard(self, conn) -> None:
-        self.counts["h2_streams_unfinished"] += len(conn.state.streams.close())
+        h2 = conn.state
+        self.counts["h2_streams_unfinished"] += len(h2.streams.close())
+        for decoder in (h2.client, h2.server):
+            if decoder.unsynced_bytes:
+                # never found a frame boundary in them: skipped, as resync skips
+                self.parse_error("resync")
 
     def record(self, conn, record, hot: tuple, out: list) -> None:
         (_, _, tid, _, _, start_ns, end_ns, length, captured, direction, _, _, _, _, _) = hot

@@ -135,3 +135,14 @@ def test_an_undecided_frame_boundary_gives_way_to_a_proven_one():
     proven = undecided + headers
     assert find_boundary(proven, 0, True, DEFAULT_MAX_FRAME) == (len(settings_tail), True)
     assert find_boundary(window_update, 0, True, DEFAULT_MAX_FRAME) == (0, True)
+
+
+def test_bytes_held_for_a_boundary_when_the_connection_ends_are_counted():
+    """A capture that began inside a frame and ended before a boundary
+    could be proven: its bytes are counted as skipped, not dropped unseen."""
+    feeds = go_server_feeds()[:4]        # the server's SETTINGS, then 18 + 9 bytes read
+    close = record(2, 200, 0, 0, b"", 10_000_000, SERVER_PORT, CLIENT_PORT,
+                   event_type=C["EVENT_CLOSE"])
+    tracker, _, spans = run(feeds + [close])
+    assert spans == [] and tracker.counts["connections_closed"] == 1
+    assert tracker.parse_errors == {("http2", "resync"): 1}

@@ -7,7 +7,7 @@ programs by the kernel's own count (kernel.bpf_stats_enabled, on only while
 measuring); records and bytes written from the ring.
 
     .venv/bin/python benchmarks/exchange_cost.py [--exchanges 20000] [--rounds 2]
-        [--object build/capture.bpf.o --object /tmp/main/capture.bpf.o]
+        [--body-bytes 5] [--object build/capture.bpf.o --object /tmp/main/capture.bpf.o]
 
 With several --object, each round measures every object in turn (a tree
 against another in the same run; the userspace stages are this tree's).
@@ -30,24 +30,32 @@ from bpf_stats import program_time_ns, stats_enabled  # noqa: E402
 
 REQUEST = (b"GET /api/v1/items?id=42 HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: bench\r\n"
            b"traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n")
-RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello"
+
+
+def response(body_bytes: int) -> bytes:
+    """The server's answer, head and body in one write."""
+    return (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n"
+            % body_bytes + b"x" * body_bytes)
+
+
 CALLS_PER_EXCHANGE = 4
 
 
-def measure(exchanges: bool, count: int, obj: Path | None = None) -> dict:
+def measure(exchanges: bool, count: int, obj: Path | None = None, body_bytes: int = 5) -> dict:
     capture = load_capture(CaptureSettings(agent_pid=0, pids={os.getpid()}, tls=False,
                                            ring_buffer_bytes=256 << 20,
                                            http_exchanges=exchanges), obj)
     server = socket.create_server(("127.0.0.1", 0))
     client = socket.create_connection(server.getsockname())
     peer, _ = server.accept()
+    answer = response(body_bytes)
     try:
         def loop(n):
             for _ in range(n):
                 client.send(REQUEST)
                 peer.recv(4096)
-                peer.send(RESPONSE)
-                client.recv(4096)
+                peer.sendall(answer)
+                client.recv(1 << 16)
         loop(1000)      # classified, warmed
         capture.ring.read_batch(1 << 30)
         with stats_enabled():
@@ -84,6 +92,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--exchanges", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--body-bytes", type=int, default=5, choices=range(0, 8193),
+                        metavar="0..8192",
+                        help="the response's body, written with its head and read in one "
+                             "call (default 5)")
     parser.add_argument("--object", type=Path, action="append",
                         help="a capture object to measure (repeat to alternate several; "
                              "default: build/'s)")
@@ -94,7 +106,7 @@ def main() -> None:
           f"{'spans':>6} {'us/span match+link':>19}")
     for _ in range(args.rounds):
         for obj, exchanges in ((o, e) for o in objects for e in (False, True)):
-            r = measure(exchanges, args.exchanges, obj)
+            r = measure(exchanges, args.exchanges, obj, args.body_bytes)
             name = str(obj) if obj else "build/capture.bpf.o"
             print(f"{name[-24:]:24} {'records' if exchanges else 'payload':9} {r['ns_in_programs_per_call']:20.0f} "
                   f"{r['ns_per_exchange_caller_side']:21.0f} {r['records_per_exchange']:17.2f} "

@@ -14,6 +14,7 @@ from agent.parsers.http1 import split_target
 from agent.parsers.http2 import error_name
 from agent.spans.model import (EXCHANGE_HEAD, EXCHANGE_PEERS, KIND_CLIENT, KIND_SERVER,
                                STATUS_ERROR, STATUS_UNSET, Span)
+from agent.spans.templates import ShapeTemplates
 
 TAG = "http"
 # Exchanges are built with tuple.__new__ (what NamedTuple's generated
@@ -87,7 +88,9 @@ class HostCache:
 
 class HttpSpans:
     """Builds HTTP spans; `factory` (agent/spans/builder.py) holds the
-    resources, redactor, routes, host cache and clock offset."""
+    resources, redactor, routes, host cache and clock offset.  An
+    exchange's shape (agent/spans/templates.py) is its kind and every
+    field from its method on: all that span() reads but ids and times."""
 
     def __init__(self, factory):
         self.factory = factory
@@ -95,8 +98,11 @@ class HttpSpans:
         self.routes = factory.routes
         self.resources = factory.resources
         self.host_of = factory.host_of
+        self.shapes = ShapeTemplates(factory, self.span, with_kind=True)
+        self.build = self.shapes.build
 
-    def build(self, e: HttpExchange) -> Span:
+    def span(self, e: HttpExchange) -> Span:
+        """The exchange's span, built field by field."""
         (_, kind, pid, trace_id, span_id, parent_id, flags, trace_state, start, end, method,
          target, version, host_header, user_agent, status_code, local_addr, local_port,
          remote_addr, remote_port, peer_addr, peer_port, scheme, reset_error) = e

@@ -15,13 +15,9 @@ through the same ContextLinker tables as the payload path's.  Objects are
 made only where a table keeps them; the exchange carries its connection's
 fields as one tuple, made once per connection.
 
-Building (the span stage): a span's name, kind, attributes and status
-depend only on its request's fields and its connection's.  A combination
-seen again is kept as a SpanTemplate that HttpSpans built once (routes and
-redaction included), and its spans are TemplatedSpans of ids, times,
-resource and template, which the OTLP encoder and the request metrics read
-through the template's cached forms.  A combination's first span is a plain
-Span (paths with ids in them never repeat).
+Building (the span stage): as the payload path's HTTP spans, through
+span templates (agent/spans/templates.py), a record's shape being its
+connection's fields and its request's.
 """
 from __future__ import annotations
 
@@ -31,11 +27,10 @@ from agent.parsers.tracecontext import parse_tracestate, traceparent_ids
 from agent.protocols import http1_records
 from agent.spans import http
 from agent.spans.context import RequestContext
-from agent.spans.model import (EXCHANGE_HEAD, KIND_CLIENT, KIND_SERVER, SpanTemplate,
-                               TemplatedSpan, new_span_id, new_trace_id)
+from agent.spans.model import EXCHANGE_HEAD, KIND_CLIENT, KIND_SERVER, new_span_id, new_trace_id
+from agent.spans.templates import ShapeTemplates
 
 TAG = "http_record"
-new_exchange = tuple.__new__
 
 # connection: (kind, local_addr, local_port, remote_addr, remote_port,
 # peer_addr, peer_port, scheme), one tuple per connection; request: (method,
@@ -47,11 +42,6 @@ RecordExchange = NamedTuple("RecordExchange", EXCHANGE_HEAD + [
 
 # What a client record gives the server span on the mirrored connection,
 # the fields a same-node link reads, is a plain (trace_id, span_id, flags).
-
-# Distinct span shapes kept (a dict cleared when full: a workload's hot
-# shapes refill it at once).
-MAX_TEMPLATES = 4096
-_UNSEEN = object()
 
 
 def _connection_fields(conn) -> tuple:
@@ -208,48 +198,17 @@ LINKS = {http1_records.RECORD_TAG: link_record, http1_records.PAIRED_TAG: link_r
 
 class RecordSpans:
     """Builds spans from record exchanges; `factory` (agent/spans/builder.py)
-    holds the resources, redactor, routes and clock offset.  A shape seen
-    for the first time gives a plain Span (ids in paths make most shapes
-    unique, and a template costs more to make than a span); seen again, it
-    becomes a template and its spans TemplatedSpans."""
+    holds the resources, redactor, routes and clock offset.  A record
+    exchange's shape is its (connection, request) pair
+    (agent/spans/templates.py); a shape's first span, and its template, are
+    the payload path's (HttpSpans.span) of the same fields."""
 
     def __init__(self, factory):
-        self.factory = factory
-        self.resources = factory.resources
-        self.redaction_counts = factory.redactor.counts
         self.http = http.HttpSpans(factory)
-        # shape -> its template, or None for a shape seen once.
-        self.templates: dict[tuple, SpanTemplate | None] = {}
-
-    def build(self, e: tuple):
-        shape = e[10:]      # (connection, request)
-        templates = self.templates
-        template = templates.get(shape, _UNSEEN)
-        if template is _UNSEEN:
-            if len(templates) >= MAX_TEMPLATES:
-                templates.clear()
-            templates[shape] = None
-            return self.http.build(_http_exchange(e))
-        if template is None:
-            template = templates[shape] = self._template(e)
-        elif template.redactions:
-            counts = self.redaction_counts
-            for rule, count in template.redactions:
-                counts[rule] += count
-        offset = self.factory.clock_offset_ns
-        return new_exchange(TemplatedSpan, (e[3], e[4], e[5], e[7], e[8] + offset,
-                                            e[9] + offset, e[6], self.resources.get(e[2]),
-                                            template))
-
-    def _template(self, e: tuple) -> SpanTemplate:
-        """The span HttpSpans builds for this shape, as a template."""
-        counts = self.redaction_counts
-        before = dict(counts)
-        span = self.http.build(_http_exchange(e))
-        return SpanTemplate(span.name, span.kind, span.attributes, span.status_code,
-                            span.status_message,
-                            tuple((rule, counts[rule] - before[rule]) for rule in counts
-                                  if counts[rule] != before[rule]))
+        span = self.http.span
+        # A record exchange's shape: (connection, request).
+        self.shapes = ShapeTemplates(factory, lambda e: span(_http_exchange(e)), with_kind=False)
+        self.build = self.shapes.build
 
 
 _VERSIONS = tuple("1.%d" % minor for minor in range(256))
@@ -257,7 +216,7 @@ _VERSIONS = tuple("1.%d" % minor for minor in range(256))
 
 def _http_exchange(e: tuple) -> tuple:
     """The fields of an HttpExchange (agent/spans/http.py) of a record
-    exchange, what HttpSpans.build reads."""
+    exchange, what HttpSpans.span reads."""
     (_, kind, pid, trace_id, span_id, parent_id, flags, trace_state, start, end, connection,
      (method, target, version_minor, host, user_agent, status_code)) = e
     (_, local_addr, local_port, remote_addr, remote_port, peer_addr, peer_port,

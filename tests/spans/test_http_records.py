@@ -287,8 +287,8 @@ def test_the_sampler_and_the_other_sinks_read_a_templated_span_as_a_span():
 
 
 def test_span_shapes_kept_are_bounded(monkeypatch):
-    from agent.spans import http_records
-    monkeypatch.setattr(http_records, "MAX_TEMPLATES", 8)
+    from agent.spans import http_records, templates
+    monkeypatch.setattr(templates, "MAX_TEMPLATES", 8)
     traffic = Traffic()
     conn = traffic.connection(100, 200, 8080)
     for i in range(40):

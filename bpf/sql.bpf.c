@@ -47,6 +47,39 @@ static __always_inline bool sql_text_start(__u8 c)
            c == '\r' || c == '\n' || c == '(' || c == '/' || c == '-';
 }
 
+static __always_inline __u64 pg_word(const __u8 *b, __u32 off)
+{
+    __u64 w;
+    __builtin_memcpy(&w, b + off, 8);
+    return w;
+}
+
+/* 1 when x is not 0, without a branch. */
+static __always_inline __u64 pg_nonzero(__u64 x)
+{
+    return (x | -x) >> 63;
+}
+
+/* A StartupMessage's first parameter name (libpq sends "user" first), in
+ * the bytes seen (8 to CLASSIFY_BYTES, zero past the data): not empty, and
+ * ASCII up to its NUL, as userspace's looks_like_postgres_startup reads
+ * it.  Word arithmetic, no branch on the bytes (a loop with one per byte
+ * would be walked in every combination under BCC). */
+static __always_inline bool pg_first_name(const __u8 *b)
+{
+    const __u64 ones = 0x0101010101010101ULL, high = 0x8080808080808080ULL;
+    __u64 w0 = pg_word(b, 8), w1 = pg_word(b, 16), w2 = pg_word(b, 24);
+    /* each word's NUL bytes, the lowest flagged exactly; then the high
+     * bits of the bytes below it (all of them when it has none) */
+    __u64 z0 = (w0 - ones) & ~w0 & high, z1 = (w1 - ones) & ~w1 & high,
+          z2 = (w2 - ones) & ~w2 & high;
+    __u64 bad0 = pg_nonzero(w0 & high & ((z0 & -z0) - 1));
+    __u64 bad1 = pg_nonzero(w1 & high & ((z1 & -z1) - 1));
+    __u64 bad2 = pg_nonzero(w2 & high & ((z2 & -z2) - 1));
+    __u64 bad = bad0 | ((1 - pg_nonzero(z0)) & (bad1 | ((1 - pg_nonzero(z1)) & bad2)));
+    return pg_nonzero(w0 & 0xFF) & (1 - bad);
+}
+
 static __always_inline bool is_postgres(const __u8 *b, __u32 len, __u64 total)
 {
     if (len < 8)
@@ -56,7 +89,7 @@ static __always_inline bool is_postgres(const __u8 *b, __u32 len, __u64 total)
         __u32 code = be32(b + 4);
         if (length == 8 && (code == PG_SSL_REQUEST || code == PG_GSSENC_REQUEST))
             return true;
-        if (code == PG_PROTOCOL_3 && length > 8 && length <= PG_MAX_STARTUP)
+        if (code == PG_PROTOCOL_3 && length > 8 && length <= PG_MAX_STARTUP && pg_first_name(b))
             return true;
     }
     __u8 type = b[0];

@@ -29,6 +29,8 @@ _U32 = int.from_bytes
 # The server rejects a startup packet longer than this
 # (MAX_STARTUP_PACKET_LENGTH in src/include/libpq/pqcomm.h).
 MAX_STARTUP_LENGTH = 10000
+# The bytes of a syscall the kernel classifies by (bpf/classify.h).
+_CLASSIFY_BYTES = 32
 # PQ_LARGE_MESSAGE_LIMIT: the server never accepts a message longer than
 # 1 GiB - 1; a declared length beyond it is not PostgreSQL.
 MAX_MESSAGE_LENGTH = 0x3FFFFFFF
@@ -275,11 +277,12 @@ def looks_like_postgres_startup(data: bytes) -> bool:
         return 16 <= length <= 264
     if code >> 16 != 3 or not 8 < length <= MAX_STARTUP_LENGTH:
         return False
-    # The first parameter name: libpq sends "user" or "database" first.
-    nul = data.find(b"\0", 8, 8 + 64)
-    if nul < 0:
-        return len(data) < 72 and data[8:].isascii()
-    return nul > 8 and data[8:nul].isascii()
+    # The first parameter name (libpq sends "user" or "database" first), in
+    # the bytes the kernel's classifier sees too (bpf/sql.bpf.c,
+    # pg_first_name): not empty, ASCII up to its NUL.  Eight bytes alone (a
+    # message read in pieces) do not tell yet.
+    name = data[8:_CLASSIFY_BYTES].partition(b"\0")[0]
+    return name.isascii() if name else len(data) == 8
 
 
 # ---------------------------------------------------------------- headers

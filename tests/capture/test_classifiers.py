@@ -136,6 +136,27 @@ def pg_messages(data: bytes):
 PG_CLIENT = [(n, d) for n, d in fixture_files("postgres") if ".client." in n]
 
 
+def startup_message(first_name: bytes) -> bytes:
+    body = struct.pack(">I", 0x00030000) + first_name + b"\0postgres\0database\0postgres\0\0"
+    return struct.pack(">I", 4 + len(body)) + body
+
+
+@pytest.mark.parametrize("first_name, sql", [
+    (b"user", True),
+    (b"application_name_of_the_client", True),     # past the 32 bytes classified: not read
+    (b"GET \x80t_encoding", False),                 # found by the fuzz test below
+    (b"us\xc3\xa9r", False),
+    (b"", False),
+    (b"abcdefghijklmnopqrstuv\x80", False),          # its last byte in the window
+    (b"abcdefghijklmnopqrstuvwx\x80", True),         # beyond it
+])
+def test_a_startup_message_is_sql_on_both_sides_by_its_first_parameter_name(kernel, first_name,
+                                                                          sql):
+    data = startup_message(first_name)
+    assert (classify(kernel, data) == C["PROTOCOL_POSTGRES"]) == sql
+    assert looks_like_postgres_startup(data) == sql
+
+
 @pytest.mark.parametrize("name, data", PG_CLIENT, ids=[n for n, _ in PG_CLIENT])
 def test_postgres_client_streams_agree_message_by_message(kernel, name, data):
     startup = data[:struct.unpack_from(">I", data)[0]]

@@ -23,6 +23,7 @@
 #define OTEL_EBPF_SQL_BPF_C
 
 #include "classify.h"
+#include "cache_classify.h"
 
 #define PG_PROTOCOL_3 0x00030000
 #define PG_SSL_REQUEST 80877103
@@ -47,37 +48,25 @@ static __always_inline bool sql_text_start(__u8 c)
            c == '\r' || c == '\n' || c == '(' || c == '/' || c == '-';
 }
 
-static __always_inline __u64 pg_word(const __u8 *b, __u32 off)
-{
-    __u64 w;
-    __builtin_memcpy(&w, b + off, 8);
-    return w;
-}
-
-/* 1 when x is not 0, without a branch. */
-static __always_inline __u64 pg_nonzero(__u64 x)
-{
-    return (x | -x) >> 63;
-}
-
 /* A StartupMessage's first parameter name (libpq sends "user" first), in
  * the bytes seen (8 to CLASSIFY_BYTES, zero past the data): not empty, and
  * ASCII up to its NUL, as userspace's looks_like_postgres_startup reads
- * it.  Word arithmetic, no branch on the bytes (a loop with one per byte
- * would be walked in every combination under BCC). */
+ * it.  With bpf/cache_classify.h's straight-line primitives: no branch on
+ * the bytes for BCC's verifier to walk in every combination. */
 static __always_inline bool pg_first_name(const __u8 *b)
 {
-    const __u64 ones = 0x0101010101010101ULL, high = 0x8080808080808080ULL;
-    __u64 w0 = pg_word(b, 8), w1 = pg_word(b, 16), w2 = pg_word(b, 24);
-    /* each word's NUL bytes, the lowest flagged exactly; then the high
-     * bits of the bytes below it (all of them when it has none) */
-    __u64 z0 = (w0 - ones) & ~w0 & high, z1 = (w1 - ones) & ~w1 & high,
-          z2 = (w2 - ones) & ~w2 & high;
-    __u64 bad0 = pg_nonzero(w0 & high & ((z0 & -z0) - 1));
-    __u64 bad1 = pg_nonzero(w1 & high & ((z1 & -z1) - 1));
-    __u64 bad2 = pg_nonzero(w2 & high & ((z2 & -z2) - 1));
-    __u64 bad = bad0 | ((1 - pg_nonzero(z0)) & (bad1 | ((1 - pg_nonzero(z1)) & bad2)));
-    return pg_nonzero(w0 & 0xFF) & (1 - bad);
+    cache_u64 bad = 0, before_nul = 1;
+    CACHE_UNROLL
+    for (int k = 1; k < CACHE_CLASSIFY_WINDOW / 8; k++) {
+        cache_u64 w = cache_word(b, k);
+        cache_u64 nul = cache_bytes_in(w, 0, 0);
+        /* the high bits of the bytes below the word's first NUL (all of
+         * them when it has none) */
+        cache_u64 high = w & cache_bytes(0x80) & ((nul & -nul) - 1);
+        bad |= cache_if(before_nul, cache_not(cache_eq(high, 0)));
+        before_nul &= cache_eq(nul, 0);
+    }
+    return cache_not(cache_eq(b[8], 0)) & cache_not(bad);
 }
 
 static __always_inline bool is_postgres(const __u8 *b, __u32 len, __u64 total)

@@ -161,11 +161,18 @@ class ExchangeRecords:
 
     def _client(self, conn, fields: tuple, out: list) -> None:
         """A client exchange, followed by the deferred server exchange on
-        its other end (traced here too)."""
+        its other end (traced here too) when that exchange lies within the
+        client's times (read after the request was sent, answered before
+        the response was read)."""
         server = self.deferred.pop(conn.local_port << 16 | conn.remote_port, None) \
             if self.deferred else None
         if server is None:
             out.append((RECORD_TAG, conn, fields, None))
-        else:
+        elif fields[1] <= server[0][2][1] and server[0][2][2] <= fields[2]:
             out.append((PAIRED_TAG, conn, fields, True))
             out.extend(server)
+        else:
+            # An earlier exchange's server (its client's record came
+            # before it): this client's own server record is still to come.
+            out.extend(server)
+            out.append((RECORD_TAG, conn, fields, None))

@@ -81,13 +81,17 @@ class ExchangeLinker:
         self.paired_links: dict = {}
         # The last traceparent value of an exchange record, and its ids.
         self.record_traceparent: tuple = (None, None)
+        # Client links of exchange records that came before their server's
+        # record (agent/spans/http_records.py): link key -> (when seen,
+        # start_ns, end_ns, link), oldest first, kept for CLIENT_AHEAD_S.
+        self.clients_ahead: dict = {}
 
     def counter_values(self):
         counts = self.counts
         return [(c, counts[c.key]) for c in COUNTERS]
 
     def links_tracked(self) -> int:
-        return len(self.linker)
+        return len(self.linker) + len(self.clients_ahead)
 
     def exchanges(self, items: list) -> list[tuple]:
         out = []
@@ -107,6 +111,8 @@ class ExchangeLinker:
             wait.release(time.monotonic(), out)
         if self.paired_links:    # a pair split by NAT translation: not linked here
             self.paired_links.clear()
+        if self.clients_ahead:
+            http_records.forget_clients_ahead(self.clients_ahead, time.monotonic())
         return out
 
     def holding(self) -> bool:

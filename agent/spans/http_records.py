@@ -4,12 +4,14 @@ with as little Python per record as the rules allow.
 Linking (the linker, main process): link_http1's rules (agent/spans/http.py)
 on fields already split out.  The traceparent's ids are read from the
 record's bytes.  Same-node links (the server span on the mirrored
-connection becomes the client span's child): the probes write a server's
-record before its client's, so a client record's link goes straight to its
-server's record (which the router puts right after it) or to the server
-exchange held for it (client_wait), and never waits in the linker's
-per-connection queue, where a later server exchange would take it; links
-from payload-path clients are taken from that queue as before.  Proxy
+connection becomes the client span's child): the probes mostly write a
+server's record before its client's, so a client record's link goes
+straight to its server's record (which the router puts right after it) or
+to the server exchange held for it (client_wait); a client record that
+came first waits briefly for a server exchange within its own times
+(clients ahead).  None waits in the linker's per-connection queue, where a
+later server exchange would take it; links from payload-path clients are
+taken from that queue as before.  Proxy
 links (an upstream call and the server request its thread serves) go
 through the same ContextLinker tables as the payload path's.  Objects are
 made only where a table keeps them; the exchange carries its connection's
@@ -21,6 +23,7 @@ connection's fields and its request's.
 """
 from __future__ import annotations
 
+import time
 from typing import NamedTuple
 
 from agent.parsers.tracecontext import parse_tracestate, traceparent_ids
@@ -42,6 +45,15 @@ RecordExchange = NamedTuple("RecordExchange", EXCHANGE_HEAD + [
 
 # What a client record gives the server span on the mirrored connection,
 # the fields a same-node link reads, is a plain (trace_id, span_id, flags).
+
+# A client's record written before its server's (each side's record is
+# written at the exit of its last call, and on another core the client can
+# read the response and return before the server's write returns) waits
+# this long for it.  Only a server exchange inside the client's (read after
+# the request was sent, answered before the response was read) takes it:
+# the next request's server exchange on a kept-alive connection cannot.
+CLIENT_AHEAD_S = 2.0
+MAX_CLIENTS_AHEAD = 4096
 
 
 def _connection_fields(conn) -> tuple:
@@ -107,6 +119,9 @@ def link_record(linker, conn, fields: tuple, paired) -> tuple:
         elif link is not None:
             linker.counts["linked_same_node"] += 1
             trace_id, parent_id, flags = link.trace_id, link.span_id, link.flags
+        elif linker.clients_ahead and (sent := _client_ahead(linker, mirror_key, fields)):
+            linker.counts["linked_same_node"] += 1
+            trace_id, parent_id, flags = sent
         elif linker.client_wait is not None and linker.client_wait.may_come(mirror_key):
             # Its client's record may come in a later batch.
             linker.hold_for_client(
@@ -114,19 +129,20 @@ def link_record(linker, conn, fields: tuple, paired) -> tuple:
     else:
         trace_id, span_id, parent_id, flags, trace_state = _client_context(
             linker, conn.pid, fields[0], incoming, fields[4])
-        _client_sent(linker, link_key, (trace_id, span_id, flags), paired)
+        _client_sent(linker, link_key, (trace_id, span_id, flags), paired, fields)
     # A plain tuple, in RecordExchange's order: cheaper to make than the
     # named one, and what a span worker receives anyway.
     return (TAG, connection[0], conn.pid, trace_id, span_id, parent_id, flags, trace_state,
             fields[1], fields[2], connection, fields[5])
 
 
-def _client_sent(linker, link_key: tuple, sent: tuple, paired: bool) -> None:
-    """Where a client record's link goes.  Its server's record ended
-    before it: the router put that right after it (paired), or the server
-    exchange went out already, held for it (client_wait) or not.  So a
-    record's link never waits in the linker's tables, where a server seen
-    later would take it for its own."""
+def _client_sent(linker, link_key: tuple, sent: tuple, paired: bool, fields: tuple) -> None:
+    """Where a client record's link goes.  Its server's record usually
+    ended before it: the router put that right after it (paired), or the
+    server exchange went out already, held for it (client_wait) or not.
+    Otherwise the link waits, as a client ahead of its server, for a server
+    exchange within its own times; it never waits in the linker's tables,
+    where a server seen later would take it for its own."""
     wait = linker.client_wait
     if paired:
         linker.paired_links[link_key] = sent
@@ -138,6 +154,33 @@ def _client_sent(linker, link_key: tuple, sent: tuple, paired: bool) -> None:
         linker.counts["linked_same_node"] += 1
         ctx = held.ctx
         ctx.trace_id, ctx.parent_span_id, ctx.flags = sent
+        return
+    ahead = linker.clients_ahead
+    ahead.pop(link_key, None)
+    ahead[link_key] = (time.monotonic(), fields[1], fields[2], sent)
+    if len(ahead) > MAX_CLIENTS_AHEAD:
+        del ahead[next(iter(ahead))]
+
+
+def _client_ahead(linker, mirror_key: tuple, fields: tuple) -> tuple | None:
+    """The link of the client record that came before this server
+    exchange's record, if the exchange lies within that client's."""
+    ahead = linker.clients_ahead.get(mirror_key)
+    if ahead is None or not ahead[1] <= fields[1] <= fields[2] <= ahead[2]:
+        return None
+    del linker.clients_ahead[mirror_key]
+    return ahead[3]
+
+
+def forget_clients_ahead(ahead: dict, now: float) -> None:
+    """Drop the clients ahead whose server's record did not come in time
+    (its server is not traced here, or its record went out unlinked)."""
+    deadline = now - CLIENT_AHEAD_S
+    while ahead:
+        key = next(iter(ahead))
+        if ahead[key][0] > deadline:
+            return
+        del ahead[key]
 
 
 def _client_context(linker, pid: int, tid: int, incoming, tracestate) -> tuple:
@@ -183,6 +226,8 @@ def link_served(linker, conn, fields: tuple, _unused) -> tuple:
     linker.record_serving = None
     linker.linker.server_finished(conn.pid, fields[0], incoming, ctx)
     link = linker.paired_links.pop(mirror_key, None)
+    if link is None and linker.clients_ahead:
+        link = _client_ahead(linker, mirror_key, fields)
     if link is not None:
         linker.counts["linked_same_node"] += 1
         ctx.trace_id, ctx.parent_span_id, ctx.flags = link

@@ -169,3 +169,29 @@ def test_nginx_proxy_gives_the_same_spans(start_nginx, backend):
                          and s.attribute("server.port") == backend]
         assert upstream and all(s.parent_span_id in served for s in upstream), (name, spans)
         assert {s.parent_span_id for s in backend_spans} == {s.span_id for s in upstream}
+
+
+def test_every_server_span_is_its_same_node_clients_child(server):
+    """Each side's exchange record is written as its last call returns, so
+    a client's record can reach the ring before its server's (most often
+    on a connection's first request): the server span is still the
+    client's child, on every one of many new connections."""
+    records_path = load_capture(CaptureSettings(http_exchanges=True, ports={server}, agent_pid=0,
+                                                tls=False, ring_buffer_bytes=1 << 22))
+    try:
+        for i in range(1000):
+            conn = http.client.HTTPConnection("127.0.0.1", server, timeout=5)
+            conn.request("GET", f"/new/{i}")
+            conn.getresponse().read()
+            conn.close()
+        spans = spans_of(records_path)
+    finally:
+        records_path.close()
+    clients = {s.attribute("url.full").rsplit("/", 1)[1]: s
+               for s in spans if s.kind != KIND_SERVER}
+    servers = {s.attribute("url.path").rsplit("/", 1)[1]: s
+               for s in spans if s.kind == KIND_SERVER}
+    assert len(clients) == len(servers) == 1000
+    unlinked = [i for i, s in servers.items()
+                if (s.trace_id, s.parent_span_id) != (clients[i].trace_id, clients[i].span_id)]
+    assert unlinked == []

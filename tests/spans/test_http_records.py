@@ -324,3 +324,63 @@ def test_an_untraced_loopback_client_is_waited_for_once_on_both_paths():
         assert linker.counts["link_wait_expired"] == 1, path
         assert linker.counts["link_wait_skipped"] == 2, path
         assert len(linker.client_wait) == 0, path
+
+
+def calls_on_one_connection(targets=(b"/1", b"/2", b"/3")) -> list:
+    """(server record, client record) of each call on one kept-alive
+    connection, in the order the calls were made."""
+    traffic = Traffic()
+    conn = traffic.connection(100, 200, 8080)
+    for i, target in enumerate(targets):
+        traffic.call(conn, 1_000 + 4_000 * i, target=target)
+    records = [r for _, r in sorted(traffic.records, key=lambda x: x[0])]
+    return list(zip(records[0::2], records[1::2]))
+
+
+def linked_spans(batches: list, link_wait_s: float) -> tuple:
+    router, linker = ProtocolRouter(), ExchangeLinker(link_wait_s=link_wait_s)
+    factory = SpanFactory(ResourceCache(host_attributes=[]), Redactor())
+    exchanges = []
+    for batch in batches:
+        exchanges += linker.exchanges(router.process(batch))
+    exchanges += linker.release_held(flush=True)
+    spans = {(s.kind, s.attribute("url.path") or s.attribute("url.full")[-2:]): s
+             for s in factory.spans(exchanges)}
+    return spans, linker
+
+
+def test_a_client_record_ahead_of_its_server_record_is_still_its_parent():
+    """Each side's record is written as its last call returns: on another
+    core the client can read the response and return before the server's
+    write does, and its record comes first, in the same batch or the one
+    before.  Its server span is still its child, with or without a link
+    wait, and no table keeps anything afterwards."""
+    calls = calls_on_one_connection()
+    swapped = [record for server, client in calls for record in (client, server)]
+    for link_wait_s in (0.0, 60.0):
+        for batches in ([swapped], [[r] for r in swapped]):
+            spans, linker = linked_spans(batches, link_wait_s)
+            for target in ("/1", "/2", "/3"):
+                client, server = spans[(KIND_CLIENT, target)], spans[(KIND_SERVER, target)]
+                assert (server.trace_id, server.parent_span_id) == \
+                    (client.trace_id, client.span_id), (link_wait_s, len(batches), target)
+            assert linker.counts["linked_same_node"] == 3
+            assert linker.links_tracked() == 0
+
+
+def test_a_client_ahead_is_taken_only_by_its_own_server_exchange(monkeypatch):
+    """A client record whose server's record never comes (its server is not
+    traced, or that record was lost): the next server exchange on the
+    connection does not take its link, and it is forgotten in time."""
+    import time
+
+    from agent.spans import http_records
+
+    (_, client_1), (server_2, client_2) = calls_on_one_connection((b"/1", b"/2"))
+    spans, linker = linked_spans([[client_1], [server_2, client_2]], 0.0)
+    assert spans[(KIND_SERVER, "/2")].parent_span_id == spans[(KIND_CLIENT, "/2")].span_id
+    assert linker.links_tracked() == 1      # /1's client, until its time is up
+    later = time.monotonic() + http_records.CLIENT_AHEAD_S + 1
+    monkeypatch.setattr(time, "monotonic", lambda: later)
+    linker.exchanges([])
+    assert linker.links_tracked() == 0

@@ -6,10 +6,13 @@ round trip disappears (benchmarks/ring_drain.py; figures in
 docs/performance.md).
 
 Layout (kernel/bpf/ringbuf.c): page 0 holds the consumer position (ours to
-write), page 1 the producer position, then the data pages mapped twice in a
-row so a record that wraps around the end reads as one contiguous slice.
-Each record has an 8-byte header: length in the low 30 bits, bit 31 busy
-(still being written), bit 30 discarded.
+write), page 1 the producer position, then the data pages, which the kernel
+offers twice in a row so that a record wrapping around the end reads as one
+slice.  The reader maps them once: the kernel maps a ring's pages when the
+mapping is made, so a second copy would add the whole ring again to the
+agent's resident memory, for the rare record that wraps, which is read in
+two pieces instead.  Each record has an 8-byte header: length in the low 30
+bits, bit 31 busy (still being written), bit 30 discarded.
 
 The kernel writes most records without waking the reader
 (BPF_RB_NO_WAKEUP): readers poll on their own clock, under load every
@@ -85,8 +88,8 @@ class RingBuffer(RingFill):
         super().__init__(map_fd, size, consumer_writable=True)
         page = mmap.PAGESIZE
         self._mask = size - 1
-        self._data = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED,
-                               mmap.PROT_READ, offset=page)
+        self._data = mmap.mmap(map_fd, page + size, mmap.MAP_SHARED, mmap.PROT_READ,
+                               offset=page)
         # One 8-byte store: a bytewise write lets the kernel see a torn
         # position and drop records as if the ring were full.
         self._consumer = ctypes.c_uint64.from_buffer(self._consumer_position)
@@ -129,11 +132,13 @@ class RingBuffer(RingFill):
 def read_records(data, base: int, mask: int, consumer: int, producer: int,
                  max_records: int) -> tuple[list[bytes], int]:
     """Records between the consumer and producer positions of a ring whose
-    data area starts at `base` in `data`; returns them and the new consumer
-    position.  Stops at a record the kernel is still writing."""
+    data area (mapped once, mask + 1 bytes) starts at `base` in `data`;
+    returns them and the new consumer position.  Stops at a record the
+    kernel is still writing."""
     out = []
     append = out.append
     unpack_len = _U32.unpack_from
+    end_of_data = base + mask + 1
     while consumer < producer and len(out) < max_records:
         offset = base + (consumer & mask)
         header = unpack_len(data, offset)[0]
@@ -141,7 +146,13 @@ def read_records(data, base: int, mask: int, consumer: int, producer: int,
             break
         length = header & _LENGTH_MASK
         if not header & _DISCARD:
-            append(data[offset + 8:offset + 8 + length])
+            # Headers are 8-byte aligned and never wrap; a record's data may.
+            start = offset + 8
+            end = start + length
+            if end <= end_of_data:
+                append(data[start:end])
+            else:
+                append(data[start:end_of_data] + data[base:base + end - end_of_data])
         consumer += (length + 8 + 7) & ~7
     return out, consumer
 

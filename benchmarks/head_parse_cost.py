@@ -26,10 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from exchange_cost import REQUEST, RESPONSE  # noqa: E402
+from exchange_cost import REQUEST, response  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures" / "http1"
-HEADS = [("benchmark request", REQUEST, False), ("benchmark response", RESPONSE, True),
+HEADS = [("benchmark request", REQUEST, False), ("benchmark response", response(5), True),
          ("curl request, traceparent", (FIXTURES / "curl_get_traceparent.bin").read_bytes(), False),
          ("nginx response", (FIXTURES / "nginx_static.bin").read_bytes(), True)]
 BPF_ARCH = {"x86_64": "x86", "aarch64": "arm64"}.get(platform.machine(), platform.machine())

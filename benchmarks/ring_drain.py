@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from agent import libbpf  # noqa: E402
+from agent.capture import libbpf  # noqa: E402
 from agent.capture.kernel_features import ensure_tracefs  # noqa: E402
 from agent.capture.libbpf import ffi  # noqa: E402
 from agent.capture.loader import CaptureSettings, load_capture  # noqa: E402

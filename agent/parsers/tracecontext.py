@@ -26,6 +26,20 @@ _VALUE = re.compile(r"[\x20-\x2b\x2d-\x3c\x3e-\x7e]{0,255}[\x21-\x2b\x2d-\x3c\x3
 
 def parse_traceparent(value: str):
     """(PARSED, (trace_id, parent_id, flags), "") or (INVALID, None, reason)."""
+    if len(value) == 55 and value[2] == value[35] == value[52] == "-":
+        # The common form, read as traceparent_ids reads captured bytes.
+        try:
+            ids = _common_form_ids(value.encode("ascii"))
+        except UnicodeEncodeError:
+            ids = None
+        if ids is not None:
+            return PARSED, ids, ""
+    return parse_traceparent_fully(value)
+
+
+def parse_traceparent_fully(value: str):
+    """parse_traceparent's answer by the spec's rules alone, without the
+    shortcut for the common form."""
     value = value.strip(_OWS)
     if len(value) < 55:
         return INVALID, None, "bad_length"
@@ -71,15 +85,26 @@ def traceparent_ids(raw: bytes):
     None when invalid: parse_traceparent's answer, with the common form
     (version 00, 55 bytes of lowercase hex and dashes) read without a
     regex or a decode."""
-    if len(raw) == 55 and raw[2] == raw[35] == raw[52] == 45 and raw.lower() == raw:
-        try:
-            ids = unhexlify(raw.replace(b"-", b""))
-        except BinasciiError:
-            ids = None
-        if ids is not None and len(ids) == 26 and ids[0] == 0:
-            trace_id, parent_id = ids[1:17], ids[17:25]
-            if trace_id == _ZERO_TRACE_BYTES or parent_id == _ZERO_PARENT_BYTES:
-                return None
-            return trace_id, parent_id, ids[25]
+    if len(raw) == 55 and raw[2] == raw[35] == raw[52] == 45:
+        ids = _common_form_ids(raw)
+        if ids is not None:
+            return ids
     status, value, _ = parse_traceparent(raw.decode("latin-1"))
     return value if status == PARSED else None
+
+
+def _common_form_ids(raw: bytes):
+    """The ids of a valid version-00 value of 55 bytes with its dashes in
+    place; None for anything else (parse_traceparent then says why)."""
+    if raw.lower() != raw:
+        return None
+    try:
+        ids = unhexlify(raw.replace(b"-", b""))
+    except BinasciiError:
+        return None
+    if len(ids) != 26 or ids[0] != 0:
+        return None
+    trace_id, parent_id = ids[1:17], ids[17:25]
+    if trace_id == _ZERO_TRACE_BYTES or parent_id == _ZERO_PARENT_BYTES:
+        return None
+    return trace_id, parent_id, ids[25]

@@ -17,7 +17,6 @@ from __future__ import annotations
 import time
 
 from agent.counters import Counter, Metric
-from agent.parsers import PARSED
 from agent.parsers.tracecontext import parse_traceparent, parse_tracestate
 from agent.protocols import http1 as http1_items, http2 as http2_items, sql_base as sql_items
 from agent.protocols import cache_base as cache_items
@@ -62,6 +61,12 @@ def monotonic_to_wall_offset_ns() -> int:
     return time.time_ns() - time.monotonic_ns()
 
 
+# A dict cleared when full: a pair of requests (client, server) is a few
+# items apart.
+RECENT_TRACEPARENTS = 4096
+_NOT_SEEN = object()
+
+
 class ExchangeLinker:
     def __init__(self, sampler: Sampler | None = None, link_wait_s: float = 0.0):
         """link_wait_s: how long a server exchange may wait for its
@@ -79,6 +84,9 @@ class ExchangeLinker:
         # Client links of exchange records for the server exchange record
         # the router put right after them: mirror key -> link, within a batch.
         self.paired_links: dict = {}
+        # traceparent values of payload-path requests seen lately -> their
+        # ids (None: invalid).
+        self._recent_traceparents: dict = {}
         # The last traceparent value of an exchange record, and its ids.
         self.record_traceparent: tuple = (None, None)
         # Client links of exchange records that came before their server's
@@ -129,13 +137,21 @@ class ExchangeLinker:
 
     # -- what the protocols' linking functions use -------------------------
     def incoming(self, request) -> tuple | None:
-        if request.traceparent is None:
+        value = request.traceparent
+        if value is None:
             return None
-        status, value, _ = parse_traceparent(request.traceparent)
-        if status != PARSED:
+        # With both ends traced here, the server's request carries the
+        # value its client's did, a few items later: parsed once.
+        recent = self._recent_traceparents
+        ids = recent.get(value, _NOT_SEEN)
+        if ids is _NOT_SEEN:
+            status, ids, _ = parse_traceparent(value)
+            if len(recent) >= RECENT_TRACEPARENTS:
+                recent.clear()
+            recent[value] = ids
+        if ids is None:
             self.counts["traceparent_invalid"] += 1
-            return None
-        return value
+        return ids
 
     def trace_state(self, request) -> str:
         if request.tracestate is None:

@@ -13,7 +13,8 @@ from agent.parsers.http1 import (
     ChunkedBody, looks_like_request, looks_like_response, parse_request, parse_response,
     response_has_body, split_target,
 )
-from agent.parsers.tracecontext import parse_traceparent, parse_tracestate, traceparent_ids
+from agent.parsers.tracecontext import (parse_traceparent, parse_traceparent_fully,
+                                        parse_tracestate, traceparent_ids)
 from agent.spans.redact import Redactor
 
 from fuzzing import BUDGET, STATUSES, edit, fixture_files
@@ -103,6 +104,7 @@ def test_text_functions_total(text, method, code):
     assert response_has_body(method, code) in (True, False)
     status, value, reason = parse_traceparent(text)
     assert status in (PARSED, INVALID)
+    assert (status, value, reason) == parse_traceparent_fully(text)
     assert parse_tracestate(text) is None or isinstance(parse_tracestate(text), str)
     redactor = Redactor(extra_query_keys=[method])
     assert isinstance(redactor.redact_query(text), str)
@@ -118,6 +120,8 @@ def test_traceparent_mutations(sample, data):
         chars[data.draw(st.integers(0, len(chars) - 1))] = data.draw(st.characters())
     status, parsed, reason = parse_traceparent("".join(chars))
     assert status in (PARSED, INVALID)
+    # The common form's shortcut answers as the spec's rules do.
+    assert (status, parsed, reason) == parse_traceparent_fully("".join(chars))
     if status == PARSED:
         assert len(parsed[0]) == 16 and len(parsed[1]) == 8 and 0 <= parsed[2] <= 255
     # The exchange records' reader (bytes as captured) gives the same answer.

@@ -30,6 +30,7 @@ import os
 import socket
 import time
 
+from agent.aging import expire_oldest
 from agent.capture.ctnetlink import NETLINK_NETFILTER, CodecUnavailable, load_codec
 from agent.counters import Counter, Metric
 
@@ -179,13 +180,7 @@ class ConntrackResolver:
     def expire(self, now: float) -> None:
         """Forget answers cached longer than CACHE_TTL_S before `now`
         (time.monotonic()); the oldest come first in the dict."""
-        cache = self._cache
-        limit = now - CACHE_TTL_S
-        while cache:
-            key = next(iter(cache))
-            if cache[key][1] > limit:
-                break
-            del cache[key]
+        expire_oldest(self._cache, now - CACHE_TTL_S, 1)
 
     @staticmethod
     def _translation(key: tuple, reply: tuple | None) -> tuple | None:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import time
 from typing import NamedTuple
 
+from agent.aging import expire_oldest
 from agent.parsers.tracecontext import parse_tracestate, traceparent_ids
 from agent.protocols import http1_records
 from agent.spans import http
@@ -175,12 +176,7 @@ def _client_ahead(linker, mirror_key: tuple, fields: tuple) -> tuple | None:
 def forget_clients_ahead(ahead: dict, now: float) -> None:
     """Drop the clients ahead whose server's record did not come in time
     (its server is not traced here, or its record went out unlinked)."""
-    deadline = now - CLIENT_AHEAD_S
-    while ahead:
-        key = next(iter(ahead))
-        if ahead[key][0] > deadline:
-            return
-        del ahead[key]
+    expire_oldest(ahead, now - CLIENT_AHEAD_S, 0)
 
 
 def _client_context(linker, pid: int, tid: int, incoming, tracestate) -> tuple:

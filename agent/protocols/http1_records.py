@@ -78,15 +78,22 @@ class ExchangeRecords:
         end = _VALUES + values_len
         if end > len(record):
             return False
-        # A request without trace context repeats byte for byte (same
-        # method, target and headers on a keep-alive connection): its
-        # request tuple is made once and shared: it is also pickled once per
-        # span worker message, and the worker's template look-up finds it
-        # equal by identity.
+        # A request repeats byte for byte (same method, target and headers
+        # on a keep-alive connection), or but for its traceparent (an
+        # instrumented client's): its request tuple is made once and
+        # shared: it is also pickled once per span worker message, and the
+        # worker's template look-up finds it equal by identity.
         traceparent = tracestate = request = None
-        shared = not present & _TRACE_CONTEXT
-        if shared:
+        context = present & _TRACE_CONTEXT
+        if not context:
             key = record[_REQUEST_SHAPE:end]
+        elif context == _HAS_TRACEPARENT:
+            cut = _VALUES + traceparent_off
+            traceparent = record[cut:cut + traceparent_len]
+            key = record[_REQUEST_SHAPE:cut] + record[cut + traceparent_len:end]
+        else:
+            key = None
+        if key is not None:
             request = self.requests.get(key)
             if request is not None and request[5] != status:
                 request = None
@@ -97,15 +104,14 @@ class ExchangeRecords:
                        values[host_off:host_off + host_len] if present & _HAS_HOST else None,
                        values[user_agent_off:user_agent_off + user_agent_len]
                        if present & _HAS_USER_AGENT else None, status)
-            if shared:
+            if key is not None:
                 if len(self.requests) >= MAX_REQUESTS:
                     self.requests.clear()
                 self.requests[key] = request
             else:
-                if present & _HAS_TRACEPARENT:
-                    traceparent = values[traceparent_off:traceparent_off + traceparent_len]
-                if present & _HAS_TRACESTATE:
-                    tracestate = values[tracestate_off:tracestate_off + tracestate_len]
+                traceparent = values[traceparent_off:traceparent_off + traceparent_len] \
+                    if present & _HAS_TRACEPARENT else None
+                tracestate = values[tracestate_off:tracestate_off + tracestate_len]
         # A request counts as sent when its write began and received when
         # its read returned; the kernel stamped start_ns by that rule, and
         # end_ns (the response's end) by the same.

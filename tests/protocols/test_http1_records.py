@@ -110,19 +110,23 @@ def test_a_repeated_request_is_shared_and_its_status_and_trace_context_are_its_o
     router = ProtocolRouter()
     server = (1, C["DIRECTION_INGRESS"], C["ROLE_SERVER"])
     tp = b"00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+    tp2 = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     items = router.process([exchange_record(*server, b"/a", start=100, end=200),
                             exchange_record(*server, b"/a", start=300, end=400),
                             exchange_record(*server, b"/a", start=500, end=600, status=404),
                             exchange_record(*server, b"/a", start=700, end=800, traceparent=tp),
-                            exchange_record(*server, b"/b", start=900, end=950)])
+                            exchange_record(*server, b"/b", start=900, end=950),
+                            exchange_record(*server, b"/a", start=960, end=990, traceparent=tp2)])
     # (tid, start, end, traceparent, tracestate, (method, target, version, host, ua, status))
     fields = [item[2] for item in items]
-    assert [f[1:3] for f in fields] == [(100, 200), (300, 400), (500, 600), (700, 800), (900, 950)]
+    assert [f[1:3] for f in fields] == [(100, 200), (300, 400), (500, 600), (700, 800), (900, 950),
+                                        (960, 990)]
     requests = [f[5] for f in fields]
-    assert requests[0] is requests[1]
+    # The same request but for its traceparent is shared too.
+    assert requests[0] is requests[1] and requests[3] is requests[5]
     assert [(r[1], r[5]) for r in requests] == [
-        (b"/a", 200), (b"/a", 200), (b"/a", 404), (b"/a", 200), (b"/b", 200)]
-    assert [f[3] for f in fields] == [None, None, None, tp, None]
+        (b"/a", 200), (b"/a", 200), (b"/a", 404), (b"/a", 200), (b"/b", 200), (b"/a", 200)]
+    assert [f[3] for f in fields] == [None, None, None, tp, None, tp2]
 
 
 def test_requests_kept_for_sharing_are_bounded(monkeypatch):

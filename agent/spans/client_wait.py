@@ -77,14 +77,20 @@ class ClientWait:
         """Exchanges not released yet."""
         return self._waiting_count + len(self._claimed)
 
-    def client_seen(self, key: tuple) -> HeldExchange | None:
+    def client_seen(self, key: tuple, times: tuple | None = None) -> HeldExchange | None:
         """A client request on the connection `key`: the held server
         exchange it completes, if one waits for it.  The caller gives it
-        the client's context before the next release."""
+        the client's context before the next release.  times: the client
+        exchange's (start, end), when known: a held exchange not within
+        them is an earlier request's, whose client was not seen."""
         self.saw_client(key)
         waiting = self._waiting.get(key)
         if not waiting:
             return None
+        if times is not None:
+            exchange = waiting[0].exchange
+            if not times[0] <= exchange[8] <= exchange[9] <= times[1]:
+                return None
         held = waiting.popleft()
         if not waiting:
             del self._waiting[key]

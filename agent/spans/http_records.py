@@ -150,7 +150,7 @@ def _client_sent(linker, link_key: tuple, sent: tuple, paired: bool, fields: tup
         if wait is not None:
             wait.saw_client(link_key)
         return
-    held = wait.client_seen(link_key) if wait is not None else None
+    held = wait.client_seen(link_key, (fields[1], fields[2])) if wait is not None else None
     if held is not None:
         linker.counts["linked_same_node"] += 1
         ctx = held.ctx

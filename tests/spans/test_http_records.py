@@ -402,3 +402,14 @@ def test_a_client_ahead_is_taken_only_by_its_own_server_exchange(monkeypatch):
     monkeypatch.setattr(time, "monotonic", lambda: later)
     linker.exchanges([])
     assert linker.links_tracked() == 0
+
+
+def test_a_held_server_exchange_is_not_claimed_by_a_later_requests_client():
+    """The first request's client record is lost: its server exchange waits
+    for it, and the second request's client record (ahead of its own
+    server's) must not claim it."""
+    (server_1, _), (server_2, client_2) = calls_on_one_connection((b"/1", b"/2"))
+    spans, linker = linked_spans([[server_1, client_2, server_2]], 60.0)
+    assert spans[(KIND_SERVER, "/1")].parent_span_id == b""
+    assert spans[(KIND_SERVER, "/2")].parent_span_id == spans[(KIND_CLIENT, "/2")].span_id
+    assert linker.counts["link_wait_expired"] == 1

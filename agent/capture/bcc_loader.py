@@ -176,7 +176,7 @@ def compile_flags(settings: CaptureSettings, family: str = "tracepoint") -> list
              f"-DRING_BUFFER_PAGES={settings.ring_buffer_bytes // PAGE_SIZE}",
              "-Wno-unused-variable", "-Wno-incompatible-pointer-types-discards-qualifiers"]
     config = capture_config(settings)
-    config["http_exchanges"] = 0    # BCC programs have no bpf_loop: payload path only
+    config["http_exchanges"] = int(BccObject.pairs_http_exchanges)   # no bpf_loop: off
     flags += [f"-DCONFIG_{name}={value}" for name, value in config.items()]
     return flags
 
@@ -187,6 +187,8 @@ class BccObject:
     name = "bcc"
     # BCC 0.26 cannot query a ring's unread bytes: no wake-up at the fill mark.
     wakes_reader_at_fill = False
+    # No bpf_loop in BCC's programs: HTTP/1.x keeps the payload path.
+    pairs_http_exchanges = False
 
     def __init__(self, bpf, headers: kernel_headers.KernelHeaders):
         self.bpf = bpf

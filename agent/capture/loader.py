@@ -157,6 +157,8 @@ class CoreObject:
     name = "core"
     # The ring's reader is woken when the unread bytes cross the fill mark.
     wakes_reader_at_fill = True
+    # Its programs run bpf_loop: they can parse HTTP/1.x heads (--http-exchanges).
+    pairs_http_exchanges = True
 
     def __init__(self, obj):
         self._obj = obj
@@ -334,6 +336,12 @@ class LoadedCapture:
                     totals[i] += value
             out[name] = tuple(totals)
         return out
+
+    @property
+    def http_exchanges(self) -> bool:
+        """Whether the probes pair HTTP/1.x exchanges: asked for, and the
+        front end can (the BCC build keeps the payload path)."""
+        return self.settings.http_exchanges and self.front_end.pairs_http_exchanges
 
     def http_fallbacks(self) -> dict[str, tuple[int, int]]:
         """HTTP_FALLBACK_* reason -> (connections turned over to the payload

@@ -124,6 +124,10 @@ class Agent:
             report_execs=C["EXECS_ALL"] if selection.exes else C["EXECS_TRACED"])
         self.metrics = AgentMetrics(self)
         self.capture = load_capture(settings)
+        if settings.http_exchanges and not self.capture.http_exchanges:
+            log.warning("--http-exchanges: the %s loader's programs cannot parse HTTP/1.x "
+                        "heads (no bpf_loop); HTTP/1.x takes the payload path",
+                        self.capture.front_end.name)
         # Kernel BPF stats on for the agent's life: the kernel turns them
         # back off when this fd closes, however the agent exits.
         self.bpf_stats_fd = enable_stats()
@@ -161,6 +165,8 @@ class Agent:
                  f"hooks={capture.hook_family.name} ({capture.attached_programs} programs)"]
         for name, why in capture.skipped_hooks:
             parts.append(f"not {name}: {why.splitlines()[0]}")
+        parts.append("HTTP/1.x=exchange records" if capture.http_exchanges
+                     else "HTTP/1.x=payload path")
         parts.append(f"exporter={self.sink_name}")
         parts.append(f"span workers={self.config.span_workers}")
         parts.append(f"nice={os.getpriority(os.PRIO_PROCESS, 0)}")

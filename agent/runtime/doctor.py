@@ -37,6 +37,18 @@ def loader_reason(choice: str, front_end: str, btf: bool, loop_ok: bool) -> tupl
     return True, f"{missing}: the CO-RE object cannot load; BCC needs neither BTF nor bpf_loop"
 
 
+def exchange_records_text(front_end: str, loader_ok: bool) -> str:
+    """What --http-exchanges gives with this front end: the probes parse
+    HTTP/1.x heads with bpf_loop, which only the CO-RE build's programs run."""
+    line = "HTTP/1.x exchange records (--http-exchanges, off by default): "
+    if front_end != "core":
+        return line + ("not with the BCC loader (its programs have no bpf_loop): "
+                       "HTTP/1.x takes the payload path")
+    if not loader_ok:
+        return line + "need the CO-RE loader, which cannot load here"
+    return line + "available: the probes pair requests with responses"
+
+
 def report(loader: str = "auto", kernel_headers: str | None = None) -> tuple[str, bool]:
     """The doctor's text and whether the agent can run here."""
     lines = []
@@ -52,6 +64,7 @@ def report(loader: str = "auto", kernel_headers: str | None = None) -> tuple[str
     lines.append(f"bpf_loop helper: {loop_text}")
     loader_ok, why = loader_reason(loader, front_end, features.btf, loop_ok)
     lines.append(f"Loader: {front_end} ({why})")
+    lines.append(exchange_records_text(front_end, loader_ok))
     lines.append(f"Kernel headers for the BCC loader: {_kernel_headers_text(kernel_headers)}")
     lines.append("")
     lines.append("Hooks, in order of preference:")

@@ -8,7 +8,7 @@ from prometheus_client.core import CounterMetricFamily
 
 def http_exchange_families(capture, prefix: str):
     """The families, or none when the probes do not pair exchanges."""
-    if not capture.settings.http_exchanges:
+    if not capture.http_exchanges:
         return
     fallbacks = CounterMetricFamily(
         f"{prefix}_kernel_http_fallbacks",

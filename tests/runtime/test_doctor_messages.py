@@ -61,3 +61,25 @@ def test_core_forced_without_bpf_loop_names_what_is_missing_and_fails(monkeypatc
     line = loader_line(text)
     assert "bpf_loop absent" in line and "cannot load" in line
     assert not ok
+
+
+def exchange_records_line(text: str) -> str:
+    return next(line for line in text.splitlines()
+                if line.startswith("HTTP/1.x exchange records (--http-exchanges"))
+
+
+@pytest.mark.parametrize("btf, bpf_loop, choice, says", [
+    (True, True, "auto", "available: the probes pair requests with responses"),
+    (True, True, "bcc", "not with the BCC loader"),
+    (False, True, "auto", "not with the BCC loader"),
+    (True, False, "core", "need the CO-RE loader, which cannot load here"),
+])
+def test_doctor_says_whether_the_probes_can_pair_http_exchanges(monkeypatch, btf, bpf_loop,
+                                                                 choice, says):
+    """The BCC build keeps HTTP/1.x on the payload path: a user who asks for
+    exchange records learns it before running the agent."""
+    fake_kernel(monkeypatch, btf=btf, bpf_loop=bpf_loop)
+    line = exchange_records_line(doctor.report(loader=choice)[0])
+    assert says in line
+    if "BCC" in says:
+        assert "payload path" in line

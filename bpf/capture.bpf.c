@@ -464,7 +464,7 @@ static __always_inline int emit_data(__u64 id, struct conn_info *conn, const str
     }
 
     bool exchanges = CONFIG(http_exchanges) && conn->protocol == PROTOCOL_HTTP1 &&
-                     !conn->http_payload && !(flags & FLAG_TLS);
+                     !conn->http_payload;
     struct http_pending *pending = NULL;
     if (exchanges) {
         pending = http_pending_of(conn->conn_id);
@@ -505,7 +505,7 @@ static __always_inline int emit_data(__u64 id, struct conn_info *conn, const str
     } else if (a.buffer_kind == IO_IOVEC) {
         captured = copy_iovecs(ev->payload, a.buf, a.count, want);
     }
-    if (exchanges && http_head_call(id, conn, pending, &a, ret, captured, stats))
+    if (exchanges && http_head_call(id, conn, pending, &a, ret, captured, flags, stats))
         return 0;
 
     ev->hdr.type = EVENT_DATA;

@@ -316,7 +316,7 @@ static __always_inline struct http_pending *http_entry(struct conn_info *conn,
 static __always_inline bool http_request_call(__u64 id, struct conn_info *conn,
                                               struct http_pending *p, struct http_work *w,
                                               const struct io_args *a, __u64 n, __u32 captured,
-                                              __u64 at)
+                                              __u64 at, __u8 flags)
 {
     __u8 expected = conn->role == ROLE_SERVER ? DIRECTION_INGRESS : DIRECTION_EGRESS;
     if (conn->role != ROLE_UNKNOWN && a->direction != expected) {
@@ -358,7 +358,7 @@ static __always_inline bool http_request_call(__u64 id, struct conn_info *conn,
     h->direction = a->direction;
     h->role = conn->role;
     h->protocol = PROTOCOL_HTTP1;
-    h->flags = 0;
+    h->flags = flags;       /* FLAG_TLS: the plaintext of a TLS library's calls */
     h->probe = a->probe;
     /* A shed exchange takes no number: no record, no gap. */
     h->seq = p->shed ? 0 : (__sync_fetch_and_add(&conn->seq, 1) % 65535) + 1;
@@ -383,7 +383,8 @@ static __always_inline bool http_request_call(__u64 id, struct conn_info *conn,
  * taken (no data record). */
 static __always_inline bool http_head_call(__u64 id, struct conn_info *conn,
                                            struct http_pending *p, const struct io_args *a,
-                                           __u64 n, __u32 captured, struct probe_stats *stats)
+                                           __u64 n, __u32 captured, __u8 flags,
+                                           struct probe_stats *stats)
 {
     __u32 zero = 0;
     struct http_work *w = bpf_map_lookup_elem(&http_work, &zero);
@@ -391,7 +392,7 @@ static __always_inline bool http_head_call(__u64 id, struct conn_info *conn,
         return false;
     __u64 at = http_call_time(a);
     if (!http_in_exchange(p))
-        return http_request_call(id, conn, p, w, a, n, captured, at);
+        return http_request_call(id, conn, p, w, a, n, captured, at, flags);
     if (p->phase == HTTP_PHASE_RESPONSE_BODY || a->direction == p->request_direction) {
         /* A second request before the first one's response. */
         http_fall_back(conn, HTTP_FALLBACK_PIPELINED, true);

@@ -175,9 +175,9 @@ def loader_options(command):
               help="Print the resolved settings as YAML and exit without tracing.")
 @click.option("--http-exchanges/--no-http-exchanges", default=False, show_default=True,
               envvar="OTEL_EBPF_HTTP_EXCHANGES",
-              help="Pair HTTP/1.x exchanges in the probes (CO-RE loader; plain sockets) and "
-                   "send one record per exchange; what the probes cannot pair with certainty "
-                   "takes the payload path.")
+              help="Pair HTTP/1.x exchanges in the probes (CO-RE loader; sockets and TLS "
+                   "plaintext) and send one record per exchange; what the probes cannot pair "
+                   "with certainty takes the payload path.")
 def run(pids, cgroups, containers, ports, exes, exporter, otlp_impl, capture_bytes, ring_buffer_size, hooks,
         loader, kernel_headers, metrics_address, redact_query_keys, sql_text, tls, routes, keep_error_spans, span_workers, nice,
         yield_cpu, conntrack, request_metrics, otlp_metrics, metric_series_limit, duration,

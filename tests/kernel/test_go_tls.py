@@ -79,11 +79,12 @@ def on_port(port: int, kind: int):
     return lambda s: s.kind == kind and s.attributes.get("server.port") == port
 
 
-def traced_exchange(start_agent, receiver, tls, binary: str, proto: str, outcome: str):
+def traced_exchange(start_agent, receiver, tls, binary: str, proto: str, outcome: str,
+                    *agent_args: str):
     """An agent selecting the peer by name, the peer's server, and its client
     sending REQUESTS GETs with a traceparent: (agent, url, server spans,
     client spans)."""
-    agent = start_agent("--exe", os.path.basename(binary))
+    agent = start_agent("--exe", os.path.basename(binary), *agent_args)
     server, port = start_go_server(binary, tls)
     try:
         wait_probed(agent, outcome, binary)
@@ -136,6 +137,33 @@ def test_go_https_server_and_client_spans(agent_loader, proto, receiver, start_a
     # reads the client's preface, which the HTTP/2 decoder counts as a resync
     # (in cleartext too); the spans above are whole all the same.
     assert agent.metric("otel_ebpf_parse_errors_total", protocol="http1") == 0
+
+
+def test_go_https_exchanges_are_paired_in_the_probes(receiver, start_agent, tls_certificate,
+                                                     go_peers):
+    """With --http-exchanges, crypto/tls's plaintext is paired in the probes
+    as a socket's is: a paired side writes one record per exchange, and the
+    spans are those of the payload path."""
+    agent, url, servers, clients = traced_exchange(start_agent, receiver, tls_certificate,
+                                                   go_peers["dwarf"], "h1", SOCKET_FROM_DWARF,
+                                                   "--http-exchanges")
+    assert len(servers) == REQUESTS and len(clients) == REQUESTS, (len(servers), len(clients))
+    for span in servers:
+        assert (span.trace_id, span.parent_span_id) == (TRACE_ID, PARENT_ID)
+        assert span.attributes["url.scheme"] == "https"
+        assert span.attributes["http.response.status_code"] == 200
+    for span in clients:
+        assert (span.trace_id, span.span_id) == (TRACE_ID, PARENT_ID)
+        assert span.attributes["url.full"] == url
+    # The server's side is paired: its requests' reads and the client's
+    # request writes write nothing, its responses one record each.  A side
+    # the probes could not pair (Go's client may read a response head in two
+    # calls: split_head) goes to the payload path, counted, its spans whole.
+    assert agent.metric("otel_ebpf_kernel_events_total", probe="ssl_write") == REQUESTS
+    fallbacks = agent.metric("otel_ebpf_kernel_http_fallbacks_total")
+    assert fallbacks <= 1 and agent.metric("otel_ebpf_kernel_http_requests_dropped_total") == 0
+    if not fallbacks:
+        assert agent.metric("otel_ebpf_kernel_events_total", probe="ssl_read") == REQUESTS
 
 
 @pytest.mark.parametrize("proto", ["h1", "h2"])

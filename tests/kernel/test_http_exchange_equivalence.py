@@ -14,11 +14,14 @@ import threading
 import pytest
 
 from agent.capture.loader import CaptureSettings, load_capture
+from agent.capture.records import C, EVENT_HEADER, EVENT_HEADER_FIELDS
+from agent.capture.tls import TlsProbes
 from agent.protocols.router import ProtocolRouter
 from agent.spans.builder import ExchangeLinker, SpanFactory
 from agent.spans.model import KIND_SERVER, TemplatedSpan
 from agent.spans.redact import Redactor
 from agent.spans.resources import ResourceCache
+from conftest import start_backend
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 # The two captures' programs each read the clock: the same call's times
@@ -56,9 +59,12 @@ def server():
 
 
 def spans_of(capture) -> list:
+    return spans_from(capture.ring.read_batch(1 << 20))
+
+
+def spans_from(records: list) -> list:
     router, linker = ProtocolRouter(), ExchangeLinker(link_wait_s=LINK_WAIT_S)
     factory = SpanFactory(ResourceCache(host_attributes=[]), Redactor())
-    records = capture.ring.read_batch(1 << 20)
     exchanges = linker.exchanges(router.process(records)) + linker.release_held(flush=True)
     return factory.spans(exchanges)
 
@@ -195,3 +201,42 @@ def test_every_server_span_is_its_same_node_clients_child(server):
     unlinked = [i for i, s in servers.items()
                 if (s.trace_id, s.parent_span_id) != (clients[i].trace_id, clients[i].span_id)]
     assert unlinked == []
+
+
+def test_tls_plaintext_gives_the_same_spans(tls_certificate):
+    """The OpenSSL probes' plaintext is paired like a socket's: curl over
+    HTTPS to the Python backend, both ends traced through their libssl
+    calls, each side one exchange record marked TLS (url.scheme https)."""
+    proc, port = start_backend(tls_certificate)
+    settings = dict(ports={port}, agent_pid=0, tls=True, ring_buffer_bytes=1 << 22)
+    records_path = load_capture(CaptureSettings(http_exchanges=True, **settings))
+    payload_path = load_capture(CaptureSettings(http_exchanges=False, **settings))
+    try:
+        for capture in (records_path, payload_path):
+            TlsProbes(capture).start()
+        for path in ("/items/7?color=blue", "/status/503"):
+            subprocess.run(["curl", "-s", "-o", "/dev/null", "--cacert", str(tls_certificate.cert),
+                            "-H", f"traceparent: {TRACEPARENT}", f"https://127.0.0.1:{port}{path}"],
+                           check=True)
+        records = records_path.ring.read_batch(1 << 20)
+        fast = spans_from(records)
+        slow = spans_of(payload_path)
+        fallbacks = records_path.http_fallbacks()
+    finally:
+        records_path.close()
+        payload_path.close()
+        proc.terminate()
+        proc.wait()
+    headers = [dict(zip(EVENT_HEADER_FIELDS, EVENT_HEADER.unpack_from(r))) for r in records]
+    exchange_records = [h for h in headers if h["type"] == C["EVENT_HTTP_EXCHANGE"]]
+    assert len(exchange_records) == 4 and all(h["flags"] & C["FLAG_TLS"] for h in exchange_records)
+    assert not [h for h in headers if h["type"] == C["EVENT_DATA"] and h["flags"] & C["FLAG_TLS"]]
+    assert len(slow) == 4, slow
+    assert_same_spans(fast, slow, fallbacks)
+    assert all(connections == 0 for connections, _ in fallbacks.values()), fallbacks
+    servers = [s for s in fast if s.kind == KIND_SERVER]
+    assert {s.attribute("url.scheme") for s in servers} == {"https"}
+    assert {s.attribute("http.response.status_code") for s in servers} == {200, 503}
+    _, trace_id, parent_id, _ = TRACEPARENT.split("-")
+    assert all(s.trace_id == bytes.fromhex(trace_id) for s in fast)
+    assert all(s.parent_span_id == bytes.fromhex(parent_id) for s in servers)

@@ -471,7 +471,7 @@ static __always_inline int emit_data(__u64 id, struct conn_info *conn, const str
         if (pending && http_body_call(conn, pending, &a, ret, stats))
             return 0;
         if (!conn->http_payload && a.buffer_kind == IO_NONE)
-            http_fall_back(conn, HTTP_FALLBACK_MID_STREAM, http_in_exchange(pending));
+            http_give_up(stats, conn, pending, HTTP_FALLBACK_MID_STREAM);
         exchanges = !conn->http_payload;
     }
 

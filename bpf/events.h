@@ -241,6 +241,10 @@ struct tls_library_record {
  * plain socket.  A value longer than its slot keeps its first bytes and
  * sets its HTTP_TRUNC_* bit. */
 #define EVENT_HTTP_EXCHANGE 6
+/* A request the probes kept, handed to the payload path with its
+ * connection before its response began: struct http_exchange with no
+ * response fields; the payload path reads the response and pairs them. */
+#define EVENT_HTTP_KEPT_REQUEST 7
 
 #define HTTP_METHOD_BYTES 16
 #define HTTP_TARGET_BYTES 256

@@ -225,6 +225,23 @@ static __always_inline __u8 http_parse_captured(struct http_work *w, struct http
     return http_head_result(&w->parse, r);
 }
 
+/* A request on its way (its head seen, its response not yet ended). */
+static __always_inline bool http_in_exchange(const struct http_pending *p)
+{
+    return p && p->phase != HTTP_PHASE_IDLE;
+}
+
+/* The held record, as far as its values go. */
+static __always_inline void http_write(struct probe_stats *stats, struct http_pending *p)
+{
+    __u64 size = __builtin_offsetof(struct http_exchange, request.values) +
+                 p->record.request.values_len;
+    if (size > sizeof(p->record))
+        size = sizeof(p->record);
+    barrier_var(size);
+    output_record(stats, &p->record, size, false);
+}
+
 static __always_inline void http_emit(struct probe_stats *stats, struct http_pending *p,
                                       __u64 end_ns, __u64 bytes)
 {
@@ -237,18 +254,25 @@ static __always_inline void http_emit(struct probe_stats *stats, struct http_pen
     }
     p->record.hdr.end_ns = end_ns;
     p->record.response_bytes += bytes;
-    __u64 size = __builtin_offsetof(struct http_exchange, request.values) +
-                 p->record.request.values_len;
-    if (size > sizeof(p->record))
-        size = sizeof(p->record);
-    barrier_var(size);
-    output_record(stats, &p->record, size, false);
+    http_write(stats, p);
 }
 
-/* A request on its way (its head seen, its response not yet ended). */
-static __always_inline bool http_in_exchange(const struct http_pending *p)
+/* The connection goes to the payload path with an exchange on its way (or
+ * none: p NULL or idle).  A request whose response has not begun is handed
+ * over whole (EVENT_HTTP_KEPT_REQUEST, ahead of this call's data record):
+ * the payload path reads the response and pairs them as if it had read the
+ * request too.  Once a response head was taken here, or a request body is
+ * still coming, the payload path could not frame the rest: that exchange
+ * is dropped, counted.  A shed exchange writes nothing either way. */
+static __always_inline void http_give_up(struct probe_stats *stats, struct conn_info *conn,
+                                         struct http_pending *p, __u8 reason)
 {
-    return p && p->phase != HTTP_PHASE_IDLE;
+    bool handed_over = p && p->phase == HTTP_PHASE_AWAIT_RESPONSE && !p->shed;
+    if (handed_over) {
+        p->record.hdr.type = EVENT_HTTP_KEPT_REQUEST;
+        http_write(stats, p);
+    }
+    http_fall_back(conn, reason, http_in_exchange(p) && !handed_over);
 }
 
 /* Body bytes of the pending exchange (no copy needed).  True when the call
@@ -260,7 +284,7 @@ static __always_inline bool http_body_call(struct conn_info *conn, struct http_p
     bool request_side = a->direction == p->request_direction;
     if (p->phase == HTTP_PHASE_REQUEST_BODY && request_side) {
         if (n > p->body_remaining) {
-            http_fall_back(conn, HTTP_FALLBACK_PIPELINED, true);
+            http_give_up(stats, conn, p, HTTP_FALLBACK_PIPELINED);
             return false;
         }
         p->body_remaining -= n;
@@ -271,7 +295,7 @@ static __always_inline bool http_body_call(struct conn_info *conn, struct http_p
     }
     if (p->phase == HTTP_PHASE_RESPONSE_BODY) {
         if (request_side || n > p->body_remaining) {
-            http_fall_back(conn, HTTP_FALLBACK_PIPELINED, true);
+            http_give_up(stats, conn, p, HTTP_FALLBACK_PIPELINED);
             return false;
         }
         p->body_remaining -= n;
@@ -395,7 +419,7 @@ static __always_inline bool http_head_call(__u64 id, struct conn_info *conn,
         return http_request_call(id, conn, p, w, a, n, captured, at, flags);
     if (p->phase == HTTP_PHASE_RESPONSE_BODY || a->direction == p->request_direction) {
         /* A second request before the first one's response. */
-        http_fall_back(conn, HTTP_FALLBACK_PIPELINED, true);
+        http_give_up(stats, conn, p, HTTP_FALLBACK_PIPELINED);
         return false;
     }
     /* The response head: parsed into the work area, the kept request
@@ -406,7 +430,7 @@ static __always_inline bool http_head_call(__u64 id, struct conn_info *conn,
     if (verdict == HTTP_HEAD_OK && status < 200)
         verdict = status == 101 ? HTTP_FALLBACK_UPGRADE : HTTP_FALLBACK_CONTINUE;
     if (verdict != HTTP_HEAD_OK) {
-        http_fall_back(conn, verdict, true);
+        http_give_up(stats, conn, p, verdict);
         return false;
     }
     bool bodyless = p->head_request || status == 204 || status == 304;
@@ -414,13 +438,13 @@ static __always_inline bool http_head_call(__u64 id, struct conn_info *conn,
     __u64 body = 0;
     if (!bodyless) {
         if (w->parse.chunked || !(r->present & HTTP_HAS_CONTENT_LENGTH)) {
-            http_fall_back(conn, HTTP_FALLBACK_RESPONSE_END, true);
+            http_give_up(stats, conn, p, HTTP_FALLBACK_RESPONSE_END);
             return false;
         }
         body = r->content_length;
     }
     if (after > body) {
-        http_fall_back(conn, HTTP_FALLBACK_PIPELINED, true);
+        http_give_up(stats, conn, p, HTTP_FALLBACK_PIPELINED);
         return false;
     }
     p->record.response_start_ns = at;

@@ -38,15 +38,17 @@ def http_exchange_record(conn_id: int, pid: int, role: int, direction: int, star
                          user_agent: bytes | None = None, traceparent: bytes | None = None,
                          tracestate: bytes | None = None, status: int = 200,
                          version_minor: int = 1, serving: int = 0, tid: int | None = None,
-                         seq: int = 0) -> bytes:
+                         seq: int = 0, kept: bool = False) -> bytes:
     """One EVENT_HTTP_EXCHANGE record (struct http_exchange, variable
     length) as the probes write it: the request's values packed in head
-    order, each absent header left out of `present`."""
+    order, each absent header left out of `present`.  kept: an
+    EVENT_HTTP_KEPT_REQUEST instead (the request alone, handed over)."""
     from agent.capture import exchange_records
     from agent.capture.records import ffi
     x = ffi.new("struct http_exchange *")
     h = x.hdr
-    h.type, h.pid, h.tid, h.fd, h.conn_id = C["EVENT_HTTP_EXCHANGE"], pid, tid or pid, 5, conn_id
+    h.type = C["EVENT_HTTP_KEPT_REQUEST" if kept else "EVENT_HTTP_EXCHANGE"]
+    h.pid, h.tid, h.fd, h.conn_id = pid, tid or pid, 5, conn_id
     h.start_ns, h.end_ns, h.direction, h.role = start, end, direction, role
     h.protocol, h.seq = C["PROTOCOL_HTTP1"], seq
     h.tuple.family = 10

@@ -187,6 +187,22 @@ class Http1Handler(ProtocolHandler):
             self._feed(conn, state.egress, payload, length - len(payload), tid, start_ns,
                        start_ns, out)
 
+    def kept_request(self, conn, request, hot: tuple, out: list) -> None:
+        """A request the probes parsed and kept, handed over before its
+        response began (agent/protocols/http1_records.py): taken as if its
+        head, and whatever body it had, had been read here; its times are
+        the record's (a request counts as sent when its write began, as
+        received when its read returned, as here)."""
+        state = conn.state
+        direction = hot[9]
+        if state.ingress is None:
+            _set_request_direction(conn, state, direction, self.heads)
+        stream = state.ingress if direction == _INGRESS else state.egress
+        stream.buf = b""
+        stream.state = _HEAD
+        stream.message = Message(request, hot[5], hot[5], hot[2])
+        self._start_body(conn, stream, request, out)
+
     def gap(self, conn) -> None:
         """Whatever was being framed is unreliable: both directions wait for
         the next message start."""

@@ -19,8 +19,10 @@ from __future__ import annotations
 
 from agent.capture import exchange_records
 from agent.capture.records import C
+from agent.parsers.http1 import HttpRequest
 
 EVENT_HTTP_EXCHANGE = C["EVENT_HTTP_EXCHANGE"]
+EVENT_HTTP_KEPT_REQUEST = C["EVENT_HTTP_KEPT_REQUEST"]
 EXCHANGE_SIZE = exchange_records.HTTP_EXCHANGE.size
 RECORD_TAG = "http1_record"
 PAIRED_TAG = "http1_record_paired"
@@ -143,6 +145,23 @@ class ExchangeRecords:
         if earlier is not None:
             out.extend(earlier)
         self.deferred[key] = items
+        return True
+
+    @staticmethod
+    def kept_request(conn, record: bytes, hot: tuple, out: list) -> bool:
+        """A request the probes kept, then handed over with its connection
+        before its response began (EVENT_HTTP_KEPT_REQUEST): to the
+        connection's HTTP/1 handler, as its head read there would have been,
+        for the response the payload path reads next.  False for a
+        malformed record."""
+        try:
+            kept = exchange_records.decode(record)
+        except ValueError:
+            return False
+        request = HttpRequest(kept.method, kept.target, kept.version, kept.host,
+                              kept.user_agent, kept.traceparent, kept.tracestate,
+                              -1, False, False, False, 0)
+        conn.handler.kept_request(conn, request, hot, out)
         return True
 
     def release_deferred(self, out: list) -> None:

@@ -17,7 +17,8 @@ def http_exchange_families(capture, prefix: str):
     dropped = CounterMetricFamily(
         f"{prefix}_kernel_http_requests_dropped",
         "Requests the probes held, then dropped when their connection went to the payload "
-        "path, by reason.", labels=["reason"])
+        "path mid-body (one whose response had not begun is handed over), by reason.",
+        labels=["reason"])
     for reason, (connections, requests) in capture.http_fallbacks().items():
         fallbacks.add_metric([reason], connections)
         dropped.add_metric([reason], requests)

@@ -6,6 +6,7 @@ capture's records through its own router, linker and span factory, then
 every span field, link and time compared."""
 from __future__ import annotations
 
+import contextlib
 import http.client
 import http.server
 import subprocess
@@ -46,9 +47,19 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def server():
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+class ChunkedHandler(Handler):
+    """Answers with a chunked body, as Node.js does by default."""
+
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.wfile.write(b"5\r\nhello\r\n0\r\n\r\n")
+
+
+@contextlib.contextmanager
+def serving(handler):
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     try:
@@ -56,6 +67,12 @@ def server():
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    with serving(Handler) as port:
+        yield port
 
 
 def spans_of(capture) -> list:
@@ -240,3 +257,34 @@ def test_tls_plaintext_gives_the_same_spans(tls_certificate):
     _, trace_id, parent_id, _ = TRACEPARENT.split("-")
     assert all(s.trace_id == bytes.fromhex(trace_id) for s in fast)
     assert all(s.parent_span_id == bytes.fromhex(parent_id) for s in servers)
+
+
+def test_a_chunked_servers_requests_are_handed_over_not_dropped():
+    """A server answering chunked (Node.js's default): the probes cannot
+    frame its responses, so each side's kept request goes to the payload
+    path with its connection, ahead of the response.  Every exchange,
+    each connection's first included, gives the payload path's span, and
+    no request is dropped."""
+    with serving(ChunkedHandler) as port:
+        settings = dict(ports={port}, agent_pid=0, tls=False, ring_buffer_bytes=1 << 22)
+        records_path = load_capture(CaptureSettings(http_exchanges=True, **settings))
+        payload_path = load_capture(CaptureSettings(http_exchanges=False, **settings))
+        try:
+            subprocess.run(["curl", "-s", "-o", "/dev/null", "-H", f"traceparent: {TRACEPARENT}",
+                            f"http://127.0.0.1:{port}/first"], check=True)
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            for path in ("/one", "/two", "/one"):
+                conn.request("GET", path, headers={"User-Agent": "chunked"})
+                assert conn.getresponse().read() == b"hello"
+            conn.close()
+            fast = spans_of(records_path)
+            slow = spans_of(payload_path)
+            fallbacks = records_path.http_fallbacks()
+        finally:
+            records_path.close()
+            payload_path.close()
+    assert len(slow) == 8, slow
+    assert_same_spans(fast, slow, fallbacks)
+    # Both ends of both connections, each at its first response.
+    assert fallbacks["response_end"] == (4, 0), fallbacks
+    assert all(dropped == 0 for _, dropped in fallbacks.values()), fallbacks

@@ -65,7 +65,8 @@ def node():
     return path
 
 
-def test_node_https_server_and_client(receiver, start_agent, tls_certificate, node, agent_loader):
+def start_node_pair(node: str, tls_certificate) -> tuple:
+    """A Node HTTPS server and its client, waiting for "go": (server, client, port)."""
     port = free_port()
     server = subprocess.Popen([node, str(PEERS / "node_https.js"), "server", str(port),
                                str(tls_certificate.cert), str(tls_certificate.key)],
@@ -74,15 +75,36 @@ def test_node_https_server_and_client(receiver, start_agent, tls_certificate, no
                                f"https://127.0.0.1:{port}/orders/7?x=1", str(REQUESTS),
                                str(tls_certificate.cert), TRACEPARENT_PREFIX],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    return server, client, port
+
+
+def test_node_https_server_and_client(receiver, start_agent, tls_certificate, node, agent_loader):
     # Both processes run before the agent starts: it finds OpenSSL in the
     # node executable in its start-up scan.  The server accepts with no peer
     # address asked for (libuv's accept4(fd, NULL, NULL)): the BCC build
     # places that connection by its first read (bpf/capture_bcc.h).
+    server, client, port = start_node_pair(node, tls_certificate)
     check_traced_https_pair(receiver, start_agent, server, client, port, name="node")
 
 
+@pytest.mark.parametrize("agent_loader", ["core"])
+def test_node_https_exchanges_are_paired_in_the_probes(receiver, start_agent, tls_certificate,
+                                                       node, agent_loader):
+    """With --http-exchanges, memory-BIO TLS plaintext goes through the
+    probes' pairing too.  Node answers with chunked bodies, which the probes
+    cannot frame: they hand the first request of each end over with its
+    connection, and every exchange is the payload path's span."""
+    server, client, port = start_node_pair(node, tls_certificate)
+    agent = check_traced_https_pair(receiver, start_agent, server, client, port, "node",
+                                    "--http-exchanges")
+    # Node answers chunked: each end's connection goes to the payload path
+    # at its first response, its kept request handed over, nothing dropped.
+    assert agent.metric("otel_ebpf_kernel_http_fallbacks_total", reason="response_end") == 2
+    assert agent.metric("otel_ebpf_kernel_http_requests_dropped_total") == 0
+
+
 def check_traced_https_pair(receiver, start_agent, server, client, port: int,
-                            name: str) -> None:
+                            name: str, *agent_args: str):
     """Trace a running server and a client waiting for "go" on stdin; the
     client then sends REQUESTS requests to https://127.0.0.1:PORT/orders/7?x=1
     on one keep-alive connection and prints each status, then "done".  A
@@ -91,7 +113,7 @@ def check_traced_https_pair(receiver, start_agent, server, client, port: int,
         if server.stdout is not None:
             assert server.stdout.readline().strip() == "ready"
         wait_for_port(port, process=server, name=name)
-        agent = start_agent("--pid", str(server.pid), "--pid", str(client.pid))
+        agent = start_agent("--pid", str(server.pid), "--pid", str(client.pid), *agent_args)
         assert_bindings_at_zero(agent)
         client.stdin.write("go\n")
         client.stdin.flush()
@@ -108,6 +130,7 @@ def check_traced_https_pair(receiver, start_agent, server, client, port: int,
     check_http_spans(servers, clients, f"https://127.0.0.1:{port}/orders/7?x=1")
     assert tls_unmapped(agent) == 0, \
         [line for line in agent.metrics().splitlines() if "tls_unmapped" in line]
+    return agent
 
 
 # CO-RE only: the BCC build does not trace connections opened before the

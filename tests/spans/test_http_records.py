@@ -47,9 +47,13 @@ class Traffic:
     def call(self, conn: tuple, t: int, duration: int = 1000, method: bytes = b"GET",
              target: bytes = b"/", host: bytes | None = None, user_agent: bytes | None = None,
              traceparent: bytes | None = None, tracestate: bytes | None = None,
-             status: int = 200, serving: int = 0, inner=None, client_traced: bool = True) -> None:
+             status: int = 200, serving: int = 0, inner=None, client_traced: bool = True,
+             chunked: bool = False) -> None:
         """A request at t answered by duration later; `inner(t)` makes the
-        server's own upstream calls while it serves (serving: its conn id)."""
+        server's own upstream calls while it serves (serving: its conn id).
+        chunked: a response the probes cannot frame; they hand each side's
+        request over (EVENT_HTTP_KEPT_REQUEST) ahead of the response's data
+        record, and the connection stays on the payload path."""
         client_id, client_pid, client_end, server_end, server_id, server_pid = conn
         head = method + b" " + target + b" HTTP/1.1\r\n"
         for name, value in ((b"Host", host), (b"User-Agent", user_agent),
@@ -59,6 +63,9 @@ class Traffic:
         request = head + b"\r\n"
         reason = {200: b"OK", 404: b"Not Found", 500: b"Internal Server Error"}[status]
         response = b"HTTP/1.1 %d %s\r\nContent-Length: 2\r\n\r\nok" % (status, reason)
+        if chunked:
+            response = (b"HTTP/1.1 %d %s\r\nTransfer-Encoding: chunked\r\n\r\n"
+                        b"2\r\nok\r\n0\r\n\r\n" % (status, reason))
         # A data record lasts 10 ns (http1_record): sent at its start,
         # received at its end, as the kernel stamps them.
         sent, read, answered, got = t, t + 100, t + duration - 100, t + duration
@@ -69,9 +76,16 @@ class Traffic:
                                     server_end, client_end))]
         values = dict(method=method, target=target, host=host, user_agent=user_agent,
                       traceparent=traceparent, tracestate=tracestate, status=status)
-        self.records.append(
-            (answered, http_exchange_record(server_id, server_pid, SERVER, IN, read + 10,
-                                            answered, server_end, client_end, **values)))
+        if chunked:
+            self.records += [
+                (answered, http_exchange_record(server_id, server_pid, SERVER, IN, read + 10, 0,
+                                                server_end, client_end, kept=True, **values)),
+                (answered, http1_record(server_id, server_pid, SERVER, OUT, response, answered,
+                                        server_end, client_end))]
+        else:
+            self.records.append(
+                (answered, http_exchange_record(server_id, server_pid, SERVER, IN, read + 10,
+                                                answered, server_end, client_end, **values)))
         if inner is not None:
             inner(t + 200)
         if not client_traced:
@@ -81,6 +95,14 @@ class Traffic:
                                 server_end)),
             (got, http1_record(client_id, client_pid, CLIENT, IN, response, got, client_end,
                                server_end))]
+        if chunked:
+            self.records += [
+                (got, http_exchange_record(client_id, client_pid, CLIENT, OUT, sent, 0,
+                                           client_end, server_end, serving=serving, kept=True,
+                                           **values)),
+                (got, http1_record(client_id, client_pid, CLIENT, IN, response, got, client_end,
+                                   server_end))]
+            return
         self.records.append(
             (got + 10 - self.client_ahead_ns,
              http_exchange_record(client_id, client_pid, CLIENT, OUT, sent, got + 10,
@@ -413,3 +435,27 @@ def test_a_held_server_exchange_is_not_claimed_by_a_later_requests_client():
     assert spans[(KIND_SERVER, "/1")].parent_span_id == b""
     assert spans[(KIND_SERVER, "/2")].parent_span_id == spans[(KIND_CLIENT, "/2")].span_id
     assert linker.counts["link_wait_expired"] == 1
+
+
+def test_a_request_handed_over_with_its_connection_gives_the_payload_paths_span():
+    """A chunked response: the probes hand each side's kept request over
+    ahead of the response's data record, and the connection's later
+    exchanges are data records only.  Every span is the payload path's:
+    attributes, times and links, the server the child of its client."""
+    traffic = Traffic()
+    conn = traffic.connection(100, 200, 8080)
+    traffic.call(conn, 1_000, target=b"/orders/7?x=1", host=b"example.com", user_agent=b"node",
+                 traceparent=TRACEPARENT, tracestate=b"vendor=x", chunked=True)
+    traffic.call(conn, 5_000, target=b"/orders/8", chunked=True)
+    # The second exchange: the connection is on the payload path by then.
+    traffic.records = traffic.records[:4] + traffic.payload[4:]
+    payload = traffic.spans("payload")
+    records = traffic.spans("records")
+    assert len(payload) == 4
+    assert shape(records) == shape(payload)
+    server = sorted((s for s in records if s.kind == KIND_SERVER), key=lambda s: s.start_ns)
+    assert [s.attribute("url.path") for s in server] == ["/orders/7", "/orders/8"]
+    assert server[0].trace_id.hex() == TRACE_ID
+    unlinked = [s for s in server if s.attribute("url.path") == "/orders/8"][0]
+    client = [s for s in records if s.kind == KIND_CLIENT and s.start_ns == 5_000][0]
+    assert unlinked.parent_span_id == client.span_id

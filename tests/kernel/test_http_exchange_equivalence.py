@@ -118,15 +118,34 @@ def assert_same_spans(fast: list, slow: list, fallbacks: dict) -> None:
         assert a.start_ns <= a.end_ns
 
 
-def test_both_paths_give_the_same_spans(server):
-    settings = dict(ports={server}, agent_pid=0, tls=False, ring_buffer_bytes=1 << 22)
+def through_both_paths(ports: set, traffic, tls: bool = False) -> tuple:
+    """Two captures loaded at once on the same hooks, exchange records on
+    and off, while traffic() runs: (the record path's records, the payload
+    path's spans, the record path's fallbacks)."""
+    settings = dict(ports=ports, agent_pid=0, tls=tls, ring_buffer_bytes=1 << 22)
     records_path = load_capture(CaptureSettings(http_exchanges=True, **settings))
     payload_path = load_capture(CaptureSettings(http_exchanges=False, **settings))
     try:
-        url = f"http://127.0.0.1:{server}"
+        if tls:
+            for capture in (records_path, payload_path):
+                TlsProbes(capture).start()
+        traffic()
+        records = records_path.ring.read_batch(1 << 20)
+        return records, spans_of(payload_path), records_path.http_fallbacks()
+    finally:
+        records_path.close()
+        payload_path.close()
+
+
+def curl(url: str, *options: str) -> None:
+    subprocess.run(["curl", "-s", "-o", "/dev/null", "-H", f"traceparent: {TRACEPARENT}",
+                    *options, url], check=True)
+
+
+def test_both_paths_give_the_same_spans(server):
+    def traffic():
         for path in ("/a?x=1", "/missing"):
-            subprocess.run(["curl", "-s", "-o", "/dev/null", "-H", f"traceparent: {TRACEPARENT}",
-                            url + path], check=True)
+            curl(f"http://127.0.0.1:{server}{path}")
         conn = http.client.HTTPConnection("127.0.0.1", server, timeout=5)
         # Repeated on one connection: a shape's first span is a plain
         # Span, the next ones share its template (TemplatedSpan).
@@ -134,12 +153,8 @@ def test_both_paths_give_the_same_spans(server):
             conn.request("GET", path, headers={"User-Agent": "equivalence"})
             conn.getresponse().read()
         conn.close()
-        fast = spans_of(records_path)
-        slow = spans_of(payload_path)
-        fallbacks = records_path.http_fallbacks()
-    finally:
-        records_path.close()
-        payload_path.close()
+    records, slow, fallbacks = through_both_paths({server}, traffic)
+    fast = spans_from(records)
     # Each request seen from both ends: 7 server and 7 client spans.
     assert len(slow) == 14, slow
     assert_same_spans(fast, slow, fallbacks)
@@ -166,20 +181,12 @@ def test_both_paths_give_the_same_spans(server):
 
 def test_nginx_proxy_gives_the_same_spans(start_nginx, backend):
     nginx = start_nginx(backend_port=backend)
-    settings = dict(ports={nginx.port, backend}, agent_pid=0, tls=False,
-                    ring_buffer_bytes=1 << 22)
-    records_path = load_capture(CaptureSettings(http_exchanges=True, **settings))
-    payload_path = load_capture(CaptureSettings(http_exchanges=False, **settings))
-    try:
+
+    def traffic():
         for path in ("/fast", "/api/items", "/"):
-            subprocess.run(["curl", "-s", "-o", "/dev/null", "-H", f"traceparent: {TRACEPARENT}",
-                            f"http://127.0.0.1:{nginx.port}{path}"], check=True)
-        fast = spans_of(records_path)
-        slow = spans_of(payload_path)
-        fallbacks = records_path.http_fallbacks()
-    finally:
-        records_path.close()
-        payload_path.close()
+            curl(f"http://127.0.0.1:{nginx.port}{path}")
+    records, slow, fallbacks = through_both_paths({nginx.port, backend}, traffic)
+    fast = spans_from(records)
     assert_same_spans(fast, slow, fallbacks)
     # Proxy linking: nginx's upstream request is a child of the request it
     # serves, and the backend's span a child of that upstream request.
@@ -225,25 +232,16 @@ def test_tls_plaintext_gives_the_same_spans(tls_certificate):
     HTTPS to the Python backend, both ends traced through their libssl
     calls, each side one exchange record marked TLS (url.scheme https)."""
     proc, port = start_backend(tls_certificate)
-    settings = dict(ports={port}, agent_pid=0, tls=True, ring_buffer_bytes=1 << 22)
-    records_path = load_capture(CaptureSettings(http_exchanges=True, **settings))
-    payload_path = load_capture(CaptureSettings(http_exchanges=False, **settings))
-    try:
-        for capture in (records_path, payload_path):
-            TlsProbes(capture).start()
+
+    def traffic():
         for path in ("/items/7?color=blue", "/status/503"):
-            subprocess.run(["curl", "-s", "-o", "/dev/null", "--cacert", str(tls_certificate.cert),
-                            "-H", f"traceparent: {TRACEPARENT}", f"https://127.0.0.1:{port}{path}"],
-                           check=True)
-        records = records_path.ring.read_batch(1 << 20)
-        fast = spans_from(records)
-        slow = spans_of(payload_path)
-        fallbacks = records_path.http_fallbacks()
+            curl(f"https://127.0.0.1:{port}{path}", "--cacert", str(tls_certificate.cert))
+    try:
+        records, slow, fallbacks = through_both_paths({port}, traffic, tls=True)
     finally:
-        records_path.close()
-        payload_path.close()
         proc.terminate()
         proc.wait()
+    fast = spans_from(records)
     headers = [dict(zip(EVENT_HEADER_FIELDS, EVENT_HEADER.unpack_from(r))) for r in records]
     exchange_records = [h for h in headers if h["type"] == C["EVENT_HTTP_EXCHANGE"]]
     assert len(exchange_records) == 4 and all(h["flags"] & C["FLAG_TLS"] for h in exchange_records)
@@ -266,23 +264,15 @@ def test_a_chunked_servers_requests_are_handed_over_not_dropped():
     each connection's first included, gives the payload path's span, and
     no request is dropped."""
     with serving(ChunkedHandler) as port:
-        settings = dict(ports={port}, agent_pid=0, tls=False, ring_buffer_bytes=1 << 22)
-        records_path = load_capture(CaptureSettings(http_exchanges=True, **settings))
-        payload_path = load_capture(CaptureSettings(http_exchanges=False, **settings))
-        try:
-            subprocess.run(["curl", "-s", "-o", "/dev/null", "-H", f"traceparent: {TRACEPARENT}",
-                            f"http://127.0.0.1:{port}/first"], check=True)
+        def traffic():
+            curl(f"http://127.0.0.1:{port}/first")
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
             for path in ("/one", "/two", "/one"):
                 conn.request("GET", path, headers={"User-Agent": "chunked"})
                 assert conn.getresponse().read() == b"hello"
             conn.close()
-            fast = spans_of(records_path)
-            slow = spans_of(payload_path)
-            fallbacks = records_path.http_fallbacks()
-        finally:
-            records_path.close()
-            payload_path.close()
+        records, slow, fallbacks = through_both_paths({port}, traffic)
+    fast = spans_from(records)
     assert len(slow) == 8, slow
     assert_same_spans(fast, slow, fallbacks)
     # Both ends of both connections, each at its first response.

@@ -84,6 +84,22 @@ def test_a_record_shorter_than_its_values_is_counted_and_skipped():
     assert len(router.process([record])) == 1
 
 
+def test_a_kept_request_or_an_unknown_record_that_is_malformed_is_counted_and_skipped():
+    """A kept request whose values overrun it, and a record of a type this
+    agent does not know, are counted; the connection's next record is read."""
+    router = ProtocolRouter()
+    record = bytearray(exchange_record(1, C["DIRECTION_INGRESS"], C["ROLE_SERVER"], b"/in"))
+    header = ffi.cast("struct event_header *", ffi.from_buffer(record))
+    header.type = C["EVENT_HTTP_KEPT_REQUEST"]
+    assert router.process([bytes(record[:-2])]) == []
+    header.type = 99
+    assert router.process([bytes(record)]) == []
+    assert router.counts["records_malformed"] == 2
+    header.type = C["EVENT_HTTP_KEPT_REQUEST"]
+    items = router.process([bytes(record)])
+    assert [(item[2].parsed.method, item[2].parsed.target) for item in items] == [("GET", "/in")]
+
+
 def test_a_server_record_follows_its_clients_record_in_a_batch():
     """Both ends on this node: the server's record ends first, the client's
     is linked first (as the payload path sees the request)."""

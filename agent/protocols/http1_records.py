@@ -50,6 +50,11 @@ MAX_WAITING = 4096
 # Distinct requests without trace context kept for sharing (a dict cleared
 # when full: a workload's repeating requests refill it at once).
 MAX_REQUESTS = 4096
+# Records of a connection held for the server exchange it serves (below):
+# past this many, that server's waiters go out unlinked.
+MAX_HELD_RECORDS = 1024
+_SERVING = exchange_records.SERVING
+_SEQ = exchange_records.SEQ
 
 
 class ExchangeRecords:
@@ -58,8 +63,19 @@ class ExchangeRecords:
     sent while serving it, and a client's request before the server
     exchange on its other end."""
 
-    def __init__(self):
+    def __init__(self, replay=None):
+        # Server connection id -> what waits for its exchange: client
+        # exchanges (conn, fields), and connections held whole (conn, None).
         self.waiting: dict[int, list] = {}
+        # A client connection whose request the probes handed over while
+        # its thread served a request still on its way (a proxy's upstream
+        # call answered chunked): its records, from that request on, wait
+        # for the served exchange, then go through `replay` (the router's)
+        # in order, so that the payload path decides the upstream request
+        # after the request it serves, as it would have read them.
+        # conn id -> (serving conn id, records).
+        self.held: dict[int, tuple] = {}
+        self.replay = replay
         # A server exchange's items, until its client's record (the same
         # connection from the other end) follows in the same batch: the
         # client's request is then linked first, as the payload path sees
@@ -147,22 +163,48 @@ class ExchangeRecords:
         self.deferred[key] = items
         return True
 
-    @staticmethod
-    def kept_request(conn, record: bytes, hot: tuple, out: list) -> bool:
+    def kept_request(self, conn, record: bytes, hot: tuple, out: list) -> bool:
         """A request the probes kept, then handed over with its connection
         before its response began (EVENT_HTTP_KEPT_REQUEST): to the
         connection's HTTP/1 handler, as its head read there would have been,
-        for the response the payload path reads next.  False for a
-        malformed record."""
+        for the response the payload path reads next (or held, with the
+        connection's next records, for the request it serves).  False for
+        a malformed record."""
         try:
             kept = exchange_records.decode(record)
         except ValueError:
             return False
+        serving = kept.serving_conn_id
+        if serving and self.replay is not None:
+            waiters = self.waiting.get(serving)
+            if waiters is None:
+                if len(self.waiting) >= MAX_WAITING:
+                    self.flush(next(iter(self.waiting)), out)
+                waiters = self.waiting[serving] = []
+            waiters.append((conn, None))
+            # Replayed, it is taken at once (its serving exchange has come)
+            # and its number is not counted twice.
+            again = bytearray(record)
+            _SERVING.pack_into(again, 0)
+            _SEQ.pack_into(again, 0)
+            self.held[conn.conn_id] = (serving, [bytes(again)])
+            return True
         request = HttpRequest(kept.method, kept.target, kept.version, kept.host,
                               kept.user_agent, kept.traceparent, kept.tracestate,
                               -1, False, False, False, 0)
         conn.handler.kept_request(conn, request, hot, out)
+        # A proxy's server request handed over: its upstream calls follow it.
+        waiters = self.waiting.pop(conn.conn_id, None) if self.waiting else None
+        if waiters:
+            self._with_servers(waiters, out)
         return True
+
+    def hold(self, conn_id: int, record: bytes, out: list) -> None:
+        """A record of a connection held for the exchange it serves."""
+        serving, records = self.held[conn_id]
+        records.append(record)
+        if len(records) >= MAX_HELD_RECORDS:
+            self.flush(serving, out)
 
     def release_deferred(self, out: list) -> None:
         """At a batch's end: the server exchanges whose client's record did
@@ -180,9 +222,13 @@ class ExchangeRecords:
 
     def _with_servers(self, clients: list, out: list) -> None:
         """Held client exchanges ((conn, fields) pairs), each as _client
-        gives it."""
+        gives it, and held connections' records (fields None), replayed."""
         for conn, fields in clients:
-            self._client(conn, fields, out)
+            if fields is not None:
+                self._client(conn, fields, out)
+            else:
+                _, records = self.held.pop(conn.conn_id, (None, ()))
+                self.replay(records, out)
 
     def _client(self, conn, fields: tuple, out: list) -> None:
         """A client exchange, followed by the deferred server exchange on

@@ -81,7 +81,7 @@ class ProtocolRouter:
         # Client connections opened in this batch, for the NAT look-up
         # (agent/runtime/pipeline.py sets a list when conntrack is in use).
         self.new_clients: list[Connection] | None = None
-        self.exchange_records = ExchangeRecords()
+        self.exchange_records = ExchangeRecords(replay=self._route)
 
     def connections_tracked(self) -> int:
         return len(self.table)
@@ -94,6 +94,12 @@ class ProtocolRouter:
     # -- hot path ---------------------------------------------------------
     def process(self, records: list) -> list:
         out: list = []
+        self._route(records, out)
+        if self.exchange_records.deferred:
+            self.exchange_records.release_deferred(out)
+        return out
+
+    def _route(self, records: list, out: list) -> None:
         table = self.table
         by_id = table.by_id
         get = by_id.get
@@ -104,12 +110,16 @@ class ProtocolRouter:
         waiting = self.exchange_records.waiting
         exchange_items = self.exchange_records.items
         kept_request = self.exchange_records.kept_request
+        held = self.exchange_records.held
         for record in records:
             if len(record) < header_size:
                 self.counts["records_malformed"] += 1
                 continue
             hot = unpack(record)
             conn_id = hot[4]
+            if held and conn_id in held:
+                self.exchange_records.hold(conn_id, record, out)
+                continue
             conn = get(conn_id)
             event_type = hot[0]
             if event_type != _EVENT_DATA and event_type != EVENT_HTTP_EXCHANGE \
@@ -151,9 +161,6 @@ class ProtocolRouter:
             if waiting and conn_id in waiting:
                 self.exchange_records.flush(conn_id, out)
             conn.record(conn, record, hot, out)
-        if self.exchange_records.deferred:
-            self.exchange_records.release_deferred(out)
-        return out
 
     def _control(self, hot: tuple, conn, out: list, record) -> bool:
         """Close and process records; False for others (read as data)."""

@@ -278,3 +278,28 @@ def test_a_chunked_servers_requests_are_handed_over_not_dropped():
     # Both ends of both connections, each at its first response.
     assert fallbacks["response_end"] == (4, 0), fallbacks
     assert all(dropped == 0 for _, dropped in fallbacks.values()), fallbacks
+
+
+def test_nginx_proxy_to_a_chunked_backend_gives_the_same_spans(start_nginx):
+    """nginx in front of a backend that answers chunked (and answering its
+    callers chunked in turn): every connection is handed over at its first
+    response, nginx's upstream request before the request it serves, whose
+    child it still is; nothing dropped."""
+    with serving(ChunkedHandler) as backend:
+        nginx = start_nginx(backend_port=backend)
+
+        def traffic():
+            for path in ("/api/one", "/api/two", "/api/one"):
+                curl(f"http://127.0.0.1:{nginx.port}{path}")
+        records, slow, fallbacks = through_both_paths({nginx.port, backend}, traffic)
+    fast = spans_from(records)
+    assert len(slow) == 12, slow
+    assert_same_spans(fast, slow, fallbacks)
+    assert fallbacks["response_end"][0] >= 4 and \
+        all(dropped == 0 for _, dropped in fallbacks.values()), fallbacks
+    for spans in (slow, fast):
+        served = {s.span_id for s in spans
+                  if s.kind == KIND_SERVER and s.attribute("server.port") == nginx.port}
+        upstream = [s for s in spans if s.kind != KIND_SERVER
+                    and s.attribute("server.port") == backend]
+        assert len(upstream) == 3 and all(s.parent_span_id in served for s in upstream), spans

@@ -459,3 +459,34 @@ def test_a_request_handed_over_with_its_connection_gives_the_payload_paths_span(
     unlinked = [s for s in server if s.attribute("url.path") == "/orders/8"][0]
     client = [s for s in records if s.kind == KIND_CLIENT and s.start_ns == 5_000][0]
     assert unlinked.parent_span_id == client.span_id
+
+
+def test_a_proxys_upstream_request_handed_over_waits_for_the_request_it_serves():
+    """A proxy whose backend answers chunked, and which answers chunked in
+    turn: the upstream request is handed over first (its response is read
+    before the proxy answers).  Its connection's records wait for the
+    served request, so that the upstream span is the child of the proxy's
+    server span and the backend's span the child of the upstream span, as
+    on the payload path; the upstream span never takes its caller's id."""
+    traffic = Traffic()
+    front = traffic.connection(102, 300, 80)
+    upstream = traffic.connection(300, 400, 9000)
+    for t in (1_000, 20_000):
+        traffic.call(front, t, duration=4000, target=b"/api", traceparent=TRACEPARENT,
+                     chunked=True,
+                     inner=lambda t: traffic.call(upstream, t, target=b"/api",
+                                                  traceparent=TRACEPARENT, serving=front[4],
+                                                  chunked=True))
+    # The second exchanges: both connections on the payload path by then.
+    handed_over = [r for r in traffic.records if r[0] < 20_000]
+    traffic.records = handed_over + [r for r in traffic.payload if r[0] >= 20_000]
+    payload = traffic.spans("payload")
+    records = traffic.spans("records")
+    assert len(payload) == 8
+    assert shape(records) == shape(payload)
+    for spans in (payload, records):
+        served = {s.span_id for s in spans if s.kind == KIND_SERVER and s.resource.pid == 300}
+        upstream_spans = [s for s in spans if s.kind == KIND_CLIENT and s.resource.pid == 300]
+        assert len(upstream_spans) == 2
+        assert all(s.parent_span_id in served for s in upstream_spans)
+        assert not [s for s in upstream_spans if s.span_id.hex() in TRACEPARENT.decode()]

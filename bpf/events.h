@@ -245,6 +245,10 @@ struct tls_library_record {
  * connection before its response began: struct http_exchange with no
  * response fields; the payload path reads the response and pairs them. */
 #define EVENT_HTTP_KEPT_REQUEST 7
+/* A request sent on a client connection the payload path reads while the
+ * sending thread serves an exchange the probes hold (a proxy's upstream
+ * call): struct http_serving_note, ahead of that call's data record. */
+#define EVENT_HTTP_SERVING 8
 
 #define HTTP_METHOD_BYTES 16
 #define HTTP_TARGET_BYTES 256
@@ -338,6 +342,14 @@ struct http_exchange {
     __u8 response_version_minor;
     __u8 reserved[5];
     struct http_request_head request;
+};
+
+/* EVENT_HTTP_SERVING: userspace routes the client connection's records
+ * after the served exchange's record, as the payload path would have read
+ * the served request first. */
+struct http_serving_note {
+    struct event_header hdr;    /* the client connection's, the call's times */
+    __u64 serving_conn_id;
 };
 
 #endif

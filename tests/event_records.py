@@ -70,3 +70,20 @@ def http_exchange_record(conn_id: int, pid: int, role: int, direction: int, star
     r.version_minor = version_minor
     x.status, x.response_version_minor, x.serving_conn_id = status, version_minor, serving
     return bytes(ffi.buffer(x))[:exchange_records.VALUES_OFFSET + len(values)]
+
+
+def http_serving_note(conn_id: int, pid: int, serving: int, start: int, local: tuple,
+                      remote: tuple) -> bytes:
+    """One EVENT_HTTP_SERVING note: a request sent on client connection
+    conn_id (on the payload path) while its thread serves `serving`."""
+    from agent.capture.records import ffi
+    note = ffi.new("struct http_serving_note *")
+    h = note.hdr
+    h.type, h.pid, h.tid, h.fd, h.conn_id = C["EVENT_HTTP_SERVING"], pid, pid, 5, conn_id
+    h.start_ns, h.direction, h.role = start, C["DIRECTION_EGRESS"], C["ROLE_CLIENT"]
+    h.protocol = C["PROTOCOL_HTTP1"]
+    h.tuple.family = 10
+    h.tuple.local_addr, h.tuple.remote_addr = ipv4_mapped(local[0]), ipv4_mapped(remote[0])
+    h.tuple.local_port, h.tuple.remote_port = local[1], remote[1]
+    note.serving_conn_id = serving
+    return bytes(ffi.buffer(note))

@@ -45,6 +45,12 @@ class _Field:
         self._format.pack_into(buffer, self.offset, value)
 
 
+# EVENT_HTTP_SERVING's note: the served exchange's connection id.
+SERVING_NOTE_OFFSET = records.EVENT_HEADER_SIZE
+SERVING_NOTE = records.fields_struct("struct http_serving_note", ("serving_conn_id",),
+                                     SERVING_NOTE_OFFSET)
+SERVING_NOTE_SIZE = records.ffi.sizeof("struct http_serving_note")
+
 # What a held record's copy changes (agent/protocols/http1_records.py).
 SERVING = _Field("struct http_exchange", "serving_conn_id")
 SEQ = _Field("struct event_header", "seq")

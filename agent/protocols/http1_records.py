@@ -23,6 +23,7 @@ from agent.parsers.http1 import HttpRequest
 
 EVENT_HTTP_EXCHANGE = C["EVENT_HTTP_EXCHANGE"]
 EVENT_HTTP_KEPT_REQUEST = C["EVENT_HTTP_KEPT_REQUEST"]
+EVENT_HTTP_SERVING = C["EVENT_HTTP_SERVING"]
 EXCHANGE_SIZE = exchange_records.HTTP_EXCHANGE.size
 RECORD_TAG = "http1_record"
 PAIRED_TAG = "http1_record_paired"
@@ -55,6 +56,9 @@ MAX_REQUESTS = 4096
 MAX_HELD_RECORDS = 1024
 _SERVING = exchange_records.SERVING
 _SEQ = exchange_records.SEQ
+_SERVING_NOTE = exchange_records.SERVING_NOTE
+_SERVING_NOTE_SIZE = exchange_records.SERVING_NOTE_SIZE
+_SERVING_NOTE_OFFSET = exchange_records.SERVING_NOTE_OFFSET
 
 
 class ExchangeRecords:
@@ -137,12 +141,7 @@ class ExchangeRecords:
         if conn.role == _ROLE_UNKNOWN:
             conn.role = _ROLE_SERVER if hot[9] == _INGRESS else _ROLE_CLIENT
         if serving:
-            held = self.waiting.get(serving)
-            if held is None:
-                if len(self.waiting) >= MAX_WAITING:
-                    self.flush(next(iter(self.waiting)), out)
-                held = self.waiting[serving] = []
-            held.append((conn, fields))
+            self._wait_for(serving, (conn, fields), out)
             return True
         if conn.role != _ROLE_SERVER:
             self._client(conn, fields, out)
@@ -163,6 +162,22 @@ class ExchangeRecords:
         self.deferred[key] = items
         return True
 
+    def note(self, conn, record: bytes, hot: tuple, out: list) -> bool:
+        """A record about a connection the payload path reads: a request
+        the probes kept and handed over, or a request sent while its
+        thread serves an exchange held in the probes.  False for a
+        malformed record, or one of a type this agent does not know."""
+        event_type = hot[0]
+        if event_type == EVENT_HTTP_KEPT_REQUEST:
+            return len(record) >= EXCHANGE_SIZE and self.kept_request(conn, record, hot, out)
+        if event_type != EVENT_HTTP_SERVING or len(record) < _SERVING_NOTE_SIZE:
+            return False
+        if self.replay is not None and conn.conn_id not in self.held:
+            serving = _SERVING_NOTE.unpack_from(record, _SERVING_NOTE_OFFSET)[0]
+            self._wait_for(serving, (conn, None), out)
+            self.held[conn.conn_id] = (serving, [])
+        return True
+
     def kept_request(self, conn, record: bytes, hot: tuple, out: list) -> bool:
         """A request the probes kept, then handed over with its connection
         before its response began (EVENT_HTTP_KEPT_REQUEST): to the
@@ -176,12 +191,7 @@ class ExchangeRecords:
             return False
         serving = kept.serving_conn_id
         if serving and self.replay is not None:
-            waiters = self.waiting.get(serving)
-            if waiters is None:
-                if len(self.waiting) >= MAX_WAITING:
-                    self.flush(next(iter(self.waiting)), out)
-                waiters = self.waiting[serving] = []
-            waiters.append((conn, None))
+            self._wait_for(serving, (conn, None), out)
             # Replayed, it is taken at once (its serving exchange has come)
             # and its number is not counted twice.
             again = bytearray(record)
@@ -198,6 +208,15 @@ class ExchangeRecords:
         if waiters:
             self._with_servers(waiters, out)
         return True
+
+    def _wait_for(self, serving: int, waiter: tuple, out: list) -> None:
+        """The waiter goes out after the server exchange on `serving`."""
+        waiters = self.waiting.get(serving)
+        if waiters is None:
+            if len(self.waiting) >= MAX_WAITING:
+                self.flush(next(iter(self.waiting)), out)
+            waiters = self.waiting[serving] = []
+        waiters.append(waiter)
 
     def hold(self, conn_id: int, record: bytes, out: list) -> None:
         """A record of a connection held for the exchange it serves."""

@@ -14,8 +14,7 @@ from agent.counters import Counter, counter, unique
 from agent.protocols import table as table_module
 from agent.protocols.contract import EVENTS_SKIPPED, Limits
 from agent.protocols.http1 import Http1Handler
-from agent.protocols.http1_records import (EVENT_HTTP_EXCHANGE, EVENT_HTTP_KEPT_REQUEST,
-                                           EXCHANGE_SIZE, ExchangeRecords)
+from agent.protocols.http1_records import EVENT_HTTP_EXCHANGE, EXCHANGE_SIZE, ExchangeRecords
 from agent.protocols.http2 import Http2Handler
 from agent.protocols.memcached import MemcachedHandler
 from agent.protocols.mysql import MysqlHandler
@@ -109,7 +108,7 @@ class ProtocolRouter:
         header_size = EVENT_HEADER_SIZE
         waiting = self.exchange_records.waiting
         exchange_items = self.exchange_records.items
-        kept_request = self.exchange_records.kept_request
+        exchange_note = self.exchange_records.note
         held = self.exchange_records.held
         for record in records:
             if len(record) < header_size:
@@ -148,13 +147,11 @@ class ProtocolRouter:
                     table.gap(conn)
                 conn.last_seq = seq
             if event_type != _EVENT_DATA:
-                # An exchange record, or a request the probes kept and
-                # handed over with its connection (type checked: any other
-                # record would be malformed here).
-                taken = len(record) >= EXCHANGE_SIZE and (
-                    exchange_items(conn, record, hot, out) if event_type == EVENT_HTTP_EXCHANGE
-                    else event_type == EVENT_HTTP_KEPT_REQUEST
-                    and kept_request(conn, record, hot, out))
+                # An exchange record, or the probes' note about a connection
+                # the payload path reads (a type this agent does not know
+                # is malformed here).
+                taken = len(record) >= EXCHANGE_SIZE and exchange_items(conn, record, hot, out) \
+                    if event_type == EVENT_HTTP_EXCHANGE else exchange_note(conn, record, hot, out)
                 if not taken:
                     self.counts["records_malformed"] += 1
                 continue

@@ -242,14 +242,14 @@ def backend():
 
 class Nginx:
     def __init__(self, directory: Path, port: int, backend_port: int | None, http2: bool = False,
-                 tls: TlsCertificate | None = None):
+                 tls: TlsCertificate | None = None, upstream_keepalive: bool = False):
         self.port = port
         self.directory = directory
         (directory / "html").mkdir()
         (directory / "html/index.html").write_text("<h1>hello</h1>\n")
         proxy = f"""
             location /api/ {{
-                proxy_pass http://127.0.0.1:{backend_port};
+                proxy_pass http://{"backend" if upstream_keepalive else f"127.0.0.1:{backend_port}"};
                 proxy_http_version 1.1;
                 proxy_set_header Connection "";
             }}""" if backend_port else ""
@@ -310,12 +310,13 @@ def start_nginx(tmp_path):
     servers = []
 
     def start(backend_port: int | None = None, http2: bool = False,
-              tls: TlsCertificate | None = None) -> Nginx:
+              tls: TlsCertificate | None = None, upstream_keepalive: bool = False) -> Nginx:
         """http2: HTTP/2 (with prior knowledge, h2c, unless tls) instead of HTTP/1;
-        tls: HTTPS with this certificate."""
+        tls: HTTPS with this certificate; upstream_keepalive: /api/ through
+        the upstream block, whose connections nginx keeps open."""
         directory = tmp_path / f"nginx{len(servers)}"
         directory.mkdir()
-        server = Nginx(directory, free_port(), backend_port, http2, tls)
+        server = Nginx(directory, free_port(), backend_port, http2, tls, upstream_keepalive)
         servers.append(server)
         return server
 

@@ -57,6 +57,16 @@ class ChunkedHandler(Handler):
         self.wfile.write(b"5\r\nhello\r\n0\r\n\r\n")
 
 
+class ChunkedOnceHandler(Handler):
+    """Answers /api/chunked with a chunked body, everything else with a
+    Content-Length."""
+
+    def do_GET(self):
+        if self.path != "/api/chunked":
+            return super().do_GET()
+        ChunkedHandler.do_GET(self)
+
+
 @contextlib.contextmanager
 def serving(handler):
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
@@ -179,13 +189,21 @@ def test_both_paths_give_the_same_spans(server):
         assert len(servers) == 5 and {s.parent_span_id for s in servers} == clients
 
 
-def test_nginx_proxy_gives_the_same_spans(start_nginx, backend):
-    nginx = start_nginx(backend_port=backend)
+def through_nginx(start_nginx, backend: int, paths: tuple, **nginx_options) -> tuple:
+    """curl through nginx in front of the backend, both paths: (nginx,
+    records-path records, payload-path spans, fallbacks)."""
+    nginx = start_nginx(backend_port=backend, **nginx_options)
 
     def traffic():
-        for path in ("/fast", "/api/items", "/"):
+        for path in paths:
             curl(f"http://127.0.0.1:{nginx.port}{path}")
     records, slow, fallbacks = through_both_paths({nginx.port, backend}, traffic)
+    return nginx, records, slow, fallbacks
+
+
+def test_nginx_proxy_gives_the_same_spans(start_nginx, backend):
+    nginx, records, slow, fallbacks = through_nginx(start_nginx, backend,
+                                                    ("/fast", "/api/items", "/"))
     fast = spans_from(records)
     assert_same_spans(fast, slow, fallbacks)
     # Proxy linking: nginx's upstream request is a child of the request it
@@ -286,12 +304,8 @@ def test_nginx_proxy_to_a_chunked_backend_gives_the_same_spans(start_nginx):
     response, nginx's upstream request before the request it serves, whose
     child it still is; nothing dropped."""
     with serving(ChunkedHandler) as backend:
-        nginx = start_nginx(backend_port=backend)
-
-        def traffic():
-            for path in ("/api/one", "/api/two", "/api/one"):
-                curl(f"http://127.0.0.1:{nginx.port}{path}")
-        records, slow, fallbacks = through_both_paths({nginx.port, backend}, traffic)
+        nginx, records, slow, fallbacks = through_nginx(start_nginx, backend,
+                                                        ("/api/one", "/api/two", "/api/one"))
     fast = spans_from(records)
     assert len(slow) == 12, slow
     assert_same_spans(fast, slow, fallbacks)
@@ -303,3 +317,26 @@ def test_nginx_proxy_to_a_chunked_backend_gives_the_same_spans(start_nginx):
         upstream = [s for s in spans if s.kind != KIND_SERVER
                     and s.attribute("server.port") == backend]
         assert len(upstream) == 3 and all(s.parent_span_id in served for s in upstream), spans
+
+
+def test_nginx_upstream_connection_on_the_payload_path_is_linked_to_paired_requests(start_nginx):
+    """nginx keeps its upstream connection alive: a chunked answer sends it
+    to the payload path for good, while each new caller's connection to
+    nginx is still paired in the probes.  Each later upstream request is
+    sent while nginx serves a request the probes hold: a note ahead of it
+    makes it wait for that request's record, whose child it is."""
+    with serving(ChunkedOnceHandler) as backend:
+        nginx, records, slow, fallbacks = through_nginx(
+            start_nginx, backend, ("/api/chunked", "/api/a", "/api/b", "/api/a"),
+            upstream_keepalive=True)
+    fast = spans_from(records)
+    notes = [r for r in records if EVENT_HEADER.unpack_from(r)[0] == C["EVENT_HTTP_SERVING"]]
+    assert len(notes) == 3
+    assert len(slow) == 16, slow
+    assert_same_spans(fast, slow, fallbacks)
+    for spans in (slow, fast):
+        served = {s.span_id for s in spans
+                  if s.kind == KIND_SERVER and s.attribute("server.port") == nginx.port}
+        upstream = [s for s in spans if s.kind != KIND_SERVER
+                    and s.attribute("server.port") == backend]
+        assert len(upstream) == 4 and all(s.parent_span_id in served for s in upstream), spans

@@ -15,7 +15,7 @@ from agent.spans.model import KIND_CLIENT, KIND_SERVER, Span, TemplatedSpan
 from agent.spans.redact import Redactor
 from agent.spans.resources import ResourceCache
 from agent.spans.routes import RouteNamer
-from event_records import http1_record, http_exchange_record
+from event_records import http1_record, http_exchange_record, http_serving_note
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -48,12 +48,14 @@ class Traffic:
              target: bytes = b"/", host: bytes | None = None, user_agent: bytes | None = None,
              traceparent: bytes | None = None, tracestate: bytes | None = None,
              status: int = 200, serving: int = 0, inner=None, client_traced: bool = True,
-             chunked: bool = False) -> None:
+             chunked: bool = False, client_on_payload: bool = False) -> None:
         """A request at t answered by duration later; `inner(t)` makes the
         server's own upstream calls while it serves (serving: its conn id).
         chunked: a response the probes cannot frame; they hand each side's
         request over (EVENT_HTTP_KEPT_REQUEST) ahead of the response's data
-        record, and the connection stays on the payload path."""
+        record, and the connection stays on the payload path.
+        client_on_payload: the client's side went to the payload path
+        earlier: data records, after a serving note when it serves."""
         client_id, client_pid, client_end, server_end, server_id, server_pid = conn
         head = method + b" " + target + b" HTTP/1.1\r\n"
         for name, value in ((b"Host", host), (b"User-Agent", user_agent),
@@ -95,6 +97,12 @@ class Traffic:
                                 server_end)),
             (got, http1_record(client_id, client_pid, CLIENT, IN, response, got, client_end,
                                server_end))]
+        if client_on_payload:
+            if serving:
+                self.records.append((sent, http_serving_note(client_id, client_pid, serving,
+                                                             sent, client_end, server_end)))
+            self.records += self.payload[-2:]
+            return
         if chunked:
             self.records += [
                 (got, http_exchange_record(client_id, client_pid, CLIENT, OUT, sent, 0,
@@ -490,3 +498,25 @@ def test_a_proxys_upstream_request_handed_over_waits_for_the_request_it_serves()
         assert len(upstream_spans) == 2
         assert all(s.parent_span_id in served for s in upstream_spans)
         assert not [s for s in upstream_spans if s.span_id.hex() in TRACEPARENT.decode()]
+
+
+def test_a_proxys_upstream_connection_on_the_payload_path_waits_for_the_request_it_serves():
+    """The proxy's upstream connection went to the payload path, its server
+    connections are still paired in the probes: each upstream request comes
+    after a note naming the request it serves, and waits for that request's
+    record, so that it is its child, as on the payload path."""
+    traffic = Traffic()
+    upstream = traffic.connection(300, 400, 9000)
+    for i, t in enumerate((1_000, 20_000, 40_000)):
+        front = traffic.connection(102 + i, 300, 80)
+        traffic.call(front, t, duration=4000, target=b"/api", traceparent=TRACEPARENT,
+                     inner=lambda t, front=front: traffic.call(
+                         upstream, t, target=b"/api", traceparent=TRACEPARENT,
+                         serving=front[4], client_on_payload=True))
+    payload = traffic.spans("payload")
+    records = traffic.spans("records")
+    assert len(payload) == 12
+    assert shape(records) == shape(payload)
+    served = {s.span_id for s in records if s.kind == KIND_SERVER and s.resource.pid == 300}
+    upstream_spans = [s for s in records if s.kind == KIND_CLIENT and s.resource.pid == 300]
+    assert len(upstream_spans) == 3 and all(s.parent_span_id in served for s in upstream_spans)

@@ -201,6 +201,16 @@ def through_nginx(start_nginx, backend: int, paths: tuple, **nginx_options) -> t
     return nginx, records, slow, fallbacks
 
 
+def upstream_children(spans: list, proxy_port: int, backend: int) -> list:
+    """nginx's upstream spans, each asserted the child of a request nginx served."""
+    served = {s.span_id for s in spans
+              if s.kind == KIND_SERVER and s.attribute("server.port") == proxy_port}
+    upstream = [s for s in spans if s.kind != KIND_SERVER
+                and s.attribute("server.port") == backend]
+    assert all(s.parent_span_id in served for s in upstream), spans
+    return upstream
+
+
 def test_nginx_proxy_gives_the_same_spans(start_nginx, backend):
     nginx, records, slow, fallbacks = through_nginx(start_nginx, backend,
                                                     ("/fast", "/api/items", "/"))
@@ -312,11 +322,7 @@ def test_nginx_proxy_to_a_chunked_backend_gives_the_same_spans(start_nginx):
     assert fallbacks["response_end"][0] >= 4 and \
         all(dropped == 0 for _, dropped in fallbacks.values()), fallbacks
     for spans in (slow, fast):
-        served = {s.span_id for s in spans
-                  if s.kind == KIND_SERVER and s.attribute("server.port") == nginx.port}
-        upstream = [s for s in spans if s.kind != KIND_SERVER
-                    and s.attribute("server.port") == backend]
-        assert len(upstream) == 3 and all(s.parent_span_id in served for s in upstream), spans
+        assert len(upstream_children(spans, nginx.port, backend)) == 3, spans
 
 
 def test_nginx_upstream_connection_on_the_payload_path_is_linked_to_paired_requests(start_nginx):
@@ -335,8 +341,4 @@ def test_nginx_upstream_connection_on_the_payload_path_is_linked_to_paired_reque
     assert len(slow) == 16, slow
     assert_same_spans(fast, slow, fallbacks)
     for spans in (slow, fast):
-        served = {s.span_id for s in spans
-                  if s.kind == KIND_SERVER and s.attribute("server.port") == nginx.port}
-        upstream = [s for s in spans if s.kind != KIND_SERVER
-                    and s.attribute("server.port") == backend]
-        assert len(upstream) == 4 and all(s.parent_span_id in served for s in upstream), spans
+        assert len(upstream_children(spans, nginx.port, backend)) == 4, spans

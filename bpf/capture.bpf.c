@@ -471,12 +471,12 @@ static __always_inline int emit_data(__u64 id, struct conn_info *conn, const str
         if (pending && http_body_call(conn, pending, &a, ret, stats))
             return 0;
         if (!conn->http_payload && a.buffer_kind == IO_NONE)
-            http_give_up(conn, pending, a.probe, HTTP_FALLBACK_MID_STREAM);
+            http_give_up(stats, conn, pending, HTTP_FALLBACK_MID_STREAM);
         exchanges = !conn->http_payload;
     }
     if (CONFIG(http_exchanges) && conn->protocol == PROTOCOL_HTTP1 && conn->http_payload &&
         conn->role == ROLE_CLIENT && a.direction == DIRECTION_EGRESS)
-        http_note_serving(conn, id, a.start_ns, a.fd, a.probe);
+        http_note_serving(stats, conn, a.start_ns, a.fd, a.probe);
 
     __u32 zero = 0;
     struct data_event *ev = bpf_map_lookup_elem(&scratch, &zero);

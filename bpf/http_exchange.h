@@ -267,24 +267,19 @@ static __always_inline void http_emit(struct probe_stats *stats, struct http_pen
  * Under CO-RE a global function, like http_parse_captured: its callers are
  * many, and each would have the verifier walk it again. */
 #if FRONTEND_BTF
-__noinline int http_give_up(struct conn_info *conn, struct http_pending *p, __u32 probe,
-                            __u32 reason)
+__noinline int http_give_up(struct probe_stats *stats, struct conn_info *conn,
+                            struct http_pending *p, __u32 reason)
 #else
-static __always_inline int http_give_up(struct conn_info *conn, struct http_pending *p,
-                                        __u32 probe, __u32 reason)
+static __always_inline int http_give_up(struct probe_stats *stats, struct conn_info *conn,
+                                        struct http_pending *p, __u32 reason)
 #endif
 {
     if (!conn)
         return 0;
-    bool handed_over = p && p->phase == HTTP_PHASE_AWAIT_RESPONSE && !p->shed;
+    bool handed_over = stats && p && p->phase == HTTP_PHASE_AWAIT_RESPONSE && !p->shed;
     if (handed_over) {
-        struct probe_stats *stats = stats_for(probe);
-        if (stats) {
-            p->record.hdr.type = EVENT_HTTP_KEPT_REQUEST;
-            http_write(stats, p);
-        } else {
-            handed_over = false;
-        }
+        p->record.hdr.type = EVENT_HTTP_KEPT_REQUEST;
+        http_write(stats, p);
     }
     http_fall_back(conn, reason, http_in_exchange(p) && !handed_over);
     return 0;
@@ -296,19 +291,19 @@ static __always_inline int http_give_up(struct conn_info *conn, struct http_pend
  * after the one it serves, as the payload path reads them (a proxy's
  * upstream call on a kept-alive connection).  Global under CO-RE, as above. */
 #if FRONTEND_BTF
-__noinline int http_note_serving(struct conn_info *conn, __u64 id, __u64 start_ns, __u32 fd,
-                                 __u32 probe)
+__noinline int http_note_serving(struct probe_stats *stats, struct conn_info *conn,
+                                 __u64 start_ns, __u32 fd, __u32 probe)
 #else
-static __always_inline int http_note_serving(struct conn_info *conn, __u64 id, __u64 start_ns,
-                                             __u32 fd, __u32 probe)
+static __always_inline int http_note_serving(struct probe_stats *stats, struct conn_info *conn,
+                                             __u64 start_ns, __u32 fd, __u32 probe)
 #endif
 {
-    if (!conn)
+    if (!stats || !conn)
         return 0;
     __u64 serving = http_serving_now();
-    struct probe_stats *stats = stats_for(probe);
-    if (!serving || !stats)
+    if (!serving)
         return 0;
+    __u64 id = bpf_get_current_pid_tgid();   /* the sending thread: the caller's */
     struct http_serving_note note = {};
     struct event_header *h = &note.hdr;
     h->type = EVENT_HTTP_SERVING;
@@ -336,7 +331,7 @@ static __always_inline bool http_body_call(struct conn_info *conn, struct http_p
     bool request_side = a->direction == p->request_direction;
     if (p->phase == HTTP_PHASE_REQUEST_BODY && request_side) {
         if (n > p->body_remaining) {
-            http_give_up(conn, p, a->probe, HTTP_FALLBACK_PIPELINED);
+            http_give_up(stats, conn, p, HTTP_FALLBACK_PIPELINED);
             return false;
         }
         p->body_remaining -= n;
@@ -347,7 +342,7 @@ static __always_inline bool http_body_call(struct conn_info *conn, struct http_p
     }
     if (p->phase == HTTP_PHASE_RESPONSE_BODY) {
         if (request_side || n > p->body_remaining) {
-            http_give_up(conn, p, a->probe, HTTP_FALLBACK_PIPELINED);
+            http_give_up(stats, conn, p, HTTP_FALLBACK_PIPELINED);
             return false;
         }
         p->body_remaining -= n;
@@ -471,7 +466,7 @@ static __always_inline bool http_head_call(__u64 id, struct conn_info *conn,
         return http_request_call(id, conn, p, w, a, n, captured, at, flags);
     if (p->phase == HTTP_PHASE_RESPONSE_BODY || a->direction == p->request_direction) {
         /* A second request before the first one's response. */
-        http_give_up(conn, p, a->probe, HTTP_FALLBACK_PIPELINED);
+        http_give_up(stats, conn, p, HTTP_FALLBACK_PIPELINED);
         return false;
     }
     /* The response head: parsed into the work area, the kept request
@@ -482,7 +477,7 @@ static __always_inline bool http_head_call(__u64 id, struct conn_info *conn,
     if (verdict == HTTP_HEAD_OK && status < 200)
         verdict = status == 101 ? HTTP_FALLBACK_UPGRADE : HTTP_FALLBACK_CONTINUE;
     if (verdict != HTTP_HEAD_OK) {
-        http_give_up(conn, p, a->probe, verdict);
+        http_give_up(stats, conn, p, verdict);
         return false;
     }
     bool bodyless = p->head_request || status == 204 || status == 304;
@@ -490,13 +485,13 @@ static __always_inline bool http_head_call(__u64 id, struct conn_info *conn,
     __u64 body = 0;
     if (!bodyless) {
         if (w->parse.chunked || !(r->present & HTTP_HAS_CONTENT_LENGTH)) {
-            http_give_up(conn, p, a->probe, HTTP_FALLBACK_RESPONSE_END);
+            http_give_up(stats, conn, p, HTTP_FALLBACK_RESPONSE_END);
             return false;
         }
         body = r->content_length;
     }
     if (after > body) {
-        http_give_up(conn, p, a->probe, HTTP_FALLBACK_PIPELINED);
+        http_give_up(stats, conn, p, HTTP_FALLBACK_PIPELINED);
         return false;
     }
     p->record.response_start_ns = at;

@@ -31,29 +31,18 @@ SPAN_FIELDS_OFFSET = records.EVENT_HEADER_SIZE
 REQUEST_SHAPE_OFFSET = records.ffi.offsetof("struct http_exchange", "request", "values_len")
 SPAN_FIELDS = records.fields_struct("struct http_exchange", SPAN_FIELD_NAMES, SPAN_FIELDS_OFFSET)
 
-
-class _Field:
-    """One integer field of a record, written in place."""
-
-    def __init__(self, struct_name: str, field: str):
-        ffi = records.ffi
-        self.offset = ffi.offsetof(struct_name, field)
-        size = ffi.sizeof(dict(ffi.typeof(struct_name).fields)[field].type)
-        self._format = struct.Struct("<" + {1: "B", 2: "H", 4: "I", 8: "Q"}[size])
-
-    def pack_into(self, buffer: bytearray, value: int) -> None:
-        self._format.pack_into(buffer, self.offset, value)
-
-
 # EVENT_HTTP_SERVING's note: the served exchange's connection id.
-SERVING_NOTE_OFFSET = records.EVENT_HEADER_SIZE
+SERVING_NOTE_OFFSET = records.ffi.offsetof("struct http_serving_note", "serving_conn_id")
 SERVING_NOTE = records.fields_struct("struct http_serving_note", ("serving_conn_id",),
                                      SERVING_NOTE_OFFSET)
 SERVING_NOTE_SIZE = records.ffi.sizeof("struct http_serving_note")
 
-# What a held record's copy changes (agent/protocols/http1_records.py).
-SERVING = _Field("struct http_exchange", "serving_conn_id")
-SEQ = _Field("struct event_header", "seq")
+# What a held record's copy changes (agent/protocols/http1_records.py):
+# each struct packs its one field at its offset.
+SERVING_OFFSET = records.ffi.offsetof("struct http_exchange", "serving_conn_id")
+SERVING = records.fields_struct("struct http_exchange", ("serving_conn_id",), SERVING_OFFSET)
+SEQ_OFFSET = records.ffi.offsetof("struct event_header", "seq")
+SEQ = records.fields_struct("struct event_header", ("seq",), SEQ_OFFSET)
 
 FALLBACK_NAMES = {C[name]: name.removeprefix("HTTP_FALLBACK_").lower()
                   for name in C if name.startswith("HTTP_FALLBACK_") and name != "HTTP_FALLBACK_COUNT"}

@@ -54,8 +54,6 @@ MAX_REQUESTS = 4096
 # Records of a connection held for the server exchange it serves (below):
 # past this many, that server's waiters go out unlinked.
 MAX_HELD_RECORDS = 1024
-_SERVING = exchange_records.SERVING
-_SEQ = exchange_records.SEQ
 _SERVING_NOTE = exchange_records.SERVING_NOTE
 _SERVING_NOTE_SIZE = exchange_records.SERVING_NOTE_SIZE
 _SERVING_NOTE_OFFSET = exchange_records.SERVING_NOTE_OFFSET
@@ -195,8 +193,8 @@ class ExchangeRecords:
             # Replayed, it is taken at once (its serving exchange has come)
             # and its number is not counted twice.
             again = bytearray(record)
-            _SERVING.pack_into(again, 0)
-            _SEQ.pack_into(again, 0)
+            exchange_records.SERVING.pack_into(again, exchange_records.SERVING_OFFSET, 0)
+            exchange_records.SEQ.pack_into(again, exchange_records.SEQ_OFFSET, 0)
             self.held[conn.conn_id] = (serving, [bytes(again)])
             return True
         request = HttpRequest(kept.method, kept.target, kept.version, kept.host,

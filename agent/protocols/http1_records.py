@@ -207,6 +207,15 @@ class ExchangeRecords:
             self._with_servers(waiters, out)
         return True
 
+    def held_count(self) -> int:
+        """Exchange records and records of held connections waiting for
+        the server exchange they serve.  Read by the /metrics thread: the
+        tables are copied first (one C call each, under the GIL), so that
+        the loop changing them meanwhile does not break the iteration."""
+        exchanges = sum(fields is not None for waiters in list(self.waiting.values())
+                        for _, fields in list(waiters))
+        return exchanges + sum(len(records) for _, records in list(self.held.values()))
+
     def _wait_for(self, serving: int, waiter: tuple, out: list) -> None:
         """The waiter goes out after the server exchange on `serving`."""
         waiters = self.waiting.get(serving)

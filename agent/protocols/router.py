@@ -85,6 +85,11 @@ class ProtocolRouter:
     def connections_tracked(self) -> int:
         return len(self.table)
 
+    def records_held(self) -> int:
+        """Records waiting for the proxy's server exchange they were sent
+        for (agent/protocols/http1_records.py)."""
+        return self.exchange_records.held_count()
+
     def counter_values(self):
         """(declaration, value) of every counter of the stage."""
         counts = self.counts

@@ -153,6 +153,7 @@ class AgentCollector:
         tracked.add_metric(["connections"], protocols.connections_tracked())
         tracked.add_metric(["processes"], stage.get("processes", 0))
         tracked.add_metric(["trace_links"], linker.links_tracked())
+        tracked.add_metric(["records_held"], protocols.records_held())
         yield tracked
         k8s = agent.k8s
         if k8s is not None:

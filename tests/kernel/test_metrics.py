@@ -60,7 +60,7 @@ def test_counters_follow_real_traffic(receiver, start_agent, backend):
     assert value(after, "otel_ebpf_build_info", version=__version__) == 1
     assert has(after, "otel_ebpf_queue_depth") and value(after, "otel_ebpf_queue_depth", queue="export") == 0
     assert value(after, "otel_ebpf_tracked", entity="processes") >= 1
-    for entity in ("connections", "processes", "trace_links"):
+    for entity in ("connections", "processes", "trace_links", "records_held"):
         assert has(after, "otel_ebpf_tracked") and \
             any(n == "otel_ebpf_tracked" and ("entity", entity) in labels for n, labels in after), entity
     assert 0 <= value(after, "otel_ebpf_ring_buffer_fill_ratio") < 0.01

@@ -154,3 +154,29 @@ def test_requests_kept_for_sharing_are_bounded(monkeypatch):
                                             end=105 + 10 * i) for i in range(20)])
     assert [item[2][5][1] for item in items] == [b"/%d" % i for i in range(20)]
     assert 0 < len(router.exchange_records.requests) <= 8
+
+
+def test_records_held_for_the_request_they_serve_are_counted_until_it_comes():
+    """A proxy's upstream request handed over while the request it serves is
+    still held in the probes: its connection's records wait, counted in
+    /metrics (records_held), and go out after the served exchange's record,
+    leaving nothing held."""
+    from event_records import http1_record, http_exchange_record
+    client, server = ("127.0.0.1", 40001), ("127.0.0.1", 9000)
+    front, caller = ("127.0.0.1", 80), ("127.0.0.1", 50001)
+    kept = http_exchange_record(2, 300, C["ROLE_CLIENT"], C["DIRECTION_EGRESS"], 100, 0, client,
+                                server, target=b"/up", serving=1, kept=True, seq=1)
+    answer = http1_record(2, 300, C["ROLE_CLIENT"], C["DIRECTION_INGRESS"],
+                          b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+                          150, client, server)
+    served = http_exchange_record(1, 300, C["ROLE_SERVER"], C["DIRECTION_INGRESS"], 50, 200,
+                                  front, caller, target=b"/in")
+    router = ProtocolRouter()
+    assert router.process([kept, answer]) == []
+    assert router.records_held() == 2
+    items = router.process([served])
+    assert router.records_held() == 0
+    tags = [item[0] for item in items]
+    assert tags[0] == SERVING_TAG and tags[-1] == SERVED_TAG and len(tags) == 4, tags
+    request, response = items[1][2], items[2][3]
+    assert (request.parsed.target, response.parsed.status_code) == ("/up", 200)

@@ -8,8 +8,8 @@ The protocol's numbers come from pyroute2's tables, read by a short-lived
 interpreter (load_codec): importing any part of pyroute2 runs its package
 __init__, which imports the whole library (asyncio, multiprocessing, IPDB,
 NDB...).  Imported in the agent, that would stay resident for the agent's
-life, in its forked span workers too (docs/performance.md: about 11 MB of
-the agent's proportional set size), for a dozen integers.
+life (docs/performance.md: about 11 MB of the agent's proportional set
+size, when span workers were forked copies of it), for a dozen integers.
 """
 from __future__ import annotations
 

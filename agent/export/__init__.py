@@ -30,7 +30,7 @@ def _resolve_exporter(exporter: str, otlp_impl: str, environ) -> str:
 
 def describe_sink(exporter: str, otlp_impl: str = "fast", environ=os.environ) -> str:
     """What create_sink would build, validating every setting, without
-    creating anything (no channel or thread before the span workers fork)."""
+    creating anything: the main process's stage makes the one it uses."""
     exporter = _resolve_exporter(exporter, otlp_impl, environ)
     if exporter != "otlp":
         return exporter

@@ -8,7 +8,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from agent.export import create_sink, describe_sink, exporter_endpoint
+from agent.export import describe_sink, exporter_endpoint
 from agent.runtime.heap import settle_heap
 from agent.spans.k8s import PodMetadata
 from agent.capture.loader import CaptureSettings, load_capture
@@ -17,14 +17,13 @@ from agent.metrics.otlp import OtlpMetricsExport, metric_exporter_endpoint
 from agent.runtime.metrics import AgentMetrics, MetricsServer
 from agent.runtime.pipeline import Pipeline
 from agent.capture.records import C
-from agent.spans.redact import Redactor
 from agent.capture.tls import TlsProbes
 from agent.capture.conntrack import open_resolver
-from agent.spans.routes import RouteNamer
 from agent.spans.sampling import Sampler
 from agent.runtime.scheduling import CpuYield
 from agent.capture.selection import Selection
-from agent.runtime.span_worker import LocalSpanStage, SpanWorkerPool
+from agent.runtime.span_stage import StageSettings
+from agent.runtime.span_worker import SpanWorkerPool
 
 log = logging.getLogger("otel_ebpf")
 
@@ -83,21 +82,18 @@ class Agent:
 
     def start(self) -> None:
         config = self.config
-        sampler = Sampler.from_environment(os.environ)
-        sampler.keep_errors = config.keep_error_spans
-        routes = RouteNamer(config.routes)
-        redactor = Redactor(config.redact_query_keys, config.sql_text)
+        sampler = Sampler.from_environment(os.environ, keep_errors=config.keep_error_spans)
         self.sink_name = describe_sink(config.exporter, config.otlp_impl, os.environ)
 
-        def make_stage():
-            return LocalSpanStage(create_sink(config.exporter, config.otlp_impl, os.environ,
-                                              console_stream=self.console_stream),
-                                  redactor, sampler, routes, red_metrics=config.request_metrics,
-                                  series_limit=config.metric_series_limit)
-
-        # Workers fork before any thread starts or BPF object opens.
-        self.span_stage = SpanWorkerPool(make_stage, config.span_workers) \
-            if config.span_workers else make_stage()
+        stage_settings = StageSettings(
+            exporter=config.exporter, otlp_impl=config.otlp_impl, environ=dict(os.environ),
+            redact_query_keys=tuple(config.redact_query_keys), sql_text=config.sql_text,
+            routes=tuple(config.routes), keep_error_spans=config.keep_error_spans,
+            red_metrics=config.request_metrics, series_limit=config.metric_series_limit)
+        # Span workers start only when the load first needs them.
+        self.span_stage = SpanWorkerPool(stage_settings, config.span_workers,
+                                         self.console_stream) \
+            if config.span_workers else stage_settings.make(self.console_stream)
         excluded = []
         endpoint = exporter_endpoint(os.environ, include_default=config.exporter == "otlp") \
             if config.exporter in ("auto", "otlp") else None
@@ -142,14 +138,12 @@ class Agent:
         if self.k8s is not None:
             self.k8s.start()
         self.nat = open_resolver() if config.conntrack else None
-        stage = self.span_stage
-        agent_pids = [os.getpid()] + [w.pid for w in getattr(stage, "workers", ())]
-        self.pipeline = Pipeline(self.capture, stage, sampler,
+        self.pipeline = Pipeline(self.capture, self.span_stage, sampler,
                                  selection=selection if selection.exes or selection.by_cgroup else None,
                                  tls=tls, k8s=self.k8s,
                                  nat=self.nat if self.nat is not None and self.nat.available
                                  else None,
-                                 cpu_yield=CpuYield(agent_pids, self.capture.ring, config.yield_cpu))
+                                 cpu_yield=CpuYield(os.getpid(), self.capture.ring, config.yield_cpu))
         if otlp_metrics:
             stage = self.span_stage
             self.otlp_metrics = OtlpMetricsExport(lambda: stage.snapshot().get("red"),

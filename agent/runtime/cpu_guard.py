@@ -36,6 +36,19 @@ def _tasks(pid: int) -> list[int]:
         return []
 
 
+def agent_processes(main_pid: int, other_than: int | None = None) -> list[int]:
+    """The agent's main process and its children (span workers start when
+    the load first needs them), but `other_than` (the guard itself)."""
+    children: list[int] = []
+    for tid in _tasks(main_pid):
+        try:
+            with open(f"/proc/{main_pid}/task/{tid}/children") as f:
+                children += map(int, f.read().split())
+        except OSError:
+            continue
+    return [main_pid] + [pid for pid in children if pid != other_than]
+
+
 def set_policy(pids, policy: int) -> int:
     """Put every thread of these processes under `policy`; returns how many
     threads were set (threads that exited meanwhile are skipped)."""
@@ -80,12 +93,13 @@ class SharedPage:
         self.switches = ctypes.c_uint64.from_buffer(page, 16)
 
 
-def guard(parent: int, ring, shared: SharedPage, pids: list[int]) -> None:
+def guard(parent: int, ring, shared: SharedPage) -> None:
     policy = YieldPolicy()
+    me = os.getpid()
     while os.getppid() == parent:
         yielding = policy.decide(time.monotonic(), ring.fill_ratio(), shared.last_turn.value)
         if yielding != bool(shared.yielding.value):
-            set_policy(pids, os.SCHED_IDLE if yielding else os.SCHED_OTHER)
+            set_policy(agent_processes(parent, me), os.SCHED_IDLE if yielding else os.SCHED_OTHER)
             shared.switches.value = policy.switches_to_normal
             shared.yielding.value = int(yielding)
         ring.wait(next_look_s(time.monotonic(), shared.last_turn.value, ring.fill_ratio()))
@@ -102,10 +116,9 @@ def next_look_s(now: float, last_turn: float, ring_fill: float = 0.0) -> float:
 
 
 def main(argv: list[str]) -> None:
-    parent, ring_fd, ring_size, page_fd, *pids = map(int, argv)
+    parent, ring_fd, ring_size, page_fd = map(int, argv)
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    guard(parent, RingFill(ring_fd, ring_size), SharedPage(mmap.mmap(page_fd, mmap.PAGESIZE)),
-          pids)
+    guard(parent, RingFill(ring_fd, ring_size), SharedPage(mmap.mmap(page_fd, mmap.PAGESIZE)))
 
 
 _PR_SET_PDEATHSIG = 1

@@ -20,7 +20,8 @@ from agent.capture.go_tls import metric_families as go_tls_metric_families
 from agent.capture.records import PROBE_STATS_FIELDS
 from agent.capture.tls_membio import counter_values as membio_counter_values
 from agent.metrics.prometheus import red_families
-from agent.runtime.span_worker import EXPORT_SECONDS_BUCKETS, SpanWorkerPool
+from agent.runtime.span_stage import EXPORT_SECONDS_BUCKETS
+from agent.runtime.span_worker import SpanWorkerPool
 from agent.runtime.exchange_metrics import http_exchange_families
 
 PREFIX = "otel_ebpf"
@@ -212,7 +213,7 @@ class AgentProcessesCollector:
         roles = [("main", [os.getpid()])]
         stage = self.agent.span_stage
         if isinstance(stage, SpanWorkerPool):
-            roles.append(("span_worker", [w.pid for w in stage.workers if not w.exited]))
+            roles.append(("span_worker", stage.processes()))
         pipeline = self.agent.pipeline
         guard = pipeline.cpu_yield.guard_pid if pipeline is not None and pipeline.cpu_yield else None
         if guard is not None:

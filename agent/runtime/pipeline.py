@@ -1,5 +1,5 @@
 """The agent's main loop: drain -> reassemble and match -> link trace
-context -> span stage (build spans, sample, export: agent/runtime/span_worker.py).
+context -> span stage (build spans, sample, export: agent/runtime/span_stage.py).
 
 One thread runs the first three stages back to back on each batch drained
 from the ring buffer (the batch list is the bounded queue between them, at

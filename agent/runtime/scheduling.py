@@ -35,7 +35,7 @@ import time
 from pathlib import Path
 
 import agent
-from agent.runtime.cpu_guard import SharedPage, set_policy
+from agent.runtime.cpu_guard import SharedPage, agent_processes, set_policy
 
 # Where the guard finds the agent's package with no site packages: the
 # directory this very package was imported from.
@@ -69,8 +69,8 @@ class CpuYield:
     switches the agent's threads between SCHED_IDLE and SCHED_OTHER and
     writes its state back on the same page."""
 
-    def __init__(self, pids: list[int], ring, enabled: bool = True):
-        self.pids = pids
+    def __init__(self, main_pid: int, ring, enabled: bool = True):
+        self.main_pid = main_pid
         if enabled and not can_leave_idle():
             # Yielding with no way back would leave a busy node's agent starved.
             logging.getLogger("otel_ebpf").warning(
@@ -107,7 +107,7 @@ class CpuYield:
         path = os.pathsep.join(filter(None, (_PACKAGE_ROOT, os.environ.get("PYTHONPATH"))))
         self._guard = subprocess.Popen(
             [sys.executable, "-S", "-m", "agent.runtime.cpu_guard", str(os.getpid()), str(ring_fd),
-             str(self._ring.size), str(self._fd), *map(str, self.pids)],
+             str(self._ring.size), str(self._fd)],
             env={**os.environ, "PYTHONPATH": path},
             pass_fds=(ring_fd, self._fd), stdin=subprocess.DEVNULL, start_new_session=True)
 
@@ -136,7 +136,7 @@ class CpuYield:
 
     def _normal_weight(self) -> None:
         if self.yielding:
-            set_policy(self.pids, os.SCHED_OTHER)
+            set_policy(agent_processes(self.main_pid), os.SCHED_OTHER)
             self._shared.yielding.value = 0
 
 

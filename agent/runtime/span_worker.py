@@ -1,48 +1,56 @@
-"""The span stage: exchange tuples -> spans -> sampling -> export.
+"""Span worker processes: the span stage (agent/runtime/span_stage.py) in
+processes of its own, for the batches the main process cannot build while
+it keeps up with the ring.
 
-It runs in the agent's main process (LocalSpanStage), and under heavy load
-also in worker processes of its own (SpanWorkerPool).  Python runs one
-thread at a time per process: with the stage in a worker, reassembly in the
-main process and span building plus export use separate cores.  That pays
-only when one core is not enough.  While the capture loop keeps up, a second
-busy process is a second core the traced processes find taken, and handing
-exchanges over costs pickling (docs/decisions/span-worker-spill.md; figures
-in docs/performance.md).  So the pool builds a
-drained batch in the main process, and hands it to the workers only when it
-holds more than SPILL_EXCHANGES exchanges: the ring held more than a poll's
-worth, so the loop is behind or the load is heavy.
+Python runs one thread at a time per process: with the stage in a worker,
+reassembly in the main process and span building plus export use separate
+cores.  That pays only when one core is not enough.  While the capture loop
+keeps up, a second busy process is a second core the traced processes find
+taken, and handing exchanges over costs pickling
+(docs/decisions/span-worker-spill.md; figures in docs/performance.md).  So
+the pool builds a drained batch in the main process, and hands it to the
+workers only when it holds more than SPILL_EXCHANGES exchanges: the ring
+held more than a poll's worth, so the loop is behind or the load is heavy.
+
+The workers start when two such batches come within a second (a single
+late poll is not a load), each a fresh interpreter (`python -m
+agent.runtime.span_worker FD`), not a fork: by then the main process runs
+threads (exporter, /metrics) whose locks a fork would copy mid-use.  Until
+a worker has made its stage, the main process builds the batches.  After a
+minute without such a batch they stop, their counters kept: an agent that
+keeps up holds no worker's memory.
 
 Main -> worker messages (pickled, one per SOCK_SEQPACKET datagram):
-  ("exchanges", [tuple, ...])   ("stop", None)
-Worker -> main: ("stats", snapshot) at most twice a second, when it changed,
-and once more at the end.
+  ("settings", (StageSettings, log level))   first, once
+  ("exchanges", [tuple, ...])   ("stop", seconds)
+Worker -> main: ("stats", snapshot) as soon as its stage is made (which
+tells the main process it is ready), then at most twice a second when it
+changed, and once more at the end.
 The main process blocks at most SEND_TIMEOUT_S on a busy worker (its
 backlog then stays in the ring buffer, where the kernel counts overflow);
 batches it still cannot hand over are dropped and counted.
 """
 from __future__ import annotations
 
-import bisect
 import logging
 import os
 import pickle
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
-from agent.export.batch import BatchExporter
-from agent.metrics.red import DEFAULT_SERIES_LIMIT, RedAggregator, merge_red
-from agent.runtime.heap import freeze_heap, settle_heap
-from agent.spans.redact import Redactor
-from agent.spans.resources import ResourceCache
-from agent.spans.routes import RouteNamer
-from agent.spans.sampling import Sampler
-from agent.spans.builder import RESOURCE_MARKER, SpanFactory
+import agent
+from agent.runtime.heap import settle_heap
+from agent.runtime.span_stage import StageSettings, merge_snapshots
+from agent.spans.builder import RESOURCE_MARKER
 
 log = logging.getLogger("otel_ebpf")
+LOG_FORMAT = "otel-ebpf %(levelname)s %(message)s"
 
-EXPORT_SECONDS_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10)
 # A batch of more exchanges than this goes to the workers: a 50 ms poll
 # gathers it from 20k exchanges/s on (the drain reads at most 4,096 records
 # a batch, about 2,000 HTTP/1 exchanges), where the main process would spend
@@ -54,118 +62,51 @@ SOCKET_BUFFER_BYTES = 8 << 20
 SEND_TIMEOUT_S = 1.0
 STATS_INTERVAL_S = 0.5
 HOUSEKEEPING_INTERVAL_S = 2.0
+# Workers start when a second batch spills within this long of the one
+# before, and stop after this long without one: their memory goes back to
+# the node once the load has passed.
+WORKER_START_WINDOW_S = 1.0
+WORKER_IDLE_STOP_S = 60.0
+WORKER_STOP_S = 2.0
+# A stopped worker's figures that are not counters.
+_GAUGES = ("queue_depth", "alive", "processes")
+# Where a worker finds the agent's package: the directory this very package
+# was imported from (the agent may run from a source tree).
+_PACKAGE_ROOT = str(Path(agent.__file__).resolve().parent.parent)
 
 
-class ExportLatency:
-    """Histogram counts kept as plain numbers so that they can cross processes."""
-
-    def __init__(self):
-        self.buckets = [0] * (len(EXPORT_SECONDS_BUCKETS) + 1)
-        self.sum = 0.0
-
-    def observe(self, seconds: float) -> None:
-        self.buckets[bisect.bisect_left(EXPORT_SECONDS_BUCKETS, seconds)] += 1
-        self.sum += seconds
-
-
-class LocalSpanStage:
-    """Factory, sampler and batch exporter in the calling process."""
-
-    def __init__(self, sink, redactor: Redactor, sampler: Sampler, routes: RouteNamer,
-                 exporter_options: dict | None = None, red_metrics: bool = True,
-                 series_limit: int = DEFAULT_SERIES_LIMIT):
-        self.resources = ResourceCache()
-        # Request metrics see every span, before sampling (agent/metrics/red.py).
-        self.red = RedAggregator(series_limit) if red_metrics else None
-        self.factory = SpanFactory(self.resources, redactor, routes=routes)
-        self.redactor = redactor
-        self.sampler = sampler
-        self.latency = ExportLatency()
-        self.exporter = BatchExporter(sink, observe_export_seconds=self.latency.observe,
-                                      **(exporter_options or {}))
-
-    def submit(self, exchanges: list) -> None:
-        spans = self.factory.spans(exchanges)
-        if self.red is not None:
-            self.red.observe(spans)
-        self.exporter.submit(self.sampler.filter(spans))
-
-    def housekeeping(self) -> None:
-        self.factory.refresh_clock()
-        self.resources.forget_gone()
-
-    def alive(self) -> bool:
-        return self.exporter.is_alive()
-
-    def export_idle(self) -> bool:
-        """Whether the exporter holds no span, queued or in flight."""
-        return self.exporter.idle()
-
-    def snapshot(self) -> dict:
-        exporter = self.exporter
-        sink = exporter.sink
-        return {
-            "spans_server": self.factory.spans_server,
-            "spans_client": self.factory.spans_client,
-            "sampled_out": self.sampler.sampled_out,
-            "redactions": dict(self.redactor.counts),
-            "spans_exported": exporter.spans_exported,
-            "spans_failed": exporter.spans_failed,
-            "spans_dropped_queue_full": exporter.spans_dropped_queue_full,
-            "bytes_sent": getattr(sink, "bytes_sent", 0),
-            "queue_depth": exporter.queue_depth(),
-            "processes": len(self.resources),
-            "export_seconds_buckets": list(self.latency.buckets),
-            "export_seconds_sum": self.latency.sum,
-            "alive": int(self.alive()),
-            "red": self.red.snapshot() if self.red is not None else {},
-        }
-
-    def shutdown(self, timeout_s: float) -> None:
-        self.exporter.shutdown(timeout_s)
-
-
-def merge_snapshots(snapshots: list[dict]) -> dict:
-    total: dict = {}
-    reds = [snap["red"] for snap in snapshots if snap.get("red")]
-    for snap in snapshots:
-        for key, value in snap.items():
-            if key == "red":
-                continue
-            if isinstance(value, dict):
-                bucket = total.setdefault(key, {})
-                for k, v in value.items():
-                    bucket[k] = bucket.get(k, 0) + v
-            elif isinstance(value, list):
-                current = total.setdefault(key, [0] * len(value))
-                total[key] = [a + b for a, b in zip(current, value)]
-            elif key == "alive":
-                total[key] = min(total.get(key, 1), value)
-            elif key == "processes":
-                # Every stage holds every process's resource.
-                total[key] = max(total.get(key, 0), value)
-            else:
-                total[key] = total.get(key, 0) + value
-    if reds:
-        total["red"] = merge_red(reds, max(r.get("limit", DEFAULT_SERIES_LIMIT) for r in reds))
-    return total
-
-
-def _worker_main(sock: socket.socket, make_stage) -> None:
+def main(argv: list[str]) -> None:
+    """A worker process: its socket's descriptor is its one argument."""
     # The main process owns signals: it stops the workers in order.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    stage = make_stage()
+    sock = socket.socket(fileno=int(argv[0]))
+    buffer = bytearray(MESSAGE_MAX_BYTES)
+    size = sock.recv_into(buffer)
+    if not size:
+        os._exit(0)
+    kind, (settings, log_level) = pickle.loads(memoryview(buffer)[:size])
+    if kind != "settings":
+        raise SystemExit(f"span worker: expected its settings first, got {kind!r}")
+    logging.basicConfig(level=log_level, stream=sys.stderr, format=LOG_FORMAT)
+    _serve(sock, settings, buffer)
+
+
+def _serve(sock: socket.socket, settings: StageSettings, buffer: bytearray) -> None:
+    stage = settings.make()
     settle_heap()
     sock.settimeout(STATS_INTERVAL_S)
     # One receive buffer for the worker's life: recv(n) would allocate n
     # bytes per message, and glibc serves such large, short-lived blocks
     # from the heap once it has freed one, which fragments it.
-    buffer = bytearray(MESSAGE_MAX_BYTES)
     view = memoryview(buffer)
-    next_stats = next_housekeeping = time.monotonic()
+    # The first stats say the stage is made: the main process hands batches
+    # over from then on.
+    last_sent = stage.snapshot()
+    sock.sendall(pickle.dumps(("stats", last_sent)))
+    next_housekeeping = time.monotonic()
+    next_stats = next_housekeeping + STATS_INTERVAL_S
     stop_timeout = 1.0
-    last_sent = None
     received = False
     try:
         while True:
@@ -213,7 +154,9 @@ def _worker_main(sock: socket.socket, make_stage) -> None:
 
 
 class _Worker:
-    def __init__(self, make_stage):
+    """A worker process and the main process's end of its socket."""
+
+    def __init__(self, settings: StageSettings, resources: list):
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         for s in (parent, child):
             for option in (getattr(socket, "SO_SNDBUFFORCE", 32), socket.SO_SNDBUF):
@@ -222,24 +165,28 @@ class _Worker:
                     break
                 except OSError:
                     continue
-        pid = os.fork()
-        if pid == 0:
-            parent.close()
-            try:
-                _worker_main(child, make_stage)
-            finally:
-                os._exit(1)
+        path = os.pathsep.join(filter(None, (_PACKAGE_ROOT, os.environ.get("PYTHONPATH"))))
+        # A process group of its own: a terminal's Ctrl-C reaches the main
+        # process, which stops its workers in order.  Not a session of its
+        # own: with autogroup scheduling a session is a group the CPU is
+        # shared between, and the worker's place is the agent's (as a fork's).
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "agent.runtime.span_worker", str(child.fileno())],
+            env={**os.environ, "PYTHONPATH": path}, pass_fds=(child.fileno(),),
+            stdin=subprocess.DEVNULL, process_group=0)
         child.close()
-        parent.settimeout(SEND_TIMEOUT_S)
-        self.pid = pid
+        self.started = time.monotonic()
+        self.pid = self.process.pid
         self.sock = parent
         self.snapshot: dict = {}
-        self.exited = False
-        # alive() runs on the /readyz thread and join() on the shutdown path:
-        # one lock makes a single reaper, so that neither waits on a pid the
-        # other has reaped (ECHILD) nor signals one the kernel has reused.
-        self._reap_lock = threading.Lock()
-        self._reader = threading.Thread(target=self._read_stats, name=f"span-worker-{pid}",
+        # Set by the reader thread at the worker's first stats: its stage is made.
+        self.ready = False
+        parent.settimeout(SEND_TIMEOUT_S)
+        parent.sendall(pickle.dumps(("settings", (settings, logging.getLogger().level))))
+        # The resources announced before it started: every stage needs them.
+        if resources:
+            parent.sendall(pickle.dumps(("exchanges", resources), pickle.HIGHEST_PROTOCOL))
+        self._reader = threading.Thread(target=self._read_stats, name=f"span-worker-{self.pid}",
                                         daemon=True)
         self._reader.start()
 
@@ -257,24 +204,23 @@ class _Worker:
                 kind, payload = pickle.loads(view[:size])
                 if kind == "stats":
                     self.snapshot = payload
+                    if not self.ready:
+                        self.ready = True
+                        log.info("span worker %d ready %.2f s after its start", self.pid,
+                                 time.monotonic() - self.started)
         except OSError:
             return
         finally:
             reader.close()
 
-    def _reap(self, block: bool) -> bool:
-        """Whether the worker has exited; reaps it at most once."""
-        with self._reap_lock:
-            if not self.exited:
-                try:
-                    pid, _ = os.waitpid(self.pid, 0 if block else os.WNOHANG)
-                except ChildProcessError:
-                    pid = self.pid   # reaped outside this object: gone all the same
-                self.exited = bool(pid)
-            return self.exited
+    @property
+    def exited(self) -> bool:
+        return self.process.returncode is not None
 
     def alive(self) -> bool:
-        return not self._reap(block=False)
+        # Popen reaps under a lock of its own: /readyz's thread and the
+        # shutdown path may ask at once.
+        return self.process.poll() is None
 
     def stop(self, timeout_s: float) -> None:
         try:
@@ -283,33 +229,49 @@ class _Worker:
             pass
 
     def join(self, deadline: float) -> None:
-        while not self._reap(block=False) and time.monotonic() < deadline:
-            time.sleep(0.02)
-        with self._reap_lock:
-            if not self.exited:
-                os.kill(self.pid, signal.SIGKILL)
-        self._reap(block=True)
+        try:
+            self.process.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
         self._reader.join(max(0.0, deadline - time.monotonic()) + 0.2)
         self.sock.close()
 
 
 class SpanWorkerPool:
     """A span stage in this process for the batches the capture loop drains
-    while it keeps up, and span stages in `count` forked processes, round
-    robin, for the larger ones.  Create it before anything starts threads or
-    opens BPF objects."""
+    while it keeps up, and up to `count` worker processes, round robin, for
+    the larger ones: started when such batches come twice within
+    WORKER_START_WINDOW_S (one late poll is not a load), stopped after
+    WORKER_IDLE_STOP_S without one."""
 
-    def __init__(self, make_stage, count: int):
-        # What exists now (modules, mostly) moves out of the collector's
-        # reach before the forks: a worker's own collections would otherwise
-        # write to every object's header, and so copy every page the worker
-        # shares with this process.
-        freeze_heap()
-        self.workers = [_Worker(make_stage) for _ in range(count)]
-        # After the forks: its exporter's thread belongs to this process only.
-        self.local = make_stage()
+    def __init__(self, settings: StageSettings, count: int, console_stream=None):
+        self.settings = settings
+        self.count = count
+        self.local = settings.make(console_stream)
+        self.workers: list[_Worker] = []
+        # Workers told to stop, until they have exited; then their counters
+        # go on in `retired`, so that /metrics' totals never go back.
+        self.stopping: list[_Worker] = []
+        self.retired: dict = {}
+        self.last_spill = float("-inf")
         self._next = 0
         self.exchanges_dropped = 0
+
+    def start_workers(self) -> None:
+        """Start the workers, if not started yet; each is handed batches once
+        its stage is made."""
+        if self.workers:
+            return
+        resources = [(RESOURCE_MARKER, pid, attributes)
+                     for pid, attributes in self.local.resources.announced()]
+        for _ in range(self.count):
+            try:
+                self.workers.append(_Worker(self.settings, resources))
+            except OSError as exc:
+                log.warning("could not start a span worker (%s): spans are built in the "
+                            "main process", exc)
+                break
 
     def submit(self, exchanges: list) -> None:
         # Resources lead the list (agent/runtime/pipeline.py); every stage needs them.
@@ -322,23 +284,29 @@ class SpanWorkerPool:
             for worker in self.workers:
                 self._send(resources, worker)
             exchanges = exchanges[leading:]
-        if len(exchanges) <= SPILL_EXCHANGES:
-            if exchanges:
-                self.local.submit(exchanges)
-            return
-        for i in range(0, len(exchanges), MESSAGE_EXCHANGES):
-            self._send(exchanges[i:i + MESSAGE_EXCHANGES])
+        if len(exchanges) > SPILL_EXCHANGES:
+            now = time.monotonic()
+            if not self.workers and now - self.last_spill <= WORKER_START_WINDOW_S:
+                self.start_workers()
+            self.last_spill = now
+            ready = [w for w in self.workers if w.ready]
+            if ready:
+                for i in range(0, len(exchanges), MESSAGE_EXCHANGES):
+                    self._send(exchanges[i:i + MESSAGE_EXCHANGES], ready=ready)
+                return
+        if exchanges:
+            self.local.submit(exchanges)
 
-    def _send(self, chunk: list, worker=None) -> None:
+    def _send(self, chunk: list, worker=None, ready=None) -> None:
         message = pickle.dumps(("exchanges", chunk), pickle.HIGHEST_PROTOCOL)
         if len(message) > MESSAGE_MAX_BYTES and len(chunk) > 1:
             half = len(chunk) // 2
-            self._send(chunk[:half], worker)
-            self._send(chunk[half:], worker)
+            self._send(chunk[:half], worker, ready)
+            self._send(chunk[half:], worker, ready)
             return
         if worker is None:
-            worker = self.workers[self._next]
-            self._next = (self._next + 1) % len(self.workers)
+            worker = ready[self._next % len(ready)]
+            self._next += 1
         try:
             if len(message) > MESSAGE_MAX_BYTES:
                 raise OSError("exchange larger than a message")
@@ -348,21 +316,43 @@ class SpanWorkerPool:
 
     def housekeeping(self) -> None:
         self.local.housekeeping()     # the workers keep house themselves
+        now = time.monotonic()
+        if self.workers and now - self.last_spill > WORKER_IDLE_STOP_S:
+            for worker in self.workers:
+                worker.stop(WORKER_STOP_S)
+            self.stopping += self.workers
+            self.workers = []
+        for worker in [w for w in self.stopping if not w.alive()]:
+            worker.join(now)
+            self.stopping.remove(worker)
+            final = {k: v for k, v in worker.snapshot.items() if k not in _GAUGES}
+            self.retired = merge_snapshots([self.retired, final]) if self.retired else final
 
     def alive(self) -> bool:
         return self.local.alive() and all(w.alive() and w.snapshot.get("alive", 1)
                                           for w in self.workers)
 
+    def processes(self) -> list[int]:
+        """Pids of the worker processes that have not exited."""
+        return [w.pid for w in self.workers + self.stopping if not w.exited]
+
     def snapshot(self) -> dict:
         merged = merge_snapshots([self.local.snapshot()]
-                                 + [w.snapshot for w in self.workers if w.snapshot])
+                                 + [w.snapshot for w in self.workers + self.stopping
+                                    if w.snapshot]
+                                 + ([self.retired] if self.retired else []))
         merged["exchanges_dropped"] = merged.get("exchanges_dropped", 0) + self.exchanges_dropped
         return merged
 
     def shutdown(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
+        workers = self.workers + self.stopping
         for worker in self.workers:
             worker.stop(timeout_s)
         self.local.shutdown(timeout_s)
-        for worker in self.workers:
+        for worker in workers:
             worker.join(deadline)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -197,6 +197,11 @@ class ResourceCache:
         # after the process is gone; forget_gone() must not drop it first.
         self._add(ProcessResource(pid, attributes)).used = True
 
+    def announced(self) -> list[tuple[int, list]]:
+        """(pid, attributes) of every process held: what a span stage
+        started later needs of the processes seen before it."""
+        return [(pid, resource.attributes) for pid, resource in list(self._by_pid.items())]
+
     def attributes_of(self, pid: int) -> list:
         return build_resource(pid, self._host, self.k8s, self.exited_name,
                               self._at_exec.get(pid)).attributes

@@ -65,6 +65,12 @@ def test_counters_follow_real_traffic(receiver, start_agent, backend):
             any(n == "otel_ebpf_tracked" and ("entity", entity) in labels for n, labels in after), entity
     assert 0 <= value(after, "otel_ebpf_ring_buffer_fill_ratio") < 0.01
     assert value(after, "otel_ebpf_ring_buffer_size_bytes") == 16 * 2 ** 20
+    # A load the main process keeps up with starts no span worker: its
+    # processes are the main one and the CPU guard.
+    import psutil
+    children = psutil.Process(agent.proc.pid).children()
+    assert {p.pid for p in children} == {p.pid for p in guards_of(agent)}, children
+    assert value(after, "otel_ebpf_process_resident_memory_bytes", process="span_worker") == 0
     print(f"\nkernel events {kernel_events:.0f} for {REQUESTS} requests, RSS {rss / 2**20:.1f} MiB")
 
 

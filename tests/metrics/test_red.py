@@ -20,7 +20,7 @@ from agent.metrics.prometheus import red_families
 from agent.metrics.red import (HTTP_BUCKETS, HTTP_SERVER, OVERFLOW_ATTRIBUTE, RedAggregator,
                                merge_red, overflow_key)
 from agent.runtime.metrics import PREFIX, declared_families
-from agent.runtime.span_worker import LocalSpanStage, merge_snapshots
+from agent.runtime.span_stage import LocalSpanStage, merge_snapshots
 from agent.spans.builder import RESOURCE_MARKER
 from agent.spans.http import TAG, HttpExchange
 from agent.spans.model import KIND_CLIENT, KIND_SERVER, new_span_id, new_trace_id

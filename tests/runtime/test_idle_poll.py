@@ -8,7 +8,7 @@ from agent.capture.bcc_loader import BccObject
 from agent.capture.loader import CoreObject
 from agent.runtime.pipeline import (BATCH_TARGET_RECORDS, IDLE_POLL_S, LONGEST_POLL_S, Pipeline,
                                     idle_poll_s)
-from agent.runtime.span_worker import LocalSpanStage
+from agent.runtime.span_stage import LocalSpanStage
 from agent.export import create_sink
 from agent.spans.redact import Redactor
 from agent.spans.routes import RouteNamer

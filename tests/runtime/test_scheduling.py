@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.runtime.cpu_guard import (CAUGHT_UP_HOLD_S, LOOP_LATE_S, RING_FILL_BEHIND, YieldPolicy,
-                                     set_policy)
+                                     agent_processes, set_policy)
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,6 +43,29 @@ def test_set_policy_reaches_every_thread(threaded_process):
     assert policies(threaded_process) == {os.SCHED_IDLE}
     assert set_policy([threaded_process, 2 ** 22 + 12345], os.SCHED_OTHER) == 3
     assert policies(threaded_process) == {os.SCHED_OTHER}
+
+
+def test_the_agents_processes_are_its_main_process_and_its_children_but_the_guard():
+    """Span workers start when the load first needs them, from whichever
+    thread: the guard finds them as the main process's children when it
+    switches the policy, and leaves itself out."""
+    started = []
+    worker = threading.Thread(target=lambda: started.append(
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])))
+    worker.start()
+    worker.join()
+    guard = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        processes = agent_processes(os.getpid(), other_than=guard.pid)
+        assert processes[0] == os.getpid()
+        assert started[0].pid in processes and guard.pid not in processes
+        started[0].kill()
+        started[0].wait()
+        assert started[0].pid not in agent_processes(os.getpid(), other_than=guard.pid)
+    finally:
+        for p in (*started, guard):
+            p.kill()
+            p.wait()
 
 
 def turns(policy: YieldPolicy, start: float, seconds: float, fill: float) -> float:

@@ -1,4 +1,4 @@
-"""The span stage's split between the main process and its forked workers
+"""The span stage's split between the main process and its worker processes
 (agent/runtime/span_worker.py), on exchanges matched from a real recording, exported
 over OTLP/HTTP to a local receiver.  No privileges."""
 from __future__ import annotations
@@ -6,13 +6,11 @@ from __future__ import annotations
 import pytest
 
 from agent.protocols.router import ProtocolRouter
-from agent.export import create_sink
 from agent.capture.recording import read_records
-from agent.spans.redact import Redactor
-from agent.spans.routes import RouteNamer
 from agent.spans.sampling import Sampler
 from agent.spans.builder import RESOURCE_MARKER, ExchangeLinker
-from agent.runtime.span_worker import SPILL_EXCHANGES, LocalSpanStage, SpanWorkerPool
+from agent.runtime.span_stage import StageSettings
+from agent.runtime.span_worker import SPILL_EXCHANGES, SpanWorkerPool
 from otlp_receiver import OtlpReceiver
 from test_pipeline_replay import RECORDING
 
@@ -38,42 +36,59 @@ def recorded_exchanges() -> tuple[list, list]:
 
 def make_pool(receiver, workers: int = 1) -> SpanWorkerPool:
     env = {**receiver.env, "OTEL_BSP_SCHEDULE_DELAY": "50"}
-
-    def make_stage():
-        return LocalSpanStage(create_sink("otlp", environ=env), Redactor(),
-                              Sampler.from_environment({}), RouteNamer(),
-                              exporter_options={"environ": env})
-    return SpanWorkerPool(make_stage, workers)
+    return SpanWorkerPool(StageSettings(exporter="otlp", environ=env,
+                                        exporter_options={"environ": env}), workers)
 
 
-def test_batches_the_loop_keeps_up_with_stay_in_the_main_process(receiver):
+def wait_ready(pool: SpanWorkerPool, timeout: float = 10.0) -> None:
+    import time
+    deadline = time.monotonic() + timeout
+    while not all(w.ready for w in pool.workers):
+        assert time.monotonic() < deadline, "span workers not ready"
+        assert all(w.alive() for w in pool.workers), "a span worker exited"
+        time.sleep(0.02)
+
+
+def test_batches_the_loop_keeps_up_with_stay_in_the_main_process_and_start_no_worker(receiver):
     resources, exchanges = recorded_exchanges()
     pool = make_pool(receiver)
     try:
         pool.submit(resources + exchanges)
         pool.submit(exchanges)
         assert receiver.wait_for(lambda spans: len(spans) >= 2 * len(exchanges), timeout=10)
+        # An agent that keeps up holds no worker's memory.
+        assert pool.workers == []
     finally:
         pool.shutdown(5.0)
     assert pool.local.snapshot()["spans_exported"] == 2 * len(exchanges)
-    assert pool.workers[0].snapshot.get("spans_exported") == 0
     assert pool.snapshot()["spans_exported"] == 2 * len(exchanges)
     assert all(s.resource["service.name"].startswith("recorded-") for s in receiver.spans)
 
 
-def test_a_batch_larger_than_a_poll_keeps_up_with_goes_to_the_workers(receiver):
+def test_a_batch_larger_than_a_poll_keeps_up_with_starts_the_workers_and_goes_to_them(receiver):
+    import psutil
     resources, exchanges = recorded_exchanges()
     big = exchanges * (SPILL_EXCHANGES // len(exchanges) + 1)
     assert len(big) > SPILL_EXCHANGES
     pool = make_pool(receiver, workers=2)
     try:
-        pool.submit(resources + exchanges)      # resources reach every stage
+        # Resources announced before the workers exist reach them too.
+        pool.submit(resources + exchanges)
+        # One large batch is one late poll: built here, no worker started.
         pool.submit(big)
-        total = len(exchanges) + len(big)
+        assert pool.workers == []
+        # A second within a second is a load: the workers start.
+        pool.submit(big)
+        assert len(pool.workers) == 2
+        assert {p.pid for p in psutil.Process().children()} >= {w.pid for w in pool.workers}
+        wait_ready(pool)
+        pool.submit(big)
+        total = len(exchanges) + 3 * len(big)
         assert receiver.wait_for(lambda spans: len(spans) >= total, timeout=10)
     finally:
         pool.shutdown(5.0)
-    assert pool.local.snapshot()["spans_exported"] == len(exchanges)
+    # The batch that started the workers was built here, while they started.
+    assert pool.local.snapshot()["spans_exported"] == len(exchanges) + 2 * len(big)
     by_worker = [w.snapshot.get("spans_exported") for w in pool.workers]
     assert sum(by_worker) == len(big) and all(by_worker)
     snapshot = pool.snapshot()
@@ -83,6 +98,7 @@ def test_a_batch_larger_than_a_poll_keeps_up_with_goes_to_the_workers(receiver):
     # Spans the workers built carry the resources too.
     assert len(receiver.spans) == total
     assert all(s.resource["service.name"].startswith("recorded-") for s in receiver.spans)
+    assert not any(w.alive() for w in pool.workers)
 
 
 def test_readyz_and_shutdown_reaping_the_same_worker_at_once_both_succeed(receiver, monkeypatch):
@@ -103,6 +119,8 @@ def test_readyz_and_shutdown_reaping_the_same_worker_at_once_both_succeed(receiv
         return result
 
     pool = make_pool(receiver)
+    pool.start_workers()
+    wait_ready(pool)
     monkeypatch.setattr(os, "waitpid", preempted_after_reaping)
     stop = threading.Event()
     readyz_errors = []
@@ -149,8 +167,10 @@ def test_an_idle_worker_reports_once_then_again_as_soon_as_it_has_exported(recei
     resources, exchanges = recorded_exchanges()
     big = exchanges * (SPILL_EXCHANGES // len(exchanges) + 1)
     pool = make_pool(receiver)
+    pool.start_workers()
     worker = pool.workers[0]
     try:
+        wait_ready(pool)
         time.sleep(2.5)
         assert len(stats_received) == 1 and worker.snapshot["spans_exported"] == 0
         pool.submit(resources + big)
@@ -161,3 +181,52 @@ def test_an_idle_worker_reports_once_then_again_as_soon_as_it_has_exported(recei
         assert worker.snapshot["spans_exported"] == len(big)
     finally:
         pool.shutdown(5.0)
+
+
+def test_workers_stop_after_a_quiet_spell_their_counts_stay_and_a_new_load_starts_them_again(
+        receiver, monkeypatch):
+    import time
+    import agent.runtime.span_worker as span_worker
+    monkeypatch.setattr(span_worker, "WORKER_IDLE_STOP_S", 0.5)
+    resources, exchanges = recorded_exchanges()
+    big = exchanges * (SPILL_EXCHANGES // len(exchanges) + 1)
+    pool = make_pool(receiver)
+    try:
+        pool.submit(resources + exchanges)
+        pool.start_workers()
+        first = pool.workers[0]
+        wait_ready(pool)
+        pool.submit(big)
+        assert receiver.wait_for(lambda spans: len(spans) >= len(exchanges) + len(big), 10)
+        deadline = time.monotonic() + 5
+        while first.snapshot.get("spans_exported") != len(big):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        before = pool.snapshot()
+        time.sleep(0.6)
+        pool.housekeeping()
+        assert pool.workers == [] and pool.stopping == [first]
+        deadline = time.monotonic() + 5
+        while pool.stopping:
+            assert time.monotonic() < deadline, "the idle worker did not stop"
+            time.sleep(0.05)
+            pool.housekeeping()
+        assert pool.processes() == [] and not first.alive()
+        # Its spans stay counted: /metrics' counters do not go back.
+        after = pool.snapshot()
+        for key in ("spans_exported", "spans_server", "spans_client"):
+            assert after[key] == before[key], key
+        assert after["queue_depth"] == 0
+        # A new load starts a new worker, which gets the resources too (the
+        # recording's processes are gone: announced again, as new ones are).
+        pool.submit(resources + big)
+        pool.submit(big)
+        assert len(pool.workers) == 1 and pool.workers[0] is not first
+        wait_ready(pool)
+        pool.submit(big)
+        total = len(exchanges) + 4 * len(big)
+        assert receiver.wait_for(lambda spans: len(spans) >= total, timeout=10)
+    finally:
+        pool.shutdown(5.0)
+    assert pool.snapshot()["spans_exported"] == total
+    assert all(s.resource["service.name"].startswith("recorded-") for s in receiver.spans)

@@ -100,11 +100,21 @@ class RedAggregator:
         limit = self.series_limit
         for span in spans:
             if span.__class__ is TemplatedSpan:
-                # Spans of one template share the series but for the service.
+                # Spans of one template share the series but for the service:
+                # the template keeps the last process's series (a process's
+                # spans of one shape mostly come together).
                 template = span[8]
-                metric, labels = template.metric or _template_metric(template)
                 resource = span[7]
+                last = template.red
+                if last is not None and last[1] is resource and last[0] is series:
+                    slots = last[2]
+                    seconds = (span[5] - span[4]) / 1e9
+                    slots[bisect_left(last[3], seconds)] += 1
+                    slots[-1] += seconds
+                    continue
+                metric, labels = template.metric or _template_metric(template)
             else:
+                template = None
                 # _METRIC_OF's choice, written out: a look-up per span
                 # made this loop measurably slower on the payload path.
                 attrs = dict(span.attributes)
@@ -122,13 +132,17 @@ class RedAggregator:
             slots = table.get(key)
             if slots is None:
                 if len(table) >= limit:
+                    # Not kept on the template: each span counts as overflowed.
                     self.overflowed[metric.name] += 1
                     key = overflow_key(metric)
                     slots = table.get(key)
+                    template = None
                 if slots is None:
                     slots = table[key] = [0] * (len(metric.buckets) + 2)
                 if service not in services and resource is not None:
                     services[service] = service_attributes(resource)
+            if template is not None:
+                template.red = (series, resource, slots, metric.buckets)
             seconds = (span.end_ns - span.start_ns) / 1e9
             slots[bisect_left(metric.buckets, seconds)] += 1
             slots[-1] += seconds

@@ -249,7 +249,7 @@ class RecordSpans:
         span = self.http.span
         # A record exchange's shape: (connection, request).
         self.shapes = ShapeTemplates(factory, lambda e: span(_http_exchange(e)), with_kind=False)
-        self.build = self.shapes.build
+        self.build = self.shapes.build_shared
 
 
 _VERSIONS = tuple("1.%d" % minor for minor in range(256))

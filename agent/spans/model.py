@@ -102,13 +102,13 @@ class SpanTemplate:
     """What spans of one shape share: name, kind, attributes and status
     depend only on a request's fields and its connection's, so they are
     built once per distinct combination (agent/spans/http_records.py).
-    `encoded` and `metric` are cache slots the OTLP encoder and the request
-    metrics fill with their own form; `redactions` are the (rule, count)
+    `encoded`, `metric` and `red` are cache slots the OTLP encoder and the
+    request metrics fill with their own form; `redactions` are the (rule, count)
     redactions building it made, counted again for each span of the shape.
     Nothing may change a template's attributes: spans share them."""
 
     __slots__ = ("name", "kind", "attributes", "status_code", "status_message", "redactions",
-                 "encoded", "metric")
+                 "encoded", "metric", "red")
 
     def __init__(self, name: str, kind: int, attributes: list, status_code: int,
                  status_message: str, redactions: tuple = ()):
@@ -120,6 +120,7 @@ class SpanTemplate:
         self.redactions = redactions
         self.encoded = None
         self.metric = None
+        self.red = None
 
 
 class TemplatedSpan(NamedTuple):

@@ -38,6 +38,9 @@ class ShapeTemplates:
         self.with_kind = with_kind
         # shape -> its template, or None for a shape seen once.
         self.templates: dict[tuple, SpanTemplate | None] = {}
+        # (id, id) of a shape's two objects -> (its template, the objects),
+        # for build_shared.
+        self.shared: dict[tuple, tuple] = {}
 
     def build(self, e: tuple):
         shape = (e[1],) + e[10:] if self.with_kind else e[10:]
@@ -51,6 +54,32 @@ class ShapeTemplates:
         if template is None:
             template = templates[shape] = self._template(e)
         elif template.redactions:
+            counts = self.redaction_counts
+            for rule, count in template.redactions:
+                counts[rule] += count
+        offset = self.factory.clock_offset_ns
+        return new_span(TemplatedSpan, (e[3], e[4], e[5], e[7], e[8] + offset, e[9] + offset,
+                                        e[6], self.resources.get(e[2]), template))
+
+    def build_shared(self, e: tuple):
+        """build, for exchanges of two shape fields (e[10], e[11]) that
+        exchanges of one shape share as objects (the record path's
+        connection and request tuples): a template is found by the objects'
+        identities, with no hash of what they hold.  The entry keeps the
+        objects alive, so their identities are not reused while it is kept;
+        a shape whose objects do not repeat goes the way of build."""
+        first, second = e[10], e[11]
+        found = self.shared.get((id(first), id(second)))
+        if found is None:
+            span = self.build(e)
+            if span.__class__ is TemplatedSpan:
+                shared = self.shared
+                if len(shared) >= MAX_TEMPLATES:
+                    shared.clear()
+                shared[(id(first), id(second))] = (span[8], first, second)
+            return span
+        template = found[0]
+        if template.redactions:
             counts = self.redaction_counts
             for rule, count in template.redactions:
                 counts[rule] += count

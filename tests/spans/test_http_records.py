@@ -334,6 +334,26 @@ def test_the_sampler_and_the_other_sinks_read_a_templated_span_as_a_span():
     assert 0 < len(kept[0]) < len(records)
 
 
+def test_request_metrics_count_every_span_of_a_template_whatever_its_process_or_aggregator():
+    """A template keeps the series its last span went to: spans of one
+    shape from two processes in turn, and two aggregators seeing the same
+    spans, still count as the plain spans do."""
+    from agent.spans.resources import ProcessResource
+    records = mixed_traffic(rounds=5).spans("records")
+    assert sum(isinstance(s, TemplatedSpan) for s in records) >= 4 * 23
+    other = ProcessResource(999, [("service.name", "other")])
+    mixed = [s._replace(resource=other) if i % 2 and isinstance(s, TemplatedSpan) else s
+             for i, s in enumerate(records)]
+    expected = RedAggregator()
+    expected.observe([as_span(s) for s in mixed])
+    first, second = RedAggregator(), RedAggregator()
+    for part in (mixed[:30], mixed[30:]):
+        first.observe(part)
+        second.observe(part)
+    assert first.snapshot() == second.snapshot() == expected.snapshot()
+    assert "other" in expected.snapshot()["services"]
+
+
 def test_span_shapes_kept_are_bounded(monkeypatch):
     from agent.spans import http_records, templates
     monkeypatch.setattr(templates, "MAX_TEMPLATES", 8)
@@ -346,7 +366,8 @@ def test_span_shapes_kept_are_bounded(monkeypatch):
     records = [record for _, record in sorted(traffic.records, key=lambda x: x[0])]
     spans = factory.spans(linker.exchanges(router.process(records)))
     assert len(spans) == 80
-    assert len(factory.builders[http_records.TAG].__self__.templates) <= 8
+    shapes = factory.builders[http_records.TAG].__self__
+    assert len(shapes.templates) <= 8 and len(shapes.shared) <= 8
 
 
 def test_an_untraced_loopback_client_is_waited_for_once_on_both_paths():

@@ -54,9 +54,7 @@ class ShapeTemplates:
         if template is None:
             template = templates[shape] = self._template(e)
         elif template.redactions:
-            counts = self.redaction_counts
-            for rule, count in template.redactions:
-                counts[rule] += count
+            self._count_redactions(template)
         offset = self.factory.clock_offset_ns
         return new_span(TemplatedSpan, (e[3], e[4], e[5], e[7], e[8] + offset, e[9] + offset,
                                         e[6], self.resources.get(e[2]), template))
@@ -80,12 +78,15 @@ class ShapeTemplates:
             return span
         template = found[0]
         if template.redactions:
-            counts = self.redaction_counts
-            for rule, count in template.redactions:
-                counts[rule] += count
+            self._count_redactions(template)
         offset = self.factory.clock_offset_ns
         return new_span(TemplatedSpan, (e[3], e[4], e[5], e[7], e[8] + offset, e[9] + offset,
                                         e[6], self.resources.get(e[2]), template))
+
+    def _count_redactions(self, template: SpanTemplate) -> None:
+        counts = self.redaction_counts
+        for rule, count in template.redactions:
+            counts[rule] += count
 
     def _template(self, e: tuple) -> SpanTemplate:
         """The span `plain` builds for this shape, as a template."""

@@ -49,6 +49,20 @@ def wait_ready(pool: SpanWorkerPool, timeout: float = 10.0) -> None:
         time.sleep(0.02)
 
 
+def load_starts_the_workers(pool: SpanWorkerPool, batch: list) -> None:
+    """One batch over SPILL_EXCHANGES is one late poll: built here, no
+    worker started.  A second within a second is a load: the workers start
+    (that batch is built here too, while they do), and a third goes to them."""
+    import psutil
+    pool.submit(batch)
+    assert pool.workers == []
+    pool.submit(batch)
+    assert len(pool.workers) == pool.count
+    assert {p.pid for p in psutil.Process().children()} >= {w.pid for w in pool.workers}
+    wait_ready(pool)
+    pool.submit(batch)
+
+
 def test_batches_the_loop_keeps_up_with_stay_in_the_main_process_and_start_no_worker(receiver):
     resources, exchanges = recorded_exchanges()
     pool = make_pool(receiver)
@@ -66,7 +80,6 @@ def test_batches_the_loop_keeps_up_with_stay_in_the_main_process_and_start_no_wo
 
 
 def test_a_batch_larger_than_a_poll_keeps_up_with_starts_the_workers_and_goes_to_them(receiver):
-    import psutil
     resources, exchanges = recorded_exchanges()
     big = exchanges * (SPILL_EXCHANGES // len(exchanges) + 1)
     assert len(big) > SPILL_EXCHANGES
@@ -74,15 +87,7 @@ def test_a_batch_larger_than_a_poll_keeps_up_with_starts_the_workers_and_goes_to
     try:
         # Resources announced before the workers exist reach them too.
         pool.submit(resources + exchanges)
-        # One large batch is one late poll: built here, no worker started.
-        pool.submit(big)
-        assert pool.workers == []
-        # A second within a second is a load: the workers start.
-        pool.submit(big)
-        assert len(pool.workers) == 2
-        assert {p.pid for p in psutil.Process().children()} >= {w.pid for w in pool.workers}
-        wait_ready(pool)
-        pool.submit(big)
+        load_starts_the_workers(pool, big)
         total = len(exchanges) + 3 * len(big)
         assert receiver.wait_for(lambda spans: len(spans) >= total, timeout=10)
     finally:
@@ -219,11 +224,9 @@ def test_workers_stop_after_a_quiet_spell_their_counts_stay_and_a_new_load_start
         assert after["queue_depth"] == 0
         # A new load starts a new worker, which gets the resources too (the
         # recording's processes are gone: announced again, as new ones are).
-        pool.submit(resources + big)
-        pool.submit(big)
-        assert len(pool.workers) == 1 and pool.workers[0] is not first
-        wait_ready(pool)
-        pool.submit(big)
+        pool.submit(resources)
+        load_starts_the_workers(pool, big)
+        assert pool.workers[0] is not first
         total = len(exchanges) + 4 * len(big)
         assert receiver.wait_for(lambda spans: len(spans) >= total, timeout=10)
     finally:

@@ -26,7 +26,7 @@ from agent.spans.resources import ProcessResource  # noqa: E402
 from agent.spans.model import (KIND_CLIENT, KIND_SERVER, STATUS_ERROR, Span, new_span_id,  # noqa: E402
                          new_trace_id)
 from otlp_receiver import OtlpReceiver  # noqa: E402
-from wake_ups import wake_ups  # noqa: E402
+from wake_ups import wake_ups, wake_ups_once_asleep  # noqa: E402
 
 RESOURCE = ProcessResource(7, [("service.name", "checkout"), ("process.pid", 7)])
 
@@ -358,8 +358,7 @@ def test_schedule_delay_flushes_partial_batch():
 
 def test_an_idle_exporter_sleeps_until_spans_come():
     exporter = BatchExporter(NullSink(), max_batch=512, schedule_delay_s=0.02)
-    time.sleep(0.1)
-    before = wake_ups(exporter._thread)
+    before = wake_ups_once_asleep(exporter._thread)
     time.sleep(0.5)             # 25 schedule delays with nothing queued
     assert wake_ups(exporter._thread) - before <= 2
     started = time.monotonic()

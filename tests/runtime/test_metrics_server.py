@@ -7,7 +7,7 @@ import time
 import urllib.request
 
 from agent.runtime.metrics import MetricsServer
-from wake_ups import wake_ups
+from wake_ups import wake_ups, wake_ups_once_asleep
 
 
 class Metrics:
@@ -29,7 +29,7 @@ def test_it_answers_sleeps_between_requests_and_stops_at_once():
     base = f"http://{server.address}"
     assert urllib.request.urlopen(f"{base}/metrics", timeout=5).read() == b"otel_ebpf_up 1\n"
     assert urllib.request.urlopen(f"{base}/healthz", timeout=5).read() == b"ok\n"
-    before = wake_ups(server._thread)
+    before = wake_ups_once_asleep(server._thread)
     time.sleep(1.0)
     assert wake_ups(server._thread) - before == 0
     started = time.monotonic()

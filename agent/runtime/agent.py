@@ -162,7 +162,9 @@ class Agent:
         parts.append("HTTP/1.x=exchange records" if capture.http_exchanges
                      else "HTTP/1.x=payload path")
         parts.append(f"exporter={self.sink_name}")
-        parts.append(f"span workers={self.config.span_workers}")
+        workers = self.config.span_workers
+        parts.append(f"span workers=up to {workers}, while the load needs them" if workers
+                     else "span workers=0")
         parts.append(f"nice={os.getpriority(os.PRIO_PROCESS, 0)}")
         parts.append("yields the CPU while it keeps up" if self.pipeline.cpu_yield.enabled
                      else "does not yield the CPU")

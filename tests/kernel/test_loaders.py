@@ -64,6 +64,7 @@ def test_core_loader_pairs_http_exchanges_when_asked(receiver, start_agent, back
                                                      agent_loader):
     agent = start_agent("--http-exchanges", "--port", str(backend))
     assert "HTTP/1.x=exchange records" in agent.stderr()
+    assert "span workers=up to 1, while the load needs them" in agent.stderr()
     assert curl(f"http://127.0.0.1:{backend}/core-records", TRACEPARENT)["status"] == 200
     server = wait_spans(receiver, lambda s: s.kind == KIND_SERVER
                         and s.attributes.get("url.path") == "/core-records", 1)[0]

@@ -202,9 +202,7 @@ class ExchangeRecords:
                               -1, False, False, False, 0)
         conn.handler.kept_request(conn, request, hot, out)
         # A proxy's server request handed over: its upstream calls follow it.
-        waiters = self.waiting.pop(conn.conn_id, None) if self.waiting else None
-        if waiters:
-            self._with_servers(waiters, out)
+        self.flush(conn.conn_id, out)
         return True
 
     def held_count(self) -> int:

@@ -19,7 +19,6 @@ from agent.runtime.pipeline import Pipeline
 from agent.capture.records import C
 from agent.capture.tls import TlsProbes
 from agent.capture.conntrack import open_resolver
-from agent.spans.sampling import Sampler
 from agent.runtime.scheduling import CpuYield
 from agent.capture.selection import Selection
 from agent.runtime.span_stage import StageSettings
@@ -82,14 +81,14 @@ class Agent:
 
     def start(self) -> None:
         config = self.config
-        sampler = Sampler.from_environment(os.environ, keep_errors=config.keep_error_spans)
-        self.sink_name = describe_sink(config.exporter, config.otlp_impl, os.environ)
-
         stage_settings = StageSettings(
             exporter=config.exporter, otlp_impl=config.otlp_impl, environ=dict(os.environ),
             redact_query_keys=tuple(config.redact_query_keys), sql_text=config.sql_text,
             routes=tuple(config.routes), keep_error_spans=config.keep_error_spans,
             red_metrics=config.request_metrics, series_limit=config.metric_series_limit)
+        # The linker's sampler: the span stages make theirs alike.
+        sampler = stage_settings.sampler()
+        self.sink_name = describe_sink(config.exporter, config.otlp_impl, os.environ)
         # Span workers start only when the load first needs them.
         self.span_stage = SpanWorkerPool(stage_settings, config.span_workers,
                                          self.console_stream) \

@@ -10,6 +10,7 @@ import click
 import yaml
 
 from agent import __version__
+from agent.runtime.child_process import LOG_FORMAT
 
 _SIZE_UNITS = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 
@@ -190,7 +191,7 @@ def run(pids, cgroups, containers, ports, exes, exporter, otlp_impl, capture_byt
         click.echo(yaml.safe_dump(resolved, sort_keys=True), nl=False)
         return
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="otel-ebpf %(levelname)s %(message)s")
+                        format=LOG_FORMAT)
     from agent.capture.kernel_features import ensure_tracefs
     from agent.capture.loader import CaptureLoadError
     from agent.runtime.agent import Agent, AgentConfig

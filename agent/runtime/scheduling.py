@@ -32,14 +32,9 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
-import agent
+from agent.runtime.child_process import child_environment
 from agent.runtime.cpu_guard import SharedPage, agent_processes, set_policy
-
-# Where the guard finds the agent's package with no site packages: the
-# directory this very package was imported from.
-_PACKAGE_ROOT = str(Path(agent.__file__).resolve().parent.parent)
 
 
 def can_leave_idle() -> bool:
@@ -104,11 +99,10 @@ class CpuYield:
         # A process of its own, not a fork: it holds no BPF link (the probes
         # go when the agent does) and none of the agent's memory.  Without
         # site packages (-S), it imports only what it uses.
-        path = os.pathsep.join(filter(None, (_PACKAGE_ROOT, os.environ.get("PYTHONPATH"))))
         self._guard = subprocess.Popen(
             [sys.executable, "-S", "-m", "agent.runtime.cpu_guard", str(os.getpid()), str(ring_fd),
              str(self._ring.size), str(self._fd)],
-            env={**os.environ, "PYTHONPATH": path},
+            env=child_environment(),
             pass_fds=(ring_fd, self._fd), stdin=subprocess.DEVNULL, start_new_session=True)
 
     def turn(self, now: float) -> None:

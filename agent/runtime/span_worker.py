@@ -41,15 +41,13 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
-import agent
+from agent.runtime.child_process import LOG_FORMAT, child_environment
 from agent.runtime.heap import settle_heap
 from agent.runtime.span_stage import StageSettings, merge_snapshots
 from agent.spans.builder import RESOURCE_MARKER
 
 log = logging.getLogger("otel_ebpf")
-LOG_FORMAT = "otel-ebpf %(levelname)s %(message)s"
 
 # A batch of more exchanges than this goes to the workers: a 50 ms poll
 # gathers it from 20k exchanges/s on (the drain reads at most 4,096 records
@@ -70,9 +68,6 @@ WORKER_IDLE_STOP_S = 60.0
 WORKER_STOP_S = 2.0
 # A stopped worker's figures that are not counters.
 _GAUGES = ("queue_depth", "alive", "processes")
-# Where a worker finds the agent's package: the directory this very package
-# was imported from (the agent may run from a source tree).
-_PACKAGE_ROOT = str(Path(agent.__file__).resolve().parent.parent)
 
 
 def main(argv: list[str]) -> None:
@@ -165,14 +160,13 @@ class _Worker:
                     break
                 except OSError:
                     continue
-        path = os.pathsep.join(filter(None, (_PACKAGE_ROOT, os.environ.get("PYTHONPATH"))))
         # A process group of its own: a terminal's Ctrl-C reaches the main
         # process, which stops its workers in order.  Not a session of its
         # own: with autogroup scheduling a session is a group the CPU is
         # shared between, and the worker's place is the agent's (as a fork's).
         self.process = subprocess.Popen(
             [sys.executable, "-m", "agent.runtime.span_worker", str(child.fileno())],
-            env={**os.environ, "PYTHONPATH": path}, pass_fds=(child.fileno(),),
+            env=child_environment(), pass_fds=(child.fileno(),),
             stdin=subprocess.DEVNULL, process_group=0)
         child.close()
         self.started = time.monotonic()

@@ -214,10 +214,13 @@ def main() -> None:
     parser.add_argument("--no-trace-context", action="store_true",
                         help="with --compare-records: requests carry no traceparent, as from "
                              "an uninstrumented client")
+    parser.add_argument("--slices", type=int, default=4,
+                        help="with --compare-records: the two replays take turns, each "
+                             "--seconds in this many slices")
     args = parser.parse_args()
     if args.compare_records:
         return compare_records(args.seconds, args.keep, args.replay, args.unique_paths,
-                               not args.no_trace_context)
+                               not args.no_trace_context, max(1, args.slices))
     recording = args.recording
     if recording is None:
         recording = Path(tempfile.mkdtemp()) / "wrk.events"
@@ -253,10 +256,13 @@ def main() -> None:
 
 
 def compare_records(seconds: float, keep: Path | None = None, replay: Path | None = None,
-                    unique_paths: bool = False, trace_context: bool = True) -> None:
+                    unique_paths: bool = False, trace_context: bool = True,
+                    slices: int = 1) -> None:
     """Spans/s per core and the per-stage split, payload path against
     exchange records, on two live recordings of the same load (recorded
-    one after the other, then replayed one after the other)."""
+    one after the other).  The replays take turns in `slices` slices of
+    seconds/slices each, so that a drift of the machine's speed reaches
+    both paths alike; each pair of slices gives a ratio of its own."""
     recordings = {}
     for name, exchanges in (("payload", False), ("records", True)):
         if replay is not None:
@@ -266,18 +272,30 @@ def compare_records(seconds: float, keep: Path | None = None, replay: Path | Non
         directory.mkdir(parents=True, exist_ok=True)
         recordings[name] = directory / f"wrk-{name}.events"
         record_live(recordings[name], exchanges, unique_paths, trace_context)
+    records = {name: read_records(recording) for name, recording in recordings.items()}
     settle_heap()
+    totals = {name: {"spans": 0, "seconds": 0.0, "stage": {}} for name in records}
+    slice_ratios = []
+    for _ in range(slices):
+        rates = {}
+        for name in records:
+            r = run(records[name], seconds / slices, encode_export_request)
+            rates[name] = r["rate"]
+            total = totals[name]
+            total["spans"] += r["spans"]
+            total["seconds"] += r["seconds"]
+            for stage, spent in r["stage"].items():
+                total["stage"][stage] = total["stage"].get(stage, 0.0) + spent
+        slice_ratios.append(rates["records"] / rates["payload"])
     rates = {}
-    for name, recording in recordings.items():
-        records = read_records(recording)
-        r = run(records, seconds, encode_export_request)
-        per_span = {k: v / r["spans"] * 1e6 for k, v in r["stage"].items()}
+    for name, total in totals.items():
+        rate = rates[name] = total["spans"] / total["seconds"]
+        per_span = {k: v / total["spans"] * 1e6 for k, v in total["stage"].items()}
         stages = "  ".join(f"{k} {v:.1f}" for k, v in per_span.items())
-        rates[name] = r["rate"]
-        print(f"{name:>7}: {len(records)} events, {r['rate']:>9,.0f} spans/s on one core "
-              f"({1e6 / r['rate']:.1f} µs/span: {stages} µs)")
-    print(f"records / payload = {rates['records'] / rates['payload']:.2f}x")
-
+        print(f"{name:>7}: {len(records[name])} events, {rate:>9,.0f} spans/s on one core "
+              f"({1e6 / rate:.1f} µs/span: {stages} µs)")
+    spread = f" (slices {min(slice_ratios):.2f}-{max(slice_ratios):.2f}x)" if slices > 1 else ""
+    print(f"records / payload = {rates['records'] / rates['payload']:.2f}x{spread}")
 
 if __name__ == "__main__":
     main()

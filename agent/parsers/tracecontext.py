@@ -17,6 +17,8 @@ _ZERO_PARENT_ID = "0" * 16
 _ZERO_TRACE_BYTES = bytes(16)
 _ZERO_PARENT_BYTES = bytes(8)
 _OWS = " \t"
+# A byte's value as a lowercase hex digit; 256 for any other byte.
+_HEX_DIGIT = [int(chr(c), 16) if chr(c) in "0123456789abcdef" else 256 for c in range(256)]
 
 _MAX_MEMBERS = 32
 _KEY = re.compile(r"[a-z][a-z0-9_\-*/]{0,255}"
@@ -95,16 +97,15 @@ def traceparent_ids(raw: bytes):
 
 def _common_form_ids(raw: bytes):
     """The ids of a valid version-00 value of 55 bytes with its dashes in
-    place; None for anything else (parse_traceparent then says why)."""
-    if raw.lower() != raw:
+    place; None for anything else (parse_traceparent then says why).  A
+    value with no letter at all fails islower() and takes the regex."""
+    if raw[0] != 48 or raw[1] != 48 or not raw.islower():
         return None
     try:
-        ids = unhexlify(raw.replace(b"-", b""))
+        trace_id, parent_id = unhexlify(raw[3:35]), unhexlify(raw[36:52])
     except BinasciiError:
         return None
-    if len(ids) != 26 or ids[0] != 0:
+    flags = _HEX_DIGIT[raw[53]] << 4 | _HEX_DIGIT[raw[54]]
+    if flags > 255 or trace_id == _ZERO_TRACE_BYTES or parent_id == _ZERO_PARENT_BYTES:
         return None
-    trace_id, parent_id = ids[1:17], ids[17:25]
-    if trace_id == _ZERO_TRACE_BYTES or parent_id == _ZERO_PARENT_BYTES:
-        return None
-    return trace_id, parent_id, ids[25]
+    return trace_id, parent_id, flags

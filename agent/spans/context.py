@@ -59,11 +59,15 @@ class ContextLinker:
         if self._by_thread.get((pid, tid)) is ctx:
             del self._by_thread[(pid, tid)]
 
+    # Both asked for every client span: an empty table (no server request
+    # in flight) answers without a key to build and hash.
     def forwarded_from(self, pid: int, trace_id: bytes, parent_id: bytes) -> RequestContext | None:
-        return self._by_incoming.get((pid, trace_id, parent_id))
+        table = self._by_incoming
+        return table.get((pid, trace_id, parent_id)) if table else None
 
     def serving_thread(self, pid: int, tid: int) -> RequestContext | None:
-        return self._by_thread.get((pid, tid))
+        table = self._by_thread
+        return table.get((pid, tid)) if table else None
 
     def client_sent(self, connection_key: tuple, ctx: RequestContext) -> None:
         links = self._client_links.get(connection_key)

@@ -9,6 +9,8 @@ from agent.parsers.tracecontext import parse_traceparent, parse_tracestate, trac
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
 VALID = f"00-{TRACE_ID}-{PARENT_ID}-01"
+# Valid, and without a letter: the common form's shortcut passes it on.
+ALL_DIGITS = "00-12345678901234567890123456789012-1234567890123456-01"
 
 
 def test_valid_traceparent():
@@ -89,8 +91,10 @@ def test_invalid_tracestate_is_dropped(value):
     f"cc-{TRACE_ID}-{PARENT_ID}-01-what-the-future-holds", f"00-{TRACE_ID.upper()}-{PARENT_ID}-01",
     f"00-{'0' * 32}-{PARENT_ID}-01", f"00-{TRACE_ID}-{'0' * 16}-01", f"ff-{TRACE_ID}-{PARENT_ID}-01",
     f"00-{TRACE_ID}-{PARENT_ID}-0g", f"00-{TRACE_ID}-{PARENT_ID}-01-", f"00_{TRACE_ID}-{PARENT_ID}-01",
-    f"00-{TRACE_ID}{PARENT_ID}--01", "", "00"])
+    f"00-{TRACE_ID}{PARENT_ID}--01", "", "00", ALL_DIGITS])
 def test_captured_bytes_read_like_the_text(value):
     """traceparent_ids (exchange records' bytes) agrees with parse_traceparent."""
     status, ids, _ = parse_traceparent(value)
     assert traceparent_ids(value.encode()) == (ids if status == PARSED else None)
+    if value == ALL_DIGITS:
+        assert ids == (bytes.fromhex(ALL_DIGITS[3:35]), bytes.fromhex(ALL_DIGITS[36:52]), 1)

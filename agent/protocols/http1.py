@@ -119,14 +119,21 @@ class Stream:
 
 class Http1State:
     """A connection's two directions (None until the side sending requests
-    is known) and its requests waiting for a response, oldest first."""
+    is known), its requests waiting for a response, oldest first, and a
+    response that came before its request (early)."""
 
-    __slots__ = ("ingress", "egress", "pending")
+    __slots__ = ("ingress", "egress", "pending", "early")
 
     def __init__(self):
         self.ingress: Stream | None = None
         self.egress: Stream | None = None
         self.pending: deque[Message] = deque()
+        # A response with no request waiting: its request's record may still
+        # come.  A write is copied when its call ends, so a client whose
+        # reader runs on another thread (Go's net/http, with or without TLS)
+        # can have the answer copied while the writing thread has yet to
+        # return from the call that sent the request.
+        self.early: Message | None = None
 
 
 def _set_request_direction(conn, state: Http1State, direction: int, heads: tuple) -> None:
@@ -206,6 +213,7 @@ class Http1Handler(ProtocolHandler):
     def gap(self, conn) -> None:
         """Whatever was being framed is unreliable: both directions wait for
         the next message start."""
+        self._drop_early(conn.state)
         for stream in (conn.state.ingress, conn.state.egress):
             if stream is not None:
                 if stream.buf or stream.message is not None:
@@ -226,16 +234,26 @@ class Http1Handler(ProtocolHandler):
         """Count requests still waiting for a response, and heads only partly seen."""
         state = conn.state
         self.counts["requests_without_response"] += len(state.pending)
+        self._drop_early(state)
         for stream in (state.ingress, state.egress):
             if stream is not None and (stream.buf or stream.message is not None):
                 self.counts["messages_incomplete"] += 1
 
     def expire_requests(self, conn, now_ns: int) -> None:
-        pending = conn.state.pending
+        state = conn.state
+        pending = state.pending
         timeout = self.request_timeout_ns
         while pending and now_ns - pending[0].last_end_ns > timeout:
             pending.popleft()
             self.counts["requests_without_response"] += 1
+        if state.early is not None and now_ns - state.early.last_end_ns > timeout:
+            self._drop_early(state)
+
+    def _drop_early(self, state: Http1State) -> None:
+        """The early response's request will not come (or cannot be told)."""
+        if state.early is not None:
+            state.early = None
+            self.counts["responses_without_request"] += 1
 
     def _feed(self, conn, stream: Stream, data: bytes, uncaptured: int,
               tid: int, start_ns: int, end_ns: int, out: list) -> None:
@@ -357,8 +375,18 @@ class Http1Handler(ProtocolHandler):
         stream.message = None
         stream.chunked = None
         stream.state = _HEAD
-        pending = conn.state.pending
+        state = conn.state
+        pending = state.pending
         if stream.is_request:
+            early = state.early
+            if early is not None:
+                state.early = None
+                # Its request if this one was sent before the response was
+                # read (a later request cannot have been answered by it).
+                if message.first_start_ns <= early.last_end_ns:
+                    out.append((ITEM_TAG, conn, message, early))
+                    return
+                self.counts["responses_without_request"] += 1
             if len(pending) >= self.max_pending:
                 pending.popleft()
                 self.counts["requests_without_response"] += 1
@@ -366,6 +394,7 @@ class Http1Handler(ProtocolHandler):
             return
         self.counts["http_responses"] += 1
         if not pending:
-            self.counts["responses_without_request"] += 1
+            self._drop_early(state)
+            state.early = message
             return
         out.append((ITEM_TAG, conn, pending.popleft(), message))

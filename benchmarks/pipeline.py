@@ -277,16 +277,16 @@ def compare_records(seconds: float, keep: Path | None = None, replay: Path | Non
     totals = {name: {"spans": 0, "seconds": 0.0, "stage": {}} for name in records}
     slice_ratios = []
     for _ in range(slices):
-        rates = {}
+        slice_rates = {}
         for name in records:
             r = run(records[name], seconds / slices, encode_export_request)
-            rates[name] = r["rate"]
+            slice_rates[name] = r["rate"]
             total = totals[name]
             total["spans"] += r["spans"]
             total["seconds"] += r["seconds"]
             for stage, spent in r["stage"].items():
                 total["stage"][stage] = total["stage"].get(stage, 0.0) + spent
-        slice_ratios.append(rates["records"] / rates["payload"])
+        slice_ratios.append(slice_rates["records"] / slice_rates["payload"])
     rates = {}
     for name, total in totals.items():
         rate = rates[name] = total["spans"] / total["seconds"]

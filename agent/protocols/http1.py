@@ -379,14 +379,13 @@ class Http1Handler(ProtocolHandler):
         pending = state.pending
         if stream.is_request:
             early = state.early
-            if early is not None:
+            # Its request if this one was sent before the response was read
+            # (a later request cannot have been answered by it).
+            if early is not None and message.first_start_ns <= early.last_end_ns:
                 state.early = None
-                # Its request if this one was sent before the response was
-                # read (a later request cannot have been answered by it).
-                if message.first_start_ns <= early.last_end_ns:
-                    out.append((ITEM_TAG, conn, message, early))
-                    return
-                self.counts["responses_without_request"] += 1
+                out.append((ITEM_TAG, conn, message, early))
+                return
+            self._drop_early(state)
             if len(pending) >= self.max_pending:
                 pending.popleft()
                 self.counts["requests_without_response"] += 1

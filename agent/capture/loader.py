@@ -234,7 +234,6 @@ class LoadedCapture:
             "excluded_endpoints", "conns", "traced_processes")}
         self.ring = RingBuffer(self._map_fds["events"], settings.ring_buffer_bytes)
         self._ncpus = check_ret(libbpf.lib().libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
-        self._stats_buf = ffi.new("char[]", self._ncpus * records.PROBE_STATS.size)
         self.attached_programs = len(detachers)
         # Called with the pid of each traced process that exited, after the
         # capture's own tables forgot it (agent/capture/go_tls.py adds one).
@@ -319,17 +318,19 @@ class LoadedCapture:
 
     def probe_stats(self) -> dict[str, tuple[int, ...]]:
         """probe name -> (events, lost, truncated, unclassified, unmapped, untracked),
-        summed over CPUs."""
+        summed over CPUs.  Read by the /metrics thread and the capture loop
+        alike: each call has a buffer of its own."""
         lib = libbpf.lib()
         fd = self._map_fds["probe_stats"]
         out = {}
         size = records.PROBE_STATS.size
+        buf = ffi.new("char[]", self._ncpus * size)
         key = ffi.new("uint32_t *")
         for index, name in records.PROBE_NAMES.items():
             key[0] = index
-            if lib.bpf_map_lookup_elem(fd, key, self._stats_buf) != 0:
+            if lib.bpf_map_lookup_elem(fd, key, buf) != 0:
                 continue
-            raw = ffi.buffer(self._stats_buf)
+            raw = ffi.buffer(buf)
             totals = [0] * len(records.PROBE_STATS_FIELDS)
             for cpu in range(self._ncpus):
                 for i, value in enumerate(records.PROBE_STATS.unpack_from(raw, cpu * size)):

@@ -21,10 +21,21 @@ import random
 import threading
 import time
 
-from agent.export.loss_log import LossLog
 from agent.export.otlp import RETRYABLE, SUCCESS
+from agent.loss_log import LossLog
 
 log = logging.getLogger(__name__)
+
+# What the export loss log says of each reason spans are lost for.
+LOSS_REASONS = {
+    "queue_full": "export queue full: the collector is slower than the traffic, or unreachable",
+    "export_failed": "export failed after retries",
+}
+
+
+def export_loss_log() -> LossLog:
+    return LossLog("spans lost at export", "span export recovered: no spans lost", LOSS_REASONS,
+                   detail_reasons=("export_failed",))
 
 
 def _env_number(environ, name: str, default, minimum, kind=int):
@@ -81,7 +92,7 @@ class BatchExporter:
         self._in_flight = 0
         self._abandoned = False
         self._asleep = False                 # the thread waits for submit() alone
-        self.loss_log = loss_log or LossLog()
+        self.loss_log = loss_log or export_loss_log()
         self._thread = threading.Thread(target=self._run, name="otel-ebpf-export", daemon=True)
         self._thread.start()
 
@@ -206,7 +217,7 @@ class BatchExporter:
             if exported:
                 self.spans_exported += n
                 self.batches_exported += 1
-                self.loss_log.exported()
+                self.loss_log.delivered()
             else:
                 self.spans_failed += n
                 self.loss_log.lost("export_failed", n)

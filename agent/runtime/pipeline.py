@@ -15,6 +15,7 @@ import time
 
 from agent.capture.conn_sweep import ExitedConnSweep
 from agent.capture.exec_record import parse_exec_record
+from agent.capture.loss_watch import KernelLossWatch
 from agent.protocols.router import ProtocolRouter
 from agent.capture.loader import LoadedCapture
 from agent.spans.sampling import Sampler
@@ -100,6 +101,9 @@ class Pipeline:
         self.conn_sweep = ExitedConnSweep(capture.front_end.map_fd("conns")) \
             if capture is not None else None
         self._housekeepings = 0
+        # Records the probes could not write, exchanges they shed: logged
+        # (rate-limited) at housekeeping, as /metrics counts them.
+        self.kernel_losses = KernelLossWatch(capture) if capture is not None else None
         self._idle_poll_s = idle_poll_s(capture.front_end if capture is not None else None)
         self.last_loop_monotonic = time.monotonic()
         self._last_turn = None
@@ -190,6 +194,8 @@ class Pipeline:
                     self.capture.forget_process(pid)
             exited.clear()
         self.protocols.expire(time.monotonic_ns())
+        if self.kernel_losses is not None:
+            self.kernel_losses.check()
         if self.nat is not None:
             self.nat.expire(time.monotonic())
         self.span_stage.housekeeping()
@@ -267,6 +273,8 @@ class Pipeline:
             self.cpu_yield.stop()
         self.capture.detach()
         self.drain_once()
+        if self.kernel_losses is not None:
+            self.kernel_losses.check()   # what the last housekeeping did not see
         held = self.linker.release_held(flush=True)
         if held:
             self.span_stage.submit(held)

@@ -4,13 +4,16 @@ not written; every record that is written is a complete exchange, and
 written + shed adds up to the exchanges made."""
 from __future__ import annotations
 
+import logging
 import os
+import re
 import socket
 
 import pytest
 
 from agent.capture import exchange_records, records
 from agent.capture.loader import CaptureSettings, load_capture
+from agent.capture.loss_watch import KernelLossWatch
 
 C = records.C
 REQUEST = (b"GET /shed HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -29,7 +32,8 @@ def capture():
         capture.close()
 
 
-def test_past_the_mark_exchanges_are_shed_whole_and_counted(capture):
+def test_past_the_mark_exchanges_are_shed_whole_and_counted(capture, caplog):
+    watch = KernelLossWatch(capture)
     server = socket.create_server(("127.0.0.1", 0))
     client = socket.create_connection(server.getsockname())
     peer, _ = server.accept()
@@ -64,3 +68,13 @@ def test_past_the_mark_exchanges_are_shed_whole_and_counted(capture):
     for x in written:
         assert (x.method, x.target, x.status_code) == ("GET", "/shed", 200)
         assert x.request_bytes == len(REQUEST) and x.response_bytes == len(RESPONSE)
+    # The agent's log says so at its next check, with the count /metrics has;
+    # no record was lost, so the records' log stays quiet.
+    with caplog.at_level(logging.WARNING, logger="agent.loss_log"):
+        watch.check()
+    lines = [r.getMessage() for r in caplog.records]
+    shed_lines = [line for line in lines if line.startswith("HTTP/1.x exchanges shed whole")]
+    assert len(shed_lines) == 1 and "shed mark" in shed_lines[0], lines
+    logged = int(re.search(r"; (\d+) lost since", shed_lines[0]).group(1))
+    assert logged == capture.http_shed()["ring_fill"], (shed_lines, capture.http_shed())
+    assert not any("records lost in the kernel" in line for line in lines), lines

@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from agent.loss_log import LOG_INTERVAL_S
 from agent.spans.model import KIND_CLIENT, KIND_SERVER
 from conftest import AgentProcess
 from helpers import KeepAliveLoad, counting_receiver, delta, snapshot, value, wait_quiet
@@ -87,9 +88,31 @@ def test_ring_buffer_overflow_is_accounted(start_nginx):
         assert losses["otel_ebpf_spans_dropped_queue_full_total"] == 0
         assert losses["otel_ebpf_spans_export_failed_total"] == 0
         assert losses["otel_ebpf_parse_errors_total"] == 0
+        # The log said so (rate-limited), and once the ring kept up again,
+        # that it recovered, with a total that reconciles with /metrics.
+        recovered = wait_for_line(agent, "kernel capture recovered", LOG_INTERVAL_S + 10)
+        lost_lines = [line for line in agent.stderr().splitlines()
+                      if "records lost in the kernel" in line]
+        assert lost_lines and "ring buffer full" in lost_lines[0], agent.stderr()[-3000:]
+        assert "--http-exchanges" in lost_lines[0]   # HTTP/1.x on the payload path: the hint
+        logged = int(re.search(r"; (\d+) lost since", recovered).group(1))
+        final = snapshot(agent)
+        assert logged == (value(final, "otel_ebpf_kernel_events_lost_total")
+                          + value(final, "otel_ebpf_kernel_calls_untracked_total")), recovered
     finally:
         agent.stop()
         receiver.stop()
+
+
+def wait_for_line(agent, text: str, timeout: float) -> str:
+    """The first line of the agent's log that holds text."""
+    deadline = time.monotonic() + timeout
+    while True:
+        for line in agent.stderr().splitlines():
+            if text in line:
+                return line
+        assert time.monotonic() < deadline, f"no {text!r} in the log: {agent.stderr()[-3000:]}"
+        time.sleep(0.2)
 
 
 def test_collector_outage_bounded_memory_and_recovery(receiver, start_agent, backend):
@@ -246,8 +269,6 @@ def test_a_stalled_collector_is_reported_in_the_log_at_a_bounded_rate(receiver, 
     """Spans dropped at a full export queue show in the log: at once, then at
     most one line per interval with the count, and a line when export has
     caught up; the counts logged reconcile with the counters."""
-    from agent.export.loss_log import LOG_INTERVAL_S
-
     agent = start_agent("--port", str(backend), extra_env={"OTEL_BSP_MAX_QUEUE_SIZE": "256"})
     load = KeepAliveLoad(backend, path="/stalled", connections=4, rate=200).start()
     warnings: list[tuple[float, str]] = []

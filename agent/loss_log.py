@@ -1,5 +1,6 @@
 """Rate-limited log lines about loss a user must act on: spans lost at
-export (agent/export/batch.py), records the probes could not write and
+export (agent/export/batch.py) or at a busy span worker
+(agent/runtime/span_worker.py), records the probes could not write and
 exchanges they shed (agent/capture/loss_watch.py).
 
 The counters on /metrics say how much was lost; a user reading the agent's

@@ -42,6 +42,7 @@ import sys
 import threading
 import time
 
+from agent.loss_log import LossLog
 from agent.runtime.child_process import LOG_FORMAT, child_environment
 from agent.runtime.heap import settle_heap
 from agent.runtime.span_stage import StageSettings, merge_snapshots
@@ -251,6 +252,10 @@ class SpanWorkerPool:
         self.last_spill = float("-inf")
         self._next = 0
         self.exchanges_dropped = 0
+        self.loss_log = LossLog(
+            "spans lost at a busy span worker", "span workers caught up: no spans lost",
+            {"worker_busy": f"a worker did not take its batch within {SEND_TIMEOUT_S:.0f} s: "
+                            "the node's CPU is short of what the load needs"})
 
     def start_workers(self) -> None:
         """Start the workers, if not started yet; each is handed batches once
@@ -307,9 +312,13 @@ class SpanWorkerPool:
             worker.sock.sendall(message)
         except (socket.timeout, OSError):
             self.exchanges_dropped += len(chunk)
+            self.loss_log.lost("worker_busy", len(chunk))
+        else:
+            self.loss_log.delivered()
 
     def housekeeping(self) -> None:
         self.local.housekeeping()     # the workers keep house themselves
+        self.loss_log.tick()
         now = time.monotonic()
         if self.workers and now - self.last_spill > WORKER_IDLE_STOP_S:
             for worker in self.workers:

@@ -3,6 +3,11 @@
 over OTLP/HTTP to a local receiver.  No privileges."""
 from __future__ import annotations
 
+import logging
+import os
+import re
+import signal
+
 import pytest
 
 from agent.protocols.router import ProtocolRouter
@@ -104,6 +109,40 @@ def test_a_batch_larger_than_a_poll_keeps_up_with_starts_the_workers_and_goes_to
     assert len(receiver.spans) == total
     assert all(s.resource["service.name"].startswith("recorded-") for s in receiver.spans)
     assert not any(w.alive() for w in pool.workers)
+
+
+def test_batches_a_stopped_worker_cannot_take_are_dropped_counted_and_logged(receiver, caplog):
+    """A worker that takes nothing (stopped here; on a node, one starved of
+    CPU) fills its socket; then each batch waits SEND_TIMEOUT_S and is
+    dropped, counted, and logged (rate-limited: here every loss gets its
+    line, so that the lines add up to the counter)."""
+    resources, exchanges = recorded_exchanges()
+    big = exchanges * (SPILL_EXCHANGES // len(exchanges) + 1)
+    pool = make_pool(receiver)
+    pool.loss_log.interval_s = 0.0
+    stopped = None
+    try:
+        pool.submit(resources + exchanges)
+        load_starts_the_workers(pool, big)
+        stopped = pool.workers[0].pid
+        os.kill(stopped, signal.SIGSTOP)
+        with caplog.at_level(logging.WARNING, logger="agent.loss_log"):
+            # The socket holds hundreds of batches (pickled, the recording's
+            # exchanges repeated are small).
+            for _ in range(20000):
+                pool.submit(big)
+                if pool.exchanges_dropped:
+                    break
+    finally:
+        if stopped is not None:
+            os.kill(stopped, signal.SIGCONT)
+        pool.shutdown(5.0)
+    lines = [r.getMessage() for r in caplog.records
+             if r.getMessage().startswith("spans lost at a busy span worker")]
+    assert pool.exchanges_dropped > 0 and lines, pool.snapshot()
+    assert "CPU is short" in lines[0]
+    assert int(re.search(r"; (\d+) lost since", lines[-1]).group(1)) == pool.exchanges_dropped
+    assert pool.snapshot()["exchanges_dropped"] == pool.exchanges_dropped
 
 
 def test_readyz_and_shutdown_reaping_the_same_worker_at_once_both_succeed(receiver, monkeypatch):

@@ -54,6 +54,10 @@ struct conn_info {
     __u8 unclassified_events;
     __u8 tls;           /* its plaintext comes from the TLS uprobes */
     __u8 http_payload;  /* HTTP/1 goes to the payload path, not exchange records */
+    /* When a client's response was read ahead of its request's record (0:
+     * none): the request call that began before then follows it to the
+     * payload path (bpf/http_exchange.h). */
+    __u64 http_early_ns;
 };
 
 /* One entry per (tgid, fd) the hooks have seen, sockets or not, so that the

@@ -293,7 +293,12 @@ struct tls_library_record {
 #define HTTP_FALLBACK_RESPONSE_END 8
 /* no room to hold the request: its slot holds another connection's exchange */
 #define HTTP_FALLBACK_NO_SLOT 9
-#define HTTP_FALLBACK_COUNT 10
+/* a client's response read before its request's call ended (a client that
+ * reads on another thread than it writes, as Go's does, preempted in its
+ * write; a server answering before the request's body is in): that one
+ * exchange goes to the payload path, the connection goes on with records */
+#define HTTP_FALLBACK_RESPONSE_FIRST 10
+#define HTTP_FALLBACK_COUNT 11
 
 /* Why the probes shed an exchange (decided at its request: neither side is
  * written), the index of the http_shed counters. */

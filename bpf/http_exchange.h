@@ -167,7 +167,7 @@ static __always_inline __u64 http_call_time(const struct io_args *a)
     return a->start_ns;
 }
 
-static __always_inline void http_fall_back(struct conn_info *conn, __u8 reason, bool dropped)
+static __always_inline void http_count_fallback(__u8 reason, bool dropped)
 {
     __u32 key = reason;
     struct http_fallback_stats *stats = bpf_map_lookup_elem(&http_fallbacks, &key);
@@ -176,6 +176,11 @@ static __always_inline void http_fall_back(struct conn_info *conn, __u8 reason, 
         if (dropped)
             stats->requests_dropped++;
     }
+}
+
+static __always_inline void http_fall_back(struct conn_info *conn, __u8 reason, bool dropped)
+{
+    http_count_fallback(reason, dropped);
     conn->http_payload = 1;
     http_release(conn->conn_id);
 }
@@ -391,8 +396,26 @@ static __always_inline bool http_request_call(__u64 id, struct conn_info *conn,
 {
     __u8 expected = conn->role == ROLE_SERVER ? DIRECTION_INGRESS : DIRECTION_EGRESS;
     if (conn->role != ROLE_UNKNOWN && a->direction != expected) {
+        if (conn->role == ROLE_CLIENT && !conn->http_early_ns) {
+            /* A response ahead of its request's record: a write is copied
+             * as its call ends, and a client reading on another thread can
+             * have the answer first.  The two go to the payload path, which
+             * pairs them (or counts the response, if no request was on its
+             * way: a connection joined mid-exchange). */
+            conn->http_early_ns = at;
+            http_count_fallback(HTTP_FALLBACK_RESPONSE_FIRST, false);
+            return false;
+        }
         http_fall_back(conn, HTTP_FALLBACK_MID_STREAM, false);
         return false;
+    }
+    if (conn->http_early_ns) {
+        __u64 early = conn->http_early_ns;
+        conn->http_early_ns = 0;
+        /* the request that was on its way when its response came; a later
+         * one begins a new exchange here */
+        if (at < early)
+            return false;
     }
     p = http_entry(conn, p, at);
     if (!p) {

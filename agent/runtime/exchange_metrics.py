@@ -12,7 +12,9 @@ def http_exchange_families(capture, prefix: str):
         return
     fallbacks = CounterMetricFamily(
         f"{prefix}_kernel_http_fallbacks",
-        "Connections whose HTTP/1 the probes turned over to the payload path, by reason.",
+        "Connections whose HTTP/1 the probes turned over to the payload path, by reason; "
+        "response_first: one exchange whose response came before its request's call ended, "
+        "the connection going on with records.",
         labels=["reason"])
     dropped = CounterMetricFamily(
         f"{prefix}_kernel_http_requests_dropped",

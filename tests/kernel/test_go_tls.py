@@ -159,8 +159,12 @@ def test_go_https_exchanges_are_paired_in_the_probes(receiver, start_agent, tls_
     # request writes write nothing, its responses one record each.  A side
     # the probes could not pair (Go's client may read a response head in two
     # calls: split_head) goes to the payload path, counted, its spans whole.
-    assert agent.metric("otel_ebpf_kernel_events_total", probe="ssl_write") == REQUESTS
-    fallbacks = agent.metric("otel_ebpf_kernel_http_fallbacks_total")
+    # Go's client reads on another thread than it writes: a response read
+    # before its request's write returned sends that one exchange's two
+    # calls to the payload path (response_first).
+    early = agent.metric("otel_ebpf_kernel_http_fallbacks_total", reason="response_first")
+    assert agent.metric("otel_ebpf_kernel_events_total", probe="ssl_write") == REQUESTS + early
+    fallbacks = agent.metric("otel_ebpf_kernel_http_fallbacks_total") - early
     assert fallbacks <= 1 and agent.metric("otel_ebpf_kernel_http_requests_dropped_total") == 0
     if not fallbacks:
         assert agent.metric("otel_ebpf_kernel_events_total", probe="ssl_read") == REQUESTS

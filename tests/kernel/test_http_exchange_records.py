@@ -177,3 +177,102 @@ def test_a_connection_whose_slot_another_exchange_holds_goes_to_the_payload_path
     assert data == []
     assert len(exchanges) == 2
     assert all(x.target == "/items?id=7" and x.status_code == 200 for x in exchanges)
+
+
+def spans_of(records: list) -> list[tuple]:
+    """The exchanges userspace makes of these records, both paths: (kind,
+    method, target, status)."""
+    from agent.protocols.router import ProtocolRouter
+    from agent.spans.builder import ExchangeLinker
+    router = ProtocolRouter()
+    exchanges = ExchangeLinker().exchanges(router.process(records))
+    out = []
+    for e in exchanges:
+        request = e[11] if e[0] == "http_record" else None
+        if request is not None:
+            out.append((e[1], request[0].decode(), request[1].decode(), request[5]))
+        else:
+            out.append((e[1], e[10], e[11], e[15]))
+    return out, router
+
+
+def test_a_response_read_before_its_request_call_ended_is_paired_and_records_go_on(capture):
+    """A client whose request's write is still under way when another
+    thread reads the response (Go's client, preempted in its write; here a
+    server that answers before the request's body is in): the kernel sees
+    the response first.  That exchange goes to the payload path, which
+    pairs the two; the connection's next exchanges are records again."""
+    import threading
+    server = socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(server.getsockname())
+    peer, _ = server.accept()
+    body = 4 << 20          # more than the sockets hold: the write waits for the server
+    upload = (b"POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n" % body)
+    before = capture.http_fallbacks()
+    answer = []
+    try:
+        writer = threading.Thread(target=client.sendall, args=(upload + b"x" * body,))
+        writer.start()
+        head = b""
+        while b"\r\n\r\n" not in head:
+            head += peer.recv(4096)
+        peer.sendall(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n")
+        answer.append(client.recv(65536))       # the response, while the write waits
+        assert writer.is_alive()
+        received = len(head) - head.index(b"\r\n\r\n") - 4
+        while received < body:
+            received += len(peer.recv(1 << 20))
+        writer.join(10)
+        for _ in range(3):
+            client.sendall(REQUEST)
+            assert peer.recv(65536) == REQUEST
+            peer.sendall(RESPONSE)
+            assert client.recv(65536) == RESPONSE
+        port = client.getsockname()[1]
+        time.sleep(0.1)
+        client_records = [r for r in capture.ring.read_batch(1 << 20)
+                          if records.EVENT_HEADER.unpack_from(r)[
+                              records.EVENT_HEADER_FIELDS.index("local_port")] == port]
+    finally:
+        for sock in (client, peer, server):
+            sock.close()
+    assert answer[0].startswith(b"HTTP/1.1 413")
+    after = capture.http_fallbacks()
+    assert after["response_first"][0] == before["response_first"][0] + 1
+    assert after["mid_stream"][0] == before["mid_stream"][0]
+    kinds = [records.EVENT_HEADER.unpack_from(r)[0] for r in client_records]
+    # the response, then its request, as data; then one record an exchange
+    assert kinds == [C["EVENT_DATA"], C["EVENT_DATA"]] + [C["EVENT_HTTP_EXCHANGE"]] * 3
+    spans, router = spans_of(client_records)
+    client_kind = 3
+    assert spans == [(client_kind, "POST", "/upload", 413)] + \
+        [(client_kind, "GET", "/items?id=7", 200)] * 3
+    assert router.counts["responses_without_request"] == 0
+
+
+def test_a_response_no_request_was_sent_for_is_counted_and_records_go_on(capture, pair):
+    """A server's unsolicited answer on an idle kept-alive connection (a 408
+    before it closes one, say): no request call was on its way, so the
+    next request begins an exchange record; the response counts as
+    without a request when the connection ends."""
+    client, peer = pair
+    before = capture.http_fallbacks()
+    peer.sendall(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
+    assert client.recv(65536).startswith(b"HTTP/1.1 408")
+    for _ in range(2):
+        client.sendall(REQUEST)
+        assert peer.recv(65536) == REQUEST
+        peer.sendall(RESPONSE)
+        assert client.recv(65536) == RESPONSE
+    port = client.getsockname()[1]
+    client.close()
+    time.sleep(0.1)
+    client_records = [r for r in capture.ring.read_batch(1 << 20)
+                      if records.EVENT_HEADER.unpack_from(r)[
+                          records.EVENT_HEADER_FIELDS.index("local_port")] == port]
+    kinds = [records.EVENT_HEADER.unpack_from(r)[0] for r in client_records]
+    assert kinds == [C["EVENT_DATA"]] + [C["EVENT_HTTP_EXCHANGE"]] * 2 + [C["EVENT_CLOSE"]]
+    assert capture.http_fallbacks()["response_first"][0] == before["response_first"][0] + 1
+    spans, router = spans_of(client_records)
+    assert spans == [(3, "GET", "/items?id=7", 200)] * 2
+    assert router.counts["responses_without_request"] == 1

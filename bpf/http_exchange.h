@@ -412,9 +412,10 @@ static __always_inline bool http_request_call(__u64 id, struct conn_info *conn,
     if (conn->http_early_ns) {
         __u64 early = conn->http_early_ns;
         conn->http_early_ns = 0;
-        /* the request that was on its way when its response came; a later
+        /* the request that was on its way when its response came (or a
+         * call with no start to tell: the payload path decides); a later
          * one begins a new exchange here */
-        if (at < early)
+        if (!a->start_ns || at < early)
             return false;
     }
     p = http_entry(conn, p, at);

@@ -54,10 +54,16 @@ struct conn_info {
     __u8 unclassified_events;
     __u8 tls;           /* its plaintext comes from the TLS uprobes */
     __u8 http_payload;  /* HTTP/1 goes to the payload path, not exchange records */
-    /* When a client's response was read ahead of its request's record (0:
-     * none): the request call that began before then follows it to the
-     * payload path (bpf/http_exchange.h). */
-    __u64 http_early_ns;
+    /* A server's request head whose first byte came in a read of its own
+     * (Go's server reads one byte ahead between requests): that byte,
+     * held for the read with the rest (bpf/http_exchange.h). */
+    __u8 http_byte;
+    __u8 http_byte_held;
+    /* bpf/http_exchange.h, by role: a client's, when its response was read
+     * ahead of its request's record (the request call that began before
+     * then follows it to the payload path); a server's, when the byte held
+     * was read (its request's start).  0: none. */
+    __u64 http_mark_ns;
 };
 
 /* One entry per (tgid, fd) the hooks have seen, sockets or not, so that the
@@ -470,10 +476,14 @@ static __always_inline int emit_data(__u64 id, struct conn_info *conn, const str
     bool exchanges = CONFIG(http_exchanges) && conn->protocol == PROTOCOL_HTTP1 &&
                      !conn->http_payload;
     struct http_pending *pending = NULL;
+    __u8 held = 0;      /* a request head's first byte, held from the read before */
     if (exchanges) {
         pending = http_pending_of(conn->conn_id);
         if (pending && http_body_call(conn, pending, &a, ret, stats))
             return 0;
+        if (http_hold_byte(conn, &a, ret, pending))
+            return 0;
+        held = http_take_byte(conn, &a);
         if (!conn->http_payload && a.buffer_kind == IO_NONE)
             http_give_up(stats, conn, pending, HTTP_FALLBACK_MID_STREAM);
         exchanges = !conn->http_payload;
@@ -493,7 +503,17 @@ static __always_inline int emit_data(__u64 id, struct conn_info *conn, const str
     if (want > limit)
         want = limit;
     __u32 captured = 0;
-    if (a.buffer_kind == IO_BUFFER) {
+    __u64 total = ret + held;
+    if (held) {
+        /* the held byte first, the read's bytes after it */
+        __u64 n = want;
+        if (n > MAX_CAPTURE_BYTES - 1)
+            n = MAX_CAPTURE_BYTES - 1;
+        barrier_var(n);
+        if (!bpf_probe_read_user(ev->payload + 1, n, (void *)a.buf))
+            captured = n + 1;
+        ev->payload[0] = conn->http_byte;
+    } else if (a.buffer_kind == IO_BUFFER) {
         __u64 n = want;
         bool tail = sql_keeps_tail(conn->protocol, ret, want);
         if (tail)
@@ -512,7 +532,16 @@ static __always_inline int emit_data(__u64 id, struct conn_info *conn, const str
     } else if (a.buffer_kind == IO_IOVEC) {
         captured = copy_iovecs(ev->payload, a.buf, a.count, want);
     }
-    if (exchanges && http_head_call(id, conn, pending, &a, ret, captured, flags, stats))
+    /* A request whose first byte was held was received when that byte's
+     * read returned. */
+    __u64 held_ns = 0;
+    if (held) {
+        held_ns = conn->http_mark_ns;
+        conn->http_mark_ns = 0;
+    }
+    if (exchanges &&
+        http_head_call(id, conn, pending, &a, total, captured,
+                       held ? held_ns : http_call_time(&a), flags, stats))
         return 0;
 
     ev->hdr.type = EVENT_DATA;
@@ -520,16 +549,16 @@ static __always_inline int emit_data(__u64 id, struct conn_info *conn, const str
     ev->hdr.tid = (__u32)id;
     ev->hdr.fd = a.fd;
     ev->hdr.conn_id = conn->conn_id;
-    ev->hdr.end_ns = bpf_ktime_get_ns();
+    ev->hdr.end_ns = held ? held_ns : bpf_ktime_get_ns();
     /* A read hooked at its exit only is stamped there (it counts as
      * received when it returns, whenever it began). */
-    ev->hdr.start_ns = a.start_ns ? a.start_ns : ev->hdr.end_ns;
-    ev->hdr.length = ret;
+    ev->hdr.start_ns = a.start_ns && !held ? a.start_ns : ev->hdr.end_ns;
+    ev->hdr.length = total;
     ev->hdr.captured = captured;
     ev->hdr.direction = a.direction;
     ev->hdr.role = conn->role;
     ev->hdr.protocol = conn->protocol;
-    ev->hdr.flags = flags | ((__u64)ret > captured ? FLAG_TRUNCATED : 0);
+    ev->hdr.flags = flags | (total > captured ? FLAG_TRUNCATED : 0);
     ev->hdr.probe = a.probe;
     /* Numbered before the ring write: a record the ring drops leaves a gap. */
     ev->hdr.seq = (__sync_fetch_and_add(&conn->seq, 1) % 65535) + 1;
@@ -587,8 +616,11 @@ static __always_inline int on_close_enter(__u32 fd)
         if (stats)
             output_record(stats, &hdr, sizeof(hdr), false);
     }
-    if (CONFIG(http_exchanges))
+    if (CONFIG(http_exchanges)) {
         http_release(conn->conn_id);
+        if (conn->http_byte_held)   /* a request's first byte, the rest never came */
+            http_count_fallback(HTTP_FALLBACK_SPLIT_HEAD, 0, 1);
+    }
     bpf_map_delete_elem(&conns, &key);
     return 0;
 }

@@ -6,7 +6,8 @@
  * between exchanges: an exchange costs one array index, no insert, copy or
  * delete.
  *
- * Only what is certain is paired here: a head contained in one call, a
+ * Only what is certain is paired here: a head contained in one call (or,
+ * a server's request, in one call after a read of its first byte alone), a
  * request body and a response body of announced length (or none).  Anything
  * else (bpf/events.h's HTTP_FALLBACK_* reasons) turns the connection over to
  * the payload path for good, counted by reason in http_fallbacks.  A switch
@@ -167,20 +168,19 @@ static __always_inline __u64 http_call_time(const struct io_args *a)
     return a->start_ns;
 }
 
-static __always_inline void http_count_fallback(__u8 reason, bool dropped)
+static __always_inline void http_count_fallback(__u8 reason, __u64 connections, __u64 dropped)
 {
     __u32 key = reason;
     struct http_fallback_stats *stats = bpf_map_lookup_elem(&http_fallbacks, &key);
     if (stats) {
-        stats->connections++;
-        if (dropped)
-            stats->requests_dropped++;
+        stats->connections += connections;
+        stats->requests_dropped += dropped;
     }
 }
 
 static __always_inline void http_fall_back(struct conn_info *conn, __u8 reason, bool dropped)
 {
-    http_count_fallback(reason, dropped);
+    http_count_fallback(reason, 1, dropped);
     conn->http_payload = 1;
     http_release(conn->conn_id);
 }
@@ -234,6 +234,40 @@ static __always_inline __u8 http_parse_captured(struct http_work *w, struct http
 static __always_inline bool http_in_exchange(const struct http_pending *p)
 {
     return p && p->phase != HTTP_PHASE_IDLE;
+}
+
+/* Go's HTTP server reads one byte ahead between requests (to notice a
+ * client that went away while a handler runs): the next request's head
+ * then comes as that byte and a read with the rest.  A server's read of
+ * one byte that can begin a method, between exchanges, is held on the
+ * connection (no record) and put back before the next read's bytes. */
+static __always_inline bool http_hold_byte(struct conn_info *conn, const struct io_args *a,
+                                           long ret, struct http_pending *p)
+{
+    if (ret != 1 || conn->role != ROLE_SERVER || a->direction != DIRECTION_INGRESS ||
+        a->buffer_kind != IO_BUFFER || conn->http_byte_held || http_in_exchange(p))
+        return false;
+    __u8 byte = 0;
+    if (bpf_probe_read_user(&byte, 1, (void *)a->buf) || byte < 'A' || byte > 'Z')
+        return false;
+    conn->http_byte = byte;
+    conn->http_byte_held = 1;
+    conn->http_mark_ns = bpf_ktime_get_ns();
+    return true;
+}
+
+/* The byte held for this call, if it is the server's next read: 1, or 0
+ * (a held byte another kind of call follows is dropped, counted). */
+static __always_inline __u8 http_take_byte(struct conn_info *conn, const struct io_args *a)
+{
+    if (!conn->http_byte_held)
+        return 0;
+    conn->http_byte_held = 0;
+    if (a->direction == DIRECTION_INGRESS && a->buffer_kind == IO_BUFFER)
+        return 1;
+    conn->http_mark_ns = 0;
+    http_count_fallback(HTTP_FALLBACK_SPLIT_HEAD, 0, 1);
+    return 0;
 }
 
 /* The held record, as far as its values go. */
@@ -396,22 +430,22 @@ static __always_inline bool http_request_call(__u64 id, struct conn_info *conn,
 {
     __u8 expected = conn->role == ROLE_SERVER ? DIRECTION_INGRESS : DIRECTION_EGRESS;
     if (conn->role != ROLE_UNKNOWN && a->direction != expected) {
-        if (conn->role == ROLE_CLIENT && !conn->http_early_ns) {
+        if (conn->role == ROLE_CLIENT && !conn->http_mark_ns) {
             /* A response ahead of its request's record: a write is copied
              * as its call ends, and a client reading on another thread can
              * have the answer first.  The two go to the payload path, which
              * pairs them (or counts the response, if no request was on its
              * way: a connection joined mid-exchange). */
-            conn->http_early_ns = at;
-            http_count_fallback(HTTP_FALLBACK_RESPONSE_FIRST, false);
+            conn->http_mark_ns = at;
+            http_count_fallback(HTTP_FALLBACK_RESPONSE_FIRST, 1, 0);
             return false;
         }
         http_fall_back(conn, HTTP_FALLBACK_MID_STREAM, false);
         return false;
     }
-    if (conn->http_early_ns) {
-        __u64 early = conn->http_early_ns;
-        conn->http_early_ns = 0;
+    if (conn->role == ROLE_CLIENT && conn->http_mark_ns) {
+        __u64 early = conn->http_mark_ns;
+        conn->http_mark_ns = 0;
         /* the request that was on its way when its response came (or a
          * call with no start to tell: the payload path decides); a later
          * one begins a new exchange here */
@@ -474,18 +508,18 @@ static __always_inline bool http_request_call(__u64 id, struct conn_info *conn,
 }
 
 /* A call the body path did not take, its first bytes captured in scratch:
- * a request head on an idle connection, or the response head.  True when
- * taken (no data record). */
+ * a request head on an idle connection, or the response head.  at: the
+ * call's time (http_call_time, or the held byte's).  True when taken (no
+ * data record). */
 static __always_inline bool http_head_call(__u64 id, struct conn_info *conn,
                                            struct http_pending *p, const struct io_args *a,
-                                           __u64 n, __u32 captured, __u8 flags,
+                                           __u64 n, __u32 captured, __u64 at, __u8 flags,
                                            struct probe_stats *stats)
 {
     __u32 zero = 0;
     struct http_work *w = bpf_map_lookup_elem(&http_work, &zero);
     if (!w)
         return false;
-    __u64 at = http_call_time(a);
     if (!http_in_exchange(p))
         return http_request_call(id, conn, p, w, a, n, captured, at, flags);
     if (p->phase == HTTP_PHASE_RESPONSE_BODY || a->direction == p->request_direction) {

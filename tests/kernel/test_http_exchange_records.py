@@ -206,7 +206,7 @@ def test_a_response_read_before_its_request_call_ended_is_paired_and_records_go_
     server = socket.create_server(("127.0.0.1", 0))
     client = socket.create_connection(server.getsockname())
     peer, _ = server.accept()
-    body = 4 << 20          # more than the sockets hold: the write waits for the server
+    body = 64 << 20         # more than the sockets hold: the write waits for the server
     upload = (b"POST /upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n" % body)
     before = capture.http_fallbacks()
     answer = []
@@ -276,3 +276,76 @@ def test_a_response_no_request_was_sent_for_is_counted_and_records_go_on(capture
     spans, router = spans_of(client_records)
     assert spans == [(3, "GET", "/items?id=7", 200)] * 2
     assert router.counts["responses_without_request"] == 1
+
+
+def server_records(capture, peer) -> list[bytes]:
+    port = peer.getsockname()[1]
+    time.sleep(0.1)
+    at = records.EVENT_HEADER_FIELDS.index("local_port")
+    return [r for r in capture.ring.read_batch(1 << 20)
+            if records.EVENT_HEADER.unpack_from(r)[at] == port]
+
+
+def exchange(client, peer, request=REQUEST, first_byte_alone=False) -> int:
+    """One exchange; the server reads the request's first byte on its own
+    when asked, as Go's server does between requests.  Returns when that
+    byte's read returned (CLOCK_MONOTONIC, the probes' clock)."""
+    client.sendall(request)
+    got = peer.recv(1) if first_byte_alone else b""
+    byte_read = time.monotonic_ns()
+    if first_byte_alone:
+        time.sleep(0.05)
+    while len(got) < len(request):
+        got += peer.recv(65536)
+    assert got == request
+    peer.sendall(RESPONSE)
+    assert client.recv(65536) == RESPONSE
+    return byte_read
+
+
+def test_a_request_whose_first_byte_came_alone_is_one_exchange_record(capture, pair):
+    client, peer = pair
+    before = capture.http_fallbacks()
+    exchange(client, peer)
+    byte_read = exchange(client, peer, first_byte_alone=True)
+    exchange(client, peer)
+    found = server_records(capture, peer)
+    kinds = [records.EVENT_HEADER.unpack_from(r)[0] for r in found]
+    assert kinds == [C["EVENT_HTTP_EXCHANGE"]] * 3
+    second = exchange_records.decode(found[1])
+    assert (second.method, second.target, second.traceparent) == ("GET", "/items?id=7", TRACEPARENT)
+    assert second.request_bytes == len(REQUEST)
+    # received when its first byte's read returned, not 50 ms later with the rest
+    assert byte_read - 20_000_000 < second.header[5] <= byte_read
+    assert capture.http_fallbacks() == before
+
+
+def test_a_head_the_probes_cannot_take_keeps_its_held_byte(capture, pair):
+    """The held byte goes with the rest to the payload path: one data
+    record of the whole head, received when that byte was."""
+    client, peer = pair
+    exchange(client, peer)
+    odd = b"GET /odd HTTP/1.1\r\nHost:  127.0.0.1\r\n\r\n"     # two spaces: unusual_head
+    byte_read = exchange(client, peer, odd, first_byte_alone=True)
+    found = server_records(capture, peer)
+    headers = [dict(zip(records.EVENT_HEADER_FIELDS, records.EVENT_HEADER.unpack_from(r)))
+               for r in found]
+    assert [h["type"] for h in headers] == [C["EVENT_HTTP_EXCHANGE"], C["EVENT_DATA"],
+                                            C["EVENT_DATA"]]
+    data = found[1][records.EVENT_HEADER_SIZE:]
+    assert data == odd and headers[1]["length"] == len(odd)
+    assert byte_read - 20_000_000 < headers[1]["end_ns"] <= byte_read
+    spans, _ = spans_of(found)
+    assert sorted((kind, method, target) for kind, method, target, _ in spans) == [
+        (2, "GET", "/items?id=7"), (2, "GET", "/odd")]
+
+
+def test_a_held_byte_whose_request_never_came_is_counted(capture, pair):
+    client, peer = pair
+    exchange(client, peer)
+    before = capture.http_fallbacks()["split_head"]
+    client.sendall(b"G")        # (a split head on the client's side: its own fallback)
+    assert peer.recv(1) == b"G"
+    peer.close()
+    after = capture.http_fallbacks()["split_head"]
+    assert after[1] == before[1] + 1

@@ -224,15 +224,8 @@ def test_a_response_read_before_its_request_call_ended_is_paired_and_records_go_
             received += len(peer.recv(1 << 20))
         writer.join(10)
         for _ in range(3):
-            client.sendall(REQUEST)
-            assert peer.recv(65536) == REQUEST
-            peer.sendall(RESPONSE)
-            assert client.recv(65536) == RESPONSE
-        port = client.getsockname()[1]
-        time.sleep(0.1)
-        client_records = [r for r in capture.ring.read_batch(1 << 20)
-                          if records.EVENT_HEADER.unpack_from(r)[
-                              records.EVENT_HEADER_FIELDS.index("local_port")] == port]
+            exchange(client, peer)
+        client_records = records_of(capture, client)
     finally:
         for sock in (client, peer, server):
             sock.close()
@@ -260,16 +253,10 @@ def test_a_response_no_request_was_sent_for_is_counted_and_records_go_on(capture
     peer.sendall(b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\n\r\n")
     assert client.recv(65536).startswith(b"HTTP/1.1 408")
     for _ in range(2):
-        client.sendall(REQUEST)
-        assert peer.recv(65536) == REQUEST
-        peer.sendall(RESPONSE)
-        assert client.recv(65536) == RESPONSE
+        exchange(client, peer)
     port = client.getsockname()[1]
     client.close()
-    time.sleep(0.1)
-    client_records = [r for r in capture.ring.read_batch(1 << 20)
-                      if records.EVENT_HEADER.unpack_from(r)[
-                          records.EVENT_HEADER_FIELDS.index("local_port")] == port]
+    client_records = records_of(capture, port=port)
     kinds = [records.EVENT_HEADER.unpack_from(r)[0] for r in client_records]
     assert kinds == [C["EVENT_DATA"]] + [C["EVENT_HTTP_EXCHANGE"]] * 2 + [C["EVENT_CLOSE"]]
     assert capture.http_fallbacks()["response_first"][0] == before["response_first"][0] + 1
@@ -278,8 +265,10 @@ def test_a_response_no_request_was_sent_for_is_counted_and_records_go_on(capture
     assert router.counts["responses_without_request"] == 1
 
 
-def server_records(capture, peer) -> list[bytes]:
-    port = peer.getsockname()[1]
+def records_of(capture, sock=None, port=None) -> list[bytes]:
+    """The records of one end of a connection (its socket, or its local
+    port once closed), after a short settle."""
+    port = port or sock.getsockname()[1]
     time.sleep(0.1)
     at = records.EVENT_HEADER_FIELDS.index("local_port")
     return [r for r in capture.ring.read_batch(1 << 20)
@@ -309,7 +298,7 @@ def test_a_request_whose_first_byte_came_alone_is_one_exchange_record(capture, p
     exchange(client, peer)
     byte_read = exchange(client, peer, first_byte_alone=True)
     exchange(client, peer)
-    found = server_records(capture, peer)
+    found = records_of(capture, peer)
     kinds = [records.EVENT_HEADER.unpack_from(r)[0] for r in found]
     assert kinds == [C["EVENT_HTTP_EXCHANGE"]] * 3
     second = exchange_records.decode(found[1])
@@ -327,7 +316,7 @@ def test_a_head_the_probes_cannot_take_keeps_its_held_byte(capture, pair):
     exchange(client, peer)
     odd = b"GET /odd HTTP/1.1\r\nHost:  127.0.0.1\r\n\r\n"     # two spaces: unusual_head
     byte_read = exchange(client, peer, odd, first_byte_alone=True)
-    found = server_records(capture, peer)
+    found = records_of(capture, peer)
     headers = [dict(zip(records.EVENT_HEADER_FIELDS, records.EVENT_HEADER.unpack_from(r)))
                for r in found]
     assert [h["type"] for h in headers] == [C["EVENT_HTTP_EXCHANGE"], C["EVENT_DATA"],

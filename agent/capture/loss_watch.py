@@ -33,15 +33,15 @@ def record_loss_reasons(hint_http_exchanges: bool) -> dict[str, str]:
 
 
 class KernelLossWatch:
-    def __init__(self, capture, **log_options):
+    def __init__(self, capture):
         self.capture = capture
         hint = not capture.http_exchanges and capture.front_end.pairs_http_exchanges
         self.records = LossLog("records lost in the kernel",
                                "kernel capture recovered: no records lost",
-                               record_loss_reasons(hint), **log_options)
+                               record_loss_reasons(hint))
         self.shed = LossLog("HTTP/1.x exchanges shed whole (neither span written)",
-                            "exchange shedding stopped: none shed", SHED_REASONS,
-                            **log_options) if capture.http_exchanges else None
+                            "exchange shedding stopped: none shed",
+                            SHED_REASONS) if capture.http_exchanges else None
         # The counts the last check saw: the first check logs what was
         # lost since the capture began, as the counters count it.
         self._seen: tuple[dict[str, int], dict[str, int]] = ({}, {})
@@ -57,7 +57,7 @@ class KernelLossWatch:
     def check(self) -> None:
         """Log what was lost since the last check (rate-limited), or note
         that nothing was."""
-        (seen_records, seen_shed) = self._seen
+        seen_records, seen_shed = self._seen
         records, shed = self._seen = self._counts()
         _account(self.records, records, seen_records)
         if self.shed is not None:

@@ -6,12 +6,17 @@ from __future__ import annotations
 import os
 import struct
 import socket
+import threading
 import time
 
 import pytest
 
 from agent.capture import exchange_records, records
 from agent.capture.loader import CaptureSettings, load_capture
+from agent.protocols.router import ProtocolRouter
+from agent.spans import http_records
+from agent.spans.builder import ExchangeLinker
+from agent.spans.model import KIND_CLIENT, KIND_SERVER
 
 C = records.C
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
@@ -42,16 +47,21 @@ def pair():
             sock.close()
 
 
+def records_of(capture, conn_ports, settle_s: float = 0.1) -> list[bytes]:
+    """The ring's records of the connection ends whose local ports are
+    conn_ports (a set), after a short settle."""
+    time.sleep(settle_s)
+    at = records.EVENT_HEADER_FIELDS.index("local_port")
+    return [r for r in capture.ring.read_batch(1 << 20)
+            if records.EVENT_HEADER.unpack_from(r)[at] in conn_ports]
+
+
 def drain(capture, conn_ports):
     """(exchange records, data records) of the connection whose ports are
     conn_ports, after a short settle."""
-    time.sleep(0.1)
     exchanges, data = [], []
-    for record in capture.ring.read_batch(1 << 20):
-        header = records.EVENT_HEADER.unpack_from(record)
-        fields = dict(zip(records.EVENT_HEADER_FIELDS, header))
-        if fields["local_port"] not in conn_ports:
-            continue
+    for record in records_of(capture, conn_ports):
+        fields = dict(zip(records.EVENT_HEADER_FIELDS, records.EVENT_HEADER.unpack_from(record)))
         if fields["type"] == C["EVENT_HTTP_EXCHANGE"]:
             exchanges.append(exchange_records.decode(record))
         elif fields["type"] == C["EVENT_DATA"]:
@@ -59,17 +69,49 @@ def drain(capture, conn_ports):
     return exchanges, data
 
 
-def ports(client, peer):
-    return {client.getsockname()[1], peer.getsockname()[1]}
+def ports(*ends):
+    return {end.getsockname()[1] for end in ends}
+
+
+def kinds_of(found: list[bytes]) -> list[int]:
+    return [records.EVENT_HEADER.unpack_from(r)[0] for r in found]
+
+
+def exchange(client, peer, request=REQUEST, first_byte_alone=False) -> int:
+    """One exchange; the server reads the request's first byte on its own
+    when asked, as Go's server does between requests.  Returns when that
+    byte's read returned (CLOCK_MONOTONIC, the probes' clock)."""
+    client.sendall(request)
+    got = peer.recv(1) if first_byte_alone else b""
+    byte_read = time.monotonic_ns()
+    if first_byte_alone:
+        time.sleep(0.05)
+    while len(got) < len(request):
+        got += peer.recv(65536)
+    assert got == request
+    peer.sendall(RESPONSE)
+    assert client.recv(65536) == RESPONSE
+    return byte_read
+
+
+def spans_of(found: list[bytes]) -> tuple[list[tuple], ProtocolRouter]:
+    """The exchanges userspace makes of these records, both paths, as (kind,
+    method, target, status); and the router, for its counts."""
+    router = ProtocolRouter()
+    out = []
+    for e in ExchangeLinker().exchanges(router.process(found)):
+        if e[0] == http_records.TAG:
+            request = e[11]
+            out.append((e[1], request[0].decode(), request[1].decode(), request[5]))
+        else:
+            out.append((e[1], e[10], e[11], e[15]))
+    return out, router
 
 
 def test_one_exchange_record_per_side_and_no_data_records(capture, pair):
     client, peer = pair
     for _ in range(3):
-        client.sendall(REQUEST)
-        assert peer.recv(65536) == REQUEST
-        peer.sendall(RESPONSE)
-        assert client.recv(65536) == RESPONSE
+        exchange(client, peer)
     exchanges, data = drain(capture, ports(client, peer))
     assert data == []
     assert len(exchanges) == 6
@@ -179,30 +221,12 @@ def test_a_connection_whose_slot_another_exchange_holds_goes_to_the_payload_path
     assert all(x.target == "/items?id=7" and x.status_code == 200 for x in exchanges)
 
 
-def spans_of(records: list) -> list[tuple]:
-    """The exchanges userspace makes of these records, both paths: (kind,
-    method, target, status)."""
-    from agent.protocols.router import ProtocolRouter
-    from agent.spans.builder import ExchangeLinker
-    router = ProtocolRouter()
-    exchanges = ExchangeLinker().exchanges(router.process(records))
-    out = []
-    for e in exchanges:
-        request = e[11] if e[0] == "http_record" else None
-        if request is not None:
-            out.append((e[1], request[0].decode(), request[1].decode(), request[5]))
-        else:
-            out.append((e[1], e[10], e[11], e[15]))
-    return out, router
-
-
 def test_a_response_read_before_its_request_call_ended_is_paired_and_records_go_on(capture):
     """A client whose request's write is still under way when another
     thread reads the response (Go's client, preempted in its write; here a
     server that answers before the request's body is in): the kernel sees
     the response first.  That exchange goes to the payload path, which
     pairs the two; the connection's next exchanges are records again."""
-    import threading
     server = socket.create_server(("127.0.0.1", 0))
     client = socket.create_connection(server.getsockname())
     peer, _ = server.accept()
@@ -226,11 +250,11 @@ def test_a_response_read_before_its_request_call_ended_is_paired_and_records_go_
         client_records = []
         while received < body:
             received += len(peer.recv(1 << 20))
-            client_records += records_of(capture, client, settle_s=0)
+            client_records += records_of(capture, ports(client), settle_s=0)
         writer.join(10)
         for _ in range(3):
             exchange(client, peer)
-        client_records += records_of(capture, client)
+        client_records += records_of(capture, ports(client))
     finally:
         for sock in (client, peer, server):
             sock.close()
@@ -238,13 +262,12 @@ def test_a_response_read_before_its_request_call_ended_is_paired_and_records_go_
     after = capture.http_fallbacks()
     assert after["response_first"][0] == before["response_first"][0] + 1
     assert after["mid_stream"][0] == before["mid_stream"][0]
-    kinds = [records.EVENT_HEADER.unpack_from(r)[0] for r in client_records]
     # the response, then its request, as data; then one record an exchange
-    assert kinds == [C["EVENT_DATA"], C["EVENT_DATA"]] + [C["EVENT_HTTP_EXCHANGE"]] * 3
+    assert kinds_of(client_records) == [C["EVENT_DATA"], C["EVENT_DATA"]] + \
+        [C["EVENT_HTTP_EXCHANGE"]] * 3
     spans, router = spans_of(client_records)
-    client_kind = 3
-    assert spans == [(client_kind, "POST", "/upload", 413)] + \
-        [(client_kind, "GET", "/items?id=7", 200)] * 3
+    assert spans == [(KIND_CLIENT, "POST", "/upload", 413)] + \
+        [(KIND_CLIENT, "GET", "/items?id=7", 200)] * 3
     assert router.counts["responses_without_request"] == 0
 
 
@@ -261,40 +284,13 @@ def test_a_response_no_request_was_sent_for_is_counted_and_records_go_on(capture
         exchange(client, peer)
     port = client.getsockname()[1]
     client.close()
-    client_records = records_of(capture, port=port)
-    kinds = [records.EVENT_HEADER.unpack_from(r)[0] for r in client_records]
-    assert kinds == [C["EVENT_DATA"]] + [C["EVENT_HTTP_EXCHANGE"]] * 2 + [C["EVENT_CLOSE"]]
+    client_records = records_of(capture, {port})
+    assert kinds_of(client_records) == [C["EVENT_DATA"]] + [C["EVENT_HTTP_EXCHANGE"]] * 2 + \
+        [C["EVENT_CLOSE"]]
     assert capture.http_fallbacks()["response_first"][0] == before["response_first"][0] + 1
     spans, router = spans_of(client_records)
-    assert spans == [(3, "GET", "/items?id=7", 200)] * 2
+    assert spans == [(KIND_CLIENT, "GET", "/items?id=7", 200)] * 2
     assert router.counts["responses_without_request"] == 1
-
-
-def records_of(capture, sock=None, port=None, settle_s: float = 0.1) -> list[bytes]:
-    """The records of one end of a connection (its socket, or its local
-    port once closed) in the ring, after a short settle."""
-    port = port or sock.getsockname()[1]
-    time.sleep(settle_s)
-    at = records.EVENT_HEADER_FIELDS.index("local_port")
-    return [r for r in capture.ring.read_batch(1 << 20)
-            if records.EVENT_HEADER.unpack_from(r)[at] == port]
-
-
-def exchange(client, peer, request=REQUEST, first_byte_alone=False) -> int:
-    """One exchange; the server reads the request's first byte on its own
-    when asked, as Go's server does between requests.  Returns when that
-    byte's read returned (CLOCK_MONOTONIC, the probes' clock)."""
-    client.sendall(request)
-    got = peer.recv(1) if first_byte_alone else b""
-    byte_read = time.monotonic_ns()
-    if first_byte_alone:
-        time.sleep(0.05)
-    while len(got) < len(request):
-        got += peer.recv(65536)
-    assert got == request
-    peer.sendall(RESPONSE)
-    assert client.recv(65536) == RESPONSE
-    return byte_read
 
 
 def test_a_request_whose_first_byte_came_alone_is_one_exchange_record(capture, pair):
@@ -303,9 +299,8 @@ def test_a_request_whose_first_byte_came_alone_is_one_exchange_record(capture, p
     exchange(client, peer)
     byte_read = exchange(client, peer, first_byte_alone=True)
     exchange(client, peer)
-    found = records_of(capture, peer)
-    kinds = [records.EVENT_HEADER.unpack_from(r)[0] for r in found]
-    assert kinds == [C["EVENT_HTTP_EXCHANGE"]] * 3
+    found = records_of(capture, ports(peer))
+    assert kinds_of(found) == [C["EVENT_HTTP_EXCHANGE"]] * 3
     second = exchange_records.decode(found[1])
     assert (second.method, second.target, second.traceparent) == ("GET", "/items?id=7", TRACEPARENT)
     assert second.request_bytes == len(REQUEST)
@@ -321,7 +316,7 @@ def test_a_head_the_probes_cannot_take_keeps_its_held_byte(capture, pair):
     exchange(client, peer)
     odd = b"GET /odd HTTP/1.1\r\nHost:  127.0.0.1\r\n\r\n"     # two spaces: unusual_head
     byte_read = exchange(client, peer, odd, first_byte_alone=True)
-    found = records_of(capture, peer)
+    found = records_of(capture, ports(peer))
     headers = [dict(zip(records.EVENT_HEADER_FIELDS, records.EVENT_HEADER.unpack_from(r)))
                for r in found]
     assert [h["type"] for h in headers] == [C["EVENT_HTTP_EXCHANGE"], C["EVENT_DATA"],
@@ -331,7 +326,7 @@ def test_a_head_the_probes_cannot_take_keeps_its_held_byte(capture, pair):
     assert byte_read - 20_000_000 < headers[1]["end_ns"] <= byte_read
     spans, _ = spans_of(found)
     assert sorted((kind, method, target) for kind, method, target, _ in spans) == [
-        (2, "GET", "/items?id=7"), (2, "GET", "/odd")]
+        (KIND_SERVER, "GET", "/items?id=7"), (KIND_SERVER, "GET", "/odd")]
 
 
 def test_a_held_byte_whose_request_never_came_is_counted(capture, pair):

@@ -38,8 +38,8 @@ def test_first_loss_at_once_then_one_line_per_interval_then_recovery(clock, capl
     caplog.set_level(logging.WARNING)
     log = loss_log(clock)
     log.lost("full", 3)
-    assert lines(caplog) == [lines(caplog)[0]] and lines(caplog)[0].startswith(
-        "widgets lost: 3 (queue full); 3 lost since")
+    assert len(lines(caplog)) == 1
+    assert lines(caplog)[0].startswith("widgets lost: 3 (queue full); 3 lost since")
     for _ in range(4):
         clock.now += 1.0
         log.lost("full", 10)

@@ -7,7 +7,13 @@ programs by the kernel's own count (kernel.bpf_stats_enabled, on only while
 measuring); records and bytes written from the ring.
 
     .venv/bin/python benchmarks/exchange_cost.py [--exchanges 20000] [--rounds 2]
-        [--body-bytes 5] [--object build/capture.bpf.o --object /tmp/main/capture.bpf.o]
+        [--body-bytes 5 | --captured-heads]
+        [--object build/capture.bpf.o --object /tmp/main/capture.bpf.o]
+
+--captured-heads sends heads captured from real peers instead
+(tests/fixtures/http1/: curl's request with trace context, nginx's answer
+of a static page, its nine lines and body in one write): the parse costs by
+the line, the copy by the byte.
 
 With several --object, each round measures every object in turn (a tree
 against another in the same run; the userspace stages are this tree's).
@@ -32,6 +38,16 @@ REQUEST = (b"GET /api/v1/items?id=42 HTTP/1.1\r\nHost: 127.0.0.1\r\nUser-Agent: 
            b"traceparent: 00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01\r\n\r\n")
 
 
+FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "http1"
+
+
+def captured_heads() -> tuple[bytes, bytes]:
+    """curl's request (six lines, traceparent and tracestate) and nginx's
+    answer of a static page (nine lines, a 56-byte body)."""
+    return ((FIXTURES / "curl_get_traceparent.bin").read_bytes(),
+            (FIXTURES / "nginx_static.bin").read_bytes())
+
+
 def response(body_bytes: int) -> bytes:
     """The server's answer, head and body in one write."""
     return (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n"
@@ -41,18 +57,19 @@ def response(body_bytes: int) -> bytes:
 CALLS_PER_EXCHANGE = 4
 
 
-def measure(exchanges: bool, count: int, obj: Path | None = None, body_bytes: int = 5) -> dict:
+def measure(exchanges: bool, count: int, obj: Path | None = None, body_bytes: int = 5,
+            heads: tuple[bytes, bytes] | None = None) -> dict:
     capture = load_capture(CaptureSettings(agent_pid=0, pids={os.getpid()}, tls=False,
                                            ring_buffer_bytes=256 << 20,
                                            http_exchanges=exchanges), obj)
     server = socket.create_server(("127.0.0.1", 0))
     client = socket.create_connection(server.getsockname())
     peer, _ = server.accept()
-    answer = response(body_bytes)
+    request, answer = heads or (REQUEST, response(body_bytes))
     try:
         def loop(n):
             for _ in range(n):
-                client.send(REQUEST)
+                client.send(request)
                 peer.recv(4096)
                 peer.sendall(answer)
                 client.recv(1 << 16)
@@ -96,6 +113,9 @@ def main() -> None:
                         metavar="0..8192",
                         help="the response's body, written with its head and read in one "
                              "call (default 5)")
+    parser.add_argument("--captured-heads", action="store_true",
+                        help="curl's request and nginx's static-page answer (captured) "
+                             "instead of the benchmark's own short heads")
     parser.add_argument("--object", type=Path, action="append",
                         help="a capture object to measure (repeat to alternate several; "
                              "default: build/'s)")
@@ -106,7 +126,8 @@ def main() -> None:
           f"{'spans':>6} {'us/span match+link':>19}")
     for _ in range(args.rounds):
         for obj, exchanges in ((o, e) for o in objects for e in (False, True)):
-            r = measure(exchanges, args.exchanges, obj, args.body_bytes)
+            r = measure(exchanges, args.exchanges, obj, args.body_bytes,
+                        captured_heads() if args.captured_heads else None)
             name = str(obj) if obj else "build/capture.bpf.o"
             print(f"{name[-24:]:24} {'records' if exchanges else 'payload':9} {r['ns_in_programs_per_call']:20.0f} "
                   f"{r['ns_per_exchange_caller_side']:21.0f} {r['records_per_exchange']:17.2f} "

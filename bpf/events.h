@@ -270,6 +270,10 @@ struct tls_library_record {
 #define HTTP_HAS_TRACEPARENT 4
 #define HTTP_HAS_TRACESTATE 8
 #define HTTP_HAS_CONTENT_LENGTH 16
+/* a traceparent in its common form (version 00, lowercase hex, ids not
+ * zero), decoded into trace_id, parent_id and trace_flags instead of kept
+ * as a value (HTTP_HAS_TRACEPARENT: kept as text, for userspace to judge) */
+#define HTTP_HAS_TRACE_IDS 32
 
 /* What the head parser concluded: HTTP_HEAD_OK, or why the connection's
  * HTTP/1 goes to the payload path instead (also the index of the
@@ -312,8 +316,15 @@ struct tls_library_record {
 #define HTTP_VALUES_BYTES 656
 
 struct http_request_head {
+    __u8 trace_id[16];          /* valid with HTTP_HAS_TRACE_IDS */
+    __u8 parent_id[8];
     __u64 content_length;       /* valid with HTTP_HAS_CONTENT_LENGTH */
     __u16 header_bytes;         /* start line to blank line, inclusive */
+    __u8 trace_flags;           /* valid with HTTP_HAS_TRACE_IDS */
+    __u8 reserved;
+    /* From here to the values' end, two requests alike (but for their
+     * trace ids) have the same bytes: userspace shares what it makes of
+     * them. */
     __u16 values_len;           /* bytes of values[] in use */
     __u16 target_off;
     __u16 target_len;

@@ -87,12 +87,17 @@ static inline void store_word(char *dst, __u64 w)
 {
     memcpy(dst, &w, 8);
 }
+static inline void store_u32(__u8 *dst, __u32 v)
+{
+    memcpy(dst, &v, 4);
+}
 #define HEAD_COPY(dst, n, src) memcpy(dst, src, n)
 #define barrier_var(var) ((void)(var))
 #else
 /* x86 and arm64 BPF load and store unaligned words in map values. */
 #define head_load(buf, off) (*(const __u64 *)((buf) + HEAD_INDEX(off)))
 #define store_word(dst, w) (*(__u64 *)(dst) = (w))
+#define store_u32(dst, v) (*(__u32 *)(dst) = (v))
 #define HEAD_COPY(dst, n, src) bpf_probe_read_kernel(dst, n, src)
 #endif
 #define head_byte(buf, off) ((buf)[HEAD_INDEX(off)])
@@ -269,6 +274,60 @@ static __always_inline bool parse_length(const __u8 *buf, __u32 start, __u32 len
     return true;
 }
 
+/* Eight lowercase hex digits -> their four bytes (the first digit the
+ * high nibble of the first byte).  Any byte not such a digit sets bits in
+ * *bad: decoded, then written back as a digit, it does not come back the
+ * same. */
+static __always_inline __u32 hex_word(__u64 w, __u64 *bad)
+{
+    /* a digit's value is its low nibble, a letter's its low nibble + 9
+     * (bit 6 tells them apart); any other byte decodes to 0..24 */
+    __u64 n = (w & 0x0F0F0F0F0F0F0F0FULL) + ((w >> 6) & ONES) * 9;
+    __u64 ten_up = (n + ONES * (0x80 - 10)) & HIGH;
+    __u64 sixteen_up = (n + ONES * (0x80 - 16)) & HIGH;
+    *bad |= ((n + ONES * '0' + (ten_up >> 7) * ('a' - '0' - 10)) ^ w) | sixteen_up;
+    n = ((n & 0x00FF00FF00FF00FFULL) << 4) | ((n >> 8) & 0x00FF00FF00FF00FFULL);
+    n = (n | (n >> 8)) & 0x0000FFFF0000FFFFULL;
+    return (__u32)(n | (n >> 16));
+}
+
+#ifdef __clang__
+#define HTTP_NO_UNROLL _Pragma("clang loop unroll(disable)")
+#else
+#define HTTP_NO_UNROLL
+#endif
+
+/* A traceparent value of 55 bytes at start, in its common form (version
+ * 00, lowercase hex, ids not zero), decoded into r: userspace then reads
+ * ids, not text.  Any other value is left as text for userspace to judge
+ * by the spec's rules (which also take later versions and reject the rest
+ * with a reason).  A loop: unrolled, it is some 230 instructions longer
+ * and no faster. */
+static __always_inline bool decode_traceparent(struct http_request_head *r, const __u8 *buf,
+                                               __u32 start)
+{
+    if ((head_load(buf, start) & 0xFFFFFF) != (WORD8("00-\0\0\0\0\0") & 0xFFFFFF) ||
+        head_byte(buf, start + 35) != '-' || head_byte(buf, start + 52) != '-')
+        return false;
+    /* trace_id's four words then parent_id's two, which follows it */
+    __u8 *ids = (__u8 *)r + __builtin_offsetof(struct http_request_head, trace_id);
+    __u64 bad = 0;
+    __u32 trace = 0, parent = 0;
+    HTTP_NO_UNROLL
+    for (__u32 i = 0; i < 6; i++) {
+        __u32 v = hex_word(head_load(buf, start + 3 + 8 * i + (i >= 4)), &bad);
+        store_u32(ids + 4 * i, v);
+        if (i < 4)
+            trace |= v;
+        else
+            parent |= v;
+    }
+    /* the flags' two digits, then six '0's to fill the word */
+    __u64 flag_digits = (head_load(buf, start + 47) >> 48) | ((ONES * '0') & ~0xFFFFULL);
+    r->trace_flags = hex_word(flag_digits, &bad);
+    return !bad && trace && parent;
+}
+
 static __always_inline bool is_ows(__u8 c)
 {
     return c == ' ' || c == '\t';
@@ -304,8 +363,13 @@ static __always_inline void end_value(struct http_head_parse *p, struct http_req
         r->user_agent_len = r->values_len - off;
         break;
     case HF_TRACEPARENT:
-        if ((r->present & HTTP_HAS_TRACEPARENT) ||
-            !store_value(r, buf, start, len, HTTP_TRACEPARENT_BYTES, &off, HTTP_TRUNC_TRACEPARENT))
+        if (r->present & (HTTP_HAS_TRACEPARENT | HTTP_HAS_TRACE_IDS))
+            return head_stop(p, HTTP_FALLBACK_UNUSUAL_HEAD);
+        if (len == 55 && decode_traceparent(r, buf, start)) {
+            r->present |= HTTP_HAS_TRACE_IDS;
+            break;
+        }
+        if (!store_value(r, buf, start, len, HTTP_TRACEPARENT_BYTES, &off, HTTP_TRUNC_TRACEPARENT))
             return head_stop(p, HTTP_FALLBACK_UNUSUAL_HEAD);
         r->present |= HTTP_HAS_TRACEPARENT;
         r->traceparent_off = off;

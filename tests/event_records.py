@@ -32,6 +32,22 @@ def http1_record(conn_id: int, pid: int, role: int, direction: int, payload: byt
                        local_port=local[1], remote_port=remote[1], family=10)
 
 
+_HEX = frozenset(b"0123456789abcdef")
+
+
+def decoded_traceparent(value: bytes):
+    """(trace_id, parent_id, flags) of a traceparent the probes decode
+    (bpf/http_head.h's decode_traceparent: version 00, 55 bytes, lowercase
+    hex, ids not zero), or None for one they keep as text."""
+    if len(value) != 55 or value[:3] != b"00-" or value[35:36] != b"-" or value[52:53] != b"-":
+        return None
+    digits = value[3:35] + value[36:52] + value[53:55]
+    if not set(digits) <= _HEX or value[3:35] == b"0" * 32 or value[36:52] == b"0" * 16:
+        return None
+    return bytes.fromhex(value[3:35].decode()), bytes.fromhex(value[36:52].decode()), \
+        int(value[53:55], 16)
+
+
 def http_exchange_record(conn_id: int, pid: int, role: int, direction: int, start: int, end: int,
                          local: tuple, remote: tuple, method: bytes = b"GET",
                          target: bytes = b"/", host: bytes | None = None,
@@ -57,6 +73,11 @@ def http_exchange_record(conn_id: int, pid: int, role: int, direction: int, star
     r = x.request
     values = method + target
     r.method_len, r.target_off, r.target_len = len(method), len(method), len(target)
+    ids = decoded_traceparent(traceparent) if traceparent is not None else None
+    if ids is not None:
+        r.trace_id, r.parent_id, r.trace_flags = ids
+        r.present |= C["HTTP_HAS_TRACE_IDS"]
+        traceparent = None
     for value, name, bit in ((host, "host", "HTTP_HAS_HOST"),
                              (user_agent, "user_agent", "HTTP_HAS_USER_AGENT"),
                              (traceparent, "traceparent", "HTTP_HAS_TRACEPARENT"),

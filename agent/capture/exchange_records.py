@@ -30,6 +30,11 @@ SPAN_FIELDS_OFFSET = records.EVENT_HEADER_SIZE
 # there are equal carry the same request (the status aside).
 REQUEST_SHAPE_OFFSET = records.ffi.offsetof("struct http_exchange", "request", "values_len")
 SPAN_FIELDS = records.fields_struct("struct http_exchange", SPAN_FIELD_NAMES, SPAN_FIELDS_OFFSET)
+# The traceparent the probes decoded (HTTP_HAS_TRACE_IDS): one unpack gives
+# (trace_id, parent_id, flags), the form the linker takes.
+TRACE_IDS_OFFSET = records.ffi.offsetof("struct http_exchange", "request", "trace_id")
+TRACE_IDS = records.fields_struct("struct http_exchange", ("trace_id", "parent_id", "trace_flags"),
+                                  TRACE_IDS_OFFSET)
 
 # EVENT_HTTP_SERVING's note: the served exchange's connection id.
 SERVING_NOTE_OFFSET = records.ffi.offsetof("struct http_serving_note", "serving_conn_id")
@@ -81,6 +86,16 @@ def _value(values: bytes, offset: int, length: int, present: int, bit: int, enco
     return values[offset:offset + length].decode(encoding, "replace")
 
 
+def _traceparent(record: bytes, values: bytes, v: tuple, present: int) -> str | None:
+    """The traceparent as its header carried it: decoded by the probes (its
+    common form, which they decode only when it is exact), or kept as text."""
+    if present & C["HTTP_HAS_TRACE_IDS"]:
+        trace_id, parent_id, flags = TRACE_IDS.unpack_from(record, TRACE_IDS_OFFSET)
+        return "00-%s-%s-%02x" % (trace_id.hex(), parent_id.hex(), flags)
+    return _value(values, v[_INDEX["traceparent_off"]], v[_INDEX["traceparent_len"]], present,
+                  C["HTTP_HAS_TRACEPARENT"], "latin-1")
+
+
 def decode(record: bytes) -> HttpExchangeRecord:
     """Raises ValueError when the values overrun the record."""
     v = HTTP_EXCHANGE.unpack_from(record)
@@ -99,8 +114,7 @@ def decode(record: bytes) -> HttpExchangeRecord:
         _value(values, v[f["host_off"]], v[f["host_len"]], present, C["HTTP_HAS_HOST"], "utf-8"),
         _value(values, v[f["user_agent_off"]], v[f["user_agent_len"]], present,
                C["HTTP_HAS_USER_AGENT"], "utf-8"),
-        _value(values, v[f["traceparent_off"]], v[f["traceparent_len"]], present,
-               C["HTTP_HAS_TRACEPARENT"], "latin-1"),
+        _traceparent(record, values, v, present),
         _value(values, v[f["tracestate_off"]], v[f["tracestate_len"]], present,
                C["HTTP_HAS_TRACESTATE"], "latin-1"),
         v[f["status"]], "1.%d" % v[f["response_version_minor"]], v[f["truncated"]],

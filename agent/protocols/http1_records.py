@@ -13,7 +13,8 @@ Work items:
 fields: (tid, start_ns, end_ns, traceparent, tracestate, request), request:
 (method, target, version_minor, host, user_agent, status_code), what the
 span's attributes come from; the values are the record's bytes, None for a
-header the request did not carry.
+header the request did not carry.  traceparent: (trace_id, parent_id,
+flags) when the probes decoded it, else its bytes.
 """
 from __future__ import annotations
 
@@ -38,6 +39,9 @@ _HAS_HOST = C["HTTP_HAS_HOST"]
 _HAS_USER_AGENT = C["HTTP_HAS_USER_AGENT"]
 _HAS_TRACEPARENT = C["HTTP_HAS_TRACEPARENT"]
 _HAS_TRACESTATE = C["HTTP_HAS_TRACESTATE"]
+_HAS_TRACE_IDS = C["HTTP_HAS_TRACE_IDS"]
+_TRACE_IDS = exchange_records.TRACE_IDS.unpack_from
+_TRACE_IDS_OFFSET = exchange_records.TRACE_IDS_OFFSET
 _FIELDS = exchange_records.SPAN_FIELDS
 _FIELDS_OFFSET = exchange_records.SPAN_FIELDS_OFFSET
 _VALUES = exchange_records.VALUES_OFFSET
@@ -100,10 +104,13 @@ class ExchangeRecords:
             return False
         # A request repeats byte for byte (same method, target and headers
         # on a keep-alive connection), or but for its traceparent (an
-        # instrumented client's): its request tuple is made once and
-        # shared: it is also pickled once per span worker message, and the
-        # worker's template look-up finds it equal by identity.
+        # instrumented client's; decoded by the probes, its ids lie before
+        # the shape's bytes): its request tuple is made once and shared: it
+        # is also pickled once per span worker message, and the worker's
+        # template look-up finds it equal by identity.
         traceparent = tracestate = request = None
+        if present & _HAS_TRACE_IDS:
+            traceparent = _TRACE_IDS(record, _TRACE_IDS_OFFSET)
         context = present & _TRACE_CONTEXT
         if not context:
             key = record[_REQUEST_SHAPE:end]
@@ -129,8 +136,8 @@ class ExchangeRecords:
                     self.requests.clear()
                 self.requests[key] = request
             else:
-                traceparent = values[traceparent_off:traceparent_off + traceparent_len] \
-                    if present & _HAS_TRACEPARENT else None
+                if present & _HAS_TRACEPARENT:
+                    traceparent = values[traceparent_off:traceparent_off + traceparent_len]
                 tracestate = values[tracestate_off:tracestate_off + tracestate_len]
         # A request counts as sent when its write began and received when
         # its read returned; the kernel stamped start_ns by that rule, and

@@ -2,8 +2,9 @@
 with as little Python per record as the rules allow.
 
 Linking (the linker, main process): link_http1's rules (agent/spans/http.py)
-on fields already split out.  The traceparent's ids are read from the
-record's bytes.  Same-node links (the server span on the mirrored
+on fields already split out.  The traceparent's ids come decoded by the
+probes in its common form; any other value is read from the record's
+bytes by the spec's rules.  Same-node links (the server span on the mirrored
 connection becomes the client span's child): the probes mostly write a
 server's record before its client's, so a client record's link goes
 straight to its server's record (which the router puts right after it) or
@@ -68,8 +69,8 @@ def _connection_fields(conn) -> tuple:
 
 
 def _incoming(linker, traceparent):
-    if traceparent is None:
-        return None
+    if traceparent is None or traceparent.__class__ is tuple:
+        return traceparent
     ids = traceparent_ids(traceparent)
     if ids is None:
         linker.counts["traceparent_invalid"] += 1
@@ -92,7 +93,9 @@ def link_record(linker, conn, fields: tuple, paired) -> tuple:
     connection, link_key, mirror_key = conn.record_fields or _connection_fields(conn)
     traceparent = fields[3]
     incoming = None
-    if traceparent is not None:
+    if traceparent.__class__ is tuple:
+        incoming = traceparent          # decoded by the probes
+    elif traceparent is not None:
         # Both ends traced here: the server's record follows its client's
         # with the same value.
         last = linker.record_traceparent

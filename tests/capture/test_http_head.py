@@ -17,6 +17,7 @@ from hypothesis import strategies as st
 from agent.capture import records
 from agent.parsers import PARSED
 from agent.parsers.http1 import parse_request, parse_response
+from agent.parsers.tracecontext import traceparent_ids
 from fuzzing import BUDGET, edit, fixture_files
 from host_build import build_host_module
 
@@ -68,13 +69,22 @@ def optional(kernel, r, field: str, bit: int):
     return text(kernel, r, field) if r.present & bit else None
 
 
+def traceparent(kernel, r):
+    """The traceparent as userspace reads it from a record: decoded by the
+    probes (HTTP_HAS_TRACE_IDS) or kept as text."""
+    if r.present & C["HTTP_HAS_TRACE_IDS"]:
+        return "00-%s-%s-%02x" % (kernel.ffi.buffer(r.trace_id)[:].hex(),
+                                  kernel.ffi.buffer(r.parent_id)[:].hex(), r.trace_flags)
+    return optional(kernel, r, "traceparent", C["HTTP_HAS_TRACEPARENT"])
+
+
 def assert_same_request(kernel, r, parsed):
     assert text(kernel, r, "method") == parsed.method
     assert text(kernel, r, "target") == parsed.target
     assert f"1.{r.version_minor}" == parsed.version
     assert optional(kernel, r, "host", C["HTTP_HAS_HOST"]) == parsed.host
     assert optional(kernel, r, "user_agent", C["HTTP_HAS_USER_AGENT"]) == parsed.user_agent
-    assert optional(kernel, r, "traceparent", C["HTTP_HAS_TRACEPARENT"]) == parsed.traceparent
+    assert traceparent(kernel, r) == parsed.traceparent
     assert optional(kernel, r, "tracestate", C["HTTP_HAS_TRACESTATE"]) == parsed.tracestate
     has_length = bool(r.present & C["HTTP_HAS_CONTENT_LENGTH"])
     assert (r.content_length if has_length else -1) == parsed.content_length
@@ -113,13 +123,69 @@ def test_kernel_agrees_with_userspace_on_captured_heads(kernel, name, data):
         assert verdict == C["HTTP_HEAD_OK"]
 
 
-def test_traceparent_and_tracestate_are_split_out(kernel):
+def test_traceparent_is_decoded_and_tracestate_split_out(kernel):
     data = dict(MESSAGES)["curl_get_traceparent.bin"]
     verdict, r, _ = kernel_parse(kernel, data, False)
     assert verdict == C["HTTP_HEAD_OK"]
-    assert text(kernel, r, "traceparent") == (
-        "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    assert r.present & C["HTTP_HAS_TRACE_IDS"]
+    assert not r.present & C["HTTP_HAS_TRACEPARENT"]
+    assert kernel.ffi.buffer(r.trace_id)[:] == bytes.fromhex("4bf92f3577b34da6a3ce929d0e0e4736")
+    assert kernel.ffi.buffer(r.parent_id)[:] == bytes.fromhex("00f067aa0ba902b7")
+    assert r.trace_flags == 1
     assert text(kernel, r, "tracestate").startswith("congo=")
+
+
+VALID_TRACEPARENT = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+
+
+def request_with_traceparent(value: bytes) -> bytes:
+    return b"GET / HTTP/1.1\r\nHost: h\r\ntraceparent: " + value + b"\r\n\r\n"
+
+
+def check_traceparent(kernel, value: bytes):
+    """The probes decode a traceparent exactly when it is version 00 and
+    valid by the spec (userspace then reads the same ids); any other value
+    they keep as text, which userspace judges."""
+    verdict, r, _ = kernel_parse(kernel, request_with_traceparent(value), False)
+    if verdict != C["HTTP_HEAD_OK"]:
+        return None
+    decoded = bool(r.present & C["HTTP_HAS_TRACE_IDS"])
+    ids = traceparent_ids(value)
+    assert decoded == (ids is not None and value[:2] == b"00"), value
+    if decoded:
+        assert ids == (kernel.ffi.buffer(r.trace_id)[:], kernel.ffi.buffer(r.parent_id)[:],
+                       r.trace_flags)
+    else:
+        assert text(kernel, r, "traceparent").encode("latin-1") == value
+    return decoded
+
+
+@pytest.mark.parametrize("value,decoded", [
+    (VALID_TRACEPARENT, True),
+    (b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff", True),
+    (VALID_TRACEPARENT.upper(), False),
+    (b"01" + VALID_TRACEPARENT[2:], False),         # a later version: userspace's rules
+    (b"ff" + VALID_TRACEPARENT[2:], False),
+    (b"00-" + b"0" * 32 + VALID_TRACEPARENT[35:], False),
+    (VALID_TRACEPARENT[:36] + b"0" * 16 + VALID_TRACEPARENT[52:], False),
+    (VALID_TRACEPARENT[:53] + b"0g", False),
+    (VALID_TRACEPARENT[:20] + b"G" + VALID_TRACEPARENT[21:], False),
+    (VALID_TRACEPARENT[:35] + b"_" + VALID_TRACEPARENT[36:], False),
+    (VALID_TRACEPARENT + b"-00", False),
+    (VALID_TRACEPARENT[:54], False),
+])
+def test_only_a_valid_common_form_traceparent_is_decoded(kernel, value, decoded):
+    assert check_traceparent(kernel, value) is decoded
+
+
+@BUDGET
+@given(st.data())
+def test_edited_traceparents_are_decoded_only_when_userspace_reads_the_same_ids(kernel, data):
+    value = bytearray(VALID_TRACEPARENT)
+    for _ in range(data.draw(st.integers(1, 3))):
+        at = data.draw(st.integers(0, len(value) - 1))
+        value[at] = data.draw(st.sampled_from(b"0123456789abcdefABCDEFg-:\x80\x00 "))
+    check_traceparent(kernel, bytes(value))
 
 
 @pytest.mark.parametrize("data,reason", [

@@ -19,8 +19,8 @@ from pathlib import Path
 
 from agent.capture import kernel_headers
 from agent.capture.kernel_features import KernelFeatures
-from agent.capture.loader import (HOOK_FAMILIES, CaptureLoadError, CaptureSettings, LoadedCapture,
-                          capture_config)
+from agent.capture.hook_choice import HOOK_FAMILIES
+from agent.capture.loader import CaptureLoadError, CaptureSettings, LoadedCapture, capture_config
 
 DEFAULT_SOURCE_DIR = Path(__file__).resolve().parents[2] / "bpf"
 SOURCE = "capture.bpf.c"

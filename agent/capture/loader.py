@@ -1,9 +1,10 @@
-"""Loads the capture object, chooses its hooks, attaches, and tears down.
+"""Loads the capture object with the best hook family this kernel offers
+(agent/capture/hook_choice.py), attaches, and tears down.
 
 Two front ends build the same programs (bpf/frontend.h): CO-RE, the object
 compiled ahead of time and loaded with libbpf, for kernels with BTF; and
 BCC (agent/capture/bcc_loader.py), compiled at start against kernel headers, for
-kernels without.  `--loader auto` picks CO-RE when BTF exists.
+kernels without.  `--loader auto` picks CO-RE when BTF and bpf_loop exist.
 
 The kernel settings are load-time constants: the loader writes them into
 the object's read-only data (struct capture_config, declared in
@@ -27,8 +28,10 @@ from typing import Callable
 from agent.capture import exchange_records, libbpf
 from agent.capture import records
 from agent.capture.libbpf import LibbpfError, check_ptr, check_ret, ffi
-from agent.capture.kernel_features import KernelFeatures
+from agent.capture.hook_choice import (HOOK_FAMILIES, LOADERS, HookFamily, candidate_hooks,
+                                       choose_loader, ring_buffer_support)
 from agent.capture.kernel_features import detect as detect_features
+from agent.capture.uprobe_links import perf_event_uprobe_link, uprobe_multi_link
 from agent.capture.ringbuf import WAKE_AT_FILL, RingBuffer
 
 DEFAULT_OBJECT_DIR = Path(__file__).resolve().parents[2] / "build"
@@ -70,44 +73,6 @@ class CaptureSettings:
             raise ValueError(f"loader must be one of {', '.join(LOADERS)}; got {self.loader!r}")
 
 
-@dataclass(frozen=True)
-class HookFamily:
-    name: str
-    program_prefix: str
-    description: str
-
-    def unavailable_reason(self, features: KernelFeatures) -> str | None:
-        if self.name == "fentry" and not features.btf:
-            return "fentry needs kernel BTF (/sys/kernel/btf/vmlinux)"
-        if self.name == "kprobe" and not features.kprobes:
-            return "this kernel offers no kprobes (no kprobe PMU, no kprobe_events)"
-        if self.name == "tracepoint" and not features.tracefs_mounted:
-            return "tracefs is not mounted: mount -t tracefs tracefs /sys/kernel/tracing"
-        if self.name == "tracepoint" and features.syscall_tracepoints is False:
-            return "this kernel has no syscall tracepoints (CONFIG_FTRACE_SYSCALLS)"
-        return None
-
-
-# Order of preference.  fentry/fexit trampolines are the cheapest entry to
-# the syscall functions, kprobes the next; both skip the tracepoint
-# machinery.  Of the tracepoints, the per-syscall ones run a program only on
-# the syscalls the capture needs, where the two raw ones run one on every
-# syscall of every process on the node (benchmarks/hook_cost.py; figures in
-# docs/performance.md).  The per-syscall ones cost at stop instead: a link
-# per hooked call, each removed after a grace period, and they need tracefs;
-# the raw ones are the fallback (docs/decisions/hook-order.md).  A
-# family that fails to load or attach (fentry is refused where the function
-# tracer is locked down) is skipped with its reason.
-HOOK_FAMILIES = {
-    "fentry": HookFamily("fentry", "fe_", "fentry/fexit on the syscall functions"),
-    "kprobe": HookFamily("kprobe", "ks_", "kprobes on the syscall entry points (ksyscall)"),
-    "tracepoint": HookFamily("tracepoint", "tp_", "per-syscall tracepoints"),
-    "raw_tracepoint": HookFamily("raw_tracepoint", "rtp_", "raw sys_enter/sys_exit tracepoints"),
-}
-
-
-LOADERS = ("auto", "core", "bcc")
-
 # Programs every hook family loads (process exit: one raw tracepoint).
 COMMON_PROGRAM_PREFIX = b"common_"
 # Uprobe programs: loaded with any family, attached per TLS library file (agent/capture/tls.py).
@@ -116,14 +81,6 @@ TLS_PROGRAM_PREFIX = b"tls_"
 # (bpf/tls_library_watch.h): loaded with the TLS probes, attached where
 # tracefs allows; the exec rescans cover the rest.
 WATCH_PROGRAM_PREFIX = b"watch_"
-
-
-def candidate_hooks(choice: str, features: KernelFeatures | None = None
-                    ) -> list[tuple[HookFamily, str | None]]:
-    """Hook families in the order to try, each with why it cannot be used."""
-    features = features or detect_features()
-    names = list(HOOK_FAMILIES) if choice == "auto" else [choice]
-    return [(HOOK_FAMILIES[n], HOOK_FAMILIES[n].unavailable_reason(features)) for n in names]
 
 
 def _address_bytes(address: str) -> bytes:
@@ -292,7 +249,7 @@ class LoadedCapture:
         one perf-event link per offset."""
         prog_fd = self.front_end.program_fd(program)
         if self.uprobe_multi:
-            fd = _uprobe_multi_link(prog_fd, path, targets, retprobe)
+            fd = uprobe_multi_link(prog_fd, path, targets, retprobe)
             if fd < 0:
                 return 0
             self._uprobe_fds.append(fd)
@@ -300,7 +257,7 @@ class LoadedCapture:
             return len(targets)
         attached = 0
         for offset, cookie in targets:
-            fds = _perf_event_uprobe_link(prog_fd, path, offset, cookie, retprobe)
+            fds = perf_event_uprobe_link(prog_fd, path, offset, cookie, retprobe)
             if fds:
                 self._uprobe_fds.extend(fds)
                 self.attached_programs += 1
@@ -422,68 +379,6 @@ def _write_capture_config(obj, settings: CaptureSettings) -> None:
     ffi.memmove(ffi.cast("char *", initial) + offset, raw, len(raw))
 
 
-def _uprobe_multi_link(prog_fd: int, path: str, targets: list[tuple[int, int]],
-                       retprobe: bool) -> int:
-    """BPF_LINK_CREATE of a uprobe_multi link: its fd, or -1."""
-    count = len(targets)
-    attr = ffi.new("struct uprobe_multi_link_attr *")
-    c_path = ffi.new("char[]", path.encode())
-    offsets = ffi.new("uint64_t[]", [offset for offset, _ in targets])
-    cookies = ffi.new("uint64_t[]", [cookie for _, cookie in targets])
-    attr.prog_fd = prog_fd
-    attr.attach_type = libbpf.BPF_TRACE_UPROBE_MULTI
-    attr.path = int(ffi.cast("uintptr_t", c_path))
-    attr.offsets = int(ffi.cast("uintptr_t", offsets))
-    attr.cookies = int(ffi.cast("uintptr_t", cookies))
-    attr.cnt = count
-    attr.multi_flags = libbpf.BPF_F_UPROBE_MULTI_RETURN if retprobe else 0
-    return libbpf.bpf_syscall(libbpf.BPF_LINK_CREATE, attr,
-                              ffi.sizeof("struct uprobe_multi_link_attr"))
-
-
-@functools.cache
-def _uprobe_pmu() -> tuple[int, int] | None:
-    """The uprobe PMU's type and its retprobe config bit, or None."""
-    base = Path("/sys/bus/event_source/devices/uprobe")
-    try:
-        pmu_type = int((base / "type").read_text())
-        bit = (base / "format" / "retprobe").read_text().strip()   # "config:0"
-        return pmu_type, int(bit.split(":", 1)[1])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _perf_event_uprobe_link(prog_fd: int, path: str, offset: int, cookie: int,
-                            retprobe: bool) -> list[int] | None:
-    """A uprobe perf event at a file offset, every process, and a BPF link
-    carrying its cookie: [link fd, event fd] (closed in that order), or None."""
-    pmu = _uprobe_pmu()
-    if pmu is None:
-        return None
-    pmu_type, retprobe_bit = pmu
-    c_path = ffi.new("char[]", path.encode())
-    attr = ffi.new("struct perf_event_attr_probe *")
-    attr.type = pmu_type
-    attr.size = ffi.sizeof("struct perf_event_attr_probe")
-    attr.config = (1 << retprobe_bit) if retprobe else 0
-    attr.probe_path = int(ffi.cast("uintptr_t", c_path))
-    attr.probe_offset = offset
-    event_fd = libbpf.perf_event_open(attr, pid=-1, cpu=0)
-    if event_fd < 0:
-        return None
-    link = ffi.new("struct perf_event_link_attr *")
-    link.prog_fd = prog_fd
-    link.target_fd = event_fd
-    link.attach_type = libbpf.BPF_PERF_EVENT
-    link.bpf_cookie = cookie
-    link_fd = libbpf.bpf_syscall(libbpf.BPF_LINK_CREATE, link,
-                                 ffi.sizeof("struct perf_event_link_attr"))
-    if link_fd < 0:
-        os.close(event_fd)
-        return None
-    return [link_fd, event_fd]
-
-
 def _open_and_attach(path: Path, family: HookFamily, settings: CaptureSettings,
                      uprobe_multi: bool = False):
     lib = libbpf.lib()
@@ -536,39 +431,6 @@ def _load_failure(family: HookFamily, exc: LibbpfError) -> str:
 
 class CaptureLoadError(RuntimeError):
     pass
-
-
-def ring_buffer_support() -> tuple[bool, str]:
-    """(supported, what to tell the user): BPF ring buffers, Linux 5.8+."""
-    try:
-        ret = libbpf.lib().libbpf_probe_bpf_map_type(libbpf.BPF_MAP_TYPE_RINGBUF, ffi.NULL)
-    except OSError as exc:
-        return False, str(exc)
-    if ret == 1:
-        return True, "yes"
-    return False, ("no: BPF ring buffers need Linux 5.8 or later" if ret == 0
-                   else f"probe failed ({ret})")
-
-
-def bpf_loop_support() -> tuple[bool, str]:
-    """The CO-RE object copies iovecs with bpf_loop (Linux 5.17+)."""
-    try:
-        ret = libbpf.lib().libbpf_probe_bpf_helper(libbpf.BPF_PROG_TYPE_RAW_TRACEPOINT,
-                                                   libbpf.BPF_FUNC_LOOP, ffi.NULL)
-    except OSError as exc:
-        return False, str(exc)
-    if ret == 1:
-        return True, "yes"
-    return False, ("no: the CO-RE object needs bpf_loop (Linux 5.17 or later); the BCC "
-                   "loader does without" if ret == 0 else f"probe failed ({ret})")
-
-
-def choose_loader(choice: str, features: KernelFeatures) -> str:
-    """core or bcc: auto takes CO-RE wherever the kernel can load it (BTF,
-    and bpf_loop from 5.17), BCC on the kernels before or without BTF."""
-    if choice != "auto":
-        return choice
-    return "core" if features.btf and bpf_loop_support()[0] else "bcc"
 
 
 def _apply_selectors(capture: LoadedCapture, settings: CaptureSettings) -> LoadedCapture:

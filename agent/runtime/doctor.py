@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from agent.capture.kernel_features import detect, ensure_tracefs
 from agent.capture.kernel_headers import KernelHeadersError, find as find_kernel_headers
-from agent.capture.loader import (CaptureLoadError, CaptureSettings, bpf_loop_support, candidate_hooks,
-                          choose_loader, load_capture, ring_buffer_support)
+from agent.capture.hook_choice import (bpf_loop_support, candidate_hooks, choose_loader,
+                                       ring_buffer_support)
+from agent.capture.loader import CaptureLoadError, CaptureSettings, load_capture
 from agent.capture.go_tls import go_tls_coverage
 from agent.capture import tls_runtimes
 from agent.capture.tls import TlsProbes

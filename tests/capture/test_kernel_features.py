@@ -313,6 +313,6 @@ def test_ensure_tracefs_explains_without_privilege(monkeypatch):
     ("bcc", True, True, "bcc"),
 ])
 def test_auto_takes_core_where_the_kernel_can_load_it(monkeypatch, choice, btf, bpf_loop, chosen):
-    from agent.capture import loader
-    monkeypatch.setattr(loader, "bpf_loop_support", lambda: (bpf_loop, "probed"))
-    assert loader.choose_loader(choice, _features(btf=btf)) == chosen
+    from agent.capture import hook_choice
+    monkeypatch.setattr(hook_choice, "bpf_loop_support", lambda: (bpf_loop, "probed"))
+    assert hook_choice.choose_loader(choice, _features(btf=btf)) == chosen

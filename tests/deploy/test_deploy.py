@@ -383,7 +383,7 @@ def test_vagrantfile_structure(tmp_path):
     assert messages[0] in (ROOT / "Makefile").read_text()
     assert messages[1] == "BPF ring buffer: no"
     assert 'f"BPF ring buffer: {ring_text}"' in (ROOT / "tests/kernel/conftest.py").read_text()
-    assert '"no: BPF ring buffers need Linux 5.8' in (ROOT / "agent/capture/loader.py").read_text()
+    assert '"no: BPF ring buffers need Linux 5.8' in (ROOT / "agent/capture/hook_choice.py").read_text()
     bash = shutil.which("bash")
     path = tmp_path / "provision.sh"
     path.write_text(script)

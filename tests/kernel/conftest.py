@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from agent.capture.kernel_headers import KernelHeadersError, find as find_kernel_headers  # noqa: E402
-from agent.capture.loader import ring_buffer_support  # noqa: E402
+from agent.capture.hook_choice import ring_buffer_support  # noqa: E402
 from loopback import TIME_SCALE, free_port, wait_for_port  # noqa: E402,F401  (re-exported)
 from otlp_receiver import OtlpReceiver  # noqa: E402
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-import agent.capture.loader as loader_module
+import agent.capture.hook_choice as hook_choice
 from agent.capture.loader import CaptureLoadError
 from agent.runtime import doctor
 
@@ -19,7 +19,7 @@ def fake_kernel(monkeypatch, btf: bool, bpf_loop: bool) -> None:
     monkeypatch.setattr(doctor, "ensure_tracefs", lambda: (True, ""))
     monkeypatch.setattr(doctor, "ring_buffer_support", lambda: (True, "yes"))
     monkeypatch.setattr(doctor, "bpf_loop_support", lambda: loop)
-    monkeypatch.setattr(loader_module, "bpf_loop_support", lambda: loop)
+    monkeypatch.setattr(hook_choice, "bpf_loop_support", lambda: loop)
     monkeypatch.setattr(doctor, "candidate_hooks", lambda choice, features: [])
     monkeypatch.setattr(doctor, "_kernel_headers_text", lambda configured: "faked")
 

@@ -309,7 +309,8 @@ static __always_inline bool decode_traceparent(struct http_request_head *r, cons
     if ((head_load(buf, start) & 0xFFFFFF) != (WORD8("00-\0\0\0\0\0") & 0xFFFFFF) ||
         head_byte(buf, start + 35) != '-' || head_byte(buf, start + 52) != '-')
         return false;
-    /* trace_id's four words then parent_id's two, which follows it */
+    /* trace_id's 32 digits eight at a time, then parent_id's 16 (past the
+     * dash at 35), into the four bytes each that parent_id follows in r */
     __u8 *ids = (__u8 *)r + __builtin_offsetof(struct http_request_head, trace_id);
     __u64 bad = 0;
     __u32 trace = 0, parent = 0;

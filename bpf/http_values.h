@@ -46,8 +46,8 @@ static __always_inline __u32 hex_word(__u64 w, __u64 *bad)
     /* a digit's value is its low nibble, a letter's its low nibble + 9
      * (bit 6 tells them apart); any other byte decodes to 0..24 */
     __u64 n = (w & 0x0F0F0F0F0F0F0F0FULL) + ((w >> 6) & ONES) * 9;
-    __u64 ten_up = (n + ONES * (0x80 - 10)) & HIGH;
-    __u64 sixteen_up = (n + ONES * (0x80 - 16)) & HIGH;
+    __u64 ten_up = at_least(n, 10);
+    __u64 sixteen_up = at_least(n, 16);
     *bad |= ((n + ONES * '0' + (ten_up >> 7) * ('a' - '0' - 10)) ^ w) | sixteen_up;
     n = ((n & 0x00FF00FF00FF00FFULL) << 4) | ((n >> 8) & 0x00FF00FF00FF00FFULL);
     n = (n | (n >> 8)) & 0x0000FFFF0000FFFFULL;

@@ -4,6 +4,7 @@ named are zero: seq 0 means "not numbered", so no gap is ever seen."""
 import ipaddress
 
 from agent.capture.records import C, EVENT_HEADER, EVENT_HEADER_FIELDS
+from agent.parsers.tracecontext import traceparent_ids
 
 _BYTES_FIELDS = {"local_addr", "remote_addr"}
 
@@ -32,20 +33,12 @@ def http1_record(conn_id: int, pid: int, role: int, direction: int, payload: byt
                        local_port=local[1], remote_port=remote[1], family=10)
 
 
-_HEX = frozenset(b"0123456789abcdef")
-
-
 def decoded_traceparent(value: bytes):
     """(trace_id, parent_id, flags) of a traceparent the probes decode
-    (bpf/http_head.h's decode_traceparent: version 00, 55 bytes, lowercase
-    hex, ids not zero), or None for one they keep as text."""
-    if len(value) != 55 or value[:3] != b"00-" or value[35:36] != b"-" or value[52:53] != b"-":
-        return None
-    digits = value[3:35] + value[36:52] + value[53:55]
-    if not set(digits) <= _HEX or value[3:35] == b"0" * 32 or value[36:52] == b"0" * 16:
-        return None
-    return bytes.fromhex(value[3:35].decode()), bytes.fromhex(value[36:52].decode()), \
-        int(value[53:55], 16)
+    (bpf/http_values.h: a version-00 value userspace reads as valid; the
+    host-build tests hold the probes to that), or None for one they keep as
+    text."""
+    return traceparent_ids(value) if len(value) == 55 and value[:2] == b"00" else None
 
 
 def http_exchange_record(conn_id: int, pid: int, role: int, direction: int, start: int, end: int,

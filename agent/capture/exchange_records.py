@@ -86,12 +86,17 @@ def _value(values: bytes, offset: int, length: int, present: int, bit: int, enco
     return values[offset:offset + length].decode(encoding, "replace")
 
 
+def traceparent_text(trace_id: bytes, parent_id: bytes, flags: int) -> str:
+    """The header value of ids the probes decoded: they decode only the
+    common form, which this gives back byte for byte."""
+    return "00-%s-%s-%02x" % (trace_id.hex(), parent_id.hex(), flags)
+
+
 def _traceparent(record: bytes, values: bytes, v: tuple, present: int) -> str | None:
-    """The traceparent as its header carried it: decoded by the probes (its
-    common form, which they decode only when it is exact), or kept as text."""
+    """The traceparent as its header carried it: decoded by the probes, or
+    kept as text."""
     if present & C["HTTP_HAS_TRACE_IDS"]:
-        trace_id, parent_id, flags = TRACE_IDS.unpack_from(record, TRACE_IDS_OFFSET)
-        return "00-%s-%s-%02x" % (trace_id.hex(), parent_id.hex(), flags)
+        return traceparent_text(*TRACE_IDS.unpack_from(record, TRACE_IDS_OFFSET))
     return _value(values, v[_INDEX["traceparent_off"]], v[_INDEX["traceparent_len"]], present,
                   C["HTTP_HAS_TRACEPARENT"], "latin-1")
 

@@ -12,7 +12,7 @@ from agent.capture.libbpf import ffi
 
 
 def uprobe_multi_link(prog_fd: int, path: str, targets: list[tuple[int, int]],
-                       retprobe: bool) -> int:
+                      retprobe: bool) -> int:
     """BPF_LINK_CREATE of a uprobe_multi link: its fd, or -1."""
     count = len(targets)
     attr = ffi.new("struct uprobe_multi_link_attr *")
@@ -43,7 +43,7 @@ def _uprobe_pmu() -> tuple[int, int] | None:
 
 
 def perf_event_uprobe_link(prog_fd: int, path: str, offset: int, cookie: int,
-                            retprobe: bool) -> list[int] | None:
+                           retprobe: bool) -> list[int] | None:
     """A uprobe perf event at a file offset, every process, and a BPF link
     carrying its cookie: [link fd, event fd] (closed in that order), or None."""
     pmu = _uprobe_pmu()

@@ -15,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from agent.capture import records
+from agent.capture.exchange_records import traceparent_text
 from agent.parsers import PARSED
 from agent.parsers.http1 import parse_request, parse_response
 from agent.parsers.tracecontext import traceparent_ids
@@ -73,8 +74,8 @@ def traceparent(kernel, r):
     """The traceparent as userspace reads it from a record: decoded by the
     probes (HTTP_HAS_TRACE_IDS) or kept as text."""
     if r.present & C["HTTP_HAS_TRACE_IDS"]:
-        return "00-%s-%s-%02x" % (kernel.ffi.buffer(r.trace_id)[:].hex(),
-                                  kernel.ffi.buffer(r.parent_id)[:].hex(), r.trace_flags)
+        return traceparent_text(kernel.ffi.buffer(r.trace_id)[:],
+                                kernel.ffi.buffer(r.parent_id)[:], r.trace_flags)
     return optional(kernel, r, "traceparent", C["HTTP_HAS_TRACEPARENT"])
 
 

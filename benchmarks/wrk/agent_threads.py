@@ -18,7 +18,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import run  # noqa: E402  (benchmarks/wrk/run.py)
+from load import h2load  # noqa: E402
+from processes import vm_hwm_bytes  # noqa: E402
+from receiver import Receiver  # noqa: E402
+from servers import Nginx  # noqa: E402
+from tracers import BSP_DELAY_MS, AgentRun  # noqa: E402
 
 
 def threads(pids: list[int]) -> dict:
@@ -36,7 +40,7 @@ def threads(pids: list[int]) -> dict:
     return out
 
 
-def report(label: str, agent: run.AgentRun, seconds: float) -> None:
+def report(label: str, agent: AgentRun, seconds: float) -> None:
     pids = agent.pids()
     before = threads(pids)
     time.sleep(seconds)
@@ -61,19 +65,19 @@ def main() -> int:
                         help="the agent pairs HTTP/1.x exchanges in the probes")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="otel-ebpf-threads-"))
-    receiver = run.Receiver(workdir)
-    nginx = run.Nginx(workdir)
+    receiver = Receiver(workdir)
+    nginx = Nginx(workdir)
     env = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
-           "OTEL_BSP_SCHEDULE_DELAY": run.BSP_DELAY_MS}
+           "OTEL_BSP_SCHEDULE_DELAY": BSP_DELAY_MS}
     if args.http_exchanges:
         env["OTEL_EBPF_HTTP_EXCHANGES"] = "1"
-    agent = run.AgentRun(nginx.pids, "otlp", env, workdir)
+    agent = AgentRun(nginx.pids, "otlp", env, workdir)
     try:
         time.sleep(3)
         report("idle", agent, args.idle_seconds)
         for rate in map(int, args.rates.split(",")):
-            load = threading.Thread(target=run.h2load, args=(
+            load = threading.Thread(target=h2load, args=(
                 nginx.port, rate, args.seconds + 3, 50, workdir / "h2load.log"))
             load.start()
             time.sleep(1.5)
@@ -82,7 +86,7 @@ def main() -> int:
         s = agent.snapshot()
         print({k: s[k] for k in ("built", "exported", "kernel_lost", "dropped_queue")})
         print("peak RSS (VmHWM), MB: " + ", ".join(
-            f"pid {pid} {run.vm_hwm_bytes(pid) / 1e6:.0f}" for pid in agent.pids()))
+            f"pid {pid} {vm_hwm_bytes(pid) / 1e6:.0f}" for pid in agent.pids()))
     finally:
         agent.stop()
         nginx.stop()

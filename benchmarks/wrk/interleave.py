@@ -45,8 +45,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run import (BSP_DELAY_MS, ROOT, AgentRun, Nginx, Receiver, h2load,  # noqa: E402
-                 preflight, request_log_entries)
+from load import h2load, request_log_entries  # noqa: E402
+from receiver import Receiver  # noqa: E402
+from run import ROOT, preflight  # noqa: E402
+from servers import Nginx  # noqa: E402
+from tracers import BSP_DELAY_MS, AgentRun  # noqa: E402
 
 PHASES = ("off", "empty", "filtered", "hooks", "agent")
 QUANTILES = (0.50, 0.90, 0.99, 0.999)
@@ -179,7 +182,7 @@ def phase_windows(entries: list[tuple[int, int]], marks: list[dict], guard_s: fl
 
 
 def weighted_percentile(sorted_lists: list[list[int]], weights: list[int], q: float) -> float:
-    """run.percentile of the latencies of every list repeated `weight`
+    """load.percentile of the latencies of every list repeated `weight`
     times, without building that list: a bootstrap draw of whole cycles
     repeats some and leaves others out, and sorting a few hundred thousand
     latencies per draw would take minutes."""

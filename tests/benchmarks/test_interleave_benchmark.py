@@ -86,13 +86,13 @@ def test_ratios_hold_a_cost_that_rides_on_the_hosts_drift(interleave):
 
 
 def test_a_weighted_percentile_is_the_percentile_of_the_repeated_lists(interleave):
-    import run
+    import load
     draw = random.Random(3)
     lists = [sorted(draw.randrange(50, 5000) for _ in range(draw.randrange(1, 300))) for _ in range(6)]
     weights = [2, 0, 1, 3, 1, 0]
     repeated = sorted(v for values, w in zip(lists, weights) for _ in range(w) for v in values)
     for q in (0.0, 0.5, 0.9, 0.99, 0.999, 1.0):
-        assert interleave.weighted_percentile(lists, weights, q) == run.percentile(repeated, q)
+        assert interleave.weighted_percentile(lists, weights, q) == load.percentile(repeated, q)
 
 
 def test_the_table_lists_every_phase_against_off(interleave, capsys):

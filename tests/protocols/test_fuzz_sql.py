@@ -143,8 +143,8 @@ from agent.capture.records import C  # noqa: E402
 from agent.protocols.sql_base import SqlQuery  # noqa: E402
 
 from event_records import make_record  # noqa: E402
-from test_sql_connections import (ITEM_SQL_EXCHANGE, ITEM_SQL_PREPARED,  # noqa: E402
-                                  ITEM_SQL_REQUEST, SqlConnectionHandler, my_writes, pg_writes)
+from sql_replay import (ITEM_SQL_EXCHANGE, ITEM_SQL_PREPARED, ITEM_SQL_REQUEST,  # noqa: E402
+                        SqlConnectionHandler, my_writes, pg_writes)
 
 _PG, _MY = C["PROTOCOL_POSTGRES"], C["PROTOCOL_MYSQL"]
 _CONVERSATIONS = ([(_PG, pg_writes(n)) for n in (

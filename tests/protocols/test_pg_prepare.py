@@ -2,15 +2,15 @@
 a prepare the server rejects is the failed operation, one that succeeds
 gives no span, and the same-node links of both ends stay in step.  The
 recorded asyncpg conversation (asyncpg_errors) is replayed with the other
-fixtures in test_sql_connections.py; these are the cases around it."""
+fixtures in test_sql_conversations.py; these are the cases around it."""
 from __future__ import annotations
 
 from agent.capture.records import C
 from agent.protocols.router import ProtocolRouter
 from agent.spans.builder import ExchangeLinker
 from event_records import make_record
-from test_sql_connections import (ITEM_SQL_PREPARED, PG, QUIET, Replay, check_pairing, exchanged,
-                                  feed, pg_msg, pg_writes)
+from sql_replay import (ITEM_SQL_PREPARED, PG, QUIET, Replay, check_pairing, exchanged, feed, pg_msg,
+                        pg_writes)
 
 ERROR_42P01 = pg_msg(b"E", b"SERROR\0VERROR\0C42P01\0Mrelation does not exist\0\0")
 READY = pg_msg(b"Z", b"I")

@@ -13,7 +13,7 @@ from agent.spans.builder import BUILDERS, ExchangeLinker, SpanFactory
 from agent.spans.redact import Redactor
 from agent.spans.resources import ResourceCache
 from protocols.test_h2_pipeline import records as h2_records
-from protocols.test_sql_connections import MY, PG, Replay, writes
+from protocols.sql_replay import MY, PG, Replay, writes
 
 FIXTURES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "fixtures")
 SHAPES = {http.TAG: http.HttpExchange, grpc.TAG: grpc.GrpcExchange, db.TAG: db.DbExchange,

@@ -7,7 +7,7 @@ programs by the kernel's own count (kernel.bpf_stats_enabled, on only while
 measuring); records and bytes written from the ring.
 
     .venv/bin/python benchmarks/exchange_cost.py [--exchanges 20000] [--rounds 2]
-        [--body-bytes 5 | --captured-heads]
+        [--body-bytes 5 | --captured-heads] [--by-load]
         [--object build/capture.bpf.o --object /tmp/main/capture.bpf.o]
 
 --captured-heads sends heads captured from real peers instead
@@ -29,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from agent.capture.exchange_records import EXCHANGE_MODES  # noqa: E402
 from agent.capture.loader import CaptureSettings, load_capture  # noqa: E402
 from agent.protocols.router import ProtocolRouter  # noqa: E402
 from agent.spans.builder import ExchangeLinker  # noqa: E402
@@ -55,9 +56,11 @@ def response(body_bytes: int) -> bytes:
 
 
 CALLS_PER_EXCHANGE = 4
+MODE_NAMES = {EXCHANGE_MODES["off"]: "payload", EXCHANGE_MODES["on"]: "records",
+              EXCHANGE_MODES["by-load"]: "by-load"}
 
 
-def measure(exchanges: bool, count: int, obj: Path | None = None, body_bytes: int = 5,
+def measure(exchanges: int, count: int, obj: Path | None = None, body_bytes: int = 5,
             heads: tuple[bytes, bytes] | None = None) -> dict:
     capture = load_capture(CaptureSettings(agent_pid=0, pids={os.getpid()}, tls=False,
                                            ring_buffer_bytes=256 << 20,
@@ -116,6 +119,9 @@ def main() -> None:
     parser.add_argument("--captured-heads", action="store_true",
                         help="curl's request and nginx's static-page answer (captured) "
                              "instead of the benchmark's own short heads")
+    parser.add_argument("--by-load", action="store_true",
+                        help="also measure --http-exchanges by-load while the ring is quiet "
+                             "(the ring never passes its mark here: calls are copied)")
     parser.add_argument("--object", type=Path, action="append",
                         help="a capture object to measure (repeat to alternate several; "
                              "default: build/'s)")
@@ -125,11 +131,14 @@ def main() -> None:
           f"{'records/exchange':>17} {'ring bytes/exchange':>20} {'lost':>5} {'fallbacks':>9} "
           f"{'spans':>6} {'us/span match+link':>19}")
     for _ in range(args.rounds):
-        for obj, exchanges in ((o, e) for o in objects for e in (False, True)):
+        modes = [EXCHANGE_MODES["off"], EXCHANGE_MODES["on"]]
+        if args.by_load:
+            modes.insert(1, EXCHANGE_MODES["by-load"])
+        for obj, exchanges in ((o, e) for o in objects for e in modes):
             r = measure(exchanges, args.exchanges, obj, args.body_bytes,
                         captured_heads() if args.captured_heads else None)
             name = str(obj) if obj else "build/capture.bpf.o"
-            print(f"{name[-24:]:24} {'records' if exchanges else 'payload':9} {r['ns_in_programs_per_call']:20.0f} "
+            print(f"{name[-24:]:24} {MODE_NAMES[exchanges]:9} {r['ns_in_programs_per_call']:20.0f} "
                   f"{r['ns_per_exchange_caller_side']:21.0f} {r['records_per_exchange']:17.2f} "
                   f"{r['ring_bytes_per_exchange']:20.0f} {r['lost']:5d} {r['fallbacks']:9d} "
                   f"{r['spans']:6d} {r['us_per_span_match_link']:19.2f}")

@@ -54,7 +54,7 @@ struct conn_info {
     __u8 traced;
     __u8 unclassified_events;
     __u8 tls;           /* its plaintext comes from the TLS uprobes */
-    __u8 http_payload;  /* HTTP/1 goes to the payload path, not exchange records */
+    __u8 http_payload;  /* HTTP_PAYLOAD_*: HTTP/1 goes to the payload path, not records */
     /* A server's request head whose first byte came in a read of its own
      * (Go's server reads one byte ahead between requests): that byte,
      * held for the read with the rest (bpf/http_exchange.h). */
@@ -66,6 +66,13 @@ struct conn_info {
      * was read (its request's start).  0: none. */
     __u64 http_mark_ns;
 };
+
+/* conn_info.http_payload: whether the connection's HTTP/1 goes to the
+ * payload path instead of exchange records (bpf/http_exchange.h), and for
+ * how long. */
+#define HTTP_PAYLOAD_RECORDS 0
+#define HTTP_PAYLOAD_FOR_GOOD 1     /* a fallback: what the probes cannot pair */
+#define HTTP_PAYLOAD_QUIET 2        /* by load: until the ring fills */
 
 /* One entry per (tgid, fd) the hooks have seen, sockets or not, so that the
  * fd table is walked once per descriptor rather than once per syscall. */
@@ -163,6 +170,15 @@ static __always_inline void count_untracked(__u32 probe)
         stats->untracked++;
 }
 
+#if FRONTEND_BTF
+/* Until when (ns) the ring counts as filling: a record took its unread
+ * bytes past the wake-up mark less than RING_FILLED_HOLD_NS ago; 0 once
+ * that has passed.  Kept for --http-exchanges by-load (bpf/http_exchange.h):
+ * a quiet ring costs its calls one load of this. */
+#define RING_FILLED_HOLD_NS (5ULL * 1000000000ULL)
+static volatile __u64 ring_filled_until;
+#endif
+
 /* Every record goes through here: written or lost, it is counted.  Most
  * are written without waking the drain, which reads the ring on its own
  * clock: a busy traced process pays no consumer wake-up per record.  The
@@ -178,8 +194,14 @@ static __always_inline void output_record(struct probe_stats *stats, void *recor
 {
     __u64 unread = RINGBUF_UNREAD(events);
     __u64 mark = CONFIG(ring_wake_bytes);
-    if (unread < mark && unread + size >= mark)
-        wake = true;
+    if (mark && unread + size >= mark) {
+        if (unread < mark)
+            wake = true;
+#if FRONTEND_BTF
+        if (CONFIG(http_exchanges) == HTTP_EXCHANGES_BY_LOAD)
+            ring_filled_until = bpf_ktime_get_ns() + RING_FILLED_HOLD_NS;
+#endif
+    }
     if (bpf_ringbuf_output(&events, record, size, wake ? BPF_RB_FORCE_WAKEUP : BPF_RB_NO_WAKEUP))
         stats->lost++;
     else
@@ -215,6 +237,10 @@ static __always_inline struct conn_info *remember_conn(__u32 tgid, __u32 fd, __u
     __u64 key = conn_key(tgid, fd);
     struct conn_info info = {};
     info.role = role;
+    /* by load, a connection starts on the payload path; the ring filling
+     * moves it at a request head */
+    if (CONFIG(http_exchanges) == HTTP_EXCHANGES_BY_LOAD)
+        info.http_payload = HTTP_PAYLOAD_QUIET;
     if (tuple && tuple_traced(tuple)) {
         __u32 zero = 0;
         __u64 *next_id = bpf_map_lookup_elem(&conn_ids, &zero);
@@ -411,6 +437,9 @@ static __always_inline int emit_data(__u64 id, struct conn_info *conn, const str
         bpf_map_update_elem(&traced_processes, &tgid, &process, BPF_ANY);
     }
 
+    if (CONFIG(http_exchanges) == HTTP_EXCHANGES_BY_LOAD && conn->protocol == PROTOCOL_HTTP1 &&
+        !conn->http_payload)
+        http_quiet_move(conn, &a);
     bool exchanges = CONFIG(http_exchanges) && conn->protocol == PROTOCOL_HTTP1 &&
                      !conn->http_payload;
     struct http_pending *pending = NULL;
@@ -426,8 +455,11 @@ static __always_inline int emit_data(__u64 id, struct conn_info *conn, const str
             http_give_up(stats, conn, pending, HTTP_FALLBACK_MID_STREAM);
         exchanges = !conn->http_payload;
     }
+    /* (a connection moved by a quiet ring: only while records may be on
+     * their way can its thread serve one) */
     if (CONFIG(http_exchanges) && conn->protocol == PROTOCOL_HTTP1 && conn->http_payload &&
-        conn->role == ROLE_CLIENT && a.direction == DIRECTION_EGRESS)
+        conn->role == ROLE_CLIENT && a.direction == DIRECTION_EGRESS &&
+        (conn->http_payload == HTTP_PAYLOAD_FOR_GOOD || http_recently_busy()))
         http_note_serving(stats, conn, a.start_ns, a.fd, a.probe);
 
     __u32 zero = 0;
@@ -476,6 +508,11 @@ static __always_inline int emit_data(__u64 id, struct conn_info *conn, const str
     if (held) {
         held_ns = conn->http_mark_ns;
         conn->http_mark_ns = 0;
+    }
+    if (!exchanges && conn->http_payload == HTTP_PAYLOAD_QUIET &&
+        http_busy_move(conn, &a, ev->payload, captured)) {
+        exchanges = true;
+        pending = http_pending_of(conn->conn_id);
     }
     if (exchanges &&
         http_head_call(id, conn, pending, &a, total, captured,

@@ -170,6 +170,12 @@ struct event_header {
 #define EXECS_TRACED 1
 #define EXECS_ALL 2
 
+/* capture_config.http_exchanges: whether the probes pair HTTP/1.x exchanges:
+ * never, always, or while the ring fills faster than the agent drains it. */
+#define HTTP_EXCHANGES_OFF 0
+#define HTTP_EXCHANGES_ALWAYS 1
+#define HTTP_EXCHANGES_BY_LOAD 2
+
 /* Load-time settings the loader writes into the object's read-only data
  * before loading it (the verifier then prunes what they switch off). */
 struct capture_config {
@@ -182,7 +188,7 @@ struct capture_config {
     __u8 tls;               /* the TLS uprobes are loaded: watch for their calls */
     __u8 reserved[3];
     __u32 ring_wake_bytes;  /* wake the readers when the ring's unread bytes pass this */
-    __u8 http_exchanges;    /* pair HTTP/1 in the probes (bpf/http_exchange.h) */
+    __u8 http_exchanges;    /* HTTP_EXCHANGES_*: pair HTTP/1 in the probes (bpf/http_exchange.h) */
     __u8 reserved2[3];
     __u32 http_shed_bytes;  /* unread ring bytes at which new exchanges are shed */
 };

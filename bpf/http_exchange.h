@@ -181,7 +181,7 @@ static __always_inline void http_count_fallback(__u8 reason, __u64 connections, 
 static __always_inline void http_fall_back(struct conn_info *conn, __u8 reason, bool dropped)
 {
     http_count_fallback(reason, 1, dropped);
-    conn->http_payload = 1;
+    conn->http_payload = HTTP_PAYLOAD_FOR_GOOD;
     http_release(conn->conn_id);
 }
 
@@ -234,6 +234,95 @@ static __always_inline __u8 http_parse_captured(struct http_work *w, struct http
 static __always_inline bool http_in_exchange(const struct http_pending *p)
 {
     return p && p->phase != HTTP_PHASE_IDLE;
+}
+
+/* By load (HTTP_EXCHANGES_BY_LOAD): exchanges are paired here only while
+ * the ring's unread bytes pass the drain's wake-up mark, and for
+ * RING_FILLED_HOLD_NS after they last did; otherwise calls are copied.  A
+ * connection moves at a request head: to the payload path at one that
+ * begins while its slot is idle, to records at one whose bytes begin with
+ * a method (what the probes cannot tell from a body that happens to start
+ * so, userspace can: agent/protocols/http1_records.py). */
+/* Moves between the paths, by direction (0: to records, 1: to the payload path). */
+MAP(PERCPU_ARRAY, http_moves, __u32, __u64, 2);
+
+#if FRONTEND_BTF
+/* The ring has been filling (capture.bpf.c's ring_filled_until, set as
+ * records are written). */
+static __always_inline bool http_busy(void)
+{
+    __u64 until = ring_filled_until;
+    if (!until)
+        return false;
+    if (bpf_ktime_get_ns() < until)
+        return true;
+    ring_filled_until = 0;
+    return false;
+}
+
+/* Records may be on their way: the ring filled within the hold. */
+static __always_inline bool http_recently_busy(void)
+{
+    return ring_filled_until != 0;
+}
+#else
+/* The BCC build pairs no exchanges. */
+static __always_inline bool http_busy(void)
+{
+    return false;
+}
+
+static __always_inline bool http_recently_busy(void)
+{
+    return false;
+}
+#endif
+
+static __always_inline void http_count_move(__u32 to_payload)
+{
+    __u64 *moves = bpf_map_lookup_elem(&http_moves, &to_payload);
+    if (moves)
+        *moves += 1;
+}
+
+/* The call could start the connection's next request: it moves the request
+ * side's bytes (for a connection whose role is unknown, either side's). */
+static __always_inline bool http_request_side(const struct conn_info *conn,
+                                              const struct io_args *a)
+{
+    if (a->buffer_kind != IO_BUFFER)
+        return false;
+    if (conn->role == ROLE_SERVER)
+        return a->direction == DIRECTION_INGRESS;
+    if (conn->role == ROLE_CLIENT)
+        return a->direction == DIRECTION_EGRESS;
+    return true;
+}
+
+/* A records connection between exchanges while the agent keeps up: to the
+ * payload path, this call included. */
+static __always_inline void http_quiet_move(struct conn_info *conn, const struct io_args *a)
+{
+    if (conn->http_byte_held || conn->http_mark_ns || !http_request_side(conn, a) ||
+        http_in_exchange(http_pending_of(conn->conn_id)) || http_busy())
+        return;
+    conn->http_payload = HTTP_PAYLOAD_QUIET;
+    http_release(conn->conn_id);
+    http_count_move(1);
+}
+
+/* A payload-path connection moved there by a quiet ring, at a call whose
+ * captured bytes begin with a method while the ring fills: to records,
+ * this call's head first.  True when it moved. */
+static __always_inline bool http_busy_move(struct conn_info *conn, const struct io_args *a,
+                                           const __u8 *bytes, __u32 captured)
+{
+    if (!http_request_side(conn, a) || !http_busy() || !is_http1(bytes, captured) ||
+        starts_with(bytes, captured, "HTTP/1.", 7))
+        return false;
+    conn->http_payload = HTTP_PAYLOAD_RECORDS;
+    http_count_move(0);
+    return true;
 }
 
 /* Go's HTTP server reads one byte ahead between requests (to notice a

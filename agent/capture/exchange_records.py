@@ -11,6 +11,10 @@ from agent.capture.libbpf import ffi
 from agent.capture import libbpf
 
 C = records.C
+
+# --http-exchanges -> capture_config.http_exchanges.
+EXCHANGE_MODES = {"off": C["HTTP_EXCHANGES_OFF"], "on": C["HTTP_EXCHANGES_ALWAYS"],
+                  "by-load": C["HTTP_EXCHANGES_BY_LOAD"]}
 # The record's fixed part, through request.present; the request's values
 # follow it, values_len bytes (bpf/events.h: the record is variable-length).
 HTTP_EXCHANGE = records.prefix_struct("struct http_exchange", "present")
@@ -146,17 +150,22 @@ def read_fallbacks(map_fd: int, ncpus: int) -> dict[str, tuple[int, int]]:
     return out
 
 
-def read_shed(map_fd: int, ncpus: int) -> dict[str, int]:
-    """reason -> exchanges shed, summed over CPUs."""
+def read_shed(map_fd: int, ncpus: int, names: dict = SHED_NAMES) -> dict[str, int]:
+    """reason -> exchanges shed (or, with MOVE_NAMES, moves by direction),
+    summed over CPUs."""
     lib = libbpf.lib()
     buf = ffi.new("uint64_t[]", ncpus)
     key = ffi.new("uint32_t *")
     out = {}
-    for index, name in SHED_NAMES.items():
+    for index, name in names.items():
         key[0] = index
         if lib.bpf_map_lookup_elem(map_fd, key, buf) == 0:
             out[name] = sum(buf[cpu] for cpu in range(ncpus))
     return out
+
+
+# bpf/http_exchange.h's http_moves: connections moved by load, by where to.
+MOVE_NAMES = {0: "records", 1: "payload"}
 
 
 # struct http_pending (bpf/http_exchange.h): phase, three flags, padding,

@@ -56,7 +56,7 @@ class CaptureSettings:
     agent_pid: int = field(default_factory=os.getpid)
     tls: bool = True                      # load the TLS uprobe programs
     report_execs: int = records.C["EXECS_TRACED"]   # EXECS_*: which execs are reported
-    http_exchanges: bool = False          # pair HTTP/1 in the probes (CO-RE build only)
+    http_exchanges: int = 0               # HTTP_EXCHANGES_*: pair HTTP/1 in the probes (CO-RE only)
 
     def validate(self) -> None:
         limit = records.C["MAX_CAPTURE_BYTES"]
@@ -299,7 +299,7 @@ class LoadedCapture:
     def http_exchanges(self) -> bool:
         """Whether the probes pair HTTP/1.x exchanges: asked for, and the
         front end can (the BCC build keeps the payload path)."""
-        return self.settings.http_exchanges and self.front_end.pairs_http_exchanges
+        return bool(self.settings.http_exchanges) and self.front_end.pairs_http_exchanges
 
     def http_fallbacks(self) -> dict[str, tuple[int, int]]:
         """HTTP_FALLBACK_* reason -> (connections turned over to the payload
@@ -310,6 +310,12 @@ class LoadedCapture:
     def http_shed(self) -> dict[str, int]:
         """HTTP_SHED_* reason -> exchanges shed whole, summed over CPUs."""
         return exchange_records.read_shed(self.front_end.map_fd("http_shed"), self._ncpus)
+
+    def http_moves(self) -> dict[str, int]:
+        """Connections moved by load (--http-exchanges by-load), by where
+        to (records, payload), summed over CPUs."""
+        return exchange_records.read_shed(self.front_end.map_fd("http_moves"), self._ncpus,
+                                          exchange_records.MOVE_NAMES)
 
     def detach(self) -> None:
         """Stop capturing; the ring keeps what was already written.  Links go

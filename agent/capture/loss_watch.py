@@ -23,7 +23,8 @@ def record_loss_reasons(hint_http_exchanges: bool) -> dict[str, str]:
     ring_full = ("ring buffer full: the agent drained it slower than the probes wrote "
                  "(a larger --ring-buffer-size absorbs bursts")
     if hint_http_exchanges:
-        ring_full += "; --http-exchanges makes HTTP/1.x exchanges cheaper to process"
+        ring_full += (
+            "; --http-exchanges on, or by-load, makes HTTP/1.x exchanges cheaper to process")
     ring_full += ")"
     return {
         "ring_full": ring_full,

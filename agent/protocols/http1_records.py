@@ -102,6 +102,10 @@ class ExchangeRecords:
         end = _VALUES + values_len
         if end > len(record):
             return False
+        # A connection the payload path has read (moved by load, or one
+        # exchange of it there): its streams exist.
+        if conn.state.ingress is not None and conn.handler.framing(conn):
+            return True
         # A request repeats byte for byte (same method, target and headers
         # on a keep-alive connection), or but for its traceparent (an
         # instrumented client's; decoded by the probes, its ids lie before

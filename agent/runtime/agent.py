@@ -58,7 +58,7 @@ class AgentConfig:
     request_metrics: bool = True          # agent/metrics: RED histograms on /metrics
     otlp_metrics: bool | None = None      # None: when the span exporter is OTLP
     metric_series_limit: int = 2000
-    http_exchanges: bool = False
+    http_exchanges: int = 0     # HTTP_EXCHANGES_* (agent/capture/exchange_records.EXCHANGE_MODES)
 
 
 class Agent:
@@ -158,8 +158,12 @@ class Agent:
                  f"hooks={capture.hook_family.name} ({capture.attached_programs} programs)"]
         for name, why in capture.skipped_hooks:
             parts.append(f"not {name}: {why.splitlines()[0]}")
-        parts.append("HTTP/1.x=exchange records" if capture.http_exchanges
-                     else "HTTP/1.x=payload path")
+        if not capture.http_exchanges:
+            parts.append("HTTP/1.x=payload path")
+        elif capture.settings.http_exchanges == C["HTTP_EXCHANGES_BY_LOAD"]:
+            parts.append("HTTP/1.x=exchange records under load, payload path otherwise")
+        else:
+            parts.append("HTTP/1.x=exchange records")
         parts.append(f"exporter={self.sink_name}")
         workers = self.config.span_workers
         parts.append(f"span workers=up to {workers}, while the load needs them" if workers

@@ -34,6 +34,21 @@ class SizeType(click.ParamType):
             self.fail(f"{value!r} is not a size (examples: 4096, 64k, 16M)", param, ctx)
 
 
+class ExchangesType(click.ParamType):
+    """--http-exchanges: off, on, or by-load (booleans' spellings too)."""
+    name = "off|on|by-load"
+    _SPELLINGS = {"0": "off", "false": "off", "no": "off", "1": "on", "true": "on", "yes": "on"}
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, bool):
+            value = "on" if value else "off"
+        mode = str(value).lower()
+        mode = self._SPELLINGS.get(mode, mode)
+        if mode not in ("off", "on", "by-load"):
+            self.fail(f"{value!r} is not one of off, on, by-load", param, ctx)
+        return mode
+
+
 def _load_config_file(ctx: click.Context, param, path):
     """YAML settings become defaults: flags and environment variables win."""
     if not path:
@@ -174,11 +189,12 @@ def loader_options(command):
               default="info", envvar="OTEL_EBPF_LOG_LEVEL", show_default=True)
 @click.option("--check-config", is_flag=True,
               help="Print the resolved settings as YAML and exit without tracing.")
-@click.option("--http-exchanges/--no-http-exchanges", default=False, show_default=True,
-              envvar="OTEL_EBPF_HTTP_EXCHANGES",
+@click.option("--http-exchanges", type=ExchangesType(), default="off", is_flag=False,
+              flag_value="on", show_default=True, envvar="OTEL_EBPF_HTTP_EXCHANGES",
               help="Pair HTTP/1.x exchanges in the probes (CO-RE loader; sockets and TLS "
                    "plaintext) and send one record per exchange; what the probes cannot pair "
-                   "with certainty takes the payload path.")
+                   "with certainty takes the payload path. by-load: only while the ring "
+                   "buffer fills faster than the agent drains it; copies otherwise.")
 def run(pids, cgroups, containers, ports, exes, exporter, otlp_impl, capture_bytes, ring_buffer_size, hooks,
         loader, kernel_headers, metrics_address, redact_query_keys, sql_text, tls, routes, keep_error_spans, span_workers, nice,
         yield_cpu, conntrack, request_metrics, otlp_metrics, metric_series_limit, duration,
@@ -193,6 +209,7 @@ def run(pids, cgroups, containers, ports, exes, exporter, otlp_impl, capture_byt
     logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
                         format=LOG_FORMAT)
     from agent.capture.kernel_features import ensure_tracefs
+    from agent.capture.exchange_records import EXCHANGE_MODES
     from agent.capture.loader import CaptureLoadError
     from agent.runtime.agent import Agent, AgentConfig
 
@@ -217,7 +234,7 @@ def run(pids, cgroups, containers, ports, exes, exporter, otlp_impl, capture_byt
                          keep_error_spans=keep_error_spans, span_workers=span_workers,
                          yield_cpu=yield_cpu, conntrack=conntrack, request_metrics=request_metrics,
                          otlp_metrics=otlp_metrics, metric_series_limit=metric_series_limit,
-                         http_exchanges=http_exchanges)
+                         http_exchanges=EXCHANGE_MODES[http_exchanges])
     agent = Agent(config)
     try:
         agent.start()

@@ -41,7 +41,7 @@ def loader_reason(choice: str, front_end: str, btf: bool, loop_ok: bool) -> tupl
 def exchange_records_text(front_end: str, loader_ok: bool) -> str:
     """What --http-exchanges gives with this front end: the probes parse
     HTTP/1.x heads with bpf_loop, which only the CO-RE build's programs run."""
-    line = "HTTP/1.x exchange records (--http-exchanges, off by default): "
+    line = "HTTP/1.x exchange records (--http-exchanges on or by-load, off by default): "
     if front_end != "core":
         return line + ("not with the BCC loader (its programs have no bpf_loop): "
                        "HTTP/1.x takes the payload path")

@@ -31,4 +31,11 @@ def http_exchange_families(capture, prefix: str):
         labels=["reason"])
     for reason, count in capture.http_shed().items():
         shed.add_metric([reason], count)
-    yield from (fallbacks, dropped, shed)
+    moves = CounterMetricFamily(
+        f"{prefix}_kernel_http_moves",
+        "Connections moved between the paths at a request head by --http-exchanges by-load: "
+        "to records while the ring buffer fills, to the payload path once it keeps up.",
+        labels=["to"])
+    for to, count in capture.http_moves().items():
+        moves.add_metric([to], count)
+    yield from (fallbacks, dropped, shed, moves)

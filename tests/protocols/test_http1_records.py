@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from agent.capture import exchange_records
 from agent.capture.records import C, ffi
+from agent.protocols.http1 import Http1State
 from agent.protocols.http1_records import RECORD_TAG, SERVED_TAG, SERVING_TAG, ExchangeRecords
 from agent.protocols.router import ProtocolRouter
+from event_records import http1_record
 
 
 def exchange_record(conn_id: int, direction: int, role: int, target: bytes, *,
@@ -66,6 +68,7 @@ def test_waiting_is_bounded():
 
     class Conn:
         role = C["ROLE_CLIENT"]
+        state = Http1State()     # records only: no stream the payload path framed
     hot = (0, 42, 9, 5, 2, 100, 200, 0, 0, C["DIRECTION_EGRESS"])
     from agent.protocols import http1_records
     limit = http1_records.MAX_WAITING
@@ -180,3 +183,30 @@ def test_records_held_for_the_request_they_serve_are_counted_until_it_comes():
     assert tags[0] == SERVING_TAG and tags[-1] == SERVED_TAG and len(tags) == 4, tags
     request, response = items[1][2], items[2][3]
     assert (request.parsed.target, response.parsed.status_code) == ("/up", 200)
+
+
+def test_a_record_on_a_connection_the_payload_path_is_framing_is_counted_and_dropped():
+    """--http-exchanges by-load moves a connection to records at bytes that
+    begin with a method: a body that happens to (or a pipelining client)
+    makes its record arrive while the payload path is inside a message or
+    has a request waiting.  That record cannot be paired right: dropped,
+    counted; an exchange after the message ends is taken."""
+    router = ProtocolRouter()
+    server = (1, 42, C["ROLE_SERVER"])
+    local, remote = ("127.0.0.1", 8081), ("127.0.0.1", 40001)
+    post = b"POST /up HTTP/1.1\r\nHost: a\r\nContent-Length: 20\r\n\r\n0123456789"
+    router.process([http1_record(*server, C["DIRECTION_INGRESS"], post, 100, local, remote)])
+    record = exchange_record(1, C["DIRECTION_INGRESS"], C["ROLE_SERVER"], b"/in", start=300,
+                             end=400)
+    assert router.process([record]) == []
+    assert router.counts["http_records_misread"] == 1
+    # The rest of the body, the answer: the payload path's exchange ends,
+    # and the next record is the connection's next exchange.
+    answer = b"HTTP/1.1 204 No Content\r\n\r\n"
+    items = router.process([
+        http1_record(*server, C["DIRECTION_INGRESS"], b"0123456789", 500, local, remote),
+        http1_record(*server, C["DIRECTION_EGRESS"], answer, 600, local, remote),
+        exchange_record(1, C["DIRECTION_INGRESS"], C["ROLE_SERVER"], b"/next", start=700,
+                        end=800)])
+    assert [item[0] for item in items][-1] == RECORD_TAG
+    assert router.counts["http_records_misread"] == 1

@@ -87,3 +87,20 @@ def test_a_stop_signal_that_arrives_during_the_first_does_not_hang_the_agent():
     stopping.join(2.0)
     assert not stopping.is_alive(), "request_stop() deadlocked on its own Event lock"
     assert agent._stop.is_set()
+
+
+def test_http_exchanges_takes_a_mode_or_stands_alone(tmp_path):
+    def mode(args, env=None, config_text=None):
+        result = resolve(args, env=env, config_text=config_text, tmp_path=tmp_path)
+        assert result.exit_code == 0, result.output
+        return yaml.safe_load(result.output)["http_exchanges"]
+    assert mode([]) == "off"
+    assert mode(["--http-exchanges"]) == "on"
+    assert mode(["--http-exchanges", "--port", "80"]) == "on"
+    assert mode(["--http-exchanges", "by-load"]) == "by-load"
+    assert mode(["--http-exchanges=off"]) == "off"
+    assert mode([], env={"OTEL_EBPF_HTTP_EXCHANGES": "1"}) == "on"
+    assert mode([], config_text="http-exchanges: true\n") == "on"
+    assert mode([], config_text="http-exchanges: by-load\n") == "by-load"
+    bad = resolve(["--http-exchanges", "sometimes"])
+    assert bad.exit_code != 0 and "not one of off, on, by-load" in bad.output

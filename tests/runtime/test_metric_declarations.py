@@ -14,7 +14,7 @@ UNLABELLED = (
     "sql_responses_without_query sql_framing_lost sql_tail_recoveries sql_fallback_completions "
     "sql_events_without_direction sql_events_skipped_resync sql_tls_connections "
     "sql_compressed_connections sql_statements_evicted sql_unknown_statements "
-    "sql_executes_skipped http2_streams_refused").split()
+    "sql_executes_skipped http2_streams_refused http_records_misread").split()
 LABELLED = {
     "events_skipped": ("reason", {"resync", "unknown_protocol"}),
     "connection_events": ("event", {"opened", "closed", "evicted", "expired"}),

@@ -24,18 +24,21 @@ def http_exchange_families(capture, prefix: str):
     for reason, (connections, requests) in capture.http_fallbacks().items():
         fallbacks.add_metric([reason], connections)
         dropped.add_metric([reason], requests)
-    shed = CounterMetricFamily(
+    shed = _by_label(
         f"{prefix}_kernel_http_exchanges_shed",
         "Exchanges the probes followed but did not write (neither side), by reason: "
         "ring_fill, the ring buffer was past its shed mark when the request came.",
-        labels=["reason"])
-    for reason, count in capture.http_shed().items():
-        shed.add_metric([reason], count)
-    moves = CounterMetricFamily(
+        "reason", capture.http_shed())
+    moves = _by_label(
         f"{prefix}_kernel_http_moves",
         "Connections moved between the paths at a request head by --http-exchanges by-load: "
         "to records while the ring buffer fills, to the payload path once it keeps up.",
-        labels=["to"])
-    for to, count in capture.http_moves().items():
-        moves.add_metric([to], count)
+        "to", capture.http_moves())
     yield from (fallbacks, dropped, shed, moves)
+
+
+def _by_label(name: str, documentation: str, label: str, counts: dict) -> CounterMetricFamily:
+    family = CounterMetricFamily(name, documentation, labels=[label])
+    for value, count in counts.items():
+        family.add_metric([value], count)
+    return family

@@ -150,9 +150,9 @@ def read_fallbacks(map_fd: int, ncpus: int) -> dict[str, tuple[int, int]]:
     return out
 
 
-def read_shed(map_fd: int, ncpus: int, names: dict = SHED_NAMES) -> dict[str, int]:
-    """reason -> exchanges shed (or, with MOVE_NAMES, moves by direction),
-    summed over CPUs."""
+def read_counts(map_fd: int, ncpus: int, names: dict) -> dict[str, int]:
+    """A per-CPU array of counters (http_shed, http_moves): names[index] ->
+    count, summed over CPUs."""
     lib = libbpf.lib()
     buf = ffi.new("uint64_t[]", ncpus)
     key = ffi.new("uint32_t *")

@@ -309,13 +309,14 @@ class LoadedCapture:
 
     def http_shed(self) -> dict[str, int]:
         """HTTP_SHED_* reason -> exchanges shed whole, summed over CPUs."""
-        return exchange_records.read_shed(self.front_end.map_fd("http_shed"), self._ncpus)
+        return exchange_records.read_counts(self.front_end.map_fd("http_shed"), self._ncpus,
+                                            exchange_records.SHED_NAMES)
 
     def http_moves(self) -> dict[str, int]:
         """Connections moved by load (--http-exchanges by-load), by where
         to (records, payload), summed over CPUs."""
-        return exchange_records.read_shed(self.front_end.map_fd("http_moves"), self._ncpus,
-                                          exchange_records.MOVE_NAMES)
+        return exchange_records.read_counts(self.front_end.map_fd("http_moves"), self._ncpus,
+                                            exchange_records.MOVE_NAMES)
 
     def detach(self) -> None:
         """Stop capturing; the ring keeps what was already written.  Links go

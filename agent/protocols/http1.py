@@ -32,7 +32,6 @@ _UNTIL_CLOSE = 3   # response body delimited by the connection's end
 _RESYNC = 4        # lost the framing: skip to the next event that starts a message
 
 _UNBOUNDED = 1 << 62
-_IN_BODY = (_BODY, _CHUNKED, _UNTIL_CLOSE)
 
 # Heads longer than this are parsed every time: the bound keeps the cache
 # below MAX_CACHED_HEADS * MAX_CACHED_HEAD_BYTES (2 MiB).
@@ -141,11 +140,16 @@ class Http1State:
         self.early: Message | None = None
 
 
-def _inside(stream: Stream | None) -> bool:
-    """Inside a message: a head begun, or a body being counted (after a
-    gap, a stream waits for the next message start: not inside one)."""
-    return stream is not None and (stream.state in _IN_BODY or bool(stream.buf)
-                                   or stream.message is not None)
+def inside_a_message(state: Http1State) -> bool:
+    """Whether the payload path is inside a message on this connection, or
+    has a request waiting: an exchange record cannot belong there.  A
+    stream inside a head or a body holds its Message; one waiting for the
+    next message start (between messages, or after a gap) holds none.  (A
+    response that came before its request, `early`, says nothing of where
+    the connection is.)"""
+    ingress = state.ingress
+    return bool(state.pending) or ingress is not None and (
+        ingress.message is not None or state.egress.message is not None)
 
 
 def _set_request_direction(conn, state: Http1State, direction: int, heads: tuple) -> None:
@@ -222,17 +226,9 @@ class Http1Handler(ProtocolHandler):
         stream.message = Message(request, hot[5], hot[5], hot[2])
         self._start_body(conn, stream, request, out)
 
-    def framing(self, conn) -> bool:
-        """Whether the payload path is inside a message on this connection,
-        or has a request waiting: an exchange record cannot belong there
-        (counted, to be dropped)."""
-        state = conn.state
-        # (A response with no request on its way, `early`, says nothing of
-        # where the connection is: the probes pair the next exchange.)
-        if not (state.pending or _inside(state.ingress) or _inside(state.egress)):
-            return False
+    def misread(self) -> None:
+        """An exchange record came where inside_a_message(): dropped."""
         self.counts["http_records_misread"] += 1
-        return True
 
     def gap(self, conn) -> None:
         """Whatever was being framed is unreliable: both directions wait for

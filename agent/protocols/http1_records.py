@@ -21,6 +21,7 @@ from __future__ import annotations
 from agent.capture import exchange_records
 from agent.capture.records import C
 from agent.parsers.http1 import HttpRequest
+from agent.protocols.http1 import inside_a_message
 
 EVENT_HTTP_EXCHANGE = C["EVENT_HTTP_EXCHANGE"]
 EVENT_HTTP_KEPT_REQUEST = C["EVENT_HTTP_KEPT_REQUEST"]
@@ -102,9 +103,8 @@ class ExchangeRecords:
         end = _VALUES + values_len
         if end > len(record):
             return False
-        # A connection the payload path has read (moved by load, or one
-        # exchange of it there): its streams exist.
-        if conn.state.ingress is not None and conn.handler.framing(conn):
+        if inside_a_message(conn.state):
+            conn.handler.misread()
             return True
         # A request repeats byte for byte (same method, target and headers
         # on a keep-alive connection), or but for its traceparent (an

@@ -437,15 +437,16 @@ static __always_inline int emit_data(__u64 id, struct conn_info *conn, const str
         bpf_map_update_elem(&traced_processes, &tgid, &process, BPF_ANY);
     }
 
-    if (CONFIG(http_exchanges) == HTTP_EXCHANGES_BY_LOAD && conn->protocol == PROTOCOL_HTTP1 &&
-        !conn->http_payload)
-        http_quiet_move(conn, &a);
     bool exchanges = CONFIG(http_exchanges) && conn->protocol == PROTOCOL_HTTP1 &&
                      !conn->http_payload;
     struct http_pending *pending = NULL;
     __u8 held = 0;      /* a request head's first byte, held from the read before */
     if (exchanges) {
         pending = http_pending_of(conn->conn_id);
+        if (CONFIG(http_exchanges) == HTTP_EXCHANGES_BY_LOAD)
+            exchanges = !http_quiet_move(conn, &a, pending);
+    }
+    if (exchanges) {
         if (pending && http_body_call(conn, pending, &a, ret, stats))
             return 0;
         if (http_hold_byte(conn, &a, ret, pending))

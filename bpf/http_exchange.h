@@ -299,16 +299,18 @@ static __always_inline bool http_request_side(const struct conn_info *conn,
     return true;
 }
 
-/* A records connection between exchanges while the agent keeps up: to the
- * payload path, this call included. */
-static __always_inline void http_quiet_move(struct conn_info *conn, const struct io_args *a)
+/* A records connection between exchanges (p: its entry) while the agent
+ * keeps up: to the payload path, this call included (its slot is idle
+ * already).  True when it moved. */
+static __always_inline bool http_quiet_move(struct conn_info *conn, const struct io_args *a,
+                                            const struct http_pending *p)
 {
     if (conn->http_byte_held || conn->http_mark_ns || !http_request_side(conn, a) ||
-        http_in_exchange(http_pending_of(conn->conn_id)) || http_busy())
-        return;
+        http_in_exchange(p) || http_busy())
+        return false;
     conn->http_payload = HTTP_PAYLOAD_QUIET;
-    http_release(conn->conn_id);
     http_count_move(1);
+    return true;
 }
 
 /* A payload-path connection moved there by a quiet ring, at a call whose
@@ -317,8 +319,7 @@ static __always_inline void http_quiet_move(struct conn_info *conn, const struct
 static __always_inline bool http_busy_move(struct conn_info *conn, const struct io_args *a,
                                            const __u8 *bytes, __u32 captured)
 {
-    if (!http_request_side(conn, a) || !http_busy() || !is_http1(bytes, captured) ||
-        starts_with(bytes, captured, "HTTP/1.", 7))
+    if (!http_request_side(conn, a) || !http_busy() || !is_http1_request(bytes, captured))
         return false;
     conn->http_payload = HTTP_PAYLOAD_RECORDS;
     http_count_move(0);
